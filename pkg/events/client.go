@@ -1,0 +1,215 @@
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+)
+
+// Transport errors of a [Client]; replies from a service are
+// [ServiceError]s instead.
+var (
+	// ErrTimeout: no reply within the timeout.
+	ErrTimeout = errors.New("events: request timed out")
+	// ErrNoResponders: no service listens on the subject.
+	ErrNoResponders = errors.New("events: no service answers")
+)
+
+// ClientOptions configures a [Client]. The zero value is ready to use.
+type ClientOptions struct {
+	// Subjects holds the subject prefixes; zero means DefaultSubjects().
+	Subjects Subjects
+	// Timeout bounds each request whose context has no earlier deadline
+	// (default 2s).
+	Timeout time.Duration
+}
+
+// Client calls allot's request/reply endpoints. It is safe for concurrent
+// use.
+type Client struct {
+	nc      *nats.Conn
+	subj    Subjects
+	timeout time.Duration
+}
+
+// NewClient returns a Client on nc.
+func NewClient(nc *nats.Conn, opts ClientOptions) (*Client, error) {
+	if nc == nil {
+		return nil, errors.New("events: new client: nil NATS connection")
+	}
+	if opts.Subjects == (Subjects{}) {
+		opts.Subjects = DefaultSubjects()
+	}
+	if err := opts.Subjects.Validate(); err != nil {
+		return nil, fmt.Errorf("events: new client: %w", err)
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 2 * time.Second
+	}
+	return &Client{nc: nc, subj: opts.Subjects, timeout: opts.Timeout}, nil
+}
+
+// Credit returns uid's credit for one grant metric.
+func (c *Client) Credit(ctx context.Context, uid, metric string) (Credit, error) {
+	var reply Credit
+	if err := ValidateToken("metric", metric); err != nil {
+		return reply, err
+	}
+	err := c.call(ctx, uid, c.subj.Credit, CreditRequest{Metric: metric}, &reply)
+	return reply, err
+}
+
+// Credits returns uid's credit for every grant.
+func (c *Client) Credits(ctx context.Context, uid string) (CreditsReply, error) {
+	var reply CreditsReply
+	err := c.call(ctx, uid, c.subj.Credit, CreditRequest{}, &reply)
+	return reply, err
+}
+
+// Authorize asks to admit req.Amount of req.Metric for uid, checking and
+// recording in one step. A refusal returns the decision (Allowed false,
+// with Remaining and ResetsAt) together with an error matching
+// [ErrOverLimit]. An empty req.ID is filled with a new id.
+func (c *Client) Authorize(ctx context.Context, uid string, req AuthorizeRequest) (AuthorizeReply, error) {
+	var reply AuthorizeReply
+	if req.ID == "" {
+		id, err := NewID()
+		if err != nil {
+			return reply, err
+		}
+		req.ID = id
+	}
+	if err := req.Validate(); err != nil {
+		return reply, err
+	}
+	err := c.call(ctx, uid, c.subj.Authorize, req, &reply)
+	return reply, err
+}
+
+// Grants reads (zero req), sets or unsets uid's grant overrides and
+// returns the effective grants.
+func (c *Client) Grants(ctx context.Context, uid string, req GrantsRequest) (GrantsReply, error) {
+	var reply GrantsReply
+	if err := req.Validate(); err != nil {
+		return reply, err
+	}
+	err := c.call(ctx, uid, c.subj.Grants, req, &reply)
+	return reply, err
+}
+
+// Check asks whether a call of uid to req.Service may go ahead. A denial
+// is a normal reply with Allowed false, not an error.
+func (c *Client) Check(ctx context.Context, uid string, req CheckRequest) (CheckReply, error) {
+	var reply CheckReply
+	if err := req.Validate(); err != nil {
+		return reply, err
+	}
+	err := c.call(ctx, uid, c.subj.Check, req, &reply)
+	return reply, err
+}
+
+// Reset clears uid's rate-limit window for service.
+func (c *Client) Reset(ctx context.Context, uid, service string) error {
+	req := ResetRequest{Service: service}
+	if err := req.Validate(); err != nil {
+		return err
+	}
+	var reply OKReply
+	return c.call(ctx, uid, c.subj.Reset, req, &reply)
+}
+
+// Register registers one service instance.
+func (c *Client) Register(ctx context.Context, req RegisterRequest) (RegisterReply, error) {
+	var reply RegisterReply
+	if err := req.Validate(); err != nil {
+		return reply, err
+	}
+	err := c.request(ctx, c.subj.Register(), req, &reply)
+	return reply, err
+}
+
+// Find lists the live instances of service name, or of every service
+// when name is empty, with the resource to URL map.
+func (c *Client) Find(ctx context.Context, name string) (FindReply, error) {
+	var reply FindReply
+	if name != "" {
+		if err := ValidateToken("name", name); err != nil {
+			return reply, err
+		}
+	}
+	err := c.request(ctx, c.subj.Find(name), FindRequest{}, &reply)
+	return reply, err
+}
+
+// call checks uid and sends req to subject(uid).
+func (c *Client) call(ctx context.Context, uid string, subject func(string) string, req, reply any) error {
+	if err := ValidateToken("uid", uid); err != nil {
+		return err
+	}
+	return c.request(ctx, subject(uid), req, reply)
+}
+
+// request sends req as JSON and decodes the reply into reply, or the
+// error headers and body into a *ServiceError. On an error reply, reply
+// is still filled from the body where the body carries its fields.
+func (c *Client) request(ctx context.Context, subject string, req, reply any) error {
+	data, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("events: encode request for %s: %w", subject, err)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	msg, err := c.nc.RequestWithContext(ctx, subject, data)
+	switch {
+	case err == nil:
+	case errors.Is(err, nats.ErrNoResponders):
+		return fmt.Errorf("%w on %s: is the service running?", ErrNoResponders, subject)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return fmt.Errorf("%w: no reply on %s: %w", ErrTimeout, subject, err)
+	default:
+		return fmt.Errorf("events: request %s: %w", subject, err)
+	}
+	if serr := DecodeServiceError(msg); serr != nil {
+		_ = json.Unmarshal(msg.Data, reply) // best effort: 429s carry the decision
+		return serr
+	}
+	if err := json.Unmarshal(msg.Data, reply); err != nil {
+		return fmt.Errorf("events: decode reply from %s: %w", subject, err)
+	}
+	return nil
+}
+
+// DecodeServiceError returns the error a reply carries in the micro error
+// headers, or nil when it carries none.
+func DecodeServiceError(msg *nats.Msg) *ServiceError {
+	if msg.Header == nil {
+		return nil
+	}
+	codeText := msg.Header.Get(micro.ErrorCodeHeader)
+	if codeText == "" {
+		return nil
+	}
+	status, err := strconv.Atoi(codeText)
+	if err != nil {
+		status = 500
+	}
+	serr := &ServiceError{Status: status, Code: CodeForStatus(status), Message: msg.Header.Get(micro.ErrorHeader)}
+	var body ErrorBody
+	if json.Unmarshal(msg.Data, &body) == nil && body.Error.Code != "" {
+		serr.Code = body.Error.Code
+		serr.Field = body.Error.Field
+		if body.Error.Message != "" {
+			serr.Message = body.Error.Message
+		}
+	}
+	return serr
+}

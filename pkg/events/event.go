@@ -1,0 +1,380 @@
+package events
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// CloudEvents attributes fixed by the contract.
+const (
+	SpecVersion = "1.0"
+	UsageType   = "allot.usage.v1"
+	ContentType = "application/json"
+)
+
+// Event is one usage event: "user <Subject> used <Data.Value> of
+// <Data.Metric>". On the wire it is a CloudEvents 1.0 event in JSON
+// structured mode.
+//
+// ID is the idempotency key: the same id applied twice counts once.
+type Event struct {
+	SpecVersion     string    `json:"specversion"`
+	ID              string    `json:"id"`
+	Source          string    `json:"source"`
+	Type            string    `json:"type"`
+	Subject         string    `json:"subject"` // the uid; equal to the subject token
+	Time            time.Time `json:"time"`
+	DataContentType string    `json:"datacontenttype,omitempty"`
+	Data            Usage     `json:"data"`
+}
+
+// Usage is the data of a usage event.
+type Usage struct {
+	Metric string            `json:"metric"`
+	Value  float64           `json:"value"`
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// NewUsage returns an event for uid using value of metric. The publisher
+// fills in the id, source and time when they are left empty.
+func NewUsage(uid, metric string, value float64) Event {
+	return Event{
+		SpecVersion: SpecVersion,
+		Type:        UsageType,
+		Subject:     uid,
+		Data:        Usage{Metric: metric, Value: value},
+	}
+}
+
+// Validate checks every rule of the contract that can be checked without
+// the service's configuration. It returns the first broken rule as a
+// [ValidationError].
+func (e *Event) Validate() error {
+	if e.SpecVersion != SpecVersion {
+		return invalid("specversion", "must be %q (got %s)", SpecVersion, quoteShort(e.SpecVersion))
+	}
+	if err := ValidateID("id", e.ID); err != nil {
+		return err
+	}
+	if e.Source == "" {
+		return invalid("source", "is required")
+	}
+	if err := validText("source", e.Source, MaxSourceLen); err != nil {
+		return err
+	}
+	if e.Type != UsageType {
+		return invalid("type", "must be %q (got %s)", UsageType, quoteShort(e.Type))
+	}
+	if err := ValidateToken("subject", e.Subject); err != nil {
+		return err
+	}
+	if e.Time.IsZero() {
+		return invalid("time", "is required")
+	}
+	if e.DataContentType != "" && e.DataContentType != ContentType {
+		return invalid("datacontenttype", "must be %q when present (got %s)", ContentType, quoteShort(e.DataContentType))
+	}
+	if err := ValidateToken("data.metric", e.Data.Metric); err != nil {
+		return err
+	}
+	if math.IsNaN(e.Data.Value) || math.IsInf(e.Data.Value, 0) {
+		return invalid("data.value", "must be a finite number")
+	}
+	if len(e.Data.Labels) > MaxLabels {
+		return invalid("data.labels", "must have at most %d labels (got %d)", MaxLabels, len(e.Data.Labels))
+	}
+	for k, v := range e.Data.Labels {
+		if !IsToken(k) {
+			return invalid("data.labels", "label name %s must be 1 to %d characters of A-Z a-z 0-9 _ -", quoteShort(k), MaxTokenLen)
+		}
+		if err := validText("data.labels."+k, v, MaxLabelValueLen); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CheckSubject checks that the event's subject equals uid, the token of
+// the NATS subject it arrived on.
+func (e *Event) CheckSubject(uid string) error {
+	if e.Subject != uid {
+		return invalid("subject", "must equal the subject token %s (got %s)", quoteShort(uid), quoteShort(e.Subject))
+	}
+	return nil
+}
+
+// MarshalJSON encodes the event in CloudEvents JSON structured mode.
+func (e Event) MarshalJSON() ([]byte, error) {
+	return e.AppendJSON(make([]byte, 0, 256)), nil
+}
+
+// AppendJSON appends the event's JSON encoding to b. Label names are
+// written in sorted order, so equal events encode to equal bytes.
+func (e Event) AppendJSON(b []byte) []byte {
+	b = append(b, `{"specversion":`...)
+	b = appendString(b, e.SpecVersion)
+	b = append(b, `,"id":`...)
+	b = appendString(b, e.ID)
+	b = append(b, `,"source":`...)
+	b = appendString(b, e.Source)
+	b = append(b, `,"type":`...)
+	b = appendString(b, e.Type)
+	b = append(b, `,"subject":`...)
+	b = appendString(b, e.Subject)
+	b = append(b, `,"time":"`...)
+	b = e.Time.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, '"')
+	if e.DataContentType != "" {
+		b = append(b, `,"datacontenttype":`...)
+		b = appendString(b, e.DataContentType)
+	}
+	b = append(b, `,"data":{"metric":`...)
+	b = appendString(b, e.Data.Metric)
+	b = append(b, `,"value":`...)
+	b = appendFloat(b, e.Data.Value)
+	if len(e.Data.Labels) > 0 {
+		b = append(b, `,"labels":{`...)
+		for i, k := range sortedKeys(e.Data.Labels) {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, k)
+			b = append(b, ':')
+			b = appendString(b, e.Data.Labels[k])
+		}
+		b = append(b, '}')
+	}
+	return append(b, "}}"...)
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// appendFloat writes v as encoding/json does. NaN and infinities, which
+// JSON cannot carry, are written as 0; Validate refuses them first.
+func appendFloat(b []byte, v float64) []byte {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return append(b, '0')
+	}
+	abs := math.Abs(v)
+	if abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		b = strconv.AppendFloat(b, v, 'e', -1, 64)
+		// Shorten e-09 to e-9, as encoding/json does.
+		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
+			b[n-2] = b[n-1]
+			b = b[:n-1]
+		}
+		return b
+	}
+	return strconv.AppendFloat(b, v, 'f', -1, 64)
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendString writes s as a JSON string. Invalid UTF-8 becomes U+FFFD,
+// as with encoding/json.
+func appendString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= ' ' && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
+
+// wireEvent is the decoding shape: pointers and raw fields tell a missing
+// field from a zero one.
+type wireEvent struct {
+	SpecVersion     *string         `json:"specversion"`
+	ID              *string         `json:"id"`
+	Source          *string         `json:"source"`
+	Type            *string         `json:"type"`
+	Subject         *string         `json:"subject"`
+	Time            *string         `json:"time"`
+	DataContentType *string         `json:"datacontenttype"`
+	Data            json.RawMessage `json:"data"`
+}
+
+type wireUsage struct {
+	Metric *string           `json:"metric"`
+	Value  *float64          `json:"value"`
+	Labels map[string]string `json:"labels"`
+}
+
+// Decode parses and validates one event. Bodies over maxBytes (0 means
+// [DefaultMaxEventBytes]) are refused before parsing. Every error is a
+// [ValidationError] naming the field. Unknown top-level attributes are
+// CloudEvents extensions and are ignored; unknown fields inside data are
+// refused, since they are almost always a misspelling. Attribute names
+// match case-insensitively, as with encoding/json.
+func Decode(body []byte, maxBytes int) (Event, error) {
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxEventBytes
+	}
+	if len(body) > maxBytes {
+		return Event{}, invalid("event", "must be at most %d bytes (got %d)", maxBytes, len(body))
+	}
+	var w wireEvent
+	if err := json.Unmarshal(body, &w); err != nil {
+		return Event{}, jsonError("", "event", err)
+	}
+	var e Event
+	for _, f := range []struct {
+		name string
+		src  *string
+		dst  *string
+	}{
+		{"specversion", w.SpecVersion, &e.SpecVersion},
+		{"id", w.ID, &e.ID},
+		{"source", w.Source, &e.Source},
+		{"type", w.Type, &e.Type},
+		{"subject", w.Subject, &e.Subject},
+	} {
+		if f.src == nil {
+			return Event{}, invalid(f.name, "is required")
+		}
+		*f.dst = *f.src
+	}
+	if w.DataContentType != nil {
+		e.DataContentType = *w.DataContentType
+	}
+	if w.Time == nil {
+		return Event{}, invalid("time", "is required")
+	}
+	t, err := time.Parse(time.RFC3339Nano, *w.Time)
+	if err != nil {
+		return Event{}, invalid("time", "must be an RFC 3339 timestamp (got %s)", quoteShort(*w.Time))
+	}
+	e.Time = t
+	if len(w.Data) == 0 || bytes.Equal(w.Data, []byte("null")) {
+		return Event{}, invalid("data", "is required")
+	}
+	var u wireUsage
+	dec := json.NewDecoder(bytes.NewReader(w.Data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&u); err != nil {
+		return Event{}, jsonError("data", "data", err)
+	}
+	if u.Metric == nil {
+		return Event{}, invalid("data.metric", "is required")
+	}
+	if u.Value == nil {
+		return Event{}, invalid("data.value", "is required")
+	}
+	if len(u.Labels) == 0 {
+		u.Labels = nil // {} and no labels are the same event
+	}
+	e.Data = Usage{Metric: *u.Metric, Value: *u.Value, Labels: u.Labels}
+	if err := e.Validate(); err != nil {
+		return Event{}, err
+	}
+	return e, nil
+}
+
+// jsonError turns an encoding/json error into a ValidationError naming
+// the field under prefix; whole names the document for syntax errors.
+func jsonError(prefix, whole string, err error) error {
+	join := func(field string) string {
+		switch {
+		case prefix == "":
+			return field
+		case field == "":
+			return prefix
+		}
+		return prefix + "." + field
+	}
+	var typeErr *json.UnmarshalTypeError
+	var syntaxErr *json.SyntaxError
+	switch {
+	case errors.As(err, &typeErr):
+		field := join(typeErr.Field)
+		if field == "" {
+			field = whole
+		}
+		if typeErr.Value == "number" || strings.HasPrefix(typeErr.Value, "number ") {
+			if typeErr.Type.Kind().String() == "float64" {
+				return invalid(field, "must be a finite number")
+			}
+		}
+		return invalid(field, "must be %s (got %s)", jsonKind(typeErr.Type.Kind().String()), typeErr.Value)
+	case errors.As(err, &syntaxErr):
+		return invalid(whole, "is not valid JSON: %s at byte %d", syntaxErr.Error(), syntaxErr.Offset)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+		return invalid(join(name), "is not a known field")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return invalid(whole, "is not valid JSON: unexpected end of input")
+	}
+	return invalid(whole, "is not valid JSON: %v", err)
+}
+
+func jsonKind(kind string) string {
+	switch kind {
+	case "float64", "int", "int64":
+		return "a number"
+	case "string":
+		return "a string"
+	case "map", "struct":
+		return "an object"
+	case "slice":
+		return "an array"
+	case "bool":
+		return "a boolean"
+	case "ptr":
+		return "a value"
+	}
+	return "a " + kind
+}

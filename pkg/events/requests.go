@@ -1,0 +1,201 @@
+package events
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"math"
+	"net/netip"
+	"net/url"
+
+	"github.com/nats-io/nats.go/micro"
+)
+
+// Request limits.
+const (
+	// MaxCost is the largest cost of one rate-limit check.
+	MaxCost = 1_000_000
+	// MaxAmount is the largest amount of one authorize request, and the
+	// largest grant.
+	MaxAmount = 1e15
+	// MaxGrantChanges is the most metrics one grants request may set and
+	// unset together.
+	MaxGrantChanges = 64
+	// MaxEndpoints is the most endpoints one instance may register.
+	MaxEndpoints = 256
+	// MaxRequestBytes is the largest request body an endpoint accepts.
+	MaxRequestBytes = 64 << 10
+)
+
+// Validate checks a credit request.
+func (r CreditRequest) Validate() error {
+	if r.Metric == "" {
+		return nil
+	}
+	return ValidateToken("metric", r.Metric)
+}
+
+// Validate checks an authorize request.
+func (r AuthorizeRequest) Validate() error {
+	if err := ValidateID("id", r.ID); err != nil {
+		return err
+	}
+	if err := ValidateToken("metric", r.Metric); err != nil {
+		return err
+	}
+	return validAmount("amount", r.Amount)
+}
+
+func validAmount(field string, v float64) error {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return invalid(field, "must be a finite number")
+	}
+	if v < 0 {
+		return invalid(field, "must be >= 0 (got %g)", v)
+	}
+	if v > MaxAmount {
+		return invalid(field, "must be at most %g (got %g)", float64(MaxAmount), v)
+	}
+	return nil
+}
+
+// Validate checks a grants request.
+func (r GrantsRequest) Validate() error {
+	if n := len(r.Set) + len(r.Unset); n > MaxGrantChanges {
+		return invalid("set", "set and unset together must name at most %d metrics (got %d)", MaxGrantChanges, n)
+	}
+	for m, v := range r.Set {
+		if err := ValidateToken("set", m); err != nil {
+			return err
+		}
+		if err := validAmount("set."+m, v); err != nil {
+			return err
+		}
+	}
+	for _, m := range r.Unset {
+		if err := ValidateToken("unset", m); err != nil {
+			return err
+		}
+		if _, ok := r.Set[m]; ok {
+			return invalid("unset", "metric %q is both set and unset", m)
+		}
+	}
+	return nil
+}
+
+// Validate checks a rate-limit check request.
+func (r CheckRequest) Validate() error {
+	if r.Service != "" {
+		if err := ValidateToken("service", r.Service); err != nil {
+			return err
+		}
+	}
+	if r.Cost != nil && (*r.Cost < 0 || *r.Cost > MaxCost) {
+		return invalid("cost", "must be between 0 and %d (got %d)", MaxCost, *r.Cost)
+	}
+	return nil
+}
+
+// CostOrDefault returns the cost, 1 when none was given.
+func (r CheckRequest) CostOrDefault() int64 {
+	if r.Cost == nil {
+		return 1
+	}
+	return *r.Cost
+}
+
+// Validate checks a rate-limit reset request.
+func (r ResetRequest) Validate() error {
+	if r.Service == "" {
+		return nil
+	}
+	return ValidateToken("service", r.Service)
+}
+
+// Validate checks a registration.
+func (r RegisterRequest) Validate() error {
+	if err := ValidateToken("name", r.Name); err != nil {
+		return err
+	}
+	if err := ValidateToken("id", r.ID); err != nil {
+		return err
+	}
+	if len(r.Endpoints) > MaxEndpoints {
+		return invalid("endpoints", "must list at most %d endpoints (got %d)", MaxEndpoints, len(r.Endpoints))
+	}
+	for _, ep := range r.Endpoints {
+		if err := ValidateToken("endpoints", ep); err != nil {
+			return err
+		}
+	}
+	if r.IPv4 == "" {
+		return invalid("ipv4", "is required")
+	}
+	if a, err := netip.ParseAddr(r.IPv4); err != nil || !a.Is4() {
+		return invalid("ipv4", "must be an IPv4 address (got %s)", quoteShort(r.IPv4))
+	}
+	if r.Port < 1 || r.Port > 65535 {
+		return invalid("port", "must be between 1 and 65535 (got %d)", r.Port)
+	}
+	if r.PublicURL != "" {
+		u, err := url.Parse(r.PublicURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return invalid("public_url", "must be an absolute http or https URL (got %s)", quoteShort(r.PublicURL))
+		}
+	}
+	return nil
+}
+
+// Validate checks a find request; it has no fields today.
+func (FindRequest) Validate() error { return nil }
+
+// Validator is a request that can check itself.
+type Validator interface {
+	Validate() error
+}
+
+// DecodeRequest parses a request body into v strictly (unknown fields
+// are refused; an empty body is {}) and validates it. Every error is a
+// [ValidationError] naming the field, for a 400 reply.
+func DecodeRequest(body []byte, v Validator) error {
+	if len(body) > MaxRequestBytes {
+		return invalid("request", "must be at most %d bytes (got %d)", MaxRequestBytes, len(body))
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		body = []byte("{}")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return requestJSONError(err)
+	}
+	if dec.More() {
+		return invalid("request", "must be one JSON object, found more after it")
+	}
+	return v.Validate()
+}
+
+func requestJSONError(err error) error {
+	return jsonError("", "request", err)
+}
+
+// Respond sends v as the JSON reply to req.
+func Respond(req micro.Request, v any) error {
+	return req.RespondJSON(v)
+}
+
+// RespondError replies to req with err in the micro error headers and
+// the JSON error body. A [ServiceError] keeps its code, a
+// [ValidationError] becomes a 400 naming the field, anything else a 500
+// whose message is err's text.
+func RespondError(req micro.Request, err error) error {
+	var serr *ServiceError
+	switch {
+	case errors.As(err, &serr):
+	case errors.Is(err, ErrInvalid):
+		serr = BadRequest(err)
+	default:
+		serr = NewServiceError(CodeInternal, "", "%s", err.Error())
+	}
+	return req.Error(serr.StatusText(), serr.Message, serr.Body())
+}

@@ -1,0 +1,105 @@
+package events
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestDecodeRequestBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		body  string
+		v     Validator
+		field string
+		rule  string
+	}{
+		{"malformed", `{"metric":`, &CreditRequest{}, "request", "not valid JSON"},
+		{"not an object", `"x"`, &CreditRequest{}, "request", "must be an object"},
+		{"trailing data", `{} {}`, &CreditRequest{}, "request", "found more"},
+		{"unknown field", `{"metrik":"m"}`, &CreditRequest{}, "metrik", "not a known field"},
+		{"bad metric", `{"metric":"a b"}`, &CreditRequest{}, "metric", "must be 1 to 128"},
+		{"metric number", `{"metric":3}`, &CreditRequest{}, "metric", "must be a string"},
+		{"authorize no id", `{"metric":"m","amount":1}`, &AuthorizeRequest{}, "id", "is required"},
+		{"authorize negative", `{"id":"a","metric":"m","amount":-1}`, &AuthorizeRequest{}, "amount", ">= 0"},
+		{"authorize huge", `{"id":"a","metric":"m","amount":1e30}`, &AuthorizeRequest{}, "amount", "at most"},
+		{"authorize amount string", `{"id":"a","metric":"m","amount":"1"}`, &AuthorizeRequest{}, "amount", "must be a number"},
+		{"grants bad metric", `{"set":{"a b":1}}`, &GrantsRequest{}, "set", "must be 1 to 128"},
+		{"grants negative", `{"set":{"m":-5}}`, &GrantsRequest{}, "set.m", ">= 0"},
+		{"grants set and unset", `{"set":{"m":5},"unset":["m"]}`, &GrantsRequest{}, "unset", "both set and unset"},
+		{"check negative cost", `{"service":"s","cost":-1}`, &CheckRequest{}, "cost", "between 0 and"},
+		{"check huge cost", `{"service":"s","cost":1000000000}`, &CheckRequest{}, "cost", "between 0 and"},
+		{"check fractional cost", `{"service":"s","cost":1.5}`, &CheckRequest{}, "cost", "must be a number"},
+		{"check bad service", `{"service":"a.b"}`, &CheckRequest{}, "service", "must be 1 to 128"},
+		{"reset bad service", `{"service":"*"}`, &ResetRequest{}, "service", "must be 1 to 128"},
+		{"register no name", `{"id":"i","ipv4":"10.0.0.1","port":80}`, &RegisterRequest{}, "name", "is required"},
+		{"register bad id", `{"name":"n","id":"i/1","ipv4":"10.0.0.1","port":80}`, &RegisterRequest{}, "id", "must be 1 to 128"},
+		{"register bad ip", `{"name":"n","id":"i","ipv4":"::1","port":80}`, &RegisterRequest{}, "ipv4", "IPv4"},
+		{"register no ip", `{"name":"n","id":"i","port":80}`, &RegisterRequest{}, "ipv4", "is required"},
+		{"register port", `{"name":"n","id":"i","ipv4":"10.0.0.1","port":70000}`, &RegisterRequest{}, "port", "between 1 and 65535"},
+		{"register url", `{"name":"n","id":"i","ipv4":"10.0.0.1","port":80,"public_url":"ftp://x"}`, &RegisterRequest{}, "public_url", "http or https"},
+		{"register endpoint", `{"name":"n","id":"i","ipv4":"10.0.0.1","port":80,"endpoints":["a b"]}`, &RegisterRequest{}, "endpoints", "must be 1 to 128"},
+		{"too large", `{"metric":"` + strings.Repeat("m", MaxRequestBytes) + `"}`, &CreditRequest{}, "request", "at most"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := DecodeRequest([]byte(tc.body), tc.v)
+			var v *ValidationError
+			if !errors.As(err, &v) {
+				t.Fatalf("DecodeRequest = %v (%T), want a *ValidationError", err, err)
+			}
+			if v.Field != tc.field || !strings.Contains(v.Rule, tc.rule) {
+				t.Errorf("DecodeRequest = %q, want field %q and rule containing %q", err, tc.field, tc.rule)
+			}
+		})
+	}
+}
+
+func TestDecodeRequestGood(t *testing.T) {
+	var c CreditRequest
+	if err := DecodeRequest(nil, &c); err != nil || c.Metric != "" {
+		t.Errorf("empty body: %+v, %v", c, err)
+	}
+	var chk CheckRequest
+	if err := DecodeRequest([]byte(`{"service":"upload","cost":0}`), &chk); err != nil {
+		t.Fatal(err)
+	}
+	if chk.CostOrDefault() != 0 {
+		t.Errorf("cost 0 must peek, got %d", chk.CostOrDefault())
+	}
+	if got := (CheckRequest{}).CostOrDefault(); got != 1 {
+		t.Errorf("default cost = %d, want 1", got)
+	}
+	var reg RegisterRequest
+	body := `{"name":"media","id":"media-1","endpoints":["photo","album"],"ipv4":"10.1.2.3","port":8080,"public_url":"https://media.example.com"}`
+	if err := DecodeRequest([]byte(body), &reg); err != nil {
+		t.Fatal(err)
+	}
+	want := RegisterRequest{Name: "media", ID: "media-1", Endpoints: []string{"photo", "album"}, IPv4: "10.1.2.3", Port: 8080, PublicURL: "https://media.example.com"}
+	if diff := cmp.Diff(want, reg); diff != "" {
+		t.Errorf("register (-want +got):\n%s", diff)
+	}
+}
+
+func TestServiceErrorCodes(t *testing.T) {
+	for code, sentinel := range map[ErrorCode]error{
+		CodeBadRequest: ErrBadRequest, CodeNotFound: ErrNotFound, CodeConflict: ErrConflict,
+		CodeOverLimit: ErrOverLimit, CodeInternal: ErrInternal, CodeUnavailable: ErrUnavailable,
+	} {
+		e := NewServiceError(code, "", "x")
+		if !errors.Is(e, sentinel) {
+			t.Errorf("%s does not match its sentinel", code)
+		}
+		if CodeForStatus(code.Status()) != code {
+			t.Errorf("status %d does not map back to %s", code.Status(), code)
+		}
+	}
+	if ErrorCode("nope").Status() != 500 || CodeForStatus(418) != CodeInternal {
+		t.Errorf("unknown codes must be internal")
+	}
+	bad := BadRequest(invalid("cost", "must be between 0 and 1"))
+	if bad.Field != "cost" || bad.Status != 400 || string(bad.Body()) != `{"error":{"code":"bad_request","message":"cost: must be between 0 and 1","field":"cost"}}` {
+		t.Errorf("BadRequest = %+v body %s", bad, bad.Body())
+	}
+}

@@ -1,0 +1,140 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// StreamConfig describes the two JetStream streams allot needs.
+type StreamConfig struct {
+	// Usage is the name of the usage stream (default USAGE).
+	Usage string `yaml:"usage"`
+	// Dead is the name of the dead-letter stream (default USAGE_DEAD).
+	Dead string `yaml:"dead"`
+	// MaxAge is how long usage events are kept (default 35 days, so the
+	// longest grant period, a month, can be replayed).
+	MaxAge time.Duration `yaml:"max_age"`
+	// DeadMaxAge is how long dead letters are kept (default 35 days).
+	DeadMaxAge time.Duration `yaml:"dead_max_age"`
+	// Duplicates is the window in which the server drops a repeated
+	// Nats-Msg-Id (default 2 minutes).
+	Duplicates time.Duration `yaml:"duplicates"`
+	// Replicas is the number of stream replicas (1 on a single server, 3
+	// on a cluster).
+	Replicas int `yaml:"replicas"`
+	// MaxBytes caps each stream's size; -1 (default) is unlimited.
+	MaxBytes int64 `yaml:"max_bytes"`
+	// Memory keeps the streams in memory instead of on disk (tests).
+	Memory bool `yaml:"memory"`
+}
+
+// DefaultStreamConfig returns the defaults described on StreamConfig.
+func DefaultStreamConfig() StreamConfig {
+	return StreamConfig{
+		Usage:      "USAGE",
+		Dead:       "USAGE_DEAD",
+		MaxAge:     35 * 24 * time.Hour,
+		DeadMaxAge: 35 * 24 * time.Hour,
+		Duplicates: 2 * time.Minute,
+		Replicas:   1,
+		MaxBytes:   -1,
+	}
+}
+
+// Validate checks the stream settings.
+func (c StreamConfig) Validate() error {
+	var errs []error
+	if err := ValidateToken("streams.usage", c.Usage); err != nil {
+		errs = append(errs, err)
+	}
+	if err := ValidateToken("streams.dead", c.Dead); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Usage != "" && c.Usage == c.Dead {
+		errs = append(errs, invalid("streams.dead", "must differ from streams.usage"))
+	}
+	if c.MaxAge < 0 {
+		errs = append(errs, invalid("streams.max_age", "must be >= 0 (0 keeps events forever)"))
+	}
+	if c.DeadMaxAge < 0 {
+		errs = append(errs, invalid("streams.dead_max_age", "must be >= 0 (0 keeps dead letters forever)"))
+	}
+	if c.Duplicates <= 0 {
+		errs = append(errs, invalid("streams.duplicates", "must be > 0"))
+	}
+	if c.MaxAge > 0 && c.Duplicates > c.MaxAge {
+		errs = append(errs, invalid("streams.duplicates", "must not exceed streams.max_age"))
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		errs = append(errs, invalid("streams.replicas", "must be between 1 and 5 (got %d)", c.Replicas))
+	}
+	if c.MaxBytes == 0 || c.MaxBytes < -1 {
+		errs = append(errs, invalid("streams.max_bytes", "must be -1 (unlimited) or > 0"))
+	}
+	return errors.Join(errs...)
+}
+
+// UsageStreamConfig returns the JetStream configuration of the usage
+// stream.
+func (c StreamConfig) UsageStreamConfig(s Subjects) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        c.Usage,
+		Description: "allot usage events",
+		Subjects:    []string{s.UsageStreamSubject()},
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      c.MaxAge,
+		MaxBytes:    c.MaxBytes,
+		MaxMsgs:     -1,
+		Duplicates:  c.Duplicates,
+		Replicas:    c.Replicas,
+		Storage:     c.storage(),
+	}
+}
+
+// DeadStreamConfig returns the JetStream configuration of the
+// dead-letter stream.
+func (c StreamConfig) DeadStreamConfig(s Subjects) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        c.Dead,
+		Description: "allot usage events that were refused, with the reason in Allot-Error",
+		Subjects:    []string{s.DeadStreamSubject()},
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      c.DeadMaxAge,
+		MaxBytes:    c.MaxBytes,
+		MaxMsgs:     -1,
+		Duplicates:  c.Duplicates,
+		Replicas:    c.Replicas,
+		Storage:     c.storage(),
+	}
+}
+
+func (c StreamConfig) storage() jetstream.StorageType {
+	if c.Memory {
+		return jetstream.MemoryStorage
+	}
+	return jetstream.FileStorage
+}
+
+// EnsureStreams creates the usage and dead-letter streams, or updates
+// them to cfg when they exist. Calling it again with the same settings
+// changes nothing.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, s Subjects, cfg StreamConfig) error {
+	if err := s.Validate(); err != nil {
+		return fmt.Errorf("events: ensure streams: %w", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("events: ensure streams: %w", err)
+	}
+	for _, sc := range []jetstream.StreamConfig{cfg.UsageStreamConfig(s), cfg.DeadStreamConfig(s)} {
+		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+			return fmt.Errorf("events: ensure stream %s on %v: %w", sc.Name, sc.Subjects, err)
+		}
+	}
+	return nil
+}

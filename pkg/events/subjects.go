@@ -1,0 +1,154 @@
+package events
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Subjects holds the subject prefixes of every allot subject. The zero
+// value is not usable: start from [DefaultSubjects] and change what you
+// need. Every subject allot uses is built and parsed here.
+type Subjects struct {
+	Usage     string `yaml:"usage"`     // usage events: <usage>.<uid>
+	Dead      string `yaml:"dead"`      // dead letters: <dead>.<uid>
+	Meter     string `yaml:"meter"`     // <meter>.credit.<uid>, .authorize.<uid>, .grants.<uid>
+	RateLimit string `yaml:"ratelimit"` // <ratelimit>.check.<uid>, .reset.<uid>
+	Registry  string `yaml:"registry"`  // <registry>.register, .find[.<name>], .changed.<name>
+	Notify    string `yaml:"notify"`    // <notify>.usage.<uid>, .confirm.<uid>
+}
+
+// DefaultSubjects returns the prefixes of DESIGN.md.
+func DefaultSubjects() Subjects {
+	return Subjects{
+		Usage:     "usage",
+		Dead:      "usage.dead",
+		Meter:     "meter",
+		RateLimit: "ratelimit",
+		Registry:  "registry",
+		Notify:    "notify",
+	}
+}
+
+// Validate checks that every prefix is a literal NATS subject of tokens
+// and that the usage and dead-letter streams cannot overlap.
+func (s Subjects) Validate() error {
+	var errs []error
+	for _, p := range []struct{ field, value string }{
+		{"subjects.usage", s.Usage},
+		{"subjects.dead", s.Dead},
+		{"subjects.meter", s.Meter},
+		{"subjects.ratelimit", s.RateLimit},
+		{"subjects.registry", s.Registry},
+		{"subjects.notify", s.Notify},
+	} {
+		if err := validPrefix(p.field, p.value); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.Usage != "" && s.Usage == s.Dead {
+		errs = append(errs, invalid("subjects.dead", "must differ from subjects.usage, or the two streams overlap"))
+	}
+	return errors.Join(errs...)
+}
+
+func validPrefix(field, p string) error {
+	if p == "" {
+		return invalid(field, "is required")
+	}
+	for _, tok := range strings.Split(p, ".") {
+		if !IsToken(tok) {
+			return invalid(field, "must be dot-separated tokens of A-Z a-z 0-9 _ - (got %s)", quoteShort(p))
+		}
+	}
+	return nil
+}
+
+// UsageStreamSubject is the filter of the usage stream: one token after
+// the prefix, so usage.dead.<uid> is never captured by it.
+func (s Subjects) UsageStreamSubject() string { return s.Usage + ".*" }
+
+// DeadStreamSubject is the filter of the dead-letter stream.
+func (s Subjects) DeadStreamSubject() string { return s.Dead + ".*" }
+
+// Usage returns the subject an app publishes uid's usage events to.
+func (s Subjects) UsageFor(uid string) string { return s.Usage + "." + uid }
+
+// DeadFor returns the dead-letter subject for uid.
+func (s Subjects) DeadFor(uid string) string { return s.Dead + "." + uid }
+
+// Credit returns the credit endpoint subject for uid.
+func (s Subjects) Credit(uid string) string { return s.Meter + ".credit." + uid }
+
+// Authorize returns the authorize endpoint subject for uid.
+func (s Subjects) Authorize(uid string) string { return s.Meter + ".authorize." + uid }
+
+// Grants returns the grants endpoint subject for uid.
+func (s Subjects) Grants(uid string) string { return s.Meter + ".grants." + uid }
+
+// Check returns the rate-limit check subject for uid.
+func (s Subjects) Check(uid string) string { return s.RateLimit + ".check." + uid }
+
+// Reset returns the rate-limit reset subject for uid.
+func (s Subjects) Reset(uid string) string { return s.RateLimit + ".reset." + uid }
+
+// Register returns the registry's register subject.
+func (s Subjects) Register() string { return s.Registry + ".register" }
+
+// Find returns the registry's find subject: all services when name is
+// empty, else one.
+func (s Subjects) Find(name string) string {
+	if name == "" {
+		return s.Registry + ".find"
+	}
+	return s.Registry + ".find." + name
+}
+
+// RegistryChanged returns the subject of change events for service name.
+func (s Subjects) RegistryChanged(name string) string { return s.Registry + ".changed." + name }
+
+// NotifyUsage returns the subject of uid's threshold notices.
+func (s Subjects) NotifyUsage(uid string) string { return s.Notify + ".usage." + uid }
+
+// NotifyConfirm returns the subject on which apps ask for uid's
+// confirmation email.
+func (s Subjects) NotifyConfirm(uid string) string { return s.Notify + ".confirm." + uid }
+
+// Endpoint groups of the request/reply services, for micro.AddGroup.
+func (s Subjects) MeterGroup() string     { return s.Meter }
+func (s Subjects) RateLimitGroup() string { return s.RateLimit }
+func (s Subjects) RegistryGroup() string  { return s.Registry }
+
+// ParseUsage returns the uid of a usage event subject.
+func (s Subjects) ParseUsage(subject string) (string, error) {
+	return parseTail(subject, s.Usage)
+}
+
+// ParseDead returns the uid of a dead-letter subject.
+func (s Subjects) ParseDead(subject string) (string, error) {
+	return parseTail(subject, s.Dead)
+}
+
+// ParseToken returns the single token that follows prefix in subject, as
+// in ParseToken("meter.credit.u-42", "meter.credit") == "u-42". A missing
+// or invalid token is a [ValidationError] on field "subject".
+func ParseToken(subject, prefix string) (string, error) {
+	return parseTail(subject, prefix)
+}
+
+func parseTail(subject, prefix string) (string, error) {
+	rest, ok := strings.CutPrefix(subject, prefix+".")
+	if !ok {
+		return "", invalid("subject", "%s does not start with %q", quoteShort(subject), prefix+".")
+	}
+	if !IsToken(rest) {
+		return "", invalid("subject", "token %s after %q must be 1 to %d characters of A-Z a-z 0-9 _ -", quoteShort(rest), prefix+".", MaxTokenLen)
+	}
+	return rest, nil
+}
+
+// String lists the prefixes, for logs.
+func (s Subjects) String() string {
+	return fmt.Sprintf("usage=%s dead=%s meter=%s ratelimit=%s registry=%s notify=%s",
+		s.Usage, s.Dead, s.Meter, s.RateLimit, s.Registry, s.Notify)
+}
