@@ -178,35 +178,42 @@ func (p *AsyncPublisher) send(pd *pending) error {
 	}
 }
 
-// collect waits for each future in order and settles it.
+// collect waits for each future in order and settles it. A resend is
+// scheduled off this goroutine, so one slow retry never holds up the acks
+// behind it.
 func (p *AsyncPublisher) collect() {
 	defer close(p.done)
 	for pd := range p.queue {
-		for {
-			var err error
-			select {
-			case ack := <-pd.fut.Ok():
-				p.acked.Add(1)
-				if ack.Duplicate {
-					p.duplicates.Add(1)
-				}
-			case err = <-pd.fut.Err():
+		var err error
+		select {
+		case ack := <-pd.fut.Ok():
+			p.acked.Add(1)
+			if ack.Duplicate {
+				p.duplicates.Add(1)
 			}
-			if err != nil && retryable(err) && pd.attempts <= p.opts.MaxRetries {
-				p.retries.Add(1)
-				time.Sleep(p.opts.RetryWait)
-				if serr := p.send(pd); serr == nil {
-					continue
-				} else {
-					err = serr
-				}
-			} else if err != nil {
-				err = publishError(pd.msg.Subject, err)
-			}
-			p.finish(pd, err)
-			break
+		case err = <-pd.fut.Err():
+		}
+		switch {
+		case err == nil:
+			p.finish(pd, nil)
+		case retryable(err) && pd.attempts <= p.opts.MaxRetries:
+			p.retries.Add(1)
+			time.AfterFunc(p.opts.RetryWait, func() { p.resend(pd) })
+		default:
+			p.finish(pd, publishError(pd.msg.Subject, err))
 		}
 	}
+}
+
+// resend sends pd again and queues it for its ack. pd still holds its
+// place in the window, so the queue has room for it, and Close cannot
+// have closed the queue while pd is outstanding.
+func (p *AsyncPublisher) resend(pd *pending) {
+	if err := p.send(pd); err != nil {
+		p.finish(pd, err)
+		return
+	}
+	p.queue <- pd
 }
 
 // finish settles one event: records a failure, frees its place in the
@@ -289,8 +296,12 @@ func (p *AsyncPublisher) Close(ctx context.Context) ([]Failure, error) {
 	}
 	failed, err := p.Flush(ctx)
 	if err != nil {
-		// The collector still owns what is in flight; it ends when those
-		// settle. Leave the queue open so it can.
+		// The collector still owns what is in flight. Stop it once that
+		// settles; what fails from here on is counted in Stats only.
+		go func() {
+			_, _ = p.Flush(context.Background())
+			close(p.queue)
+		}()
 		return failed, err
 	}
 	close(p.queue)
