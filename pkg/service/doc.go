@@ -1,0 +1,41 @@
+// Package service is the plumbing every allot service shares, written once:
+// configuration, connections, the metrics and health HTTP server, logging
+// and graceful shutdown. The services' own logic lives in their internal
+// packages; this package knows nothing of metering or rate limits.
+//
+//   - Config: one typed struct, from Default, then a strict YAML file, then
+//     environment variables (Load, or LoadInto for a struct that embeds it),
+//     checked by Validate; Secret and URL keep passwords out of every
+//     printed form, and Redacted prints the whole config safely. Flags adds
+//     -config and -validate to a binary.
+//   - ConnectNATS and ConnectRedis: clients that fail fast at start with the
+//     address named, then reconnect on their own.
+//   - NewRegistry: a Prometheus registry of the service's own, never the
+//     global one.
+//   - HTTPServer: /metrics, /healthz and /readyz, with NATSCheck and
+//     RedisCheck as readiness checks.
+//   - NewLogger: log/slog in the configured level and format.
+//   - Stack: stops the parts in reverse order under the shutdown timeout.
+//
+// A service's main only sets up signals and calls run, which builds every
+// dependency explicitly and returns errors instead of exiting:
+//
+//	cfg, err := service.Load(flags.ConfigPath, getenv) // then cfg.Validate()
+//	log, err := service.NewLogger(cfg.Log, os.Stderr)
+//	stack := service.NewStack(log)
+//	defer stack.Close(shutdownCtx) // bounded by cfg.Shutdown.Timeout
+//	nc, err := service.ConnectNATS(ctx, cfg.NATS, log)  // stack.Push("nats", ...)
+//	rdb, err := service.ConnectRedis(ctx, cfg.Redis)    // stack.Push("redis", ...)
+//	srv := service.NewHTTPServer(cfg.HTTP.Addr, service.NewRegistry(), log)
+//	srv.AddCheck("nats", service.NATSCheck(nc))
+//	srv.AddCheck("redis", service.RedisCheck(rdb))
+//	srv.Start()                                         // stack.Push("http", srv.Shutdown)
+//	// start consumers and endpoints, pushing their stops
+//	stack.Push("readiness", ...)                        // SetReady(false) runs first
+//	srv.SetReady(true)
+//	<-ctx.Done()
+//
+// On shutdown the stack then runs in reverse: readiness off, so traffic
+// drains; the consumers stop; the HTTP server stops; the clients close.
+// The package example is the whole run.
+package service
