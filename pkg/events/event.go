@@ -102,6 +102,28 @@ func (e *Event) Validate() error {
 	return nil
 }
 
+// validateDraft validates a draft as the publisher will once it has
+// filled in what is missing.
+func (e *Event) validateDraft() error {
+	filled := *e
+	if filled.SpecVersion == "" {
+		filled.SpecVersion = SpecVersion
+	}
+	if filled.Type == "" {
+		filled.Type = UsageType
+	}
+	if filled.ID == "" {
+		filled.ID = "draft"
+	}
+	if filled.Source == "" {
+		filled.Source = "draft"
+	}
+	if filled.Time.IsZero() {
+		filled.Time = time.Unix(0, 0)
+	}
+	return filled.Validate()
+}
+
 // CheckSubject checks that the event's subject equals uid, the token of
 // the NATS subject it arrived on.
 func (e *Event) CheckSubject(uid string) error {
@@ -261,6 +283,18 @@ type wireUsage struct {
 // refused, since they are almost always a misspelling. Attribute names
 // match case-insensitively, as with encoding/json.
 func Decode(body []byte, maxBytes int) (Event, error) {
+	return decode(body, maxBytes, false)
+}
+
+// DecodeDraft parses an event that may leave out id, source, time,
+// specversion and type, as written by hand or in a JSON Lines file; the
+// publisher fills those in (see Prepare). Everything present is checked
+// as by Decode, except the rules on the fields left out.
+func DecodeDraft(body []byte, maxBytes int) (Event, error) {
+	return decode(body, maxBytes, true)
+}
+
+func decode(body []byte, maxBytes int, draft bool) (Event, error) {
 	if maxBytes <= 0 {
 		maxBytes = DefaultMaxEventBytes
 	}
@@ -283,22 +317,26 @@ func Decode(body []byte, maxBytes int) (Event, error) {
 		{"type", w.Type, &e.Type},
 		{"subject", w.Subject, &e.Subject},
 	} {
-		if f.src == nil {
+		switch {
+		case f.src != nil:
+			*f.dst = *f.src
+		case !draft || f.name == "subject":
 			return Event{}, invalid(f.name, "is required")
 		}
-		*f.dst = *f.src
 	}
 	if w.DataContentType != nil {
 		e.DataContentType = *w.DataContentType
 	}
-	if w.Time == nil {
+	switch {
+	case w.Time != nil:
+		t, err := time.Parse(time.RFC3339Nano, *w.Time)
+		if err != nil {
+			return Event{}, invalid("time", "must be an RFC 3339 timestamp (got %s)", quoteShort(*w.Time))
+		}
+		e.Time = t
+	case !draft:
 		return Event{}, invalid("time", "is required")
 	}
-	t, err := time.Parse(time.RFC3339Nano, *w.Time)
-	if err != nil {
-		return Event{}, invalid("time", "must be an RFC 3339 timestamp (got %s)", quoteShort(*w.Time))
-	}
-	e.Time = t
 	if len(w.Data) == 0 || bytes.Equal(w.Data, []byte("null")) {
 		return Event{}, invalid("data", "is required")
 	}
@@ -318,6 +356,9 @@ func Decode(body []byte, maxBytes int) (Event, error) {
 		u.Labels = nil // {} and no labels are the same event
 	}
 	e.Data = Usage{Metric: *u.Metric, Value: *u.Value, Labels: u.Labels}
+	if draft {
+		return e, e.validateDraft()
+	}
 	if err := e.Validate(); err != nil {
 		return Event{}, err
 	}

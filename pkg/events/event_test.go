@@ -276,3 +276,26 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+func TestDecodeDraft(t *testing.T) {
+	ev, err := DecodeDraft([]byte(`{"subject":"u-42","data":{"metric":"photo_daily_total","value":2}}`), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Subject != "u-42" || ev.Data.Value != 2 || ev.ID != "" || !ev.Time.IsZero() {
+		t.Errorf("draft = %+v", ev)
+	}
+	for body, field := range map[string]string{
+		`{"data":{"metric":"m","value":1}}`:                            "subject",
+		`{"subject":"u","data":{"metric":"m"}}`:                        "data.value",
+		`{"subject":"u","id":"a b","data":{"metric":"m","value":1}}`:   "id",
+		`{"subject":"u","type":"x","data":{"metric":"m","value":1}}`:   "type",
+		`{"subject":"u","time":"now","data":{"metric":"m","value":1}}`: "time",
+	} {
+		_, err := DecodeDraft([]byte(body), 0)
+		var v *ValidationError
+		if !errors.As(err, &v) || v.Field != field {
+			t.Errorf("DecodeDraft(%s) = %v, want an error on %s", body, err, field)
+		}
+	}
+}

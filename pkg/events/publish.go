@@ -15,6 +15,10 @@ import (
 // within its duplicate window.
 const MsgIDHeader = jetstream.MsgIDHeader
 
+// ErrorHeader carries the reason a dead letter was refused, such as
+// "data.value: must be a finite number".
+const ErrorHeader = "Allot-Error"
+
 // ErrNoStream means no JetStream stream captures the subject published
 // to: the streams were not created, or the subject prefix is wrong.
 var ErrNoStream = errors.New("events: no stream captures the subject")

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/allot/allot/pkg/events"
 	"github.com/redis/go-redis/v9"
 	"go.yaml.in/yaml/v3"
 )
@@ -32,6 +33,11 @@ type Config struct {
 	Log LogConfig `yaml:"log"`
 	// Shutdown bounds the graceful shutdown.
 	Shutdown ShutdownConfig `yaml:"shutdown"`
+	// Subjects holds the NATS subject prefixes of every allot subject.
+	Subjects events.Subjects `yaml:"subjects"`
+	// Streams describes the JetStream streams for usage events and dead
+	// letters.
+	Streams events.StreamConfig `yaml:"streams"`
 	// Instance names this process among the replicas of a service, in logs,
 	// the registry and metrics. Defaults to the hostname (the pod name in
 	// Kubernetes).
@@ -151,6 +157,8 @@ func Default() Config {
 		HTTP:     HTTPConfig{Addr: ":8080"},
 		Log:      LogConfig{Level: "info", Format: "text"},
 		Shutdown: ShutdownConfig{Timeout: 25 * time.Second},
+		Subjects: events.DefaultSubjects(),
+		Streams:  events.DefaultStreamConfig(),
 		Instance: host,
 	}
 }
@@ -181,6 +189,11 @@ func (c Config) Validate() error {
 	errs = append(errs, c.HTTP.validate()...)
 	errs = append(errs, c.Log.validate()...)
 	errs = append(errs, c.Shutdown.validate()...)
+	for _, err := range []error{c.Subjects.Validate(), c.Streams.Validate()} {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("service: %w", err))
+		}
+	}
 	switch {
 	case c.Instance == "":
 		errs = append(errs, fieldError("instance", "must not be empty (set ALLOT_INSTANCE)"))

@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/allot/allot/pkg/service"
+	"github.com/nats-io/nats.go"
+)
+
+// cliEnv is everything a command touches outside its arguments, so tests
+// can run commands in-process.
+type cliEnv struct {
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+	getenv func(string) string
+}
+
+// command is one "allot <name>" subcommand.
+type command struct {
+	name    string
+	summary string
+	usage   string // the help text before the flag list, with an example
+	run     func(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) error
+}
+
+// usageError is a mistake in the command line: exit code 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+func commands() []command {
+	return []command{
+		devCommand(),
+		publishCommand(),
+		streamsCommand(),
+		tailCommand(),
+	}
+}
+
+// run runs one command line and returns the process exit code: 0 on
+// success, 1 on failure, 2 on a usage mistake. Failures print one line.
+func run(ctx context.Context, args []string, env *cliEnv) int {
+	cmds := commands()
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" || args[0] == "-help" {
+		if len(args) > 1 {
+			return run(ctx, []string{args[1], "-h"}, env)
+		}
+		printHelp(env.stdout, cmds)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range cmds {
+		if c.name != args[0] {
+			continue
+		}
+		fs := flag.NewFlagSet("allot "+c.name, flag.ContinueOnError)
+		fs.SetOutput(env.stderr)
+		fs.Usage = func() {
+			fmt.Fprintf(env.stderr, "%s\n\nFlags:\n", strings.TrimSpace(c.usage))
+			fs.PrintDefaults()
+		}
+		err := c.run(ctx, env, fs, args[1:])
+		switch {
+		case err == nil:
+			return 0
+		case errors.Is(err, flag.ErrHelp):
+			return 0
+		}
+		var uerr *usageError
+		if errors.As(err, &uerr) {
+			fmt.Fprintf(env.stderr, "allot %s: %v\nRun 'allot %s -h' for help.\n", c.name, err, c.name)
+			return 2
+		}
+		fmt.Fprintf(env.stderr, "allot %s: %v\n", c.name, oneLine(err))
+		return 1
+	}
+	fmt.Fprintf(env.stderr, "allot: unknown command %q\nRun 'allot help' for the commands.\n", args[0])
+	return 2
+}
+
+// parse parses flags, turning flag errors into usage errors, and refuses
+// stray arguments unless allowArgs.
+func parse(fs *flag.FlagSet, args []string, allowArgs bool) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return &usageError{msg: err.Error()}
+	}
+	if !allowArgs && fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+func oneLine(err error) string {
+	return strings.ReplaceAll(err.Error(), "\n", "; ")
+}
+
+func printHelp(w io.Writer, cmds []command) {
+	fmt.Fprintln(w, "allot meters usage and rate-limits calls: apps publish usage events to NATS,")
+	fmt.Fprintln(w, "allot keeps the state in Redis and answers credit and rate-limit questions.")
+	fmt.Fprintln(w, "\nUsage: allot <command> [flags]\n\nCommands:")
+	sort.Slice(cmds, func(i, j int) bool { return cmds[i].name < cmds[j].name })
+	for _, c := range cmds {
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w, "\nRun 'allot <command> -h' for a command's flags and an example.")
+}
+
+// clientFlags are the flags of every command that talks to a running
+// allot over NATS.
+type clientFlags struct {
+	config  string
+	natsURL string
+	timeout time.Duration
+}
+
+func (f *clientFlags) register(fs *flag.FlagSet, env *cliEnv) {
+	fs.StringVar(&f.config, "config", env.getenv("ALLOT_CONFIG"), "allot.yaml with subject and stream names (env ALLOT_CONFIG)")
+	fs.StringVar(&f.natsURL, "nats", "", "NATS URL (default: env NATS_URL, the config file, or nats://127.0.0.1:4222)")
+	fs.DurationVar(&f.timeout, "timeout", 5*time.Second, "how long to wait for NATS and for each reply")
+}
+
+// load reads the configuration and connects to NATS.
+func (f *clientFlags) load(env *cliEnv) (service.Config, *nats.Conn, error) {
+	cfg, err := service.Load(f.config, env.getenv)
+	if err != nil {
+		return cfg, nil, err
+	}
+	if f.natsURL != "" {
+		cfg.NATS.URL = service.URL(f.natsURL)
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, nil, err
+	}
+	if f.timeout <= 0 {
+		return cfg, nil, usagef("-timeout must be > 0")
+	}
+	url := cfg.NATS.URL.Reveal()
+	nc, err := nats.Connect(url, nats.Name("allot-cli"), nats.Timeout(f.timeout))
+	if err != nil {
+		return cfg, nil, fmt.Errorf("cannot reach NATS at %s: %v (is 'allot dev' running? set NATS_URL or -nats)", cfg.NATS.URL, err)
+	}
+	return cfg, nc, nil
+}
+
+// isTerminal reports whether w is a terminal, for progress lines.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}

@@ -1,0 +1,279 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// syncBuffer is a bytes.Buffer safe for a command writing while the test
+// reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type result struct {
+	code   int
+	stdout string
+	stderr string
+}
+
+// runCLI runs one allot command line in-process with the given
+// environment and stdin.
+func runCLI(t *testing.T, env map[string]string, stdin string, args ...string) result {
+	t.Helper()
+	var out, errOut syncBuffer
+	code := run(t.Context(), args, &cliEnv{
+		stdin:  strings.NewReader(stdin),
+		stdout: &out,
+		stderr: &errOut,
+		getenv: func(k string) string { return env[k] },
+	})
+	return result{code, out.String(), errOut.String()}
+}
+
+func startNATS(t *testing.T) string {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(s.Shutdown)
+	return s.ClientURL()
+}
+
+func TestHelp(t *testing.T) {
+	r := runCLI(t, nil, "", "help")
+	if r.code != 0 {
+		t.Errorf("help exit %d", r.code)
+	}
+	for _, name := range []string{"dev", "publish", "streams", "tail"} {
+		if !strings.Contains(r.stdout, "  "+name+" ") {
+			t.Errorf("help does not list %s:\n%s", name, r.stdout)
+		}
+	}
+	for _, name := range []string{"dev", "publish", "streams", "tail"} {
+		r := runCLI(t, nil, "", name, "-h")
+		if r.code != 0 || !strings.Contains(r.stderr, "Examples:") || !strings.Contains(r.stderr, "Flags:") {
+			t.Errorf("allot %s -h: exit %d, want an example and the flags:\n%s", name, r.code, r.stderr)
+		}
+	}
+	if r := runCLI(t, nil, "", "help", "publish"); r.code != 0 || !strings.Contains(r.stderr, "allot publish -uid") {
+		t.Errorf("allot help publish: %+v", r)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{"publish"}, "-uid and -metric are required"},
+		{[]string{"publish", "-uid", "u"}, "-uid and -metric are required"},
+		{[]string{"publish", "-file", "x", "-uid", "u"}, "cannot be combined"},
+		{[]string{"publish", "-window", "0", "-file", "-"}, "-window must be between"},
+		{[]string{"publish", "-value", "abc", "-uid", "u", "-metric", "m"}, `invalid value "abc"`},
+		{[]string{"publish", "-label", "novalue", "-uid", "u", "-metric", "m"}, "want name=value"},
+		{[]string{"publish", "-uid", "u", "-metric", "m", "extra"}, `unexpected argument "extra"`},
+		{[]string{"tail", "-n", "0"}, "-n must be between"},
+	} {
+		r := runCLI(t, nil, "", tc.args...)
+		if r.code != 2 || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("allot %v: exit %d, stderr %q; want exit 2 mentioning %q", tc.args, r.code, r.stderr, tc.want)
+		}
+		if strings.Contains(r.stderr, "goroutine ") {
+			t.Errorf("allot %v printed a stack trace", tc.args)
+		}
+	}
+}
+
+func TestPublishAndTail(t *testing.T) {
+	env := map[string]string{"NATS_URL": startNATS(t)}
+
+	// Without streams, publish says how to create them.
+	r := runCLI(t, env, "", "publish", "-uid", "u-42", "-metric", "photo_daily_total")
+	if r.code != 1 || !strings.Contains(r.stderr, "allot streams") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+		t.Fatalf("publish without streams: %+v; want one line pointing at 'allot streams'", r)
+	}
+
+	r = runCLI(t, env, "", "streams")
+	if r.code != 0 || !strings.Contains(r.stdout, "USAGE ") || !strings.Contains(r.stdout, "USAGE_DEAD") {
+		t.Fatalf("streams: %+v", r)
+	}
+
+	r = runCLI(t, env, "", "publish", "-uid", "u-42", "-metric", "photo_daily_total", "-id", "ev-1", "-label", "app=web")
+	if r.code != 0 || !strings.Contains(r.stdout, "published event ev-1 to usage.u-42: USAGE seq 1") {
+		t.Fatalf("publish: %+v", r)
+	}
+	r = runCLI(t, env, "", "publish", "-uid", "u-42", "-metric", "photo_daily_total", "-id", "ev-1")
+	if r.code != 0 || !strings.Contains(r.stdout, "duplicate: event ev-1") {
+		t.Fatalf("republish: %+v", r)
+	}
+	r = runCLI(t, env, "", "publish", "-uid", "u.42", "-metric", "photo_daily_total")
+	if r.code != 1 || !strings.Contains(r.stderr, "subject: must be 1 to 128") {
+		t.Fatalf("bad uid: %+v", r)
+	}
+
+	r = runCLI(t, env, "", "tail", "-n", "5")
+	if r.code != 0 || !strings.Contains(r.stdout, `1 `) || !strings.Contains(r.stdout, `usage.u-42 {"specversion":"1.0","id":"ev-1"`) || !strings.Contains(r.stdout, `"labels":{"app":"web"}`) {
+		t.Fatalf("tail: %+v", r)
+	}
+	r = runCLI(t, env, "", "tail", "-dead")
+	if r.code != 0 || !strings.Contains(r.stdout, "USAGE_DEAD is empty") {
+		t.Fatalf("tail -dead: %+v", r)
+	}
+	r = runCLI(t, env, "", "streams", "-check")
+	if r.code != 0 || !strings.Contains(r.stdout, "1 events") {
+		t.Fatalf("streams -check: %+v", r)
+	}
+}
+
+func TestPublishFile(t *testing.T) {
+	env := map[string]string{"NATS_URL": startNATS(t)}
+	if r := runCLI(t, env, "", "streams"); r.code != 0 {
+		t.Fatal(r)
+	}
+	lines := []string{
+		`{"subject":"u-1","id":"a","data":{"metric":"photo_daily_total","value":1}}`,
+		`{"subject":"u-2","data":{"metric":"api_calls_total","value":2,"labels":{"resource":"photo"}}}`,
+		``,
+		`not json`,
+		`{"subject":"u-1","id":"a","data":{"metric":"photo_daily_total","value":1}}`,
+		`{"subject":"u-3","data":{"metric":"photo_daily_total","value":"lots"}}`,
+		`{"specversion":"1.0","id":"full","source":"app","type":"allot.usage.v1","subject":"u-4","time":"2026-11-22T10:00:00Z","data":{"metric":"m","value":1}}`,
+		`{"subject":"u-5","data":{"metric":"m","value":1,"valeu":3}}`,
+		`{"subject":"u-6","data":{"metric":"m","value":1,"labels":{"x":"` + strings.Repeat("y", 70000) + `"}}}`,
+	}
+	r := runCLI(t, env, strings.Join(lines, "\n")+"\n", "publish", "-file", "-")
+	if r.code != 1 {
+		t.Errorf("exit %d, want 1 for refused lines", r.code)
+	}
+	for _, want := range []string{
+		"stdin: 9 lines, 3 events accepted, 1 duplicate, 4 refused, 0 failed",
+		"line 4: event: is not valid JSON",
+		"line 6: data.value: must be a number (got string)",
+		"line 8: data.valeu: is not a known field",
+		"line 9: event: longer than 65536 bytes",
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("summary lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if !strings.Contains(r.stderr, "4 of 9 lines were not published") {
+		t.Errorf("stderr = %q", r.stderr)
+	}
+
+	// A clean file exits 0; from a path.
+	path := filepath.Join(t.TempDir(), "ok.jsonl")
+	if err := os.WriteFile(path, []byte(lines[0]+"\n"+lines[1]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = runCLI(t, env, "", "publish", "-file", path)
+	if r.code != 0 || !strings.Contains(r.stdout, "2 lines, 1 events accepted, 1 duplicate") {
+		t.Errorf("clean file: %+v", r)
+	}
+	r = runCLI(t, env, "", "publish", "-file", filepath.Join(t.TempDir(), "missing.jsonl"))
+	if r.code != 1 || !strings.Contains(r.stderr, "no such file") {
+		t.Errorf("missing file: %+v", r)
+	}
+}
+
+func TestUnreachableNATS(t *testing.T) {
+	env := map[string]string{"NATS_URL": "nats://127.0.0.1:1"}
+	r := runCLI(t, env, "", "publish", "-uid", "u", "-metric", "m", "-timeout", "500ms")
+	if r.code != 1 || !strings.Contains(r.stderr, "cannot reach NATS at nats://127.0.0.1:1") {
+		t.Errorf("unreachable: %+v", r)
+	}
+}
+
+func TestDevStartsPublishesAndStops(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var out, errOut syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"dev", "-nats-addr", "127.0.0.1:0", "-http", "127.0.0.1:0"}, &cliEnv{
+			stdin: strings.NewReader(""), stdout: &out, stderr: &errOut,
+			getenv: func(string) string { return "" },
+		})
+	}()
+	natsRe := regexp.MustCompile(`NATS\s+(nats://\S+)`)
+	httpRe := regexp.MustCompile(`HTTP\s+(http://\S+)/metrics`)
+	deadline := time.Now().Add(20 * time.Second)
+	for !natsRe.MatchString(out.String()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("dev printed no NATS URL in 20s:\n%s\n%s", out.String(), errOut.String())
+		}
+		select {
+		case code := <-done:
+			t.Fatalf("dev exited %d early:\n%s\n%s", code, out.String(), errOut.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	natsURL := natsRe.FindStringSubmatch(out.String())[1]
+	if !httpRe.MatchString(out.String()) {
+		t.Errorf("banner lacks the HTTP address:\n%s", out.String())
+	}
+	env := map[string]string{"NATS_URL": natsURL}
+	if r := runCLI(t, env, "", "publish", "-uid", "u-42", "-metric", "photo_daily_total"); r.code != 0 {
+		t.Fatalf("publish to dev: %+v", r)
+	}
+	if r := runCLI(t, env, "", "tail", "-n", "1"); r.code != 0 || !strings.Contains(r.stdout, "usage.u-42") {
+		t.Fatalf("tail on dev: %+v", r)
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 || !strings.Contains(errOut.String(), "allot dev: stopped") {
+			t.Errorf("dev exit %d, stderr:\n%s", code, errOut.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("dev did not stop within 30s of Ctrl-C")
+	}
+}
+
+func TestDevValidate(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	if err := os.WriteFile(good, []byte("redis:\n  password: hunter2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := runCLI(t, nil, "", "dev", "-config", good, "-validate")
+	if r.code != 0 || !strings.Contains(r.stdout, "configuration is valid") || strings.Contains(r.stdout, "hunter2") {
+		t.Errorf("dev -validate: %+v", r)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("nats:\n  urll: x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = runCLI(t, nil, "", "dev", "-config", bad, "-validate")
+	if r.code != 1 || !strings.Contains(r.stderr, "urll") {
+		t.Errorf("dev -validate with a typo: %+v", r)
+	}
+}

@@ -1,0 +1,256 @@
+// Package devstack runs the whole of allot in one process: an embedded
+// nats-server with JetStream, an embedded Redis (miniredis), the streams,
+// one HTTP server for metrics and health, and every allot service that
+// exists, through the same code paths as their own binaries. "allot dev"
+// and the load-test harness both start it.
+package devstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/service"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+// Options says what to start.
+type Options struct {
+	// Config is the allot configuration; its NATS and Redis URLs are used
+	// only when ExternalNATS or ExternalRedis is set.
+	Config service.Config
+	// ExternalNATS connects to Config.NATS.URL instead of embedding a
+	// server (allot dev does so when NATS_URL is set).
+	ExternalNATS bool
+	// ExternalRedis connects to Config.Redis instead of miniredis.
+	ExternalRedis bool
+	// NATSAddr is where the embedded NATS listens (default 127.0.0.1:4222);
+	// when it is taken, a free port is used and Notes says so.
+	NATSAddr string
+	// StoreDir holds the embedded JetStream's files; empty means a temporary
+	// directory removed by Close.
+	StoreDir string
+	// HTTPAddr is where /metrics, /healthz and /readyz listen (default
+	// 127.0.0.1:8080, with the same fallback as NATSAddr).
+	HTTPAddr string
+	// Log receives what happens; nil discards it.
+	Log *slog.Logger
+}
+
+// Stack is a running allot.
+type Stack struct {
+	NATSURL  string // the URL apps and the CLI connect to
+	RedisURL string // redacted when it carries a password
+	HTTPURL  string // base URL of /metrics, /healthz, /readyz
+	StoreDir string // the JetStream directory, when embedded
+	Notes    []string
+
+	NATS     *nats.Conn
+	Redis    redis.UniversalClient
+	Registry *prometheus.Registry
+	HTTP     *service.HTTPServer
+	Services []string // names of the allot services running
+
+	closers *service.Stack
+}
+
+// Start starts the stack. On error, whatever was started is stopped.
+func Start(ctx context.Context, opts Options) (st *Stack, err error) {
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Stack{closers: service.NewStack(log)}
+	defer func() {
+		if err != nil {
+			closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			_ = s.closers.Close(closeCtx)
+		}
+	}()
+	cfg := opts.Config
+
+	// NATS: embedded with JetStream, or the one configured.
+	if opts.ExternalNATS {
+		s.NATSURL = cfg.NATS.URL.String()
+	} else {
+		url, err := s.startNATS(opts, log)
+		if err != nil {
+			return nil, err
+		}
+		cfg.NATS.URL = service.URL(url)
+		s.NATSURL = url
+	}
+	nc, err := service.ConnectNATS(ctx, cfg.NATS, log)
+	if err != nil {
+		return nil, err
+	}
+	s.NATS = nc
+	s.closers.Push("nats connection", func(context.Context) error { return nc.Drain() })
+
+	// Redis: miniredis, or the one configured.
+	if !opts.ExternalRedis {
+		mr := miniredis.NewMiniRedis()
+		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
+			return nil, fmt.Errorf("devstack: start miniredis: %w", err)
+		}
+		s.closers.Push("miniredis", func(context.Context) error { mr.Close(); return nil })
+		cfg.Redis = service.RedisConfig{
+			URL:          service.URL("redis://" + mr.Addr() + "/0"),
+			KeyPrefix:    cfg.Redis.KeyPrefix,
+			DialTimeout:  cfg.Redis.DialTimeout,
+			ReadTimeout:  cfg.Redis.ReadTimeout,
+			WriteTimeout: cfg.Redis.WriteTimeout,
+		}
+	}
+	rdb, err := service.ConnectRedis(ctx, cfg.Redis)
+	if err != nil {
+		return nil, err
+	}
+	s.Redis = rdb
+	s.RedisURL = redisDisplay(cfg.Redis)
+	if !opts.ExternalRedis {
+		s.RedisURL += " (miniredis, in memory)"
+	}
+	s.closers.Push("redis client", func(context.Context) error { return rdb.Close() })
+
+	// The streams every service needs.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("devstack: %w", err)
+	}
+	if err := events.EnsureStreams(ctx, js, cfg.Subjects, cfg.Streams); err != nil {
+		return nil, err
+	}
+
+	// One HTTP server for the whole process.
+	s.Registry = service.NewRegistry()
+	httpAddr := opts.HTTPAddr
+	if httpAddr == "" {
+		httpAddr = "127.0.0.1:8080"
+	}
+	httpAddr, note := freeAddr(httpAddr, "HTTP")
+	if note != "" {
+		s.Notes = append(s.Notes, note)
+	}
+	s.HTTP = service.NewHTTPServer(httpAddr, s.Registry, log)
+	s.HTTP.AddCheck("nats", service.NATSCheck(nc))
+	s.HTTP.AddCheck("redis", service.RedisCheck(rdb))
+	if err := s.HTTP.Start(); err != nil {
+		return nil, err
+	}
+	s.HTTPURL = "http://" + s.HTTP.Addr()
+	s.closers.Push("http server", s.HTTP.Shutdown)
+
+	// The allot services start here as they arrive, each through the same
+	// Run its own binary calls.
+
+	s.HTTP.SetReady(true)
+	log.Info("allot dev stack started", "nats", s.NATSURL, "redis", s.RedisURL, "http", s.HTTPURL)
+	return s, nil
+}
+
+func (s *Stack) startNATS(opts Options, log *slog.Logger) (string, error) {
+	addr := opts.NATSAddr
+	if addr == "" {
+		addr = "127.0.0.1:4222"
+	}
+	addr, note := freeAddr(addr, "NATS")
+	if note != "" {
+		s.Notes = append(s.Notes, note)
+	}
+	host, portText, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("devstack: NATS address %q: %w", addr, err)
+	}
+	port, err := strconv.Atoi(portText)
+	if err != nil {
+		return "", fmt.Errorf("devstack: NATS address %q: %w", addr, err)
+	}
+	if port == 0 {
+		port = -1 // nats-server's "any free port"
+	}
+	dir := opts.StoreDir
+	if dir == "" {
+		dir, err = os.MkdirTemp("", "allot-dev-jetstream-")
+		if err != nil {
+			return "", fmt.Errorf("devstack: JetStream directory: %w", err)
+		}
+		s.closers.Push("jetstream directory", func(context.Context) error { return os.RemoveAll(dir) })
+	}
+	s.StoreDir = dir
+	ns, err := server.NewServer(&server.Options{
+		ServerName: "allot-dev",
+		Host:       host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   dir,
+		NoLog:      true,
+		NoSigs:     true,
+	})
+	if err != nil {
+		return "", fmt.Errorf("devstack: embedded NATS: %w", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		return "", errors.New("devstack: embedded NATS did not start within 10s")
+	}
+	s.closers.Push("embedded nats-server", func(context.Context) error {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		return nil
+	})
+	log.Debug("embedded nats-server started", "url", ns.ClientURL(), "store", dir)
+	return ns.ClientURL(), nil
+}
+
+// freeAddr returns addr when it can be listened on, else the same host
+// with a free port and a note saying so.
+func freeAddr(addr, what string) (string, string) {
+	l, err := net.Listen("tcp", addr)
+	if err == nil {
+		_ = l.Close()
+		return addr, ""
+	}
+	host, _, splitErr := net.SplitHostPort(addr)
+	if splitErr != nil {
+		return addr, "" // let the server report the bad address
+	}
+	l, err2 := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err2 != nil {
+		return addr, ""
+	}
+	free := l.Addr().String()
+	_ = l.Close()
+	return free, fmt.Sprintf("%s: %s is taken (%v); using %s instead", what, addr, err, free)
+}
+
+func redisDisplay(c service.RedisConfig) string {
+	switch {
+	case len(c.Addrs) > 0 && c.MasterName != "":
+		return fmt.Sprintf("sentinel %s %v", c.MasterName, c.Addrs)
+	case len(c.Addrs) > 0:
+		return fmt.Sprintf("cluster %v", c.Addrs)
+	}
+	return c.URL.String()
+}
+
+// Close stops everything in the reverse order of Start.
+func (s *Stack) Close(ctx context.Context) error {
+	if s.HTTP != nil {
+		s.HTTP.SetReady(false)
+	}
+	return s.closers.Close(ctx)
+}

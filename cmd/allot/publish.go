@@ -1,0 +1,289 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/allot/allot/pkg/events"
+	"github.com/nats-io/nats.go"
+)
+
+func publishCommand() command {
+	return command{
+		name:    "publish",
+		summary: "publish one usage event from flags, or many from a JSON Lines file",
+		usage: `Usage: allot publish -uid UID -metric NAME [-value N] [-label k=v]...
+       allot publish -file events.jsonl   (or -file - for stdin)
+
+Publishes usage events to the USAGE stream and waits for the stream's ack.
+An event that repeats an earlier id is reported as a duplicate and counts
+once. Each line of a file is one event in CloudEvents JSON; id, source,
+time, specversion and type may be left out and are filled in.
+
+Examples:
+  allot publish -uid u-42 -metric photo_daily_total
+  allot publish -uid u-42 -metric api_calls_total -value 3 -label resource=photo
+  echo '{"subject":"u-42","data":{"metric":"photo_daily_total","value":1}}' | allot publish -file -`,
+		run: runPublish,
+	}
+}
+
+// labelFlags collects repeated -label k=v flags.
+type labelFlags map[string]string
+
+func (l labelFlags) String() string { return fmt.Sprint(map[string]string(l)) }
+
+func (l labelFlags) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("want name=value, got %q", s)
+	}
+	l[k] = v
+	return nil
+}
+
+func runPublish(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) error {
+	var cf clientFlags
+	cf.register(fs, env)
+	uid := fs.String("uid", "", "the user the usage belongs to")
+	metric := fs.String("metric", "", "the metric used, e.g. photo_daily_total")
+	value := fs.Float64("value", 1, "how much was used")
+	id := fs.String("id", "", "the event id, the idempotency key (default: a new UUIDv7)")
+	source := fs.String("source", "allot-cli", "the publishing app")
+	file := fs.String("file", "", "publish every line of this JSON Lines file; - reads stdin")
+	window := fs.Int("window", 1024, "with -file: events in flight at once")
+	labels := labelFlags{}
+	fs.Var(labels, "label", "a label name=value (repeatable)")
+	if err := parse(fs, args, false); err != nil {
+		return err
+	}
+	if *file == "" && (*uid == "" || *metric == "") {
+		return usagef("-uid and -metric are required (or -file)")
+	}
+	if *file != "" && (*uid != "" || *metric != "" || *id != "" || len(labels) > 0) {
+		return usagef("-file cannot be combined with -uid, -metric, -id or -label")
+	}
+	if *window < 1 || *window > 65536 {
+		return usagef("-window must be between 1 and 65536")
+	}
+	cfg, nc, err := cf.load(env)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	opts := events.PublisherOptions{Subjects: cfg.Subjects, Source: *source}
+
+	if *file == "" {
+		ev := events.NewUsage(*uid, *metric, *value)
+		ev.ID = *id
+		if len(labels) > 0 {
+			ev.Data.Labels = labels
+		}
+		return publishOne(ctx, env, nc, opts, ev, cf.timeout)
+	}
+	in := env.stdin
+	name := "stdin"
+	if *file != "-" {
+		f, err := os.Open(*file)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		in, name = f, *file
+	}
+	return publishFile(ctx, env, nc, events.AsyncOptions{PublisherOptions: opts, Window: *window, AckTimeout: cf.timeout}, in, name)
+}
+
+func publishOne(ctx context.Context, env *cliEnv, nc *nats.Conn, opts events.PublisherOptions, ev events.Event, timeout time.Duration) error {
+	pub, err := events.NewPublisher(nc, opts)
+	if err != nil {
+		return err
+	}
+	if _, err := events.Prepare(&ev, opts); err != nil {
+		return err // refused before the wire, naming the field
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	ack, err := pub.Publish(ctx, ev)
+	if err != nil {
+		return err
+	}
+	if ack.Duplicate {
+		fmt.Fprintf(env.stdout, "duplicate: event %s was already in %s (seq %d); it counts once\n", ev.ID, ack.Stream, ack.Sequence)
+		return nil
+	}
+	fmt.Fprintf(env.stdout, "published event %s to %s: %s seq %d\n", ev.ID, opts.Subjects.UsageFor(ev.Subject), ack.Stream, ack.Sequence)
+	return nil
+}
+
+// maxTracked bounds the memory spent remembering which line each event
+// came from; failures past it are reported by event id alone.
+const maxTracked = 1 << 20
+
+// lineError is one line of the input that was refused or failed.
+type lineError struct {
+	line int
+	err  error
+}
+
+// publishFile publishes every line of in, with a progress line and a
+// summary. Lines that are not valid events are refused and reported with
+// their number; the rest are still published.
+func publishFile(ctx context.Context, env *cliEnv, nc *nats.Conn, opts events.AsyncOptions, in io.Reader, name string) error {
+	pub, err := events.NewAsyncPublisher(nc, opts)
+	if err != nil {
+		return err
+	}
+	var lineNo, refusedN atomic.Int64
+	var refused []lineError
+	lineOf := map[string]int{} // event id -> line, to name failed lines
+	start := time.Now()
+	stopProgress := startProgress(env.stderr, func() string {
+		st := pub.Stats()
+		rate := float64(st.Acked) / time.Since(start).Seconds()
+		return fmt.Sprintf("read %d lines: %d accepted, %d duplicate, %d refused, %d failed, %d in flight (%.0f events/s)",
+			lineNo.Load(), st.Acked-st.Duplicates, st.Duplicates, refusedN.Load(), st.Failed, st.InFlight, rate)
+	})
+
+	r := bufio.NewReaderSize(in, 64<<10)
+	var readErr error
+	for ctx.Err() == nil {
+		line, tooLong, err := readLine(r, events.DefaultMaxEventBytes)
+		if len(line) > 0 || tooLong {
+			n := int(lineNo.Add(1))
+			switch ev, perr := parseLine(line, tooLong, opts.PublisherOptions); {
+			case perr != nil:
+				refusedN.Add(1)
+				refused = append(refused, lineError{n, perr})
+			default:
+				if len(lineOf) < maxTracked {
+					lineOf[ev.ID] = n
+				}
+				if perr := pub.Publish(ctx, ev); perr != nil {
+					refusedN.Add(1)
+					refused = append(refused, lineError{n, perr})
+				}
+			}
+		} else if err == nil {
+			lineNo.Add(1) // a blank line
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			readErr = fmt.Errorf("reading %s: %w", name, err)
+			break
+		}
+	}
+	flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opts.AckTimeout*time.Duration(opts.MaxRetries+2))
+	defer cancel()
+	failed, closeErr := pub.Close(flushCtx)
+	stopProgress()
+
+	st := pub.Stats()
+	fmt.Fprintf(env.stdout, "%s: %d lines, %d events accepted, %d duplicate, %d refused, %d failed in %s\n",
+		name, lineNo.Load(), st.Acked-st.Duplicates, st.Duplicates, len(refused), len(failed), time.Since(start).Round(time.Millisecond))
+	var problems []lineError
+	problems = append(problems, refused...)
+	for _, f := range failed {
+		problems = append(problems, lineError{lineOf[f.Event.ID], fmt.Errorf("event %s: %w", f.Event.ID, f.Err)})
+	}
+	const shown = 10
+	for i, p := range problems {
+		if i == shown {
+			fmt.Fprintf(env.stdout, "  ... and %d more\n", len(problems)-shown)
+			break
+		}
+		if p.line == 0 {
+			fmt.Fprintf(env.stdout, "  %v\n", oneLine(p.err))
+			continue
+		}
+		fmt.Fprintf(env.stdout, "  line %d: %v\n", p.line, oneLine(p.err))
+	}
+	switch {
+	case readErr != nil:
+		return readErr
+	case ctx.Err() != nil:
+		return fmt.Errorf("interrupted after %d lines; the summary above counts what was sent", lineNo.Load())
+	case closeErr != nil:
+		return fmt.Errorf("waiting for acks: %w", closeErr)
+	case len(problems) > 0:
+		return fmt.Errorf("%d of %d lines were not published", len(problems), lineNo.Load())
+	}
+	return nil
+}
+
+// readLine reads one line without its newline. A line longer than max
+// is consumed and reported as tooLong instead of being returned.
+func readLine(r *bufio.Reader, max int) (line []byte, tooLong bool, err error) {
+	for {
+		chunk, err := r.ReadSlice('\n')
+		if len(line)+len(chunk) > max+2 {
+			tooLong = true
+			line = nil
+		} else if !tooLong {
+			line = append(line, chunk...)
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		return []byte(strings.TrimRight(string(line), "\r\n")), tooLong, err
+	}
+}
+
+func parseLine(line []byte, tooLong bool, opts events.PublisherOptions) (events.Event, error) {
+	if tooLong {
+		return events.Event{}, fmt.Errorf("event: longer than %d bytes", events.DefaultMaxEventBytes)
+	}
+	ev, err := events.DecodeDraft(line, 0)
+	if err != nil {
+		return ev, err
+	}
+	// Fill in the id now, so a failure can be traced to its line.
+	_, err = events.Prepare(&ev, opts)
+	return ev, err
+}
+
+// startProgress prints status() every second: rewriting one line on a
+// terminal, a line every 5 seconds otherwise. The returned func stops it.
+func startProgress(w io.Writer, status func() string) (stop func()) {
+	tty := isTerminal(w)
+	every := 5 * time.Second
+	if tty {
+		every = time.Second
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				if tty {
+					fmt.Fprint(w, "\r\033[K")
+				}
+				return
+			case <-t.C:
+				if tty {
+					fmt.Fprintf(w, "\r\033[K%s", status())
+				} else {
+					fmt.Fprintln(w, status())
+				}
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+	}
+}

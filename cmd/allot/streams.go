@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"time"
+
+	"github.com/allot/allot/pkg/events"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func streamsCommand() command {
+	return command{
+		name:    "streams",
+		summary: "create or update the USAGE and USAGE_DEAD streams and show their state",
+		usage: `Usage: allot streams [-check]
+
+Creates the usage and dead-letter streams, or updates them to the
+configuration (retention, duplicate window, replicas), then prints how many
+events each holds. 'allot dev' and the services do this at start; run it by
+hand against a NATS you manage. With -check nothing is changed.
+
+Examples:
+  allot streams
+  NATS_URL=nats://nats.example:4222 allot streams -config allot.yaml -check`,
+		run: runStreams,
+	}
+}
+
+func runStreams(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) error {
+	var cf clientFlags
+	cf.register(fs, env)
+	check := fs.Bool("check", false, "only show the streams; create or change nothing")
+	if err := parse(fs, args, false); err != nil {
+		return err
+	}
+	cfg, nc, err := cf.load(env)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
+	defer cancel()
+	if !*check {
+		if err := events.EnsureStreams(ctx, js, cfg.Subjects, cfg.Streams); err != nil {
+			return err
+		}
+	}
+	for _, name := range []string{cfg.Streams.Usage, cfg.Streams.Dead} {
+		st, err := js.Stream(ctx, name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			fmt.Fprintf(env.stdout, "%-12s missing: run 'allot streams' to create it\n", name)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("stream %s: %w", name, err)
+		}
+		info := st.CachedInfo()
+		fmt.Fprintf(env.stdout, "%-12s %v  %d events, %d bytes, seq %d..%d, max age %s, duplicate window %s, %d replica(s)\n",
+			name, info.Config.Subjects, info.State.Msgs, info.State.Bytes, info.State.FirstSeq, info.State.LastSeq,
+			info.Config.MaxAge, info.Config.Duplicates, info.Config.Replicas)
+	}
+	return nil
+}
+
+func tailCommand() command {
+	return command{
+		name:    "tail",
+		summary: "print the last events of the usage stream, or dead letters with their reason",
+		usage: `Usage: allot tail [-n 10] [-dead]
+
+Prints the newest events stored in the USAGE stream, oldest first, one JSON
+event per line after its sequence number and subject. With -dead it prints
+the dead letters and the reason each was refused (header Allot-Error).
+
+Examples:
+  allot tail -n 3
+  allot tail -dead`,
+		run: runTail,
+	}
+}
+
+func runTail(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) error {
+	var cf clientFlags
+	cf.register(fs, env)
+	n := fs.Int("n", 10, "how many events to print (1 to 10000)")
+	dead := fs.Bool("dead", false, "print the dead-letter stream instead")
+	if err := parse(fs, args, false); err != nil {
+		return err
+	}
+	if *n < 1 || *n > 10000 {
+		return usagef("-n must be between 1 and 10000")
+	}
+	cfg, nc, err := cf.load(env)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	name := cfg.Streams.Usage
+	if *dead {
+		name = cfg.Streams.Dead
+	}
+	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
+	defer cancel()
+	st, err := js.Stream(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("stream %s does not exist: run 'allot streams' to create it", name)
+	}
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", name, err)
+	}
+	state := st.CachedInfo().State
+	if state.Msgs == 0 {
+		fmt.Fprintf(env.stdout, "%s is empty\n", name)
+		return nil
+	}
+	from := state.FirstSeq
+	if state.LastSeq >= uint64(*n) && state.LastSeq-uint64(*n)+1 > from {
+		from = state.LastSeq - uint64(*n) + 1
+	}
+	for seq := from; seq <= state.LastSeq; seq++ {
+		msg, err := st.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // deleted or aged out between the info and the read
+		}
+		if err != nil {
+			return fmt.Errorf("reading %s seq %d: %w", name, seq, err)
+		}
+		line := fmt.Sprintf("%d %s %s %s", msg.Sequence, msg.Time.UTC().Format(time.RFC3339), msg.Subject, msg.Data)
+		if reason := msg.Header.Get(events.ErrorHeader); reason != "" {
+			line += "  # " + reason
+		}
+		fmt.Fprintln(env.stdout, line)
+	}
+	return nil
+}
