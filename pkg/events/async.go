@@ -72,18 +72,19 @@ type AsyncStats struct {
 // is full, resends what timed out or stalled, and on Flush or Close
 // returns exactly the events that failed.
 //
-// It is safe for concurrent use.
+// Acks and errors arrive through the JetStream client's async handlers,
+// so no goroutine waits on each event's future. It is safe for concurrent
+// use.
 type AsyncPublisher struct {
-	js    jetstream.JetStream
-	opts  AsyncOptions
-	sem   chan struct{}
-	queue chan *pending
-	done  chan struct{}
+	js   jetstream.JetStream
+	opts AsyncOptions
+	sem  chan struct{}
 
-	closeMu sync.RWMutex // held for reading while Publish enqueues
+	closeMu sync.RWMutex // held for reading while Publish sends
 	closed  bool
 
 	mu          sync.Mutex
+	inFlight    map[*nats.Msg]*pending
 	outstanding int
 	idle        []chan struct{}
 	failed      []Failure
@@ -94,12 +95,11 @@ type AsyncPublisher struct {
 type pending struct {
 	ev       Event
 	msg      *nats.Msg
-	fut      jetstream.PubAckFuture
 	attempts int
 }
 
 // NewAsyncPublisher returns an AsyncPublisher on nc. Close it to wait for
-// the last acks and stop its goroutine.
+// the last acks.
 func NewAsyncPublisher(nc *nats.Conn, opts AsyncOptions) (*AsyncPublisher, error) {
 	if nc == nil {
 		return nil, errors.New("events: new async publisher: nil NATS connection")
@@ -108,22 +108,22 @@ func NewAsyncPublisher(nc *nats.Conn, opts AsyncOptions) (*AsyncPublisher, error
 	if err := opts.Subjects.Validate(); err != nil {
 		return nil, fmt.Errorf("events: new async publisher: %w", err)
 	}
+	p := &AsyncPublisher{
+		opts:     opts,
+		sem:      make(chan struct{}, opts.Window),
+		inFlight: make(map[*nats.Msg]*pending, opts.Window),
+	}
 	js, err := jetstream.New(nc,
 		// Room for resends on top of the window, so they never stall.
 		jetstream.WithPublishAsyncMaxPending(2*opts.Window),
 		jetstream.WithPublishAsyncTimeout(opts.AckTimeout),
+		jetstream.WithPublishAsyncAckHandler(p.onAck),
+		jetstream.WithPublishAsyncErrHandler(p.onErr),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("events: new async publisher: %w", err)
 	}
-	p := &AsyncPublisher{
-		js:    js,
-		opts:  opts,
-		sem:   make(chan struct{}, opts.Window),
-		queue: make(chan *pending, opts.Window),
-		done:  make(chan struct{}),
-	}
-	go p.collect()
+	p.js = js
 	return p, nil
 }
 
@@ -146,83 +146,74 @@ func (p *AsyncPublisher) Publish(ctx context.Context, ev Event) error {
 	case <-ctx.Done():
 		return fmt.Errorf("events: publish %s: waiting for room in the window: %w", ev.ID, ctx.Err())
 	}
+	p.published.Add(1)
+	pd := &pending{ev: ev, msg: msg}
 	p.mu.Lock()
 	p.outstanding++
+	p.inFlight[msg] = pd // before sending: the ack may beat PublishMsgAsync's return
 	p.mu.Unlock()
-	p.published.Add(1)
-
-	pd := &pending{ev: ev, msg: msg}
-	if err := p.send(pd); err != nil {
-		p.finish(pd, err)
-		return nil
-	}
-	p.queue <- pd // never blocks: the semaphore holds a place for it
+	p.send(pd)
 	return nil
 }
 
-// send makes one attempt, retrying at once-refused sends (a stalled
-// window in the client) up to MaxRetries.
-func (p *AsyncPublisher) send(pd *pending) error {
-	for {
-		pd.attempts++
-		fut, err := p.js.PublishMsgAsync(pd.msg)
-		if err == nil {
-			pd.fut = fut
-			return nil
-		}
-		if !retryable(err) || pd.attempts > p.opts.MaxRetries {
-			return publishError(pd.msg.Subject, err)
-		}
-		p.retries.Add(1)
-		time.Sleep(p.opts.RetryWait)
+// send makes one attempt. A send the client refuses at once (its own
+// window stalled, or the connection is down) is retried like a lost ack.
+func (p *AsyncPublisher) send(pd *pending) {
+	pd.attempts++
+	if _, err := p.js.PublishMsgAsync(pd.msg); err != nil {
+		p.onErr(p.js, pd.msg, err)
 	}
 }
 
-// collect waits for each future in order and settles it. A resend is
-// scheduled off this goroutine, so one slow retry never holds up the acks
-// behind it.
-func (p *AsyncPublisher) collect() {
-	defer close(p.done)
-	for pd := range p.queue {
-		var err error
-		select {
-		case ack := <-pd.fut.Ok():
-			p.acked.Add(1)
-			if ack.Duplicate {
-				p.duplicates.Add(1)
-			}
-		case err = <-pd.fut.Err():
-		}
-		switch {
-		case err == nil:
-			p.finish(pd, nil)
-		case retryable(err) && pd.attempts <= p.opts.MaxRetries:
-			p.retries.Add(1)
-			time.AfterFunc(p.opts.RetryWait, func() { p.resend(pd) })
-		default:
-			p.finish(pd, publishError(pd.msg.Subject, err))
-		}
-	}
-}
-
-// resend sends pd again and queues it for its ack. pd still holds its
-// place in the window, so the queue has room for it, and Close cannot
-// have closed the queue while pd is outstanding.
-func (p *AsyncPublisher) resend(pd *pending) {
-	if err := p.send(pd); err != nil {
-		p.finish(pd, err)
+// onAck settles an acked event. It runs on the client's ack goroutine
+// and never blocks.
+func (p *AsyncPublisher) onAck(_ jetstream.JetStream, msg *nats.Msg, ack *jetstream.PubAck) {
+	pd := p.take(msg)
+	if pd == nil {
 		return
 	}
-	p.queue <- pd
+	p.acked.Add(1)
+	if ack.Duplicate {
+		p.duplicates.Add(1)
+	}
+	p.finish(nil)
+}
+
+// onErr resends the event later when a resend may help, or settles it as
+// failed. Resending is safe: the stream drops a copy by its id.
+func (p *AsyncPublisher) onErr(_ jetstream.JetStream, msg *nats.Msg, err error) {
+	p.mu.Lock()
+	pd := p.inFlight[msg]
+	retry := pd != nil && retryable(err) && pd.attempts <= p.opts.MaxRetries
+	if pd != nil && !retry {
+		delete(p.inFlight, msg)
+	}
+	p.mu.Unlock()
+	switch {
+	case pd == nil:
+	case retry:
+		p.retries.Add(1)
+		time.AfterFunc(p.opts.RetryWait, func() { p.send(pd) })
+	default:
+		p.finish(&Failure{Event: pd.ev, Err: publishError(msg.Subject, err)})
+	}
+}
+
+func (p *AsyncPublisher) take(msg *nats.Msg) *pending {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pd := p.inFlight[msg]
+	delete(p.inFlight, msg)
+	return pd
 }
 
 // finish settles one event: records a failure, frees its place in the
 // window and wakes Flush when nothing is left in flight.
-func (p *AsyncPublisher) finish(pd *pending, err error) {
+func (p *AsyncPublisher) finish(f *Failure) {
 	p.mu.Lock()
-	if err != nil {
+	if f != nil {
 		p.failedN.Add(1)
-		p.failed = append(p.failed, Failure{Event: pd.ev, Err: err})
+		p.failed = append(p.failed, *f)
 	}
 	p.outstanding--
 	if p.outstanding == 0 {
@@ -285,7 +276,8 @@ func (p *AsyncPublisher) takeFailed() []Failure {
 }
 
 // Close refuses new events, waits for every ack (bounded by ctx) and
-// returns the events that failed since the last Flush.
+// returns the events that failed since the last Flush. When ctx ends
+// first, what is still in flight goes on settling and is counted in Stats.
 func (p *AsyncPublisher) Close(ctx context.Context) ([]Failure, error) {
 	p.closeMu.Lock()
 	already := p.closed
@@ -294,19 +286,7 @@ func (p *AsyncPublisher) Close(ctx context.Context) ([]Failure, error) {
 	if already {
 		return nil, ErrClosed
 	}
-	failed, err := p.Flush(ctx)
-	if err != nil {
-		// The collector still owns what is in flight. Stop it once that
-		// settles; what fails from here on is counted in Stats only.
-		go func() {
-			_, _ = p.Flush(context.Background())
-			close(p.queue)
-		}()
-		return failed, err
-	}
-	close(p.queue)
-	<-p.done
-	return failed, nil
+	return p.Flush(ctx)
 }
 
 // Stats returns counts of what the publisher did so far.

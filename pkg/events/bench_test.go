@@ -103,3 +103,24 @@ func BenchmarkAsyncPublisher(b *testing.B) {
 	b.ReportMetric(allotRate, "allot_ev/s")
 	b.ReportMetric(allotRate/rawRate, "ratio")
 }
+
+// BenchmarkPrepare is the publisher's own work per event: fill in the id
+// and time, validate, encode.
+func BenchmarkPrepare(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		ev := NewUsage("u-bench", "api_calls_total", 1)
+		if _, err := Prepare(&ev, PublisherOptions{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkNewID(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := NewID(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
