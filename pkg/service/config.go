@@ -38,6 +38,14 @@ type Config struct {
 	// Streams describes the JetStream streams for usage events and dead
 	// letters.
 	Streams events.StreamConfig `yaml:"streams"`
+	// Metrics declares every metric the meter accepts, by name. A file's
+	// metrics are added to the defaults (DefaultMetrics).
+	Metrics map[string]MetricConfig `yaml:"metrics"`
+	// Grants holds the default limits (the free tier), by name; per-uid
+	// overrides live in Redis. A file's grants are added to the defaults.
+	Grants map[string]float64 `yaml:"grants"`
+	// Meter tunes the meter service.
+	Meter MeterConfig `yaml:"meter"`
 	// Instance names this process among the replicas of a service, in logs,
 	// the registry and metrics. Defaults to the hostname (the pod name in
 	// Kubernetes).
@@ -159,6 +167,9 @@ func Default() Config {
 		Shutdown: ShutdownConfig{Timeout: 25 * time.Second},
 		Subjects: events.DefaultSubjects(),
 		Streams:  events.DefaultStreamConfig(),
+		Metrics:  DefaultMetrics(),
+		Grants:   DefaultGrants(),
+		Meter:    DefaultMeter(),
 		Instance: host,
 	}
 }
@@ -189,6 +200,7 @@ func (c Config) Validate() error {
 	errs = append(errs, c.HTTP.validate()...)
 	errs = append(errs, c.Log.validate()...)
 	errs = append(errs, c.Shutdown.validate()...)
+	errs = append(errs, validateMetering(c.Metrics, c.Grants, c.Meter, c.Streams)...)
 	for _, err := range []error{c.Subjects.Validate(), c.Streams.Validate()} {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("service: %w", err))

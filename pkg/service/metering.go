@@ -1,0 +1,302 @@
+package service
+
+import (
+	"math"
+	"sort"
+	"time"
+
+	"github.com/allot/allot/pkg/events"
+)
+
+// Metric styles.
+const (
+	StyleGrant   = "grant"   // a limit per period: used, remaining, overage, resets_at
+	StyleCounter = "counter" // a sum that only grows
+	StyleGauge   = "gauge"   // the last value reported
+)
+
+// Grant periods.
+const (
+	PeriodHour       = "hour"
+	PeriodDay        = "day"
+	PeriodWeek       = "week"
+	PeriodMonth      = "month"
+	PeriodIndefinite = "indefinite"
+)
+
+// Period alignments.
+const (
+	AlignRolling  = "rolling"  // the period starts at first use (apicrud's behaviour)
+	AlignCalendar = "calendar" // UTC hours, days, ISO weeks (Monday) and months
+)
+
+// Metric scopes.
+const (
+	ScopeUser     = "user"     // one value per uid (the event's subject)
+	ScopeInstance = "instance" // one value per publishing instance (the event's source)
+	ScopeGlobal   = "global"   // one value for everyone
+)
+
+// MaxNotify is the most notify thresholds one grant may have.
+const MaxNotify = 8
+
+// MetricConfig declares one metric the meter accepts.
+type MetricConfig struct {
+	// Style is grant, counter or gauge.
+	Style string `yaml:"style"`
+	// Period is how long a grant's limit lasts: hour, day, week, month or
+	// indefinite. Grants only.
+	Period string `yaml:"period,omitempty"`
+	// Align is rolling (from first use, the default) or calendar (UTC
+	// boundaries). Grants only.
+	Align string `yaml:"align,omitempty"`
+	// Scope is user (default), instance or global. Grants are per user.
+	Scope string `yaml:"scope,omitempty"`
+	// Labels are the label names events may carry; others are refused.
+	Labels []string `yaml:"labels,omitempty"`
+	// Notify lists percentages of the limit (e.g. 80, 100) whose crossing
+	// publishes one notify.usage.<uid> per period. Grants only.
+	Notify []float64 `yaml:"notify,omitempty"`
+	// Help describes the metric in /metrics.
+	Help string `yaml:"help,omitempty"`
+}
+
+// MeterConfig tunes the meter service.
+type MeterConfig struct {
+	// Consumer is the durable consumer name all meter replicas share.
+	Consumer string `yaml:"consumer"`
+	// Batch is the most events applied in one Redis round trip.
+	Batch int `yaml:"batch"`
+	// FetchWait bounds how long one pull request waits for events.
+	FetchWait time.Duration `yaml:"fetch_wait"`
+	// AckWait is how long the server waits for an ack before redelivering.
+	AckWait time.Duration `yaml:"ack_wait"`
+	// MaxAckPending bounds the events handed out and not yet acked.
+	MaxAckPending int `yaml:"max_ack_pending"`
+	// DedupTTL is how long an applied event id is remembered. It must
+	// outlast redelivery: at least the stream's duplicate window and
+	// several AckWaits.
+	DedupTTL time.Duration `yaml:"dedup_ttl"`
+	// RetryDelay is the first pause before a batch that met a Redis error
+	// is redelivered; it doubles up to a minute.
+	RetryDelay time.Duration `yaml:"retry_delay"`
+	// Handlers is how many request handlers serve each endpoint, in one
+	// queue group, so a slow request never holds up the rest.
+	Handlers int `yaml:"handlers"`
+	// ExportPerUID exports every uid's grants as Prometheus series.
+	// Cardinality grows with users: off by default.
+	ExportPerUID bool `yaml:"export_per_uid"`
+	// ExportMaxUIDs caps the uids exported when ExportPerUID is on.
+	ExportMaxUIDs int `yaml:"export_max_uids"`
+}
+
+// DefaultMetrics declares apicrud's default usage metrics: the
+// *_daily_total grants per day and *_monthly_total per month, notifying at
+// 80% and 100%, plus an api_calls_total counter.
+func DefaultMetrics() map[string]MetricConfig {
+	m := map[string]MetricConfig{
+		"api_calls_total": {Style: StyleCounter, Scope: ScopeUser, Labels: []string{"resource"}, Help: "API calls made"},
+	}
+	for _, name := range []string{"email", "message", "photo", "sms", "video"} {
+		m[name+"_daily_total"] = MetricConfig{Style: StyleGrant, Period: PeriodDay, Notify: []float64{80, 100}, Help: name + " uses per day"}
+	}
+	for _, name := range []string{"email", "sms"} {
+		m[name+"_monthly_total"] = MetricConfig{Style: StyleGrant, Period: PeriodMonth, Notify: []float64{80, 100}, Help: name + " uses per month"}
+	}
+	return m
+}
+
+// DefaultGrants is apicrud's free tier. Grants without a metric (albums,
+// media_size_max, ratelimit, ...) are limits apps and the rate limiter read
+// through meter.grants.
+func DefaultGrants() map[string]float64 {
+	return map[string]float64{
+		"albums":              10,
+		"album_size":          64,
+		"apikeys":             2,
+		"contacts":            8,
+		"email_daily_total":   200,
+		"email_monthly_total": 1000,
+		"lists":               12,
+		"list_size":           250,
+		"media_size_max":      16777216,
+		"message_daily_total": 200,
+		"photo_res_max":       1080,
+		"photo_daily_total":   200,
+		"ratelimit":           500,
+		"sms_daily_total":     100,
+		"sms_monthly_total":   1000,
+		"video_duration_max":  60,
+		"video_daily_total":   50,
+	}
+}
+
+// DefaultMeter returns the meter's defaults.
+func DefaultMeter() MeterConfig {
+	return MeterConfig{
+		Consumer:      "meter",
+		Batch:         500,
+		FetchWait:     time.Second,
+		AckWait:       30 * time.Second,
+		MaxAckPending: 20000,
+		DedupTTL:      24 * time.Hour,
+		RetryDelay:    time.Second,
+		Handlers:      4,
+		ExportMaxUIDs: 1000,
+	}
+}
+
+// Normalized returns m with its defaults filled in: scope user, align
+// rolling for grants.
+func (m MetricConfig) Normalized() MetricConfig {
+	if m.Scope == "" {
+		m.Scope = ScopeUser
+	}
+	if m.Style == StyleGrant && m.Align == "" {
+		m.Align = AlignRolling
+	}
+	return m
+}
+
+// AllowsLabel reports whether events of m may carry label name.
+func (m MetricConfig) AllowsLabel(name string) bool {
+	for _, l := range m.Labels {
+		if l == name {
+			return true
+		}
+	}
+	return false
+}
+
+func validateMetering(metrics map[string]MetricConfig, grants map[string]float64, meter MeterConfig, streams events.StreamConfig) []error {
+	var errs []error
+	names := make([]string, 0, len(metrics))
+	for name := range metrics {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		m := metrics[name].Normalized()
+		field := "metrics." + name
+		if !events.IsToken(name) {
+			errs = append(errs, fieldError(field, "metric names must be 1 to 128 characters of A-Z a-z 0-9 _ -"))
+		}
+		switch m.Style {
+		case StyleGrant:
+			switch m.Period {
+			case PeriodHour, PeriodDay, PeriodWeek, PeriodMonth, PeriodIndefinite:
+			case "":
+				errs = append(errs, fieldError(field+".period", "is required for a grant (hour, day, week, month or indefinite)"))
+			default:
+				errs = append(errs, fieldError(field+".period", "must be hour, day, week, month or indefinite, got %q", m.Period))
+			}
+			if m.Align != AlignRolling && m.Align != AlignCalendar {
+				errs = append(errs, fieldError(field+".align", "must be rolling or calendar, got %q", m.Align))
+			}
+			if m.Align == AlignCalendar && m.Period == PeriodIndefinite {
+				errs = append(errs, fieldError(field+".align", "an indefinite grant has no calendar"))
+			}
+			if m.Scope != ScopeUser {
+				errs = append(errs, fieldError(field+".scope", "grants are per user; scope must be user"))
+			}
+			if _, ok := grants[name]; !ok {
+				errs = append(errs, fieldError(field, "is a grant without a default limit: add it under grants"))
+			}
+			if len(m.Notify) > MaxNotify {
+				errs = append(errs, fieldError(field+".notify", "at most %d thresholds", MaxNotify))
+			}
+			for i, p := range m.Notify {
+				if math.IsNaN(p) || p <= 0 || p > 1000 {
+					errs = append(errs, fieldError(field+".notify", "percentages must be > 0 and <= 1000, got %v", p))
+				}
+				if i > 0 && p <= m.Notify[i-1] {
+					errs = append(errs, fieldError(field+".notify", "must be in increasing order"))
+				}
+			}
+		case StyleCounter, StyleGauge:
+			if m.Period != "" || m.Align != "" || len(m.Notify) > 0 {
+				errs = append(errs, fieldError(field, "period, align and notify apply to grants only"))
+			}
+			switch m.Scope {
+			case ScopeUser, ScopeInstance, ScopeGlobal:
+			default:
+				errs = append(errs, fieldError(field+".scope", "must be user, instance or global, got %q", m.Scope))
+			}
+		case "":
+			errs = append(errs, fieldError(field+".style", "is required (grant, counter or gauge)"))
+		default:
+			errs = append(errs, fieldError(field+".style", "must be grant, counter or gauge, got %q", m.Style))
+		}
+		if len(m.Labels) > events.MaxLabels {
+			errs = append(errs, fieldError(field+".labels", "at most %d labels", events.MaxLabels))
+		}
+		for _, l := range m.Labels {
+			if !events.IsToken(l) {
+				errs = append(errs, fieldError(field+".labels", "label names must be tokens, got %q", l))
+			}
+		}
+	}
+	for name, v := range grants {
+		if !events.IsToken(name) {
+			errs = append(errs, fieldError("grants."+name, "grant names must be 1 to 128 characters of A-Z a-z 0-9 _ -"))
+		}
+		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 || v > events.MaxAmount {
+			errs = append(errs, fieldError("grants."+name, "must be a number from 0 to %g, got %v", float64(events.MaxAmount), v))
+		}
+	}
+	if !events.IsToken(meter.Consumer) {
+		errs = append(errs, fieldError("meter.consumer", "must be a token, got %q", meter.Consumer))
+	}
+	if meter.Batch < 1 || meter.Batch > 10000 {
+		errs = append(errs, fieldError("meter.batch", "must be between 1 and 10000, got %d", meter.Batch))
+	}
+	if meter.FetchWait < time.Millisecond {
+		errs = append(errs, fieldError("meter.fetch_wait", "must be at least 1ms, got %v", meter.FetchWait))
+	}
+	if meter.AckWait < time.Second {
+		errs = append(errs, fieldError("meter.ack_wait", "must be at least 1s, got %v", meter.AckWait))
+	}
+	if meter.MaxAckPending < meter.Batch {
+		errs = append(errs, fieldError("meter.max_ack_pending", "must be at least meter.batch (%d), got %d", meter.Batch, meter.MaxAckPending))
+	}
+	// An id must be remembered while the stream could still hand it out
+	// again: past its duplicate window and a good number of redeliveries.
+	if min := max(streams.Duplicates, 10*meter.AckWait); meter.DedupTTL < min {
+		errs = append(errs, fieldError("meter.dedup_ttl", "must be at least %v (the stream's duplicate window and 10 ack waits), got %v", min, meter.DedupTTL))
+	}
+	if meter.RetryDelay <= 0 {
+		errs = append(errs, fieldError("meter.retry_delay", "must be > 0"))
+	}
+	if meter.Handlers < 1 || meter.Handlers > 256 {
+		errs = append(errs, fieldError("meter.handlers", "must be between 1 and 256, got %d", meter.Handlers))
+	}
+	if meter.ExportMaxUIDs < 0 {
+		errs = append(errs, fieldError("meter.export_max_uids", "must be >= 0"))
+	}
+	return errs
+}
+
+// MetricNames returns the declared metric names, sorted.
+func (c Config) MetricNames() []string {
+	names := make([]string, 0, len(c.Metrics))
+	for n := range c.Metrics {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Metric returns the normalized declaration of name.
+func (c Config) Metric(name string) (MetricConfig, bool) {
+	m, ok := c.Metrics[name]
+	if !ok {
+		return MetricConfig{}, false
+	}
+	return m.Normalized(), true
+}
+
+// DefaultGrant returns the configured default limit of a grant.
+func (c Config) DefaultGrant(name string) (float64, bool) {
+	v, ok := c.Grants[name]
+	return v, ok
+}
