@@ -1,0 +1,121 @@
+// Package keys builds every Redis key the allot services use, in one
+// place. Every key of one uid carries the hash tag {<uid>}, so the
+// multi-key Lua scripts of one uid run on Redis Cluster; global and
+// per-instance state carries its own tag, and the dedup record of an
+// event always shares the tag of the state the event changes.
+//
+// Layout, with the default prefix "allot:":
+//
+//	allot:{u-42}:grants              HASH  metric -> the uid's grant override
+//	allot:{u-42}:g:<metric>          HASH  grant state: u used, s start ms, e end ms (0: indefinite),
+//	                                       n thresholds notified, p notices not yet published
+//	allot:{u-42}:c:<metric>          HASH  counter or gauge of the uid: label set -> value
+//	allot:{u-42}:e:<event id>        STRING dedup record of an applied event or authorize id
+//	allot:{i.<source>}:c:<metric>    HASH  counter or gauge of one publishing instance
+//	allot:{i.<source>}:e:<event id>  STRING its dedup records
+//	allot:{global}:c:<metric>        HASH  global counter or gauge
+//	allot:{global}:e:<event id>      STRING its dedup records
+//	allot:index:instances            SET   sources seen with instance-scoped metrics (for /metrics)
+package keys
+
+import "strings"
+
+// Keys builds keys under one prefix. The zero value uses no prefix.
+type Keys struct {
+	prefix string
+}
+
+// New returns a key builder for prefix, e.g. "allot:".
+func New(prefix string) Keys { return Keys{prefix: prefix} }
+
+// Prefix returns the prefix.
+func (k Keys) Prefix() string { return k.prefix }
+
+// UserTag is the hash tag of a uid's keys.
+func UserTag(uid string) string { return uid }
+
+// InstanceTag is the hash tag of one publishing instance's keys.
+func InstanceTag(source string) string { return "i." + source }
+
+// GlobalTag is the hash tag of global state.
+const GlobalTag = "global"
+
+func (k Keys) tagged(tag string, parts ...string) string {
+	var b strings.Builder
+	n := len(k.prefix) + len(tag) + 2
+	for _, p := range parts {
+		n += len(p) + 1
+	}
+	b.Grow(n)
+	b.WriteString(k.prefix)
+	b.WriteByte('{')
+	b.WriteString(tag)
+	b.WriteByte('}')
+	for _, p := range parts {
+		b.WriteByte(':')
+		b.WriteString(p)
+	}
+	return b.String()
+}
+
+// Grants is the HASH of uid's grant overrides, metric -> limit.
+func (k Keys) Grants(uid string) string { return k.tagged(UserTag(uid), "grants") }
+
+// Grant is the HASH holding uid's state of one grant.
+func (k Keys) Grant(uid, metric string) string { return k.tagged(UserTag(uid), "g", metric) }
+
+// Values is the HASH of a counter's or gauge's values under tag, label
+// set -> value.
+func (k Keys) Values(tag, metric string) string { return k.tagged(tag, "c", metric) }
+
+// Dedup is the record that event or request id was applied to state
+// under tag.
+func (k Keys) Dedup(tag, id string) string { return k.tagged(tag, "e", id) }
+
+// Instances is the SET of sources that reported instance-scoped metrics.
+func (k Keys) Instances() string { return k.prefix + "index:instances" }
+
+// GrantPattern matches every uid's state of one grant, for SCAN.
+func (k Keys) GrantPattern(metric string) string { return k.prefix + "{*}:g:" + metric }
+
+// UIDFromGrant returns the uid of a key made by Grant.
+func (k Keys) UIDFromGrant(key string) (string, bool) {
+	rest, ok := strings.CutPrefix(key, k.prefix+"{")
+	if !ok {
+		return "", false
+	}
+	uid, _, ok := strings.Cut(rest, "}")
+	return uid, ok
+}
+
+// LabelSet encodes sorted label pairs as one hash field: name=value
+// pairs joined by U+001F, which validated label values cannot contain.
+// names must be sorted.
+func LabelSet(names []string, labels map[string]string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	for i, n := range names {
+		if i > 0 {
+			b.WriteByte(0x1f)
+		}
+		b.WriteString(n)
+		b.WriteByte('=')
+		b.WriteString(labels[n])
+	}
+	return b.String()
+}
+
+// ParseLabelSet decodes a field made by LabelSet.
+func ParseLabelSet(field string) map[string]string {
+	if field == "" {
+		return nil
+	}
+	out := map[string]string{}
+	for _, pair := range strings.Split(field, "\x1f") {
+		n, v, _ := strings.Cut(pair, "=")
+		out[n] = v
+	}
+	return out
+}

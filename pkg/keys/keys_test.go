@@ -1,0 +1,46 @@
+package keys
+
+import (
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestKeys(t *testing.T) {
+	k := New("allot:")
+	for got, want := range map[string]string{
+		k.Grants("u-42"):                     "allot:{u-42}:grants",
+		k.Grant("u-42", "photo_daily_total"): "allot:{u-42}:g:photo_daily_total",
+		k.Values(UserTag("u-42"), "api"):     "allot:{u-42}:c:api",
+		k.Values(InstanceTag("web-1"), "q"):  "allot:{i.web-1}:c:q",
+		k.Values(GlobalTag, "q"):             "allot:{global}:c:q",
+		k.Dedup(UserTag("u-42"), "ev-1"):     "allot:{u-42}:e:ev-1",
+		k.Instances():                        "allot:index:instances",
+		k.GrantPattern("photo_daily_total"):  "allot:{*}:g:photo_daily_total",
+	} {
+		if got != want {
+			t.Errorf("got %q, want %q", got, want)
+		}
+	}
+	uid, ok := k.UIDFromGrant("allot:{u-42}:g:photo_daily_total")
+	if !ok || uid != "u-42" {
+		t.Errorf("UIDFromGrant = %q, %v", uid, ok)
+	}
+	if _, ok := k.UIDFromGrant("other:{u}:g:m"); ok {
+		t.Error("UIDFromGrant accepted a foreign prefix")
+	}
+}
+
+func TestLabelSetRoundTrip(t *testing.T) {
+	labels := map[string]string{"region": "eu=west", "app": "web,1"}
+	field := LabelSet([]string{"app", "region"}, labels)
+	if field != "app=web,1\x1fregion=eu=west" {
+		t.Errorf("LabelSet = %q", field)
+	}
+	if diff := cmp.Diff(labels, ParseLabelSet(field)); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+	if LabelSet(nil, labels) != "" || ParseLabelSet("") != nil {
+		t.Error("no labels must be the empty field")
+	}
+}

@@ -1,0 +1,492 @@
+// Package store keeps the meter's state in Redis: it applies usage events,
+// admits authorize requests, reads credit and grant overrides. Every
+// check-and-update is one Lua script (the .lua files beside this one);
+// every key comes from pkg/keys.
+package store
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/service"
+	"github.com/redis/go-redis/v9"
+)
+
+var (
+	//go:embed periods.lua
+	periodsLua string
+	//go:embed apply.lua
+	applyLua string
+	//go:embed authorize.lua
+	authorizeLua string
+	//go:embed confirm.lua
+	confirmLua string
+)
+
+// Redis is what the store needs of a go-redis client.
+type Redis interface {
+	redis.Scripter
+	Pipeline() redis.Pipeliner
+	TxPipeline() redis.Pipeliner
+}
+
+// ErrRedis marks a failure to reach Redis or a Redis that refused to
+// work; retrying later may succeed.
+var ErrRedis = errors.New("store: redis unavailable")
+
+// Store is the meter's Redis state.
+type Store struct {
+	rdb       Redis
+	keys      keys.Keys
+	dedupTTL  time.Duration
+	now       func() time.Time // nil: Redis TIME
+	apply     *redis.Script
+	authorize *redis.Script
+	confirm   *redis.Script
+}
+
+// Options configures a Store.
+type Options struct {
+	Keys     keys.Keys
+	DedupTTL time.Duration
+	// Now overrides Redis TIME as the clock of grant periods (tests). Nil
+	// uses Redis TIME, the one clock every replica shares.
+	Now func() time.Time
+}
+
+// New returns a Store and loads its scripts, so pipelines can send them
+// as EVALSHA.
+func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
+	if rdb == nil {
+		return nil, errors.New("store: nil redis client")
+	}
+	if opts.DedupTTL <= 0 {
+		return nil, errors.New("store: dedup TTL must be > 0")
+	}
+	s := &Store{
+		rdb:       rdb,
+		keys:      opts.Keys,
+		dedupTTL:  opts.DedupTTL,
+		now:       opts.Now,
+		apply:     redis.NewScript(periodsLua + applyLua),
+		authorize: redis.NewScript(periodsLua + authorizeLua),
+		confirm:   redis.NewScript(confirmLua),
+	}
+	if err := s.Load(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Load loads the scripts into Redis. Apply calls it again after Redis
+// forgot them (a restart or SCRIPT FLUSH).
+func (s *Store) Load(ctx context.Context) error {
+	for _, sc := range []*redis.Script{s.apply, s.authorize, s.confirm} {
+		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
+			return fmt.Errorf("%w: load scripts: %w", ErrRedis, err)
+		}
+	}
+	return nil
+}
+
+// Keys returns the key builder.
+func (s *Store) Keys() keys.Keys { return s.keys }
+
+func (s *Store) nowArg() int64 {
+	if s.now == nil {
+		return 0
+	}
+	return s.now().UnixMilli()
+}
+
+// Op is one usage event to apply.
+type Op struct {
+	ID     string
+	UID    string
+	Source string
+	Metric string
+	Config service.MetricConfig // normalized
+	Limit  float64              // the default grant, for grants
+	Value  float64
+	Field  string // the label set, for counters and gauges
+}
+
+// GrantState is a grant as a script left it.
+type GrantState struct {
+	Used  float64
+	Limit float64
+	Start time.Time
+	End   time.Time // zero: indefinite
+}
+
+// Notice is a threshold crossing to publish, exactly as Redis holds it
+// until Confirm.
+type Notice struct {
+	Raw       string
+	Threshold float64
+	Start     time.Time
+	End       time.Time
+	Limit     float64
+	Used      float64
+}
+
+// Result is the outcome of one Op.
+type Result struct {
+	Applied bool        // false: a duplicate, nothing changed
+	Grant   *GrantState // grants, when applied
+	Notices []Notice    // grants: notices to publish (also for duplicates)
+	Err     error       // this op failed inside Redis (not a connection failure)
+}
+
+// Tag returns the hash tag of the state an op changes, which its dedup
+// record shares.
+func Tag(op Op) string {
+	switch op.Config.Scope {
+	case service.ScopeGlobal:
+		return keys.GlobalTag
+	case service.ScopeInstance:
+		return keys.InstanceTag(op.Source)
+	}
+	return keys.UserTag(op.UID)
+}
+
+func (s *Store) applyArgs(op Op) (keyList []string, args []any) {
+	tag := Tag(op)
+	dedup := s.keys.Dedup(tag, op.ID)
+	ttl := s.dedupTTL.Milliseconds()
+	value := strconv.FormatFloat(op.Value, 'g', -1, 64)
+	if op.Config.Style != service.StyleGrant {
+		state := s.keys.Values(tag, op.Metric)
+		return []string{dedup, state, state}, []any{ttl, op.Config.Style, value, 0, op.Field}
+	}
+	args = []any{ttl, op.Config.Style, value, s.nowArg(), op.Metric,
+		strconv.FormatFloat(op.Limit, 'g', -1, 64), op.Config.Period, op.Config.Align}
+	for _, t := range op.Config.Notify {
+		args = append(args, strconv.FormatFloat(t, 'g', -1, 64))
+	}
+	return []string{dedup, s.keys.Grant(op.UID, op.Metric), s.keys.Grants(op.UID)}, args
+}
+
+// Apply applies ops in one pipelined round trip. The error is non-nil
+// only when the round trip itself failed (Redis down, a timeout): then
+// nothing can be said of any op, and the caller retries them all, which
+// the dedup records make safe.
+func (s *Store) Apply(ctx context.Context, ops []Op) ([]Result, error) {
+	results, err := s.applyOnce(ctx, ops)
+	if err != nil && isNoScript(err) {
+		if lerr := s.Load(ctx); lerr != nil {
+			return nil, lerr
+		}
+		results, err = s.applyOnce(ctx, ops)
+	}
+	return results, err
+}
+
+func (s *Store) applyOnce(ctx context.Context, ops []Op) ([]Result, error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(ops))
+	for i, op := range ops {
+		k, a := s.applyArgs(op)
+		cmds[i] = s.apply.EvalSha(ctx, pipe, k, a...)
+	}
+	_, err := pipe.Exec(ctx)
+	results := make([]Result, len(ops))
+	for i, cmd := range cmds {
+		cerr := cmd.Err()
+		if cerr != nil {
+			if isNoScript(cerr) {
+				return nil, cerr
+			}
+			if !isScriptError(cerr) {
+				return nil, fmt.Errorf("%w: %w", ErrRedis, cerr)
+			}
+			results[i].Err = fmt.Errorf("store: apply event %s: %w", ops[i].ID, cerr)
+			continue
+		}
+		res, perr := parseGrantReply(cmd.Val(), ops[i].Config.Style == service.StyleGrant)
+		if perr != nil {
+			results[i].Err = fmt.Errorf("store: apply event %s: %w", ops[i].ID, perr)
+			continue
+		}
+		results[i] = res
+	}
+	if err != nil && !errors.Is(err, redis.Nil) && !isScriptError(err) && !isNoScript(err) {
+		return nil, fmt.Errorf("%w: %w", ErrRedis, err)
+	}
+	return results, nil
+}
+
+// parseGrantReply reads {applied|status, used, limit, start, end, pending}.
+func parseGrantReply(v any, grant bool) (Result, error) {
+	arr, ok := v.([]any)
+	if !ok || len(arr) == 0 {
+		return Result{}, fmt.Errorf("unexpected script reply %v", v)
+	}
+	status, _ := arr[0].(int64)
+	res := Result{Applied: status == 1}
+	if !grant {
+		return res, nil
+	}
+	if len(arr) < 6 {
+		return Result{}, fmt.Errorf("unexpected grant reply %v", v)
+	}
+	if pending, _ := arr[5].(string); pending != "" {
+		notices, err := ParseNotices(pending)
+		if err != nil {
+			return Result{}, err
+		}
+		res.Notices = notices
+	}
+	if used, _ := arr[1].(string); used != "" {
+		st, err := grantState(arr)
+		if err != nil {
+			return Result{}, err
+		}
+		res.Grant = &st
+	}
+	return res, nil
+}
+
+func grantState(arr []any) (GrantState, error) {
+	used, err := strconv.ParseFloat(fmt.Sprint(arr[1]), 64)
+	if err != nil {
+		return GrantState{}, fmt.Errorf("used %v: %w", arr[1], err)
+	}
+	limit, err := strconv.ParseFloat(fmt.Sprint(arr[2]), 64)
+	if err != nil {
+		return GrantState{}, fmt.Errorf("limit %v: %w", arr[2], err)
+	}
+	start, _ := arr[3].(int64)
+	end, _ := arr[4].(int64)
+	return GrantState{Used: used, Limit: limit, Start: msTime(start), End: msTime(end)}, nil
+}
+
+func msTime(ms int64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms).UTC()
+}
+
+// ParseNotices parses a pending list: "percent|start|end|limit|used"
+// entries joined by ';'.
+func ParseNotices(q string) ([]Notice, error) {
+	var out []Notice
+	for _, raw := range strings.Split(q, ";") {
+		if raw == "" {
+			continue
+		}
+		f := strings.Split(raw, "|")
+		if len(f) != 5 {
+			return nil, fmt.Errorf("malformed notice %q", raw)
+		}
+		var nums [5]float64
+		for i, x := range f {
+			v, err := strconv.ParseFloat(x, 64)
+			if err != nil {
+				return nil, fmt.Errorf("malformed notice %q: %w", raw, err)
+			}
+			nums[i] = v
+		}
+		out = append(out, Notice{
+			Raw: raw, Threshold: nums[0],
+			Start: msTime(int64(nums[1])), End: msTime(int64(nums[2])),
+			Limit: nums[3], Used: nums[4],
+		})
+	}
+	return out, nil
+}
+
+// Confirm removes published notices from uid's pending list of metric.
+func (s *Store) Confirm(ctx context.Context, uid, metric string, notices []Notice) error {
+	if len(notices) == 0 {
+		return nil
+	}
+	args := make([]any, len(notices))
+	for i, n := range notices {
+		args[i] = n.Raw
+	}
+	if err := s.confirm.Run(ctx, s.rdb, []string{s.keys.Grant(uid, metric)}, args...).Err(); err != nil {
+		return fmt.Errorf("%w: confirm notices: %w", ErrRedis, err)
+	}
+	return nil
+}
+
+// AuthorizeOp asks to admit Amount of a grant.
+type AuthorizeOp struct {
+	ID, UID, Metric string
+	Config          service.MetricConfig
+	Limit           float64 // the default grant
+	Amount          float64
+}
+
+// Decision is the outcome of an AuthorizeOp.
+type Decision struct {
+	Allowed  bool
+	Repeated bool // allowed earlier under the same id; nothing changed now
+	Grant    GrantState
+	Notices  []Notice
+}
+
+// Authorize checks and records in one step.
+func (s *Store) Authorize(ctx context.Context, op AuthorizeOp) (Decision, error) {
+	args := []any{s.dedupTTL.Milliseconds(), strconv.FormatFloat(op.Amount, 'g', -1, 64), s.nowArg(),
+		op.Metric, strconv.FormatFloat(op.Limit, 'g', -1, 64), op.Config.Period, op.Config.Align}
+	for _, t := range op.Config.Notify {
+		args = append(args, strconv.FormatFloat(t, 'g', -1, 64))
+	}
+	keyList := []string{s.keys.Dedup(keys.UserTag(op.UID), op.ID), s.keys.Grant(op.UID, op.Metric), s.keys.Grants(op.UID)}
+	v, err := s.authorize.Run(ctx, s.rdb, keyList, args...).Result()
+	if err != nil {
+		if isScriptError(err) {
+			return Decision{}, fmt.Errorf("store: authorize %s: %w", op.ID, err)
+		}
+		return Decision{}, fmt.Errorf("%w: authorize: %w", ErrRedis, err)
+	}
+	arr, ok := v.([]any)
+	if !ok || len(arr) < 6 {
+		return Decision{}, fmt.Errorf("store: authorize: unexpected reply %v", v)
+	}
+	status, _ := arr[0].(int64)
+	st, err := grantState(arr)
+	if err != nil {
+		return Decision{}, fmt.Errorf("store: authorize: %w", err)
+	}
+	d := Decision{Allowed: status != 0, Repeated: status == 2, Grant: st}
+	if pending, _ := arr[5].(string); pending != "" && status == 1 {
+		if d.Notices, err = ParseNotices(pending); err != nil {
+			return Decision{}, fmt.Errorf("store: authorize: %w", err)
+		}
+	}
+	return d, nil
+}
+
+// RawGrant is a grant's state as stored, before the period is checked.
+type RawGrant struct {
+	Started bool
+	Used    float64
+	Start   time.Time
+	End     time.Time // zero: indefinite
+}
+
+// CreditRead is everything credit needs of one uid, read in one round
+// trip.
+type CreditRead struct {
+	Now       time.Time
+	Overrides map[string]float64
+	Grants    map[string]RawGrant
+}
+
+// ReadCredit reads uid's overrides and the state of the named grants.
+func (s *Store) ReadCredit(ctx context.Context, uid string, metrics []string) (CreditRead, error) {
+	pipe := s.rdb.Pipeline()
+	var timeCmd *redis.TimeCmd
+	if s.now == nil {
+		timeCmd = pipe.Time(ctx)
+	}
+	over := pipe.HGetAll(ctx, s.keys.Grants(uid))
+	states := make([]*redis.SliceCmd, len(metrics))
+	for i, m := range metrics {
+		states[i] = pipe.HMGet(ctx, s.keys.Grant(uid, m), "u", "s", "e")
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return CreditRead{}, fmt.Errorf("%w: read credit: %w", ErrRedis, err)
+	}
+	out := CreditRead{Grants: make(map[string]RawGrant, len(metrics))}
+	if timeCmd != nil {
+		out.Now = timeCmd.Val().UTC()
+	} else {
+		out.Now = s.now().UTC()
+	}
+	var err error
+	if out.Overrides, err = parseOverrides(over.Val()); err != nil {
+		return CreditRead{}, err
+	}
+	for i, m := range metrics {
+		vals := states[i].Val()
+		if len(vals) != 3 || vals[1] == nil {
+			out.Grants[m] = RawGrant{}
+			continue
+		}
+		used, _ := strconv.ParseFloat(fmt.Sprint(vals[0]), 64)
+		start, _ := strconv.ParseInt(fmt.Sprint(vals[1]), 10, 64)
+		end, _ := strconv.ParseInt(fmt.Sprint(vals[2]), 10, 64)
+		out.Grants[m] = RawGrant{Started: true, Used: used, Start: msTime(start), End: msTime(end)}
+	}
+	return out, nil
+}
+
+func parseOverrides(raw map[string]string) (map[string]float64, error) {
+	out := make(map[string]float64, len(raw))
+	for k, v := range raw {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+			return nil, fmt.Errorf("store: grant override %s=%q is not a number", k, v)
+		}
+		out[k] = f
+	}
+	return out, nil
+}
+
+// Overrides returns uid's grant overrides.
+func (s *Store) Overrides(ctx context.Context, uid string) (map[string]float64, error) {
+	pipe := s.rdb.Pipeline()
+	cmd := pipe.HGetAll(ctx, s.keys.Grants(uid))
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("%w: read grants: %w", ErrRedis, err)
+	}
+	return parseOverrides(cmd.Val())
+}
+
+// SetOverrides sets and unsets uid's grant overrides in one transaction
+// and returns the overrides that result.
+func (s *Store) SetOverrides(ctx context.Context, uid string, set map[string]float64, unset []string) (map[string]float64, error) {
+	key := s.keys.Grants(uid)
+	tx := s.rdb.TxPipeline()
+	if len(set) > 0 {
+		vals := make([]any, 0, 2*len(set))
+		for k, v := range set {
+			vals = append(vals, k, strconv.FormatFloat(v, 'g', -1, 64))
+		}
+		tx.HSet(ctx, key, vals...)
+	}
+	if len(unset) > 0 {
+		tx.HDel(ctx, key, unset...)
+	}
+	all := tx.HGetAll(ctx, key)
+	if _, err := tx.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("%w: write grants: %w", ErrRedis, err)
+	}
+	return parseOverrides(all.Val())
+}
+
+func isNoScript(err error) bool {
+	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
+}
+
+// isScriptError tells an error raised inside a script (a bug, or a key of
+// the wrong type: retrying will not help) from a Redis that cannot work
+// now (down, loading, busy, read-only), which a retry may cure.
+func isScriptError(err error) bool {
+	if err == nil {
+		return false
+	}
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return false
+	}
+	msg := err.Error()
+	for _, busy := range []string{"BUSY", "LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS", "OOM"} {
+		if strings.HasPrefix(msg, busy) {
+			return false
+		}
+	}
+	return strings.Contains(msg, "WRONGTYPE") || strings.Contains(strings.ToLower(msg), "script")
+}
