@@ -14,7 +14,7 @@ import (
 func streamsCommand() command {
 	return command{
 		name:    "streams",
-		summary: "create or update the USAGE and USAGE_DEAD streams and show their state",
+		summary: "create or update the USAGE, USAGE_DEAD and NOTIFY streams and show their state",
 		usage: `Usage: allot streams [-check]
 
 Creates the usage and dead-letter streams, or updates them to the
@@ -52,7 +52,7 @@ func runStreams(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []strin
 			return err
 		}
 	}
-	for _, name := range []string{cfg.Streams.Usage, cfg.Streams.Dead} {
+	for _, name := range []string{cfg.Streams.Usage, cfg.Streams.Dead, cfg.Streams.Notify} {
 		st, err := js.Stream(ctx, name)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			fmt.Fprintf(env.stdout, "%-12s missing: run 'allot streams' to create it\n", name)

@@ -131,6 +131,23 @@ type FindReply struct {
 	URLMap    map[string]string `json:"url_map"`
 }
 
+// UsageNotice is published on notify.usage.<uid> when a grant's use
+// crosses one of its notify thresholds: once per threshold per period.
+type UsageNotice struct {
+	// ID is the same for the same crossing, however often it is
+	// published: "<uid>.<metric>.<period start ms>.<threshold>". It is
+	// also the Nats-Msg-Id, so the stream keeps one copy.
+	ID          string    `json:"id"`
+	UID         string    `json:"uid"`
+	Metric      string    `json:"metric"`
+	Threshold   float64   `json:"threshold"` // percent of the limit
+	Used        float64   `json:"used"`      // when the threshold was crossed
+	Limit       float64   `json:"limit"`
+	Period      string    `json:"period"`
+	PeriodStart time.Time `json:"period_start"`
+	ResetsAt    time.Time `json:"resets_at,omitzero"`
+}
+
 // ErrorCode names the kind of a request/reply error in the error body.
 type ErrorCode string
 

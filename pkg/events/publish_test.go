@@ -53,7 +53,8 @@ func TestEnsureStreamsBadConfig(t *testing.T) {
 		field string
 	}{
 		{"no name", func(c *StreamConfig) { c.Usage = "" }, "streams.usage"},
-		{"same names", func(c *StreamConfig) { c.Dead = c.Usage }, "streams.dead"},
+		{"same names", func(c *StreamConfig) { c.Dead = c.Usage }, "streams"},
+		{"no notify name", func(c *StreamConfig) { c.Notify = "" }, "streams.notify"},
 		{"no duplicate window", func(c *StreamConfig) { c.Duplicates = 0 }, "streams.duplicates"},
 		{"window over age", func(c *StreamConfig) { c.MaxAge = time.Minute }, "streams.duplicates"},
 		{"replicas", func(c *StreamConfig) { c.Replicas = 0 }, "streams.replicas"},

@@ -15,6 +15,11 @@ type StreamConfig struct {
 	Usage string `yaml:"usage"`
 	// Dead is the name of the dead-letter stream (default USAGE_DEAD).
 	Dead string `yaml:"dead"`
+	// Notify is the name of the stream of notices for the notifier
+	// (default NOTIFY): threshold notices and confirmation requests.
+	Notify string `yaml:"notify"`
+	// NotifyMaxAge is how long notices are kept (default 7 days).
+	NotifyMaxAge time.Duration `yaml:"notify_max_age"`
 	// MaxAge is how long usage events are kept (default 35 days, so the
 	// longest grant period, a month, can be replayed).
 	MaxAge time.Duration `yaml:"max_age"`
@@ -35,13 +40,15 @@ type StreamConfig struct {
 // DefaultStreamConfig returns the defaults described on StreamConfig.
 func DefaultStreamConfig() StreamConfig {
 	return StreamConfig{
-		Usage:      "USAGE",
-		Dead:       "USAGE_DEAD",
-		MaxAge:     35 * 24 * time.Hour,
-		DeadMaxAge: 35 * 24 * time.Hour,
-		Duplicates: 2 * time.Minute,
-		Replicas:   1,
-		MaxBytes:   -1,
+		Usage:        "USAGE",
+		Dead:         "USAGE_DEAD",
+		Notify:       "NOTIFY",
+		NotifyMaxAge: 7 * 24 * time.Hour,
+		MaxAge:       35 * 24 * time.Hour,
+		DeadMaxAge:   35 * 24 * time.Hour,
+		Duplicates:   2 * time.Minute,
+		Replicas:     1,
+		MaxBytes:     -1,
 	}
 }
 
@@ -54,8 +61,14 @@ func (c StreamConfig) Validate() error {
 	if err := ValidateToken("streams.dead", c.Dead); err != nil {
 		errs = append(errs, err)
 	}
-	if c.Usage != "" && c.Usage == c.Dead {
-		errs = append(errs, invalid("streams.dead", "must differ from streams.usage"))
+	if err := ValidateToken("streams.notify", c.Notify); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Usage != "" && (c.Usage == c.Dead || c.Usage == c.Notify) || c.Dead != "" && c.Dead == c.Notify {
+		errs = append(errs, invalid("streams", "usage, dead and notify must be three different names"))
+	}
+	if c.NotifyMaxAge < 0 {
+		errs = append(errs, invalid("streams.notify_max_age", "must be >= 0 (0 keeps notices forever)"))
 	}
 	if c.MaxAge < 0 {
 		errs = append(errs, invalid("streams.max_age", "must be >= 0 (0 keeps events forever)"))
@@ -114,6 +127,24 @@ func (c StreamConfig) DeadStreamConfig(s Subjects) jetstream.StreamConfig {
 	}
 }
 
+// NotifyStreamConfig returns the JetStream configuration of the notice
+// stream.
+func (c StreamConfig) NotifyStreamConfig(s Subjects) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        c.Notify,
+		Description: "allot notices for the notifier: usage thresholds and confirmation requests",
+		Subjects:    []string{s.NotifyUsage("*"), s.NotifyConfirm("*")},
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      c.NotifyMaxAge,
+		MaxBytes:    c.MaxBytes,
+		MaxMsgs:     -1,
+		Duplicates:  c.Duplicates,
+		Replicas:    c.Replicas,
+		Storage:     c.storage(),
+	}
+}
+
 func (c StreamConfig) storage() jetstream.StorageType {
 	if c.Memory {
 		return jetstream.MemoryStorage
@@ -121,9 +152,9 @@ func (c StreamConfig) storage() jetstream.StorageType {
 	return jetstream.FileStorage
 }
 
-// EnsureStreams creates the usage and dead-letter streams, or updates
-// them to cfg when they exist. Calling it again with the same settings
-// changes nothing.
+// EnsureStreams creates the usage, dead-letter and notice streams, or
+// updates them to cfg when they exist. Calling it again with the same
+// settings changes nothing.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, s Subjects, cfg StreamConfig) error {
 	if err := s.Validate(); err != nil {
 		return fmt.Errorf("events: ensure streams: %w", err)
@@ -131,7 +162,7 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, s Subjects, cfg 
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("events: ensure streams: %w", err)
 	}
-	for _, sc := range []jetstream.StreamConfig{cfg.UsageStreamConfig(s), cfg.DeadStreamConfig(s)} {
+	for _, sc := range []jetstream.StreamConfig{cfg.UsageStreamConfig(s), cfg.DeadStreamConfig(s), cfg.NotifyStreamConfig(s)} {
 		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 			return fmt.Errorf("events: ensure stream %s on %v: %w", sc.Name, sc.Subjects, err)
 		}
