@@ -4,7 +4,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/google/go-cmp/cmp"
+	"github.com/redis/go-redis/v9"
 )
 
 func TestLockKeys(t *testing.T) {
@@ -80,5 +82,37 @@ func TestTokensDiffer(t *testing.T) {
 			t.Fatalf("token %q: repeated or not 22 characters", tok)
 		}
 		seen[tok] = true
+	}
+}
+
+// TestAcquireScriptIsIdempotent: go-redis resends a command whose reply was
+// lost; the resent acquire must report the lock as taken, with the same
+// fencing token, rather than as held by someone else.
+func TestAcquireScriptIsIdempotent(t *testing.T) {
+	mr := miniredis.RunT(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	l, err := New(c, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lk := l.newLock("job", time.Minute)
+	var got []int64
+	for range 2 {
+		n, err := l.scripts.acquire.run(t.Context(), c, lk.keys[:], lk.token, lk.ttlArg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, n)
+	}
+	other := l.newLock("job", time.Minute)
+	n, err := l.scripts.acquire.run(t.Context(), c, other.keys[:], other.token, other.ttlArg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = append(got, n)
+	// The third is another holder: refused, told the remaining 60000ms.
+	if diff := cmp.Diff([]int64{1, 1, -1 - 60000}, got); diff != "" {
+		t.Errorf("acquire twice with one token, then with another (-want +got):\n%s", diff)
 	}
 }

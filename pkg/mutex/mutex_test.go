@@ -23,7 +23,9 @@ func miniBackend(t *testing.T) (backend, *miniredis.Miniredis) {
 	return backend{
 		newClient: func(t *testing.T) *redis.Client {
 			t.Helper()
-			c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+			// miniredis starts a new Lua interpreter for every script call:
+			// slow under -race on a busy machine, hence the read timeout.
+			c := redis.NewClient(&redis.Options{Addr: mr.Addr(), ReadTimeout: 30 * time.Second})
 			t.Cleanup(func() { _ = c.Close() })
 			return c
 		},
