@@ -231,7 +231,7 @@ func testStaleHolderRefused(t *testing.T, b backend) {
 // once its TTL has run out, and Err() says so.
 func testLostWithoutRefresh(t *testing.T, b backend) {
 	l := b.locker(t, b.keyPrefix(t))
-	lk := mustAcquire(t, l, "job", mutex.LockOptions{TTL: 300 * time.Millisecond})
+	lk := mustAcquire(t, l, "job", mutex.LockOptions{TTL: time.Second})
 	lost := lk.Lost()
 	if isClosed(lost) {
 		t.Fatal("Lost() closed right after acquiring")
@@ -242,7 +242,7 @@ func testLostWithoutRefresh(t *testing.T, b backend) {
 	select {
 	case <-lost:
 	case <-time.After(5 * time.Second):
-		t.Fatal("Lost() still open 5s after a 300ms TTL")
+		t.Fatal("Lost() still open 5s after a 1s TTL")
 	}
 	wantErr(t, "Err() after loss", lk.Err(), mutex.ErrNotHeld, "job")
 	wantErr(t, "Refresh after loss", lk.Refresh(t.Context(), time.Second), mutex.ErrNotHeld, "job")
@@ -353,10 +353,12 @@ func testRefreshAndTTL(t *testing.T, b backend) {
 	}
 }
 
-// testWatchdog: with the watchdog on, a lock outlives several TTLs.
+// testWatchdog: with the watchdog on, a lock outlives several TTLs. (The TTL
+// leaves room for a loaded test machine: the watchdog must get a refresh
+// through within 2/3 of it.)
 func testWatchdog(t *testing.T, b backend) {
 	l := b.locker(t, b.keyPrefix(t))
-	const ttl = 300 * time.Millisecond
+	const ttl = 900 * time.Millisecond
 	lk := mustAcquire(t, l, "job", mutex.LockOptions{TTL: ttl, Watchdog: true})
 	lost := lk.Lost()
 	time.Sleep(3 * ttl)
@@ -378,7 +380,7 @@ func testWatchdog(t *testing.T, b backend) {
 func testWithLock(t *testing.T, b backend) {
 	prefix := b.keyPrefix(t)
 	l := b.locker(t, prefix)
-	opts := mutex.LockOptions{TTL: 300 * time.Millisecond}
+	opts := mutex.LockOptions{TTL: 900 * time.Millisecond}
 
 	t.Run("RunsAndReleases", func(t *testing.T) {
 		errFn := errors.New("fn failed")

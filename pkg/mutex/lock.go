@@ -25,7 +25,8 @@ type Lock struct {
 
 	mu    sync.Mutex
 	until time.Time     // local bound of the lock's validity
-	err   error         // nil while held
+	ended bool          // released or lost
+	why   error         // why it was lost; nil if released
 	lost  chan struct{} // made by the first Lost call
 	timer *time.Timer   // closes lost at until, once Lost was called
 
@@ -59,7 +60,7 @@ func (l *Lock) Release(ctx context.Context) error {
 		l.waitWatchdog()
 		return notHeld
 	}
-	l.end(&Error{Op: "release", Name: l.name, Err: fmt.Errorf("%w: released", ErrNotHeld)}, false)
+	l.end(nil, false)
 	l.waitWatchdog()
 	return nil
 }
@@ -98,7 +99,7 @@ func (l *Lock) refresh(ctx context.Context, ttl time.Duration, ttlArg any) error
 		return notHeld
 	}
 	l.mu.Lock()
-	if l.err == nil {
+	if !l.ended {
 		l.until = sent.Add(ttl)
 	}
 	l.mu.Unlock()
@@ -137,7 +138,7 @@ func (l *Lock) Lost() <-chan struct{} {
 	if l.lost == nil {
 		// Made on demand: a Lock nobody watches costs no channel and no timer.
 		l.lost = make(chan struct{})
-		if l.err != nil {
+		if l.ended {
 			close(l.lost)
 		} else {
 			l.armLocked()
@@ -151,7 +152,14 @@ func (l *Lock) Lost() <-chan struct{} {
 func (l *Lock) Err() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.err
+	switch {
+	case !l.ended:
+		return nil
+	case l.why != nil:
+		return l.why
+	}
+	// Made when asked, so that a release allocates nothing for it.
+	return &Error{Op: "release", Name: l.name, Err: fmt.Errorf("%w: released", ErrNotHeld)}
 }
 
 // armLocked sets the timer that declares the lock lost at until.
@@ -168,7 +176,7 @@ func (l *Lock) armLocked() {
 // until in the meantime.
 func (l *Lock) expire() {
 	l.mu.Lock()
-	if l.err != nil {
+	if l.ended {
 		l.mu.Unlock()
 		return
 	}
@@ -181,15 +189,16 @@ func (l *Lock) expire() {
 	l.end(&Error{Op: "hold", Name: l.name, Err: fmt.Errorf("%w: ttl ran out without a refresh", ErrNotHeld)}, true)
 }
 
-// end marks the Lock as no longer held, once: it records why, closes Lost,
-// stops the timer and the watchdog, and counts a loss if lost is set.
+// end marks the Lock as no longer held, once: it records why (nil for a
+// release), closes Lost, stops the timer and the watchdog, and counts a loss
+// if lost is set.
 func (l *Lock) end(why error, lost bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.err != nil {
+	if l.ended {
 		return
 	}
-	l.err = why
+	l.ended, l.why = true, why
 	if lost {
 		l.locker.metrics.lostOne()
 	}
@@ -204,8 +213,8 @@ func (l *Lock) end(why error, lost bool) {
 	}
 }
 
-// startWatchdog refreshes the lock every TTL/3 in a goroutine, until the Lock
-// ends. It keeps ctx's values but not its cancellation: the lock outlives the
+// startWatchdog refreshes the lock every TTL/3 in a goroutine (every TTL/12
+// after a failed refresh), until the Lock ends. It keeps ctx's values but not its cancellation: the lock outlives the
 // context it was acquired with.
 func (l *Lock) startWatchdog(ctx context.Context) {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -216,13 +225,16 @@ func (l *Lock) startWatchdog(ctx context.Context) {
 
 func (l *Lock) watch(ctx context.Context) {
 	defer close(l.watchdogDone)
-	tick := time.NewTicker(max(l.ttl/3, time.Microsecond))
-	defer tick.Stop()
+	// Every TTL/3 after a refresh; sooner after a failed one, so that one
+	// network blip does not spend a third of the lock's remaining time.
+	every, retry := max(l.ttl/3, time.Microsecond), max(l.ttl/12, time.Microsecond)
+	timer := time.NewTimer(every)
+	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-timer.C:
 		}
 		l.mu.Lock()
 		until := l.until
@@ -231,6 +243,7 @@ func (l *Lock) watch(ctx context.Context) {
 		err := l.refresh(refreshCtx, l.ttl, l.ttlArg)
 		cancel()
 		if err == nil {
+			timer.Reset(every)
 			continue
 		}
 		if ctx.Err() != nil || l.Err() != nil {
@@ -242,5 +255,6 @@ func (l *Lock) watch(ctx context.Context) {
 			l.end(&Error{Op: "hold", Name: l.name, Err: fmt.Errorf("%w: ttl ran out without a refresh: %w", ErrNotHeld, err)}, true)
 			return
 		}
+		timer.Reset(retry)
 	}
 }
