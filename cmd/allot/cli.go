@@ -47,6 +47,12 @@ func commands() []command {
 		publishCommand(),
 		streamsCommand(),
 		tailCommand(),
+		creditCommand(),
+		authorizeCommand(),
+		grantsCommand(),
+		checkCommand(),
+		ratelimitCommand(),
+		registryCommand(),
 	}
 }
 

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"sort"
+	"text/tabwriter"
+
+	"github.com/allot/allot/pkg/events"
+)
+
+func creditCommand() command {
+	return command{
+		name:    "credit",
+		summary: "show a user's credit: used, limit and remaining of one grant or all",
+		usage: `Usage: allot credit -uid UID [-metric NAME] [-json]
+
+Asks the meter (meter.credit.<uid>) how much of each grant the user has
+used, the limit, what remains, any overage, the grant's period and when it
+resets. Without -metric every grant of the user is shown.
+
+Examples:
+  allot credit -uid u-42
+  allot credit -uid u-42 -metric photo_daily_total
+  allot credit -uid u-42 -json | jq '.credits[].remaining'`,
+		run: runCredit,
+	}
+}
+
+func runCredit(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) error {
+	var ef endpointFlags
+	ef.register(fs, env)
+	uid := fs.String("uid", "", "the user")
+	metric := fs.String("metric", "", "one grant metric, e.g. photo_daily_total (default: every grant)")
+	if _, err := parseFlags(fs, args, false); err != nil {
+		return err
+	}
+	if err := requireUID(*uid); err != nil {
+		return err
+	}
+	if err := (events.CreditRequest{Metric: *metric}).Validate(); err != nil {
+		return err
+	}
+	c, subj, closeConn, err := ef.connect(env)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	subject := subj.Credit(*uid)
+
+	var credits []events.Credit
+	var reply any
+	if *metric != "" {
+		one, err := c.Credit(ctx, *uid, *metric)
+		if err != nil {
+			return callError(err, "meter", subject, ef.timeout)
+		}
+		credits, reply = []events.Credit{one}, one
+	} else {
+		all, err := c.Credits(ctx, *uid)
+		if err != nil {
+			return callError(err, "meter", subject, ef.timeout)
+		}
+		credits, reply = all.Credits, all
+	}
+	if ef.json {
+		return printJSON(env.stdout, reply)
+	}
+	if len(credits) == 0 {
+		fmt.Fprintf(env.stdout, "%s has no grants\n", *uid)
+		return nil
+	}
+	return printCredits(env.stdout, credits)
+}
+
+// printCredits writes credits as a table sorted by metric.
+func printCredits(w io.Writer, credits []events.Credit) error {
+	sort.Slice(credits, func(i, j int) bool { return credits[i].Metric < credits[j].Metric })
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "METRIC\tUSED\tLIMIT\tREMAINING\tOVERAGE\tPERIOD\tRESETS_AT")
+	for _, cr := range credits {
+		period := cr.Period
+		if period == "" {
+			period = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cr.Metric, number(cr.Used), number(cr.Limit),
+			number(cr.Remaining), number(cr.Overage), period, timestamp(cr.ResetsAt))
+	}
+	return tw.Flush()
+}

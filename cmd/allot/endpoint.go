@@ -1,0 +1,147 @@
+package main
+
+// What the commands that call allot's request/reply endpoints (credit,
+// authorize, grants, check, ratelimit, registry) share: strict flag
+// parsing, connecting a typed client, and turning the client's errors
+// into one line a person can act on.
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/allot/allot/pkg/events"
+)
+
+// endpointFlags are the flags of every endpoint command: the connection
+// flags and -json.
+type endpointFlags struct {
+	clientFlags
+	json bool
+}
+
+func (f *endpointFlags) register(fs *flag.FlagSet, env *cliEnv) {
+	f.clientFlags.register(fs, env)
+	fs.BoolVar(&f.json, "json", false, "print the reply as JSON instead of text")
+}
+
+// connect loads the configuration, connects to NATS and returns a client
+// using the configured subjects and -timeout per request. closeConn
+// releases the connection.
+func (f *endpointFlags) connect(env *cliEnv) (c *events.Client, subj events.Subjects, closeConn func(), err error) {
+	cfg, nc, err := f.load(env)
+	if err != nil {
+		return nil, subj, nil, err
+	}
+	c, err = events.NewClient(nc, events.ClientOptions{Subjects: cfg.Subjects, Timeout: f.timeout})
+	if err != nil {
+		nc.Close()
+		return nil, subj, nil, err
+	}
+	return c, cfg.Subjects, nc.Close, nil
+}
+
+// parseFlags parses args like parse, but a flag mistake prints only its
+// one line (through run) instead of the whole usage, which -h still shows.
+// Arguments may come before, between or after the flags when allowArgs;
+// the arguments are returned.
+func parseFlags(fs *flag.FlagSet, args []string, allowArgs bool) ([]string, error) {
+	// The flag package prints the mistake and the usage itself; silence
+	// both and print the usage only for -h.
+	out, usage := fs.Output(), fs.Usage
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	defer func() { fs.SetOutput(out); fs.Usage = usage }()
+
+	var rest []string
+	for {
+		err := fs.Parse(args)
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(out)
+			usage()
+			return nil, err
+		}
+		if err != nil {
+			return nil, &usageError{msg: err.Error()}
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		if !allowArgs {
+			return nil, usagef("unexpected argument %q", fs.Arg(0))
+		}
+		rest = append(rest, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	return rest, nil
+}
+
+// callError turns an error of a call to service on subject into one line
+// that says what went wrong and what to do: the status, message and field
+// of a service's error reply, which service is not running, or how long
+// was waited. Validation errors (refused before the wire) already name
+// their field and pass through.
+func callError(err error, service, subject string, timeout time.Duration) error {
+	var serr *events.ServiceError
+	switch {
+	case errors.As(err, &serr):
+		msg := fmt.Sprintf("%s answered %d %s: %s", service, serr.Status, serr.Code, serr.Message)
+		if serr.Field != "" {
+			msg += fmt.Sprintf(" (field %s)", serr.Field)
+		}
+		switch serr.Code {
+		case events.CodeUnavailable:
+			msg += "; its backend is down, retry later"
+		case events.CodeInternal:
+			msg += "; this is a bug, the service's log has more"
+		}
+		return errors.New(msg)
+	case errors.Is(err, events.ErrNoResponders):
+		return fmt.Errorf("no %s is answering on %s: is it running (allot dev)?", service, subject)
+	case errors.Is(err, events.ErrTimeout):
+		return fmt.Errorf("no reply from the %s on %s within %s: is it overloaded? (raise -timeout to wait longer)", service, subject, timeout)
+	}
+	return err
+}
+
+// printJSON writes v as indented JSON.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// number formats an amount without exponent or trailing zeros.
+func number(v float64) string {
+	return strconv.FormatFloat(v, 'f', -1, 64)
+}
+
+// timestamp formats t in RFC 3339 UTC, or "-" for the zero time (a grant
+// whose period never resets).
+func timestamp(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// resetsAt is "resets at T", or "never resets" for the zero time.
+func resetsAt(t time.Time) string {
+	if t.IsZero() {
+		return "never resets"
+	}
+	return "resets at " + timestamp(t)
+}
+
+// requireUID refuses a missing -uid as a usage mistake and a malformed
+// one as a validation error naming the field, before anything is sent.
+func requireUID(uid string) error {
+	if uid == "" {
+		return usagef("-uid is required")
+	}
+	return events.ValidateToken("uid", uid)
+}
