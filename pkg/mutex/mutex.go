@@ -185,45 +185,57 @@ func (l *Locker) acquire(ctx context.Context, name string, opts LockOptions, wai
 		return nil, &Error{Op: "acquire", Name: name, Err: err}
 	}
 	lk := l.newLock(name, opts.TTL)
+	sent := time.Now()
+	n, err := l.try(ctx, lk, time.Time{})
+	switch {
+	case err != nil:
+		return nil, err
+	case n > 0:
+		l.taken(ctx, lk, n, sent, opts.Watchdog)
+		return lk, nil
+	case !wait:
+		return nil, l.notAcquired(name, time.Time{}, ErrNotAcquired)
+	}
+	return l.wait(ctx, lk, opts, sent, n)
+}
 
-	var (
-		start, giveUp time.Time
-		timer         *time.Timer
-	)
+// try runs the acquire script once: n > 0 is the fencing token of a lock
+// taken, n <= -1 encodes the holder's remaining TTL (see acquire.lua). start
+// is when a waiting Acquire began waiting, or zero.
+func (l *Locker) try(ctx context.Context, lk *Lock, start time.Time) (n int64, _ error) {
+	n, err := l.scripts.acquire.run(ctx, l.client, lk.keys[:], lk.token, lk.ttlArg)
+	if err == nil {
+		return n, nil
+	}
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		// The reply may have been lost after Redis took the lock for us;
+		// then it stays taken until its TTL runs out.
+		return 0, l.notAcquired(lk.name, start, fmt.Errorf("%w: %w", ErrNotAcquired, ctxErr))
+	}
+	l.metrics.result(resultError)
+	return 0, &Error{Op: "acquire", Name: lk.name, Err: err}
+}
+
+// taken completes a Lock whose acquire returned the fencing token fence.
+func (l *Locker) taken(ctx context.Context, lk *Lock, fence int64, sent time.Time, watchdog bool) {
+	lk.fence = fence
+	lk.until = sent.Add(lk.ttl)
+	l.metrics.result(resultAcquired)
+	if watchdog {
+		lk.startWatchdog(ctx)
+	}
+}
+
+// wait asks again, with backoff, for a lock that was held when first asked
+// (at start, when the answer was n).
+func (l *Locker) wait(ctx context.Context, lk *Lock, opts LockOptions, start time.Time, n int64) (*Lock, error) {
+	var giveUp time.Time
+	if opts.MaxWait > 0 {
+		giveUp = start.Add(opts.MaxWait)
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
 	for attempt := 0; ; attempt++ {
-		sent := time.Now()
-		n, err := l.scripts.acquire.run(ctx, l.client, lk.keys[:], lk.token, lk.ttlArg)
-		if err != nil {
-			if ctxErr := ctx.Err(); ctxErr != nil {
-				// The reply may have been lost after Redis took the lock for
-				// us; then it stays taken until its TTL expires.
-				return nil, l.notAcquired(name, start, fmt.Errorf("%w: %w", ErrNotAcquired, ctxErr))
-			}
-			l.metrics.result(resultError)
-			return nil, &Error{Op: "acquire", Name: name, Err: err}
-		}
-		if n > 0 {
-			lk.fence = n
-			lk.until = sent.Add(opts.TTL)
-			l.metrics.result(resultAcquired)
-			if attempt > 0 {
-				l.metrics.waited(time.Since(start))
-			}
-			if opts.Watchdog {
-				lk.startWatchdog(ctx)
-			}
-			return lk, nil
-		}
-		if !wait {
-			return nil, l.notAcquired(name, time.Time{}, ErrNotAcquired)
-		}
-
-		if attempt == 0 {
-			start = sent
-			if opts.MaxWait > 0 {
-				giveUp = start.Add(opts.MaxWait)
-			}
-		}
 		delay := backoff(attempt, opts.MinRetry, opts.MaxRetry)
 		if holderTTL := time.Duration(-1-n) * time.Millisecond; holderTTL > 0 && delay > holderTTL {
 			// The holder's key expires before then: ask right after.
@@ -232,21 +244,27 @@ func (l *Locker) acquire(ctx context.Context, name string, opts LockOptions, wai
 		if !giveUp.IsZero() {
 			left := time.Until(giveUp)
 			if left <= 0 {
-				return nil, l.notAcquired(name, start, fmt.Errorf("%w: still held after waiting %v", ErrNotAcquired, opts.MaxWait))
+				return nil, l.notAcquired(lk.name, start, fmt.Errorf("%w: still held after waiting %v", ErrNotAcquired, opts.MaxWait))
 			}
 			// One last attempt right at the deadline.
 			delay = min(delay, left)
 		}
-		if timer == nil {
-			timer = time.NewTimer(delay)
-			defer timer.Stop()
-		} else {
-			timer.Reset(delay)
-		}
+		timer.Reset(delay)
 		select {
 		case <-ctx.Done():
-			return nil, l.notAcquired(name, start, fmt.Errorf("%w: %w", ErrNotAcquired, ctx.Err()))
+			return nil, l.notAcquired(lk.name, start, fmt.Errorf("%w: %w", ErrNotAcquired, ctx.Err()))
 		case <-timer.C:
+		}
+
+		sent := time.Now()
+		var err error
+		if n, err = l.try(ctx, lk, start); err != nil {
+			return nil, err
+		}
+		if n > 0 {
+			l.taken(ctx, lk, n, sent, opts.Watchdog)
+			l.metrics.waited(time.Since(start))
+			return lk, nil
 		}
 	}
 }
