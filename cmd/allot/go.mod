@@ -6,6 +6,7 @@ require (
 	github.com/alicebob/miniredis/v2 v2.40.0
 	github.com/allot/allot/pkg/events v0.0.0
 	github.com/allot/allot/pkg/service v0.0.0
+	github.com/allot/allot/services/meter v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/nats-io/nats.go v1.55.0
 	github.com/prometheus/client_golang v1.25.0
@@ -13,6 +14,7 @@ require (
 )
 
 require (
+	github.com/allot/allot/pkg/keys v0.0.0 // indirect
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
@@ -38,5 +40,7 @@ require (
 
 replace (
 	github.com/allot/allot/pkg/events => ../../pkg/events
+	github.com/allot/allot/pkg/keys => ../../pkg/keys
 	github.com/allot/allot/pkg/service => ../../pkg/service
+	github.com/allot/allot/services/meter => ../../services/meter
 )

@@ -78,8 +78,8 @@ func (k Keys) Instances() string { return k.prefix + "index:instances" }
 // GrantPattern matches every uid's state of one grant, for SCAN.
 func (k Keys) GrantPattern(metric string) string { return k.prefix + "{*}:g:" + metric }
 
-// UIDFromGrant returns the uid of a key made by Grant.
-func (k Keys) UIDFromGrant(key string) (string, bool) {
+// TagOf returns the hash tag of a key: the uid for a uid's keys.
+func (k Keys) TagOf(key string) (string, bool) {
 	rest, ok := strings.CutPrefix(key, k.prefix+"{")
 	if !ok {
 		return "", false

@@ -22,12 +22,12 @@ func TestKeys(t *testing.T) {
 			t.Errorf("got %q, want %q", got, want)
 		}
 	}
-	uid, ok := k.UIDFromGrant("allot:{u-42}:g:photo_daily_total")
+	uid, ok := k.TagOf("allot:{u-42}:g:photo_daily_total")
 	if !ok || uid != "u-42" {
-		t.Errorf("UIDFromGrant = %q, %v", uid, ok)
+		t.Errorf("TagOf = %q, %v", uid, ok)
 	}
-	if _, ok := k.UIDFromGrant("other:{u}:g:m"); ok {
-		t.Error("UIDFromGrant accepted a foreign prefix")
+	if _, ok := k.TagOf("other:{u}:g:m"); ok {
+		t.Error("TagOf accepted a foreign prefix")
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/services/meter"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -153,8 +154,21 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	s.HTTPURL = "http://" + s.HTTP.Addr()
 	s.closers.Push("http server", s.HTTP.Shutdown)
 
-	// The allot services start here as they arrive, each through the same
-	// Run its own binary calls.
+	// The allot services, each through the same Run its own binary calls.
+	deps := service.Deps{Config: cfg, NATS: nc, Redis: rdb, Registry: s.Registry, HTTP: s.HTTP, Log: log}
+	for _, svc := range []struct {
+		name  string
+		start service.StartFunc
+	}{
+		{"meter", meter.Run},
+	} {
+		stop, err := svc.start(ctx, deps)
+		if err != nil {
+			return nil, fmt.Errorf("devstack: start %s: %w", svc.name, err)
+		}
+		s.closers.Push(svc.name, stop)
+		s.Services = append(s.Services, svc.name)
+	}
 
 	s.HTTP.SetReady(true)
 	log.Info("allot dev stack started", "nats", s.NATSURL, "redis", s.RedisURL, "http", s.HTTPURL)

@@ -10,8 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/allot/allot/pkg/keys"
@@ -35,6 +37,10 @@ type Redis interface {
 	redis.Scripter
 	Pipeline() redis.Pipeliner
 	TxPipeline() redis.Pipeliner
+	Ping(ctx context.Context) *redis.StatusCmd
+	HGetAll(ctx context.Context, key string) *redis.MapStringStringCmd
+	SMembers(ctx context.Context, key string) *redis.StringSliceCmd
+	Scan(ctx context.Context, cursor uint64, match string, count int64) *redis.ScanCmd
 }
 
 // ErrRedis marks a failure to reach Redis or a Redis that refused to
@@ -94,6 +100,77 @@ func (s *Store) Load(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// Ping checks that Redis answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrRedis, err)
+	}
+	return nil
+}
+
+// Values reads a counter's or gauge's values hash: label set -> value.
+func (s *Store) Values(ctx context.Context, key string) (map[string]float64, error) {
+	raw, err := s.rdb.HGetAll(ctx, key).Result()
+	if err != nil {
+		return nil, fmt.Errorf("%w: read %s: %w", ErrRedis, key, err)
+	}
+	out := make(map[string]float64, len(raw))
+	for f, v := range raw {
+		x, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return nil, fmt.Errorf("store: %s[%q] = %q is not a number", key, f, v)
+		}
+		out[f] = x
+	}
+	return out, nil
+}
+
+// Members reads a set.
+func (s *Store) Members(ctx context.Context, key string) ([]string, error) {
+	v, err := s.rdb.SMembers(ctx, key).Result()
+	if err != nil {
+		return nil, fmt.Errorf("%w: read %s: %w", ErrRedis, key, err)
+	}
+	return v, nil
+}
+
+// ScanUIDs returns up to max uids that have grant or usage state, by
+// scanning the keyspace (on a Cluster, every master).
+func (s *Store) ScanUIDs(ctx context.Context, max int) ([]string, error) {
+	seen := map[string]bool{}
+	var out []string
+	scan := func(ctx context.Context, c interface {
+		Scan(context.Context, uint64, string, int64) *redis.ScanCmd
+	}) error {
+		iter := c.Scan(ctx, 0, s.keys.Prefix()+"{*}:*", 1000).Iterator()
+		for iter.Next(ctx) && len(out) < max {
+			uid, ok := s.keys.TagOf(iter.Val())
+			if !ok || uid == keys.GlobalTag || strings.HasPrefix(uid, "i.") || seen[uid] {
+				continue
+			}
+			seen[uid] = true
+			out = append(out, uid)
+		}
+		return iter.Err()
+	}
+	var err error
+	if cc, ok := s.rdb.(*redis.ClusterClient); ok {
+		var mu sync.Mutex
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+			mu.Lock()
+			defer mu.Unlock()
+			return scan(ctx, node)
+		})
+	} else {
+		err = scan(ctx, s.rdb)
+	}
+	if err != nil {
+		return out, fmt.Errorf("%w: scan uids: %w", ErrRedis, err)
+	}
+	sort.Strings(out)
+	return out, nil
 }
 
 // Keys returns the key builder.
@@ -192,9 +269,17 @@ func (s *Store) Apply(ctx context.Context, ops []Op) ([]Result, error) {
 func (s *Store) applyOnce(ctx context.Context, ops []Op) ([]Result, error) {
 	pipe := s.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(ops))
+	var sources []any
 	for i, op := range ops {
 		k, a := s.applyArgs(op)
 		cmds[i] = s.apply.EvalSha(ctx, pipe, k, a...)
+		if op.Config.Scope == service.ScopeInstance {
+			sources = append(sources, op.Source)
+		}
+	}
+	if len(sources) > 0 {
+		// The index /metrics reads; idempotent, so outside the scripts.
+		pipe.SAdd(ctx, s.keys.Instances(), sources...)
 	}
 	_, err := pipe.Exec(ctx)
 	results := make([]Result, len(ops))

@@ -22,7 +22,7 @@ type fakeClock struct {
 	t  time.Time
 }
 
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
 func (c *fakeClock) Set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
 func (c *fakeClock) Add(d time.Duration) {
 	c.mu.Lock()
@@ -123,7 +123,7 @@ func testCountersAndGauges(t *testing.T, open backend) {
 		}
 	}
 	for key, want := range map[string]map[string]string{
-		k.Values(keys.UserTag("u-1"), "api_calls_total"): {"resource=photo": "2.5"},
+		k.Values(keys.UserTag("u-1"), "api_calls_total"):   {"resource=photo": "2.5"},
 		k.Values(keys.InstanceTag("web-1"), "queue_depth"): {"": "3"},
 		k.Values(keys.GlobalTag, "jobs_total"):             {"": "1"},
 	} {
@@ -189,9 +189,9 @@ func testCalendarBoundsMatchGo(t *testing.T, open backend) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	times := []time.Time{
 		time.Date(2024, 2, 29, 23, 59, 59, 999e6, time.UTC), // leap day
-		time.Date(2026, 1, 31, 12, 0, 0, 0, time.UTC),        // rolling month clamps to Feb 28
-		time.Date(2026, 12, 31, 23, 0, 0, 0, time.UTC),       // year end
-		time.Date(2027, 1, 4, 0, 0, 0, 0, time.UTC),          // a Monday at midnight
+		time.Date(2026, 1, 31, 12, 0, 0, 0, time.UTC),       // rolling month clamps to Feb 28
+		time.Date(2026, 12, 31, 23, 0, 0, 0, time.UTC),      // year end
+		time.Date(2027, 1, 4, 0, 0, 0, 0, time.UTC),         // a Monday at midnight
 		time.Date(1999, 12, 31, 23, 59, 59, 0, time.UTC),
 	}
 	for range 40 {

@@ -1,0 +1,118 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"log/slog"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+// Deps is what Run builds for a service before starting it.
+type Deps struct {
+	Config   Config
+	NATS     *nats.Conn
+	Redis    redis.UniversalClient
+	Registry *prometheus.Registry
+	HTTP     *HTTPServer
+	Log      *slog.Logger
+}
+
+// StartFunc starts a service's own parts (consumers, endpoints) on d and
+// returns the function that stops them.
+type StartFunc func(ctx context.Context, d Deps) (stop func(context.Context) error, err error)
+
+// Run is the whole life of one allot service binary: it parses -config
+// and -validate, loads and validates the configuration, connects to NATS
+// and Redis, serves /metrics, /healthz and /readyz, calls start, marks
+// the service ready and waits for ctx to end. Then it stops everything in
+// reverse order under cfg.Shutdown.Timeout: readiness off, the service's
+// parts, HTTP, Redis, NATS. name is the service's name, e.g. "meter".
+func Run(ctx context.Context, name string, args []string, getenv func(string) string, stdout, stderr io.Writer, start StartFunc) (err error) {
+	var flags Flags
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	flags.Register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if flags.ConfigPath == "" {
+		flags.ConfigPath = getenv("ALLOT_CONFIG")
+	}
+	cfg, err := Load(flags.ConfigPath, getenv)
+	if err != nil {
+		return err
+	}
+	if cfg.NATS.Name == "" {
+		cfg.NATS.Name = "allot-" + name
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if flags.Validate {
+		_, err := io.WriteString(stdout, cfg.Redacted())
+		return err
+	}
+
+	log, err := NewLogger(cfg.Log, stderr)
+	if err != nil {
+		return err
+	}
+	log = log.With("service", name, "instance", cfg.Instance)
+
+	stack := NewStack(log)
+	defer func() {
+		// The run ctx has ended: shut down under a fresh deadline.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Shutdown.Timeout)
+		defer cancel()
+		err = errors.Join(err, stack.Close(ctx))
+	}()
+
+	nc, err := ConnectNATS(ctx, cfg.NATS, log)
+	if err != nil {
+		return err
+	}
+	stack.Push("nats", func(ctx context.Context) error {
+		defer nc.Close()
+		return nc.FlushWithContext(ctx) // send what is buffered first
+	})
+
+	rdb, err := ConnectRedis(ctx, cfg.Redis)
+	if err != nil {
+		return err
+	}
+	stack.Push("redis", func(context.Context) error { return rdb.Close() })
+
+	reg := NewRegistry()
+	srv := NewHTTPServer(cfg.HTTP.Addr, reg, log)
+	srv.AddCheck("nats", NATSCheck(nc))
+	srv.AddCheck("redis", RedisCheck(rdb))
+	if err := srv.Start(); err != nil {
+		return err
+	}
+	stack.Push("http", srv.Shutdown)
+
+	if start != nil {
+		stop, err := start(ctx, Deps{Config: cfg, NATS: nc, Redis: rdb, Registry: reg, HTTP: srv, Log: log})
+		if err != nil {
+			return err
+		}
+		if stop != nil {
+			stack.Push(name, stop)
+		}
+	}
+
+	stack.Push("readiness", func(context.Context) error {
+		srv.SetReady(false)
+		return nil
+	})
+	srv.SetReady(true)
+	log.Info("started", "http", srv.Addr())
+	<-ctx.Done()
+	log.Info("shutting down", "cause", context.Cause(ctx))
+	return nil
+}

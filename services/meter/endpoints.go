@@ -1,0 +1,258 @@
+package meter
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/services/meter/internal/store"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+)
+
+// requestContext bounds one request's Redis work.
+func (m *Meter) requestContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), m.cfg.NATS.RequestTimeout)
+}
+
+// uidOf returns the <uid> token of a request subject <meter>.<endpoint>.<uid>.
+func (m *Meter) uidOf(req micro.Request, endpoint string) (string, error) {
+	uid, err := events.ParseToken(req.Subject(), m.subj.Meter+"."+endpoint)
+	if err != nil {
+		var v *events.ValidationError
+		if errors.As(err, &v) {
+			v.Field = "uid"
+		}
+	}
+	return uid, err
+}
+
+// reply answers req, counting the outcome. Redis trouble is a 503, a bad
+// request a 400 naming the field.
+func (m *Meter) reply(req micro.Request, endpoint string, v any, err error) {
+	if err == nil {
+		m.metrics.requests.WithLabelValues(endpoint, "ok").Inc()
+		_ = events.Respond(req, v)
+		return
+	}
+	if errors.Is(err, store.ErrRedis) {
+		err = events.NewServiceError(events.CodeUnavailable, "", "redis unavailable: %v", err)
+	}
+	var serr *events.ServiceError
+	switch {
+	case errors.As(err, &serr):
+	case errors.Is(err, events.ErrInvalid):
+		serr = events.BadRequest(err)
+	default:
+		m.log.Error("request failed", "endpoint", endpoint, "subject", req.Subject(), "err", err)
+		serr = events.NewServiceError(events.CodeInternal, "", "%v", err)
+	}
+	m.metrics.requests.WithLabelValues(endpoint, string(serr.Code)).Inc()
+	_ = events.RespondError(req, serr)
+}
+
+// grantMetric returns the declaration of a grant metric, or a 404 for an
+// unknown metric and a 400 for one that is not a grant.
+func (m *Meter) grantMetric(name string) (service.MetricConfig, float64, error) {
+	mc, ok := m.cfg.Metric(name)
+	if !ok {
+		return mc, 0, events.NewServiceError(events.CodeNotFound, "metric", "unknown metric %q", name)
+	}
+	if mc.Style != service.StyleGrant {
+		return mc, 0, events.NewServiceError(events.CodeBadRequest, "metric", "metric %q is a %s, not a grant", name, mc.Style)
+	}
+	limit, _ := m.cfg.DefaultGrant(name)
+	return mc, limit, nil
+}
+
+func (m *Meter) handleCredit(req micro.Request) {
+	var body events.CreditRequest
+	uid, err := m.uidOf(req, "credit")
+	if err == nil {
+		err = events.DecodeRequest(req.Data(), &body)
+	}
+	if err != nil {
+		m.reply(req, "credit", nil, err)
+		return
+	}
+	ctx, cancel := m.requestContext()
+	defer cancel()
+	credits, err := m.credit(ctx, uid, body.Metric)
+	switch {
+	case err != nil:
+		m.reply(req, "credit", nil, err)
+	case body.Metric != "":
+		m.reply(req, "credit", credits[0], nil)
+	default:
+		m.reply(req, "credit", events.CreditsReply{UID: uid, Credits: credits}, nil)
+	}
+}
+
+// credit computes uid's credit for one grant, or for all when metric is
+// empty, from one Redis round trip and Redis's clock.
+func (m *Meter) credit(ctx context.Context, uid, metric string) ([]events.Credit, error) {
+	var names []string
+	if metric != "" {
+		if _, _, err := m.grantMetric(metric); err != nil {
+			return nil, err
+		}
+		names = []string{metric}
+	} else {
+		for _, n := range m.cfg.MetricNames() {
+			if mc, _ := m.cfg.Metric(n); mc.Style == service.StyleGrant {
+				names = append(names, n)
+			}
+		}
+	}
+	read, err := m.store.ReadCredit(ctx, uid, names)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]events.Credit, 0, len(names))
+	for _, n := range names {
+		mc, _ := m.cfg.Metric(n)
+		limit, _ := m.cfg.DefaultGrant(n)
+		if o, ok := read.Overrides[n]; ok {
+			limit = o
+		}
+		raw := read.Grants[n]
+		c := events.Credit{UID: uid, Metric: n, Limit: limit, Period: mc.Period}
+		if raw.Started && (raw.End.IsZero() || read.Now.Before(raw.End)) {
+			c.Used, c.ResetsAt = raw.Used, raw.End
+		} else if mc.Align == service.AlignCalendar {
+			_, c.ResetsAt = store.Bounds(mc.Period, mc.Align, read.Now)
+		}
+		c.Remaining = math.Max(0, limit-c.Used)
+		c.Overage = math.Max(0, c.Used-limit)
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// overLimitBody is the 429 body of authorize: the error and the decision.
+type overLimitBody struct {
+	Error events.ErrorDetail `json:"error"`
+	events.AuthorizeReply
+}
+
+func (m *Meter) handleAuthorize(req micro.Request) {
+	var body events.AuthorizeRequest
+	uid, err := m.uidOf(req, "authorize")
+	if err == nil {
+		err = events.DecodeRequest(req.Data(), &body)
+	}
+	if err != nil {
+		m.reply(req, "authorize", nil, err)
+		return
+	}
+	mc, limit, err := m.grantMetric(body.Metric)
+	if err != nil {
+		m.reply(req, "authorize", nil, err)
+		return
+	}
+	ctx, cancel := m.requestContext()
+	defer cancel()
+	d, err := m.store.Authorize(ctx, store.AuthorizeOp{ID: body.ID, UID: uid, Metric: body.Metric, Config: mc, Limit: limit, Amount: body.Amount})
+	if err != nil {
+		m.reply(req, "authorize", nil, err)
+		return
+	}
+	if len(d.Notices) > 0 {
+		// The decision stands either way; an unpublished notice stays
+		// pending in Redis and goes out with the next event or request.
+		if err := m.publishNotices(ctx, uid, body.Metric, mc, d.Notices); err != nil {
+			m.log.Warn("threshold notice not published yet", "uid", uid, "metric", body.Metric, "err", err)
+		}
+	}
+	decision := events.AuthorizeReply{
+		Allowed:   d.Allowed,
+		Remaining: math.Max(0, d.Grant.Limit-d.Grant.Used),
+		ResetsAt:  d.Grant.End,
+	}
+	if d.Allowed {
+		m.metrics.authorized.WithLabelValues("allowed").Inc()
+		m.reply(req, "authorize", decision, nil)
+		return
+	}
+	m.metrics.authorized.WithLabelValues("refused").Inc()
+	m.metrics.requests.WithLabelValues("authorize", string(events.CodeOverLimit)).Inc()
+	serr := events.NewServiceError(events.CodeOverLimit, "amount", "%s: %g more would pass the limit of %g (used %g)", body.Metric, body.Amount, d.Grant.Limit, d.Grant.Used)
+	b, _ := json.Marshal(overLimitBody{Error: events.ErrorDetail{Code: serr.Code, Message: serr.Message, Field: serr.Field}, AuthorizeReply: decision})
+	_ = req.Error(serr.StatusText(), serr.Message, b)
+}
+
+func (m *Meter) handleGrants(req micro.Request) {
+	var body events.GrantsRequest
+	uid, err := m.uidOf(req, "grants")
+	if err == nil {
+		err = events.DecodeRequest(req.Data(), &body)
+	}
+	if err != nil {
+		m.reply(req, "grants", nil, err)
+		return
+	}
+	ctx, cancel := m.requestContext()
+	defer cancel()
+	var overrides map[string]float64
+	if len(body.Set) > 0 || len(body.Unset) > 0 {
+		overrides, err = m.store.SetOverrides(ctx, uid, body.Set, body.Unset)
+		if err == nil {
+			m.log.Info("grants changed", "uid", uid, "set", body.Set, "unset", body.Unset)
+		}
+	} else {
+		overrides, err = m.store.Overrides(ctx, uid)
+	}
+	if err != nil {
+		m.reply(req, "grants", nil, err)
+		return
+	}
+	effective := make(map[string]float64, len(m.cfg.Grants)+len(overrides))
+	for k, v := range m.cfg.Grants {
+		effective[k] = v
+	}
+	for k, v := range overrides {
+		effective[k] = v
+	}
+	m.reply(req, "grants", events.GrantsReply{UID: uid, Grants: effective}, nil)
+}
+
+// publishNotices publishes each threshold notice to the NOTIFY stream,
+// with its fixed id as Nats-Msg-Id, then removes it from the pending list.
+// A notice published twice (after a crash) is stored once.
+func (m *Meter) publishNotices(ctx context.Context, uid, metric string, mc service.MetricConfig, notices []store.Notice) error {
+	for _, n := range notices {
+		notice := events.UsageNotice{
+			ID:          fmt.Sprintf("%s.%s.%d.%s", uid, metric, n.Start.UnixMilli(), formatNumber(n.Threshold)),
+			UID:         uid,
+			Metric:      metric,
+			Threshold:   n.Threshold,
+			Used:        n.Used,
+			Limit:       n.Limit,
+			Period:      mc.Period,
+			PeriodStart: n.Start,
+			ResetsAt:    n.End,
+		}
+		data, err := json.Marshal(notice)
+		if err != nil {
+			return err
+		}
+		msg := nats.NewMsg(m.subj.NotifyUsage(uid))
+		msg.Data = data
+		msg.Header.Set(events.MsgIDHeader, notice.ID)
+		if _, err := m.js.PublishMsg(ctx, msg); err != nil {
+			return fmt.Errorf("meter: publish notice %s: %w", notice.ID, err)
+		}
+		m.metrics.notices.Inc()
+		m.log.Info("threshold crossed", "uid", uid, "metric", metric, "threshold", n.Threshold, "used", n.Used, "limit", n.Limit)
+	}
+	return m.store.Confirm(ctx, uid, metric, notices)
+}
+
+func formatNumber(f float64) string {
+	return fmt.Sprint(f)
+}
+

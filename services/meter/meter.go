@@ -1,0 +1,187 @@
+// Package meter is allot's meter service: it turns usage events into exact
+// grant, counter and gauge state in Redis, and answers credit, authorize
+// and grants requests over NATS. Its binary (cmd/meter) and "allot dev"
+// both run it through Start.
+package meter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/services/meter/internal/store"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+// Version is reported by the micro service's $SRV.INFO.
+const Version = "0.1.0"
+
+// Deps are the connections and registries the meter runs on.
+type Deps struct {
+	NATS  *nats.Conn
+	Redis redis.UniversalClient
+	// Registerer receives the meter's metrics; nil registers none.
+	Registerer prometheus.Registerer
+	// Log receives what happens; nil discards it.
+	Log *slog.Logger
+	// Now overrides Redis TIME as the clock of grant periods (tests).
+	Now func() time.Time
+}
+
+// Meter is a running meter: the event worker and the endpoints.
+type Meter struct {
+	cfg      service.Config
+	subj     events.Subjects
+	log      *slog.Logger
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	store    *store.Store
+	metrics  *metrics
+	services []micro.Service
+
+	cancel   context.CancelFunc
+	done     chan struct{}
+	stopOnce sync.Once
+}
+
+// Start checks the configuration, creates the streams and the durable
+// consumer, starts the endpoints and the worker, and returns. Stop ends
+// them.
+func Start(ctx context.Context, cfg service.Config, deps Deps) (*Meter, error) {
+	if deps.NATS == nil || deps.Redis == nil {
+		return nil, errors.New("meter: NATS and Redis are required")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("meter: %w", err)
+	}
+	log := deps.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("service", "meter")
+	st, err := store.New(ctx, deps.Redis, store.Options{Keys: keys.New(cfg.Redis.KeyPrefix), DedupTTL: cfg.Meter.DedupTTL, Now: deps.Now})
+	if err != nil {
+		return nil, fmt.Errorf("meter: %w", err)
+	}
+	js, err := jetstream.New(deps.NATS)
+	if err != nil {
+		return nil, fmt.Errorf("meter: %w", err)
+	}
+	if err := events.EnsureStreams(ctx, js, cfg.Subjects, cfg.Streams); err != nil {
+		return nil, fmt.Errorf("meter: %w", err)
+	}
+	m := &Meter{
+		cfg:   cfg,
+		subj:  cfg.Subjects,
+		log:   log,
+		nc:    deps.NATS,
+		js:    js,
+		store: st,
+		done:  make(chan struct{}),
+	}
+	if m.metrics, err = newMetrics(deps.Registerer, m); err != nil {
+		return nil, fmt.Errorf("meter: %w", err)
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.Streams.Usage, jetstream.ConsumerConfig{
+		Durable:       cfg.Meter.Consumer,
+		Description:   "allot meter: applies usage events to Redis",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       cfg.Meter.AckWait,
+		MaxDeliver:    -1, // transient failures are retried, never dead-lettered
+		MaxAckPending: cfg.Meter.MaxAckPending,
+		FilterSubject: cfg.Subjects.UsageStreamSubject(),
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("meter: consumer %s on %s: %w", cfg.Meter.Consumer, cfg.Streams.Usage, err)
+	}
+	if err := m.startEndpoints(); err != nil {
+		m.stopEndpoints()
+		return nil, err
+	}
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	m.cancel = cancel
+	w := &worker{m: m, cons: cons}
+	go func() {
+		defer close(m.done)
+		w.run(wctx)
+	}()
+	log.Info("meter started", "stream", cfg.Streams.Usage, "consumer", cfg.Meter.Consumer,
+		"metrics", len(cfg.Metrics), "handlers", cfg.Meter.Handlers)
+	return m, nil
+}
+
+// Stop stops taking requests, lets the worker finish the events it holds
+// (acking them) and returns when it has, or when ctx ends.
+func (m *Meter) Stop(ctx context.Context) error {
+	var err error
+	m.stopOnce.Do(func() {
+		m.stopEndpoints()
+		m.cancel()
+		select {
+		case <-m.done:
+			m.log.Info("meter stopped")
+		case <-ctx.Done():
+			err = fmt.Errorf("meter: worker still busy at shutdown deadline: %w", ctx.Err())
+		}
+	})
+	return err
+}
+
+func (m *Meter) startEndpoints() error {
+	for i := range m.cfg.Meter.Handlers {
+		svc, err := micro.AddService(m.nc, micro.Config{
+			Name:        "meter",
+			Version:     Version,
+			Description: "allot meter: credit, authorize and grants",
+			QueueGroup:  "meter",
+			Metadata:    map[string]string{"handler": fmt.Sprint(i)},
+		})
+		if err != nil {
+			return fmt.Errorf("meter: endpoints: %w", err)
+		}
+		m.services = append(m.services, svc)
+		g := svc.AddGroup(m.subj.Meter, micro.WithGroupQueueGroup("meter"))
+		for _, ep := range []struct {
+			name string
+			h    micro.HandlerFunc
+		}{
+			{"credit", m.handleCredit},
+			{"authorize", m.handleAuthorize},
+			{"grants", m.handleGrants},
+		} {
+			if err := g.AddEndpoint(ep.name, ep.h, micro.WithEndpointSubject(ep.name+".*")); err != nil {
+				return fmt.Errorf("meter: endpoint %s: %w", ep.name, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (m *Meter) stopEndpoints() {
+	for _, svc := range m.services {
+		if err := svc.Stop(); err != nil {
+			m.log.Warn("stopping endpoints", "err", err)
+		}
+	}
+}
+
+// Run is the service.StartFunc of the meter, for its binary and for
+// "allot dev": it starts the meter on d and returns its Stop.
+func Run(ctx context.Context, d service.Deps) (func(context.Context) error, error) {
+	m, err := Start(ctx, d.Config, Deps{NATS: d.NATS, Redis: d.Redis, Registerer: d.Registry, Log: d.Log})
+	if err != nil {
+		return nil, err
+	}
+	return m.Stop, nil
+}

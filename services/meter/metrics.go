@@ -1,0 +1,233 @@
+package meter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/service"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the meter's own series.
+type metrics struct {
+	events       *prometheus.CounterVec
+	dead         *prometheus.CounterVec
+	batchSize    prometheus.Histogram
+	applySeconds prometheus.Histogram
+	pending      prometheus.Gauge
+	redisErrors  prometheus.Counter
+	notices      prometheus.Counter
+	requests     *prometheus.CounterVec
+	authorized   *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
+	mt := &metrics{
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "allot_meter_events_total",
+			Help: "Usage events handled, by result: applied, duplicate (already counted) or dead (refused, in the dead-letter stream).",
+		}, []string{"result"}),
+		dead: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "allot_meter_dead_letters_total",
+			Help: "Usage events refused, by reason: invalid, subject, oversized, unknown_metric, value, label, apply.",
+		}, []string{"reason"}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "allot_meter_batch_size",
+			Help:    "Events handled per Redis round trip.",
+			Buckets: []float64{1, 5, 10, 25, 50, 100, 250, 500, 1000},
+		}),
+		applySeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "allot_meter_apply_seconds",
+			Help:    "Time to apply one batch to Redis.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 15),
+		}),
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "allot_meter_consumer_pending",
+			Help: "Usage events in the stream not yet handed to the meter, as of the last batch.",
+		}),
+		redisErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "allot_meter_redis_errors_total",
+			Help: "Batches that met a Redis failure and were redelivered later.",
+		}),
+		notices: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "allot_meter_notices_total",
+			Help: "Threshold notices published.",
+		}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "allot_meter_requests_total",
+			Help: "Requests answered, by endpoint and result (ok or an error code).",
+		}, []string{"endpoint", "result"}),
+		authorized: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "allot_meter_authorize_decisions_total",
+			Help: "Authorize decisions, by decision: allowed or refused.",
+		}, []string{"decision"}),
+	}
+	if reg == nil {
+		return mt, nil
+	}
+	for _, c := range []prometheus.Collector{mt.events, mt.dead, mt.batchSize, mt.applySeconds, mt.pending,
+		mt.redisErrors, mt.notices, mt.requests, mt.authorized, newUsageCollector(m)} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return mt, nil
+}
+
+// usageCollector exports usage state read from Redis at each scrape:
+// global and per-instance counters and gauges always; per-uid counters,
+// gauges and grants only with meter.export_per_uid, up to
+// meter.export_max_uids uids, since their number grows with users.
+type usageCollector struct {
+	m       *Meter
+	descs   map[string]*prometheus.Desc // metric -> its series
+	used    *prometheus.Desc
+	limit   *prometheus.Desc
+	failure *prometheus.Desc
+}
+
+func newUsageCollector(m *Meter) *usageCollector {
+	c := &usageCollector{
+		m:     m,
+		descs: map[string]*prometheus.Desc{},
+		used: prometheus.NewDesc("allot_grant_used", "A uid's use of a grant in the current period (meter.export_per_uid).",
+			[]string{"uid", "metric"}, nil),
+		limit: prometheus.NewDesc("allot_grant_limit", "A uid's limit of a grant (meter.export_per_uid).",
+			[]string{"uid", "metric"}, nil),
+		failure: prometheus.NewDesc("allot_meter_usage_export_errors", "1 when the last scrape could not read usage from Redis.",
+			nil, nil),
+	}
+	for _, name := range m.cfg.MetricNames() {
+		mc, _ := m.cfg.Metric(name)
+		if mc.Style == service.StyleGrant {
+			continue
+		}
+		labels := append([]string{}, mc.Labels...)
+		sort.Strings(labels)
+		switch mc.Scope {
+		case service.ScopeInstance:
+			labels = append(labels, "source")
+		case service.ScopeUser:
+			labels = append(labels, "uid")
+		}
+		help := mc.Help
+		if help == "" {
+			help = "allot usage metric " + name
+		}
+		c.descs[name] = prometheus.NewDesc("allot_usage_"+name, help, labels, nil)
+	}
+	return c
+}
+
+func (c *usageCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+	ch <- c.used
+	ch <- c.limit
+	ch <- c.failure
+}
+
+func (c *usageCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	err := c.collect(ctx, ch)
+	failed := 0.0
+	if err != nil {
+		failed = 1
+		c.m.log.Warn("exporting usage from redis", "err", err)
+	}
+	ch <- prometheus.MustNewConstMetric(c.failure, prometheus.GaugeValue, failed)
+}
+
+func (c *usageCollector) collect(ctx context.Context, ch chan<- prometheus.Metric) error {
+	st := c.m.store
+	k := st.Keys()
+	var errs []error
+	var instances []string
+	if c.hasScope(service.ScopeInstance) {
+		var err error
+		if instances, err = st.Members(ctx, k.Instances()); err != nil {
+			return err
+		}
+	}
+	var uids []string
+	if c.m.cfg.Meter.ExportPerUID {
+		var err error
+		if uids, err = st.ScanUIDs(ctx, c.m.cfg.Meter.ExportMaxUIDs); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, name := range c.m.cfg.MetricNames() {
+		desc, ok := c.descs[name]
+		if !ok {
+			continue
+		}
+		mc, _ := c.m.cfg.Metric(name)
+		vt := prometheus.CounterValue
+		if mc.Style == service.StyleGauge {
+			vt = prometheus.GaugeValue
+		}
+		var owners []string
+		switch mc.Scope {
+		case service.ScopeGlobal:
+			owners = []string{keys.GlobalTag}
+		case service.ScopeInstance:
+			for _, src := range instances {
+				owners = append(owners, keys.InstanceTag(src))
+			}
+		case service.ScopeUser:
+			owners = uids
+		}
+		for _, tag := range owners {
+			vals, err := st.Values(ctx, k.Values(tag, name))
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			for field, v := range vals {
+				labels := keys.ParseLabelSet(field)
+				lv := make([]string, 0, len(mc.Labels)+1)
+				sorted := append([]string{}, mc.Labels...)
+				sort.Strings(sorted)
+				for _, l := range sorted {
+					lv = append(lv, labels[l])
+				}
+				switch mc.Scope {
+				case service.ScopeInstance:
+					lv = append(lv, tag[len("i."):])
+				case service.ScopeUser:
+					lv = append(lv, tag)
+				}
+				ch <- prometheus.MustNewConstMetric(desc, vt, v, lv...)
+			}
+		}
+	}
+	if len(uids) > 0 {
+		for _, uid := range uids {
+			credits, err := c.m.credit(ctx, uid, "")
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			for _, cr := range credits {
+				ch <- prometheus.MustNewConstMetric(c.used, prometheus.GaugeValue, cr.Used, uid, cr.Metric)
+				ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, cr.Limit, uid, cr.Metric)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *usageCollector) hasScope(scope string) bool {
+	for _, n := range c.m.cfg.MetricNames() {
+		if mc, _ := c.m.cfg.Metric(n); mc.Style != service.StyleGrant && mc.Scope == scope {
+			return true
+		}
+	}
+	return false
+}
