@@ -1,7 +1,6 @@
 package events
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
@@ -255,114 +254,6 @@ func appendString(b []byte, s string) []byte {
 	}
 	b = append(b, s[start:]...)
 	return append(b, '"')
-}
-
-// wireEvent is the decoding shape: pointers and raw fields tell a missing
-// field from a zero one.
-type wireEvent struct {
-	SpecVersion     *string         `json:"specversion"`
-	ID              *string         `json:"id"`
-	Source          *string         `json:"source"`
-	Type            *string         `json:"type"`
-	Subject         *string         `json:"subject"`
-	Time            *string         `json:"time"`
-	DataContentType *string         `json:"datacontenttype"`
-	Data            json.RawMessage `json:"data"`
-}
-
-type wireUsage struct {
-	Metric *string           `json:"metric"`
-	Value  *float64          `json:"value"`
-	Labels map[string]string `json:"labels"`
-}
-
-// Decode parses and validates one event. Bodies over maxBytes (0 means
-// [DefaultMaxEventBytes]) are refused before parsing. Every error is a
-// [ValidationError] naming the field. Unknown top-level attributes are
-// CloudEvents extensions and are ignored; unknown fields inside data are
-// refused, since they are almost always a misspelling. Attribute names
-// match case-insensitively, as with encoding/json.
-func Decode(body []byte, maxBytes int) (Event, error) {
-	return decode(body, maxBytes, false)
-}
-
-// DecodeDraft parses an event that may leave out id, source, time,
-// specversion and type, as written by hand or in a JSON Lines file; the
-// publisher fills those in (see Prepare). Everything present is checked
-// as by Decode, except the rules on the fields left out.
-func DecodeDraft(body []byte, maxBytes int) (Event, error) {
-	return decode(body, maxBytes, true)
-}
-
-func decode(body []byte, maxBytes int, draft bool) (Event, error) {
-	if maxBytes <= 0 {
-		maxBytes = DefaultMaxEventBytes
-	}
-	if len(body) > maxBytes {
-		return Event{}, invalid("event", "must be at most %d bytes (got %d)", maxBytes, len(body))
-	}
-	var w wireEvent
-	if err := json.Unmarshal(body, &w); err != nil {
-		return Event{}, jsonError("", "event", err)
-	}
-	var e Event
-	for _, f := range []struct {
-		name string
-		src  *string
-		dst  *string
-	}{
-		{"specversion", w.SpecVersion, &e.SpecVersion},
-		{"id", w.ID, &e.ID},
-		{"source", w.Source, &e.Source},
-		{"type", w.Type, &e.Type},
-		{"subject", w.Subject, &e.Subject},
-	} {
-		switch {
-		case f.src != nil:
-			*f.dst = *f.src
-		case !draft || f.name == "subject":
-			return Event{}, invalid(f.name, "is required")
-		}
-	}
-	if w.DataContentType != nil {
-		e.DataContentType = *w.DataContentType
-	}
-	switch {
-	case w.Time != nil:
-		t, err := time.Parse(time.RFC3339Nano, *w.Time)
-		if err != nil {
-			return Event{}, invalid("time", "must be an RFC 3339 timestamp (got %s)", quoteShort(*w.Time))
-		}
-		e.Time = t
-	case !draft:
-		return Event{}, invalid("time", "is required")
-	}
-	if len(w.Data) == 0 || bytes.Equal(w.Data, []byte("null")) {
-		return Event{}, invalid("data", "is required")
-	}
-	var u wireUsage
-	dec := json.NewDecoder(bytes.NewReader(w.Data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&u); err != nil {
-		return Event{}, jsonError("data", "data", err)
-	}
-	if u.Metric == nil {
-		return Event{}, invalid("data.metric", "is required")
-	}
-	if u.Value == nil {
-		return Event{}, invalid("data.value", "is required")
-	}
-	if len(u.Labels) == 0 {
-		u.Labels = nil // {} and no labels are the same event
-	}
-	e.Data = Usage{Metric: *u.Metric, Value: *u.Value, Labels: u.Labels}
-	if draft {
-		return e, e.validateDraft()
-	}
-	if err := e.Validate(); err != nil {
-		return Event{}, err
-	}
-	return e, nil
 }
 
 // jsonError turns an encoding/json error into a ValidationError naming
