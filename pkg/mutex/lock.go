@@ -49,6 +49,10 @@ func (l *Lock) FencingToken() int64 { return l.fence }
 // if the lock was not held any more: expired, taken over, or released
 // already. After any other error (Redis unreachable) the Lock is unchanged and
 // Release may be called again.
+//
+// If the reply to a release that worked is lost and the client resends it
+// (go-redis retries on network errors), the resend finds no key and reports
+// ErrNotHeld: the lock is gone either way.
 func (l *Lock) Release(ctx context.Context) error {
 	n, err := l.locker.scripts.release.run(ctx, l.locker.client, l.keys[:1], l.token)
 	if err != nil {

@@ -4,8 +4,12 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"fmt"
 	mrand "math/rand/v2"
 	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -75,145 +79,206 @@ func jittered(tries int) time.Duration {
 	return bound/2 + mrand.N(bound/2)
 }
 
-func newAllot(b *testing.B, c *redis.Client, prefix string) *mutex.Locker {
+// lib is one lock library under test.
+type lib struct {
+	name string
+	// worker returns a function that takes the lock and releases it again,
+	// waiting for it (with the shared retry bounds) if wait is set. Each
+	// goroutine makes its own worker.
+	worker func(wait bool) func(ctx context.Context) error
+}
+
+// libs returns allot, redislock and redsync on one client, each with a lock
+// name of its own under prefix.
+func libs(b *testing.B, c *redis.Client, prefix string) []lib {
 	b.Helper()
 	// With metrics on, as in production.
-	l, err := mutex.New(c, mutex.Options{Prefix: prefix, Registerer: prometheus.NewRegistry()})
+	locker, err := mutex.New(c, mutex.Options{Prefix: prefix, Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := l.Preload(b.Context()); err != nil {
+	if err := locker.Preload(b.Context()); err != nil {
 		b.Fatal(err)
 	}
-	return l
+	rl := redislock.New(c)
+	rs := redsync.New(goredis.NewPool(c))
+
+	return []lib{
+		{"allot", func(wait bool) func(ctx context.Context) error {
+			opts := mutex.LockOptions{TTL: ttl, MinRetry: minRetry, MaxRetry: maxRetry}
+			acquire := locker.TryAcquire
+			if wait {
+				acquire = locker.Acquire
+			}
+			return func(ctx context.Context) error {
+				lk, err := acquire(ctx, "bench", opts)
+				if err != nil {
+					return err
+				}
+				return lk.Release(ctx)
+			}
+		}},
+		{"redislock", func(wait bool) func(ctx context.Context) error {
+			key := prefix + "redislock"
+			return func(ctx context.Context) error {
+				var opts *redislock.Options
+				if wait {
+					// The strategy counts attempts, so it is made per Obtain.
+					opts = &redislock.Options{RetryStrategy: redislock.ExponentialBackoff(minRetry, maxRetry)}
+				}
+				lk, err := rl.Obtain(ctx, key, ttl, opts)
+				if err != nil {
+					return err
+				}
+				return lk.Release(ctx)
+			}
+		}},
+		{"redsync", func(wait bool) func(ctx context.Context) error {
+			// A redsync Mutex keeps the value of its last Lock: one per worker.
+			m := rs.NewMutex(prefix+"redsync", redsync.WithExpiry(ttl), redsync.WithTries(1))
+			if wait {
+				m = rs.NewMutex(prefix+"redsync", redsync.WithExpiry(ttl), redsync.WithTries(1<<30), redsync.WithRetryDelayFunc(jittered))
+			}
+			return func(ctx context.Context) error {
+				if err := m.LockContext(ctx); err != nil {
+					return err
+				}
+				if ok, err := m.UnlockContext(ctx); !ok || err != nil {
+					return fmt.Errorf("unlock: %v, %w", ok, err)
+				}
+				return nil
+			}
+		}},
+	}
 }
 
-// BenchmarkUncontended: one goroutine takes and releases one lock, over and
-// over: the cost of a lock when nobody else wants it (two round trips).
+// BenchmarkUncontended: one goroutine takes and releases a lock, over and
+// over: the cost of a lock nobody else wants (two round trips).
 func BenchmarkUncontended(b *testing.B) {
-	b.Run("lib=allot", func(b *testing.B) {
-		c := redisClient(b)
-		l := newAllot(b, c, keyPrefix(b, c))
-		ctx := b.Context()
-		opts := mutex.LockOptions{TTL: ttl}
-		b.ReportAllocs()
-		for b.Loop() {
-			lk, err := l.TryAcquire(ctx, "bench", opts)
-			if err != nil {
-				b.Fatal(err)
+	c := redisClient(b)
+	for _, l := range libs(b, c, keyPrefix(b, c)) {
+		b.Run("lib="+l.name, func(b *testing.B) {
+			op := l.worker(false)
+			ctx := b.Context()
+			b.ReportAllocs()
+			cpu0, _ := processCPU()
+			for b.Loop() {
+				if err := op(ctx); err != nil {
+					b.Fatal(err)
+				}
 			}
-			if err := lk.Release(ctx); err != nil {
-				b.Fatal(err)
+			reportOpsPerSecond(b)
+			// The client's CPU per op (Redis runs in another process):
+			// steadier than wall time on a shared machine.
+			if cpu1, ok := processCPU(); ok {
+				b.ReportMetric(float64((cpu1-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
 			}
-		}
-		reportOpsPerSecond(b)
-	})
-	b.Run("lib=redislock", func(b *testing.B) {
-		c := redisClient(b)
-		key := keyPrefix(b, c) + "bench"
-		locker := redislock.New(c)
-		ctx := b.Context()
-		b.ReportAllocs()
-		for b.Loop() {
-			lk, err := locker.Obtain(ctx, key, ttl, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := lk.Release(ctx); err != nil {
-				b.Fatal(err)
-			}
-		}
-		reportOpsPerSecond(b)
-	})
-	b.Run("lib=redsync", func(b *testing.B) {
-		c := redisClient(b)
-		rs := redsync.New(goredis.NewPool(c))
-		m := rs.NewMutex(keyPrefix(b, c)+"bench", redsync.WithExpiry(ttl), redsync.WithTries(1))
-		ctx := b.Context()
-		b.ReportAllocs()
-		for b.Loop() {
-			if err := m.LockContext(ctx); err != nil {
-				b.Fatal(err)
-			}
-			if ok, err := m.UnlockContext(ctx); !ok || err != nil {
-				b.Fatal(ok, err)
-			}
-		}
-		reportOpsPerSecond(b)
-	})
+		})
+	}
 }
 
 // BenchmarkContended: 32 goroutines (on 2 cores) take and release one lock
-// name; ops/s counts locks taken. Waiting is by polling with backoff in all
-// three libraries, so the figure depends on the wait bounds as much as on
-// the library: all use 1ms to 32ms (redislock without jitter, which it does
-// not offer).
+// name; ops/s counts locks taken. All three wait by polling with backoff, so
+// the figure depends on the wait bounds as much as on the library: all use
+// 1ms to 32ms (redislock without jitter, which it does not offer).
 func BenchmarkContended(b *testing.B) {
-	b.Run("lib=allot", func(b *testing.B) {
-		c := redisClient(b)
-		l := newAllot(b, c, keyPrefix(b, c))
-		opts := mutex.LockOptions{TTL: ttl, MinRetry: minRetry, MaxRetry: maxRetry}
-		b.SetParallelism(parallelism)
-		b.RunParallel(func(pb *testing.PB) {
-			ctx := context.Background()
-			for pb.Next() {
-				lk, err := l.Acquire(ctx, "bench", opts)
-				if err != nil {
-					b.Error(err)
-					return
+	c := redisClient(b)
+	for _, l := range libs(b, c, keyPrefix(b, c)) {
+		b.Run("lib="+l.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetParallelism(parallelism)
+			b.RunParallel(func(pb *testing.PB) {
+				op := l.worker(true)
+				ctx := context.Background()
+				for pb.Next() {
+					if err := op(ctx); err != nil {
+						b.Error(err)
+						return
+					}
 				}
-				if err := lk.Release(ctx); err != nil {
-					b.Error(err)
-					return
-				}
-			}
+			})
+			reportOpsPerSecond(b)
 		})
-		reportOpsPerSecond(b)
-	})
-	b.Run("lib=redislock", func(b *testing.B) {
-		c := redisClient(b)
-		key := keyPrefix(b, c) + "bench"
-		locker := redislock.New(c)
-		b.SetParallelism(parallelism)
-		b.RunParallel(func(pb *testing.PB) {
-			ctx := context.Background()
-			for pb.Next() {
-				// The strategy counts attempts, so it is made per Obtain.
-				lk, err := locker.Obtain(ctx, key, ttl, &redislock.Options{
-					RetryStrategy: redislock.ExponentialBackoff(minRetry, maxRetry),
-				})
-				if err != nil {
-					b.Error(err)
-					return
+	}
+}
+
+// BenchmarkInterleaved runs the three libraries in turns of a few
+// milliseconds (who goes first rotates), so that all see the same load on a
+// shared machine, and reports each one's ops/s and allot's ratio to the
+// others over the same stretch of time. ns/op is per turn of all three.
+func BenchmarkInterleaved(b *testing.B) {
+	c := redisClient(b)
+	all := libs(b, c, keyPrefix(b, c))
+
+	b.Run("mode=uncontended", func(b *testing.B) {
+		const chunk = 100 // ops per library per turn
+		ops := make([]func(context.Context) error, len(all))
+		for i, l := range all {
+			ops[i] = l.worker(false)
+		}
+		ctx := b.Context()
+		spent := make([]time.Duration, len(all))
+		done := make([]int, len(all))
+		for round := 0; b.Loop(); round++ {
+			for j := range all {
+				k := (round + j) % len(all)
+				start := time.Now()
+				for range chunk {
+					if err := ops[k](ctx); err != nil {
+						b.Fatal(err)
+					}
 				}
-				if err := lk.Release(ctx); err != nil {
-					b.Error(err)
-					return
-				}
+				spent[k] += time.Since(start)
+				done[k] += chunk
 			}
-		})
-		reportOpsPerSecond(b)
+		}
+		reportInterleaved(b, all, spent, done)
 	})
-	b.Run("lib=redsync", func(b *testing.B) {
-		c := redisClient(b)
-		rs := redsync.New(goredis.NewPool(c))
-		name := keyPrefix(b, c) + "bench"
-		b.SetParallelism(parallelism)
-		b.RunParallel(func(pb *testing.PB) {
-			ctx := context.Background()
-			// A redsync Mutex holds the value of its last Lock: one per goroutine.
-			m := rs.NewMutex(name, redsync.WithExpiry(ttl), redsync.WithTries(1<<30), redsync.WithRetryDelayFunc(jittered))
-			for pb.Next() {
-				if err := m.LockContext(ctx); err != nil {
-					b.Error(err)
-					return
+
+	b.Run("mode=contended", func(b *testing.B) {
+		const window = 100 * time.Millisecond // per library per turn
+		goroutines := parallelism * runtime.GOMAXPROCS(0)
+		spent := make([]time.Duration, len(all))
+		done := make([]int, len(all))
+		for round := 0; b.Loop(); round++ {
+			for j := range all {
+				k := (round + j) % len(all)
+				start := time.Now()
+				end := start.Add(window)
+				var (
+					wg    sync.WaitGroup
+					count atomic.Int64
+				)
+				for range goroutines {
+					op := all[k].worker(true)
+					wg.Go(func() {
+						ctx := context.Background()
+						for time.Now().Before(end) {
+							if err := op(ctx); err != nil {
+								b.Error(err)
+								return
+							}
+							count.Add(1)
+						}
+					})
 				}
-				if ok, err := m.UnlockContext(ctx); !ok || err != nil {
-					b.Error(ok, err)
-					return
-				}
+				wg.Wait()
+				spent[k] += time.Since(start)
+				done[k] += int(count.Load())
 			}
-		})
-		reportOpsPerSecond(b)
+		}
+		reportInterleaved(b, all, spent, done)
 	})
+}
+
+func reportInterleaved(b *testing.B, all []lib, spent []time.Duration, done []int) {
+	b.Helper()
+	rate := make([]float64, len(all))
+	for i, l := range all {
+		rate[i] = float64(done[i]) / spent[i].Seconds()
+		b.ReportMetric(rate[i], l.name+"-ops/s")
+	}
+	for i := 1; i < len(all); i++ {
+		b.ReportMetric(rate[0]/rate[i], all[0].name+"/"+all[i].name)
+	}
 }
