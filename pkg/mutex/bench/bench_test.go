@@ -218,10 +218,12 @@ func BenchmarkInterleaved(b *testing.B) {
 		}
 		ctx := b.Context()
 		spent := make([]time.Duration, len(all))
+		cpu := make([]time.Duration, len(all))
 		done := make([]int, len(all))
 		for round := 0; b.Loop(); round++ {
 			for j := range all {
 				k := (round + j) % len(all)
+				cpu0, _ := processCPU()
 				start := time.Now()
 				for range chunk {
 					if err := ops[k](ctx); err != nil {
@@ -229,10 +231,17 @@ func BenchmarkInterleaved(b *testing.B) {
 					}
 				}
 				spent[k] += time.Since(start)
+				cpu1, _ := processCPU()
+				cpu[k] += cpu1 - cpu0
 				done[k] += chunk
 			}
 		}
 		reportInterleaved(b, all, spent, done)
+		if _, ok := processCPU(); ok {
+			for i, l := range all {
+				b.ReportMetric(float64(cpu[i].Nanoseconds())/float64(done[i]), l.name+"-cpu-ns/op")
+			}
+		}
 	})
 
 	b.Run("mode=contended", func(b *testing.B) {
