@@ -37,41 +37,59 @@ type item struct {
 	refuse *refusal
 }
 
+// run keeps events flowing from the consumer into chunks until ctx ends.
+// A reader goroutine pulls continuously (the client prefetches up to two
+// batches), so fetching overlaps applying; the chunks are applied in
+// arrival order, one at a time, which keeps a gauge's last value last.
+// When ctx ends the iterator is drained: what the client already holds is
+// applied and acked before run returns.
 func (w *worker) run(ctx context.Context) {
 	log := w.m.log
+	batch := w.m.cfg.Meter.Batch
 	for ctx.Err() == nil {
-		if w.backoff > 0 {
-			w.waitForRedis(ctx)
-			continue
-		}
-		batch, err := w.cons.Fetch(w.m.cfg.Meter.Batch, jetstream.FetchMaxWait(w.m.cfg.Meter.FetchWait))
+		it, err := w.cons.Messages(jetstream.PullMaxMessages(2*batch), jetstream.PullExpiry(max(w.m.cfg.Meter.FetchWait, time.Second)))
 		if err != nil {
-			if ctx.Err() == nil {
-				log.Warn("fetch failed", "err", err)
-				sleep(ctx, time.Second)
-			}
+			log.Warn("cannot consume; retrying", "err", err)
+			sleep(ctx, time.Second)
 			continue
 		}
-		w.drain(batch)
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
-			log.Warn("fetch ended with an error", "err", err)
+		stop := context.AfterFunc(ctx, it.Drain)
+		msgs := make(chan jetstream.Msg, batch)
+		go func() {
+			defer close(msgs)
+			for {
+				msg, err := it.Next()
+				if err != nil {
+					if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+						return
+					}
+					log.Warn("consuming", "err", err)
+					continue
+				}
+				msgs <- msg
+			}
+		}()
+		w.drain(ctx, msgs)
+		stop()
+		it.Stop()
+		for range msgs { // only when drain returned early: let the reader end
 		}
 	}
 }
 
-// drain processes a fetch's messages in chunks of whatever has arrived,
-// so events are applied as soon as they come rather than when the fetch
-// fills. It finishes the fetch even while stopping: those messages are
-// ours until acked.
-func (w *worker) drain(batch jetstream.MessageBatch) {
-	ch := batch.Messages()
+// drain applies msgs in chunks of whatever has arrived, up to a batch,
+// pausing while Redis is away.
+func (w *worker) drain(ctx context.Context, msgs <-chan jetstream.Msg) {
 	chunk := make([]jetstream.Msg, 0, w.m.cfg.Meter.Batch)
-	for msg := range ch {
+	for msg := range msgs {
+		for w.backoff > 0 && ctx.Err() == nil {
+			w.waitForRedis(ctx)
+		}
 		chunk = append(chunk[:0], msg)
 	more:
 		for len(chunk) < cap(chunk) {
 			select {
-			case next, ok := <-ch:
+			case next, ok := <-msgs:
 				if !ok {
 					break more
 				}

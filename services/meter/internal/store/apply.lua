@@ -1,7 +1,7 @@
 -- apply.lua records one usage event and updates its metric in one step, so
--- a crash can never leave one without the other. The dedup record is
--- written last: a script that fails half-way leaves the event unapplied
--- and its redelivery is applied in full.
+-- a crash can never leave one without the other: a script runs whole or
+-- not at all, and a script that fails does so before its first write, so
+-- the redelivery of its event is applied in full.
 --
 -- KEYS[1] the event's dedup record
 -- KEYS[2] the state: the uid's grant hash, or the counter/gauge values hash
@@ -22,22 +22,25 @@
 --   indefinite), pending notices "percent|start|end|limit|used" joined by ';'
 --   (also for a duplicate, so notices lost in a crash are published again)
 
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  if ARGV[2] == 'grant' then
-    return {0, '', '', 0, 0, redis.call('HGET', KEYS[2], 'q') or ''}
-  end
-  return {0}
-end
+-- SET NX both checks and records the event id. A write that fails after
+-- it (a key of the wrong type) takes the record back, so nothing of the
+-- event stays; for grants every read comes before the record.
 
 local style = ARGV[2]
-if style == 'counter' then
-  redis.call('HINCRBYFLOAT', KEYS[2], ARGV[5], ARGV[3])
-  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-  return {1}
-end
-if style == 'gauge' then
-  redis.call('HSET', KEYS[2], ARGV[5], ARGV[3])
-  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+if style == 'counter' or style == 'gauge' then
+  if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
+    return {0}
+  end
+  local r
+  if style == 'counter' then
+    r = redis.pcall('HINCRBYFLOAT', KEYS[2], ARGV[5], ARGV[3])
+  else
+    r = redis.pcall('HSET', KEYS[2], ARGV[5], ARGV[3])
+  end
+  if type(r) == 'table' and r.err then
+    redis.call('DEL', KEYS[1])
+    return r
+  end
   return {1}
 end
 
@@ -45,11 +48,14 @@ local now = now_ms(ARGV[4])
 local thresholds = {}
 for i = 9, #ARGV do thresholds[#thresholds + 1] = ARGV[i] end
 
-local _, s, e, notified, q = roll(KEYS[2], ARGV[7], ARGV[8], now)
-local used = redis.call('HINCRBYFLOAT', KEYS[2], 'u', ARGV[3])
+local st = redis.call('HMGET', KEYS[2], 'u', 's', 'e', 'n', 'q')
 local limit = limit_of(KEYS[3], ARGV[5], ARGV[6])
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
+  return {0, '', '', 0, 0, st[5] or ''}
+end
+local _, s, e, notified, q = roll(KEYS[2], st, ARGV[7], ARGV[8], now)
+local used = redis.call('HINCRBYFLOAT', KEYS[2], 'u', ARGV[3])
 local n, added = cross(used, limit, thresholds, notified, s, e)
 if n ~= notified then redis.call('HSET', KEYS[2], 'n', n) end
 q = record_notices(KEYS[2], q, added)
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 return {1, used, limit, s, e, q}

@@ -16,7 +16,8 @@ local now = now_ms(ARGV[3])
 local thresholds = {}
 for i = 8, #ARGV do thresholds[#thresholds + 1] = ARGV[i] end
 
-local used, s, e, notified, q = roll(KEYS[2], ARGV[6], ARGV[7], now)
+local st = redis.call('HMGET', KEYS[2], 'u', 's', 'e', 'n', 'q')
+local used, s, e, notified, q = roll(KEYS[2], st, ARGV[6], ARGV[7], now)
 local limit = limit_of(KEYS[3], ARGV[4], ARGV[5])
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {2, used, limit, s, e, q}

@@ -81,12 +81,11 @@ local function now_ms(arg)
 end
 
 -- roll starts a new period in grant hash key when the current one has
--- ended or none began, and returns used, start, end, notified and the
--- pending notices. Notices decided but not yet published (q) survive the
--- roll. Ended state expires an hour after its end, so idle users cost
--- nothing.
-local function roll(key, period, align, now)
-  local st = redis.call('HMGET', key, 'u', 's', 'e', 'n', 'q')
+-- ended or none began. st is the hash as HMGET u s e n q read it. It
+-- returns used, start, end, notified and the pending notices. Notices
+-- decided but not yet published (q) survive the roll. Ended state expires
+-- an hour after its end, so idle users cost nothing.
+local function roll(key, st, period, align, now)
   local e = tonumber(st[3])
   if st[2] and e and (e == 0 or now < e) then
     return st[1] or '0', tonumber(st[2]), e, st[4] or '', st[5] or ''

@@ -1,0 +1,314 @@
+package meter
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/service"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/redis/go-redis/v9"
+)
+
+// benchSetup connects to ALLOT_BENCH_NATS_URL and ALLOT_BENCH_REDIS_URL
+// (the real servers the README's figures come from) or to an embedded
+// NATS and miniredis, and returns a config whose streams, subjects and
+// keys are the benchmark's own and are removed afterwards.
+func benchSetup(b *testing.B) (*nats.Conn, *redis.Client, service.Config) {
+	b.Helper()
+	natsURL := os.Getenv("ALLOT_BENCH_NATS_URL")
+	if natsURL == "" {
+		ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: b.TempDir(), NoLog: true, NoSigs: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		go ns.Start()
+		if !ns.ReadyForConnections(10 * time.Second) {
+			b.Fatal("nats-server not ready")
+		}
+		b.Cleanup(ns.Shutdown)
+		natsURL = ns.ClientURL()
+	}
+	redisURL := os.Getenv("ALLOT_BENCH_REDIS_URL")
+	if redisURL == "" {
+		mr := miniredis.RunT(b)
+		redisURL = "redis://" + mr.Addr()
+	}
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(nc.Close)
+	opts, err := redis.ParseURL(redisURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	opts.PoolSize = 64
+	rdb := redis.NewClient(opts)
+	b.Cleanup(func() { _ = rdb.Close() })
+
+	var r [4]byte
+	_, _ = rand.Read(r[:])
+	tag := hex.EncodeToString(r[:])
+	cfg := service.Default()
+	cfg.Instance = "bench"
+	cfg.Redis.KeyPrefix = "b" + tag[:4] + ":"
+	cfg.Subjects.Usage, cfg.Subjects.Dead, cfg.Subjects.Notify, cfg.Subjects.Meter = "b"+tag+".usage", "b"+tag+".dead", "b"+tag+".notify", "b"+tag+".meter"
+	cfg.Streams.Usage, cfg.Streams.Dead, cfg.Streams.Notify = "BU_"+tag, "BD_"+tag, "BN_"+tag
+	cfg.Streams.MaxAge, cfg.Streams.DeadMaxAge, cfg.Streams.NotifyMaxAge = time.Hour, time.Hour, time.Hour
+	cfg.Meter.FetchWait = 100 * time.Millisecond
+	js, _ := jetstream.New(nc)
+	if err := events.EnsureStreams(context.Background(), js, cfg.Subjects, cfg.Streams); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		ctx := context.Background()
+		for _, s := range []string{cfg.Streams.Usage, cfg.Streams.Dead, cfg.Streams.Notify} {
+			_ = js.DeleteStream(ctx, s)
+		}
+		iter := rdb.Scan(ctx, 0, cfg.Redis.KeyPrefix+"*", 1000).Iterator()
+		for iter.Next(ctx) {
+			rdb.Del(ctx, iter.Val())
+		}
+	})
+	return nc, rdb, cfg
+}
+
+// fill publishes n usage events over 1000 uids: counters and grants.
+func fill(b *testing.B, nc *nats.Conn, cfg service.Config, n int) {
+	b.Helper()
+	pub, err := events.NewAsyncPublisher(nc, events.AsyncOptions{PublisherOptions: events.PublisherOptions{Subjects: cfg.Subjects, Source: "bench"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range n {
+		metric := "api_calls_total"
+		if i%2 == 0 {
+			metric = "photo_daily_total"
+		}
+		if err := pub.Publish(context.Background(), events.NewUsage("u-"+strconv.Itoa(i%1000), metric, 1)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if failed, err := pub.Close(context.Background()); err != nil || len(failed) > 0 {
+		b.Fatalf("fill: %d failed, %v", len(failed), err)
+	}
+}
+
+// rawWorker is the ingest baseline: fetch 500, decode, one pipelined
+// INCRBY+EXPIRE per event, ack each. No dedup, no validation beyond the
+// decoder, no grant periods.
+func rawWorker(ctx context.Context, b *testing.B, js jetstream.JetStream, rdb *redis.Client, cfg service.Config, n int) time.Duration {
+	b.Helper()
+	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.Streams.Usage, jetstream.ConsumerConfig{Durable: "raw", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 20000})
+	if err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	done := 0
+	for done < n {
+		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			b.Fatal(err)
+		}
+		var msgs []jetstream.Msg
+		for m := range batch.Messages() {
+			msgs = append(msgs, m)
+		}
+		pipe := rdb.Pipeline()
+		for _, m := range msgs {
+			ev, err := events.Decode(m.Data(), 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			key := cfg.Redis.KeyPrefix + "raw:" + ev.Subject + ":" + ev.Data.Metric
+			pipe.IncrBy(ctx, key, int64(ev.Data.Value))
+			pipe.Expire(ctx, key, 24*time.Hour)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			b.Fatal(err)
+		}
+		for _, m := range msgs {
+			_ = m.Ack()
+		}
+		done += len(msgs)
+	}
+	return time.Since(start)
+}
+
+// BenchmarkIngest applies the same events with the raw baseline loop and
+// with the meter (dedup, Lua, grant periods, notices), one after the
+// other on the same machine, and reports both rates and their ratio. b.N
+// is the number of events.
+func BenchmarkIngest(b *testing.B) {
+	nc, rdb, cfg := benchSetup(b)
+	js, _ := jetstream.New(nc)
+	n := max(b.N, 1000)
+	fill(b, nc, cfg, n)
+	ctx := context.Background()
+	b.ResetTimer()
+
+	rawTime := rawWorker(ctx, b, js, rdb, cfg, n)
+
+	start := time.Now()
+	m, err := Start(ctx, cfg, Deps{NATS: nc, Redis: rdb, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Stop(ctx)
+	// Watch the meter's own counter: polling the consumer's info this
+	// often would load the server and slow what is measured.
+	for applied := 0.0; applied < float64(n); {
+		applied = testutil.ToFloat64(m.metrics.events.WithLabelValues("applied"))
+		if time.Since(start) > 2*time.Minute {
+			b.Fatalf("the meter applied %v of %d events in two minutes", applied, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	meterTime := time.Since(start)
+	b.StopTimer()
+	raw := float64(n) / rawTime.Seconds()
+	got := float64(n) / meterTime.Seconds()
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(raw, "raw_ev/s")
+	b.ReportMetric(got, "meter_ev/s")
+	b.ReportMetric(got/raw, "ratio")
+	if h, err := m.metrics.batchSize.(prometheus.Metric), error(nil); err == nil {
+		var pb dto.Metric
+		_ = h.Write(&pb)
+		if c := pb.GetHistogram().GetSampleCount(); c > 0 {
+			b.ReportMetric(pb.GetHistogram().GetSampleSum()/float64(c), "events/batch")
+		}
+	}
+}
+
+// latencies collects request latencies from concurrent clients.
+type latencies struct {
+	mu sync.Mutex
+	d  []time.Duration
+}
+
+func (l *latencies) add(d []time.Duration) {
+	l.mu.Lock()
+	l.d = append(l.d, d...)
+	l.mu.Unlock()
+}
+
+func (l *latencies) quantile(q float64) time.Duration {
+	sort.Slice(l.d, func(i, j int) bool { return l.d[i] < l.d[j] })
+	if len(l.d) == 0 {
+		return 0
+	}
+	return l.d[int(q*float64(len(l.d)-1))]
+}
+
+// hammer sends requests from `clients` goroutines for d and returns the
+// rate and the latencies.
+func hammer(b *testing.B, nc *nats.Conn, clients int, d time.Duration, subject func(i int) string, body []byte) (float64, *latencies) {
+	b.Helper()
+	var wg sync.WaitGroup
+	lat := &latencies{}
+	deadline := time.Now().Add(d)
+	var failures sync.Map
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			for i := c; time.Now().Before(deadline); i += clients {
+				t0 := time.Now()
+				msg, err := nc.Request(subject(i), body, 2*time.Second)
+				if err != nil || events.DecodeServiceError(msg) != nil {
+					failures.Store(c, fmt.Sprint(err, msg))
+					continue
+				}
+				mine = append(mine, time.Since(t0))
+			}
+			lat.add(mine)
+		}()
+	}
+	wg.Wait()
+	failures.Range(func(k, v any) bool {
+		b.Fatalf("request failed: %v", v)
+		return false
+	})
+	return float64(len(lat.d)) / d.Seconds(), lat
+}
+
+// BenchmarkCredit runs 32 concurrent clients against meter.credit for a
+// fixed time, then against a raw micro responder doing one Redis GET per
+// request (the baseline), and reports rates, p99s and the ratio. It runs
+// once whatever b.N is: the duration is ALLOT_BENCH_DURATION (default 3s).
+func BenchmarkCredit(b *testing.B) {
+	nc, rdb, cfg := benchSetup(b)
+	ctx := context.Background()
+	d := 3 * time.Second
+	if v, err := time.ParseDuration(os.Getenv("ALLOT_BENCH_DURATION")); err == nil {
+		d = v
+	}
+	const clients = 32
+	cfg.Meter.Handlers = 16
+	m, err := Start(ctx, cfg, Deps{NATS: nc, Redis: rdb, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Stop(ctx)
+	// Some state to read.
+	fill(b, nc, cfg, 2000)
+
+	// The baseline: a micro service doing one Redis GET per request.
+	var svcs []micro.Service
+	for range cfg.Meter.Handlers {
+		svc, err := micro.AddService(nc, micro.Config{Name: "rawbaseline", Version: "0.0.1", QueueGroup: "raw"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := svc.AddEndpoint("get", micro.HandlerFunc(func(req micro.Request) {
+			v, _ := rdb.Get(context.Background(), cfg.Redis.KeyPrefix+"raw").Result()
+			_ = req.Respond([]byte(`{"v":"` + v + `"}`))
+		}), micro.WithEndpointSubject("b.raw.*")); err != nil {
+			b.Fatal(err)
+		}
+		svcs = append(svcs, svc)
+	}
+	defer func() {
+		for _, s := range svcs {
+			_ = s.Stop()
+		}
+	}()
+	// The clients have a connection of their own, as apps would.
+	cnc, err := nats.Connect(nc.ConnectedUrl())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cnc.Close()
+	b.ResetTimer()
+	for range b.N {
+		rawRate, rawLat := hammer(b, cnc, clients, d, func(i int) string { return "b.raw.u-" + strconv.Itoa(i%1000) }, nil)
+		body := []byte(`{"metric":"photo_daily_total"}`)
+		rate, lat := hammer(b, cnc, clients, d, func(i int) string { return cfg.Subjects.Credit("u-" + strconv.Itoa(i%1000)) }, body)
+		b.ReportMetric(0, "ns/op")
+		b.ReportMetric(rawRate, "raw_req/s")
+		b.ReportMetric(float64(rawLat.quantile(0.99).Microseconds())/1000, "raw_p99_ms")
+		b.ReportMetric(rate, "credit_req/s")
+		b.ReportMetric(float64(lat.quantile(0.99).Microseconds())/1000, "credit_p99_ms")
+		b.ReportMetric(float64(lat.quantile(0.5).Microseconds())/1000, "credit_p50_ms")
+		b.ReportMetric(rate/rawRate, "ratio")
+	}
+}
