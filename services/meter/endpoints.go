@@ -255,4 +255,3 @@ func (m *Meter) publishNotices(ctx context.Context, uid, metric string, mc servi
 func formatNumber(f float64) string {
 	return fmt.Sprint(f)
 }
-

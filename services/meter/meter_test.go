@@ -154,7 +154,7 @@ func TestEventsBecomeCredit(t *testing.T) {
 	for i := range 5 {
 		e.publish(ev("u-1", "photo_daily_total", 1, fmt.Sprint("p", i)))
 	}
-	e.publish(ev("u-1", "photo_daily_total", 1, "p0"))             // the stream drops it
+	e.publish(ev("u-1", "photo_daily_total", 1, "p0"))                                           // the stream drops it
 	e.publishRaw("usage.u-1", mustEvent(t, "u-1", "photo_daily_total", 1, "p1"), "other-msg-id") // the stream keeps it, the meter drops it
 	e.waitIdle()
 
