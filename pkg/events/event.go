@@ -94,8 +94,8 @@ func (e *Event) Validate() error {
 		if !IsToken(k) {
 			return invalid("data.labels", "label name %s must be 1 to %d characters of A-Z a-z 0-9 _ -", quoteShort(k), MaxTokenLen)
 		}
-		if err := validText("data.labels."+k, v, MaxLabelValueLen); err != nil {
-			return err
+		if rule := textRule(v, MaxLabelValueLen); rule != "" {
+			return invalid("data.labels."+k, "%s", rule)
 		}
 	}
 	return nil

@@ -93,18 +93,27 @@ func ValidateID(field, id string) error {
 
 // validText checks free text: valid UTF-8 without control characters.
 func validText(field, s string, max int) error {
+	if rule := textRule(s, max); rule != "" {
+		return invalid(field, "%s", rule)
+	}
+	return nil
+}
+
+// textRule returns the rule s breaks as free text, or "" when none; it
+// allocates only on failure, so callers can build the field name lazily.
+func textRule(s string, max int) string {
 	if len(s) > max {
-		return invalid(field, "must be at most %d bytes (got %d)", max, len(s))
+		return fmt.Sprintf("must be at most %d bytes (got %d)", max, len(s))
 	}
 	if !utf8.ValidString(s) {
-		return invalid(field, "must be valid UTF-8")
+		return "must be valid UTF-8"
 	}
 	for _, r := range s {
 		if r < ' ' || r == 0x7f {
-			return invalid(field, "must not contain control characters")
+			return "must not contain control characters"
 		}
 	}
-	return nil
+	return ""
 }
 
 // quoteShort quotes s for an error message, cut to a readable length.
