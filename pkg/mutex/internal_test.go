@@ -49,6 +49,17 @@ func TestBackoff(t *testing.T) {
 			}
 		}
 	}
+
+	// Huge bounds: lo<<attempt would overflow into a negative wait.
+	for attempt := range 70 {
+		if d := backoff(attempt, time.Hour, 1<<62); d < time.Hour/2 {
+			t.Fatalf("backoff(%d, 1h, 1<<62) = %v, want >= 30m", attempt, d)
+		}
+	}
+	// The smallest bounds still give a wait.
+	if d := backoff(0, 1, 1); d != 0 {
+		t.Errorf("backoff(0, 1ns, 1ns) = %v, want 0", d)
+	}
 }
 
 func TestLockOptionsDefaults(t *testing.T) {

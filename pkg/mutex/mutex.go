@@ -166,8 +166,9 @@ func (l *Locker) WithLock(ctx context.Context, name string, opts LockOptions, fn
 	lostErr := lk.Err()
 	cancel(nil)
 
-	// Release even if ctx has ended; the lock is gone after TTL anyway.
-	relCtx, relCancel := context.WithTimeout(context.WithoutCancel(ctx), opts.TTL)
+	// Release even if ctx has ended. Past the TTL the lock is gone anyway,
+	// but a tiny TTL must not turn into a release that times out at once.
+	relCtx, relCancel := context.WithTimeout(context.WithoutCancel(ctx), max(opts.TTL, time.Second))
 	defer relCancel()
 	relErr := lk.Release(relCtx)
 	if lostErr != nil {
@@ -301,7 +302,7 @@ func newToken() string {
 // so that waiters spread out.
 func backoff(attempt int, lo, hi time.Duration) time.Duration {
 	bound := hi
-	if attempt < 32 && lo<<attempt < hi {
+	if attempt < 63 && lo <= hi>>attempt { // so lo<<attempt cannot overflow
 		bound = lo << attempt
 	}
 	half := bound / 2
