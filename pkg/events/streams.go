@@ -94,49 +94,32 @@ func (c StreamConfig) Validate() error {
 // UsageStreamConfig returns the JetStream configuration of the usage
 // stream.
 func (c StreamConfig) UsageStreamConfig(s Subjects) jetstream.StreamConfig {
-	return jetstream.StreamConfig{
-		Name:        c.Usage,
-		Description: "allot usage events",
-		Subjects:    []string{s.UsageStreamSubject()},
-		Retention:   jetstream.LimitsPolicy,
-		Discard:     jetstream.DiscardOld,
-		MaxAge:      c.MaxAge,
-		MaxBytes:    c.MaxBytes,
-		MaxMsgs:     -1,
-		Duplicates:  c.Duplicates,
-		Replicas:    c.Replicas,
-		Storage:     c.storage(),
-	}
+	return c.stream(c.Usage, "allot usage events", c.MaxAge, s.UsageStreamSubject())
 }
 
 // DeadStreamConfig returns the JetStream configuration of the
 // dead-letter stream.
 func (c StreamConfig) DeadStreamConfig(s Subjects) jetstream.StreamConfig {
-	return jetstream.StreamConfig{
-		Name:        c.Dead,
-		Description: "allot usage events that were refused, with the reason in Allot-Error",
-		Subjects:    []string{s.DeadStreamSubject()},
-		Retention:   jetstream.LimitsPolicy,
-		Discard:     jetstream.DiscardOld,
-		MaxAge:      c.DeadMaxAge,
-		MaxBytes:    c.MaxBytes,
-		MaxMsgs:     -1,
-		Duplicates:  c.Duplicates,
-		Replicas:    c.Replicas,
-		Storage:     c.storage(),
-	}
+	return c.stream(c.Dead, "allot usage events that were refused, with the reason in Allot-Error", c.DeadMaxAge, s.DeadStreamSubject())
 }
 
 // NotifyStreamConfig returns the JetStream configuration of the notice
 // stream.
 func (c StreamConfig) NotifyStreamConfig(s Subjects) jetstream.StreamConfig {
+	return c.stream(c.Notify, "allot notices for the notifier: usage thresholds and confirmation requests", c.NotifyMaxAge,
+		s.NotifyUsage("*"), s.NotifyConfirm("*"))
+}
+
+// stream is what allot's streams share: limits retention, the oldest
+// dropped first, the duplicate window, replicas, storage and size cap.
+func (c StreamConfig) stream(name, description string, maxAge time.Duration, subjects ...string) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
-		Name:        c.Notify,
-		Description: "allot notices for the notifier: usage thresholds and confirmation requests",
-		Subjects:    []string{s.NotifyUsage("*"), s.NotifyConfirm("*")},
+		Name:        name,
+		Description: description,
+		Subjects:    subjects,
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardOld,
-		MaxAge:      c.NotifyMaxAge,
+		MaxAge:      maxAge,
 		MaxBytes:    c.MaxBytes,
 		MaxMsgs:     -1,
 		Duplicates:  c.Duplicates,
