@@ -141,7 +141,7 @@ func DefaultMeter() MeterConfig {
 		MaxAckPending: 20000,
 		DedupTTL:      24 * time.Hour,
 		RetryDelay:    time.Second,
-		Handlers:      4,
+		Handlers:      16,
 		ExportMaxUIDs: 1000,
 	}
 }
