@@ -46,6 +46,8 @@ type Config struct {
 	Grants map[string]float64 `yaml:"grants"`
 	// Meter tunes the meter service.
 	Meter MeterConfig `yaml:"meter"`
+	// RateLimit tunes the rate limiter and lists the rate-limited services.
+	RateLimit RateLimitConfig `yaml:"ratelimit"`
 	// Instance names this process among the replicas of a service, in logs,
 	// the registry and metrics. Defaults to the hostname (the pod name in
 	// Kubernetes).
@@ -162,15 +164,16 @@ func Default() Config {
 			WriteTimeout: 3 * time.Second,
 			KeyPrefix:    "allot:",
 		},
-		HTTP:     HTTPConfig{Addr: ":8080"},
-		Log:      LogConfig{Level: "info", Format: "text"},
-		Shutdown: ShutdownConfig{Timeout: 25 * time.Second},
-		Subjects: events.DefaultSubjects(),
-		Streams:  events.DefaultStreamConfig(),
-		Metrics:  DefaultMetrics(),
-		Grants:   DefaultGrants(),
-		Meter:    DefaultMeter(),
-		Instance: host,
+		HTTP:      HTTPConfig{Addr: ":8080"},
+		Log:       LogConfig{Level: "info", Format: "text"},
+		Shutdown:  ShutdownConfig{Timeout: 25 * time.Second},
+		Subjects:  events.DefaultSubjects(),
+		Streams:   events.DefaultStreamConfig(),
+		Metrics:   DefaultMetrics(),
+		Grants:    DefaultGrants(),
+		Meter:     DefaultMeter(),
+		RateLimit: DefaultRateLimit(),
+		Instance:  host,
 	}
 }
 
@@ -201,6 +204,7 @@ func (c Config) Validate() error {
 	errs = append(errs, c.Log.validate()...)
 	errs = append(errs, c.Shutdown.validate()...)
 	errs = append(errs, validateMetering(c.Metrics, c.Grants, c.Meter, c.Streams)...)
+	errs = append(errs, c.RateLimit.validate()...)
 	for _, err := range []error{c.Subjects.Validate(), c.Streams.Validate()} {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("service: %w", err))

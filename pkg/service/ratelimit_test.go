@@ -1,0 +1,110 @@
+package service
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestRateLimitDefaults(t *testing.T) {
+	cfg := Default()
+	want := RateLimitConfig{Interval: 300 * time.Second, Mode: ModeFixed, Handlers: 8, Timeout: 50 * time.Millisecond}
+	if diff := cmp.Diff(want, cfg.RateLimit); diff != "" {
+		t.Errorf("defaults (-want +got):\n%s", diff)
+	}
+	if g, _ := cfg.DefaultGrant(RateLimitGrant); g != 500 {
+		t.Errorf("ratelimit grant = %v, want 500", g)
+	}
+	if got, ok := cfg.RateLimit.RateLimitFor(""); !ok || got.Interval != 300*time.Second || got.Mode != ModeFixed {
+		t.Errorf("uid limit = %+v, %v", got, ok)
+	}
+	if _, ok := cfg.RateLimit.RateLimitFor("upload"); ok {
+		t.Error("an unconfigured service must not be found")
+	}
+}
+
+func TestRateLimitSection(t *testing.T) {
+	dir := t.TempDir()
+	load := func(t *testing.T, body string) (Config, error) {
+		t.Helper()
+		p := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+".yaml")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := Load(p, func(string) string { return "" })
+		if err != nil {
+			return cfg, err
+		}
+		return cfg, cfg.Validate()
+	}
+	ten := int64(10)
+
+	t.Run("services inherit the section", func(t *testing.T) {
+		cfg, err := load(t, `ratelimit:
+  interval: 1s
+  mode: sliding
+  shadow: true
+  services:
+    upload: {limit: 10, interval: 60s, fail_open: true, cache: true}
+    search: {mode: fixed}
+`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			name string
+			want RateLimitService
+		}{
+			{"", RateLimitService{Interval: time.Second, Mode: ModeSliding, Shadow: true}},
+			{"upload", RateLimitService{Interval: time.Minute, Mode: ModeSliding, Limit: &ten, Shadow: true, FailOpen: true, Cache: true}},
+			{"search", RateLimitService{Interval: time.Second, Mode: ModeFixed, Shadow: true}},
+		} {
+			got, ok := cfg.RateLimit.RateLimitFor(tc.name)
+			if !ok {
+				t.Fatalf("%q not found", tc.name)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("%q (-want +got):\n%s", tc.name, diff)
+			}
+		}
+		if diff := cmp.Diff([]string{"search", "upload"}, cfg.RateLimit.ServiceNames()); diff != "" {
+			t.Errorf("names (-want +got):\n%s", diff)
+		}
+	})
+
+	for _, tc := range []struct {
+		name, body, want string
+	}{
+		{"interval below 1s", "ratelimit: {interval: 999ms}\n", "ratelimit.interval: must be at least 1s"},
+		{"interval zero", "ratelimit: {interval: 0s}\n", "ratelimit.interval: must be at least 1s"},
+		{"interval too long", "ratelimit: {interval: 800h}\n", "ratelimit.interval: must be at most"},
+		{"interval fraction of a ms", "ratelimit: {interval: 1000500us}\n", "ratelimit.interval: must be whole milliseconds"},
+		{"mode", "ratelimit: {mode: leaky}\n", `ratelimit.mode: must be fixed or sliding, got "leaky"`},
+		{"handlers", "ratelimit: {handlers: 0}\n", "ratelimit.handlers: must be between 1 and 256"},
+		{"timeout", "ratelimit: {timeout: 0s}\n", "ratelimit.timeout: must be between 1ms and 10s"},
+		{"service name", "ratelimit:\n  services:\n    'up load': {}\n", "ratelimit.services.up load: service names must be"},
+		{"service name too long", "ratelimit:\n  services:\n    " + strings.Repeat("s", MaxRateLimitServiceName+1) + ": {}\n", "service names must be 1 to 118 characters"},
+		{"service interval", "ratelimit:\n  services:\n    upload: {interval: 10ms}\n", "ratelimit.services.upload.interval: must be at least 1s"},
+		{"service mode", "ratelimit:\n  services:\n    upload: {mode: token}\n", "ratelimit.services.upload.mode: must be fixed or sliding"},
+		{"negative limit", "ratelimit:\n  services:\n    upload: {limit: -1}\n", "ratelimit.services.upload.limit: must be between 0 and"},
+		{"huge limit", "ratelimit:\n  services:\n    upload: {limit: 10000000000}\n", "ratelimit.services.upload.limit: must be between 0 and"},
+		{"unknown field", "ratelimit:\n  services:\n    upload: {limits: 3}\n", "limits"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := load(t, tc.body)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+
+	t.Run("limit zero and a 118-character name are fine", func(t *testing.T) {
+		if _, err := load(t, "ratelimit:\n  services:\n    "+strings.Repeat("s", MaxRateLimitServiceName)+": {limit: 0}\n"); err != nil {
+			t.Error(err)
+		}
+	})
+}
