@@ -16,6 +16,14 @@
 //	allot:{global}:c:<metric>        HASH  global counter or gauge
 //	allot:{global}:e:<event id>      STRING its dedup records
 //	allot:index:instances            SET   sources seen with instance-scoped metrics (for /metrics)
+//	allot:{u-42}:rl:<service>:0      HASH  rate-limit window of (uid, service) for even window indexes:
+//	allot:{u-42}:rl:<service>:1      HASH  ... and for odd ones; w window index, n count admitted
+//	allot:{u-42}:rlu:0, :1           HASH  the same for the uid's own limit (requests naming no service)
+//
+// A uid's rate-limit overrides live in its grants HASH: field "ratelimit"
+// (the uid's own limit, and the default of services without a configured
+// limit) and "ratelimit_<service>" (RateLimitField), so meter.grants sets
+// them and every replica sees a change at once.
 package keys
 
 import "strings"
@@ -71,6 +79,25 @@ func (k Keys) Values(tag, metric string) string { return k.tagged(tag, "c", metr
 // Dedup is the record that event or request id was applied to state
 // under tag.
 func (k Keys) Dedup(tag, id string) string { return k.tagged(tag, "e", id) }
+
+// RateLimit returns the two window HASHes of uid's limit for service,
+// for even and odd window indexes; service "" is the uid's own limit.
+func (k Keys) RateLimit(uid, service string) (even, odd string) {
+	if service == "" {
+		return k.tagged(UserTag(uid), "rlu", "0"), k.tagged(UserTag(uid), "rlu", "1")
+	}
+	return k.tagged(UserTag(uid), "rl", service, "0"), k.tagged(UserTag(uid), "rl", service, "1")
+}
+
+// RateLimitField is the field of uid's grants HASH (Grants) that
+// overrides its rate limit for service: "ratelimit_<service>", or
+// "ratelimit" for the uid's own limit (service "").
+func RateLimitField(service string) string {
+	if service == "" {
+		return "ratelimit"
+	}
+	return "ratelimit_" + service
+}
 
 // Instances is the SET of sources that reported instance-scoped metrics.
 func (k Keys) Instances() string { return k.prefix + "index:instances" }

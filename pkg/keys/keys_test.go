@@ -22,6 +22,21 @@ func TestKeys(t *testing.T) {
 			t.Errorf("got %q, want %q", got, want)
 		}
 	}
+	for _, tc := range []struct {
+		service        string
+		even, odd, fld string
+	}{
+		{"upload", "allot:{u-42}:rl:upload:0", "allot:{u-42}:rl:upload:1", "ratelimit_upload"},
+		{"", "allot:{u-42}:rlu:0", "allot:{u-42}:rlu:1", "ratelimit"},
+	} {
+		even, odd := k.RateLimit("u-42", tc.service)
+		if diff := cmp.Diff([]string{tc.even, tc.odd, tc.fld}, []string{even, odd, RateLimitField(tc.service)}); diff != "" {
+			t.Errorf("rate limit of %q (-want +got):\n%s", tc.service, diff)
+		}
+		if tag, _ := k.TagOf(even); tag != "u-42" {
+			t.Errorf("%s: tag %q, want the uid's", even, tag)
+		}
+	}
 	uid, ok := k.TagOf("allot:{u-42}:g:photo_daily_total")
 	if !ok || uid != "u-42" {
 		t.Errorf("TagOf = %q, %v", uid, ok)
