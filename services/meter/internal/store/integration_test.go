@@ -59,6 +59,7 @@ func TestIntegrationBehaviour(t *testing.T) {
 			continue // SCRIPT FLUSH would disturb whatever else uses this Redis
 		}
 		t.Run(b.name, func(t *testing.T) { b.fn(t, realBackend) })
+		t.Run(b.name+"/OneScriptPerEvent", func(t *testing.T) { b.fn(t, perEvent(realBackend)) })
 	}
 }
 

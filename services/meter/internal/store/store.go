@@ -24,8 +24,12 @@ import (
 var (
 	//go:embed periods.lua
 	periodsLua string
+	//go:embed apply_event.lua
+	applyEventLua string
 	//go:embed apply.lua
 	applyLua string
+	//go:embed apply_many.lua
+	applyManyLua string
 	//go:embed authorize.lua
 	authorizeLua string
 	//go:embed confirm.lua
@@ -53,7 +57,9 @@ type Store struct {
 	keys      keys.Keys
 	dedupTTL  time.Duration
 	now       func() time.Time // nil: Redis TIME
+	perEvent  bool             // one script call per event (Cluster)
 	apply     *redis.Script
+	applyMany *redis.Script
 	authorize *redis.Script
 	confirm   *redis.Script
 }
@@ -65,6 +71,10 @@ type Options struct {
 	// Now overrides Redis TIME as the clock of grant periods (tests). Nil
 	// uses Redis TIME, the one clock every replica shares.
 	Now func() time.Time
+	// OneScriptPerEvent sends one apply.lua call per event, pipelined,
+	// instead of one apply_many.lua call per chunk. It is forced on for a
+	// Redis Cluster, where the events of a chunk live in many slots.
+	OneScriptPerEvent bool
 }
 
 // New returns a Store and loads its scripts, so pipelines can send them
@@ -81,9 +91,14 @@ func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
 		keys:      opts.Keys,
 		dedupTTL:  opts.DedupTTL,
 		now:       opts.Now,
-		apply:     redis.NewScript(periodsLua + applyLua),
+		perEvent:  opts.OneScriptPerEvent,
+		apply:     redis.NewScript(periodsLua + applyEventLua + applyLua),
+		applyMany: redis.NewScript(periodsLua + applyEventLua + applyManyLua),
 		authorize: redis.NewScript(periodsLua + authorizeLua),
 		confirm:   redis.NewScript(confirmLua),
+	}
+	if _, ok := rdb.(*redis.ClusterClient); ok {
+		s.perEvent = true
 	}
 	if err := s.Load(ctx); err != nil {
 		return nil, err
@@ -94,7 +109,7 @@ func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
 // Load loads the scripts into Redis. Apply calls it again after Redis
 // forgot them (a restart or SCRIPT FLUSH).
 func (s *Store) Load(ctx context.Context) error {
-	for _, sc := range []*redis.Script{s.apply, s.authorize, s.confirm} {
+	for _, sc := range []*redis.Script{s.apply, s.applyMany, s.authorize, s.confirm} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return fmt.Errorf("%w: load scripts: %w", ErrRedis, err)
 		}
@@ -256,6 +271,22 @@ func (s *Store) applyArgs(op Op) (keyList []string, args []any) {
 // nothing can be said of any op, and the caller retries them all, which
 // the dedup records make safe.
 func (s *Store) Apply(ctx context.Context, ops []Op) ([]Result, error) {
+	if !s.perEvent && len(ops) > 1 {
+		results, err := s.applyChunk(ctx, ops)
+		if err != nil && isNoScript(err) {
+			if lerr := s.Load(ctx); lerr != nil {
+				return nil, lerr
+			}
+			results, err = s.applyChunk(ctx, ops)
+		}
+		if err == nil || !isScriptError(err) {
+			return results, err
+		}
+		// The chunk's script failed as a whole (it should not: each event
+		// runs under pcall). What it applied is recorded; send the events
+		// one by one, which the dedup records make safe and which tells
+		// the failing event apart.
+	}
 	results, err := s.applyOnce(ctx, ops)
 	if err != nil && isNoScript(err) {
 		if lerr := s.Load(ctx); lerr != nil {
@@ -264,6 +295,56 @@ func (s *Store) Apply(ctx context.Context, ops []Op) ([]Result, error) {
 		results, err = s.applyOnce(ctx, ops)
 	}
 	return results, err
+}
+
+// applyChunk applies ops with one apply_many.lua call.
+func (s *Store) applyChunk(ctx context.Context, ops []Op) ([]Result, error) {
+	keyList := make([]string, 0, 3*len(ops))
+	args := make([]any, 1, 1+10*len(ops))
+	args[0] = len(ops)
+	var sources []any
+	for _, op := range ops {
+		k, a := s.applyArgs(op)
+		keyList = append(keyList, k...)
+		args = append(args, len(a))
+		args = append(args, a...)
+		if op.Config.Scope == service.ScopeInstance {
+			sources = append(sources, op.Source)
+		}
+	}
+	pipe := s.rdb.Pipeline()
+	cmd := s.applyMany.EvalSha(ctx, pipe, keyList, args...)
+	if len(sources) > 0 {
+		pipe.SAdd(ctx, s.keys.Instances(), sources...)
+	}
+	_, _ = pipe.Exec(ctx)
+	v, err := cmd.Result()
+	if err != nil {
+		if isNoScript(err) || isScriptError(err) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %w", ErrRedis, err)
+	}
+	replies, ok := v.([]any)
+	if !ok || len(replies) != len(ops) {
+		return nil, fmt.Errorf("store: apply_many: %d replies for %d events", len(replies), len(ops))
+	}
+	results := make([]Result, len(ops))
+	for i, r := range replies {
+		if arr, ok := r.([]any); ok && len(arr) == 2 {
+			if status, _ := arr[0].(int64); status == -1 {
+				results[i].Err = fmt.Errorf("store: apply event %s: %v", ops[i].ID, arr[1])
+				continue
+			}
+		}
+		res, perr := parseGrantReply(r, ops[i].Config.Style == service.StyleGrant)
+		if perr != nil {
+			results[i].Err = fmt.Errorf("store: apply event %s: %w", ops[i].ID, perr)
+			continue
+		}
+		results[i] = res
+	}
+	return results, nil
 }
 
 func (s *Store) applyOnce(ctx context.Context, ops []Op) ([]Result, error) {

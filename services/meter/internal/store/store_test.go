@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -46,7 +47,8 @@ func newStore(t *testing.T, open backend) (*Store, *fakeClock, redis.UniversalCl
 	t.Helper()
 	rdb, prefix := open(t)
 	clock := &fakeClock{t: t0}
-	s, err := New(t.Context(), rdb, Options{Keys: keys.New(prefix), DedupTTL: time.Hour, Now: clock.Now})
+	s, err := New(t.Context(), rdb, Options{Keys: keys.New(prefix), DedupTTL: time.Hour, Now: clock.Now,
+		OneScriptPerEvent: strings.HasSuffix(prefix, perEventSuffix)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,9 +92,21 @@ var behaviours = []struct {
 	{"ScriptsReloadAfterFlush", testScriptsReload},
 }
 
+// perEventSuffix on a backend's prefix makes newStore send one script per
+// event, the path a Redis Cluster takes.
+const perEventSuffix = "pe:"
+
+func perEvent(open backend) backend {
+	return func(t *testing.T) (redis.UniversalClient, string) {
+		rdb, prefix := open(t)
+		return rdb, prefix + perEventSuffix
+	}
+}
+
 func TestBehaviourMiniredis(t *testing.T) {
 	for _, b := range behaviours {
 		t.Run(b.name, func(t *testing.T) { b.fn(t, miniBackend) })
+		t.Run(b.name+"/OneScriptPerEvent", func(t *testing.T) { b.fn(t, perEvent(miniBackend)) })
 	}
 }
 

@@ -1,0 +1,30 @@
+-- apply_many.lua applies a whole chunk of usage events in one call, on a
+-- single Redis node (on a Cluster, the events of one chunk live in many
+-- slots, and apply.lua runs once per event instead). apply_event.lua is
+-- prepended. Each event is applied as by apply.lua; one that fails is
+-- reported and the others go on.
+--
+-- KEYS three per event, in order: dedup record, state, overrides
+-- ARGV[1] the number of events; then per event: the count of its
+--         arguments, then its arguments as apply.lua's ARGV
+--
+-- returns one reply per event, as apply.lua's, or {-1, error} for an event
+-- that failed (with nothing of it kept)
+
+local now = nil
+local out = {}
+local pos = 2
+for i = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[pos])
+  local a = {}
+  for j = 1, n do a[j] = ARGV[pos + j] end
+  pos = pos + n + 1
+  if a[2] == 'grant' and now == nil then now = now_ms(a[4]) end
+  local ok, res = pcall(apply_event, {KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]}, a, now)
+  if ok then
+    out[i] = res
+  else
+    out[i] = {-1, type(res) == 'table' and res.err or tostring(res)}
+  end
+end
+return out
