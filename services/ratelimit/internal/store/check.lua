@@ -1,0 +1,99 @@
+-- check.lua: one rate-limit decision for one (uid, service), checked and
+-- recorded in one step.
+--
+-- KEYS[1]  the window HASH of even window indexes (w index, n count)
+-- KEYS[2]  the window HASH of odd window indexes
+-- KEYS[3]  the uid's grants HASH (overrides)
+-- ARGV[1]  now in ms; 0 uses Redis TIME, the one clock of every replica
+-- ARGV[2]  the interval in ms
+-- ARGV[3]  the mode: "fixed" or "sliding"
+-- ARGV[4]  the cost; 0 peeks: it consumes nothing and tells whether a
+--          call of cost 1 would pass
+-- ARGV[5]  the grants field that overrides this limit ("ratelimit_<service>",
+--          or "ratelimit" for the uid's own limit)
+-- ARGV[6]  the configured limit, or -1 for none: then the uid's
+--          "ratelimit" grant applies
+-- ARGV[7]  the default "ratelimit" grant
+--
+-- Returns {allowed (1|0), limit, remaining, reset_after_ms, retry_after_ms,
+-- used}: used is the window's count after the call (sliding: the
+-- weighted estimate, rounded up).
+--
+-- The window index w = floor(now / interval) is stored with its count, so
+-- a key left from an older window of the same parity is recognized and
+-- counts as empty. A window's key expires one interval after the window
+-- ends (sliding mode reads it as the previous window until then), never
+-- earlier. A refused call changes nothing.
+
+local now = tonumber(ARGV[1])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local interval = tonumber(ARGV[2])
+local sliding = ARGV[3] == 'sliding'
+local cost = tonumber(ARGV[4])
+
+local over = redis.call('HMGET', KEYS[3], ARGV[5], 'ratelimit')
+local limit = tonumber(over[1])
+if limit == nil then
+  limit = tonumber(ARGV[6])
+  if limit < 0 then
+    limit = tonumber(over[2]) or tonumber(ARGV[7])
+  end
+end
+limit = math.floor(limit)
+if limit < 0 then limit = 0 end
+
+local w = math.floor(now / interval)
+local elapsed = now - w * interval
+local cur, prev = KEYS[1], KEYS[2]
+if w % 2 == 1 then cur, prev = KEYS[2], KEYS[1] end
+
+local n = 0
+local c = redis.call('HMGET', cur, 'w', 'n')
+if tonumber(c[1]) == w then n = tonumber(c[2]) or 0 end
+local p = 0
+if sliding then
+  local pv = redis.call('HMGET', prev, 'w', 'n')
+  if tonumber(pv[1]) == w - 1 then p = tonumber(pv[2]) or 0 end
+end
+
+-- The weighted count p*(interval-elapsed)/interval + n, compared scaled by
+-- interval so the test is exact in integers. p is 0 in fixed mode.
+local function fits(extra)
+  return p * (interval - elapsed) + (n + extra) * interval <= limit * interval
+end
+
+local want = cost
+if want == 0 then want = 1 end
+local allowed = fits(want)
+if allowed and cost > 0 then
+  n = n + cost
+  redis.call('HSET', cur, 'w', w, 'n', n)
+  redis.call('PEXPIREAT', cur, (w + 2) * interval)
+end
+
+local scaled = p * (interval - elapsed) + n * interval
+local remaining = math.floor((limit * interval - scaled) / interval)
+if remaining < 0 then remaining = 0 end
+local used = math.ceil(scaled / interval)
+local reset_after = (w + 1) * interval - now
+
+local retry = 0
+if not allowed then
+  if want > limit or not sliding then
+    retry = reset_after
+  elseif n + want <= limit then
+    -- Wait until the previous window's weight has decayed enough.
+    retry = math.ceil(interval - (limit - n - want) * interval / p) - elapsed
+  else
+    -- Wait for the next window, then for this one's weight to decay.
+    retry = reset_after + math.ceil(interval - (limit - want) * interval / n)
+  end
+  if retry < 1 then retry = 1 end
+end
+
+local a = 0
+if allowed then a = 1 end
+return {a, limit, remaining, reset_after, retry, used}

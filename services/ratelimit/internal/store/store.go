@@ -1,0 +1,171 @@
+// Package store keeps the rate limiter's windows in Redis. A decision is
+// one Lua script (check.lua) that reads the limit and the windows, decides
+// and records the call in one step, on Redis's clock; every key comes
+// from pkg/keys.
+package store
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/allot/allot/pkg/keys"
+	"github.com/redis/go-redis/v9"
+)
+
+//go:embed check.lua
+var checkLua string
+
+// Redis is what the store needs of a go-redis client.
+type Redis interface {
+	redis.Scripter
+	Del(ctx context.Context, keys ...string) *redis.IntCmd
+}
+
+// ErrRedis marks a failure to reach Redis in time or a Redis that refused
+// to work; retrying later may succeed.
+var ErrRedis = errors.New("store: redis unavailable")
+
+// Modes, as in service.ModeFixed and service.ModeSliding.
+const (
+	ModeFixed   = "fixed"
+	ModeSliding = "sliding"
+)
+
+// Store is the rate limiter's Redis state.
+type Store struct {
+	rdb   Redis
+	keys  keys.Keys
+	now   func() time.Time // nil: Redis TIME
+	check *redis.Script
+}
+
+// Options configures a Store.
+type Options struct {
+	Keys keys.Keys
+	// Now overrides Redis TIME as the clock of the windows (tests). Nil
+	// uses Redis TIME, the one clock every replica shares.
+	Now func() time.Time
+}
+
+// New returns a Store and loads its script.
+func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
+	if rdb == nil {
+		return nil, errors.New("store: nil redis client")
+	}
+	s := &Store{rdb: rdb, keys: opts.Keys, now: opts.Now, check: redis.NewScript(checkLua)}
+	if err := s.Load(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Load loads the script into Redis, so calls go out as EVALSHA.
+func (s *Store) Load(ctx context.Context) error {
+	if err := s.check.Load(ctx, s.rdb).Err(); err != nil {
+		return fmt.Errorf("%w: load script: %w", ErrRedis, err)
+	}
+	return nil
+}
+
+// Keys returns the key builder.
+func (s *Store) Keys() keys.Keys { return s.keys }
+
+// Limit is the rule of one decision.
+type Limit struct {
+	// Service is the rate-limited service; "" is the uid's own limit.
+	Service  string
+	Interval time.Duration
+	Mode     string // ModeFixed or ModeSliding
+	// Configured is the service's configured limit; -1: none, the uid's
+	// "ratelimit" grant applies. A uid's "ratelimit_<service>" grant
+	// overrides either.
+	Configured int64
+	// DefaultGrant is the configured default of the "ratelimit" grant.
+	DefaultGrant int64
+}
+
+// Decision is the outcome of one check.
+type Decision struct {
+	Allowed    bool
+	Limit      int64
+	Remaining  int64
+	Used       int64 // the window's count after the call (sliding: the weighted estimate, rounded up)
+	ResetAfter time.Duration
+	RetryAfter time.Duration // 0 when allowed
+}
+
+// Check decides whether uid may spend cost on l and records it when it
+// may; cost 0 only peeks. The error wraps ErrRedis when Redis did not
+// answer (or not within ctx).
+func (s *Store) Check(ctx context.Context, uid string, l Limit, cost int64) (Decision, error) {
+	even, odd := s.keys.RateLimit(uid, l.Service)
+	var now int64
+	if s.now != nil {
+		now = s.now().UnixMilli()
+	}
+	v, err := s.check.EvalSha(ctx, s.rdb, []string{even, odd, s.keys.Grants(uid)},
+		now, l.Interval.Milliseconds(), l.Mode, cost, keys.RateLimitField(l.Service), l.Configured, l.DefaultGrant).Result()
+	if err != nil && isNoScript(err) {
+		// Redis forgot the script (a restart, SCRIPT FLUSH): load it again.
+		if err = s.Load(ctx); err == nil {
+			v, err = s.check.EvalSha(ctx, s.rdb, []string{even, odd, s.keys.Grants(uid)},
+				now, l.Interval.Milliseconds(), l.Mode, cost, keys.RateLimitField(l.Service), l.Configured, l.DefaultGrant).Result()
+		}
+	}
+	if err != nil {
+		if errors.Is(err, ErrRedis) {
+			return Decision{}, err
+		}
+		if isScriptError(err) {
+			return Decision{}, fmt.Errorf("store: check %s/%s: %w", uid, l.Service, err)
+		}
+		return Decision{}, fmt.Errorf("%w: check: %w", ErrRedis, err)
+	}
+	arr, ok := v.([]any)
+	if !ok || len(arr) != 6 {
+		return Decision{}, fmt.Errorf("store: check: unexpected reply %v", v)
+	}
+	var n [6]int64
+	for i, x := range arr {
+		if n[i], ok = x.(int64); !ok {
+			return Decision{}, fmt.Errorf("store: check: unexpected reply %v", v)
+		}
+	}
+	return Decision{
+		Allowed:    n[0] == 1,
+		Limit:      n[1],
+		Remaining:  n[2],
+		ResetAfter: time.Duration(n[3]) * time.Millisecond,
+		RetryAfter: time.Duration(n[4]) * time.Millisecond,
+		Used:       n[5],
+	}, nil
+}
+
+// Reset clears uid's windows for service ("" : the uid's own limit).
+func (s *Store) Reset(ctx context.Context, uid, service string) error {
+	even, odd := s.keys.RateLimit(uid, service)
+	if err := s.rdb.Del(ctx, even, odd).Err(); err != nil {
+		return fmt.Errorf("%w: reset: %w", ErrRedis, err)
+	}
+	return nil
+}
+
+func isNoScript(err error) bool {
+	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
+}
+
+// isScriptError tells an error raised inside the script (a bug, or a key
+// of the wrong type: retrying will not help) from a Redis that cannot
+// work.
+func isScriptError(err error) bool {
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return false
+	}
+	msg := err.Error()
+	return strings.HasPrefix(msg, "ERR ") || strings.HasPrefix(msg, "WRONGTYPE")
+}

@@ -1,0 +1,443 @@
+package store
+
+import (
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/allot/allot/pkg/keys"
+	"github.com/google/go-cmp/cmp"
+	"github.com/redis/go-redis/v9"
+)
+
+// fakeClock stands for Redis's clock in a test: the scripts get its time
+// as "now" (miniredis's TIME does not move with FastForward).
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) Set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// backend opens a Redis client and a unique key prefix.
+type backend func(t *testing.T) (redis.UniversalClient, string)
+
+func miniBackend(t *testing.T) (redis.UniversalClient, string) {
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return rdb, "allot:"
+}
+
+// windowStart returns the start of the next window of d after the real
+// time. Test clocks start there and only move forward, so the expiry
+// times the script sets (on Redis's real clock) stay in the future.
+func windowStart(d time.Duration) time.Time {
+	return time.Now().Truncate(d).Add(d)
+}
+
+func newStore(t *testing.T, open backend, start time.Time) (*Store, *fakeClock, redis.UniversalClient) {
+	t.Helper()
+	rdb, prefix := open(t)
+	clock := &fakeClock{t: start}
+	s, err := New(t.Context(), rdb, Options{Keys: keys.New(prefix), Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, clock, rdb
+}
+
+func check(t *testing.T, s *Store, uid string, l Limit, cost int64) Decision {
+	t.Helper()
+	d, err := s.Check(t.Context(), uid, l, cost)
+	if err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	return d
+}
+
+func ms(n int64) time.Duration { return time.Duration(n) * time.Millisecond }
+
+// The behaviour tests run on miniredis here and, gated, on the real Redis.
+var behaviours = []struct {
+	name string
+	fn   func(t *testing.T, open backend)
+}{
+	{"FixedWindowExact", testFixedWindow},
+	{"StaleKeyOfTheSameParityCountsAsEmpty", testStaleKey},
+	{"OneSecondWindowAndExpiry", testOneSecondWindow},
+	{"LimitsAndOverrides", testLimitsAndOverrides},
+	{"SlidingWeightsThePreviousWindow", testSliding},
+	{"SlidingStopsTheBoundaryBurst", testBoundaryBurst},
+	{"SlidingRetryAfterIsExact", testSlidingRetryAfter},
+	{"SlidingWorstCaseIsTheProvenBound", testSlidingWorstCase},
+	{"Reset", testReset},
+	{"ScriptReloadsAfterFlush", testScriptReload},
+}
+
+func TestBehaviourMiniredis(t *testing.T) {
+	for _, b := range behaviours {
+		t.Run(b.name, func(t *testing.T) { b.fn(t, miniBackend) })
+	}
+}
+
+func testFixedWindow(t *testing.T, open backend) {
+	start := windowStart(time.Minute)
+	s, clock, _ := newStore(t, open, start.Add(10*time.Second))
+	l := Limit{Service: "upload", Interval: time.Minute, Mode: ModeFixed, Configured: 3, DefaultGrant: 500}
+	type got struct {
+		Allowed               bool
+		Remaining, Used       int64
+		ResetAfter, RetryAfer time.Duration
+	}
+	var steps []got
+	for _, cost := range []int64{1, 0, 2, 1, 0, 5} {
+		d := check(t, s, "u-1", l, cost)
+		if d.Limit != 3 {
+			t.Fatalf("limit %d, want 3", d.Limit)
+		}
+		steps = append(steps, got{d.Allowed, d.Remaining, d.Used, d.ResetAfter, d.RetryAfter})
+	}
+	want := []got{
+		{true, 2, 1, 50 * time.Second, 0},
+		{true, 2, 1, 50 * time.Second, 0},                 // a peek consumes nothing
+		{true, 0, 3, 50 * time.Second, 0},                 // exactly to the limit
+		{false, 0, 3, 50 * time.Second, 50 * time.Second}, // refused: nothing consumed
+		{false, 0, 3, 50 * time.Second, 50 * time.Second}, // a peek: a call of 1 would not pass
+		{false, 0, 3, 50 * time.Second, 50 * time.Second},
+	}
+	if diff := cmp.Diff(want, steps); diff != "" {
+		t.Errorf("decisions (-want +got):\n%s", diff)
+	}
+	// Another uid and another service have windows of their own.
+	if d := check(t, s, "u-2", l, 3); !d.Allowed {
+		t.Errorf("u-2 refused: %+v", d)
+	}
+	// The next window starts empty, at its epoch-aligned start.
+	clock.Set(start.Add(time.Minute - time.Millisecond))
+	if d := check(t, s, "u-1", l, 1); d.Allowed || d.RetryAfter != time.Millisecond {
+		t.Errorf("1ms before the window ends: %+v", d)
+	}
+	clock.Set(start.Add(time.Minute))
+	if d := check(t, s, "u-1", l, 3); !d.Allowed || d.Remaining != 0 || d.ResetAfter != time.Minute {
+		t.Errorf("new window: %+v", d)
+	}
+}
+
+func testStaleKey(t *testing.T, open backend) {
+	start := windowStart(time.Second)
+	s, clock, _ := newStore(t, open, start)
+	l := Limit{Service: "s", Interval: time.Second, Mode: ModeFixed, Configured: 2}
+	check(t, s, "u-1", l, 2)
+	// Two windows on, the same parity: the key may still exist (its
+	// expiry is on Redis's real clock), but it holds an older index.
+	clock.Add(2 * time.Second)
+	if d := check(t, s, "u-1", l, 2); !d.Allowed {
+		t.Errorf("a stale window was counted: %+v", d)
+	}
+	// Sliding mode ignores a "previous" window that is not the one just
+	// before.
+	ls := l
+	ls.Mode = ModeSliding
+	clock.Add(2 * time.Second)
+	if d := check(t, s, "u-1", ls, 2); !d.Allowed {
+		t.Errorf("sliding counted a window two back: %+v", d)
+	}
+}
+
+func testOneSecondWindow(t *testing.T, open backend) {
+	s, clock, rdb := newStore(t, open, time.Now().Truncate(time.Millisecond))
+	l := Limit{Service: "fast", Interval: time.Second, Mode: ModeFixed, Configured: 5}
+	now := clock.Now()
+	d := check(t, s, "u-1", l, 5)
+	end := now.Truncate(time.Second).Add(time.Second)
+	if !d.Allowed || d.ResetAfter != end.Sub(now).Truncate(time.Millisecond) {
+		t.Errorf("decision %+v, want reset after %v", d, end.Sub(now))
+	}
+	if d := check(t, s, "u-1", l, 1); d.Allowed {
+		t.Errorf("6th call in a 1s window allowed: %+v", d)
+	}
+	// The key lives until one interval after its window ends: never less.
+	even, odd := s.Keys().RateLimit("u-1", "fast")
+	key := even
+	if now.UnixMilli()/1000%2 == 1 {
+		key = odd
+	}
+	ttl, err := rdb.PTTL(t.Context(), key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := end.Add(time.Second).Sub(now)
+	if ttl > want || ttl < want-500*time.Millisecond {
+		t.Errorf("PTTL %v, want about %v (window end + 1 interval)", ttl, want)
+	}
+	clock.Set(end)
+	if d := check(t, s, "u-1", l, 5); !d.Allowed {
+		t.Errorf("the next 1s window refused: %+v", d)
+	}
+}
+
+func testLimitsAndOverrides(t *testing.T, open backend) {
+	s, _, rdb := newStore(t, open, windowStart(time.Minute))
+	ctx := t.Context()
+	grants := s.Keys().Grants("u-1")
+	limitOf := func(l Limit) int64 {
+		t.Helper()
+		return check(t, s, "u-1", l, 0).Limit
+	}
+	own := Limit{Interval: time.Minute, Mode: ModeFixed, Configured: -1, DefaultGrant: 500}
+	configured := Limit{Service: "upload", Interval: time.Minute, Mode: ModeFixed, Configured: 10, DefaultGrant: 500}
+	unconfigured := Limit{Service: "search", Interval: time.Minute, Mode: ModeSliding, Configured: -1, DefaultGrant: 500}
+	type limits struct{ Own, Configured, Unconfigured int64 }
+	read := func() limits { return limits{limitOf(own), limitOf(configured), limitOf(unconfigured)} }
+
+	if diff := cmp.Diff(limits{500, 10, 500}, read()); diff != "" {
+		t.Errorf("defaults (-want +got):\n%s", diff)
+	}
+	// The uid's ratelimit grant (meter.grants sets it) moves its own limit
+	// and every service without a configured one, at once.
+	rdb.HSet(ctx, grants, "ratelimit", "7")
+	if diff := cmp.Diff(limits{7, 10, 7}, read()); diff != "" {
+		t.Errorf("ratelimit grant (-want +got):\n%s", diff)
+	}
+	// ratelimit_<service> wins over everything for that service.
+	rdb.HSet(ctx, grants, "ratelimit_upload", "2.9", "ratelimit_search", "0")
+	if diff := cmp.Diff(limits{7, 2, 0}, read()); diff != "" {
+		t.Errorf("per-service grants (-want +got):\n%s", diff)
+	}
+	if d := check(t, s, "u-1", unconfigured, 1); d.Allowed || d.RetryAfter != d.ResetAfter {
+		t.Errorf("a limit of 0 must refuse: %+v", d)
+	}
+	rdb.HDel(ctx, grants, "ratelimit", "ratelimit_upload", "ratelimit_search")
+	if diff := cmp.Diff(limits{500, 10, 500}, read()); diff != "" {
+		t.Errorf("unset (-want +got):\n%s", diff)
+	}
+}
+
+func testSliding(t *testing.T, open backend) {
+	start := windowStart(10 * time.Second)
+	s, clock, _ := newStore(t, open, start)
+	l := Limit{Service: "s", Interval: 10 * time.Second, Mode: ModeSliding, Configured: 10}
+	if d := check(t, s, "u-1", l, 10); !d.Allowed {
+		t.Fatalf("%+v", d)
+	}
+	// 3s into the next window, 70% of the previous window still counts: 7.
+	clock.Set(start.Add(13 * time.Second))
+	d := check(t, s, "u-1", l, 0)
+	if diff := cmp.Diff(Decision{Allowed: true, Limit: 10, Remaining: 3, Used: 7, ResetAfter: 7 * time.Second}, d); diff != "" {
+		t.Errorf("peek (-want +got):\n%s", diff)
+	}
+	if d := check(t, s, "u-1", l, 3); !d.Allowed || d.Remaining != 0 {
+		t.Errorf("3 more: %+v", d)
+	}
+	if d := check(t, s, "u-1", l, 1); d.Allowed {
+		t.Errorf("11th in the sliding interval allowed: %+v", d)
+	}
+}
+
+func testBoundaryBurst(t *testing.T, open backend) {
+	const limit = 100
+	for _, mode := range []string{ModeFixed, ModeSliding} {
+		t.Run(mode, func(t *testing.T) {
+			start := windowStart(time.Second)
+			s, clock, _ := newStore(t, open, start.Add(999*time.Millisecond))
+			l := Limit{Service: "burst", Interval: time.Second, Mode: mode, Configured: limit}
+			admitted := 0
+			// limit calls in the last ms of one window, limit more in the
+			// first ms of the next: 2 ms apart in all.
+			for range limit {
+				if check(t, s, "u-1", l, 1).Allowed {
+					admitted++
+				}
+			}
+			clock.Set(start.Add(time.Second))
+			for range limit {
+				if check(t, s, "u-1", l, 1).Allowed {
+					admitted++
+				}
+			}
+			want := 2 * limit // fixed: the known weakness
+			if mode == ModeSliding {
+				want = limit
+			}
+			if admitted != want {
+				t.Errorf("%s admitted %d of a 2x boundary burst, want %d", mode, admitted, want)
+			}
+		})
+	}
+}
+
+func testSlidingRetryAfter(t *testing.T, open backend) {
+	start := windowStart(time.Second)
+	for _, tc := range []struct {
+		name      string
+		prev, cur int64 // admitted at the end of the previous window and now
+		at        time.Duration
+		cost      int64
+		retry     time.Duration
+	}{
+		{"the previous window must decay", 10, 2, 300 * time.Millisecond, 3, 200 * time.Millisecond},
+		{"the previous window must decay, cost 1", 4, 6, 100 * time.Millisecond, 1, 150 * time.Millisecond},
+		{"this window is full", 0, 10, 100 * time.Millisecond, 1, 1000 * time.Millisecond},       // 900ms to the window's end, 100ms of decay
+		{"this window is full, cost 5", 0, 8, 900 * time.Millisecond, 5, 475 * time.Millisecond}, // 100ms + 375ms
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, clock, _ := newStore(t, open, start.Add(999*time.Millisecond))
+			l := Limit{Service: "r", Interval: time.Second, Mode: ModeSliding, Configured: 10}
+			if tc.prev > 0 {
+				check(t, s, "u-1", l, tc.prev)
+			}
+			clock.Set(start.Add(time.Second + tc.at))
+			if d := check(t, s, "u-1", l, tc.cur); !d.Allowed {
+				t.Fatalf("setup refused: %+v", d)
+			}
+			d := check(t, s, "u-1", l, tc.cost)
+			if d.Allowed || d.RetryAfter != tc.retry {
+				t.Fatalf("want a refusal with retry_after %v, got %+v", tc.retry, d)
+			}
+			// 1ms earlier it still refuses; at retry_after it passes.
+			clock.Add(d.RetryAfter - time.Millisecond)
+			if e := check(t, s, "u-1", l, tc.cost); e.Allowed {
+				t.Errorf("allowed 1ms before retry_after %v: %+v", d.RetryAfter, e)
+			}
+			clock.Add(time.Millisecond)
+			if e := check(t, s, "u-1", l, tc.cost); !e.Allowed {
+				t.Errorf("refused at retry_after %v: %+v", d.RetryAfter, e)
+			}
+		})
+	}
+}
+
+// SlidingBound is the most a sliding limit admits within any span of one
+// interval (see the package doc of services/ratelimit for the proof):
+// limit + floor(limit * (interval_ms - 2) / interval_ms).
+func SlidingBound(limit int64, interval time.Duration) int64 {
+	i := interval.Milliseconds()
+	return limit + limit*(i-2)/i
+}
+
+// testSlidingWorstCase plays the pattern the proof says is worst — limit
+// in the last ms of a window after an empty one, then as much as passes
+// up to 2 ms before the next window ends — and checks it reaches the
+// bound exactly and no more.
+func testSlidingWorstCase(t *testing.T, open backend) {
+	for _, tc := range []struct {
+		limit    int64
+		interval time.Duration
+	}{{10, time.Second}, {100, time.Second}, {500, 5 * time.Second}} {
+		start := windowStart(tc.interval)
+		s, clock, _ := newStore(t, open, start.Add(tc.interval-time.Millisecond))
+		l := Limit{Service: "w", Interval: tc.interval, Mode: ModeSliding, Configured: tc.limit}
+		var admitted []time.Time
+		if d := check(t, s, "u-1", l, tc.limit); !d.Allowed {
+			t.Fatalf("burst refused: %+v", d)
+		}
+		for range tc.limit {
+			admitted = append(admitted, clock.Now())
+		}
+		// Every ms of the next window, take whatever passes.
+		for at := tc.interval; at < 2*tc.interval; at += time.Millisecond {
+			clock.Set(start.Add(at))
+			for check(t, s, "u-1", l, 1).Allowed {
+				admitted = append(admitted, clock.Now())
+			}
+		}
+		got := maxInSpan(admitted, tc.interval)
+		if want := SlidingBound(tc.limit, tc.interval); got != want {
+			t.Errorf("limit %d per %v: worst span holds %d, want the bound %d exactly", tc.limit, tc.interval, got, want)
+		}
+	}
+}
+
+// maxInSpan returns the most times (sorted) inside any [s, s+span).
+func maxInSpan(times []time.Time, span time.Duration) int64 {
+	best, j := 0, 0
+	for i := range times {
+		for times[i].Sub(times[j]) >= span {
+			j++
+		}
+		best = max(best, i-j+1)
+	}
+	return int64(best)
+}
+
+func testReset(t *testing.T, open backend) {
+	s, _, _ := newStore(t, open, windowStart(time.Minute))
+	for _, svc := range []string{"", "upload"} {
+		l := Limit{Service: svc, Interval: time.Minute, Mode: ModeFixed, Configured: 1, DefaultGrant: 1}
+		check(t, s, "u-1", l, 1)
+		if d := check(t, s, "u-1", l, 1); d.Allowed {
+			t.Fatalf("%q: over the limit allowed", svc)
+		}
+		if err := s.Reset(t.Context(), "u-1", svc); err != nil {
+			t.Fatal(err)
+		}
+		if d := check(t, s, "u-1", l, 1); !d.Allowed {
+			t.Errorf("%q: refused after reset: %+v", svc, d)
+		}
+	}
+}
+
+func testScriptReload(t *testing.T, open backend) {
+	s, _, rdb := newStore(t, open, windowStart(time.Minute))
+	if err := rdb.ScriptFlush(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	l := Limit{Service: "s", Interval: time.Minute, Mode: ModeFixed, Configured: 1}
+	if d := check(t, s, "u-1", l, 1); !d.Allowed {
+		t.Errorf("%+v", d)
+	}
+}
+
+func TestRedisDown(t *testing.T) {
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	s, err := New(t.Context(), rdb, Options{Keys: keys.New("allot:")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mr.Close()
+	_, err = s.Check(t.Context(), "u-1", Limit{Service: "s", Interval: time.Second, Mode: ModeFixed, Configured: 1}, 1)
+	if !errors.Is(err, ErrRedis) {
+		t.Errorf("Check with Redis down: %v, want ErrRedis", err)
+	}
+	if err := s.Reset(t.Context(), "u-1", "s"); !errors.Is(err, ErrRedis) {
+		t.Errorf("Reset with Redis down: %v, want ErrRedis", err)
+	}
+}
+
+func TestWrongTypeIsNotARedisOutage(t *testing.T) {
+	rdb, prefix := miniBackend(t)
+	s, err := New(t.Context(), rdb, Options{Keys: keys.New(prefix)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb.Set(t.Context(), s.Keys().Grants("u-1"), "x", 0)
+	_, err = s.Check(t.Context(), "u-1", Limit{Service: "s", Interval: time.Second, Mode: ModeFixed, Configured: 1}, 1)
+	if err == nil || errors.Is(err, ErrRedis) {
+		t.Errorf("a key of the wrong type: %v, want a script error", err)
+	}
+}
+
+// The fixed test clock is Redis's; with real Redis TIME the decision is
+// the same. Check that TIME is used when no clock is given.
+func TestRedisTime(t *testing.T) {
+	rdb, prefix := miniBackend(t)
+	s, err := New(t.Context(), rdb, Options{Keys: keys.New(prefix)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.Check(t.Context(), "u-1", Limit{Service: "s", Interval: time.Hour, Mode: ModeSliding, Configured: 3}, 1)
+	if err != nil || !d.Allowed || d.ResetAfter <= 0 || d.ResetAfter > time.Hour {
+		t.Errorf("%+v, %v", d, err)
+	}
+}

@@ -1,0 +1,63 @@
+package ratelimit
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the rate limiter's series. The service label takes the
+// configured service names and "(uid)" for the uid's own limit, so its
+// values are bounded by the config.
+type metrics struct {
+	decisions *prometheus.CounterVec
+	nearLimit *prometheus.CounterVec
+	overLimit *prometheus.CounterVec
+	peeks     *prometheus.CounterVec
+	cacheHits *prometheus.CounterVec
+	latency   prometheus.Histogram
+	requests  *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	mt := &metrics{
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "allot_ratelimit_decisions_total",
+			Help: "Rate-limit decisions (peeks apart), by service and result: allowed, denied, shadow_denied (would have been denied; allowed in shadow mode), failed_open (Redis did not answer; allowed), failed_closed (Redis did not answer; 503).",
+		}, []string{"service", "result"}),
+		nearLimit: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "allot_ratelimit_near_limit_total",
+			Help: "Decisions (peeks included) that left the window at 80% of its limit or more, by service.",
+		}, []string{"service"}),
+		overLimit: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "allot_ratelimit_over_limit_total",
+			Help: "Decisions (peeks apart) over the limit, denied or shadow_denied, by service.",
+		}, []string{"service"}),
+		peeks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "allot_ratelimit_peeks_total",
+			Help: "Checks with cost 0, which consume nothing, by service.",
+		}, []string{"service"}),
+		cacheHits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "allot_ratelimit_cache_hits_total",
+			Help: "Refusals answered from the local over-limit cache without Redis, by service.",
+		}, []string{"service"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "allot_ratelimit_decision_seconds",
+			Help:    "Time to decide one check, Redis included.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 14),
+		}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "allot_ratelimit_requests_total",
+			Help: "Requests answered, by endpoint and result (ok or an error code).",
+		}, []string{"endpoint", "result"}),
+	}
+	if reg == nil {
+		return mt, nil
+	}
+	for _, c := range []prometheus.Collector{mt.decisions, mt.nearLimit, mt.overLimit, mt.peeks, mt.cacheHits, mt.latency, mt.requests} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return mt, nil
+}

@@ -1,0 +1,347 @@
+// Package ratelimit is allot's rate limiter: it answers
+// ratelimit.check.<uid> (may this call go ahead?) and
+// ratelimit.reset.<uid> over NATS, keeping its windows in Redis. Its
+// binary (cmd/ratelimit) and "allot dev" both run it through Run.
+//
+// # Limits
+//
+// A check naming no service spends the uid's own limit: its "ratelimit"
+// grant (default grants.ratelimit, 500) per ratelimit.interval. A check
+// naming a service spends that service's limit, configured under
+// ratelimit.services with its own interval and mode; without a configured
+// limit the uid's "ratelimit" grant applies. A uid's grant
+// "ratelimit_<service>" overrides both. Grants live in the meter's grants
+// hash, so meter.grants sets them and every replica sees a change at once.
+//
+// # Modes
+//
+// Windows are epoch-aligned: window k of an interval I covers
+// [k*I, (k+1)*I) of Redis's clock, in milliseconds. Two keys per (uid,
+// service) hold the windows of even and odd k, as in apicrud; each stores
+// k beside its count, so a key left from window k-2 counts as empty.
+//
+// fixed admits a call when the current window's count plus its cost is
+// at most the limit L. Each window admits at most L, exactly; any span of
+// one interval that straddles a boundary can hold up to 2L (L at the end
+// of one window, L at the start of the next).
+//
+// sliding admits a call at elapsed time e (ms) into window k when
+//
+//	c[k-1]*(I-e)/I + a + cost <= L
+//
+// where c[k-1] is the whole previous window's count and a what window k
+// has admitted so far. The previous window's weight decays linearly, so
+// the boundary burst above passes L, not 2L: a burst lasting d ms across
+// a boundary passes at most L + L*(d-1)/I.
+//
+// The bound for sliding, proved: any span [s, s+I) holds at most
+//
+//	L + floor(L*(I-2)/I)   (< 2L; I in ms)
+//
+// admitted. Proof: if s = k*I the span is window k, which holds at most L
+// (its last admission had a*I <= L*I). Otherwise s = k*I + x with
+// 1 <= x <= I-1, and the span holds the calls of window k at elapsed >= x
+// (c[k] - A, where A are those before x) and those of window k+1 at
+// elapsed <= x-1 (H). At the last admission of window k+1 in the span, at
+// elapsed e <= x-1, the rule gives c[k]*(I-e) + H*I <= L*I, so
+// H <= L - c[k]*(I-x+1)/I. Then c[k] - A + H <= L + c[k]*(x-1)/I - A
+// <= L + L*(I-2)/I, since c[k] <= L, A >= 0 and x <= I-1; counts are
+// integers, hence the floor. The bound is reached: L at the last ms of a
+// window that follows an empty one, then whatever passes in the next
+// window up to 2 ms before its end (L*(I-2)/I). So sliding is not a 2x
+// guarantee against a patient client: it stops bursts, and over any run
+// of windows it admits at most L per window on average, like fixed.
+//
+// # One clock
+//
+// Every decision is one Lua script that reads Redis TIME, the limit and
+// both windows, decides and records: no worker passes its own time, so
+// workers whose clocks differ by seconds still share window boundaries
+// exactly. A refused call records nothing. A window's key expires one
+// interval after the window ends (sliding reads it until then).
+//
+// # Shadow mode, Redis trouble, the cache
+//
+// A shadow service (or ratelimit.shadow) decides and counts but never
+// denies; its would-be denials are counted and consume nothing, so the
+// counts are those enforcing would produce. When Redis does not answer
+// within ratelimit.timeout, a fail_open service allows the call and any
+// other answers 503; both are counted. A service with cache on remembers
+// (uid, service) pairs found over the limit until their retry time, on the
+// local monotonic clock, and refuses them without asking Redis.
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/services/ratelimit/internal/store"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+// Version is reported by the micro service's $SRV.INFO.
+const Version = "0.1.0"
+
+// Deps are the connections and registries the rate limiter runs on.
+type Deps struct {
+	NATS  *nats.Conn
+	Redis redis.UniversalClient
+	// Registerer receives the rate limiter's metrics; nil registers none.
+	Registerer prometheus.Registerer
+	// Log receives what happens; nil discards it.
+	Log *slog.Logger
+	// Now overrides Redis TIME as the clock of the windows (tests).
+	Now func() time.Time
+	// Clock is the local clock of the cache; nil is time.Now. Only
+	// durations are measured on it, so its offset does not matter.
+	Clock func() time.Time
+}
+
+// Limiter is a running rate limiter.
+type Limiter struct {
+	cfg      service.Config
+	log      *slog.Logger
+	nc       *nats.Conn
+	store    *store.Store
+	metrics  *metrics
+	cache    *cache
+	clock    func() time.Time
+	services []micro.Service
+	stopOnce sync.Once
+}
+
+// New checks the configuration and loads the script; it starts no
+// endpoints (Start does). deps.NATS may be nil.
+func New(ctx context.Context, cfg service.Config, deps Deps) (*Limiter, error) {
+	if deps.Redis == nil {
+		return nil, errors.New("ratelimit: Redis is required")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("ratelimit: %w", err)
+	}
+	log := deps.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	st, err := store.New(ctx, deps.Redis, store.Options{Keys: keys.New(cfg.Redis.KeyPrefix), Now: deps.Now})
+	if err != nil {
+		return nil, fmt.Errorf("ratelimit: %w", err)
+	}
+	l := &Limiter{
+		cfg:   cfg,
+		log:   log.With("service", "ratelimit"),
+		nc:    deps.NATS,
+		store: st,
+		cache: newCache(maxCached),
+		clock: deps.Clock,
+	}
+	if l.clock == nil {
+		l.clock = time.Now
+	}
+	if !contextTimeouts(deps.Redis) {
+		l.log.Warn("the Redis client ignores context deadlines: ratelimit.timeout cannot bound a decision (service.ConnectRedis sets ContextTimeoutEnabled)")
+	}
+	if l.metrics, err = newMetrics(deps.Registerer); err != nil {
+		return nil, fmt.Errorf("ratelimit: %w", err)
+	}
+	return l, nil
+}
+
+// Start starts the rate limiter and its endpoints. Stop ends them.
+func Start(ctx context.Context, cfg service.Config, deps Deps) (*Limiter, error) {
+	if deps.NATS == nil {
+		return nil, errors.New("ratelimit: NATS and Redis are required")
+	}
+	l, err := New(ctx, cfg, deps)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.startEndpoints(); err != nil {
+		l.stopEndpoints()
+		return nil, err
+	}
+	l.log.Info("rate limiter started", "services", len(cfg.RateLimit.Services), "handlers", cfg.RateLimit.Handlers,
+		"interval", cfg.RateLimit.Interval, "mode", cfg.RateLimit.Mode)
+	return l, nil
+}
+
+// Stop stops taking requests; requests being answered finish.
+func (l *Limiter) Stop(context.Context) error {
+	l.stopOnce.Do(func() {
+		l.stopEndpoints()
+		l.log.Info("rate limiter stopped")
+	})
+	return nil
+}
+
+// Run is the service.StartFunc of the rate limiter, for its binary and
+// for "allot dev": it starts the rate limiter on d and returns its Stop.
+func Run(ctx context.Context, d service.Deps) (func(context.Context) error, error) {
+	l, err := Start(ctx, d.Config, Deps{NATS: d.NATS, Redis: d.Redis, Registerer: d.Registry, Log: d.Log})
+	if err != nil {
+		return nil, err
+	}
+	return l.Stop, nil
+}
+
+// limitOf returns the rule of service ("" : the uid's own limit), or a
+// 404 naming the service.
+func (l *Limiter) limitOf(name string) (service.RateLimitService, store.Limit, error) {
+	rl, ok := l.cfg.RateLimit.RateLimitFor(name)
+	if !ok {
+		return rl, store.Limit{}, events.NewServiceError(events.CodeNotFound, "service", "unknown service %q", name)
+	}
+	def, _ := l.cfg.DefaultGrant(service.RateLimitGrant)
+	lim := store.Limit{Service: name, Interval: rl.Interval, Mode: rl.Mode, Configured: -1, DefaultGrant: int64(def)}
+	if rl.Limit != nil {
+		lim.Configured = *rl.Limit
+	}
+	return rl, lim, nil
+}
+
+// Check decides whether uid's call may go ahead; a denial is a reply with
+// Allowed false, not an error. Errors are *events.ServiceError (400, 404,
+// 503) or, for a bug, anything else.
+func (l *Limiter) Check(ctx context.Context, uid string, req events.CheckRequest) (events.CheckReply, error) {
+	if err := events.ValidateToken("uid", uid); err != nil {
+		return events.CheckReply{}, events.BadRequest(err)
+	}
+	if err := req.Validate(); err != nil {
+		return events.CheckReply{}, events.BadRequest(err)
+	}
+	rl, lim, err := l.limitOf(req.Service)
+	if err != nil {
+		return events.CheckReply{}, err
+	}
+	start := time.Now()
+	defer func() { l.metrics.latency.Observe(time.Since(start).Seconds()) }()
+	cost := req.CostOrDefault()
+	label := serviceLabel(req.Service)
+
+	if rl.Cache && !rl.Shadow {
+		now := l.clock()
+		if e, ok := l.cache.get(uid, req.Service, now); ok {
+			l.metrics.cacheHits.WithLabelValues(label).Inc()
+			reply := events.CheckReply{Allowed: false, Limit: e.limit, RetryAfterMs: ceilMs(e.retryAt.Sub(now)), ResetAfterMs: ceilMs(max(0, e.resetAt.Sub(now)))}
+			l.count(label, cost, "denied", true)
+			return reply, nil
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.RateLimit.Timeout)
+	d, err := l.store.Check(ctx, uid, lim, cost)
+	cancel()
+	if err != nil {
+		if !errors.Is(err, store.ErrRedis) {
+			return events.CheckReply{}, err
+		}
+		if rl.FailOpen {
+			l.count(label, cost, "failed_open", false)
+			l.log.Warn("redis unavailable: failing open", "uid", uid, "service", req.Service, "err", err)
+			reply := events.CheckReply{Allowed: true}
+			if lim.Configured >= 0 {
+				reply.Limit = lim.Configured
+			}
+			return reply, nil
+		}
+		l.count(label, cost, "failed_closed", false)
+		return events.CheckReply{}, events.NewServiceError(events.CodeUnavailable, "", "redis unavailable: %v", err)
+	}
+	reply := events.CheckReply{
+		Allowed:      d.Allowed,
+		Limit:        d.Limit,
+		Remaining:    d.Remaining,
+		ResetAfterMs: ceilMs(d.ResetAfter),
+		RetryAfterMs: ceilMs(d.RetryAfter),
+	}
+	result := "allowed"
+	switch {
+	case d.Allowed:
+	case rl.Shadow:
+		result = "shadow_denied"
+		reply.Allowed, reply.RetryAfterMs = true, 0
+	default:
+		result = "denied"
+		if rl.Cache && cost <= 1 && d.Remaining == 0 {
+			now := l.clock()
+			l.cache.put(uid, req.Service, cacheEntry{limit: d.Limit, retryAt: now.Add(d.RetryAfter), resetAt: now.Add(d.ResetAfter)}, now)
+		}
+	}
+	l.count(label, cost, result, !d.Allowed)
+	if d.Limit > 0 && d.Used*100 >= 80*d.Limit {
+		l.metrics.nearLimit.WithLabelValues(label).Inc()
+	}
+	return reply, nil
+}
+
+// count records one decision; a peek (cost 0) is counted apart.
+func (l *Limiter) count(label string, cost int64, result string, over bool) {
+	if cost == 0 {
+		l.metrics.peeks.WithLabelValues(label).Inc()
+		return
+	}
+	l.metrics.decisions.WithLabelValues(label, result).Inc()
+	if over {
+		l.metrics.overLimit.WithLabelValues(label).Inc()
+	}
+}
+
+// Reset clears uid's windows for service ("" : the uid's own limit).
+func (l *Limiter) Reset(ctx context.Context, uid string, req events.ResetRequest) error {
+	if err := events.ValidateToken("uid", uid); err != nil {
+		return events.BadRequest(err)
+	}
+	if err := req.Validate(); err != nil {
+		return events.BadRequest(err)
+	}
+	if _, _, err := l.limitOf(req.Service); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, max(l.cfg.RateLimit.Timeout, time.Second))
+	defer cancel()
+	if err := l.store.Reset(ctx, uid, req.Service); err != nil {
+		if errors.Is(err, store.ErrRedis) {
+			return events.NewServiceError(events.CodeUnavailable, "", "redis unavailable: %v", err)
+		}
+		return err
+	}
+	l.cache.drop(uid, req.Service)
+	l.log.Info("window reset", "uid", uid, "service", req.Service)
+	return nil
+}
+
+// contextTimeouts reports whether rdb bounds its network waits by a
+// request's context, which the decision budget relies on.
+func contextTimeouts(rdb redis.UniversalClient) bool {
+	switch c := rdb.(type) {
+	case *redis.Client:
+		return c.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		return c.Options().ContextTimeoutEnabled
+	}
+	return true
+}
+
+// ceilMs rounds d up to whole milliseconds.
+func ceilMs(d time.Duration) int64 {
+	return int64((d + time.Millisecond - 1) / time.Millisecond)
+}
+
+// serviceLabel is the service label of the metrics: the service, or
+// "(uid)" for the uid's own limit (no token contains parentheses).
+func serviceLabel(name string) string {
+	if name == "" {
+		return "(uid)"
+	}
+	return name
+}
