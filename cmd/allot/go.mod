@@ -7,6 +7,7 @@ require (
 	github.com/allot/allot/pkg/events v0.0.0
 	github.com/allot/allot/pkg/service v0.0.0
 	github.com/allot/allot/services/meter v0.0.0-00010101000000-000000000000
+	github.com/allot/allot/services/ratelimit v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/nats-io/nats.go v1.55.0
 	github.com/prometheus/client_golang v1.25.0
@@ -43,4 +44,5 @@ replace (
 	github.com/allot/allot/pkg/keys => ../../pkg/keys
 	github.com/allot/allot/pkg/service => ../../pkg/service
 	github.com/allot/allot/services/meter => ../../services/meter
+	github.com/allot/allot/services/ratelimit => ../../services/ratelimit
 )

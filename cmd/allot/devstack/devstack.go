@@ -19,6 +19,7 @@ import (
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/services/meter"
+	"github.com/allot/allot/services/ratelimit"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -161,6 +162,7 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 		start service.StartFunc
 	}{
 		{"meter", meter.Run},
+		{"ratelimit", ratelimit.Run},
 	} {
 		stop, err := svc.start(ctx, deps)
 		if err != nil {
