@@ -80,6 +80,7 @@ var behaviours = []struct {
 	{"SlidingRetryAfterIsExact", testSlidingRetryAfter},
 	{"SlidingWorstCaseIsTheProvenBound", testSlidingWorstCase},
 	{"Reset", testReset},
+	{"RedisTimeIsTheClock", testRedisTime},
 	{"ScriptReloadsAfterFlush", testScriptReload},
 }
 
@@ -428,16 +429,30 @@ func TestWrongTypeIsNotARedisOutage(t *testing.T) {
 	}
 }
 
-// The fixed test clock is Redis's; with real Redis TIME the decision is
-// the same. Check that TIME is used when no clock is given.
-func TestRedisTime(t *testing.T) {
-	rdb, prefix := miniBackend(t)
+// testRedisTime runs without a test clock: the script reads Redis TIME,
+// and a real 1s window ends when Redis says so.
+func testRedisTime(t *testing.T, open backend) {
+	rdb, prefix := open(t)
 	s, err := New(t.Context(), rdb, Options{Keys: keys.New(prefix)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := s.Check(t.Context(), "u-1", Limit{Service: "s", Interval: time.Hour, Mode: ModeSliding, Configured: 3}, 1)
-	if err != nil || !d.Allowed || d.ResetAfter <= 0 || d.ResetAfter > time.Hour {
-		t.Errorf("%+v, %v", d, err)
+	l := Limit{Service: "s", Interval: time.Second, Mode: ModeFixed, Configured: 3}
+	// Start early in a window, so the three calls land in one.
+	if d := check(t, s, "u-1", l, 0); d.ResetAfter < 300*time.Millisecond {
+		time.Sleep(d.ResetAfter)
+	}
+	for i := range 3 {
+		if d := check(t, s, "u-1", l, 1); !d.Allowed {
+			t.Fatalf("call %d refused: %+v", i, d)
+		}
+	}
+	d := check(t, s, "u-1", l, 1)
+	if d.Allowed || d.RetryAfter <= 0 || d.RetryAfter > time.Second || d.RetryAfter != d.ResetAfter {
+		t.Fatalf("4th call: %+v", d)
+	}
+	time.Sleep(d.RetryAfter + 5*time.Millisecond)
+	if d := check(t, s, "u-1", l, 1); !d.Allowed {
+		t.Errorf("refused after retry_after: %+v", d)
 	}
 }
