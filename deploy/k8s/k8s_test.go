@@ -1,0 +1,427 @@
+package k8s
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+)
+
+// render builds the kustomization in dir (relative to this module) and
+// fails the test on a build or decoding error.
+func render(t *testing.T, dir string) *Rendered {
+	t.Helper()
+	r, err := Render(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// Every overlay, and the base alone (a small install), passes every rule.
+func TestOverlaysPassCheck(t *testing.T) {
+	for _, dir := range []string{"base", "overlays/dev", "overlays/prod", "testdata/good"} {
+		t.Run(dir, func(t *testing.T) {
+			r := render(t, dir)
+			if len(r.Objects) == 0 {
+				t.Fatal("renders no object")
+			}
+			for _, err := range r.Check() {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+// dev: one replica of every service, one NATS server and streams of one
+// replica, the in-cluster Redis with AOF.
+func TestDev(t *testing.T) {
+	r := render(t, "overlays/dev")
+	services := allotServices(t, r)
+	for _, w := range services {
+		if w.Replicas != 1 {
+			t.Errorf("%s: spec.replicas: %d, want 1 in dev", w.Object, w.Replicas)
+		}
+	}
+	for _, h := range All[*autoscalingv2.HorizontalPodAutoscaler](r) {
+		if h.Spec.MinReplicas == nil || *h.Spec.MinReplicas != 1 {
+			t.Errorf("HorizontalPodAutoscaler/%s: spec.minReplicas: %v, want 1 in dev", h.Name, h.Spec.MinReplicas)
+		}
+	}
+	checkNATS(t, r, 1)
+	checkInClusterRedis(t, r)
+	checkNetworkPolicies(t, r)
+}
+
+// prod: at least two replicas of every service spread over nodes, NATS of
+// 3 with R3 streams, an external Redis only, ServiceMonitors.
+func TestProd(t *testing.T) {
+	r := render(t, "overlays/prod")
+	for _, w := range allotServices(t, r) {
+		if w.Replicas < 2 {
+			t.Errorf("%s: spec.replicas: %d, want at least 2 in prod", w.Object, w.Replicas)
+		}
+		checkAntiAffinity(t, w)
+		cfg, err := r.Config(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(cfg.Redis.Addrs) == 0 || cfg.Redis.URL != "" {
+			t.Errorf("%s: allot.yaml: redis: want an external Redis in redis.addrs (Cluster or Sentinel), got url %q addrs %v", w.Object, cfg.Redis.URL, cfg.Redis.Addrs)
+		}
+	}
+	for _, h := range All[*autoscalingv2.HorizontalPodAutoscaler](r) {
+		if h.Spec.MinReplicas == nil || *h.Spec.MinReplicas < 2 {
+			t.Errorf("HorizontalPodAutoscaler/%s: spec.minReplicas: %v, want at least 2 in prod", h.Name, h.Spec.MinReplicas)
+		}
+	}
+	for _, kind := range []string{"StatefulSet", "Service", "NetworkPolicy"} {
+		if _, ok := r.Find(kind, "redis"); ok {
+			t.Errorf("%s/redis: prod uses an external Redis; the in-cluster one must be removed", kind)
+		}
+	}
+	for _, w := range r.Workloads() {
+		for _, c := range w.Template.Spec.Containers {
+			if strings.HasPrefix(c.Image, "redis:") {
+				t.Errorf("%s: container %s runs %s; prod's Redis is external", w.Object, c.Name, c.Image)
+			}
+		}
+	}
+	checkNATS(t, r, 3)
+	checkNetworkPolicies(t, r)
+	checkServiceMonitors(t, r)
+}
+
+// The base alone is a small install: NATS of 3, R3 streams, in-cluster
+// Redis.
+func TestBase(t *testing.T) {
+	r := render(t, "base")
+	allotServices(t, r)
+	checkNATS(t, r, 3)
+	checkInClusterRedis(t, r)
+	checkNetworkPolicies(t, r)
+}
+
+// allotServices returns the allot services of r (at least the meter), each
+// a Deployment with an HPA on CPU.
+func allotServices(t *testing.T, r *Rendered) []Workload {
+	t.Helper()
+	var out []Workload
+	for _, w := range r.Workloads() {
+		if w.IsService() {
+			out = append(out, w)
+		}
+	}
+	if !slices.ContainsFunc(out, func(w Workload) bool { return w.Object.String() == "Deployment/meter" }) {
+		t.Fatalf("no Deployment/meter labelled %s: allot", PartOf)
+	}
+	for _, w := range out {
+		if w.Object.Kind != "Deployment" {
+			t.Errorf("%s: an allot service runs as a Deployment", w.Object)
+		}
+	}
+	if _, ok := r.Find("HorizontalPodAutoscaler", "meter"); !ok {
+		t.Error("HorizontalPodAutoscaler/meter: missing")
+	}
+	for _, h := range All[*autoscalingv2.HorizontalPodAutoscaler](r) {
+		if !slices.ContainsFunc(h.Spec.Metrics, func(m autoscalingv2.MetricSpec) bool {
+			return m.Resource != nil && m.Resource.Name == corev1.ResourceCPU
+		}) {
+			t.Errorf("HorizontalPodAutoscaler/%s: spec.metrics: want a cpu Resource metric", h.Name)
+		}
+	}
+	return out
+}
+
+// checkAntiAffinity checks that w prefers to put its replicas on different
+// nodes.
+func checkAntiAffinity(t *testing.T, w Workload) {
+	t.Helper()
+	a := w.Template.Spec.Affinity
+	if a == nil || a.PodAntiAffinity == nil {
+		t.Errorf("%s: spec.template.spec.affinity.podAntiAffinity: missing", w.Object)
+		return
+	}
+	ok := slices.ContainsFunc(a.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution, func(term corev1.WeightedPodAffinityTerm) bool {
+		sel, err := metav1.LabelSelectorAsSelector(term.PodAffinityTerm.LabelSelector)
+		return err == nil && term.PodAffinityTerm.TopologyKey == "kubernetes.io/hostname" && !sel.Empty() && sel.Matches(labels.Set(w.Template.Labels))
+	})
+	if !ok {
+		t.Errorf("%s: spec.template.spec.affinity.podAntiAffinity: want a preferred term on kubernetes.io/hostname selecting its own pods", w.Object)
+	}
+}
+
+// routeRE finds a cluster route in nats.conf, such as
+// nats://nats-1.nats-headless:6222.
+var routeRE = regexp.MustCompile(`nats://(nats-\d+)\.([a-z0-9-]+):6222`)
+
+// checkNATS checks the NATS StatefulSet: replicas servers with JetStream
+// on a PersistentVolumeClaim, clustered over routes to every pod when more
+// than one, reached through Service nats on 4222; and that every allot
+// service connects there with streams of as many replicas as servers.
+func checkNATS(t *testing.T, r *Rendered, replicas int32) {
+	t.Helper()
+	o, ok := r.Find("StatefulSet", "nats")
+	if !ok {
+		t.Fatal("StatefulSet/nats: missing")
+	}
+	ss := o.Value.(*appsv1.StatefulSet)
+	if got := *ss.Spec.Replicas; got != replicas {
+		t.Errorf("StatefulSet/nats: spec.replicas: %d, want %d", got, replicas)
+	}
+	c := &ss.Spec.Template.Spec.Containers[0]
+	for name, port := range map[string]int32{"client": 4222, "cluster": 6222} {
+		if !slices.ContainsFunc(c.Ports, func(p corev1.ContainerPort) bool { return p.Name == name && p.ContainerPort == port }) {
+			t.Errorf("StatefulSet/nats: containers[nats].ports: want %s on %d", name, port)
+		}
+	}
+	i := slices.IndexFunc(c.Args, func(a string) bool { return a == "--config" || a == "-c" })
+	if i < 0 || i+1 == len(c.Args) {
+		t.Fatalf("StatefulSet/nats: containers[nats].args: want --config <file>, got %v", c.Args)
+	}
+	conf, cm, ok := r.mountedFile(o, &ss.Spec.Template.Spec, c, c.Args[i+1])
+	if !ok {
+		t.Fatalf("StatefulSet/nats: containers[nats].args: %s is not a key of a mounted ConfigMap", c.Args[i+1])
+	}
+	store := regexp.MustCompile(`(?m)^\s*store_dir:\s*"?([^"\s]+)`).FindStringSubmatch(conf)
+	if !strings.Contains(conf, "jetstream") || store == nil {
+		t.Errorf("ConfigMap/%s: nats.conf: want a jetstream block with store_dir", cm)
+	} else if !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool {
+		return slices.Contains(ssClaims(ss), m.Name) && strings.HasPrefix(store[1], strings.TrimSuffix(m.MountPath, "/")+"/")
+	}) {
+		t.Errorf("StatefulSet/nats: JetStream's store_dir %s is not on a volumeClaimTemplate", store[1])
+	}
+	clustered := regexp.MustCompile(`(?m)^\s*cluster\s*\{`).MatchString(conf)
+	switch {
+	case replicas == 1 && clustered:
+		t.Errorf("ConfigMap/%s: nats.conf: a single server must not have a cluster block: JetStream would wait for peers", cm)
+	case replicas > 1:
+		if !clustered || !strings.Contains(conf, "port: 6222") {
+			t.Errorf("ConfigMap/%s: nats.conf: want a cluster block on port 6222 for %d servers", cm, replicas)
+		}
+		var got []string
+		for _, m := range routeRE.FindAllStringSubmatch(conf, -1) {
+			got = append(got, m[1])
+			if m[2] != ss.Spec.ServiceName {
+				t.Errorf("ConfigMap/%s: nats.conf: route %s goes through %q, not the governing Service %q", cm, m[0], m[2], ss.Spec.ServiceName)
+			}
+		}
+		for n := range replicas {
+			if pod := fmt.Sprintf("nats-%d", n); !slices.Contains(got, pod) {
+				t.Errorf("ConfigMap/%s: nats.conf: cluster.routes: no route to %s", cm, pod)
+			}
+		}
+	}
+	so, ok := r.Find("Service", "nats")
+	if !ok || !slices.ContainsFunc(so.Value.(*corev1.Service).Spec.Ports, func(p corev1.ServicePort) bool { return p.Port == 4222 }) {
+		t.Error("Service/nats: want the client Service on port 4222")
+	}
+	for _, w := range allotServices(t, r) {
+		cfg, err := r.Config(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cfg.Streams.Replicas; int32(got) != replicas {
+			t.Errorf("%s: allot.yaml: streams.replicas: %d, want %d for %d NATS server(s)", w.Object, got, replicas, replicas)
+		}
+		if !strings.HasPrefix(cfg.NATS.URL.Reveal(), "nats://nats:4222") {
+			t.Errorf("%s: allot.yaml: nats.url: %s, want nats://nats:4222", w.Object, cfg.NATS.URL.Reveal())
+		}
+	}
+}
+
+func ssClaims(ss *appsv1.StatefulSet) []string {
+	var out []string
+	for _, c := range ss.Spec.VolumeClaimTemplates {
+		out = append(out, c.Name)
+	}
+	return out
+}
+
+// checkInClusterRedis checks the Redis StatefulSet: AOF on its
+// PersistentVolumeClaim, the password from Secret allot-redis as the
+// services have it, and every service pointed at it.
+func checkInClusterRedis(t *testing.T, r *Rendered) {
+	t.Helper()
+	o, ok := r.Find("StatefulSet", "redis")
+	if !ok {
+		t.Fatal("StatefulSet/redis: missing")
+	}
+	ss := o.Value.(*appsv1.StatefulSet)
+	c := ss.Spec.Template.Spec.Containers[0]
+	args := strings.Join(c.Args, " ")
+	if !strings.Contains(args, "--appendonly yes") {
+		t.Errorf("StatefulSet/redis: containers[redis].args: want --appendonly yes, got %q", args)
+	}
+	dir := regexp.MustCompile(`--dir (\S+)`).FindStringSubmatch(args)
+	if dir == nil || !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool {
+		return slices.Contains(ssClaims(ss), m.Name) && m.MountPath == dir[1]
+	}) {
+		t.Errorf("StatefulSet/redis: containers[redis].args: --dir must be the mount of a volumeClaimTemplate, got %q", args)
+	}
+	if !strings.Contains(args, "--requirepass $(REDIS_PASSWORD)") || !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
+		return e.Name == "REDIS_PASSWORD" && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil && e.ValueFrom.SecretKeyRef.Name == "allot-redis"
+	}) {
+		t.Error("StatefulSet/redis: containers[redis]: want --requirepass $(REDIS_PASSWORD) from Secret allot-redis")
+	}
+	for _, w := range allotServices(t, r) {
+		cfg, err := r.Config(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cfg.Redis.URL.Reveal(); !strings.HasPrefix(got, "redis://redis:6379") {
+			t.Errorf("%s: allot.yaml: redis.url: %s, want the in-cluster redis://redis:6379", w.Object, got)
+		}
+		if cfg.Redis.Password.Reveal() == "" {
+			t.Errorf("%s: REDIS_PASSWORD: empty; want it from Secret allot-redis", w.Object)
+		}
+	}
+}
+
+// checkNetworkPolicies checks the ingress rules: nothing reaches a pod
+// unless allowed; applications reach NATS on 4222; only allot services
+// reach Redis, on 6379; the services take only Prometheus's scrapes on
+// 8080.
+func checkNetworkPolicies(t *testing.T, r *Rendered) {
+	t.Helper()
+	nps := All[*networkingv1.NetworkPolicy](r)
+	if !slices.ContainsFunc(nps, func(np *networkingv1.NetworkPolicy) bool {
+		return len(np.Spec.PodSelector.MatchLabels)+len(np.Spec.PodSelector.MatchExpressions) == 0 &&
+			slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress) && len(np.Spec.Ingress) == 0
+	}) {
+		t.Error("NetworkPolicy: want a default deny of ingress (podSelector {}, policyTypes [Ingress], no rules)")
+	}
+	// The policies that apply to the pods of a workload.
+	applying := func(w Workload) []*networkingv1.NetworkPolicy {
+		var out []*networkingv1.NetworkPolicy
+		for _, np := range nps {
+			sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+			if err == nil && sel.Matches(labels.Set(w.Template.Labels)) && len(np.Spec.Ingress) > 0 {
+				out = append(out, np)
+			}
+		}
+		return out
+	}
+	ports := func(rule networkingv1.NetworkPolicyIngressRule) []int32 {
+		var out []int32
+		for _, p := range rule.Ports {
+			if p.Port == nil {
+				out = append(out, 0) // every port
+			} else {
+				out = append(out, p.Port.IntVal)
+			}
+		}
+		if len(rule.Ports) == 0 {
+			out = append(out, 0)
+		}
+		return out
+	}
+	isAllot := func(peer networkingv1.NetworkPolicyPeer) bool {
+		return peer.NamespaceSelector == nil && peer.IPBlock == nil && peer.PodSelector != nil &&
+			peer.PodSelector.MatchLabels[PartOf] == "allot"
+	}
+	peers := func(rule networkingv1.NetworkPolicyIngressRule) string {
+		if len(rule.From) == 0 {
+			return "anywhere"
+		}
+		var out []string
+		for _, p := range rule.From {
+			var parts []string
+			if p.NamespaceSelector != nil {
+				parts = append(parts, "namespaces "+metav1.FormatLabelSelector(p.NamespaceSelector))
+			}
+			if p.PodSelector != nil {
+				parts = append(parts, "pods "+metav1.FormatLabelSelector(p.PodSelector))
+			}
+			if p.IPBlock != nil {
+				parts = append(parts, "ipBlock "+p.IPBlock.CIDR)
+			}
+			out = append(out, strings.Join(parts, " and "))
+		}
+		return strings.Join(out, "; ")
+	}
+	isPrometheus := func(peer networkingv1.NetworkPolicyPeer) bool {
+		return peer.PodSelector != nil && peer.PodSelector.MatchLabels["app.kubernetes.io/name"] == "prometheus"
+	}
+	for _, w := range r.Workloads() {
+		rules := []networkingv1.NetworkPolicyIngressRule{}
+		for _, np := range applying(w) {
+			rules = append(rules, np.Spec.Ingress...)
+		}
+		name := w.Template.Labels["app.kubernetes.io/name"]
+		switch {
+		case w.IsService():
+			scraped := false
+			for _, rule := range rules {
+				if !slices.Equal(ports(rule), []int32{8080}) || len(rule.From) == 0 || !slices.ContainsFunc(rule.From, isPrometheus) {
+					t.Errorf("%s: a NetworkPolicy lets in %v from %s; an allot service takes only Prometheus on 8080", w.Object, ports(rule), peers(rule))
+				}
+				scraped = true
+			}
+			if !scraped {
+				t.Errorf("%s: no NetworkPolicy lets Prometheus scrape 8080", w.Object)
+			}
+		case name == "nats":
+			open := slices.ContainsFunc(rules, func(rule networkingv1.NetworkPolicyIngressRule) bool {
+				return len(rule.From) == 0 && slices.Equal(ports(rule), []int32{4222})
+			})
+			if !open {
+				t.Errorf("%s: no NetworkPolicy lets applications reach 4222", w.Object)
+			}
+			for _, rule := range rules {
+				if slices.Contains(ports(rule), 0) {
+					t.Errorf("%s: a NetworkPolicy rule opens every port", w.Object)
+				}
+			}
+		case name == "redis":
+			if len(rules) == 0 {
+				t.Errorf("%s: no NetworkPolicy lets the allot services reach 6379", w.Object)
+			}
+			for _, rule := range rules {
+				if !slices.Equal(ports(rule), []int32{6379}) || len(rule.From) == 0 || !slices.ContainsFunc(rule.From, isAllot) || slices.ContainsFunc(rule.From, func(p networkingv1.NetworkPolicyPeer) bool { return !isAllot(p) }) {
+					t.Errorf("%s: a NetworkPolicy lets in %v from %s; only allot services may reach Redis, on 6379", w.Object, ports(rule), peers(rule))
+				}
+			}
+		default:
+			t.Errorf("%s: no network policy rules are known for it", w.Object)
+		}
+	}
+}
+
+// checkServiceMonitors checks that every allot service has a Service
+// scraped by a ServiceMonitor on its http port.
+func checkServiceMonitors(t *testing.T, r *Rendered) {
+	t.Helper()
+	sms := All[*ServiceMonitor](r)
+	if len(sms) == 0 {
+		t.Fatal("ServiceMonitor: none; prod includes components/servicemonitor")
+	}
+	for _, w := range allotServices(t, r) {
+		scraped := false
+		for _, svc := range All[*corev1.Service](r) {
+			if !labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(w.Template.Labels)) || len(svc.Spec.Selector) == 0 {
+				continue
+			}
+			for _, sm := range sms {
+				sel, err := metav1.LabelSelectorAsSelector(&sm.Spec.Selector)
+				if err == nil && sel.Matches(labels.Set(svc.Labels)) && slices.ContainsFunc(sm.Spec.Endpoints, func(e ServiceMonitorEndpoint) bool {
+					return e.Port == "http" && e.Path == "/metrics"
+				}) {
+					scraped = true
+				}
+			}
+		}
+		if !scraped {
+			t.Errorf("%s: no ServiceMonitor scrapes /metrics on port http of a Service selecting it", w.Object)
+		}
+	}
+}
