@@ -1,7 +1,10 @@
 package k8s
 
 import (
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -37,6 +40,54 @@ func TestOverlaysPassCheck(t *testing.T) {
 			}
 			for _, err := range r.Check() {
 				t.Error(err)
+			}
+		})
+	}
+}
+
+// Each fixture under testdata/bad breaks one rule: rendering or Check must
+// fail with exactly one error, and that error must name the object and the
+// field.
+func TestBadFixtures(t *testing.T) {
+	cases := map[string][]string{
+		"typo-field":               {"Deployment/web: ", `unknown field "spec.replicass"`},
+		"service-selects-nothing":  {"Service/web: spec.selector: ", "selects no pod template"},
+		"missing-readiness-probe":  {"Deployment/web: spec.template.spec.containers[web].readinessProbe: missing"},
+		"latest-image":             {"Deployment/web: spec.template.spec.containers[web].image: ", `"example.com/web:latest" uses the latest tag`},
+		"untagged-image":           {"Deployment/web: spec.template.spec.containers[web].image: ", "has no tag"},
+		"missing-configmap-key":    {"Deployment/web: spec.template.spec.containers[web].env[LOG_LEVEL].valueFrom.configMapKeyRef: ", `ConfigMap "web-config" has no key "log_level"`},
+		"missing-secret":           {"Deployment/web: spec.template.spec.containers[web].env[API_TOKEN].valueFrom.secretKeyRef: ", `Secret "web-token" does not exist`},
+		"target-port-mismatch":     {"Service/web: spec.ports[http].targetPort: ", "metrics is not a container port of Deployment/web"},
+		"writable-root-filesystem": {"Deployment/web: spec.template.spec.containers[web].securityContext.readOnlyRootFilesystem: must be true"},
+		"pdb-blocks-drains":        {"PodDisruptionBudget/web: spec.minAvailable: ", "blocks every node drain"},
+		"old-api-version":          {"HorizontalPodAutoscaler/web: ", "apiVersion autoscaling/v1 kind HorizontalPodAutoscaler is not one allot uses"},
+	}
+	dirs, err := os.ReadDir("testdata/bad")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range dirs {
+		if _, ok := cases[d.Name()]; !ok {
+			t.Errorf("testdata/bad/%s has no case in TestBadFixtures", d.Name())
+		}
+	}
+	for name, want := range cases {
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join("testdata/bad", name)
+			var errs []error
+			r, err := Render(filesys.MakeFsOnDisk(), dir)
+			if err != nil {
+				errs = []error{err}
+			} else {
+				errs = r.Check()
+			}
+			if len(errs) != 1 {
+				t.Fatalf("%s: got %d errors, want exactly 1:\n%v", dir, len(errs), errors.Join(errs...))
+			}
+			for _, w := range want {
+				if !strings.Contains(errs[0].Error(), w) {
+					t.Errorf("%s: error\n  %v\ndoes not contain %q", dir, errs[0], w)
+				}
 			}
 		})
 	}
