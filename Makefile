@@ -81,3 +81,16 @@ build:
 
 clean:
 	rm -rf bin .bin
+
+# Container images, one per service that has a services/<name>/cmd/<name>
+# (Dockerfile; needs a Docker engine). make images IMAGE_TAG=0.2.0
+IMAGE_REGISTRY ?= ghcr.io/allot
+IMAGE_TAG ?= 0.1.0
+SERVICES := $(notdir $(patsubst %/,%,$(dir $(wildcard services/*/cmd/*/main.go))))
+
+.PHONY: images
+images:
+	@for s in $(SERVICES); do \
+		echo "== image $(IMAGE_REGISTRY)/$$s:$(IMAGE_TAG)"; \
+		docker build --build-arg SERVICE=$$s -t $(IMAGE_REGISTRY)/$$s:$(IMAGE_TAG) .; \
+	done
