@@ -476,3 +476,69 @@ func checkServiceMonitors(t *testing.T, r *Rendered) {
 		}
 	}
 }
+
+// A later service (ratelimit, registry, notifier) is one file: meter.yaml
+// copied under another name, listed in the base. This renders the overlays
+// with such a copy and wants it to pass every rule and to get each
+// overlay's replicas, spreading and scraping without touching the overlays.
+func TestNewServiceIsOneCopiedFile(t *testing.T) {
+	fsys := filesys.MakeFsInMemory()
+	for _, dir := range []string{"base", "components", "overlays"} {
+		err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			return fsys.WriteFile("/k8s/"+p, b)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	meter, err := fsys.ReadFile("/k8s/base/meter.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kust, err := fsys.ReadFile("/k8s/base/kustomization.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(kust), "  - meter.yaml\n") {
+		t.Fatal("base/kustomization.yaml: resources: no line `  - meter.yaml`")
+	}
+	for path, text := range map[string]string{
+		"/k8s/base/demo.yaml":          strings.ReplaceAll(string(meter), "meter", "demo"),
+		"/k8s/base/kustomization.yaml": strings.Replace(string(kust), "  - meter.yaml\n", "  - meter.yaml\n  - demo.yaml\n", 1),
+	} {
+		if err := fsys.WriteFile(path, []byte(text)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for overlay, replicas := range map[string]int32{"dev": 1, "prod": 2} {
+		t.Run(overlay, func(t *testing.T) {
+			r, err := Render(fsys, "/k8s/overlays/"+overlay)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, err := range r.Check() {
+				t.Error(err)
+			}
+			i := slices.IndexFunc(r.Workloads(), func(w Workload) bool { return w.Object.String() == "Deployment/demo" })
+			if i < 0 {
+				t.Fatal("Deployment/demo: not rendered")
+			}
+			w := r.Workloads()[i]
+			if w.Replicas != replicas {
+				t.Errorf("Deployment/demo: spec.replicas: %d, want %d", w.Replicas, replicas)
+			}
+			if overlay == "prod" {
+				checkAntiAffinity(t, w)
+				checkServiceMonitors(t, r)
+			}
+			checkNetworkPolicies(t, r)
+		})
+	}
+}
