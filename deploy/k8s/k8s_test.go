@@ -482,22 +482,7 @@ func checkServiceMonitors(t *testing.T, r *Rendered) {
 // with such a copy and wants it to pass every rule and to get each
 // overlay's replicas, spreading and scraping without touching the overlays.
 func TestNewServiceIsOneCopiedFile(t *testing.T) {
-	fsys := filesys.MakeFsInMemory()
-	for _, dir := range []string{"base", "components", "overlays"} {
-		err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-			if err != nil || d.IsDir() {
-				return err
-			}
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			return fsys.WriteFile("/k8s/"+p, b)
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	fsys := inMemory(t)
 	meter, err := fsys.ReadFile("/k8s/base/meter.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -540,5 +525,71 @@ func TestNewServiceIsOneCopiedFile(t *testing.T) {
 			}
 			checkNetworkPolicies(t, r)
 		})
+	}
+}
+
+// inMemory copies the manifests (base, components, overlays) under /k8s of
+// an in-memory filesystem, for tests that add files beside them.
+func inMemory(t *testing.T) filesys.FileSystem {
+	t.Helper()
+	fsys := filesys.MakeFsInMemory()
+	for _, dir := range []string{"base", "components", "overlays"} {
+		err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			return fsys.WriteFile("/k8s/"+p, b)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fsys
+}
+
+// The README's way to put real secrets in: an overlay of one's own, kept
+// out of this repository, that replaces a Secret from files. The services
+// must then get the real value under the same Secret name and key.
+func TestPrivateOverlayReplacesSecrets(t *testing.T) {
+	fsys := inMemory(t)
+	files := map[string]string{
+		"/private/kustomization.yaml": `apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../k8s/overlays/prod
+secretGenerator:
+  - name: allot-redis
+    namespace: allot
+    behavior: replace
+    files:
+      - password=redis-password.txt
+`,
+		"/private/redis-password.txt": "s3cret",
+	}
+	for path, text := range files {
+		if err := fsys.WriteFile(path, []byte(text)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := Render(fsys, "/private")
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := r.Check()
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "Secret/allot-redis: data.password: must be a CHANGE-ME- placeholder") {
+		t.Errorf("want only the placeholder rule to object to the real secret, got:\n%v", errors.Join(errs...))
+	}
+	for _, w := range allotServices(t, r) {
+		cfg, err := r.Config(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cfg.Redis.Password.Reveal(); got != "s3cret" {
+			t.Errorf("%s: REDIS_PASSWORD: %q, want the private overlay's", w.Object, got)
+		}
 	}
 }
