@@ -23,7 +23,8 @@
 -- a key left from an older window of the same parity is recognized and
 -- counts as empty. A window's key expires one interval after the window
 -- ends (sliding mode reads it as the previous window until then), never
--- earlier. A refused call changes nothing.
+-- earlier; the expiry is set by the window's first call, so later calls
+-- make one write. A refused call changes nothing.
 
 local now = tonumber(ARGV[1])
 if now == 0 then
@@ -52,7 +53,8 @@ if w % 2 == 1 then cur, prev = KEYS[2], KEYS[1] end
 
 local n = 0
 local c = redis.call('HMGET', cur, 'w', 'n')
-if tonumber(c[1]) == w then n = tonumber(c[2]) or 0 end
+local fresh = tonumber(c[1]) ~= w -- no call of this window yet
+if not fresh then n = tonumber(c[2]) or 0 end
 local p = 0
 if sliding then
   local pv = redis.call('HMGET', prev, 'w', 'n')
@@ -70,8 +72,13 @@ if want == 0 then want = 1 end
 local allowed = fits(want)
 if allowed and cost > 0 then
   n = n + cost
-  redis.call('HSET', cur, 'w', w, 'n', n)
-  redis.call('PEXPIREAT', cur, (w + 2) * interval)
+  if fresh then
+    -- The first call of the window: (re)start the key and its expiry.
+    redis.call('HSET', cur, 'w', w, 'n', n)
+    redis.call('PEXPIREAT', cur, (w + 2) * interval)
+  else
+    redis.call('HINCRBY', cur, 'n', cost)
+  end
 end
 
 local scaled = p * (interval - elapsed) + n * interval
