@@ -4,11 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
@@ -272,6 +274,7 @@ func checkNATS(t *testing.T, r *Rendered, replicas int32) {
 			}
 		}
 	}
+	checkLameDuck(t, ss, c, conf, cm)
 	so, ok := r.Find("Service", "nats")
 	if !ok || !slices.ContainsFunc(so.Value.(*corev1.Service).Spec.Ports, func(p corev1.ServicePort) bool { return p.Port == 4222 }) {
 		t.Error("Service/nats: want the client Service on port 4222")
@@ -287,6 +290,42 @@ func checkNATS(t *testing.T, r *Rendered, replicas int32) {
 		if !strings.HasPrefix(cfg.NATS.URL.Reveal(), "nats://nats:4222") {
 			t.Errorf("%s: allot.yaml: nats.url: %s, want nats://nats:4222", w.Object, cfg.NATS.URL.Reveal())
 		}
+	}
+}
+
+// checkLameDuck checks that a NATS pod enters lame duck mode before it
+// stops (its preStop hook signals the pid file's server) and that lame duck
+// ends inside the pod's grace period.
+func checkLameDuck(t *testing.T, ss *appsv1.StatefulSet, c *corev1.Container, conf, cm string) {
+	t.Helper()
+	pid := regexp.MustCompile(`(?m)^\s*pid_file:\s*"?([^"\s]+)`).FindStringSubmatch(conf)
+	if pid == nil {
+		t.Errorf("ConfigMap/%s: nats.conf: want a pid_file for the preStop hook", cm)
+		return
+	}
+	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Exec == nil ||
+		!slices.Contains(c.Lifecycle.PreStop.Exec.Command, "ldm="+pid[1]) {
+		t.Errorf("StatefulSet/nats: containers[nats].lifecycle.preStop: want nats-server --signal ldm=%s", pid[1])
+	}
+	if !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return !m.ReadOnly && m.MountPath == path.Dir(pid[1]) }) {
+		t.Errorf("StatefulSet/nats: containers[nats].volumeMounts: %s (pid_file) is not on a writable volume", path.Dir(pid[1]))
+	}
+	var total time.Duration
+	for _, key := range []string{"lame_duck_duration", "lame_duck_grace_period"} {
+		m := regexp.MustCompile(`(?m)^\s*` + key + `:\s*"?([0-9a-z]+)`).FindStringSubmatch(conf)
+		if m == nil {
+			t.Errorf("ConfigMap/%s: nats.conf: %s: missing", cm, key)
+			continue
+		}
+		d, err := time.ParseDuration(m[1])
+		if err != nil {
+			t.Errorf("ConfigMap/%s: nats.conf: %s: %v", cm, key, err)
+		}
+		total += d
+	}
+	grace := ss.Spec.Template.Spec.TerminationGracePeriodSeconds
+	if grace == nil || time.Duration(*grace)*time.Second <= total {
+		t.Errorf("StatefulSet/nats: spec.template.spec.terminationGracePeriodSeconds: %v, want above lame duck's %s", grace, total)
 	}
 }
 
