@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -227,21 +228,18 @@ func TestBadRequests(t *testing.T) {
 		{"cost not a number", subj.Check("u-1"), `{"service":"upload","cost":"1"}`, "400", "cost"},
 		{"fractional cost", subj.Check("u-1"), `{"service":"upload","cost":1.5}`, "400", "cost"},
 		{"bad uid", subj.Check("u!1"), `{"service":"upload"}`, "400", "uid"},
-		{"uid too long", subj.Check(string(make([]byte, 129))), `{}`, "400", "uid"},
+		{"uid too long", subj.Check(strings.Repeat("u", 129)), `{}`, "400", "uid"},
 		{"bad service name", subj.Check("u-1"), `{"service":"up load"}`, "400", "service"},
 		{"unknown field", subj.Check("u-1"), `{"service":"upload","costs":1}`, "400", "costs"},
 		{"not JSON", subj.Check("u-1"), `{`, "400", "request"},
 		{"unknown service", subj.Check("u-1"), `{"service":"video"}`, "404", "service"},
 		{"reset: unknown service", subj.Reset("u-1"), `{"service":"video"}`, "404", "service"},
-		{"reset: bad uid", subj.Reset("u.1"), `{}`, "400", "uid"},
+		{"reset: bad uid", subj.Reset("u!1"), `{}`, "400", "uid"},
 		{"reset: bad service", subj.Reset("u-1"), `{"service":"*"}`, "400", "service"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			msg, err := e.nc.Request(tc.subject, []byte(tc.body), 2*time.Second)
 			if err != nil {
-				if tc.field == "uid" && errors.Is(err, nats.ErrNoResponders) {
-					return // a subject with more tokens reaches no endpoint at all
-				}
 				t.Fatal(err)
 			}
 			var body events.ErrorBody
