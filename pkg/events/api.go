@@ -125,10 +125,31 @@ type Instance struct {
 }
 
 // FindReply lists live instances and, for each top-level resource, the
-// URL that serves it.
+// URL that serves it. A resource served at two or more different URLs is
+// not in URLMap: Conflicts lists its URLs instead, sorted, so the caller
+// sees the disagreement rather than a silent choice.
 type FindReply struct {
-	Instances []Instance        `json:"instances"`
-	URLMap    map[string]string `json:"url_map"`
+	Instances []Instance          `json:"instances"`
+	URLMap    map[string]string   `json:"url_map"`
+	Conflicts map[string][]string `json:"conflicts,omitempty"`
+}
+
+// Registry changes, as in RegistryChange.Change.
+const (
+	ChangeAppeared = "appeared"
+	ChangeChanged  = "changed"
+	ChangeExpired  = "expired"
+)
+
+// RegistryChange is published on registry.changed.<name> when an instance
+// appears, changes or expires. Instance is the instance as registered (on
+// an expiry, as last registered); it is absent only when the registry
+// could not read it.
+type RegistryChange struct {
+	Name     string    `json:"name"`
+	ID       string    `json:"id"`
+	Change   string    `json:"change"`
+	Instance *Instance `json:"instance,omitempty"`
 }
 
 // UsageNotice is published on notify.usage.<uid> when a grant's use

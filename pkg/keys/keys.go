@@ -19,6 +19,14 @@
 //	allot:{u-42}:rl:<service>:0      HASH  rate-limit window of (uid, service) for even window indexes:
 //	allot:{u-42}:rl:<service>:1      HASH  ... and for odd ones; w window index, n count admitted
 //	allot:{u-42}:rlu:0, :1           HASH  the same for the uid's own limit (requests naming no service)
+//	allot:{registry}:inst:<name>:<id> STRING one registered instance: its ciphertext, expiring (PX) after registry.ttl
+//	allot:{registry}:expiry          ZSET  <name>:<id> -> when that instance expires (ms, Redis clock), for the reaper
+//	allot:{registry}:ids             HASH  instance id -> the service name that holds it (a duplicate id is refused)
+//	allot:{registry}:last            HASH  <name>:<id> -> the instance's current ciphertext, kept until it is reaped,
+//	                                       so a change is seen by comparing and an expiry can say what expired
+//
+// Every registry key shares the tag {registry}, so one script registers or
+// reaps an instance across all of them on Redis Cluster.
 //
 // A uid's rate-limit overrides live in its grants HASH: field "ratelimit"
 // (the uid's own limit, and the default of services without a configured
@@ -88,6 +96,33 @@ func (k Keys) RateLimit(uid, service string) (even, odd string) {
 	}
 	return k.tagged(UserTag(uid), "rl", service, "0"), k.tagged(UserTag(uid), "rl", service, "1")
 }
+
+// RegistryTag is the hash tag of every registry key.
+const RegistryTag = "registry"
+
+// RegistryMember is how the registry names one instance in its sorted
+// set and hashes: "<name>:<id>" (both tokens, so the first ':' splits).
+func RegistryMember(name, id string) string { return name + ":" + id }
+
+// ParseRegistryMember splits a RegistryMember.
+func ParseRegistryMember(member string) (name, id string, ok bool) {
+	return strings.Cut(member, ":")
+}
+
+// RegistryEntry is the STRING holding one registered instance's
+// ciphertext, with the registration's TTL.
+func (k Keys) RegistryEntry(name, id string) string { return k.tagged(RegistryTag, "inst", name, id) }
+
+// RegistryExpiry is the ZSET of registered instances (RegistryMember)
+// scored by their expiry in ms.
+func (k Keys) RegistryExpiry() string { return k.tagged(RegistryTag, "expiry") }
+
+// RegistryIDs is the HASH instance id -> service name.
+func (k Keys) RegistryIDs() string { return k.tagged(RegistryTag, "ids") }
+
+// RegistryLast is the HASH RegistryMember -> the instance's current
+// ciphertext, kept until the reaper removes the instance.
+func (k Keys) RegistryLast() string { return k.tagged(RegistryTag, "last") }
 
 // RateLimitField is the field of uid's grants HASH (Grants) that
 // overrides its rate limit for service: "ratelimit_<service>", or

@@ -17,6 +17,11 @@ func TestKeys(t *testing.T) {
 		k.Dedup(UserTag("u-42"), "ev-1"):     "allot:{u-42}:e:ev-1",
 		k.Instances():                        "allot:index:instances",
 		k.GrantPattern("photo_daily_total"):  "allot:{*}:g:photo_daily_total",
+		k.RegistryEntry("media", "pod-1"):    "allot:{registry}:inst:media:pod-1",
+		k.RegistryExpiry():                   "allot:{registry}:expiry",
+		k.RegistryIDs():                      "allot:{registry}:ids",
+		k.RegistryLast():                     "allot:{registry}:last",
+		RegistryMember("media", "pod-1"):     "media:pod-1",
 	} {
 		if got != want {
 			t.Errorf("got %q, want %q", got, want)
@@ -43,6 +48,19 @@ func TestKeys(t *testing.T) {
 	}
 	if _, ok := k.TagOf("other:{u}:g:m"); ok {
 		t.Error("TagOf accepted a foreign prefix")
+	}
+}
+
+func TestRegistryMember(t *testing.T) {
+	name, id, ok := ParseRegistryMember(RegistryMember("media", "pod-1"))
+	if diff := cmp.Diff([]any{"media", "pod-1", true}, []any{name, id, ok}); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+	if _, _, ok := ParseRegistryMember("nocolon"); ok {
+		t.Error("a member without ':' parsed")
+	}
+	if tag, _ := New("allot:").TagOf(New("allot:").RegistryEntry("a", "b")); tag != RegistryTag {
+		t.Errorf("entry tag %q", tag)
 	}
 }
 
