@@ -19,6 +19,7 @@
 //	allot:{u-42}:rl:<service>:0      HASH  rate-limit window of (uid, service) for even window indexes:
 //	allot:{u-42}:rl:<service>:1      HASH  ... and for odd ones; w window index, n count admitted
 //	allot:{u-42}:rlu:0, :1           HASH  the same for the uid's own limit (requests naming no service)
+//	allot:{u-42}:rle:<service>:<id>  STRING dedup record of a usage event counted as a hit of a service
 //	allot:{registry}:inst:<name>:<id> STRING one registered instance: its ciphertext, expiring (PX) after registry.ttl
 //	allot:{registry}:expiry          ZSET  <name>:<id> -> when that instance expires (ms, Redis clock), for the reaper
 //	allot:{registry}:ids             HASH  instance id -> the service name that holds it (a duplicate id is refused)
@@ -95,6 +96,12 @@ func (k Keys) RateLimit(uid, service string) (even, odd string) {
 		return k.tagged(UserTag(uid), "rlu", "0"), k.tagged(UserTag(uid), "rlu", "1")
 	}
 	return k.tagged(UserTag(uid), "rl", service, "0"), k.tagged(UserTag(uid), "rl", service, "1")
+}
+
+// RateLimitDedup is the record that usage event id was counted as a hit
+// of uid's service; apart from the meter's record of the same event.
+func (k Keys) RateLimitDedup(uid, service, id string) string {
+	return k.tagged(UserTag(uid), "rle", service, id)
 }
 
 // RegistryTag is the hash tag of every registry key.

@@ -9,19 +9,20 @@ import (
 func TestKeys(t *testing.T) {
 	k := New("allot:")
 	for got, want := range map[string]string{
-		k.Grants("u-42"):                     "allot:{u-42}:grants",
-		k.Grant("u-42", "photo_daily_total"): "allot:{u-42}:g:photo_daily_total",
-		k.Values(UserTag("u-42"), "api"):     "allot:{u-42}:c:api",
-		k.Values(InstanceTag("web-1"), "q"):  "allot:{i.web-1}:c:q",
-		k.Values(GlobalTag, "q"):             "allot:{global}:c:q",
-		k.Dedup(UserTag("u-42"), "ev-1"):     "allot:{u-42}:e:ev-1",
-		k.Instances():                        "allot:index:instances",
-		k.GrantPattern("photo_daily_total"):  "allot:{*}:g:photo_daily_total",
-		k.RegistryEntry("media", "pod-1"):    "allot:{registry}:inst:media:pod-1",
-		k.RegistryExpiry():                   "allot:{registry}:expiry",
-		k.RegistryIDs():                      "allot:{registry}:ids",
-		k.RegistryLast():                     "allot:{registry}:last",
-		RegistryMember("media", "pod-1"):     "media:pod-1",
+		k.Grants("u-42"):                        "allot:{u-42}:grants",
+		k.Grant("u-42", "photo_daily_total"):    "allot:{u-42}:g:photo_daily_total",
+		k.Values(UserTag("u-42"), "api"):        "allot:{u-42}:c:api",
+		k.Values(InstanceTag("web-1"), "q"):     "allot:{i.web-1}:c:q",
+		k.Values(GlobalTag, "q"):                "allot:{global}:c:q",
+		k.Dedup(UserTag("u-42"), "ev-1"):        "allot:{u-42}:e:ev-1",
+		k.Instances():                           "allot:index:instances",
+		k.GrantPattern("photo_daily_total"):     "allot:{*}:g:photo_daily_total",
+		k.RateLimitDedup("u-42", "api", "ev-1"): "allot:{u-42}:rle:api:ev-1",
+		k.RegistryEntry("media", "pod-1"):       "allot:{registry}:inst:media:pod-1",
+		k.RegistryExpiry():                      "allot:{registry}:expiry",
+		k.RegistryIDs():                         "allot:{registry}:ids",
+		k.RegistryLast():                        "allot:{registry}:last",
+		RegistryMember("media", "pod-1"):        "media:pod-1",
 	} {
 		if got != want {
 			t.Errorf("got %q, want %q", got, want)

@@ -48,8 +48,6 @@ type Config struct {
 	Meter MeterConfig `yaml:"meter"`
 	// RateLimit tunes the rate limiter and lists the rate-limited services.
 	RateLimit RateLimitConfig `yaml:"ratelimit"`
-	// Registry tunes the service registry and self-registration.
-	Registry RegistryConfig `yaml:"registry"`
 	// Instance names this process among the replicas of a service, in logs,
 	// the registry and metrics. Defaults to the hostname (the pod name in
 	// Kubernetes).
@@ -175,7 +173,6 @@ func Default() Config {
 		Grants:    DefaultGrants(),
 		Meter:     DefaultMeter(),
 		RateLimit: DefaultRateLimit(),
-		Registry:  DefaultRegistry(),
 		Instance:  host,
 	}
 }
@@ -207,8 +204,7 @@ func (c Config) Validate() error {
 	errs = append(errs, c.Log.validate()...)
 	errs = append(errs, c.Shutdown.validate()...)
 	errs = append(errs, validateMetering(c.Metrics, c.Grants, c.Meter, c.Streams)...)
-	errs = append(errs, c.RateLimit.validate()...)
-	errs = append(errs, c.Registry.validate()...)
+	errs = append(errs, c.RateLimit.validate(c.Metrics)...)
 	for _, err := range []error{c.Subjects.Validate(), c.Streams.Validate()} {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("service: %w", err))

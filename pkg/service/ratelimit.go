@@ -48,6 +48,10 @@ type RateLimitConfig struct {
 	// FailOpen allows calls when Redis does not answer within Timeout, for
 	// every service; false (the default) answers 503.
 	FailOpen bool `yaml:"fail_open"`
+	// Consumer is the durable consumer of the usage stream that counts
+	// hits of services with a metric. It is created only when some service
+	// has one, delivering new events only. Default "ratelimit".
+	Consumer string `yaml:"consumer"`
 	// Services are the rate-limited services, by name. A check naming a
 	// service not listed here is a 404.
 	Services map[string]RateLimitService `yaml:"services"`
@@ -67,6 +71,13 @@ type RateLimitService struct {
 	// FailOpen allows calls when Redis does not answer in time; false (the
 	// default) answers 503.
 	FailOpen bool `yaml:"fail_open,omitempty"`
+	// Metric, when set, also counts usage events of this metric (a
+	// per-user counter) as hits of the service: each event adds its value
+	// to the uid's current window, once however often it is delivered
+	// (the meter's rule: a dedup record set in the same script, kept for
+	// meter.dedup_ttl). The consumer uses meter.batch, fetch_wait,
+	// ack_wait and retry_delay.
+	Metric string `yaml:"metric,omitempty"`
 	// Cache keeps (uid, service) pairs known to be over the limit in
 	// memory until their window lets them in again, answering without
 	// Redis. Off by default.
@@ -80,7 +91,20 @@ func DefaultRateLimit() RateLimitConfig {
 		Mode:     ModeFixed,
 		Handlers: 8,
 		Timeout:  50 * time.Millisecond,
+		Consumer: "ratelimit",
 	}
+}
+
+// HitServices returns, by metric, the services that count its usage
+// events as hits.
+func (c RateLimitConfig) HitServices() map[string][]string {
+	out := map[string][]string{}
+	for _, name := range c.ServiceNames() {
+		if m := c.Services[name].Metric; m != "" {
+			out[m] = append(out[m], name)
+		}
+	}
+	return out
 }
 
 // RateLimitFor returns the effective rate limit of service with the
@@ -130,8 +154,11 @@ func validateInterval(errs []error, field string, d time.Duration) []error {
 	return errs
 }
 
-func (c RateLimitConfig) validate() []error {
+func (c RateLimitConfig) validate(metrics map[string]MetricConfig) []error {
 	var errs []error
+	if !events.IsToken(c.Consumer) {
+		errs = append(errs, fieldError("ratelimit.consumer", "must be a token, got %q", c.Consumer))
+	}
 	errs = validateInterval(errs, "ratelimit.interval", c.Interval)
 	if !validMode(c.Mode) {
 		errs = append(errs, fieldError("ratelimit.mode", "must be fixed or sliding, got %q", c.Mode))
@@ -153,6 +180,16 @@ func (c RateLimitConfig) validate() []error {
 		}
 		if s.Mode != "" && !validMode(s.Mode) {
 			errs = append(errs, fieldError(field+".mode", "must be fixed or sliding, got %q", s.Mode))
+		}
+		if s.Metric != "" {
+			m, ok := metrics[s.Metric]
+			m = m.Normalized()
+			switch {
+			case !ok:
+				errs = append(errs, fieldError(field+".metric", "unknown metric %q: declare it under metrics", s.Metric))
+			case m.Style != StyleCounter || m.Scope != ScopeUser:
+				errs = append(errs, fieldError(field+".metric", "%q must be a counter of scope user to count hits, not a %s of scope %s", s.Metric, m.Style, m.Scope))
+			}
 		}
 		if s.Limit != nil && (*s.Limit < 0 || *s.Limit > MaxRateLimit) {
 			errs = append(errs, fieldError(field+".limit", "must be between 0 and %d, got %d", MaxRateLimit, *s.Limit))

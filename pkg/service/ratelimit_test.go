@@ -12,7 +12,7 @@ import (
 
 func TestRateLimitDefaults(t *testing.T) {
 	cfg := Default()
-	want := RateLimitConfig{Interval: 300 * time.Second, Mode: ModeFixed, Handlers: 8, Timeout: 50 * time.Millisecond}
+	want := RateLimitConfig{Interval: 300 * time.Second, Mode: ModeFixed, Handlers: 8, Timeout: 50 * time.Millisecond, Consumer: "ratelimit"}
 	if diff := cmp.Diff(want, cfg.RateLimit); diff != "" {
 		t.Errorf("defaults (-want +got):\n%s", diff)
 	}
@@ -93,6 +93,10 @@ func TestRateLimitSection(t *testing.T) {
 		{"negative limit", "ratelimit:\n  services:\n    upload: {limit: -1}\n", "ratelimit.services.upload.limit: must be between 0 and"},
 		{"huge limit", "ratelimit:\n  services:\n    upload: {limit: 10000000000}\n", "ratelimit.services.upload.limit: must be between 0 and"},
 		{"unknown field", "ratelimit:\n  services:\n    upload: {limits: 3}\n", "limits"},
+		{"consumer", "ratelimit: {consumer: 'a.b'}\n", "ratelimit.consumer: must be a token"},
+		{"unknown metric", "ratelimit:\n  services:\n    upload: {metric: nope}\n", `ratelimit.services.upload.metric: unknown metric "nope"`},
+		{"a grant is not hits", "ratelimit:\n  services:\n    upload: {metric: photo_daily_total}\n", "must be a counter of scope user"},
+		{"a global counter is not hits", "metrics:\n  jobs: {style: counter, scope: global}\nratelimit:\n  services:\n    upload: {metric: jobs}\n", "must be a counter of scope user"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := load(t, tc.body)
@@ -101,6 +105,16 @@ func TestRateLimitSection(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("hits from a counter", func(t *testing.T) {
+		cfg, err := load(t, "ratelimit:\n  services:\n    api: {metric: api_calls_total}\n    web: {metric: api_calls_total}\n    upload: {}\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(map[string][]string{"api_calls_total": {"api", "web"}}, cfg.RateLimit.HitServices()); diff != "" {
+			t.Errorf("hit services (-want +got):\n%s", diff)
+		}
+	})
 
 	t.Run("limit zero and a 118-character name are fine", func(t *testing.T) {
 		if _, err := load(t, "ratelimit:\n  services:\n    "+strings.Repeat("s", MaxRateLimitServiceName)+": {limit: 0}\n"); err != nil {
