@@ -48,6 +48,8 @@ type Config struct {
 	Meter MeterConfig `yaml:"meter"`
 	// RateLimit tunes the rate limiter and lists the rate-limited services.
 	RateLimit RateLimitConfig `yaml:"ratelimit"`
+	// Registry tunes the service registry and self-registration.
+	Registry RegistryConfig `yaml:"registry"`
 	// Instance names this process among the replicas of a service, in logs,
 	// the registry and metrics. Defaults to the hostname (the pod name in
 	// Kubernetes).
@@ -173,6 +175,7 @@ func Default() Config {
 		Grants:    DefaultGrants(),
 		Meter:     DefaultMeter(),
 		RateLimit: DefaultRateLimit(),
+		Registry:  DefaultRegistry(),
 		Instance:  host,
 	}
 }
@@ -205,6 +208,7 @@ func (c Config) Validate() error {
 	errs = append(errs, c.Shutdown.validate()...)
 	errs = append(errs, validateMetering(c.Metrics, c.Grants, c.Meter, c.Streams)...)
 	errs = append(errs, c.RateLimit.validate(c.Metrics)...)
+	errs = append(errs, c.Registry.validate()...)
 	for _, err := range []error{c.Subjects.Validate(), c.Streams.Validate()} {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("service: %w", err))
