@@ -17,6 +17,8 @@ type metrics struct {
 	cacheHits *prometheus.CounterVec
 	latency   prometheus.Histogram
 	requests  *prometheus.CounterVec
+	hits      *prometheus.CounterVec
+	hitEvents *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -50,11 +52,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "allot_ratelimit_requests_total",
 			Help: "Requests answered, by endpoint and result (ok or an error code).",
 		}, []string{"endpoint", "result"}),
+		hits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "allot_ratelimit_hits_total",
+			Help: "Hits from usage events, by service and result: counted, duplicate (counted before), failed (a script error; not retried).",
+		}, []string{"service", "result"}),
+		hitEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "allot_ratelimit_hit_events_skipped_total",
+			Help: "Usage events the hit consumer skipped, by reason: other_metric (no service counts it) or invalid (the meter dead-letters it).",
+		}, []string{"reason"}),
 	}
 	if reg == nil {
 		return mt, nil
 	}
-	for _, c := range []prometheus.Collector{mt.decisions, mt.nearLimit, mt.overLimit, mt.peeks, mt.cacheHits, mt.latency, mt.requests} {
+	for _, c := range []prometheus.Collector{mt.decisions, mt.nearLimit, mt.overLimit, mt.peeks, mt.cacheHits, mt.latency, mt.requests, mt.hits, mt.hitEvents} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

@@ -60,6 +60,16 @@
 // exactly. A refused call records nothing. A window's key expires one
 // interval after the window ends (sliding reads it until then).
 //
+// # Hits from usage events
+//
+// A service with a `metric` (a per-user counter) also counts that
+// metric's usage events as hits: each adds its value to the uid's window
+// current when it is applied (Redis's clock, not the event's time), once
+// per service however often it is delivered, through a durable consumer
+// of its own (ratelimit.consumer, new events only) and a dedup record set
+// in the same script, as the meter does. Hits may pass the limit (events
+// are facts); checks are then refused until the window lets them in.
+//
 // # Shadow mode, Redis trouble, the cache
 //
 // A shadow service (or ratelimit.shadow) decides and counts but never
@@ -118,6 +128,10 @@ type Limiter struct {
 	clock    func() time.Time
 	services []micro.Service
 	stopOnce sync.Once
+
+	// The hit worker, when some service counts usage events.
+	cancel context.CancelFunc
+	done   chan struct{}
 }
 
 // New checks the configuration and loads the script; it starts no
@@ -170,18 +184,33 @@ func Start(ctx context.Context, cfg service.Config, deps Deps) (*Limiter, error)
 		l.stopEndpoints()
 		return nil, err
 	}
+	if err := l.startHits(ctx); err != nil {
+		l.stopEndpoints()
+		return nil, err
+	}
 	l.log.Info("rate limiter started", "services", len(cfg.RateLimit.Services), "handlers", cfg.RateLimit.Handlers,
 		"interval", cfg.RateLimit.Interval, "mode", cfg.RateLimit.Mode)
 	return l, nil
 }
 
-// Stop stops taking requests; requests being answered finish.
-func (l *Limiter) Stop(context.Context) error {
+// Stop stops taking requests (requests being answered finish) and lets
+// the hit worker count and ack what it holds, returning when it has or
+// when ctx ends.
+func (l *Limiter) Stop(ctx context.Context) error {
+	var err error
 	l.stopOnce.Do(func() {
 		l.stopEndpoints()
+		if l.cancel != nil {
+			l.cancel()
+			select {
+			case <-l.done:
+			case <-ctx.Done():
+				err = fmt.Errorf("ratelimit: hit worker still busy at shutdown deadline: %w", ctx.Err())
+			}
+		}
 		l.log.Info("rate limiter stopped")
 	})
-	return nil
+	return err
 }
 
 // Run is the service.StartFunc of the rate limiter, for its binary and

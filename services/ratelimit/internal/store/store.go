@@ -16,13 +16,19 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-//go:embed check.lua
-var checkLua string
+var (
+	//go:embed check.lua
+	checkLua string
+	//go:embed hit.lua
+	hitLua string
+)
 
 // Redis is what the store needs of a go-redis client.
 type Redis interface {
 	redis.Scripter
 	Del(ctx context.Context, keys ...string) *redis.IntCmd
+	Pipeline() redis.Pipeliner
+	Ping(ctx context.Context) *redis.StatusCmd
 }
 
 // ErrRedis marks a failure to reach Redis in time or a Redis that refused
@@ -41,6 +47,7 @@ type Store struct {
 	keys  keys.Keys
 	now   func() time.Time // nil: Redis TIME
 	check *redis.Script
+	hit   *redis.Script
 }
 
 // Options configures a Store.
@@ -56,7 +63,7 @@ func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
 	if rdb == nil {
 		return nil, errors.New("store: nil redis client")
 	}
-	s := &Store{rdb: rdb, keys: opts.Keys, now: opts.Now, check: redis.NewScript(checkLua)}
+	s := &Store{rdb: rdb, keys: opts.Keys, now: opts.Now, check: redis.NewScript(checkLua), hit: redis.NewScript(hitLua)}
 	if err := s.Load(ctx); err != nil {
 		return nil, err
 	}
@@ -65,8 +72,10 @@ func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
 
 // Load loads the script into Redis, so calls go out as EVALSHA.
 func (s *Store) Load(ctx context.Context) error {
-	if err := s.check.Load(ctx, s.rdb).Err(); err != nil {
-		return fmt.Errorf("%w: load script: %w", ErrRedis, err)
+	for _, sc := range []*redis.Script{s.check, s.hit} {
+		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
+			return fmt.Errorf("%w: load scripts: %w", ErrRedis, err)
+		}
 	}
 	return nil
 }
@@ -143,6 +152,71 @@ func (s *Store) Check(ctx context.Context, uid string, l Limit, cost int64) (Dec
 		RetryAfter: time.Duration(n[4]) * time.Millisecond,
 		Used:       n[5],
 	}, nil
+}
+
+// Hit is one usage event counted against one (uid, service).
+type Hit struct {
+	ID       string // the event id
+	UID      string
+	Service  string
+	Interval time.Duration
+	Value    int64
+}
+
+// Ping checks that Redis answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrRedis, err)
+	}
+	return nil
+}
+
+// Hits counts hits in one pipelined round trip, each once however often
+// it is sent: counted[i] is false for one counted before. errs[i] is a
+// script error of that hit alone (a key of the wrong type; retrying will
+// not help). The error is non-nil when the round trip failed: then
+// nothing can be said of any hit, and the caller sends them all again,
+// which the dedup records make safe.
+func (s *Store) Hits(ctx context.Context, hits []Hit, dedupTTL time.Duration) (counted []bool, errs []error, err error) {
+	counted, errs, err = s.hitsOnce(ctx, hits, dedupTTL)
+	if err != nil && isNoScript(err) {
+		if err = s.Load(ctx); err != nil {
+			return nil, nil, err
+		}
+		counted, errs, err = s.hitsOnce(ctx, hits, dedupTTL)
+	}
+	return counted, errs, err
+}
+
+func (s *Store) hitsOnce(ctx context.Context, hits []Hit, dedupTTL time.Duration) ([]bool, []error, error) {
+	var now int64
+	if s.now != nil {
+		now = s.now().UnixMilli()
+	}
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(hits))
+	for i, h := range hits {
+		even, odd := s.keys.RateLimit(h.UID, h.Service)
+		cmds[i] = s.hit.EvalSha(ctx, pipe, []string{s.keys.RateLimitDedup(h.UID, h.Service, h.ID), even, odd},
+			dedupTTL.Milliseconds(), now, h.Interval.Milliseconds(), h.Value)
+	}
+	_, _ = pipe.Exec(ctx)
+	counted := make([]bool, len(hits))
+	errs := make([]error, len(hits))
+	for i, cmd := range cmds {
+		v, err := cmd.Int64()
+		switch {
+		case err == nil:
+			counted[i] = v == 1
+		case isNoScript(err):
+			return nil, nil, err
+		case isScriptError(err):
+			errs[i] = fmt.Errorf("store: hit %s of %s/%s: %w", hits[i].ID, hits[i].UID, hits[i].Service, err)
+		default:
+			return nil, nil, fmt.Errorf("%w: hits: %w", ErrRedis, err)
+		}
+	}
+	return counted, errs, nil
 }
 
 // Reset clears uid's windows for service ("" : the uid's own limit).

@@ -37,11 +37,12 @@ func miniBackend(t *testing.T) (redis.UniversalClient, string) {
 	return rdb, "allot:"
 }
 
-// windowStart returns the start of the next window of d after the real
-// time. Test clocks start there and only move forward, so the expiry
-// times the script sets (on Redis's real clock) stay in the future.
+// windowStart returns the start of a window of d an hour after the real
+// time. The script sets expiry times on the test clock, but Redis (and
+// miniredis) expires keys on the real one: starting an hour ahead keeps
+// every key alive however slowly a loaded machine runs the test.
 func windowStart(d time.Duration) time.Time {
-	return time.Now().Truncate(d).Add(d)
+	return time.Now().Add(time.Hour).Truncate(d).Add(d)
 }
 
 func newStore(t *testing.T, open backend, start time.Time) (*Store, *fakeClock, redis.UniversalClient) {
@@ -81,6 +82,7 @@ var behaviours = []struct {
 	{"SlidingWorstCaseIsTheProvenBound", testSlidingWorstCase},
 	{"Reset", testReset},
 	{"RedisTimeIsTheClock", testRedisTime},
+	{"HitsCountOnce", testHits},
 	{"ScriptReloadsAfterFlush", testScriptReload},
 }
 
@@ -426,6 +428,48 @@ func TestWrongTypeIsNotARedisOutage(t *testing.T) {
 	_, err = s.Check(t.Context(), "u-1", Limit{Service: "s", Interval: time.Second, Mode: ModeFixed, Configured: 1}, 1)
 	if err == nil || errors.Is(err, ErrRedis) {
 		t.Errorf("a key of the wrong type: %v, want a script error", err)
+	}
+}
+
+func testHits(t *testing.T, open backend) {
+	start := windowStart(time.Minute)
+	s, clock, _ := newStore(t, open, start.Add(time.Second))
+	l := Limit{Service: "api", Interval: time.Minute, Mode: ModeFixed, Configured: 5}
+	hits := []Hit{
+		{ID: "e1", UID: "u-1", Service: "api", Interval: time.Minute, Value: 2},
+		{ID: "e2", UID: "u-1", Service: "api", Interval: time.Minute, Value: 1},
+		{ID: "e1", UID: "u-1", Service: "api", Interval: time.Minute, Value: 2}, // a redelivery
+		{ID: "e1", UID: "u-1", Service: "web", Interval: time.Minute, Value: 2}, // the same event, another service
+	}
+	counted, errs, err := s.Hits(t.Context(), hits, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]bool{true, true, false, true}, counted); diff != "" {
+		t.Errorf("counted (-want +got):\n%s", diff)
+	}
+	for i, e := range errs {
+		if e != nil {
+			t.Errorf("hit %d: %v", i, e)
+		}
+	}
+	if d := check(t, s, "u-1", l, 0); d.Remaining != 2 || d.Used != 3 {
+		t.Errorf("after hits: %+v", d)
+	}
+	// Sent again after a lost reply: nothing changes.
+	if counted, _, _ := s.Hits(t.Context(), hits[:2], time.Hour); counted[0] || counted[1] {
+		t.Errorf("a repeat was counted: %v", counted)
+	}
+	// Hits past the limit are facts; checks are then refused.
+	s.Hits(t.Context(), []Hit{{ID: "e3", UID: "u-1", Service: "api", Interval: time.Minute, Value: 9}}, time.Hour)
+	if d := check(t, s, "u-1", l, 1); d.Allowed || d.Used != 12 {
+		t.Errorf("over the limit by hits: %+v", d)
+	}
+	// A hit in the next window starts it afresh.
+	clock.Set(start.Add(time.Minute))
+	s.Hits(t.Context(), []Hit{{ID: "e4", UID: "u-1", Service: "api", Interval: time.Minute, Value: 1}}, time.Hour)
+	if d := check(t, s, "u-1", l, 0); d.Used != 1 {
+		t.Errorf("next window: %+v", d)
 	}
 }
 
