@@ -1,0 +1,303 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/services/registry/internal/crypt"
+	"github.com/allot/allot/services/registry/internal/store"
+	"github.com/nats-io/nats.go/micro"
+)
+
+func (r *Registry) requestContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), r.cfg.NATS.RequestTimeout)
+}
+
+// reply answers req, counting the outcome: a bad request is a 400 naming
+// the field, an id held by another name a 409, Redis trouble a 503.
+func (r *Registry) reply(req micro.Request, endpoint string, data []byte, err error) {
+	if err == nil {
+		r.metrics.requests.WithLabelValues(endpoint, "ok").Inc()
+		_ = req.Respond(data)
+		return
+	}
+	var serr *events.ServiceError
+	switch {
+	case errors.As(err, &serr):
+	case errors.Is(err, events.ErrInvalid):
+		serr = events.BadRequest(err)
+	case errors.Is(err, store.ErrConflict):
+		serr = events.NewServiceError(events.CodeConflict, "id", "%s", strings.TrimPrefix(err.Error(), "store: "))
+	case errors.Is(err, store.ErrRedis):
+		serr = events.NewServiceError(events.CodeUnavailable, "", "redis unavailable: %v", err)
+	default:
+		r.log.Error("request failed", "endpoint", endpoint, "subject", req.Subject(), "err", err)
+		serr = events.NewServiceError(events.CodeInternal, "", "%v", err)
+	}
+	r.metrics.requests.WithLabelValues(endpoint, string(serr.Code)).Inc()
+	_ = events.RespondError(req, serr)
+}
+
+func (r *Registry) handleRegister(req micro.Request) {
+	var body events.RegisterRequest
+	if err := events.DecodeRequest(req.Data(), &body); err != nil {
+		r.reply(req, "register", nil, err)
+		return
+	}
+	ctx, cancel := r.requestContext()
+	defer cancel()
+	inst, change, err := r.register(ctx, body)
+	if err != nil {
+		r.reply(req, "register", nil, err)
+		return
+	}
+	switch change {
+	case store.Appeared:
+		r.publish(events.ChangeAppeared, inst.Name, inst.ID, &inst)
+	case store.Changed:
+		r.publish(events.ChangeChanged, inst.Name, inst.ID, &inst)
+	}
+	data, err := json.Marshal(events.RegisterReply{OK: true, TTLS: int(r.cfg.Registry.TTL / time.Second)})
+	r.reply(req, "register", data, err)
+}
+
+// register seals and stores one validated registration.
+func (r *Registry) register(ctx context.Context, body events.RegisterRequest) (events.Instance, store.Change, error) {
+	inst := events.Instance{Name: body.Name, ID: body.ID, Endpoints: body.Endpoints, IPv4: body.IPv4,
+		Port: body.Port, PublicURL: body.PublicURL}
+	if inst.Endpoints == nil {
+		inst.Endpoints = []string{} // null and [] must seal alike
+	}
+	pt, err := json.Marshal(inst)
+	if err != nil {
+		return inst, 0, fmt.Errorf("registry: encode instance: %w", err)
+	}
+	member := keys.RegistryMember(inst.Name, inst.ID)
+	change, _, err := r.store.Register(ctx, inst.Name, inst.ID, r.sealer.Seal(pt, []byte(member)), r.cfg.Registry.TTL)
+	if err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			r.metrics.registrations.WithLabelValues("conflict").Inc()
+		}
+		return inst, 0, err
+	}
+	r.metrics.registrations.WithLabelValues([...]string{"renewed", "appeared", "changed"}[change]).Inc()
+	return inst, change, nil
+}
+
+func (r *Registry) handleFind(req micro.Request) {
+	var name string
+	if req.Subject() != r.cfg.Subjects.Find("") {
+		var err error
+		if name, err = events.ParseToken(req.Subject(), r.cfg.Subjects.Find("")); err != nil {
+			var v *events.ValidationError
+			if errors.As(err, &v) {
+				v.Field = "name"
+			}
+			r.reply(req, "find", nil, err)
+			return
+		}
+	}
+	var body events.FindRequest
+	if err := events.DecodeRequest(req.Data(), &body); err != nil {
+		r.reply(req, "find", nil, err)
+		return
+	}
+	ctx, cancel := r.requestContext()
+	defer cancel()
+	data, err := r.findReply(ctx, name)
+	r.reply(req, "find", data, err)
+}
+
+// findReply returns the encoded FindReply for name ("" for all), from
+// the cache when it is fresh.
+func (r *Registry) findReply(ctx context.Context, name string) ([]byte, error) {
+	if data, ok := r.cache.reply(name, r.clock(), r.cfg.Registry.FindCache); ok {
+		r.metrics.finds.WithLabelValues("hit").Inc()
+		return data, nil
+	}
+	r.metrics.finds.WithLabelValues("miss").Inc()
+	insts, gen, err := r.live(ctx)
+	if err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(BuildFindReply(insts, name))
+	if err != nil {
+		return nil, fmt.Errorf("registry: encode find reply: %w", err)
+	}
+	r.cache.putReply(gen, name, data)
+	return data, nil
+}
+
+// live returns every live instance, sorted by name and id, from the cache
+// when it is fresh, else from Redis; concurrent misses share one read.
+func (r *Registry) live(ctx context.Context) ([]events.Instance, uint64, error) {
+	r.cache.load.Lock()
+	defer r.cache.load.Unlock()
+	if insts, gen, ok := r.cache.instances(r.clock(), r.cfg.Registry.FindCache); ok {
+		return insts, gen, nil
+	}
+	gen := r.cache.generation()
+	entries, _, err := r.store.Live(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	insts := make([]events.Instance, 0, len(entries))
+	for _, e := range entries {
+		inst, err := r.open(e, "find")
+		if err != nil {
+			continue
+		}
+		insts = append(insts, inst)
+	}
+	sort.Slice(insts, func(i, j int) bool {
+		if insts[i].Name != insts[j].Name {
+			return insts[i].Name < insts[j].Name
+		}
+		return insts[i].ID < insts[j].ID
+	})
+	r.metrics.instances.Set(float64(len(insts)))
+	r.cache.putInstances(gen, insts, r.clock())
+	return insts, gen, nil
+}
+
+// open decrypts and decodes one entry, counting one that does not open.
+func (r *Registry) open(e store.Entry, where string) (events.Instance, error) {
+	var inst events.Instance
+	pt, err := r.sealer.Open(e.Ciphertext, []byte(keys.RegistryMember(e.Name, e.ID)))
+	if err == nil {
+		err = json.Unmarshal(pt, &inst)
+		if err == nil && (inst.Name != e.Name || inst.ID != e.ID) {
+			err = fmt.Errorf("registry: entry %s:%s holds %s:%s", e.Name, e.ID, inst.Name, inst.ID)
+		}
+	}
+	if err != nil {
+		reason := "corrupt"
+		if errors.Is(err, crypt.ErrUnknownKey) {
+			reason = "unknown_key"
+		}
+		r.metrics.undecryptable.WithLabelValues(where, reason).Inc()
+		r.log.Debug("skipping a registry entry", "name", e.Name, "id", e.ID, "reason", reason)
+		return inst, err
+	}
+	return inst, nil
+}
+
+// BuildFindReply lists the instances of name ("" for every one) and maps
+// each endpoint (top-level resource) of an instance with a public URL to
+// that URL. A resource served at several different URLs goes to
+// Conflicts with its sorted URLs instead of URLMap.
+func BuildFindReply(insts []events.Instance, name string) events.FindReply {
+	out := events.FindReply{Instances: []events.Instance{}, URLMap: map[string]string{}}
+	urls := map[string][]string{}
+	for _, in := range insts {
+		if name != "" && in.Name != name {
+			continue
+		}
+		out.Instances = append(out.Instances, in)
+		if in.PublicURL == "" {
+			continue
+		}
+		for _, ep := range in.Endpoints {
+			if !contains(urls[ep], in.PublicURL) {
+				urls[ep] = append(urls[ep], in.PublicURL)
+			}
+		}
+	}
+	for res, us := range urls {
+		if len(us) == 1 {
+			out.URLMap[res] = us[0]
+			continue
+		}
+		sort.Strings(us)
+		if out.Conflicts == nil {
+			out.Conflicts = map[string][]string{}
+		}
+		out.Conflicts[res] = us
+	}
+	return out
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// cache holds the decrypted instances and encoded find replies between
+// reads of Redis, for find_cache on the local clock; invalidate drops
+// them (a change event arrived).
+type cache struct {
+	load sync.Mutex // one read of Redis at a time
+
+	mu      sync.Mutex
+	gen     uint64
+	at      time.Time
+	valid   bool
+	insts   []events.Instance
+	replies map[string][]byte
+}
+
+func (c *cache) invalidate() {
+	c.mu.Lock()
+	c.gen++
+	c.valid = false
+	c.insts, c.replies = nil, nil
+	c.mu.Unlock()
+}
+
+func (c *cache) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+
+func (c *cache) fresh(now time.Time, ttl time.Duration) bool {
+	return c.valid && ttl > 0 && now.Sub(c.at) < ttl
+}
+
+func (c *cache) instances(now time.Time, ttl time.Duration) ([]events.Instance, uint64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.insts, c.gen, c.fresh(now, ttl)
+}
+
+func (c *cache) reply(name string, now time.Time, ttl time.Duration) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.fresh(now, ttl) {
+		return nil, false
+	}
+	data, ok := c.replies[name]
+	return data, ok
+}
+
+// putInstances keeps insts unless a change arrived since gen was read.
+func (c *cache) putInstances(gen uint64, insts []events.Instance, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen != c.gen {
+		return
+	}
+	c.insts, c.at, c.valid, c.replies = insts, now, true, map[string][]byte{}
+}
+
+// putReply keeps the reply for name, built from the instances of
+// generation gen, unless a change arrived since.
+func (c *cache) putReply(gen uint64, name string, data []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.valid && c.gen == gen && len(c.replies) < 4096 {
+		c.replies[name] = data
+	}
+}

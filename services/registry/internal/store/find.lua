@@ -1,0 +1,32 @@
+-- find.lua: the live instances, with their ciphertexts, in one read.
+--
+-- KEYS[1]  the expiry ZSET, <name>:<id> -> expiry ms
+-- KEYS[2]  the last HASH, <name>:<id> -> current ciphertext
+-- ARGV[1]  now in ms; 0 uses Redis TIME
+--
+-- Returns {now, member1, expiry1, ciphertext1, member2, ...} for every
+-- member expiring after now; a member without a ciphertext is left out.
+
+local now = tonumber(ARGV[1])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
+local out = {now}
+if #live == 0 then
+  return out
+end
+local members = {}
+for i = 1, #live, 2 do
+  members[#members + 1] = live[i]
+end
+local cts = redis.call('HMGET', KEYS[2], unpack(members))
+for i, m in ipairs(members) do
+  if cts[i] then
+    out[#out + 1] = m
+    out[#out + 1] = live[2 * i]
+    out[#out + 1] = cts[i]
+  end
+end
+return out

@@ -1,0 +1,252 @@
+// Package store keeps the registry's entries in Redis: one script
+// registers (register.lua), one reads the live entries (find.lua), and
+// two serve the reaper (expired.lua, reap.lua). Every key comes from
+// pkg/keys and carries the tag {registry}; time is Redis TIME unless a
+// test passes its own.
+package store
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/allot/allot/pkg/keys"
+	"github.com/redis/go-redis/v9"
+)
+
+var (
+	//go:embed register.lua
+	registerLua string
+	//go:embed find.lua
+	findLua string
+	//go:embed expired.lua
+	expiredLua string
+	//go:embed reap.lua
+	reapLua string
+)
+
+// Redis is what the store needs of a go-redis client.
+type Redis interface {
+	redis.Scripter
+}
+
+// Errors of the store.
+var (
+	// ErrRedis marks a Redis that did not answer or refused to work;
+	// retrying later may succeed.
+	ErrRedis = errors.New("store: redis unavailable")
+	// ErrConflict: the id is held by another live service name.
+	ErrConflict = errors.New("store: id held by another name")
+)
+
+// Change says what a registration did.
+type Change int
+
+// What a registration did.
+const (
+	Renewed  Change = 0 // a heartbeat: nothing changed
+	Appeared Change = 1
+	Changed  Change = 2
+)
+
+// Store is the registry's Redis state.
+type Store struct {
+	rdb     Redis
+	keys    keys.Keys
+	now     func() time.Time // nil: Redis TIME
+	scripts []*redis.Script
+	reg     *redis.Script
+	find    *redis.Script
+	expired *redis.Script
+	reap    *redis.Script
+}
+
+// Options configures a Store.
+type Options struct {
+	Keys keys.Keys
+	// Now overrides Redis TIME (tests). Nil uses Redis TIME, the clock
+	// every replica shares.
+	Now func() time.Time
+}
+
+// New returns a Store with its scripts loaded.
+func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
+	if rdb == nil {
+		return nil, errors.New("store: nil redis client")
+	}
+	s := &Store{rdb: rdb, keys: opts.Keys, now: opts.Now,
+		reg: redis.NewScript(registerLua), find: redis.NewScript(findLua),
+		expired: redis.NewScript(expiredLua), reap: redis.NewScript(reapLua)}
+	s.scripts = []*redis.Script{s.reg, s.find, s.expired, s.reap}
+	if err := s.Load(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Load loads the scripts into Redis, so calls go out as EVALSHA.
+func (s *Store) Load(ctx context.Context) error {
+	for _, sc := range s.scripts {
+		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
+			return fmt.Errorf("%w: load scripts: %w", ErrRedis, err)
+		}
+	}
+	return nil
+}
+
+// Keys returns the key builder.
+func (s *Store) Keys() keys.Keys { return s.keys }
+
+func (s *Store) nowMS() int64 {
+	if s.now == nil {
+		return 0
+	}
+	return s.now().UnixMilli()
+}
+
+// run calls sc by EVALSHA, loading the scripts again once if Redis forgot
+// them (a restart, SCRIPT FLUSH).
+func (s *Store) run(ctx context.Context, what string, sc *redis.Script, keys []string, args ...any) (any, error) {
+	v, err := sc.EvalSha(ctx, s.rdb, keys, args...).Result()
+	if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+		if err = s.Load(ctx); err == nil {
+			v, err = sc.EvalSha(ctx, s.rdb, keys, args...).Result()
+		}
+	}
+	if err != nil {
+		if errors.Is(err, ErrRedis) {
+			return nil, err
+		}
+		var rerr redis.Error
+		if errors.As(err, &rerr) && (strings.HasPrefix(err.Error(), "ERR ") || strings.HasPrefix(err.Error(), "WRONGTYPE")) {
+			return nil, fmt.Errorf("store: %s: %w", what, err)
+		}
+		return nil, fmt.Errorf("%w: %s: %w", ErrRedis, what, err)
+	}
+	return v, nil
+}
+
+// Register stores name/id's ciphertext for ttl and says what changed,
+// and when the registration expires (Redis's clock). A live registration
+// of id under another name is ErrConflict, naming it.
+func (s *Store) Register(ctx context.Context, name, id string, ciphertext []byte, ttl time.Duration) (Change, time.Time, error) {
+	k := s.keys
+	v, err := s.run(ctx, "register", s.reg,
+		[]string{k.RegistryEntry(name, id), k.RegistryExpiry(), k.RegistryIDs(), k.RegistryLast()},
+		name, id, ciphertext, ttl.Milliseconds(), s.nowMS())
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	arr, ok := v.([]any)
+	if !ok || len(arr) != 2 {
+		return 0, time.Time{}, fmt.Errorf("store: register: unexpected reply %v", v)
+	}
+	status, _ := arr[0].(int64)
+	if status == -1 {
+		owner, _ := arr[1].(string)
+		return 0, time.Time{}, fmt.Errorf("%w: id %q is registered by %q", ErrConflict, id, owner)
+	}
+	exp, ok := arr[1].(int64)
+	if !ok || status < 0 || status > 2 {
+		return 0, time.Time{}, fmt.Errorf("store: register: unexpected reply %v", v)
+	}
+	return Change(status), time.UnixMilli(exp), nil
+}
+
+// Entry is one stored instance: its member "<name>:<id>", expiry and
+// ciphertext (nil when Redis holds none).
+type Entry struct {
+	Name, ID   string
+	Expiry     time.Time
+	Ciphertext []byte
+}
+
+// Live returns every live entry and Redis's time of the read.
+func (s *Store) Live(ctx context.Context) ([]Entry, time.Time, error) {
+	k := s.keys
+	v, err := s.run(ctx, "find", s.find, []string{k.RegistryExpiry(), k.RegistryLast()}, s.nowMS())
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	return entries("find", v)
+}
+
+// Expired returns up to limit entries whose registration has run out,
+// oldest first, and Redis's time of the read.
+func (s *Store) Expired(ctx context.Context, limit int) ([]Entry, time.Time, error) {
+	k := s.keys
+	v, err := s.run(ctx, "expired", s.expired, []string{k.RegistryExpiry(), k.RegistryLast()}, s.nowMS(), limit)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	return entries("expired", v)
+}
+
+// entries decodes {now, member, expiry, ciphertext, ...}.
+func entries(what string, v any) ([]Entry, time.Time, error) {
+	arr, ok := v.([]any)
+	if !ok || len(arr) == 0 || (len(arr)-1)%3 != 0 {
+		return nil, time.Time{}, fmt.Errorf("store: %s: unexpected reply", what)
+	}
+	now, ok := arr[0].(int64)
+	if !ok {
+		return nil, time.Time{}, fmt.Errorf("store: %s: unexpected time %v", what, arr[0])
+	}
+	out := make([]Entry, 0, (len(arr)-1)/3)
+	for i := 1; i+2 < len(arr); i += 3 {
+		member, _ := arr[i].(string)
+		name, id, ok := keys.ParseRegistryMember(member)
+		if !ok {
+			continue // not ours: a member every writer of this layout makes has a ':'
+		}
+		score, _ := arr[i+1].(string)
+		ms, err := strconv.ParseFloat(score, 64)
+		if err != nil {
+			return nil, time.Time{}, fmt.Errorf("store: %s: score %q of %s", what, score, member)
+		}
+		e := Entry{Name: name, ID: id, Expiry: time.UnixMilli(int64(ms))}
+		if ct, ok := arr[i+2].(string); ok {
+			e.Ciphertext = []byte(ct)
+		}
+		out = append(out, e)
+	}
+	return out, time.UnixMilli(now), nil
+}
+
+// Reap removes the given expired entries whose key is really gone and
+// returns those it removed.
+func (s *Store) Reap(ctx context.Context, expired []Entry) ([]Entry, error) {
+	if len(expired) == 0 {
+		return nil, nil
+	}
+	k := s.keys
+	ks := []string{k.RegistryExpiry(), k.RegistryLast(), k.RegistryIDs()}
+	args := []any{s.nowMS()}
+	byMember := make(map[string]Entry, len(expired))
+	for _, e := range expired {
+		m := keys.RegistryMember(e.Name, e.ID)
+		ks = append(ks, k.RegistryEntry(e.Name, e.ID))
+		args = append(args, m)
+		byMember[m] = e
+	}
+	v, err := s.run(ctx, "reap", s.reap, ks, args...)
+	if err != nil {
+		return nil, err
+	}
+	arr, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("store: reap: unexpected reply %v", v)
+	}
+	out := make([]Entry, 0, len(arr))
+	for _, x := range arr {
+		m, _ := x.(string)
+		if e, ok := byMember[m]; ok {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
