@@ -63,7 +63,10 @@ func (w *worker) run(ctx context.Context) {
 					if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 						return
 					}
+					// A missed heartbeat or a deleted consumer: the iterator
+					// recovers or ends; don't spin while it does.
 					log.Warn("consuming", "err", err)
+					time.Sleep(100 * time.Millisecond)
 					continue
 				}
 				msgs <- msg
