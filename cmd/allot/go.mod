@@ -8,6 +8,8 @@ require (
 	github.com/allot/allot/pkg/service v0.0.0
 	github.com/allot/allot/services/meter v0.0.0-00010101000000-000000000000
 	github.com/allot/allot/services/ratelimit v0.0.0-00010101000000-000000000000
+	github.com/allot/allot/services/registry v0.0.0-00010101000000-000000000000
+	github.com/google/go-cmp v0.7.0
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/nats-io/nats.go v1.55.0
 	github.com/prometheus/client_golang v1.25.0
@@ -16,6 +18,7 @@ require (
 
 require (
 	github.com/allot/allot/pkg/keys v0.0.0 // indirect
+	github.com/allot/allot/pkg/mutex v0.0.0 // indirect
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
@@ -42,7 +45,9 @@ require (
 replace (
 	github.com/allot/allot/pkg/events => ../../pkg/events
 	github.com/allot/allot/pkg/keys => ../../pkg/keys
+	github.com/allot/allot/pkg/mutex => ../../pkg/mutex
 	github.com/allot/allot/pkg/service => ../../pkg/service
 	github.com/allot/allot/services/meter => ../../services/meter
 	github.com/allot/allot/services/ratelimit => ../../services/ratelimit
+	github.com/allot/allot/services/registry => ../../services/registry
 )

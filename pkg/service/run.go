@@ -29,9 +29,11 @@ type StartFunc func(ctx context.Context, d Deps) (stop func(context.Context) err
 // Run is the whole life of one allot service binary: it parses -config
 // and -validate, loads and validates the configuration, connects to NATS
 // and Redis, serves /metrics, /healthz and /readyz, calls start, marks
-// the service ready and waits for ctx to end. Then it stops everything in
-// reverse order under cfg.Shutdown.Timeout: readiness off, the service's
-// parts, HTTP, Redis, NATS. name is the service's name, e.g. "meter".
+// the service ready, registers it in the service registry (renewed every
+// registry.heartbeat; registry.self_register turns this off) and waits for
+// ctx to end. Then it stops everything in reverse order under
+// cfg.Shutdown.Timeout: readiness off, the heartbeats, the service's parts,
+// HTTP, Redis, NATS. name is the service's name, e.g. "meter".
 func Run(ctx context.Context, name string, args []string, getenv func(string) string, stdout, stderr io.Writer, start StartFunc) (err error) {
 	var flags Flags
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
@@ -104,6 +106,16 @@ func Run(ctx context.Context, name string, args []string, getenv func(string) st
 		if stop != nil {
 			stack.Push(name, stop)
 		}
+	}
+
+	// Register in the service registry and keep the registration alive;
+	// stopped before the service's own parts.
+	if cfg.Registry.SelfRegister {
+		sr, err := StartSelfRegistration(nc, cfg, Registration{Name: name, ID: InstanceID(cfg.Instance), Addr: srv.Addr()}, log)
+		if err != nil {
+			return err
+		}
+		stack.Push("self-registration", sr.Stop)
 	}
 
 	stack.Push("readiness", func(context.Context) error {

@@ -111,7 +111,7 @@ func TestExampleRun(t *testing.T) {
 			t.Errorf("log record without the instance: %v", rec)
 		}
 	}
-	if diff := cmp.Diff([]string{"readiness", "meter", "http", "redis", "nats"}, stopped); diff != "" {
+	if diff := cmp.Diff([]string{"readiness", "self-registration", "meter", "http", "redis", "nats"}, stopped); diff != "" {
 		t.Errorf("stop order (-want +got):\n%s", diff)
 	}
 	if strings.Contains(stderr.String(), "redis-s3cret") {

@@ -7,6 +7,8 @@ package devstack
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +22,7 @@ import (
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/services/meter"
 	"github.com/allot/allot/services/ratelimit"
+	"github.com/allot/allot/services/registry"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -155,12 +158,26 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	s.HTTPURL = "http://" + s.HTTP.Addr()
 	s.closers.Push("http server", s.HTTP.Shutdown)
 
+	// The registry seals its entries; a laptop has no key, so make one up
+	// for this run (entries left in an external Redis by an earlier run
+	// are then skipped, and expire).
+	if len(cfg.Registry.Keys) == 0 {
+		var b [32]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, fmt.Errorf("devstack: registry key: %w", err)
+		}
+		cfg.Registry.Keys = []service.Secret{service.Secret(base64.StdEncoding.EncodeToString(b[:]))}
+		log.Warn("registry.keys is not set: using a random registry key for this run; set registry.keys (or ALLOT_REGISTRY_KEYS) outside allot dev")
+		s.Notes = append(s.Notes, "registry: registry.keys is not set; using a random key for this run")
+	}
+
 	// The allot services, each through the same Run its own binary calls.
 	deps := service.Deps{Config: cfg, NATS: nc, Redis: rdb, Registry: s.Registry, HTTP: s.HTTP, Log: log}
 	for _, svc := range []struct {
 		name  string
 		start service.StartFunc
 	}{
+		{"registry", registry.Run},
 		{"meter", meter.Run},
 		{"ratelimit", ratelimit.Run},
 	} {
@@ -170,6 +187,19 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 		}
 		s.closers.Push(svc.name, stop)
 		s.Services = append(s.Services, svc.name)
+	}
+
+	// Each service registers itself, as service.Run does for a binary;
+	// they share one instance name here, so the id carries the service's.
+	if cfg.Registry.SelfRegister {
+		for _, name := range s.Services {
+			sr, err := service.StartSelfRegistration(nc, cfg, service.Registration{
+				Name: name, ID: service.InstanceID(cfg.Instance + "-" + name), Addr: s.HTTP.Addr()}, log.With("service", name))
+			if err != nil {
+				return nil, fmt.Errorf("devstack: %w", err)
+			}
+			s.closers.Push(name+" self-registration", sr.Stop)
+		}
 	}
 
 	s.HTTP.SetReady(true)
