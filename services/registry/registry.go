@@ -40,6 +40,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -116,6 +117,9 @@ func Start(ctx context.Context, cfg service.Config, deps Deps) (*Registry, error
 	}
 	secrets := make([]string, len(cfg.Registry.Keys))
 	for i, k := range cfg.Registry.Keys {
+		if strings.HasPrefix(k.Reveal(), "CHANGE-ME-") {
+			return nil, fmt.Errorf("registry: registry.keys: key %d is the placeholder of deploy/k8s/base/secrets.yaml: put a random key in Secret allot-registry", i)
+		}
 		secrets[i] = k.Reveal()
 	}
 	sealer, err := crypt.New(secrets...)

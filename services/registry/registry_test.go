@@ -16,6 +16,10 @@ func TestRefusesToStartWithoutAKey(t *testing.T) {
 	if !errors.Is(err, ErrNoKey) || !strings.Contains(err.Error(), "registry.keys") {
 		t.Errorf("Start without keys: %v, want ErrNoKey naming registry.keys", err)
 	}
+	_, err = Start(t.Context(), e.config("CHANGE-ME-registry-key"), Deps{NATS: e.nc, Redis: e.b.rdb})
+	if err == nil || !strings.Contains(err.Error(), "placeholder") {
+		t.Errorf("Start with the placeholder key: %v, want a refusal", err)
+	}
 }
 
 func TestRedisDownIs503(t *testing.T) {
