@@ -149,14 +149,23 @@ func (r *Registry) live(ctx context.Context) ([]events.Instance, uint64, error) 
 	if err != nil {
 		return nil, 0, err
 	}
+	// Sealing is deterministic: an entry whose member and ciphertext are
+	// those of the last read holds the same instance, already opened.
 	insts := make([]events.Instance, 0, len(entries))
+	opened := make(map[string]events.Instance, len(entries))
 	for _, e := range entries {
-		inst, err := r.open(e, "find")
-		if err != nil {
-			continue
+		id := keys.RegistryMember(e.Name, e.ID) + "\x00" + string(e.Ciphertext)
+		inst, ok := r.cache.opened[id]
+		if !ok {
+			var err error
+			if inst, err = r.open(e, "find"); err != nil {
+				continue
+			}
 		}
+		opened[id] = inst
 		insts = append(insts, inst)
 	}
+	r.cache.opened = opened
 	sort.Slice(insts, func(i, j int) bool {
 		if insts[i].Name != insts[j].Name {
 			return insts[i].Name < insts[j].Name
@@ -238,7 +247,8 @@ func contains(list []string, s string) bool {
 // reads of Redis, for find_cache on the local clock; invalidate drops
 // them (a change event arrived).
 type cache struct {
-	load sync.Mutex // one read of Redis at a time
+	load   sync.Mutex                 // one read of Redis at a time
+	opened map[string]events.Instance // under load: member NUL ciphertext -> instance, from the last read
 
 	mu      sync.Mutex
 	gen     uint64
