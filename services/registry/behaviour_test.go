@@ -316,15 +316,17 @@ func testOneReaper(t *testing.T, bf backendFunc) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	// The leader stops: another takes over.
+	var leader *Registry
 	var rest []*Registry
 	for _, r := range rs {
-		if testutil.ToFloat64(r.metrics.leader) == 1 {
-			if err := r.Stop(context.Background()); err != nil {
-				t.Fatal(err)
-			}
+		if leader == nil && testutil.ToFloat64(r.metrics.leader) == 1 {
+			leader = r
 			continue
 		}
 		rest = append(rest, r)
+	}
+	if err := leader.Stop(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 	deadline = time.Now().Add(2 * time.Second)
 	for testutil.ToFloat64(rest[0].metrics.leader)+testutil.ToFloat64(rest[1].metrics.leader) != 1 {
