@@ -1,0 +1,114 @@
+package store
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/allot/allot/pkg/keys"
+	"github.com/google/go-cmp/cmp"
+	"github.com/redis/go-redis/v9"
+)
+
+func newStore(t *testing.T) (*Store, *miniredis.Miniredis, *time.Time) {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	now := time.UnixMilli(1_763_800_000_000)
+	s, err := New(t.Context(), rdb, Options{Keys: keys.New("allot:"), Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, mr, &now
+}
+
+func TestRegisterChanges(t *testing.T) {
+	s, _, now := newStore(t)
+	ctx := t.Context()
+	for _, tc := range []struct {
+		step       string
+		name, id   string
+		ciphertext string
+		want       Change
+		err        error
+	}{
+		{"first", "media", "m-1", "A", Appeared, nil},
+		{"heartbeat", "media", "m-1", "A", Renewed, nil},
+		{"new data", "media", "m-1", "B", Changed, nil},
+		{"same id, other name", "meter", "m-1", "C", 0, ErrConflict},
+		{"another id", "media", "m-2", "A", Appeared, nil},
+	} {
+		t.Run(tc.step, func(t *testing.T) {
+			got, exp, err := s.Register(ctx, tc.name, tc.id, []byte(tc.ciphertext), time.Minute)
+			if !errors.Is(err, tc.err) {
+				t.Fatalf("err = %v, want %v", err, tc.err)
+			}
+			if err == nil && (got != tc.want || !exp.Equal(now.Add(time.Minute))) {
+				t.Errorf("got %v expiring %v, want %v at %v", got, exp, tc.want, now.Add(time.Minute))
+			}
+		})
+	}
+	live, _, err := s.Live(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range live {
+		got = append(got, e.Name+":"+e.ID+"="+string(e.Ciphertext))
+	}
+	if diff := cmp.Diff([]string{"media:m-1=B", "media:m-2=A"}, got); diff != "" {
+		t.Errorf("live (-want +got):\n%s", diff)
+	}
+}
+
+// Reap removes an expired member only when its entry key is gone, and
+// leaves one that a heartbeat renewed meanwhile.
+func TestReapOnlyWhatIsGone(t *testing.T) {
+	s, mr, now := newStore(t)
+	ctx := t.Context()
+	for _, id := range []string{"gone", "renewed"} {
+		if _, _, err := s.Register(ctx, "media", id, []byte(id), time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	*now = now.Add(61 * time.Second)
+	expired, _, err := s.Expired(ctx, 100)
+	if err != nil || len(expired) != 2 {
+		t.Fatalf("expired: %v, %v", expired, err)
+	}
+	// The entry keys run out, then "renewed" heartbeats before the reap.
+	mr.FastForward(61 * time.Second)
+	if _, _, err := s.Register(ctx, "media", "renewed", []byte("renewed"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	reaped, err := s.Reap(ctx, expired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(reaped) != 1 || reaped[0].ID != "gone" || string(reaped[0].Ciphertext) != "gone" {
+		t.Errorf("reaped %+v, want only gone with its last ciphertext", reaped)
+	}
+	if v := mr.HGet("allot:{registry}:ids", "gone"); v != "" {
+		t.Errorf("ids still holds gone: %q", v)
+	}
+}
+
+func TestScriptsReloadAfterFlush(t *testing.T) {
+	s, _, _ := newStore(t)
+	if err := s.rdb.(*redis.Client).ScriptFlush(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Register(t.Context(), "media", "m-1", []byte("A"), time.Minute); err != nil {
+		t.Fatalf("after SCRIPT FLUSH: %v", err)
+	}
+}
+
+func TestRedisDown(t *testing.T) {
+	s, mr, _ := newStore(t)
+	mr.Close()
+	if _, _, err := s.Register(t.Context(), "media", "m-1", []byte("A"), time.Minute); !errors.Is(err, ErrRedis) {
+		t.Errorf("Redis down: %v, want ErrRedis", err)
+	}
+}
