@@ -110,6 +110,13 @@ type RegisterReply struct {
 	TTLS int  `json:"ttl_s"`
 }
 
+// DeregisterRequest removes one registration before it expires, as a
+// service does when it stops.
+type DeregisterRequest struct {
+	Name string `json:"name"`
+	ID   string `json:"id"`
+}
+
 // FindRequest asks registry.find[.<name>]; it has no fields today.
 type FindRequest struct{}
 

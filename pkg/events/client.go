@@ -134,6 +134,17 @@ func (c *Client) Register(ctx context.Context, req RegisterRequest) (RegisterRep
 	return reply, err
 }
 
+// Deregister removes a registration before it expires. Removing one that
+// is not there is not an error.
+func (c *Client) Deregister(ctx context.Context, name, id string) error {
+	req := DeregisterRequest{Name: name, ID: id}
+	if err := req.Validate(); err != nil {
+		return err
+	}
+	var reply OKReply
+	return c.request(ctx, c.subj.Deregister(), req, &reply)
+}
+
 // Find lists the live instances of service name, or of every service
 // when name is empty, with the resource to URL map.
 func (c *Client) Find(ctx context.Context, name string) (FindReply, error) {

@@ -146,6 +146,14 @@ func (r RegisterRequest) Validate() error {
 	return nil
 }
 
+// Validate checks a deregistration.
+func (r DeregisterRequest) Validate() error {
+	if err := ValidateToken("name", r.Name); err != nil {
+		return err
+	}
+	return ValidateToken("id", r.ID)
+}
+
 // Validate checks a find request; it has no fields today.
 func (FindRequest) Validate() error { return nil }
 

@@ -41,6 +41,8 @@ func TestDecodeRequestBadInput(t *testing.T) {
 		{"register port", `{"name":"n","id":"i","ipv4":"10.0.0.1","port":70000}`, &RegisterRequest{}, "port", "between 1 and 65535"},
 		{"register url", `{"name":"n","id":"i","ipv4":"10.0.0.1","port":80,"public_url":"ftp://x"}`, &RegisterRequest{}, "public_url", "http or https"},
 		{"register endpoint", `{"name":"n","id":"i","ipv4":"10.0.0.1","port":80,"endpoints":["a b"]}`, &RegisterRequest{}, "endpoints", "must be 1 to 128"},
+		{"deregister no id", `{"name":"n"}`, &DeregisterRequest{}, "id", "is required"},
+		{"deregister bad name", `{"name":"a b","id":"i"}`, &DeregisterRequest{}, "name", "must be 1 to 128"},
 		{"too large", `{"metric":"` + strings.Repeat("m", MaxRequestBytes) + `"}`, &CreditRequest{}, "request", "at most"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -95,6 +95,9 @@ func (s Subjects) Reset(uid string) string { return s.RateLimit + ".reset." + ui
 // Register returns the registry's register subject.
 func (s Subjects) Register() string { return s.Registry + ".register" }
 
+// Deregister returns the registry's deregister subject.
+func (s Subjects) Deregister() string { return s.Registry + ".deregister" }
+
 // Find returns the registry's find subject: all services when name is
 // empty, else one.
 func (s Subjects) Find(name string) string {

@@ -14,14 +14,14 @@ func TestSubjectBuilders(t *testing.T) {
 		s.UsageFor("u-42"), s.DeadFor("u-42"), s.UsageStreamSubject(), s.DeadStreamSubject(),
 		s.Credit("u-42"), s.Authorize("u-42"), s.Grants("u-42"),
 		s.Check("u-42"), s.Reset("u-42"),
-		s.Register(), s.Find(""), s.Find("media"), s.RegistryChanged("media"),
+		s.Register(), s.Deregister(), s.Find(""), s.Find("media"), s.RegistryChanged("media"),
 		s.NotifyUsage("u-42"), s.NotifyConfirm("u-42"),
 	}
 	want := []string{
 		"usage.u-42", "usage.dead.u-42", "usage.*", "usage.dead.*",
 		"meter.credit.u-42", "meter.authorize.u-42", "meter.grants.u-42",
 		"ratelimit.check.u-42", "ratelimit.reset.u-42",
-		"registry.register", "registry.find", "registry.find.media", "registry.changed.media",
+		"registry.register", "registry.deregister", "registry.find", "registry.find.media", "registry.changed.media",
 		"notify.usage.u-42", "notify.confirm.u-42",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {

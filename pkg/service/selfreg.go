@@ -40,6 +40,9 @@ type Registration struct {
 type SelfRegistration struct {
 	cancel context.CancelFunc
 	done   chan struct{}
+	client *events.Client
+	req    events.RegisterRequest
+	log    *slog.Logger
 }
 
 // StartSelfRegistration registers reg through the registry on nc and
@@ -58,7 +61,7 @@ func StartSelfRegistration(nc *nats.Conn, cfg Config, reg Registration, log *slo
 		return nil, fmt.Errorf("service: self-registration: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &SelfRegistration{cancel: cancel, done: make(chan struct{})}
+	s := &SelfRegistration{cancel: cancel, done: make(chan struct{}), client: c, req: req, log: log}
 	go func() {
 		defer close(s.done)
 		heartbeat(ctx, c, req, cfg.Registry.Heartbeat, log.With("registry_name", req.Name, "registry_id", req.ID))
@@ -110,10 +113,17 @@ func (s *SelfRegistration) Stop(ctx context.Context) error {
 	s.cancel()
 	select {
 	case <-s.done:
-		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("service: self-registration still busy at shutdown: %w", ctx.Err())
 	}
+	// Leave the registry at once rather than after the TTL. A registry that
+	// does not answer is no reason to fail the shutdown: the entry expires.
+	dctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := s.client.Deregister(dctx, s.req.Name, s.req.ID); err != nil {
+		s.log.Info("not deregistered; the registration will expire", "name", s.req.Name, "id", s.req.ID, "err", err)
+	}
+	return nil
 }
 
 // InstanceID turns an instance name (a hostname or pod name) into a

@@ -24,6 +24,7 @@ var behaviours = []struct {
 	{"BadInput", testBadInput},
 	{"DuplicateID", testDuplicateID},
 	{"ExpiryIsReapedAndAnnounced", testExpiry},
+	{"DeregisterRemovesAtOnce", testDeregister},
 	{"UndecryptableEntriesAreSkipped", testUndecryptable},
 	{"KeyRotation", testKeyRotation},
 	{"OneReaper", testOneReaper},
@@ -334,5 +335,49 @@ func testOneReaper(t *testing.T, bf backendFunc) {
 			t.Fatal("no reaper took over")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func testDeregister(t *testing.T, bf backendFunc) {
+	e := newEnv(t, bf)
+	cfg := e.config(testKey)
+	cfg.Registry.FindCache = 0
+	r := e.start(cfg, nil)
+	ch := e.changes()
+	ctx := t.Context()
+	stay, leave := media("stay", "https://a.example", "albums"), media("leave", "https://b.example", "photos")
+	for _, req := range []events.RegisterRequest{stay, leave} {
+		if _, err := e.client.Register(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+		next(t, ch)
+	}
+	if err := e.client.Deregister(ctx, "media", "leave"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.client.Find(ctx, "media")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]events.Instance{instance(stay)}, got.Instances); diff != "" {
+		t.Errorf("right after deregister (-want +got):\n%s", diff)
+	}
+	// The reaper announces it and cleans up, as for an expiry.
+	if _, err := r.ReapOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if c := next(t, ch); c.ID != "leave" || c.Change != "expired" {
+		t.Errorf("change after deregister = %+v", c)
+	}
+	// Deregistering what is not there is fine; bad input is a 400.
+	if err := e.client.Deregister(ctx, "media", "never"); err != nil {
+		t.Errorf("deregister of an unknown id: %v", err)
+	}
+	msg, err := e.connect().Request(cfg.Subjects.Deregister(), []byte(`{"name":"media"}`), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if serr := events.DecodeServiceError(msg); serr == nil || serr.Status != 400 || serr.Field != "id" {
+		t.Errorf("deregister without an id = %+v", serr)
 	}
 }

@@ -69,6 +69,26 @@ func (r *Registry) handleRegister(req micro.Request) {
 	r.reply(req, "register", data, err)
 }
 
+func (r *Registry) handleDeregister(req micro.Request) {
+	var body events.DeregisterRequest
+	if err := events.DecodeRequest(req.Data(), &body); err != nil {
+		r.reply(req, "deregister", nil, err)
+		return
+	}
+	ctx, cancel := r.requestContext()
+	defer cancel()
+	removed, err := r.store.Deregister(ctx, body.Name, body.ID)
+	if err != nil {
+		r.reply(req, "deregister", nil, err)
+		return
+	}
+	if removed {
+		r.log.Info("deregistered", "name", body.Name, "id", body.ID)
+	}
+	data, err := json.Marshal(events.OKReply{OK: true})
+	r.reply(req, "deregister", data, err)
+}
+
 // register seals and stores one validated registration.
 func (r *Registry) register(ctx context.Context, body events.RegisterRequest) (events.Instance, store.Change, error) {
 	inst := events.Instance{Name: body.Name, ID: body.ID, Endpoints: body.Endpoints, IPv4: body.IPv4,

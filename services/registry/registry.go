@@ -201,7 +201,7 @@ func (r *Registry) startEndpoints() error {
 		svc, err := micro.AddService(r.nc, micro.Config{
 			Name:        "registry",
 			Version:     Version,
-			Description: "allot registry: register, find",
+			Description: "allot registry: register, deregister, find",
 			QueueGroup:  "registry",
 			Metadata:    map[string]string{"handler": fmt.Sprint(i)},
 		})
@@ -215,6 +215,7 @@ func (r *Registry) startEndpoints() error {
 			h             micro.HandlerFunc
 		}{
 			{"register", "register", r.handleRegister},
+			{"deregister", "deregister", r.handleDeregister},
 			{"find", "find", r.handleFind},
 			{"find_name", "find.*", r.handleFind},
 		} {

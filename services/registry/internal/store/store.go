@@ -21,6 +21,8 @@ import (
 var (
 	//go:embed register.lua
 	registerLua string
+	//go:embed deregister.lua
+	deregisterLua string
 	//go:embed find.lua
 	findLua string
 	//go:embed expired.lua
@@ -60,6 +62,7 @@ type Store struct {
 	now     func() time.Time // nil: Redis TIME
 	scripts []*redis.Script
 	reg     *redis.Script
+	dereg   *redis.Script
 	find    *redis.Script
 	expired *redis.Script
 	reap    *redis.Script
@@ -79,9 +82,9 @@ func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
 		return nil, errors.New("store: nil redis client")
 	}
 	s := &Store{rdb: rdb, keys: opts.Keys, now: opts.Now,
-		reg: redis.NewScript(registerLua), find: redis.NewScript(findLua),
+		reg: redis.NewScript(registerLua), dereg: redis.NewScript(deregisterLua), find: redis.NewScript(findLua),
 		expired: redis.NewScript(expiredLua), reap: redis.NewScript(reapLua)}
-	s.scripts = []*redis.Script{s.reg, s.find, s.expired, s.reap}
+	s.scripts = []*redis.Script{s.reg, s.dereg, s.find, s.expired, s.reap}
 	if err := s.Load(ctx); err != nil {
 		return nil, err
 	}
@@ -155,6 +158,21 @@ func (s *Store) Register(ctx context.Context, name, id string, ciphertext []byte
 		return 0, time.Time{}, fmt.Errorf("store: register: unexpected reply %v", v)
 	}
 	return Change(status), time.UnixMilli(exp), nil
+}
+
+// Deregister removes name/id's registration at once and hands it to the
+// reaper, which announces and cleans it up as for an expiry. It reports
+// whether there was one.
+func (s *Store) Deregister(ctx context.Context, name, id string) (bool, error) {
+	k := s.keys
+	v, err := s.run(ctx, "deregister", s.dereg,
+		[]string{k.RegistryEntry(name, id), k.RegistryExpiry()},
+		keys.RegistryMember(name, id), s.nowMS())
+	if err != nil {
+		return false, err
+	}
+	n, _ := v.(int64)
+	return n == 1, nil
 }
 
 // Entry is one stored instance: its member "<name>:<id>", expiry and
