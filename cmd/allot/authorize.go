@@ -52,21 +52,15 @@ func runAuthorize(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []str
 		}
 		req.ID = newID
 	}
-	if err := req.Validate(); err != nil {
-		return err
-	}
-	c, subj, closeConn, err := ef.connect(env)
-	if err != nil {
-		return err
-	}
-	defer closeConn()
-
-	reply, err := c.Authorize(ctx, *uid, req)
+	reply, err := call(ctx, env, &ef, req, "meter", func(s events.Subjects) string { return s.Authorize(*uid) },
+		func(ctx context.Context, c *events.Client) (events.AuthorizeReply, error) {
+			return c.Authorize(ctx, *uid, req)
+		})
 	// A refusal is a 429 that carries the decision; a plain reply saying
 	// "not allowed" is taken as one too.
 	refused := errors.Is(err, events.ErrOverLimit) || (err == nil && !reply.Allowed)
 	if err != nil && !refused {
-		return callError(err, "meter", subj.Authorize(*uid), ef.timeout)
+		return err
 	}
 	if ef.json {
 		if err := printJSON(env.stdout, reply); err != nil {

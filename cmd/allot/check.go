@@ -43,18 +43,10 @@ func runCheck(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string)
 		return err
 	}
 	req := events.CheckRequest{Service: *service, Cost: events.Cost(*cost)}
-	if err := req.Validate(); err != nil {
-		return err
-	}
-	c, subj, closeConn, err := ef.connect(env)
+	reply, err := call(ctx, env, &ef, req, "rate limiter", func(s events.Subjects) string { return s.Check(*uid) },
+		func(ctx context.Context, c *events.Client) (events.CheckReply, error) { return c.Check(ctx, *uid, req) })
 	if err != nil {
 		return err
-	}
-	defer closeConn()
-
-	reply, err := c.Check(ctx, *uid, req)
-	if err != nil {
-		return callError(err, "rate limiter", subj.Check(*uid), ef.timeout)
 	}
 	if ef.json {
 		if err := printJSON(env.stdout, reply); err != nil {

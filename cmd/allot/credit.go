@@ -40,30 +40,20 @@ func runCredit(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string
 	if err := requireUID(*uid); err != nil {
 		return err
 	}
-	if err := (events.CreditRequest{Metric: *metric}).Validate(); err != nil {
-		return err
-	}
-	c, subj, closeConn, err := ef.connect(env)
+	var credits []events.Credit
+	reply, err := call(ctx, env, &ef, events.CreditRequest{Metric: *metric}, "meter", func(s events.Subjects) string { return s.Credit(*uid) },
+		func(ctx context.Context, c *events.Client) (any, error) {
+			if *metric != "" {
+				one, err := c.Credit(ctx, *uid, *metric)
+				credits = []events.Credit{one}
+				return one, err
+			}
+			all, err := c.Credits(ctx, *uid)
+			credits = all.Credits
+			return all, err
+		})
 	if err != nil {
 		return err
-	}
-	defer closeConn()
-	subject := subj.Credit(*uid)
-
-	var credits []events.Credit
-	var reply any
-	if *metric != "" {
-		one, err := c.Credit(ctx, *uid, *metric)
-		if err != nil {
-			return callError(err, "meter", subject, ef.timeout)
-		}
-		credits, reply = []events.Credit{one}, one
-	} else {
-		all, err := c.Credits(ctx, *uid)
-		if err != nil {
-			return callError(err, "meter", subject, ef.timeout)
-		}
-		credits, reply = all.Credits, all
 	}
 	if ef.json {
 		return printJSON(env.stdout, reply)

@@ -6,6 +6,7 @@ package main
 // into one line a person can act on.
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -85,6 +86,37 @@ func parseFlags(fs *flag.FlagSet, args []string, allowArgs bool) ([]string, erro
 // of a service's error reply, which service is not running, or how long
 // was waited. Validation errors (refused before the wire) already name
 // their field and pass through.
+// endpointError is a failed call put in one line for the user; it still
+// matches the original error with errors.Is, e.g. events.ErrOverLimit.
+type endpointError struct {
+	msg string
+	err error
+}
+
+func (e *endpointError) Error() string { return e.msg }
+func (e *endpointError) Unwrap() error { return e.err }
+
+// call validates req, connects, runs do, and turns its failure into one
+// line naming the service and the subject asked. What every endpoint
+// command does around its one client call.
+func call[R any](ctx context.Context, env *cliEnv, ef *endpointFlags, req events.Validator, service string,
+	subject func(events.Subjects) string, do func(context.Context, *events.Client) (R, error)) (R, error) {
+	var zero R
+	if err := req.Validate(); err != nil {
+		return zero, err
+	}
+	c, subj, closeConn, err := ef.connect(env)
+	if err != nil {
+		return zero, err
+	}
+	defer closeConn()
+	reply, err := do(ctx, c)
+	if err != nil {
+		return reply, callError(err, service, subject(subj), ef.timeout)
+	}
+	return reply, nil
+}
+
 func callError(err error, service, subject string, timeout time.Duration) error {
 	var serr *events.ServiceError
 	switch {
@@ -99,11 +131,11 @@ func callError(err error, service, subject string, timeout time.Duration) error 
 		case events.CodeInternal:
 			msg += "; this is a bug, the service's log has more"
 		}
-		return errors.New(msg)
+		return &endpointError{msg, err}
 	case errors.Is(err, events.ErrNoResponders):
-		return fmt.Errorf("no %s is answering on %s: is it running (allot dev)?", service, subject)
+		return &endpointError{fmt.Sprintf("no %s is answering on %s: is it running (allot dev)?", service, subject), err}
 	case errors.Is(err, events.ErrTimeout):
-		return fmt.Errorf("no reply from the %s on %s within %s: is it overloaded? (raise -timeout to wait longer)", service, subject, timeout)
+		return &endpointError{fmt.Sprintf("no reply from the %s on %s within %s: is it overloaded? (raise -timeout to wait longer)", service, subject, timeout), err}
 	}
 	return err
 }

@@ -81,18 +81,12 @@ func runGrants(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string
 		req.Set = set
 	}
 	req.Unset = unset
-	if err := req.Validate(); err != nil {
-		return err
-	}
-	c, subj, closeConn, err := ef.connect(env)
+	reply, err := call(ctx, env, &ef, req, "meter", func(s events.Subjects) string { return s.Grants(*uid) },
+		func(ctx context.Context, c *events.Client) (events.GrantsReply, error) {
+			return c.Grants(ctx, *uid, req)
+		})
 	if err != nil {
 		return err
-	}
-	defer closeConn()
-
-	reply, err := c.Grants(ctx, *uid, req)
-	if err != nil {
-		return callError(err, "meter", subj.Grants(*uid), ef.timeout)
 	}
 	if ef.json {
 		return printJSON(env.stdout, reply)

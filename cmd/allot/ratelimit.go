@@ -99,17 +99,11 @@ func runRatelimitReset(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args 
 		return err
 	}
 	req := events.ResetRequest{Service: *service}
-	if err := req.Validate(); err != nil {
+	if _, err := call(ctx, env, &ef, req, "rate limiter", func(s events.Subjects) string { return s.Reset(*uid) },
+		func(ctx context.Context, c *events.Client) (struct{}, error) {
+			return struct{}{}, c.Reset(ctx, *uid, *service)
+		}); err != nil {
 		return err
-	}
-	c, subj, closeConn, err := ef.connect(env)
-	if err != nil {
-		return err
-	}
-	defer closeConn()
-
-	if err := c.Reset(ctx, *uid, *service); err != nil {
-		return callError(err, "rate limiter", subj.Reset(*uid), ef.timeout)
 	}
 	if ef.json {
 		return printJSON(env.stdout, events.OKReply{OK: true})

@@ -49,15 +49,10 @@ func runRegistry(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []stri
 			return err
 		}
 	}
-	c, subj, closeConn, err := ef.connect(env)
+	reply, err := call(ctx, env, &ef, events.FindRequest{}, "registry", func(s events.Subjects) string { return s.Find(name) },
+		func(ctx context.Context, c *events.Client) (events.FindReply, error) { return c.Find(ctx, name) })
 	if err != nil {
 		return err
-	}
-	defer closeConn()
-
-	reply, err := c.Find(ctx, name)
-	if err != nil {
-		return callError(err, "registry", subj.Find(name), ef.timeout)
 	}
 	if ef.json {
 		return printJSON(env.stdout, reply)
