@@ -139,6 +139,17 @@ func ParseToken(subject, prefix string) (string, error) {
 	return parseTail(subject, prefix)
 }
 
+// ParseUID returns the <uid> token that follows prefix in a request
+// subject, as ParseToken does, but names the field "uid" in its error.
+func ParseUID(subject, prefix string) (string, error) {
+	uid, err := parseTail(subject, prefix)
+	var v *ValidationError
+	if errors.As(err, &v) {
+		v.Field = "uid"
+	}
+	return uid, err
+}
+
 func parseTail(subject, prefix string) (string, error) {
 	rest, ok := strings.CutPrefix(subject, prefix+".")
 	if !ok {

@@ -3,7 +3,6 @@ package meter
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 
@@ -21,38 +20,13 @@ func (m *Meter) requestContext() (context.Context, context.CancelFunc) {
 
 // uidOf returns the <uid> token of a request subject <meter>.<endpoint>.<uid>.
 func (m *Meter) uidOf(req micro.Request, endpoint string) (string, error) {
-	uid, err := events.ParseToken(req.Subject(), m.subj.Meter+"."+endpoint)
-	if err != nil {
-		var v *events.ValidationError
-		if errors.As(err, &v) {
-			v.Field = "uid"
-		}
-	}
-	return uid, err
+	return events.ParseUID(req.Subject(), m.subj.Meter+"."+endpoint)
 }
 
-// reply answers req, counting the outcome. Redis trouble is a 503, a bad
+// reply answers req, counting the outcome: Redis trouble is a 503, a bad
 // request a 400 naming the field.
 func (m *Meter) reply(req micro.Request, endpoint string, v any, err error) {
-	if err == nil {
-		m.metrics.requests.WithLabelValues(endpoint, "ok").Inc()
-		_ = events.Respond(req, v)
-		return
-	}
-	if errors.Is(err, store.ErrRedis) {
-		err = events.NewServiceError(events.CodeUnavailable, "", "redis unavailable: %v", err)
-	}
-	var serr *events.ServiceError
-	switch {
-	case errors.As(err, &serr):
-	case errors.Is(err, events.ErrInvalid):
-		serr = events.BadRequest(err)
-	default:
-		m.log.Error("request failed", "endpoint", endpoint, "subject", req.Subject(), "err", err)
-		serr = events.NewServiceError(events.CodeInternal, "", "%v", err)
-	}
-	m.metrics.requests.WithLabelValues(endpoint, string(serr.Code)).Inc()
-	_ = events.RespondError(req, serr)
+	m.replier.Reply(req, endpoint, v, err)
 }
 
 // grantMetric returns the declaration of a grant metric, or a 404 for an

@@ -18,7 +18,6 @@ import (
 	"github.com/allot/allot/services/meter/internal/store"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
@@ -40,14 +39,15 @@ type Deps struct {
 
 // Meter is a running meter: the event worker and the endpoints.
 type Meter struct {
-	cfg      service.Config
-	subj     events.Subjects
-	log      *slog.Logger
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	store    *store.Store
-	metrics  *metrics
-	services []micro.Service
+	cfg       service.Config
+	subj      events.Subjects
+	log       *slog.Logger
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	store     *store.Store
+	metrics   *metrics
+	endpoints *service.Endpoints
+	replier   service.Replier
 
 	cancel   context.CancelFunc
 	done     chan struct{}
@@ -105,8 +105,13 @@ func Start(ctx context.Context, cfg service.Config, deps Deps) (*Meter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("meter: consumer %s on %s: %w", cfg.Meter.Consumer, cfg.Streams.Usage, err)
 	}
+	m.replier = service.Replier{Requests: m.metrics.requests, Log: log, Classify: func(err error) *events.ServiceError {
+		if errors.Is(err, store.ErrRedis) {
+			return events.NewServiceError(events.CodeUnavailable, "", "redis unavailable: %v", err)
+		}
+		return nil
+	}}
 	if err := m.startEndpoints(); err != nil {
-		m.stopEndpoints()
 		return nil, err
 	}
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -139,40 +144,27 @@ func (m *Meter) Stop(ctx context.Context) error {
 }
 
 func (m *Meter) startEndpoints() error {
-	for i := range m.cfg.Meter.Handlers {
-		svc, err := micro.AddService(m.nc, micro.Config{
-			Name:        "meter",
-			Version:     Version,
-			Description: "allot meter: credit, authorize and grants",
-			QueueGroup:  "meter",
-			Metadata:    map[string]string{"handler": fmt.Sprint(i)},
-		})
-		if err != nil {
-			return fmt.Errorf("meter: endpoints: %w", err)
-		}
-		m.services = append(m.services, svc)
-		g := svc.AddGroup(m.subj.Meter, micro.WithGroupQueueGroup("meter"))
-		for _, ep := range []struct {
-			name string
-			h    micro.HandlerFunc
-		}{
-			{"credit", m.handleCredit},
-			{"authorize", m.handleAuthorize},
-			{"grants", m.handleGrants},
-		} {
-			if err := g.AddEndpoint(ep.name, ep.h, micro.WithEndpointSubject(ep.name+".*")); err != nil {
-				return fmt.Errorf("meter: endpoint %s: %w", ep.name, err)
-			}
-		}
+	eps, err := service.StartEndpoints(m.nc, service.EndpointsConfig{
+		Name:        "meter",
+		Version:     Version,
+		Description: "allot meter: credit, authorize and grants",
+		Group:       m.subj.Meter,
+		Handlers:    m.cfg.Meter.Handlers,
+	}, []service.Endpoint{
+		{Name: "credit", Subject: "credit.*", Handler: m.handleCredit},
+		{Name: "authorize", Subject: "authorize.*", Handler: m.handleAuthorize},
+		{Name: "grants", Subject: "grants.*", Handler: m.handleGrants},
+	}, m.log)
+	if err != nil {
+		return err
 	}
+	m.endpoints = eps
 	return nil
 }
 
 func (m *Meter) stopEndpoints() {
-	for _, svc := range m.services {
-		if err := svc.Stop(); err != nil {
-			m.log.Warn("stopping endpoints", "err", err)
-		}
+	if m.endpoints != nil {
+		m.endpoints.Stop()
 	}
 }
 

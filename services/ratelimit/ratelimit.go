@@ -94,7 +94,6 @@ import (
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/services/ratelimit/internal/store"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
@@ -119,15 +118,15 @@ type Deps struct {
 
 // Limiter is a running rate limiter.
 type Limiter struct {
-	cfg      service.Config
-	log      *slog.Logger
-	nc       *nats.Conn
-	store    *store.Store
-	metrics  *metrics
-	cache    *cache
-	clock    func() time.Time
-	services []micro.Service
-	stopOnce sync.Once
+	cfg       service.Config
+	log       *slog.Logger
+	nc        *nats.Conn
+	store     *store.Store
+	metrics   *metrics
+	cache     *cache
+	clock     func() time.Time
+	endpoints *service.Endpoints
+	stopOnce  sync.Once
 
 	// The hit worker, when some service counts usage events.
 	cancel context.CancelFunc

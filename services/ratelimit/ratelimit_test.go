@@ -200,8 +200,8 @@ func TestCheckAndResetOverNATS(t *testing.T) {
 	}
 	var si struct{ Name string }
 	_ = json.Unmarshal(info.Data, &si)
-	if si.Name != "ratelimit" || len(e.lim.services) != e.cfg.RateLimit.Handlers {
-		t.Errorf("service %q with %d handlers", si.Name, len(e.lim.services))
+	if si.Name != "ratelimit" || e.lim.endpoints.Len() != e.cfg.RateLimit.Handlers {
+		t.Errorf("service %q with %d handlers", si.Name, e.lim.endpoints.Len())
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/services/registry/internal/crypt"
 	"github.com/allot/allot/services/registry/internal/store"
 	"github.com/nats-io/nats.go/micro"
@@ -24,26 +25,15 @@ func (r *Registry) requestContext() (context.Context, context.CancelFunc) {
 // reply answers req, counting the outcome: a bad request is a 400 naming
 // the field, an id held by another name a 409, Redis trouble a 503.
 func (r *Registry) reply(req micro.Request, endpoint string, data []byte, err error) {
-	if err == nil {
-		r.metrics.requests.WithLabelValues(endpoint, "ok").Inc()
-		_ = req.Respond(data)
-		return
-	}
-	var serr *events.ServiceError
-	switch {
-	case errors.As(err, &serr):
-	case errors.Is(err, events.ErrInvalid):
-		serr = events.BadRequest(err)
-	case errors.Is(err, store.ErrConflict):
-		serr = events.NewServiceError(events.CodeConflict, "id", "%s", strings.TrimPrefix(err.Error(), "store: "))
-	case errors.Is(err, store.ErrRedis):
-		serr = events.NewServiceError(events.CodeUnavailable, "", "redis unavailable: %v", err)
-	default:
-		r.log.Error("request failed", "endpoint", endpoint, "subject", req.Subject(), "err", err)
-		serr = events.NewServiceError(events.CodeInternal, "", "%v", err)
-	}
-	r.metrics.requests.WithLabelValues(endpoint, string(serr.Code)).Inc()
-	_ = events.RespondError(req, serr)
+	service.Replier{Requests: r.metrics.requests, Log: r.log, Classify: func(err error) *events.ServiceError {
+		switch {
+		case errors.Is(err, store.ErrConflict):
+			return events.NewServiceError(events.CodeConflict, "id", "%s", strings.TrimPrefix(err.Error(), "store: "))
+		case errors.Is(err, store.ErrRedis):
+			return events.NewServiceError(events.CodeUnavailable, "", "redis unavailable: %v", err)
+		}
+		return nil
+	}}.ReplyBytes(req, endpoint, data, err)
 }
 
 func (r *Registry) handleRegister(req micro.Request) {

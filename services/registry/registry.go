@@ -51,7 +51,6 @@ import (
 	"github.com/allot/allot/services/registry/internal/crypt"
 	"github.com/allot/allot/services/registry/internal/store"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
@@ -86,17 +85,17 @@ type Deps struct {
 
 // Registry is a running registry.
 type Registry struct {
-	cfg      service.Config
-	log      *slog.Logger
-	nc       *nats.Conn
-	store    *store.Store
-	sealer   *crypt.Sealer
-	locker   *mutex.Locker
-	metrics  *metrics
-	clock    func() time.Time
-	services []micro.Service
-	sub      *nats.Subscription
-	cache    cache
+	cfg       service.Config
+	log       *slog.Logger
+	nc        *nats.Conn
+	store     *store.Store
+	sealer    *crypt.Sealer
+	locker    *mutex.Locker
+	metrics   *metrics
+	clock     func() time.Time
+	endpoints *service.Endpoints
+	sub       *nats.Subscription
+	cache     cache
 
 	cancel   context.CancelFunc
 	done     chan struct{}
@@ -197,33 +196,22 @@ func (r *Registry) Stop(ctx context.Context) error {
 }
 
 func (r *Registry) startEndpoints() error {
-	for i := range r.cfg.Registry.Handlers {
-		svc, err := micro.AddService(r.nc, micro.Config{
-			Name:        "registry",
-			Version:     Version,
-			Description: "allot registry: register, deregister, find",
-			QueueGroup:  "registry",
-			Metadata:    map[string]string{"handler": fmt.Sprint(i)},
-		})
-		if err != nil {
-			return fmt.Errorf("registry: endpoints: %w", err)
-		}
-		r.services = append(r.services, svc)
-		g := svc.AddGroup(r.cfg.Subjects.RegistryGroup(), micro.WithGroupQueueGroup("registry"))
-		for _, ep := range []struct {
-			name, subject string
-			h             micro.HandlerFunc
-		}{
-			{"register", "register", r.handleRegister},
-			{"deregister", "deregister", r.handleDeregister},
-			{"find", "find", r.handleFind},
-			{"find_name", "find.*", r.handleFind},
-		} {
-			if err := g.AddEndpoint(ep.name, ep.h, micro.WithEndpointSubject(ep.subject)); err != nil {
-				return fmt.Errorf("registry: endpoint %s: %w", ep.name, err)
-			}
-		}
+	eps, err := service.StartEndpoints(r.nc, service.EndpointsConfig{
+		Name:        "registry",
+		Version:     Version,
+		Description: "allot registry: register, deregister, find",
+		Group:       r.cfg.Subjects.RegistryGroup(),
+		Handlers:    r.cfg.Registry.Handlers,
+	}, []service.Endpoint{
+		{Name: "register", Subject: "register", Handler: r.handleRegister},
+		{Name: "deregister", Subject: "deregister", Handler: r.handleDeregister},
+		{Name: "find", Subject: "find", Handler: r.handleFind},
+		{Name: "find_name", Subject: "find.*", Handler: r.handleFind},
+	}, r.log)
+	if err != nil {
+		return err
 	}
+	r.endpoints = eps
 	return nil
 }
 
@@ -231,10 +219,8 @@ func (r *Registry) stopEndpoints() {
 	if r.sub != nil {
 		_ = r.sub.Unsubscribe()
 	}
-	for _, svc := range r.services {
-		if err := svc.Stop(); err != nil {
-			r.log.Warn("stopping endpoints", "err", err)
-		}
+	if r.endpoints != nil {
+		r.endpoints.Stop()
 	}
 }
 
