@@ -191,6 +191,11 @@ func startFakeServices(t *testing.T, natsURL string) *fakeServices {
 			t.Fatal(err)
 		}
 	}
+	// The CLI connects separately: make sure the server has every
+	// subscription before a test sends its first request.
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	return f
 }
 

@@ -65,6 +65,12 @@ func StartEndpoints(nc *nats.Conn, cfg EndpointsConfig, eps []Endpoint, log *slo
 			}
 		}
 	}
+	// Serving means the server has every subscription: a request from
+	// another connection right after Start must find them.
+	if err := nc.Flush(); err != nil {
+		e.Stop()
+		return nil, fmt.Errorf("%s: endpoints: %w", cfg.Name, err)
+	}
 	return e, nil
 }
 
