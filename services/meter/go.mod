@@ -43,4 +43,7 @@ replace (
 	github.com/allot/allot/pkg/events => ../../pkg/events
 	github.com/allot/allot/pkg/keys => ../../pkg/keys
 	github.com/allot/allot/pkg/service => ../../pkg/service
+	github.com/allot/allot/pkg/testenv => ../../pkg/testenv
 )
+
+require github.com/allot/allot/pkg/testenv v0.0.0

@@ -6,6 +6,7 @@ replace (
 	github.com/allot/allot/pkg/events => ../../pkg/events
 	github.com/allot/allot/pkg/keys => ../../pkg/keys
 	github.com/allot/allot/pkg/service => ../../pkg/service
+	github.com/allot/allot/pkg/testenv => ../../pkg/testenv
 )
 
 require (
@@ -44,3 +45,5 @@ require (
 	golang.org/x/time v0.16.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+require github.com/allot/allot/pkg/testenv v0.0.0

@@ -7,6 +7,7 @@ replace (
 	github.com/allot/allot/pkg/keys => ../../pkg/keys
 	github.com/allot/allot/pkg/mutex => ../../pkg/mutex
 	github.com/allot/allot/pkg/service => ../../pkg/service
+	github.com/allot/allot/pkg/testenv => ../../pkg/testenv
 )
 
 require (
@@ -46,3 +47,5 @@ require (
 	golang.org/x/time v0.16.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+require github.com/allot/allot/pkg/testenv v0.0.0

@@ -1,0 +1,102 @@
+// Package testenv is the test support allot's modules share: the real
+// Redis and NATS the integration tests run against, under names of their
+// own that are cleaned up afterwards.
+//
+// The servers come from ALLOT_TEST_REDIS_URL (default
+// redis://127.0.0.1:6379/0) and ALLOT_TEST_NATS_URL (default
+// nats://127.0.0.1:4222). A server that does not answer skips the test,
+// unless ALLOT_REQUIRE_INTEGRATION=1 (as in CI), which fails it.
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
+)
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// Unavailable skips t, or fails it when ALLOT_REQUIRE_INTEGRATION=1.
+func Unavailable(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("ALLOT_REQUIRE_INTEGRATION") == "1" {
+		t.Fatalf(format, args...)
+	}
+	t.Skipf(format, args...)
+}
+
+// RedisURL is the real Redis's URL.
+func RedisURL() string { return envOr("ALLOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0") }
+
+// NATSURL is the real NATS's URL.
+func NATSURL() string { return envOr("ALLOT_TEST_NATS_URL", "nats://127.0.0.1:4222") }
+
+// RedisOptions returns the client options of the real Redis, once it has
+// answered a PING.
+func RedisOptions(t testing.TB) *redis.Options {
+	t.Helper()
+	opts, err := redis.ParseURL(RedisURL())
+	if err != nil {
+		t.Fatalf("ALLOT_TEST_REDIS_URL: %v", err)
+	}
+	probe := redis.NewClient(opts)
+	defer probe.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := probe.Ping(ctx).Err(); err != nil {
+		Unavailable(t, "no real Redis at %s: %v", RedisURL(), err)
+	}
+	return opts
+}
+
+// Redis returns a client of the real Redis and a random key prefix; every
+// key under the prefix is deleted and the client closed at the end of t.
+func Redis(t testing.TB) (*redis.Client, string) {
+	t.Helper()
+	rdb := redis.NewClient(RedisOptions(t))
+	prefix := KeyPrefix(t, rdb)
+	t.Cleanup(func() { _ = rdb.Close() })
+	return rdb, prefix
+}
+
+// KeyPrefix returns "allot-it-<random>:" and deletes every key under it
+// through rdb at the end of t (registered before rdb's own close).
+func KeyPrefix(t testing.TB, rdb redis.UniversalClient) string {
+	t.Helper()
+	var r [4]byte
+	_, _ = rand.Read(r[:])
+	prefix := "allot-it-" + hex.EncodeToString(r[:]) + ":"
+	t.Cleanup(func() { DeleteKeys(rdb, prefix) })
+	return prefix
+}
+
+// DeleteKeys deletes every key that starts with prefix.
+func DeleteKeys(rdb redis.UniversalClient, prefix string) {
+	ctx := context.Background()
+	iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+	for iter.Next(ctx) {
+		rdb.Del(ctx, iter.Val())
+	}
+}
+
+// NATS returns a connection to the real NATS, closed at the end of t.
+func NATS(t testing.TB) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(NATSURL(), nats.Timeout(2*time.Second))
+	if err != nil {
+		Unavailable(t, "no real NATS at %s: %v", NATSURL(), err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
