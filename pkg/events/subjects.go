@@ -117,6 +117,15 @@ func (s Subjects) NotifyUsage(uid string) string { return s.Notify + ".usage." +
 // confirmation email.
 func (s Subjects) NotifyConfirm(uid string) string { return s.Notify + ".confirm." + uid }
 
+// NotifyVerify returns the subject on which a confirmation token is
+// verified (request/reply). It lies outside the NOTIFY stream, which
+// captures notify.usage.* and notify.confirm.*: a stream would answer the
+// request with its own acknowledgement.
+func (s Subjects) NotifyVerify() string { return s.Notify + ".verify" }
+
+// NotifierGroup is the queue group of the notifier's endpoints.
+func (s Subjects) NotifierGroup() string { return s.Notify }
+
 // Endpoint groups of the request/reply services, for micro.AddGroup.
 func (s Subjects) MeterGroup() string     { return s.Meter }
 func (s Subjects) RateLimitGroup() string { return s.RateLimit }
