@@ -50,6 +50,8 @@ type Config struct {
 	RateLimit RateLimitConfig `yaml:"ratelimit"`
 	// Registry tunes the service registry and self-registration.
 	Registry RegistryConfig `yaml:"registry"`
+	// Notifier tunes the notifier: jobs, tokens, templates and SMTP.
+	Notifier NotifierConfig `yaml:"notifier"`
 	// Instance names this process among the replicas of a service, in logs,
 	// the registry and metrics. Defaults to the hostname (the pod name in
 	// Kubernetes).
@@ -176,6 +178,7 @@ func Default() Config {
 		Meter:     DefaultMeter(),
 		RateLimit: DefaultRateLimit(),
 		Registry:  DefaultRegistry(),
+		Notifier:  DefaultNotifier(),
 		Instance:  host,
 	}
 }
@@ -209,6 +212,7 @@ func (c Config) Validate() error {
 	errs = append(errs, validateMetering(c.Metrics, c.Grants, c.Meter, c.Streams)...)
 	errs = append(errs, c.RateLimit.validate(c.Metrics)...)
 	errs = append(errs, c.Registry.validate()...)
+	errs = append(errs, c.Notifier.validate(c.Metrics)...)
 	for _, err := range []error{c.Subjects.Validate(), c.Streams.Validate()} {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("service: %w", err))
