@@ -26,6 +26,14 @@
 //	allot:{registry}:last            HASH  <name>:<id> -> the instance's current ciphertext, kept until it is reaped,
 //	                                       so a change is seen by comparing and an expiry can say what expired
 //
+//	allot:{u-42}:addr                STRING the uid's confirmed email address (set when a token verifies)
+//	allot:{u-42}:tok:<nonce>         STRING a used confirmation token, kept until it would have expired
+//	allot:{u-42}:sent:<task id>      STRING an email the notifier sent, kept for notifier.retention
+//
+// The notifier's jobs live in asynq's own keys (asynq:{<queue>}:...),
+// which take no prefix: deployments sharing a Redis use distinct queue
+// names.
+//
 // Every registry key shares the tag {registry}, so one script registers or
 // reaps an instance across all of them on Redis Cluster.
 //
@@ -140,6 +148,16 @@ func RateLimitField(service string) string {
 	}
 	return "ratelimit_" + service
 }
+
+// ConfirmedAddress is the STRING holding uid's confirmed email address,
+// the one its usage notices go to.
+func (k Keys) ConfirmedAddress(uid string) string { return k.tagged(UserTag(uid), "addr") }
+
+// UsedToken is the STRING marking one of uid's confirmation tokens used.
+func (k Keys) UsedToken(uid, nonce string) string { return k.tagged(UserTag(uid), "tok", nonce) }
+
+// SentEmail is the STRING marking the email of one notifier task sent.
+func (k Keys) SentEmail(uid, taskID string) string { return k.tagged(UserTag(uid), "sent", taskID) }
 
 // Instances is the SET of sources that reported instance-scoped metrics.
 func (k Keys) Instances() string { return k.prefix + "index:instances" }

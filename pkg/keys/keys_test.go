@@ -23,6 +23,9 @@ func TestKeys(t *testing.T) {
 		k.RegistryIDs():                         "allot:{registry}:ids",
 		k.RegistryLast():                        "allot:{registry}:last",
 		RegistryMember("media", "pod-1"):        "media:pod-1",
+		k.ConfirmedAddress("u-42"):              "allot:{u-42}:addr",
+		k.UsedToken("u-42", "n1"):               "allot:{u-42}:tok:n1",
+		k.SentEmail("u-42", "t1"):               "allot:{u-42}:sent:t1",
 	} {
 		if got != want {
 			t.Errorf("got %q, want %q", got, want)
