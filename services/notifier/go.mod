@@ -9,3 +9,9 @@ replace (
 	github.com/allot/allot/pkg/service => ../../pkg/service
 	github.com/allot/allot/pkg/testenv => ../../pkg/testenv
 )
+
+require (
+	github.com/emersion/go-sasl v0.0.0-20241020182733-b788ff22d5a6
+	github.com/emersion/go-smtp v0.25.1
+	github.com/google/go-cmp v0.7.0
+)
