@@ -141,6 +141,21 @@ type FindReply struct {
 	Conflicts map[string][]string `json:"conflicts,omitempty"`
 }
 
+// RefreshRequest asks registry.refresh to reap expired instances now
+// and rebuild the URL map; the notifier's periodic task sends it.
+type RefreshRequest struct{}
+
+// Validate accepts the empty request.
+func (RefreshRequest) Validate() error { return nil }
+
+// RefreshReply says what a refresh found.
+type RefreshReply struct {
+	Reaped    int `json:"reaped"`    // instances removed as expired
+	Instances int `json:"instances"` // live instances after the refresh
+	Resources int `json:"resources"` // entries of the rebuilt URL map
+	Conflicts int `json:"conflicts"` // resources served at more than one URL
+}
+
 // Registry changes, as in RegistryChange.Change.
 const (
 	ChangeAppeared = "appeared"

@@ -145,6 +145,14 @@ func (c *Client) Deregister(ctx context.Context, name, id string) error {
 	return c.request(ctx, c.subj.Deregister(), req, &reply)
 }
 
+// RefreshRegistry has the registry reap expired instances and rebuild
+// its URL map now.
+func (c *Client) RefreshRegistry(ctx context.Context) (RefreshReply, error) {
+	var reply RefreshReply
+	err := c.request(ctx, c.subj.RegistryRefresh(), RefreshRequest{}, &reply)
+	return reply, err
+}
+
 // Find lists the live instances of service name, or of every service
 // when name is empty, with the resource to URL map.
 func (c *Client) Find(ctx context.Context, name string) (FindReply, error) {

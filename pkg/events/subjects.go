@@ -110,6 +110,10 @@ func (s Subjects) Find(name string) string {
 // RegistryChanged returns the subject of change events for service name.
 func (s Subjects) RegistryChanged(name string) string { return s.Registry + ".changed." + name }
 
+// RegistryRefresh returns the subject that has the registry reap expired
+// instances and rebuild its URL map at once.
+func (s Subjects) RegistryRefresh() string { return s.Registry + ".refresh" }
+
 // NotifyUsage returns the subject of uid's threshold notices.
 func (s Subjects) NotifyUsage(uid string) string { return s.Notify + ".usage." + uid }
 

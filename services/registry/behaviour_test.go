@@ -28,6 +28,7 @@ var behaviours = []struct {
 	{"UndecryptableEntriesAreSkipped", testUndecryptable},
 	{"KeyRotation", testKeyRotation},
 	{"OneReaper", testOneReaper},
+	{"RefreshReapsAndRebuilds", testRefresh},
 }
 
 func TestBehaviour(t *testing.T) {
@@ -379,5 +380,59 @@ func testDeregister(t *testing.T, bf backendFunc) {
 	}
 	if serr := events.DecodeServiceError(msg); serr == nil || serr.Status != 400 || serr.Field != "id" {
 		t.Errorf("deregister without an id = %+v", serr)
+	}
+}
+
+func testRefresh(t *testing.T, bf backendFunc) {
+	e := newEnv(t, bf)
+	e.start(e.config(testKey), nil)
+	ch := e.changes()
+	ctx := t.Context()
+	a, b := media("a", "https://a.example", "albums", "photos"), media("b", "https://b.example", "photos")
+	gone := media("gone", "https://c.example", "videos")
+	for _, req := range []events.RegisterRequest{a, b, gone} {
+		if _, err := e.client.Register(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+		next(t, ch)
+	}
+	if _, err := e.client.Find(ctx, ""); err != nil { // fills the cache
+		t.Fatal(err)
+	}
+	e.elapse(1500 * time.Millisecond)
+	for _, req := range []events.RegisterRequest{a, b} {
+		if _, err := e.client.Register(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.elapse(700 * time.Millisecond)
+	got, err := e.client.RefreshRegistry(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(events.RefreshReply{Reaped: 1, Instances: 2, Resources: 1, Conflicts: 1}, got); diff != "" {
+		t.Errorf("refresh (-want +got):\n%s", diff)
+	}
+	if c := next(t, ch); c.Change != "expired" || c.ID != "gone" {
+		t.Errorf("change %+v, want gone expired", c)
+	}
+	find, err := e.client.Find(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(find.Instances) != 2 || find.URLMap["albums"] != "https://a.example" || find.URLMap["videos"] != "" {
+		t.Errorf("find after refresh: %+v", find)
+	}
+	// Again: nothing to reap.
+	if got, err := e.client.RefreshRegistry(ctx); err != nil || got.Reaped != 0 || got.Instances != 2 {
+		t.Errorf("second refresh: %+v %v", got, err)
+	}
+	// Bad input: a body with fields.
+	msg, err := e.nc.Request(events.DefaultSubjects().RegistryRefresh(), []byte(`{"now":1}`), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := msg.Header.Get("Nats-Service-Error-Code"); code != "400" {
+		t.Errorf("bad refresh body: code %q, body %s", code, msg.Data)
 	}
 }

@@ -321,3 +321,41 @@ func (c *cache) putReply(gen uint64, name string, data []byte) {
 		c.replies[name] = data
 	}
 }
+
+// handleRefresh reaps expired instances now and rebuilds the find cache
+// (the URL map) from Redis. The notifier's periodic task asks for it, so
+// expiries are announced even while no registry replica holds the
+// reaper's lock long enough to reap, and the map is never older than the
+// task's interval.
+func (r *Registry) handleRefresh(req micro.Request) {
+	var body events.RefreshRequest
+	if err := events.DecodeRequest(req.Data(), &body); err != nil {
+		r.reply(req, "refresh", nil, err)
+		return
+	}
+	ctx, cancel := r.requestContext()
+	defer cancel()
+	reply, err := r.Refresh(ctx)
+	if err != nil {
+		r.reply(req, "refresh", nil, err)
+		return
+	}
+	data, err := json.Marshal(reply)
+	r.reply(req, "refresh", data, err)
+}
+
+// Refresh reaps what has expired, drops the find cache and reads the live
+// instances again.
+func (r *Registry) Refresh(ctx context.Context) (events.RefreshReply, error) {
+	reaped, err := r.ReapOnce(ctx)
+	if err != nil {
+		return events.RefreshReply{}, err
+	}
+	r.cache.invalidate()
+	insts, _, err := r.live(ctx)
+	if err != nil {
+		return events.RefreshReply{}, err
+	}
+	find := BuildFindReply(insts, "")
+	return events.RefreshReply{Reaped: reaped, Instances: len(insts), Resources: len(find.URLMap), Conflicts: len(find.Conflicts)}, nil
+}

@@ -199,7 +199,7 @@ func (r *Registry) startEndpoints() error {
 	eps, err := service.StartEndpoints(r.nc, service.EndpointsConfig{
 		Name:        "registry",
 		Version:     Version,
-		Description: "allot registry: register, deregister, find",
+		Description: "allot registry: register, deregister, find, refresh",
 		Group:       r.cfg.Subjects.RegistryGroup(),
 		Handlers:    r.cfg.Registry.Handlers,
 	}, []service.Endpoint{
@@ -207,6 +207,7 @@ func (r *Registry) startEndpoints() error {
 		{Name: "deregister", Subject: "deregister", Handler: r.handleDeregister},
 		{Name: "find", Subject: "find", Handler: r.handleFind},
 		{Name: "find_name", Subject: "find.*", Handler: r.handleFind},
+		{Name: "refresh", Subject: "refresh", Handler: r.handleRefresh},
 	}, r.log)
 	if err != nil {
 		return err
