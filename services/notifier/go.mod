@@ -14,4 +14,7 @@ require (
 	github.com/emersion/go-sasl v0.0.0-20241020182733-b788ff22d5a6
 	github.com/emersion/go-smtp v0.25.1
 	github.com/google/go-cmp v0.7.0
+	github.com/wneessen/go-mail v0.7.2
 )
+
+require golang.org/x/text v0.29.0 // indirect

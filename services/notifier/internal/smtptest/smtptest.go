@@ -55,6 +55,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	srv     *smtp.Server  // nil while stopped
+	lis     net.Listener  // srv's listener
 	stalled chan struct{} // closed by Stop to release stalled DATA commands
 	msgs    []Received
 	refuse  refusal
@@ -160,13 +161,16 @@ func (s *Server) StallNext(n int) {
 // refused until Restart. Stopping a stopped server does nothing.
 func (s *Server) Stop() {
 	s.mu.Lock()
-	srv := s.srv
-	s.srv = nil
+	srv, lis := s.srv, s.lis
+	s.srv, s.lis = nil, nil
 	if srv != nil {
 		close(s.stalled)
 	}
 	s.mu.Unlock()
 	if srv != nil {
+		// go-smtp learns of its listener only once Serve runs, in its own
+		// goroutine, so close it here too in case that has not happened.
+		_ = lis.Close()
 		_ = srv.Close()
 	}
 }
@@ -207,7 +211,7 @@ func (s *Server) serve(l net.Listener) {
 	l = &countingListener{Listener: l, n: &s.attempts}
 
 	s.mu.Lock()
-	s.srv = srv
+	s.srv, s.lis = srv, l
 	s.stalled = make(chan struct{})
 	s.mu.Unlock()
 	go func() { _ = srv.Serve(l) }()
