@@ -203,6 +203,16 @@ func TestSendFailures(t *testing.T) {
 			code:  550, permanent: true,
 		},
 		{
+			name:  "content rejected after DATA",
+			setup: func(_ *testing.T, srv *smtptest.Server, _ *mail.Config) { srv.RefuseDataNext(554, "spam", 1) },
+			code:  554, permanent: true,
+		},
+		{
+			name:  "out of storage after DATA",
+			setup: func(_ *testing.T, srv *smtptest.Server, _ *mail.Config) { srv.RefuseDataNext(452, "try later", 1) },
+			code:  452,
+		},
+		{
 			name:  "server down",
 			setup: func(_ *testing.T, srv *smtptest.Server, _ *mail.Config) { srv.Stop() },
 		},

@@ -53,13 +53,14 @@ type Server struct {
 
 	attempts atomic.Int64
 
-	mu      sync.Mutex
-	srv     *smtp.Server  // nil while stopped
-	lis     net.Listener  // srv's listener
-	stalled chan struct{} // closed by Stop to release stalled DATA commands
-	msgs    []Received
-	refuse  refusal
-	stall   int
+	mu         sync.Mutex
+	srv        *smtp.Server  // nil while stopped
+	lis        net.Listener  // srv's listener
+	stalled    chan struct{} // closed by Stop to release stalled DATA commands
+	msgs       []Received
+	refuse     refusal // at RCPT TO
+	refuseData refusal // after the data
+	stall      int
 }
 
 type refusal struct {
@@ -146,6 +147,16 @@ func (s *Server) RefuseNext(code int, msg string, n int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.refuse = refusal{code: code, msg: msg, n: n}
+}
+
+// RefuseDataNext makes the server take the data of the next n messages
+// and then answer with code and msg instead of accepting them, as a
+// server does that rejects content, such as 554 or 452. A later call
+// replaces an earlier one.
+func (s *Server) RefuseDataNext(code int, msg string, n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refuseData = refusal{code: code, msg: msg, n: n}
 }
 
 // StallNext makes the server take the next n messages' data and then
@@ -236,15 +247,15 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	return &session{srv: s, tls: isTLS}, nil
 }
 
-// takeRefusal uses up one refusal, if any is left.
-func (s *Server) takeRefusal() (refusal, bool) {
+// take uses up one refusal of r, if any is left.
+func (s *Server) take(r *refusal) (*smtp.SMTPError, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.refuse.n <= 0 {
-		return refusal{}, false
+	if r.n <= 0 {
+		return nil, false
 	}
-	s.refuse.n--
-	return s.refuse, true
+	r.n--
+	return &smtp.SMTPError{Code: r.code, EnhancedCode: smtp.EnhancedCode{r.code / 100, 0, 0}, Message: r.msg}, true
 }
 
 // takeStall uses up one stall, if any is left, and returns the channel
@@ -318,8 +329,8 @@ func (s *session) Mail(from string, _ *smtp.MailOptions) error {
 }
 
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	if r, ok := s.srv.takeRefusal(); ok {
-		return &smtp.SMTPError{Code: r.code, EnhancedCode: smtp.EnhancedCode{r.code / 100, 0, 0}, Message: r.msg}
+	if err, ok := s.srv.take(&s.srv.refuse); ok {
+		return err
 	}
 	s.to = append(s.to, to)
 	return nil
@@ -333,6 +344,9 @@ func (s *session) Data(r io.Reader) error {
 	if stalled, ok := s.srv.takeStall(); ok {
 		<-stalled
 		return errors.New("smtptest: stalled message dropped")
+	}
+	if err, ok := s.srv.take(&s.srv.refuseData); ok {
+		return err
 	}
 	s.srv.deliver(Received{
 		From:     s.from,

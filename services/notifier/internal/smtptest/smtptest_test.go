@@ -170,6 +170,21 @@ func TestRefuseNext(t *testing.T) {
 	}
 }
 
+func TestRefuseDataNext(t *testing.T) {
+	s := smtptest.Start(t, smtptest.Options{})
+	s.RefuseDataNext(554, "content rejected", 1)
+	c := dial(t, s)
+	if err := send(t, c, "a@example.com", "b@example.com", "Subject: x\r\n\r\nhi\r\n"); !isCode(err, 554) {
+		t.Errorf("err = %v, want 554", err)
+	}
+	if err := send(t, c, "a@example.com", "b@example.com", "Subject: x\r\n\r\nhi\r\n"); err != nil {
+		t.Errorf("second message: %v", err)
+	}
+	if n := len(s.Messages()); n != 1 {
+		t.Errorf("%d messages kept, want 1", n)
+	}
+}
+
 func TestStopRestart(t *testing.T) {
 	s := smtptest.Start(t, smtptest.Options{})
 	_ = dial(t, s)
