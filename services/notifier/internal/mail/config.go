@@ -145,13 +145,10 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// isLoopback reports whether host names this machine.
+// isLoopback reports whether host names this machine in one of the
+// three ways go-mail lets PLAIN and LOGIN send a password without TLS.
 func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	return host == "localhost" || host == "127.0.0.1" || host == "::1"
 }
 
 func hasCRLF(s string) bool { return strings.ContainsAny(s, "\r\n") }
