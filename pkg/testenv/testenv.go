@@ -1,6 +1,6 @@
 // Package testenv is the test support allot's modules share: the real
 // Redis and NATS the integration tests run against, under names of their
-// own that are cleaned up afterwards.
+// own that are cleaned up afterwards, and an embedded NATS for unit tests.
 //
 // The servers come from ALLOT_TEST_REDIS_URL (default
 // redis://127.0.0.1:6379/0) and ALLOT_TEST_NATS_URL (default
@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 )
@@ -99,4 +100,27 @@ func NATS(t testing.TB) *nats.Conn {
 	}
 	t.Cleanup(nc.Close)
 	return nc
+}
+
+// EmbeddedNATS starts an in-process nats-server with JetStream on a free
+// port of 127.0.0.1, stopped when the test ends, and returns its URL. Unit
+// tests use it so that a plain "go test" needs nothing running.
+func EmbeddedNATS(t testing.TB) string {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+	})
+	if err != nil {
+		t.Fatalf("testenv: embedded nats-server: %v", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		t.Fatal("testenv: embedded nats-server not ready within 10s")
+	}
+	t.Cleanup(func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	})
+	return ns.ClientURL()
 }

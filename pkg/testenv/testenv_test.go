@@ -3,6 +3,8 @@ package testenv
 import (
 	"strings"
 	"testing"
+
+	"github.com/nats-io/nats.go"
 )
 
 func TestURLsDefault(t *testing.T) {
@@ -29,5 +31,20 @@ func TestUnreachableSkips(t *testing.T) {
 	})
 	if skipped != "done" || !strings.Contains(RedisURL(), ":1/") {
 		t.Error("subtest did not run")
+	}
+}
+
+func TestEmbeddedNATS(t *testing.T) {
+	nc, err := nats.Connect(EmbeddedNATS(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := nc.JetStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.AccountInfo(); err != nil {
+		t.Fatalf("JetStream is not on: %v", err)
 	}
 }
