@@ -1,0 +1,222 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Scenarios, in the order a run takes them.
+var allScenarios = []string{"ingest", "credit", "authorize", "ratelimit", "registry", "mixed"}
+
+// Targets.
+const (
+	targetInProcess = "inprocess"
+	targetExternal  = "external"
+)
+
+// Options is everything a run is told; flags fill it over a profile.
+type Options struct {
+	Profile     string
+	Target      string
+	NATSURL     string
+	RedisURL    string
+	Config      string
+	Scenarios   []string
+	Duration    time.Duration
+	Grace       time.Duration
+	Rate        float64 // ingest events/s for the open-loop phases; 0: half the measured maximum
+	ReqRate     float64 // requests/s per request scenario, open loop; 0: closed loop
+	Concurrency int     // closed-loop clients per request scenario
+	Apps        int     // simulated apps publishing usage events
+	UIDs        int
+	DupRatio    float64
+	BadRatio    float64
+	Out         string
+	Keep        bool
+	Verbose     bool
+}
+
+// profiles are the named starting points; explicit flags win over them.
+var profiles = map[string]Options{
+	"default": {Scenarios: allScenarios, Duration: 60 * time.Second},
+	"quick":   {Scenarios: []string{"ingest", "credit"}, Duration: 10 * time.Second},
+}
+
+func baseOptions(getenv func(string) string) Options {
+	return Options{
+		Profile:     "default",
+		Target:      targetInProcess,
+		NATSURL:     getenv("NATS_URL"),
+		RedisURL:    getenv("REDIS_URL"),
+		Config:      getenv("ALLOT_CONFIG"),
+		Scenarios:   allScenarios,
+		Duration:    60 * time.Second,
+		Grace:       90 * time.Second,
+		Concurrency: 32,
+		Apps:        8,
+		UIDs:        1000,
+		DupRatio:    0.05,
+		BadRatio:    0.01,
+		Out:         "out",
+	}
+}
+
+const usageHead = `loadtest drives real traffic through allot and checks that nothing was
+lost or counted twice.
+
+Usage: go run . [flags]     (from loadtest/; make loadtest, make loadtest-quick)
+
+Targets:
+  inprocess (default)  the whole stack of "allot dev" (cmd/allot/devstack), started
+                       in a child process: embedded NATS and miniredis, or the real
+                       servers of -nats-url / -redis-url, under names of this run only.
+  external             an allot already running, e.g. the Kubernetes install
+                       (kubectl -n allot port-forward svc/nats 4222): needs
+                       -nats-url and -redis-url (or NATS_URL, REDIS_URL) and, if the
+                       install changed subjects, streams or the key prefix, -config
+                       with its allot.yaml. Only this run's uids, registry names and
+                       baseline streams are written and removed.
+
+Scenarios (-scenarios, comma-separated):
+  ingest     usage events from -apps apps over -uids uids: the maximum rate (closed
+             loop, backlog bounded), then -rate (default half the maximum) open loop
+             with -dup and -bad ratios, measuring lag from publish to applied;
+             the publisher alone against raw nats.go async publish
+  credit     meter.credit request/reply       authorize  meter.authorize
+  ratelimit  ratelimit.check decisions        registry   register, heartbeat, find
+  mixed      all of them at once
+Request scenarios run -concurrency closed-loop clients, or -req-rate open loop.
+Every headline figure is compared with a raw baseline measured in the same run.
+
+Exit status: 0 all well; 1 exactness failed or the run is incomplete (a partial
+report is still written); 2 bad flags.
+
+Flags:
+`
+
+// parseOptions reads args over the profile they name. It returns
+// flag.ErrHelp for -h.
+func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (Options, error) {
+	o := baseOptions(getenv)
+	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usageHead)
+		fs.PrintDefaults()
+	}
+	scen := strings.Join(o.Scenarios, ",")
+	fs.StringVar(&o.Profile, "profile", o.Profile, "`name` of a profile: default (60 s, every scenario) or quick (10 s, ingest and credit)")
+	fs.StringVar(&o.Target, "target", o.Target, "inprocess or external")
+	fs.StringVar(&o.NATSURL, "nats-url", o.NATSURL, "NATS `url` (default $NATS_URL); inprocess: use it instead of an embedded server")
+	fs.StringVar(&o.RedisURL, "redis-url", o.RedisURL, "Redis `url` (default $REDIS_URL); inprocess: use it instead of miniredis")
+	fs.StringVar(&o.Config, "config", o.Config, "external: the target's allot.yaml `file`, for its subjects, streams and key prefix (default $ALLOT_CONFIG)")
+	fs.StringVar(&scen, "scenarios", scen, "comma-separated `list`: "+strings.Join(allScenarios, ", ")+" (default: the profile's)")
+	fs.DurationVar(&o.Duration, "duration", o.Duration, "measured time of the whole run, shared by its phases, 2s to 1h (default: the profile's)")
+	fs.DurationVar(&o.Grace, "grace", o.Grace, "the most the run may take beyond -duration: setup, draining, the exactness check, teardown")
+	fs.Float64Var(&o.Rate, "rate", o.Rate, "ingest `events/s` of the open-loop phases; 0 means half of the measured maximum")
+	fs.Float64Var(&o.ReqRate, "req-rate", o.ReqRate, "`requests/s` per request scenario, open loop; 0 means closed loop with -concurrency")
+	fs.IntVar(&o.Concurrency, "concurrency", o.Concurrency, "closed-loop `clients` per request scenario, 1 to 10000")
+	fs.IntVar(&o.Apps, "apps", o.Apps, "simulated apps publishing usage events, 1 to 1000")
+	fs.IntVar(&o.UIDs, "uids", o.UIDs, "uids the events and requests spread over, 1 to 1000000")
+	fs.Float64Var(&o.DupRatio, "dup", o.DupRatio, "share of events sent a second time, 0 to 0.5")
+	fs.Float64Var(&o.BadRatio, "bad", o.BadRatio, "share of bad events (unknown metric, negative counter), 0 to 0.5")
+	fs.StringVar(&o.Out, "out", o.Out, "`directory` for report.md, report.json and latency.svg")
+	fs.BoolVar(&o.Keep, "keep", o.Keep, "leave this run's keys, streams and registrations in place for a look")
+	fs.BoolVar(&o.Verbose, "v", o.Verbose, "log what the stack and the harness do at debug level")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected argument %q (flags only; see -h)", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	p, ok := profiles[o.Profile]
+	if !ok {
+		return o, fmt.Errorf("-profile: unknown profile %q (want default or quick)", o.Profile)
+	}
+	if !set["duration"] {
+		o.Duration = p.Duration
+	}
+	o.Scenarios = p.Scenarios
+	if set["scenarios"] {
+		o.Scenarios = nil
+		for s := range strings.SplitSeq(scen, ",") {
+			if s = strings.TrimSpace(s); s != "" && !slices.Contains(o.Scenarios, s) {
+				o.Scenarios = append(o.Scenarios, s)
+			}
+		}
+	}
+	return o, o.Validate()
+}
+
+// Validate returns every bad setting, each naming its flag.
+func (o Options) Validate() error {
+	var errs []error
+	bad := func(flag, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("-%s: %s", flag, fmt.Sprintf(format, args...)))
+	}
+	switch o.Target {
+	case targetInProcess:
+	case targetExternal:
+		if o.NATSURL == "" {
+			bad("nats-url", "the external target needs a NATS URL (or NATS_URL)")
+		}
+		if o.RedisURL == "" {
+			bad("redis-url", "the external target needs a Redis URL (or REDIS_URL), to check exactness")
+		}
+	default:
+		bad("target", "must be inprocess or external (got %q)", o.Target)
+	}
+	for _, u := range []struct{ flag, url, scheme string }{{"nats-url", o.NATSURL, "nats://"}, {"redis-url", o.RedisURL, "redis"}} {
+		if u.url != "" && !strings.HasPrefix(u.url, u.scheme) && !(u.flag == "nats-url" && strings.Contains(u.url, "://")) {
+			bad(u.flag, "%q is not a URL such as %shost:port", u.url, u.scheme)
+		}
+	}
+	if len(o.Scenarios) == 0 {
+		bad("scenarios", "name at least one of %s", strings.Join(allScenarios, ", "))
+	}
+	for _, s := range o.Scenarios {
+		if !slices.Contains(allScenarios, s) {
+			bad("scenarios", "unknown scenario %q (want %s)", s, strings.Join(allScenarios, ", "))
+		}
+	}
+	if o.Duration < 2*time.Second || o.Duration > time.Hour {
+		bad("duration", "must be between 2s and 1h (got %v)", o.Duration)
+	}
+	if o.Grace < 10*time.Second || o.Grace > 30*time.Minute {
+		bad("grace", "must be between 10s and 30m (got %v)", o.Grace)
+	}
+	if o.Rate < 0 || o.Rate > 5e6 {
+		bad("rate", "must be between 0 and 5000000 events/s (got %g)", o.Rate)
+	}
+	if o.ReqRate < 0 || o.ReqRate > 1e6 {
+		bad("req-rate", "must be between 0 and 1000000 requests/s (got %g)", o.ReqRate)
+	}
+	if o.Concurrency < 1 || o.Concurrency > 10000 {
+		bad("concurrency", "must be between 1 and 10000 (got %d)", o.Concurrency)
+	}
+	if o.Apps < 1 || o.Apps > 1000 {
+		bad("apps", "must be between 1 and 1000 (got %d)", o.Apps)
+	}
+	if o.UIDs < 1 || o.UIDs > 1_000_000 {
+		bad("uids", "must be between 1 and 1000000 (got %d)", o.UIDs)
+	}
+	if !(o.DupRatio >= 0 && o.DupRatio <= 0.5) { // also refuses NaN
+		bad("dup", "must be between 0 and 0.5 (got %g)", o.DupRatio)
+	}
+	if !(o.BadRatio >= 0 && o.BadRatio <= 0.5) {
+		bad("bad", "must be between 0 and 0.5 (got %g)", o.BadRatio)
+	}
+	if o.Out == "" {
+		bad("out", "must name a directory")
+	}
+	return errors.Join(errs...)
+}
+
+func (o Options) has(scenario string) bool { return slices.Contains(o.Scenarios, scenario) }

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"strings"
+	"testing"
+	"time"
+)
+
+func noEnv(string) string { return "" }
+
+func TestParseOptionsRefusesBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string // in the error
+	}{
+		{"duration too short", []string{"-duration", "1s"}, "-duration: must be between 2s and 1h"},
+		{"duration too long", []string{"-duration", "2h"}, "-duration"},
+		{"negative rate", []string{"-rate", "-5"}, "-rate"},
+		{"zero apps", []string{"-apps", "0"}, "-apps"},
+		{"too many uids", []string{"-uids", "2000000"}, "-uids"},
+		{"zero concurrency", []string{"-concurrency", "0"}, "-concurrency"},
+		{"dup ratio", []string{"-dup", "0.9"}, "-dup"},
+		{"bad ratio NaN", []string{"-bad", "NaN"}, "-bad"},
+		{"unknown scenario", []string{"-scenarios", "ingest,bogus"}, `unknown scenario "bogus"`},
+		{"unknown target", []string{"-target", "k8s"}, "-target"},
+		{"external without urls", []string{"-target", "external"}, "-nats-url: the external target needs"},
+		{"unknown profile", []string{"-profile", "huge"}, "unknown profile"},
+		{"stray argument", []string{"ingest"}, "unexpected argument"},
+		{"grace too short", []string{"-grace", "1s"}, "-grace"},
+		{"bad redis url", []string{"-redis-url", "localhost:6379"}, "-redis-url"},
+		{"not a number", []string{"-apps", "many"}, "invalid value"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			_, err := parseOptions(tc.args, noEnv, &stderr)
+			if err == nil {
+				t.Fatalf("parseOptions(%q) = nil error, want one containing %q", tc.args, tc.want)
+			}
+			if !strings.Contains(err.Error()+stderr.String(), tc.want) {
+				t.Errorf("parseOptions(%q) error = %q, want it to contain %q", tc.args, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseOptionsProfiles(t *testing.T) {
+	o, err := parseOptions([]string{"-profile", "quick"}, noEnv, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Duration != 10*time.Second || strings.Join(o.Scenarios, ",") != "ingest,credit" {
+		t.Errorf("quick = %v %v, want 10s ingest,credit", o.Duration, o.Scenarios)
+	}
+	o, err = parseOptions([]string{"-profile", "quick", "-duration", "5s", "-scenarios", "ratelimit, registry"}, noEnv, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Duration != 5*time.Second || strings.Join(o.Scenarios, ",") != "ratelimit,registry" {
+		t.Errorf("explicit flags = %v %v, want 5s ratelimit,registry", o.Duration, o.Scenarios)
+	}
+	env := map[string]string{"NATS_URL": "nats://example:4222", "REDIS_URL": "redis://example:6379/0"}
+	o, err = parseOptions([]string{"-target", "external"}, func(k string) string { return env[k] }, &bytes.Buffer{})
+	if err != nil || o.NATSURL != env["NATS_URL"] || o.RedisURL != env["REDIS_URL"] {
+		t.Errorf("external from the environment = %+v, %v", o, err)
+	}
+}
+
+func TestHelpAndBadFlagExitCodes(t *testing.T) {
+	var stderr bytes.Buffer
+	if _, err := parseOptions([]string{"-h"}, noEnv, &stderr); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-h: err = %v, want flag.ErrHelp", err)
+	}
+	for _, want := range []string{"Targets:", "Scenarios", "-duration", "Exit status"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("-h output lacks %q", want)
+		}
+	}
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"-h"}, &out, &out, noEnv); code != exitOK {
+		t.Errorf("run -h = %d, want %d", code, exitOK)
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"-duration", "0s"}, &out, &out, noEnv); code != exitBadFlag {
+		t.Errorf("run -duration 0s = %d, want %d", code, exitBadFlag)
+	}
+	if !strings.Contains(out.String(), "-duration") {
+		t.Errorf("bad flag output = %q, want it to name -duration", out.String())
+	}
+}
