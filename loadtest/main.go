@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -49,6 +50,8 @@ type harness struct {
 	live   liveSet
 	rep    *report.Report
 	mu     sync.Mutex // guards rep.Phases and rep.Incomplete
+
+	authSeq atomic.Int64 // authorize ids, unique across phases
 }
 
 // run is the whole command; it returns the exit code.
@@ -240,7 +243,7 @@ func (h *harness) runScenarios(ctx context.Context) {
 		if ctx.Err() != nil {
 			return false
 		}
-		h.addPhase(f())
+		h.addPhase(cutShort(ctx, f()))
 		return ctx.Err() == nil
 	}
 	if h.o.has("ingest") {
@@ -304,6 +307,14 @@ func (h *harness) runScenarios(ctx context.Context) {
 	}
 }
 
+// cutShort marks a phase that the run's end interrupted.
+func cutShort(ctx context.Context, p report.Phase) report.Phase {
+	if ctx.Err() != nil && p.Incomplete == "" {
+		p.Incomplete = "cut short: " + context.Cause(ctx).Error()
+	}
+	return p
+}
+
 // mixed runs ingest at the rate and every request scenario at once, each
 // with a quarter of -concurrency.
 func (h *harness) mixed(ctx context.Context, d time.Duration, rate float64) {
@@ -311,7 +322,7 @@ func (h *harness) mixed(ctx context.Context, d time.Duration, rate float64) {
 	reg := &registryLoad{h: h}
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		h.addPhase(h.ingest(ctx, ingestSpec{name: "mixed.ingest", what: "meter at the rate, with duplicates and bad events", rate: rate, dup: h.o.DupRatio, bad: h.o.BadRatio, dur: d}))
+		h.addPhase(cutShort(ctx, h.ingest(ctx, ingestSpec{name: "mixed.ingest", what: "meter at the rate, with duplicates and bad events", rate: rate, dup: h.o.DupRatio, bad: h.o.BadRatio, dur: d})))
 	})
 	for _, s := range []reqSpec{
 		{name: "mixed.credit", what: "meter.credit", op: h.opCredit()},
@@ -320,7 +331,7 @@ func (h *harness) mixed(ctx context.Context, d time.Duration, rate float64) {
 		{name: "mixed.registry", what: "registry", op: reg.op()},
 	} {
 		s.rate, s.concurrency, s.dur = h.o.ReqRate/4, c, d
-		wg.Go(func() { h.addPhase(h.requests(ctx, s)) })
+		wg.Go(func() { h.addPhase(cutShort(ctx, h.requests(ctx, s))) })
 	}
 	wg.Wait()
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)

@@ -163,13 +163,14 @@ func (h *harness) opCredit() reqOp {
 	}
 }
 
-// opAuthorize admits 1 email per request under a fresh id; every allowed
-// one must show in the uid's grant, which the exactness check reads.
+// opAuthorize admits 1 email per request under an id fresh for the whole
+// run (the endpoint is idempotent on it); every allowed one must show in
+// the uid's grant, which the exactness check reads.
 func (h *harness) opAuthorize() reqOp {
 	return func(ctx context.Context, c *events.Client, i int64) (string, error) {
 		uid := h.t.uid(int(i % int64(h.o.UIDs)))
 		key := stateKey{uid: uid, metric: metricAuthorize, field: "u", grant: true}
-		id := h.t.uidPrefix() + "a" + strconv.FormatInt(i, 10)
+		id := h.t.uidPrefix() + "a" + strconv.FormatInt(h.authSeq.Add(1), 10)
 		rep, err := c.Authorize(ctx, uid, events.AuthorizeRequest{ID: id, Metric: metricAuthorize, Amount: 1})
 		switch {
 		case err == nil && rep.Allowed:

@@ -223,7 +223,10 @@ func (t *target) health(ctx context.Context) error {
 		}
 		select {
 		case <-c.exited:
-			return fmt.Errorf("the %s process (pid %d) exited: %v", c.role, c.pid(), c.exitErr())
+			if err := c.exitErr(); err != nil {
+				return fmt.Errorf("the %s process (pid %d) exited: %w", c.role, c.pid(), err)
+			}
+			return fmt.Errorf("the %s process (pid %d) exited", c.role, c.pid())
 		default:
 		}
 	}
@@ -246,21 +249,24 @@ func (t *target) tearDown(o Options, log *slog.Logger) {
 	if t.baseline != nil {
 		t.baseline.stop(10 * time.Second)
 	}
+	if t.stack != nil {
+		t.stack.stop(15 * time.Second)
+	}
 	if !o.Keep && t.js != nil {
 		streams := []string{t.rawStream, t.pubStream}
 		if t.kind == targetInProcess && t.stack != nil && o.NATSURL != "" {
 			streams = append(streams, t.cfg.Streams.Usage, t.cfg.Streams.Dead, t.cfg.Streams.Notify)
 		}
 		for _, s := range streams {
-			if s != "" {
-				if err := t.js.DeleteStream(ctx, s); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			if s != "" && t.ctl.IsConnected() {
+				dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+				err := t.js.DeleteStream(dctx, s)
+				cancel()
+				if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 					log.Warn("could not delete a stream of this run", "stream", s, "err", err)
 				}
 			}
 		}
-	}
-	if t.stack != nil {
-		t.stack.stop(15 * time.Second)
 	}
 	if !o.Keep && t.rdb != nil {
 		prefix := t.cfg.Redis.KeyPrefix + "lt" + t.runID + ":" // the baselines' keys
