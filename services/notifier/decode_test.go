@@ -1,0 +1,76 @@
+package notifier
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/services/notifier/internal/templates"
+)
+
+func decoder(t testing.TB) *Notifier {
+	t.Helper()
+	tmpl, err := templates.Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Notifier{cfg: service.Default(), tmpl: tmpl}
+}
+
+func TestDecodeNotice(t *testing.T) {
+	n := decoder(t)
+	good, _ := json.Marshal(Notice{Subject: "notify.confirm.u-1", Body: []byte(`{"id":"c-1","email":"a@example.com"}`), Enqueued: time.Now()})
+	if _, uid, req, err := n.decodeConfirm(good); err != nil || uid != "u-1" || req.Email != "a@example.com" {
+		t.Fatalf("%s %+v %v", uid, req, err)
+	}
+	for name, payload := range map[string]string{
+		"empty":         ``,
+		"not JSON":      `{`,
+		"no subject":    `{"body":"e30="}`,
+		"unknown field": `{"subject":"notify.confirm.u-1","body":"e30=","extra":1}`,
+		"trailing":      `{"subject":"notify.confirm.u-1","body":"e30="} {}`,
+		"body not b64":  `{"subject":"notify.confirm.u-1","body":"!!"}`,
+	} {
+		if _, err := DecodeNotice([]byte(payload)); err == nil {
+			t.Errorf("%s: decoded", name)
+		}
+	}
+	// A usage payload is not a confirmation and the other way round.
+	if _, _, _, err := n.decodeConfirm(mustPayload(t, "notify.usage.u-1", `{"id":"c-1","email":"a@example.com"}`)); err == nil {
+		t.Error("a usage subject decoded as a confirmation")
+	}
+	if _, _, err := n.decodeUsage(mustPayload(t, "notify.confirm.u-1", `{}`)); err == nil {
+		t.Error("a confirm subject decoded as a usage notice")
+	}
+}
+
+func mustPayload(t testing.TB, subject, body string) []byte {
+	b, err := json.Marshal(Notice{Subject: subject, Body: []byte(body)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// FuzzDecodeTaskPayload: any payload decodes or fails with an error;
+// whatever decodes is valid by the contract's rules.
+func FuzzDecodeTaskPayload(f *testing.F) {
+	n := decoder(f)
+	f.Add(mustPayload(f, "notify.confirm.u-1", `{"id":"c-1","email":"a@example.com","name":"Ada"}`))
+	f.Add(mustPayload(f, "notify.usage.u-1", `{"id":"n","uid":"u-1","metric":"photo_daily_total","threshold":80,"used":1,"limit":2,"period":"day","period_start":"2026-01-01T00:00:00Z"}`))
+	f.Add([]byte(`{"subject":"x","body":null}`))
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		if _, uid, req, err := n.decodeConfirm(payload); err == nil {
+			if !events.IsToken(uid) || req.Validate() != nil || !n.tmpl.Has(req.TemplateOrDefault()) {
+				t.Fatalf("accepted %q: uid %q, %+v", payload, uid, req)
+			}
+		}
+		if _, un, err := n.decodeUsage(payload); err == nil {
+			if un.Validate() != nil || n.cfg.Metrics[un.Metric].Style != service.StyleGrant {
+				t.Fatalf("accepted %q: %+v", payload, un)
+			}
+		}
+	})
+}

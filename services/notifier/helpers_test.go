@@ -1,0 +1,276 @@
+package notifier
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/testenv"
+	"github.com/allot/allot/services/meter"
+	"github.com/allot/allot/services/notifier/internal/smtptest"
+	"github.com/allot/allot/services/registry"
+	"github.com/hibiken/asynq"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+const testSecret = "a-test-secret-that-is-long-enough-0123456789"
+
+// env is a notifier on an embedded NATS, miniredis (or a real Redis), a
+// real meter for the charges and an in-process SMTP server.
+type env struct {
+	t      *testing.T
+	cfg    service.Config
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	rdb    redis.UniversalClient
+	mr     *miniredis.Miniredis // nil on a real Redis
+	smtp   *smtptest.Server
+	client *events.Client
+	insp   *asynq.Inspector
+	clock  *fakeClock
+}
+
+type fakeClock struct {
+	mu  sync.Mutex
+	off time.Duration
+}
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.off)
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.off += d
+	c.mu.Unlock()
+}
+
+// newEnv starts the servers and a meter; tweak cfg, then call start.
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return newEnvOn(t, rdb, mr, "allot:")
+}
+
+func newEnvOn(t *testing.T, rdb redis.UniversalClient, mr *miniredis.Miniredis, prefix string) *env {
+	t.Helper()
+	e := &env{t: t, rdb: rdb, mr: mr, clock: &fakeClock{}}
+	e.smtp = smtptest.Start(t, smtptest.Options{})
+	cfg := service.Default()
+	cfg.Instance = "test"
+	cfg.NATS.URL = service.URL(testenv.EmbeddedNATS(t))
+	cfg.Redis.KeyPrefix = prefix
+	cfg.Notifier.TokenSecrets = []service.Secret{testSecret}
+	cfg.Notifier.SMTP.Host = e.smtp.Host()
+	cfg.Notifier.SMTP.Port = e.smtp.Port()
+	cfg.Notifier.SMTP.TLS = "none"
+	cfg.Notifier.SMTP.From = "noreply@allot.example"
+	cfg.Notifier.SMTP.Timeout = 2 * time.Second
+	cfg.Notifier.RefreshInterval = 0
+	cfg.Notifier.RetryBase = 100 * time.Millisecond
+	cfg.Notifier.RetryMax = 200 * time.Millisecond
+	cfg.Notifier.Poll = 20 * time.Millisecond
+	cfg.Notifier.ConfirmURL = "https://app.example/confirm?from=mail"
+	e.cfg = cfg
+	var err error
+	if e.nc, err = nats.Connect(cfg.NATS.URL.String()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.nc.Close)
+	if e.js, err = jetstream.New(e.nc); err != nil {
+		t.Fatal(err)
+	}
+	if err := events.EnsureStreams(t.Context(), e.js, cfg.Subjects, cfg.Streams); err != nil {
+		t.Fatal(err)
+	}
+	if e.client, err = events.NewClient(e.nc, events.ClientOptions{Timeout: 2 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	e.insp = asynq.NewInspectorFromRedisClient(rdb)
+	m, err := meter.Start(t.Context(), cfg, meter.Deps{NATS: e.nc, Redis: rdb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Stop(context.Background()) })
+	return e
+}
+
+// start starts a notifier on e's config, with its own metrics registry.
+func (e *env) start() (*Notifier, *prometheus.Registry) {
+	e.t.Helper()
+	reg := prometheus.NewRegistry()
+	n, err := Start(e.t.Context(), e.cfg, Deps{NATS: e.nc, Redis: e.rdb, Registerer: reg, Now: e.clock.now})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := n.Stop(ctx); err != nil {
+			e.t.Errorf("stop: %v", err)
+		}
+	})
+	return n, reg
+}
+
+// startRegistry runs a real registry on e's NATS and Redis.
+func (e *env) startRegistry() {
+	e.t.Helper()
+	cfg := e.cfg
+	cfg.Registry.Keys = []service.Secret{service.Secret(base64.StdEncoding.EncodeToString([]byte(strings.Repeat("k", 32))))}
+	r, err := registry.Start(e.t.Context(), cfg, registry.Deps{NATS: e.nc, Redis: e.rdb})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { _ = r.Stop(context.Background()) })
+}
+
+// confirm publishes a confirmation request the way an app does.
+func (e *env) confirm(uid string, req events.ConfirmRequest) {
+	e.t.Helper()
+	if _, err := events.RequestConfirmation(e.t.Context(), e.js, e.cfg.Subjects, uid, req); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// publishRaw puts any body on a NOTIFY subject, as a broken app might.
+func (e *env) publishRaw(subject string, body []byte, msgID string) {
+	e.t.Helper()
+	msg := nats.NewMsg(subject)
+	msg.Data = body
+	if msgID != "" {
+		msg.Header.Set(nats.MsgIdHdr, msgID)
+	}
+	if _, err := e.js.PublishMsg(e.t.Context(), msg); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) publishNotice(n events.UsageNotice) {
+	e.t.Helper()
+	body, err := json.Marshal(n)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.publishRaw(e.cfg.Subjects.NotifyUsage(n.UID), body, n.ID)
+}
+
+// mails waits for n messages at the SMTP server.
+func (e *env) mails(n int) []smtptest.Received {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(e.t.Context(), 15*time.Second)
+	defer cancel()
+	got, err := e.smtp.Wait(ctx, n)
+	if err != nil {
+		e.t.Fatalf("waiting for %d emails (have %d): %v", n, len(e.smtp.Messages()), err)
+	}
+	return got
+}
+
+// archived waits until queue holds n archived tasks and returns them.
+func (e *env) archived(queue string, n int) []*asynq.TaskInfo {
+	e.t.Helper()
+	var got []*asynq.TaskInfo
+	eventually(e.t, 15*time.Second, func() error {
+		tasks, err := e.insp.ListArchivedTasks(queue, asynq.PageSize(1000))
+		if err != nil && !strings.Contains(err.Error(), "not found") {
+			return err
+		}
+		got = tasks
+		if len(tasks) != n {
+			return fmt.Errorf("%d archived tasks in %s, want %d", len(tasks), queue, n)
+		}
+		return nil
+	})
+	return got
+}
+
+func eventually(t *testing.T, within time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// counter reads one series of a counter vector in reg.
+func counter(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+						found = true
+					}
+				}
+				if !found {
+					continue next
+				}
+			}
+			switch {
+			case m.GetCounter() != nil:
+				sum += m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				sum += m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				sum += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return sum
+}
+
+var linkRE = regexp.MustCompile(`https://app\.example/confirm\?[^\s"<>]+`)
+
+// tokenOf finds the confirmation link in a text body and returns its token.
+func tokenOf(t *testing.T, text string) string {
+	t.Helper()
+	link := linkRE.FindString(text)
+	if link == "" {
+		t.Fatalf("no confirmation link in:\n%s", text)
+	}
+	_, q, _ := strings.Cut(link, "?")
+	for _, kv := range strings.Split(q, "&") {
+		if v, ok := strings.CutPrefix(kv, "token="); ok {
+			return v
+		}
+	}
+	t.Fatalf("no token in link %s", link)
+	return ""
+}
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }

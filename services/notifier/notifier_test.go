@@ -1,0 +1,463 @@
+package notifier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/service"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// A confirmation request becomes one email with a working link; the token
+// verifies once, then reads as used, and the address becomes the uid's.
+func TestConfirmationEmailAndVerify(t *testing.T) {
+	e := newEnv(t)
+	_, reg := e.start()
+	e.confirm("u-42", events.ConfirmRequest{ID: "c-1", Email: "ada@example.com", Name: "Ada Lovelace"})
+
+	got := e.mails(1)[0]
+	if got.From != "noreply@allot.example" || len(got.To) != 1 || got.To[0] != "ada@example.com" {
+		t.Errorf("envelope from %q to %v", got.From, got.To)
+	}
+	p := got.MustParse(t)
+	for h, want := range map[string]string{"From": "allot", "To": "ada@example.com", "Message-Id": "@allot.allot>", "X-Allot-Task": "confirm:u-42:c-1"} {
+		if v := p.Header.Get(h); !strings.Contains(v, want) {
+			t.Errorf("header %s = %q, want it to contain %q", h, v, want)
+		}
+	}
+	if p.Subject == "" || p.HTML == "" || !strings.Contains(p.Text, "Ada Lovelace") {
+		t.Errorf("subject %q, text:\n%s\nhtml:\n%s", p.Subject, p.Text, p.HTML)
+	}
+	tok := tokenOf(t, p.Text)
+	if !strings.Contains(p.HTML, url.QueryEscape(tok)) && !strings.Contains(p.HTML, tok) {
+		t.Errorf("the HTML part lacks the token")
+	}
+	if link := linkRE.FindString(p.Text); !strings.Contains(link, "from=mail") {
+		t.Errorf("link %s lost the page's own query", link)
+	}
+	tok, err := url.QueryUnescape(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	ctx := t.Context()
+	v, err := e.client.Verify(ctx, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Status != events.VerifyValid || v.UID != "u-42" || v.Email != "ada@example.com" {
+		t.Errorf("first verify %+v", v)
+	}
+	if d := time.Until(v.ExpiresAt); d < 11*time.Hour || d > 12*time.Hour {
+		t.Errorf("expires in %v, want about 12h", d)
+	}
+	if v, _ := e.client.Verify(ctx, tok); v.Status != events.VerifyUsed {
+		t.Errorf("second verify %+v, want used", v)
+	}
+	if addr, _ := e.rdb.Get(ctx, "allot:{u-42}:addr").Result(); addr != "ada@example.com" {
+		t.Errorf("confirmed address %q", addr)
+	}
+	if v, _ := e.client.Verify(ctx, tok+"x"); v.Status != events.VerifyInvalid || v.UID != "" {
+		t.Errorf("tampered token %+v, want invalid without claims", v)
+	}
+	// The email was charged once to email_daily_total.
+	c, err := e.client.Credit(ctx, "u-42", "email_daily_total")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Used != 1 {
+		t.Errorf("email_daily_total used %v, want 1", c.Used)
+	}
+	if n := counter(t, reg, "allot_notifier_emails_sent_total", "type", TypeConfirmEmail); n != 1 {
+		t.Errorf("sent counter %v", n)
+	}
+	if n := counter(t, reg, "allot_notifier_verifications_total", "status", "valid"); n != 1 {
+		t.Errorf("valid verifications %v", n)
+	}
+	// asynq's queue metrics are on the same registry.
+	if n := counter(t, reg, "asynq_tasks_processed_total"); n < 1 {
+		t.Errorf("asynq_tasks_processed_total = %v", n)
+	}
+}
+
+func TestExpiredToken(t *testing.T) {
+	e := newEnv(t)
+	n, _ := e.start()
+	e.confirm("u-1", events.ConfirmRequest{ID: "c-1", Email: "bo@example.com"})
+	tok, err := url.QueryUnescape(tokenOf(t, e.mails(1)[0].MustParse(t).Text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.clock.advance(12*time.Hour + time.Second)
+	v, err := n.Verify(t.Context(), tok)
+	if err != nil || v.Status != events.VerifyExpired || v.UID != "u-1" {
+		t.Errorf("verify after 12h: %+v %v", v, err)
+	}
+	// An expired token does not confirm the address.
+	if n, _ := e.rdb.Exists(t.Context(), "allot:{u-1}:addr").Result(); n != 0 {
+		t.Error("expired token confirmed the address")
+	}
+}
+
+// A request published again under another Nats-Msg-Id (past the stream's
+// duplicate window, say) or redelivered finds its task and sends nothing.
+func TestSameRequestSendsOnce(t *testing.T) {
+	e := newEnv(t)
+	_, reg := e.start()
+	body := []byte(`{"id":"c-7","email":"cy@example.com"}`)
+	for i, msgID := range []string{"first", "second", "third"} {
+		e.publishRaw(e.cfg.Subjects.NotifyConfirm("u-7"), body, msgID)
+		if i == 0 {
+			e.mails(1)
+		}
+	}
+	eventually(t, 5*time.Second, func() error {
+		if n := counter(t, reg, "allot_notifier_notices_total", "result", "duplicate"); n != 2 {
+			return errors.New("the two republished requests are not counted as duplicates yet")
+		}
+		return nil
+	})
+	time.Sleep(300 * time.Millisecond)
+	if got := len(e.smtp.Messages()); got != 1 {
+		t.Errorf("%d emails, want 1", got)
+	}
+}
+
+// Each bad notice is archived (asynq's dead letter) with its reason,
+// counted, never sent and never retried.
+func TestBadInputIsDeadLettered(t *testing.T) {
+	e := newEnv(t)
+	_, reg := e.start()
+	s := e.cfg.Subjects
+	good := func(metric string) events.UsageNotice {
+		return events.UsageNotice{ID: "u-9." + metric + ".0.80", UID: "u-9", Metric: metric, Threshold: 80, Used: 160, Limit: 200, Period: "day"}
+	}
+	cases := []struct {
+		name, queue, subject, body, reason, says string
+	}{
+		{"not JSON", "critical", s.NotifyConfirm("u-9"), `not json`, reasonBadInput, "request"},
+		{"missing id", "critical", s.NotifyConfirm("u-9"), `{"email":"a@example.com"}`, reasonBadInput, "id: is required"},
+		{"invalid email", "critical", s.NotifyConfirm("u-9"), `{"id":"b-1","email":"not-an-address"}`, reasonBadInput, "email"},
+		{"header injection", "critical", s.NotifyConfirm("u-9"), `{"id":"b-2","email":"a@example.com","name":"x\r\nBcc: eve@example.com"}`, reasonBadInput, "name"},
+		{"unknown template", "critical", s.NotifyConfirm("u-9"), `{"id":"b-3","email":"a@example.com","template":"nope"}`, reasonBadInput, `"nope" is not a template`},
+		{"unknown field", "critical", s.NotifyConfirm("u-9"), `{"id":"b-4","email":"a@example.com","bcc":"eve@example.com"}`, reasonBadInput, "bcc"},
+		{"bad uid", "critical", "notify.confirm.u=9", `{"id":"b-5","email":"a@example.com"}`, reasonBadInput, "uid"},
+		{"unknown metric", "default", s.NotifyUsage("u-9"), mustJSON(t, good("nope_total")), reasonUnknownMetric, "nope_total"},
+		{"counter metric", "default", s.NotifyUsage("u-9"), mustJSON(t, good("api_calls_total")), reasonUnknownMetric, "api_calls_total"},
+		{"missing field", "default", s.NotifyUsage("u-9"), `{"id":"n-1","uid":"u-9","metric":"photo_daily_total"}`, reasonBadInput, "threshold"},
+		{"uid mismatch", "default", s.NotifyUsage("u-8"), mustJSON(t, good("photo_daily_total")), reasonBadInput, "uid"},
+		{"no address", "default", s.NotifyUsage("u-9"), mustJSON(t, good("photo_daily_total")), reasonNoAddress, "no confirmed email address"},
+	}
+	for i, c := range cases {
+		e.publishRaw(c.subject, []byte(c.body), "bad-"+string(rune('a'+i)))
+	}
+	var all []string
+	for _, q := range []string{"critical", "default"} {
+		want := 0
+		for _, c := range cases {
+			if c.queue == q {
+				want++
+			}
+		}
+		for _, ti := range e.archived(q, want) {
+			all = append(all, ti.LastErr)
+			if ti.Retried != 0 {
+				t.Errorf("%s was retried %d times", ti.ID, ti.Retried)
+			}
+		}
+	}
+	for _, c := range cases {
+		found := false
+		for _, lastErr := range all {
+			if strings.HasPrefix(lastErr, c.reason+":") && strings.Contains(lastErr, c.says) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("%s: no archived task with reason %s saying %q; archived: %q", c.name, c.reason, c.says, all)
+		}
+	}
+	if n := counter(t, reg, "allot_notifier_dead_total"); n != float64(len(cases)) {
+		t.Errorf("dead counter %v, want %d", n, len(cases))
+	}
+	if got := len(e.smtp.Messages()); got != 0 {
+		t.Errorf("%d emails sent for bad input", got)
+	}
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := jsonMarshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// A usage notice goes to the uid's confirmed address and says which grant
+// crossed which threshold and when it resets.
+func TestUsageNoticeEmail(t *testing.T) {
+	e := newEnv(t)
+	_, reg := e.start()
+	if err := e.rdb.Set(t.Context(), "allot:{u-5}:addr", "dee@example.com", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	resets := time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)
+	n := events.UsageNotice{ID: "u-5.photo_daily_total.1763769600000.80", UID: "u-5", Metric: "photo_daily_total",
+		Threshold: 80, Used: 160, Limit: 200, Period: "day", PeriodStart: resets.Add(-24 * time.Hour), ResetsAt: resets}
+	e.publishNotice(n)
+	e.publishRaw(e.cfg.Subjects.NotifyUsage("u-5"), []byte(mustJSON(t, n)), "the same notice again")
+	got := e.mails(1)[0]
+	p := got.MustParse(t)
+	if got.To[0] != "dee@example.com" {
+		t.Errorf("to %v", got.To)
+	}
+	for _, want := range []string{"photo_daily_total", "80", "160", "200", "23 Nov 2026"} {
+		if !strings.Contains(p.Subject+"\n"+p.Text, want) {
+			t.Errorf("usage email lacks %q:\n%s\n%s", want, p.Subject, p.Text)
+		}
+	}
+	eventually(t, 5*time.Second, func() error {
+		if counter(t, reg, "allot_notifier_notices_total", "kind", "usage", "result", "duplicate") != 1 {
+			return errors.New("duplicate notice not counted yet")
+		}
+		if n := counter(t, reg, "allot_notifier_enqueue_to_sent_seconds", "type", TypeUsageEmail); n != 1 {
+			return fmt.Errorf("latency observations %v, want 1", n)
+		}
+		return nil
+	})
+	if len(e.smtp.Messages()) != 1 {
+		t.Errorf("%d emails, want 1", len(e.smtp.Messages()))
+	}
+}
+
+// When the sender's email grant is used up the task stops at once with a
+// reason, and is counted.
+func TestEmailGrantExhausted(t *testing.T) {
+	e := newEnv(t)
+	_, reg := e.start()
+	if _, err := e.client.Grants(t.Context(), "u-3", events.GrantsRequest{Set: map[string]float64{"email_daily_total": 1}}); err != nil {
+		t.Fatal(err)
+	}
+	e.confirm("u-3", events.ConfirmRequest{ID: "c-1", Email: "a@example.com"})
+	e.mails(1)
+	e.confirm("u-3", events.ConfirmRequest{ID: "c-2", Email: "a@example.com"})
+	ti := e.archived("critical", 1)[0]
+	if !strings.HasPrefix(ti.LastErr, reasonOverLimit+": email_daily_total of u-3 is exhausted until ") {
+		t.Errorf("reason %q", ti.LastErr)
+	}
+	if n := counter(t, reg, "allot_notifier_charge_refused_total"); n != 1 {
+		t.Errorf("charge refused %v", n)
+	}
+	if len(e.smtp.Messages()) != 1 {
+		t.Errorf("%d emails, want 1", len(e.smtp.Messages()))
+	}
+}
+
+// A server that is down is retried with backoff, then the task is
+// archived with the reason; a 4xx is retried until it goes through; a
+// 5xx is final at once.
+func TestSMTPFailures(t *testing.T) {
+	t.Run("down", func(t *testing.T) {
+		e := newEnv(t)
+		e.cfg.Notifier.MaxRetry = 2
+		_, reg := e.start()
+		e.smtp.Stop()
+		e.confirm("u-1", events.ConfirmRequest{ID: "c-1", Email: "a@example.com"})
+		ti := e.archived("critical", 1)[0]
+		if ti.Retried != 2 || !strings.Contains(ti.LastErr, "connect") && !strings.Contains(ti.LastErr, "refused") {
+			t.Errorf("archived after %d retries with %q", ti.Retried, ti.LastErr)
+		}
+		if n := counter(t, reg, "allot_notifier_dead_total", "reason", reasonRetriesOut); n != 1 {
+			t.Errorf("retries_exhausted counter %v", n)
+		}
+		if n := counter(t, reg, "allot_notifier_smtp_errors_total", "kind", "transient"); n != 3 {
+			t.Errorf("transient SMTP errors %v, want 3 (first try and two retries)", n)
+		}
+		// The charge was made once, however often it was tried.
+		if c, _ := e.client.Credit(t.Context(), "u-1", "email_daily_total"); c.Used != 1 {
+			t.Errorf("charged %v times", c.Used)
+		}
+	})
+	t.Run("4xx then accepted", func(t *testing.T) {
+		e := newEnv(t)
+		_, reg := e.start()
+		e.smtp.RefuseNext(451, "try again later", 2)
+		e.confirm("u-1", events.ConfirmRequest{ID: "c-1", Email: "a@example.com"})
+		e.mails(1)
+		if n := counter(t, reg, "allot_notifier_smtp_errors_total", "kind", "transient"); n != 2 {
+			t.Errorf("transient errors %v, want 2", n)
+		}
+	})
+	t.Run("5xx", func(t *testing.T) {
+		e := newEnv(t)
+		_, reg := e.start()
+		e.smtp.RefuseDataNext(554, "no such mailbox here", 1)
+		e.confirm("u-1", events.ConfirmRequest{ID: "c-1", Email: "a@example.com"})
+		ti := e.archived("critical", 1)[0]
+		if ti.Retried != 0 || !strings.HasPrefix(ti.LastErr, reasonSMTPRefused+":") || !strings.Contains(ti.LastErr, "554") {
+			t.Errorf("retried %d, reason %q", ti.Retried, ti.LastErr)
+		}
+		if n := counter(t, reg, "allot_notifier_smtp_errors_total", "kind", "permanent"); n != 1 {
+			t.Errorf("permanent errors %v", n)
+		}
+	})
+}
+
+// Templates come from a directory that overrides and adds; one that fails
+// to render is dead-lettered and counted, and the worker goes on.
+func TestTemplates(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	write := func(name, body string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("welcome.txt", `{{define "subject"}}Welcome to {{.Product}}, {{.Name}}{{end}}Hello {{.Name}}, confirm here: {{.Link}}`)
+	write("broken.txt", `{{define "subject"}}Hi{{end}}{{index .Name 99}}`)
+	e.cfg.Notifier.TemplatesDir = dir
+	_, reg := e.start()
+	e.confirm("u-1", events.ConfirmRequest{ID: "c-1", Email: "a@example.com", Name: "Eve", Template: "broken"})
+	ti := e.archived("critical", 1)[0]
+	if !strings.HasPrefix(ti.LastErr, reasonRenderFailed+":") || ti.Retried != 0 {
+		t.Errorf("broken template: retried %d, %q", ti.Retried, ti.LastErr)
+	}
+	if n := counter(t, reg, "allot_notifier_render_failures_total", "template", "broken"); n != 1 {
+		t.Errorf("render failures %v", n)
+	}
+	e.confirm("u-1", events.ConfirmRequest{ID: "c-2", Email: "a@example.com", Name: "Eve", Template: "welcome"})
+	p := e.mails(1)[0].MustParse(t)
+	if p.Subject != "Welcome to allot, Eve" || !strings.Contains(p.Text, "Hello Eve") || p.HTML != "" {
+		t.Errorf("welcome: %q\n%s\nhtml %q", p.Subject, p.Text, p.HTML)
+	}
+	tokenOf(t, p.Text)
+}
+
+func TestVerifyBadInput(t *testing.T) {
+	e := newEnv(t)
+	e.start()
+	for body, field := range map[string]string{
+		`{}`:          `"field":"token"`,
+		`{"token":1}`: `"field":"token"`,
+		`{"tok":"x"}`: `"field":"tok"`,
+		`not json`:    `"field":"request"`,
+		`{"token":"` + strings.Repeat("x", 2000) + `"}`: `"field":"token"`,
+	} {
+		msg, err := e.nc.Request(e.cfg.Subjects.NotifyVerify(), []byte(body), 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msg.Header.Get("Nats-Service-Error-Code") != "400" || !strings.Contains(string(msg.Data), field) {
+			t.Errorf("%.40s: %s %s, want 400 naming %s", body, msg.Header.Get("Nats-Service-Error-Code"), msg.Data, field)
+		}
+	}
+	v, err := e.client.Verify(t.Context(), "garbage.token")
+	if err != nil || v.Status != events.VerifyInvalid {
+		t.Errorf("garbage: %+v %v", v, err)
+	}
+}
+
+func TestStartRefusesWithoutASecretOrWithBadParts(t *testing.T) {
+	e := newEnv(t)
+	for name, mutate := range map[string]func(*service.Config){
+		"no secret":    func(c *service.Config) { c.Notifier.TokenSecrets = nil },
+		"placeholder":  func(c *service.Config) { c.Notifier.TokenSecrets = []service.Secret{"CHANGE-ME-" + testSecret} },
+		"missing dir":  func(c *service.Config) { c.Notifier.TemplatesDir = filepath.Join(t.TempDir(), "nope") },
+		"bad template": func(c *service.Config) { c.Notifier.TemplatesDir = badTemplateDir(t) },
+		"bad config":   func(c *service.Config) { c.Notifier.SMTP.Port = 0 },
+	} {
+		cfg := e.cfg
+		mutate(&cfg)
+		if _, err := Start(t.Context(), cfg, Deps{NATS: e.nc, Redis: e.rdb, Registerer: prometheus.NewRegistry()}); err == nil {
+			t.Errorf("%s: started", name)
+		} else if name == "no secret" && !errors.Is(err, ErrNoSecret) {
+			t.Errorf("no secret: %v", err)
+		}
+	}
+}
+
+func badTemplateDir(t *testing.T) string {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "confirm.txt"), []byte(`{{define "subject"}}{{end`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// One of two notifiers schedules the registry refresh; when it stops, the
+// other takes over.
+func TestRefreshHasOneScheduler(t *testing.T) {
+	e := newEnv(t)
+	e.startRegistry()
+	e.cfg.Notifier.RefreshInterval = time.Second
+	a, regA := e.start()
+	_, regB := e.start()
+	leaders := func() float64 {
+		return counter(t, regA, "allot_notifier_scheduler_leader") + counter(t, regB, "allot_notifier_scheduler_leader")
+	}
+	done := func() float64 {
+		return counter(t, regA, "allot_notifier_tasks_total", "type", TypeRegistryRefresh, "result", "done") +
+			counter(t, regB, "allot_notifier_tasks_total", "type", TypeRegistryRefresh, "result", "done")
+	}
+	eventually(t, 10*time.Second, func() error {
+		if leaders() != 1 || done() < 2 {
+			return errors.New("waiting for one leader and two refreshes")
+		}
+		return nil
+	})
+	start := time.Now()
+	scheduled := counter(t, regA, "allot_notifier_refresh_scheduled_total") + counter(t, regB, "allot_notifier_refresh_scheduled_total")
+	// One task per interval, whoever enqueued it.
+	if elapsed := time.Since(start); scheduled > 4 {
+		t.Errorf("%v refresh tasks scheduled in about 2s (%v)", scheduled, elapsed)
+	}
+	wasLeader := counter(t, regA, "allot_notifier_scheduler_leader") == 1
+	if wasLeader {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := a.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		before := counter(t, regB, "allot_notifier_tasks_total", "type", TypeRegistryRefresh, "result", "done")
+		eventually(t, 10*time.Second, func() error {
+			if counter(t, regB, "allot_notifier_scheduler_leader") != 1 || counter(t, regB, "allot_notifier_refresh_scheduled_total") < 1 {
+				return errors.New("the other notifier did not take over")
+			}
+			if counter(t, regB, "allot_notifier_tasks_total", "type", TypeRegistryRefresh, "result", "done") <= before && done() <= before {
+				return errors.New("no refresh after the takeover")
+			}
+			return nil
+		})
+	}
+}
+
+func TestRetryDelay(t *testing.T) {
+	f := retryDelay(time.Second, time.Minute)
+	for n, want := range map[int]time.Duration{0: time.Second, 1: 2 * time.Second, 3: 8 * time.Second, 10: time.Minute, 100: time.Minute} {
+		got := f(n, nil, nil)
+		if got < want*8/10 || got > want*12/10 {
+			t.Errorf("retry %d: %v, want %v ±20%%", n, got, want)
+		}
+	}
+}
+
+func TestConfirmLink(t *testing.T) {
+	for page, want := range map[string]string{
+		"https://app.example/confirm":       "https://app.example/confirm?token=a%2Bb",
+		"https://app.example/confirm?x=1":   "https://app.example/confirm?token=a%2Bb&x=1",
+		"https://app.example/c?token=stale": "https://app.example/c?token=a%2Bb",
+	} {
+		if got := confirmLink(page, "a+b"); got != want {
+			t.Errorf("%s: %s, want %s", page, got, want)
+		}
+	}
+}

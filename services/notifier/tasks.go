@@ -1,0 +1,265 @@
+package notifier
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/services/notifier/internal/mail"
+	"github.com/allot/allot/services/notifier/internal/templates"
+	"github.com/hibiken/asynq"
+)
+
+// Task types.
+const (
+	TypeConfirmEmail    = "notify:confirm"
+	TypeUsageEmail      = "notify:usage"
+	TypeRegistryRefresh = "registry:refresh"
+)
+
+// usageTemplate renders usage notices.
+const usageTemplate = "usage"
+
+// Why a task was dead-lettered (archived without further retries): the
+// reason label of allot_notifier_dead_total.
+const (
+	reasonBadInput        = "bad_input"        // undecodable, missing or invalid field
+	reasonUnknownTemplate = "unknown_template" // no template of that name
+	reasonUnknownMetric   = "unknown_metric"   // a notice for a metric that is not a grant
+	reasonNoAddress       = "no_address"       // the uid has no confirmed address
+	reasonOverLimit       = "over_limit"       // the email grant is exhausted
+	reasonChargeRefused   = "charge_refused"   // the meter refused the charge otherwise
+	reasonRenderFailed    = "render_failed"    // the template failed to render
+	reasonSMTPRefused     = "smtp_refused"     // a permanent (5xx) refusal
+	reasonRetriesOut      = "retries_exhausted"
+)
+
+// Notice is the payload of an email task: a message of the NOTIFY stream
+// as the consumer received it. The handler judges the body, so a bad one
+// is dead-lettered with its reason like any other failure.
+type Notice struct {
+	Subject   string    `json:"subject"`
+	Body      []byte    `json:"body"`
+	Published time.Time `json:"published"` // when the stream stored it
+	Enqueued  time.Time `json:"enqueued"`  // when the consumer made the task
+}
+
+// DecodeNotice decodes an email task's payload strictly.
+func DecodeNotice(payload []byte) (Notice, error) {
+	var n Notice
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&n); err != nil {
+		return Notice{}, fmt.Errorf("notifier: task payload: %w", err)
+	}
+	if dec.More() {
+		return Notice{}, errors.New("notifier: task payload: more after the JSON object")
+	}
+	if n.Subject == "" {
+		return Notice{}, errors.New("notifier: task payload: no subject")
+	}
+	return n, nil
+}
+
+// noticeTask builds an email task with its id and options.
+func noticeTask(typ, queue string, n Notice, id string, maxRetry int, retention time.Duration) (*asynq.Task, error) {
+	payload, err := json.Marshal(n)
+	if err != nil {
+		return nil, fmt.Errorf("notifier: encode task: %w", err)
+	}
+	return asynq.NewTask(typ, payload, asynq.TaskID(id), asynq.Queue(queue), asynq.MaxRetry(maxRetry), asynq.Retention(retention)), nil
+}
+
+// bodyID returns the "id" of a JSON body when it is a valid id.
+func bodyID(body []byte) (string, bool) {
+	var v struct {
+		ID string `json:"id"`
+	}
+	if json.Unmarshal(body, &v) != nil || events.ValidateID("id", v.ID) != nil {
+		return "", false
+	}
+	return v.ID, true
+}
+
+// hashID shortens a task id to 32 hex characters for keys, Message-IDs
+// and authorize ids.
+func hashID(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(sum[:16])
+}
+
+// taskIDOf returns the id of the running task.
+func taskIDOf(ctx context.Context) string {
+	id, _ := asynq.GetTaskID(ctx)
+	return id
+}
+
+// dead ends a task for good: asynq archives it with err's text as its
+// reason, and it is counted.
+func (n *Notifier) dead(ctx context.Context, typ, reason string, err error) error {
+	n.metrics.dead.WithLabelValues(typ, reason).Inc()
+	n.metrics.tasks.WithLabelValues(typ, "dead").Inc()
+	n.log.Warn("task dead-lettered", "type", typ, "task", taskIDOf(ctx), "reason", reason, "err", err)
+	return fmt.Errorf("%s: %w (%w)", reason, err, asynq.SkipRetry)
+}
+
+// email is one email a task sends.
+type email struct {
+	typ       string
+	uid       string
+	to        string
+	toName    string
+	template  string
+	data      func() (any, error) // built just before rendering (a token)
+	published time.Time
+	enqueued  time.Time
+}
+
+// deliver sends e once: it skips an email already sent, renders it,
+// charges it, sends it and marks it sent.
+func (n *Notifier) deliver(ctx context.Context, e email) error {
+	id := hashID(taskIDOf(ctx))
+	sentKey := n.keys.SentEmail(e.uid, id)
+	switch sent, err := n.rdb.Exists(ctx, sentKey).Result(); {
+	case err != nil:
+		return n.transient(e.typ, "redis", fmt.Errorf("notifier: read sent mark: %w", err))
+	case sent > 0:
+		n.metrics.tasks.WithLabelValues(e.typ, "duplicate").Inc()
+		n.log.Info("email already sent; not sending again", "type", e.typ, "uid", e.uid, "task", taskIDOf(ctx))
+		return nil
+	}
+	data, err := e.data()
+	if err != nil {
+		return n.transient(e.typ, "token", err)
+	}
+	r, err := n.tmpl.Render(e.template, data)
+	switch {
+	case errors.Is(err, templates.ErrUnknown):
+		return n.dead(ctx, e.typ, reasonUnknownTemplate, err)
+	case err != nil:
+		n.metrics.renderFailures.WithLabelValues(e.template).Inc()
+		return n.dead(ctx, e.typ, reasonRenderFailed, err)
+	}
+	if err := n.charge(ctx, e, id); err != nil {
+		return err
+	}
+	msg := mail.Message{To: e.to, ToName: e.toName, Subject: r.Subject, Text: r.Text, HTML: r.HTML,
+		MessageID: id + "@" + strings.ReplaceAll(n.cfg.Notifier.Product, " ", "-") + ".allot",
+		Headers:   map[string]string{"X-Allot-Task": taskIDOf(ctx)}}
+	start := n.now()
+	err = n.sender.Send(ctx, msg)
+	n.metrics.smtpSeconds.Observe(n.now().Sub(start).Seconds())
+	switch {
+	case errors.Is(err, mail.ErrInvalid):
+		return n.dead(ctx, e.typ, reasonBadInput, err)
+	case mail.IsPermanent(err):
+		n.metrics.smtpErrors.WithLabelValues("permanent").Inc()
+		return n.dead(ctx, e.typ, reasonSMTPRefused, err)
+	case err != nil:
+		n.metrics.smtpErrors.WithLabelValues("transient").Inc()
+		return n.transient(e.typ, "smtp", err)
+	}
+	// Sent. A failure to mark it is logged, not retried: a retry would
+	// send it again.
+	if err := n.markSent.Run(ctx, n.rdb, []string{sentKey}, n.cfg.Notifier.Retention.Milliseconds()).Err(); err != nil {
+		n.log.Error("email sent, but marking it sent failed: a redelivery within the retention could send it again",
+			"type", e.typ, "uid", e.uid, "task", taskIDOf(ctx), "err", err)
+	}
+	now := n.now()
+	n.metrics.tasks.WithLabelValues(e.typ, "sent").Inc()
+	n.metrics.sent.WithLabelValues(e.typ).Inc()
+	if !e.enqueued.IsZero() {
+		n.metrics.handled.WithLabelValues(e.typ).Observe(now.Sub(e.enqueued).Seconds())
+	}
+	if !e.published.IsZero() {
+		n.metrics.endToEnd.WithLabelValues(e.typ).Observe(now.Sub(e.published).Seconds())
+	}
+	n.log.Info("email sent", "type", e.typ, "uid", e.uid, "template", e.template, "task", taskIDOf(ctx))
+	return nil
+}
+
+// markSentScript sets the sent mark for ARGV[1] ms.
+const markSentScript = `return redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])`
+
+// transient is a failure asynq retries with backoff.
+func (n *Notifier) transient(typ, kind string, err error) error {
+	n.metrics.tasks.WithLabelValues(typ, "retry").Inc()
+	n.metrics.transient.WithLabelValues(typ, kind).Inc()
+	return err
+}
+
+// charge records one email against uid's charge metric through the
+// meter's authorize endpoint, idempotent on the task: a retried task is
+// charged once.
+func (n *Notifier) charge(ctx context.Context, e email, id string) error {
+	metric := n.cfg.Notifier.ChargeMetric
+	if metric == "" {
+		return nil
+	}
+	reply, err := n.client.Authorize(ctx, e.uid, events.AuthorizeRequest{ID: "notify-" + id, Metric: metric, Amount: 1})
+	var serr *events.ServiceError
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, events.ErrOverLimit):
+		n.metrics.chargeRefused.Inc()
+		until := "the end of its period"
+		if !reply.ResetsAt.IsZero() {
+			until = reply.ResetsAt.UTC().Format(time.RFC3339)
+		}
+		return n.dead(ctx, e.typ, reasonOverLimit, fmt.Errorf("%s of %s is exhausted until %s", metric, e.uid, until))
+	case errors.As(err, &serr) && serr.Status < 500:
+		return n.dead(ctx, e.typ, reasonChargeRefused, fmt.Errorf("charging %s: %w", metric, err))
+	default:
+		return n.transient(e.typ, "meter", fmt.Errorf("charging %s: %w", metric, err))
+	}
+}
+
+// taskFailed is asynq's error handler: it counts a task that used its
+// last retry.
+func (n *Notifier) taskFailed(ctx context.Context, t *asynq.Task, err error) {
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	if errors.Is(err, asynq.SkipRetry) || retried < maxRetry {
+		return
+	}
+	n.metrics.dead.WithLabelValues(t.Type(), reasonRetriesOut).Inc()
+	n.metrics.tasks.WithLabelValues(t.Type(), "dead").Inc()
+	n.log.Error("task archived after its last retry", "type", t.Type(), "task", taskIDOf(ctx), "retries", retried, "err", err)
+}
+
+// retryDelay is exponential backoff from base, doubling per retry, capped
+// at ceiling, with up to 20% jitter either way.
+func retryDelay(base, ceiling time.Duration) asynq.RetryDelayFunc {
+	return func(n int, _ error, _ *asynq.Task) time.Duration {
+		d := ceiling
+		if n < 40 {
+			d = min(base<<n, ceiling)
+		}
+		if d <= 0 { // overflow
+			d = ceiling
+		}
+		jitter := 0.8 + 0.4*rand.Float64()
+		return time.Duration(float64(d) * jitter)
+	}
+}
+
+// asynqLogger sends asynq's logs to slog.
+type asynqLogger struct{ log *slog.Logger }
+
+func (l asynqLogger) Debug(args ...any) { l.log.Debug(fmt.Sprint(args...)) }
+func (l asynqLogger) Info(args ...any)  { l.log.Info(fmt.Sprint(args...)) }
+func (l asynqLogger) Warn(args ...any)  { l.log.Warn(fmt.Sprint(args...)) }
+func (l asynqLogger) Error(args ...any) { l.log.Error(fmt.Sprint(args...)) }
+
+// Fatal is logged as an error: a library must not exit the process.
+func (l asynqLogger) Fatal(args ...any) { l.log.Error(fmt.Sprint(args...)) }
