@@ -53,6 +53,7 @@ func commands() []command {
 		checkCommand(),
 		ratelimitCommand(),
 		registryCommand(),
+		notifyCommand(),
 	}
 }
 

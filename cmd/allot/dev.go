@@ -18,9 +18,12 @@ func devCommand() command {
 		usage: `Usage: allot dev [-config allot.yaml] [-nats-addr 127.0.0.1:4222] [-http 127.0.0.1:8080]
 
 Runs allot on one machine: an embedded NATS server with JetStream in a
-temporary directory, an embedded Redis (miniredis, in memory), the USAGE and
-USAGE_DEAD streams, and every allot service, until Ctrl-C. Set NATS_URL or
-REDIS_URL to use real servers instead of the embedded ones.
+temporary directory, an embedded Redis (miniredis, in memory), the USAGE,
+USAGE_DEAD and NOTIFY streams, every allot service (meter, ratelimit,
+registry, notifier), a mail sink on 127.0.0.1:1025 whose mail shows at
+/dev/mail, and asynqmon at /asynqmon/, until Ctrl-C. Set NATS_URL or
+REDIS_URL to use real servers instead of the embedded ones, and
+notifier.smtp.host (or ALLOT_SMTP_HOST) to send real mail.
 
 Examples:
   allot dev
@@ -62,6 +65,7 @@ func runDev(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) e
 		Config:        cfg,
 		ExternalNATS:  env.getenv("NATS_URL") != "",
 		ExternalRedis: env.getenv("REDIS_URL") != "",
+		ExternalSMTP:  cfg.Notifier.SMTP.Host != service.DefaultNotifier().SMTP.Host || cfg.Notifier.SMTP.Port != service.DefaultNotifier().SMTP.Port,
 		NATSAddr:      *natsAddr,
 		HTTPAddr:      *httpAddr,
 		StoreDir:      *storeDir,
@@ -92,6 +96,12 @@ func printBanner(env *cliEnv, st *devstack.Stack) {
 	fmt.Fprintf(w, "  NATS      %s %s\n", st.NATSURL, natsNote)
 	fmt.Fprintf(w, "  Redis     %s\n", st.RedisURL)
 	fmt.Fprintf(w, "  HTTP      %s/metrics  %s/healthz  %s/readyz\n", st.HTTPURL, st.HTTPURL, st.HTTPURL)
+	if st.SMTPAddr != "" {
+		fmt.Fprintf(w, "  mail      smtp://%s, shown at %s/dev/mail\n", st.SMTPAddr, st.HTTPURL)
+	}
+	if st.Asynqmon {
+		fmt.Fprintf(w, "  jobs      %s/asynqmon/ (asynqmon)\n", st.HTTPURL)
+	}
 	services := "none yet"
 	if len(st.Services) > 0 {
 		services = strings.Join(st.Services, ", ")

@@ -54,10 +54,21 @@ Examples:
 }
 
 func runRatelimit(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) error {
-	// The command itself has no flags: its help is the list of subcommands.
-	fs.Usage = func() { fmt.Fprintln(env.stderr, strings.TrimSpace(ratelimitCommand().usage)) }
+	return runSubcommand(ctx, env, fs, args, ratelimitCommand(), ratelimitSubcommands(), "allot ratelimit reset -uid u-42")
+}
+
+// runSubcommand runs "allot <cmd> <subcommand> [flags]": the command has
+// no flags of its own, so its help is the list of subcommands; example
+// shows where flags go.
+func runSubcommand(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string, cmd command, subs []subcommand, example string) error {
+	names := make([]string, len(subs))
+	for i, sc := range subs {
+		names[i] = sc.name
+	}
+	want := strings.Join(names, ", ")
+	fs.Usage = func() { fmt.Fprintln(env.stderr, strings.TrimSpace(cmd.usage)) }
 	if len(args) == 0 {
-		return usagef("missing subcommand (reset)")
+		return usagef("missing subcommand (%s)", want)
 	}
 	switch args[0] {
 	case "-h", "-help", "--help":
@@ -65,13 +76,13 @@ func runRatelimit(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []str
 		return flag.ErrHelp
 	}
 	if strings.HasPrefix(args[0], "-") {
-		return usagef("flag %s before the subcommand: flags go after it, e.g. allot ratelimit reset -uid u-42", args[0])
+		return usagef("flag %s before the subcommand: flags go after it, e.g. %s", args[0], example)
 	}
-	for _, sc := range ratelimitSubcommands() {
+	for _, sc := range subs {
 		if sc.name != args[0] {
 			continue
 		}
-		sub := flag.NewFlagSet("allot ratelimit "+sc.name, flag.ContinueOnError)
+		sub := flag.NewFlagSet("allot "+cmd.name+" "+sc.name, flag.ContinueOnError)
 		sub.SetOutput(env.stderr)
 		sub.Usage = func() {
 			fmt.Fprintf(env.stderr, "%s\n\nFlags:\n", strings.TrimSpace(sc.usage))
@@ -84,7 +95,7 @@ func runRatelimit(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []str
 		}
 		return err
 	}
-	return usagef("unknown subcommand %q (want reset)", args[0])
+	return usagef("unknown subcommand %q (want %s)", args[0], want)
 }
 
 func runRatelimitReset(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) error {

@@ -21,8 +21,12 @@ import (
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/services/meter"
+	"github.com/allot/allot/services/notifier"
+	"github.com/allot/allot/services/notifier/devmail"
 	"github.com/allot/allot/services/ratelimit"
 	"github.com/allot/allot/services/registry"
+	"github.com/hibiken/asynq"
+	"github.com/hibiken/asynqmon"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -49,6 +53,13 @@ type Options struct {
 	// HTTPAddr is where /metrics, /healthz and /readyz listen (default
 	// 127.0.0.1:8080, with the same fallback as NATSAddr).
 	HTTPAddr string
+	// ExternalSMTP sends the notifier's mail to Config.Notifier.SMTP;
+	// otherwise a mail sink (devmail) takes it, logs it and shows it at
+	// /dev/mail.
+	ExternalSMTP bool
+	// SMTPAddr is where the mail sink listens (default 127.0.0.1:1025,
+	// with the same fallback as NATSAddr).
+	SMTPAddr string
 	// Log receives what happens; nil discards it.
 	Log *slog.Logger
 }
@@ -59,6 +70,8 @@ type Stack struct {
 	RedisURL string // redacted when it carries a password
 	HTTPURL  string // base URL of /metrics, /healthz, /readyz
 	StoreDir string // the JetStream directory, when embedded
+	SMTPAddr string // the mail sink's address; empty with ExternalSMTP
+	Asynqmon bool   // asynqmon is mounted at HTTPURL/asynqmon/
 	Notes    []string
 
 	NATS     *nats.Conn
@@ -162,14 +175,31 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	// for this run (entries left in an external Redis by an earlier run
 	// are then skipped, and expire).
 	if len(cfg.Registry.Keys) == 0 {
-		var b [32]byte
-		if _, err := rand.Read(b[:]); err != nil {
+		key, err := randomSecret(32)
+		if err != nil {
 			return nil, fmt.Errorf("devstack: registry key: %w", err)
 		}
-		cfg.Registry.Keys = []service.Secret{service.Secret(base64.StdEncoding.EncodeToString(b[:]))}
+		cfg.Registry.Keys = []service.Secret{service.Secret(key)}
 		log.Warn("registry.keys is not set: using a random registry key for this run; set registry.keys (or ALLOT_REGISTRY_KEYS) outside allot dev")
 		s.Notes = append(s.Notes, "registry: registry.keys is not set; using a random key for this run")
 	}
+
+	// The notifier signs tokens; a laptop has no secret either.
+	if len(cfg.Notifier.TokenSecrets) == 0 {
+		secret, err := randomSecret(48)
+		if err != nil {
+			return nil, fmt.Errorf("devstack: token secret: %w", err)
+		}
+		cfg.Notifier.TokenSecrets = []service.Secret{service.Secret(secret)}
+		log.Warn("notifier.token_secrets is not set: using a random secret for this run (tokens die with it); set notifier.token_secrets (or ALLOT_NOTIFIER_TOKEN_SECRETS) outside allot dev")
+		s.Notes = append(s.Notes, "notifier: notifier.token_secrets is not set; using a random secret for this run")
+	}
+	if !opts.ExternalSMTP {
+		if err := s.startMailSink(opts, &cfg, log); err != nil {
+			return nil, err
+		}
+	}
+	s.mountAsynqmon(cfg, opts, log)
 
 	// The allot services, each through the same Run its own binary calls.
 	deps := service.Deps{Config: cfg, NATS: nc, Redis: rdb, Registry: s.Registry, HTTP: s.HTTP, Log: log}
@@ -180,6 +210,7 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 		{"registry", registry.Run},
 		{"meter", meter.Run},
 		{"ratelimit", ratelimit.Run},
+		{"notifier", notifier.Run},
 	} {
 		stop, err := svc.start(ctx, deps)
 		if err != nil {
@@ -260,6 +291,67 @@ func (s *Stack) startNATS(opts Options, log *slog.Logger) (string, error) {
 	})
 	log.Debug("embedded nats-server started", "url", ns.ClientURL(), "store", dir)
 	return ns.ClientURL(), nil
+}
+
+// randomSecret returns n random bytes in base64.
+func randomSecret(n int) (string, error) {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return base64.StdEncoding.EncodeToString(b), nil
+}
+
+// startMailSink starts devmail and points the notifier at it.
+func (s *Stack) startMailSink(opts Options, cfg *service.Config, log *slog.Logger) error {
+	addr := opts.SMTPAddr
+	if addr == "" {
+		addr = "127.0.0.1:1025"
+	}
+	addr, note := freeAddr(addr, "SMTP")
+	if note != "" {
+		s.Notes = append(s.Notes, note)
+	}
+	sink, err := devmail.Start(addr, log.With("component", "devmail"))
+	if err != nil {
+		return fmt.Errorf("devstack: %w", err)
+	}
+	s.closers.Push("mail sink", func(context.Context) error { return sink.Close() })
+	host, portText, err := net.SplitHostPort(sink.Addr())
+	if err != nil {
+		return fmt.Errorf("devstack: mail sink address: %w", err)
+	}
+	port, err := strconv.Atoi(portText)
+	if err != nil {
+		return fmt.Errorf("devstack: mail sink address: %w", err)
+	}
+	cfg.Notifier.SMTP = service.SMTPConfig{Host: host, Port: port, TLS: "none", Auth: "none",
+		From: cfg.Notifier.SMTP.From, FromName: cfg.Notifier.SMTP.FromName, Timeout: cfg.Notifier.SMTP.Timeout}
+	s.HTTP.Handle("/dev/mail", sink)
+	s.SMTPAddr = sink.Addr()
+	return nil
+}
+
+// mountAsynqmon serves asynq's monitoring UI at /asynqmon/ when the
+// Redis is one node (asynqmon takes an address, not a client).
+func (s *Stack) mountAsynqmon(cfg service.Config, opts Options, log *slog.Logger) {
+	var conn asynq.RedisConnOpt
+	switch {
+	case len(cfg.Redis.Addrs) > 0:
+		s.Notes = append(s.Notes, "asynqmon: not mounted: it is wired for a single Redis node here, and redis.addrs names several")
+		return
+	default:
+		o, err := asynq.ParseRedisURI(cfg.Redis.URL.Reveal())
+		if err != nil {
+			log.Warn("asynqmon not mounted", "err", err)
+			return
+		}
+		conn = o
+	}
+	h := asynqmon.New(asynqmon.Options{RootPath: "/asynqmon", RedisConnOpt: conn, ReadOnly: false})
+	s.closers.Push("asynqmon", func(context.Context) error { return h.Close() })
+	s.HTTP.Handle("/asynqmon/", h)
+	s.Asynqmon = true
 }
 
 // freeAddr returns addr when it can be listened on, else the same host

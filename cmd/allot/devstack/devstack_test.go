@@ -2,13 +2,17 @@ package devstack
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
 	"github.com/google/go-cmp/cmp"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // allot dev runs the registry with a key it makes up, and every service
@@ -25,7 +29,7 @@ func TestEveryServiceRegistersItself(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"meter/laptop-local-meter", "ratelimit/laptop-local-ratelimit", "registry/laptop-local-registry"}
+	want := []string{"meter/laptop-local-meter", "notifier/laptop-local-notifier", "ratelimit/laptop-local-ratelimit", "registry/laptop-local-registry"}
 	var got []string
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		reply, err := c.Find(t.Context(), "")
@@ -47,4 +51,59 @@ func TestEveryServiceRegistersItself(t *testing.T) {
 	if len(st.Notes) == 0 {
 		t.Error("no note that the registry key was made up")
 	}
+}
+
+// allot dev sends the notifier's mail to its sink, shown at /dev/mail,
+// and mounts asynqmon.
+func TestMailSinkAndAsynqmon(t *testing.T) {
+	cfg := service.Default()
+	cfg.Instance = "laptop"
+	st, err := Start(t.Context(), Options{Config: cfg, NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", SMTPAddr: "127.0.0.1:0", StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close(context.Background()) })
+	if st.SMTPAddr == "" {
+		t.Fatal("no mail sink")
+	}
+	js, err := jetstream.New(st.NATS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := events.RequestConfirmation(t.Context(), js, cfg.Subjects, "u-1", events.ConfirmRequest{ID: "c-1", Email: "ada@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	var page string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		page = get(t, st.HTTPURL+"/dev/mail")
+		if strings.Contains(page, "token=") {
+			break
+		}
+	}
+	if !strings.Contains(page, "to ada@example.com") || !strings.Contains(page, "token=") {
+		t.Fatalf("/dev/mail:\n%s", page)
+	}
+	if body := get(t, st.HTTPURL+"/asynqmon/api/queues"); !strings.Contains(body, `"queue":"critical"`) {
+		t.Errorf("asynqmon queues: %s", body)
+	}
+	if body := get(t, st.HTTPURL+"/asynqmon/"); !strings.Contains(strings.ToLower(body), "<html") {
+		t.Errorf("asynqmon UI: %.200s", body)
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s\n%s", url, resp.Status, b)
+	}
+	return string(b)
 }
