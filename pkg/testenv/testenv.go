@@ -66,13 +66,14 @@ func RedisOptions(t testing.TB) *redis.Options {
 func Redis(t testing.TB) (*redis.Client, string) {
 	t.Helper()
 	rdb := redis.NewClient(RedisOptions(t))
-	prefix := KeyPrefix(t, rdb)
+	// Cleanups run last-in first-out: the keys go before the client.
 	t.Cleanup(func() { _ = rdb.Close() })
-	return rdb, prefix
+	return rdb, KeyPrefix(t, rdb)
 }
 
 // KeyPrefix returns "allot-it-<random>:" and deletes every key under it
-// through rdb at the end of t (registered before rdb's own close).
+// through rdb at the end of t: call it after registering rdb's own close,
+// so the keys are deleted first.
 func KeyPrefix(t testing.TB, rdb redis.UniversalClient) string {
 	t.Helper()
 	var r [4]byte

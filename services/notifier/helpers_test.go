@@ -13,6 +13,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/keys"
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/pkg/testenv"
 	"github.com/allot/allot/services/meter"
@@ -35,7 +36,7 @@ type env struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	rdb    redis.UniversalClient
-	mr     *miniredis.Miniredis // nil on a real Redis
+	keys   keys.Keys
 	smtp   *smtptest.Server
 	client *events.Client
 	insp   *asynq.Inspector
@@ -59,23 +60,30 @@ func (c *fakeClock) advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// newEnv starts the servers and a meter; tweak cfg, then call start.
-func newEnv(t *testing.T) *env {
+// envFunc makes a test environment: newMiniEnv, or the integration
+// tests' realEnv.
+type envFunc func(t *testing.T) *env
+
+// newMiniEnv starts an embedded NATS, miniredis, a meter and an SMTP
+// server; tweak cfg, then call start.
+func newMiniEnv(t *testing.T) *env {
 	t.Helper()
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { _ = rdb.Close() })
-	return newEnvOn(t, rdb, mr, "allot:")
+	cfg := service.Default()
+	cfg.NATS.URL = service.URL(testenv.EmbeddedNATS(t))
+	return newEnvOn(t, cfg, rdb)
 }
 
-func newEnvOn(t *testing.T, rdb redis.UniversalClient, mr *miniredis.Miniredis, prefix string) *env {
+// newEnvOn starts a meter and an SMTP server on cfg's NATS and rdb. cfg
+// names the NATS, the subjects, the streams, the key prefix and the
+// queues; the rest is set here.
+func newEnvOn(t *testing.T, cfg service.Config, rdb redis.UniversalClient) *env {
 	t.Helper()
-	e := &env{t: t, rdb: rdb, mr: mr, clock: &fakeClock{}}
+	e := &env{t: t, rdb: rdb, clock: &fakeClock{}, keys: keys.New(cfg.Redis.KeyPrefix)}
 	e.smtp = smtptest.Start(t, smtptest.Options{})
-	cfg := service.Default()
 	cfg.Instance = "test"
-	cfg.NATS.URL = service.URL(testenv.EmbeddedNATS(t))
-	cfg.Redis.KeyPrefix = prefix
 	cfg.Notifier.TokenSecrets = []service.Secret{testSecret}
 	cfg.Notifier.SMTP.Host = e.smtp.Host()
 	cfg.Notifier.SMTP.Port = e.smtp.Port()
@@ -99,7 +107,7 @@ func newEnvOn(t *testing.T, rdb redis.UniversalClient, mr *miniredis.Miniredis, 
 	if err := events.EnsureStreams(t.Context(), e.js, cfg.Subjects, cfg.Streams); err != nil {
 		t.Fatal(err)
 	}
-	if e.client, err = events.NewClient(e.nc, events.ClientOptions{Timeout: 2 * time.Second}); err != nil {
+	if e.client, err = events.NewClient(e.nc, events.ClientOptions{Subjects: cfg.Subjects, Timeout: 2 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	e.insp = asynq.NewInspectorFromRedisClient(rdb)

@@ -16,9 +16,32 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// behaviours run on miniredis and an embedded NATS here, and on the real
+// Redis and NATS under the integration tag.
+var behaviours = []struct {
+	name string
+	fn   func(t *testing.T, newEnv envFunc)
+}{
+	{"ConfirmationEmailAndVerify", testConfirmationEmailAndVerify},
+	{"ExpiredToken", testExpiredToken},
+	{"SameRequestSendsOnce", testSameRequestSendsOnce},
+	{"BadInputIsDeadLettered", testBadInputIsDeadLettered},
+	{"UsageNoticeEmail", testUsageNoticeEmail},
+	{"EmailGrantExhausted", testEmailGrantExhausted},
+	{"SMTPFailures", testSMTPFailures},
+	{"Templates", testTemplates},
+	{"RefreshHasOneScheduler", testRefreshHasOneScheduler},
+}
+
+func TestBehaviour(t *testing.T) {
+	for _, b := range behaviours {
+		t.Run(b.name, func(t *testing.T) { b.fn(t, newMiniEnv) })
+	}
+}
+
 // A confirmation request becomes one email with a working link; the token
 // verifies once, then reads as used, and the address becomes the uid's.
-func TestConfirmationEmailAndVerify(t *testing.T) {
+func testConfirmationEmailAndVerify(t *testing.T, newEnv envFunc) {
 	e := newEnv(t)
 	_, reg := e.start()
 	e.confirm("u-42", events.ConfirmRequest{ID: "c-1", Email: "ada@example.com", Name: "Ada Lovelace"})
@@ -62,7 +85,7 @@ func TestConfirmationEmailAndVerify(t *testing.T) {
 	if v, _ := e.client.Verify(ctx, tok); v.Status != events.VerifyUsed {
 		t.Errorf("second verify %+v, want used", v)
 	}
-	if addr, _ := e.rdb.Get(ctx, "allot:{u-42}:addr").Result(); addr != "ada@example.com" {
+	if addr, _ := e.rdb.Get(ctx, e.keys.ConfirmedAddress("u-42")).Result(); addr != "ada@example.com" {
 		t.Errorf("confirmed address %q", addr)
 	}
 	if v, _ := e.client.Verify(ctx, tok+"x"); v.Status != events.VerifyInvalid || v.UID != "" {
@@ -88,7 +111,7 @@ func TestConfirmationEmailAndVerify(t *testing.T) {
 	}
 }
 
-func TestExpiredToken(t *testing.T) {
+func testExpiredToken(t *testing.T, newEnv envFunc) {
 	e := newEnv(t)
 	n, _ := e.start()
 	e.confirm("u-1", events.ConfirmRequest{ID: "c-1", Email: "bo@example.com"})
@@ -102,14 +125,14 @@ func TestExpiredToken(t *testing.T) {
 		t.Errorf("verify after 12h: %+v %v", v, err)
 	}
 	// An expired token does not confirm the address.
-	if n, _ := e.rdb.Exists(t.Context(), "allot:{u-1}:addr").Result(); n != 0 {
+	if n, _ := e.rdb.Exists(t.Context(), e.keys.ConfirmedAddress("u-1")).Result(); n != 0 {
 		t.Error("expired token confirmed the address")
 	}
 }
 
 // A request published again under another Nats-Msg-Id (past the stream's
 // duplicate window, say) or redelivered finds its task and sends nothing.
-func TestSameRequestSendsOnce(t *testing.T) {
+func testSameRequestSendsOnce(t *testing.T, newEnv envFunc) {
 	e := newEnv(t)
 	_, reg := e.start()
 	body := []byte(`{"id":"c-7","email":"cy@example.com"}`)
@@ -133,7 +156,7 @@ func TestSameRequestSendsOnce(t *testing.T) {
 
 // Each bad notice is archived (asynq's dead letter) with its reason,
 // counted, never sent and never retried.
-func TestBadInputIsDeadLettered(t *testing.T) {
+func testBadInputIsDeadLettered(t *testing.T, newEnv envFunc) {
 	e := newEnv(t)
 	_, reg := e.start()
 	s := e.cfg.Subjects
@@ -149,7 +172,7 @@ func TestBadInputIsDeadLettered(t *testing.T) {
 		{"header injection", "critical", s.NotifyConfirm("u-9"), `{"id":"b-2","email":"a@example.com","name":"x\r\nBcc: eve@example.com"}`, reasonBadInput, "name"},
 		{"unknown template", "critical", s.NotifyConfirm("u-9"), `{"id":"b-3","email":"a@example.com","template":"nope"}`, reasonBadInput, `"nope" is not a template`},
 		{"unknown field", "critical", s.NotifyConfirm("u-9"), `{"id":"b-4","email":"a@example.com","bcc":"eve@example.com"}`, reasonBadInput, "bcc"},
-		{"bad uid", "critical", "notify.confirm.u=9", `{"id":"b-5","email":"a@example.com"}`, reasonBadInput, "uid"},
+		{"bad uid", "critical", s.Notify + ".confirm.u=9", `{"id":"b-5","email":"a@example.com"}`, reasonBadInput, "uid"},
 		{"unknown metric", "default", s.NotifyUsage("u-9"), mustJSON(t, good("nope_total")), reasonUnknownMetric, "nope_total"},
 		{"counter metric", "default", s.NotifyUsage("u-9"), mustJSON(t, good("api_calls_total")), reasonUnknownMetric, "api_calls_total"},
 		{"missing field", "default", s.NotifyUsage("u-9"), `{"id":"n-1","uid":"u-9","metric":"photo_daily_total"}`, reasonBadInput, "threshold"},
@@ -167,7 +190,8 @@ func TestBadInputIsDeadLettered(t *testing.T) {
 				want++
 			}
 		}
-		for _, ti := range e.archived(q, want) {
+		queue := map[string]string{"critical": e.cfg.Notifier.ConfirmQueue, "default": e.cfg.Notifier.UsageQueue}[q]
+		for _, ti := range e.archived(queue, want) {
 			all = append(all, ti.LastErr)
 			if ti.Retried != 0 {
 				t.Errorf("%s was retried %d times", ti.ID, ti.Retried)
@@ -204,10 +228,10 @@ func mustJSON(t *testing.T, v any) string {
 
 // A usage notice goes to the uid's confirmed address and says which grant
 // crossed which threshold and when it resets.
-func TestUsageNoticeEmail(t *testing.T) {
+func testUsageNoticeEmail(t *testing.T, newEnv envFunc) {
 	e := newEnv(t)
 	_, reg := e.start()
-	if err := e.rdb.Set(t.Context(), "allot:{u-5}:addr", "dee@example.com", 0).Err(); err != nil {
+	if err := e.rdb.Set(t.Context(), e.keys.ConfirmedAddress("u-5"), "dee@example.com", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	resets := time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)
@@ -241,7 +265,7 @@ func TestUsageNoticeEmail(t *testing.T) {
 
 // When the sender's email grant is used up the task stops at once with a
 // reason, and is counted.
-func TestEmailGrantExhausted(t *testing.T) {
+func testEmailGrantExhausted(t *testing.T, newEnv envFunc) {
 	e := newEnv(t)
 	_, reg := e.start()
 	if _, err := e.client.Grants(t.Context(), "u-3", events.GrantsRequest{Set: map[string]float64{"email_daily_total": 1}}); err != nil {
@@ -250,7 +274,7 @@ func TestEmailGrantExhausted(t *testing.T) {
 	e.confirm("u-3", events.ConfirmRequest{ID: "c-1", Email: "a@example.com"})
 	e.mails(1)
 	e.confirm("u-3", events.ConfirmRequest{ID: "c-2", Email: "a@example.com"})
-	ti := e.archived("critical", 1)[0]
+	ti := e.archived(e.cfg.Notifier.ConfirmQueue, 1)[0]
 	if !strings.HasPrefix(ti.LastErr, reasonOverLimit+": email_daily_total of u-3 is exhausted until ") {
 		t.Errorf("reason %q", ti.LastErr)
 	}
@@ -265,14 +289,14 @@ func TestEmailGrantExhausted(t *testing.T) {
 // A server that is down is retried with backoff, then the task is
 // archived with the reason; a 4xx is retried until it goes through; a
 // 5xx is final at once.
-func TestSMTPFailures(t *testing.T) {
+func testSMTPFailures(t *testing.T, newEnv envFunc) {
 	t.Run("down", func(t *testing.T) {
 		e := newEnv(t)
 		e.cfg.Notifier.MaxRetry = 2
 		_, reg := e.start()
 		e.smtp.Stop()
 		e.confirm("u-1", events.ConfirmRequest{ID: "c-1", Email: "a@example.com"})
-		ti := e.archived("critical", 1)[0]
+		ti := e.archived(e.cfg.Notifier.ConfirmQueue, 1)[0]
 		if ti.Retried != 2 || !strings.Contains(ti.LastErr, "connect") && !strings.Contains(ti.LastErr, "refused") {
 			t.Errorf("archived after %d retries with %q", ti.Retried, ti.LastErr)
 		}
@@ -302,7 +326,7 @@ func TestSMTPFailures(t *testing.T) {
 		_, reg := e.start()
 		e.smtp.RefuseDataNext(554, "no such mailbox here", 1)
 		e.confirm("u-1", events.ConfirmRequest{ID: "c-1", Email: "a@example.com"})
-		ti := e.archived("critical", 1)[0]
+		ti := e.archived(e.cfg.Notifier.ConfirmQueue, 1)[0]
 		if ti.Retried != 0 || !strings.HasPrefix(ti.LastErr, reasonSMTPRefused+":") || !strings.Contains(ti.LastErr, "554") {
 			t.Errorf("retried %d, reason %q", ti.Retried, ti.LastErr)
 		}
@@ -314,7 +338,7 @@ func TestSMTPFailures(t *testing.T) {
 
 // Templates come from a directory that overrides and adds; one that fails
 // to render is dead-lettered and counted, and the worker goes on.
-func TestTemplates(t *testing.T) {
+func testTemplates(t *testing.T, newEnv envFunc) {
 	e := newEnv(t)
 	dir := t.TempDir()
 	write := func(name, body string) {
@@ -327,7 +351,7 @@ func TestTemplates(t *testing.T) {
 	e.cfg.Notifier.TemplatesDir = dir
 	_, reg := e.start()
 	e.confirm("u-1", events.ConfirmRequest{ID: "c-1", Email: "a@example.com", Name: "Eve", Template: "broken"})
-	ti := e.archived("critical", 1)[0]
+	ti := e.archived(e.cfg.Notifier.ConfirmQueue, 1)[0]
 	if !strings.HasPrefix(ti.LastErr, reasonRenderFailed+":") || ti.Retried != 0 {
 		t.Errorf("broken template: retried %d, %q", ti.Retried, ti.LastErr)
 	}
@@ -343,7 +367,7 @@ func TestTemplates(t *testing.T) {
 }
 
 func TestVerifyBadInput(t *testing.T) {
-	e := newEnv(t)
+	e := newMiniEnv(t)
 	e.start()
 	for body, field := range map[string]string{
 		`{}`:          `"field":"token"`,
@@ -367,7 +391,7 @@ func TestVerifyBadInput(t *testing.T) {
 }
 
 func TestStartRefusesWithoutASecretOrWithBadParts(t *testing.T) {
-	e := newEnv(t)
+	e := newMiniEnv(t)
 	for name, mutate := range map[string]func(*service.Config){
 		"no secret":    func(c *service.Config) { c.Notifier.TokenSecrets = nil },
 		"placeholder":  func(c *service.Config) { c.Notifier.TokenSecrets = []service.Secret{"CHANGE-ME-" + testSecret} },
@@ -395,7 +419,7 @@ func badTemplateDir(t *testing.T) string {
 
 // One of two notifiers schedules the registry refresh; when it stops, the
 // other takes over.
-func TestRefreshHasOneScheduler(t *testing.T) {
+func testRefreshHasOneScheduler(t *testing.T, newEnv envFunc) {
 	e := newEnv(t)
 	e.startRegistry()
 	e.cfg.Notifier.RefreshInterval = time.Second
