@@ -2,7 +2,9 @@ package notifier
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -31,7 +33,7 @@ const testSecret = "a-test-secret-that-is-long-enough-0123456789"
 // env is a notifier on an embedded NATS, miniredis (or a real Redis), a
 // real meter for the charges and an in-process SMTP server.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	cfg    service.Config
 	nc     *nats.Conn
 	js     jetstream.JetStream
@@ -62,11 +64,11 @@ func (c *fakeClock) advance(d time.Duration) {
 
 // envFunc makes a test environment: newMiniEnv, or the integration
 // tests' realEnv.
-type envFunc func(t *testing.T) *env
+type envFunc func(t testing.TB) *env
 
 // newMiniEnv starts an embedded NATS, miniredis, a meter and an SMTP
 // server; tweak cfg, then call start.
-func newMiniEnv(t *testing.T) *env {
+func newMiniEnv(t testing.TB) *env {
 	t.Helper()
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
@@ -79,7 +81,7 @@ func newMiniEnv(t *testing.T) *env {
 // newEnvOn starts a meter and an SMTP server on cfg's NATS and rdb. cfg
 // names the NATS, the subjects, the streams, the key prefix and the
 // queues; the rest is set here.
-func newEnvOn(t *testing.T, cfg service.Config, rdb redis.UniversalClient) *env {
+func newEnvOn(t testing.TB, cfg service.Config, rdb redis.UniversalClient) *env {
 	t.Helper()
 	e := &env{t: t, rdb: rdb, clock: &fakeClock{}, keys: keys.New(cfg.Redis.KeyPrefix)}
 	e.smtp = smtptest.Start(t, smtptest.Options{})
@@ -209,7 +211,7 @@ func (e *env) archived(queue string, n int) []*asynq.TaskInfo {
 	return got
 }
 
-func eventually(t *testing.T, within time.Duration, f func() error) {
+func eventually(t testing.TB, within time.Duration, f func() error) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
@@ -225,7 +227,7 @@ func eventually(t *testing.T, within time.Duration, f func() error) {
 }
 
 // counter reads one series of a counter vector in reg.
-func counter(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
+func counter(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -265,7 +267,7 @@ func counter(t *testing.T, reg *prometheus.Registry, name string, labels ...stri
 var linkRE = regexp.MustCompile(`https://app\.example/confirm\?[^\s"<>]+`)
 
 // tokenOf finds the confirmation link in a text body and returns its token.
-func tokenOf(t *testing.T, text string) string {
+func tokenOf(t testing.TB, text string) string {
 	t.Helper()
 	link := linkRE.FindString(text)
 	if link == "" {
@@ -282,3 +284,49 @@ func tokenOf(t *testing.T, text string) string {
 }
 
 func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+// realEnvAt is an env on a real NATS and Redis, under subjects, streams,
+// keys and asynq queues of its own, all removed at the end.
+func realEnvAt(t testing.TB, natsURL string, rdb redis.UniversalClient) *env {
+	t.Helper()
+	var r [4]byte
+	_, _ = rand.Read(r[:])
+	tag := "it" + hex.EncodeToString(r[:])
+	prefix := "allot-" + tag + ":"
+
+	cfg := service.Default()
+	cfg.NATS.URL = service.URL(natsURL)
+	cfg.Redis.KeyPrefix = prefix
+	cfg.Subjects = events.Subjects{Usage: tag + ".usage", Dead: tag + ".usage.dead", Meter: tag + ".meter",
+		RateLimit: tag + ".ratelimit", Registry: tag + ".registry", Notify: tag + ".notify"}
+	up := strings.ToUpper(tag)
+	cfg.Streams.Usage, cfg.Streams.Dead, cfg.Streams.Notify = up+"_USAGE", up+"_USAGE_DEAD", up+"_NOTIFY"
+	cfg.Meter.Consumer = tag + "-meter"
+	cfg.Notifier.Queues = map[string]int{tag + "-critical": 6, tag + "-default": 3, tag + "-low": 1}
+	cfg.Notifier.ConfirmQueue, cfg.Notifier.UsageQueue, cfg.Notifier.RefreshQueue = tag+"-critical", tag+"-default", tag+"-low"
+
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	t.Cleanup(func() {
+		ctx := context.Background()
+		for _, s := range []string{cfg.Streams.Usage, cfg.Streams.Dead, cfg.Streams.Notify} {
+			_ = js.DeleteStream(ctx, s)
+		}
+		nc.Close()
+		// asynq keeps processed counters and finished tasks (for their
+		// retention) under each queue's tag.
+		for q := range cfg.Notifier.Queues {
+			_ = insp.DeleteQueue(q, true)
+			testenv.DeleteKeys(rdb, "asynq:{"+q+"}")
+		}
+		testenv.DeleteKeys(rdb, prefix)
+	})
+	return newEnvOn(t, cfg, rdb)
+}

@@ -11,15 +11,17 @@ import (
 	"net/mail"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Received is one message the server accepted.
 type Received struct {
-	From     string   // the envelope sender, from MAIL FROM
-	To       []string // the envelope recipients, from RCPT TO
-	Data     []byte   // the message as sent after DATA, headers and body
-	TLS      bool     // whether the connection was encrypted
-	Username string   // who authenticated; "" without AUTH
+	From     string    // the envelope sender, from MAIL FROM
+	To       []string  // the envelope recipients, from RCPT TO
+	Data     []byte    // the message as sent after DATA, headers and body
+	TLS      bool      // whether the connection was encrypted
+	Username string    // who authenticated; "" without AUTH
+	At       time.Time // when the server accepted it (after DATA)
 }
 
 // Parsed is a received message taken apart.

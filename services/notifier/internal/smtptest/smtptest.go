@@ -124,6 +124,13 @@ func (s *Server) Messages() []Received {
 	return append([]Received(nil), s.msgs...)
 }
 
+// Reset forgets the messages received so far.
+func (s *Server) Reset() {
+	s.mu.Lock()
+	s.msgs = nil
+	s.mu.Unlock()
+}
+
 // Wait blocks until at least n messages arrived and returns them, or
 // returns ctx's error with the messages so far.
 func (s *Server) Wait(ctx context.Context, n int) ([]Received, error) {
@@ -354,6 +361,7 @@ func (s *session) Data(r io.Reader) error {
 		Data:     data,
 		TLS:      s.tls,
 		Username: s.username,
+		At:       time.Now(),
 	})
 	return nil
 }
