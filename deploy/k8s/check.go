@@ -106,7 +106,9 @@ func (p *problems) add(obj Object, field, format string, args ...any) {
 //     port http (8080) with readiness on /readyz and liveness and startup on
 //     /healthz, carries the Prometheus annotations, loads a valid allot.yaml
 //     from a mounted ConfigMap (ALLOT_CONFIG), outlives its shutdown.timeout
-//     in terminationGracePeriodSeconds, and has a PodDisruptionBudget.
+//     in terminationGracePeriodSeconds, and has a PodDisruptionBudget;
+//   - the registry and the notifier take the secrets they refuse to start
+//     without (secretEnv) from a Secret.
 func (r *Rendered) Check() []error {
 	var p problems
 	ws := r.Workloads()
@@ -561,6 +563,15 @@ const (
 	graceMargin = 5 * time.Second
 )
 
+// secretEnv names, by a service's app.kubernetes.io/name, the environment
+// variables carrying the secrets it refuses to start without. Each must be
+// an env entry of its container with valueFrom.secretKeyRef, never a value
+// in a manifest or in allot.yaml.
+var secretEnv = map[string][]string{
+	"registry": {"ALLOT_REGISTRY_KEYS"},
+	"notifier": {"ALLOT_NOTIFIER_TOKEN_SECRETS"},
+}
+
 // checkService applies the rules of an allot service.
 func (r *Rendered) checkService(p *problems, w Workload) {
 	o, pod := w.Object, &w.Template.Spec
@@ -584,6 +595,16 @@ func (r *Rendered) checkService(p *problems, w Workload) {
 		g := pr.probe.HTTPGet
 		if g == nil || g.Path != pr.path || g.Port != intstr.FromString(httpPortName) {
 			p.add(o, field+"."+pr.name, "must be httpGet %s on port %q", pr.path, httpPortName)
+		}
+	}
+	name := w.Template.Labels["app.kubernetes.io/name"]
+	for _, env := range secretEnv[name] {
+		i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == env })
+		switch {
+		case i < 0:
+			p.add(o, field+".env["+env+"]", "missing: the %s refuses to start without it; take it from a Secret", name)
+		case c.Env[i].ValueFrom == nil || c.Env[i].ValueFrom.SecretKeyRef == nil:
+			p.add(o, field+".env["+env+"]", "must come from a Secret (valueFrom.secretKeyRef), not a value in the manifest")
 		}
 	}
 	ann := w.Template.Annotations

@@ -4,6 +4,7 @@ go 1.26.0
 
 require (
 	github.com/allot/allot/pkg/service v0.0.0
+	github.com/google/go-cmp v0.7.0
 	k8s.io/api v0.37.2
 	k8s.io/apimachinery v0.37.2
 	sigs.k8s.io/json v0.0.0-20250730193827-2d320260d730

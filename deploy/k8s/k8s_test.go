@@ -3,15 +3,20 @@ package k8s
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/allot/allot/pkg/service"
+	"github.com/google/go-cmp/cmp"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
@@ -52,17 +57,19 @@ func TestOverlaysPassCheck(t *testing.T) {
 // field.
 func TestBadFixtures(t *testing.T) {
 	cases := map[string][]string{
-		"typo-field":               {"Deployment/web: ", `unknown field "spec.replicass"`},
-		"service-selects-nothing":  {"Service/web: spec.selector: ", "selects no pod template"},
-		"missing-readiness-probe":  {"Deployment/web: spec.template.spec.containers[web].readinessProbe: missing"},
-		"latest-image":             {"Deployment/web: spec.template.spec.containers[web].image: ", `"example.com/web:latest" uses the latest tag`},
-		"untagged-image":           {"Deployment/web: spec.template.spec.containers[web].image: ", "has no tag"},
-		"missing-configmap-key":    {"Deployment/web: spec.template.spec.containers[web].env[LOG_LEVEL].valueFrom.configMapKeyRef: ", `ConfigMap "web-config" has no key "log_level"`},
-		"missing-secret":           {"Deployment/web: spec.template.spec.containers[web].env[API_TOKEN].valueFrom.secretKeyRef: ", `Secret "web-token" does not exist`},
-		"target-port-mismatch":     {"Service/web: spec.ports[http].targetPort: ", "metrics is not a container port of Deployment/web"},
-		"writable-root-filesystem": {"Deployment/web: spec.template.spec.containers[web].securityContext.readOnlyRootFilesystem: must be true"},
-		"pdb-blocks-drains":        {"PodDisruptionBudget/web: spec.minAvailable: ", "blocks every node drain"},
-		"old-api-version":          {"HorizontalPodAutoscaler/web: ", "apiVersion autoscaling/v1 kind HorizontalPodAutoscaler is not one allot uses"},
+		"typo-field":                     {"Deployment/web: ", `unknown field "spec.replicass"`},
+		"service-selects-nothing":        {"Service/web: spec.selector: ", "selects no pod template"},
+		"missing-readiness-probe":        {"Deployment/web: spec.template.spec.containers[web].readinessProbe: missing"},
+		"latest-image":                   {"Deployment/web: spec.template.spec.containers[web].image: ", `"example.com/web:latest" uses the latest tag`},
+		"untagged-image":                 {"Deployment/web: spec.template.spec.containers[web].image: ", "has no tag"},
+		"missing-configmap-key":          {"Deployment/web: spec.template.spec.containers[web].env[LOG_LEVEL].valueFrom.configMapKeyRef: ", `ConfigMap "web-config" has no key "log_level"`},
+		"missing-secret":                 {"Deployment/web: spec.template.spec.containers[web].env[API_TOKEN].valueFrom.secretKeyRef: ", `Secret "web-token" does not exist`},
+		"target-port-mismatch":           {"Service/web: spec.ports[http].targetPort: ", "metrics is not a container port of Deployment/web"},
+		"writable-root-filesystem":       {"Deployment/web: spec.template.spec.containers[web].securityContext.readOnlyRootFilesystem: must be true"},
+		"pdb-blocks-drains":              {"PodDisruptionBudget/web: spec.minAvailable: ", "blocks every node drain"},
+		"old-api-version":                {"HorizontalPodAutoscaler/web: ", "apiVersion autoscaling/v1 kind HorizontalPodAutoscaler is not one allot uses"},
+		"notifier-without-token-secret":  {"Deployment/notifier: spec.template.spec.containers[notifier].env[ALLOT_NOTIFIER_TOKEN_SECRETS]: missing"},
+		"notifier-token-secret-as-value": {"Deployment/notifier: spec.template.spec.containers[notifier].env[ALLOT_NOTIFIER_TOKEN_SECRETS]: must come from a Secret"},
 	}
 	dirs, err := os.ReadDir("testdata/bad")
 	if err != nil {
@@ -485,6 +492,102 @@ func checkNetworkPolicies(t *testing.T, r *Rendered) {
 			t.Errorf("%s: no network policy rules are known for it", w.Object)
 		}
 	}
+	for _, msg := range egressProblems(t, r) {
+		t.Error(msg)
+	}
+}
+
+// egressProblems returns what an allot service cannot reach that it needs:
+// DNS (53, UDP and TCP), its NATS and Redis ports from its allot.yaml, and
+// for the notifier its SMTP relay's port outside the cluster. A pod no
+// egress policy selects reaches everything.
+func egressProblems(t *testing.T, r *Rendered) []string {
+	t.Helper()
+	type dest struct {
+		what     string
+		protocol corev1.Protocol
+		port     int32
+		external bool // outside the cluster: only an ipBlock or no peer reaches it
+	}
+	portOf := func(what, hostport string) dest {
+		_, p, err := net.SplitHostPort(hostport)
+		n, err2 := strconv.ParseInt(p, 10, 32)
+		if err != nil || err2 != nil {
+			t.Fatalf("%s: %q has no port", what, hostport)
+		}
+		return dest{what: what, protocol: corev1.ProtocolTCP, port: int32(n)}
+	}
+	var out []string
+	for _, w := range allotServices(t, r) {
+		cfg, err := r.Config(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		needs := []dest{
+			{what: "DNS", protocol: corev1.ProtocolUDP, port: 53},
+			{what: "DNS", protocol: corev1.ProtocolTCP, port: 53},
+		}
+		if u, err := url.Parse(cfg.NATS.URL.Reveal()); err == nil {
+			needs = append(needs, portOf("NATS", u.Host))
+		}
+		if u := cfg.Redis.URL.Reveal(); u != "" {
+			if pu, err := url.Parse(u); err == nil {
+				needs = append(needs, portOf("Redis", pu.Host))
+			}
+		}
+		for _, a := range cfg.Redis.Addrs {
+			needs = append(needs, portOf("Redis", a))
+		}
+		if w.Template.Labels["app.kubernetes.io/name"] == "notifier" {
+			needs = append(needs, dest{what: "the SMTP relay (notifier.smtp.port)", protocol: corev1.ProtocolTCP, port: int32(cfg.Notifier.SMTP.Port), external: true})
+		}
+		var rules []networkingv1.NetworkPolicyEgressRule
+		restricted := false
+		for _, np := range All[*networkingv1.NetworkPolicy](r) {
+			sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+			if err != nil || np.Namespace != w.Object.Namespace || !sel.Matches(labels.Set(w.Template.Labels)) {
+				continue
+			}
+			if slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeEgress) || len(np.Spec.Egress) > 0 {
+				restricted = true
+				rules = append(rules, np.Spec.Egress...)
+			}
+		}
+		if !restricted {
+			continue
+		}
+		for _, d := range needs {
+			open := slices.ContainsFunc(rules, func(rule networkingv1.NetworkPolicyEgressRule) bool {
+				if d.external && len(rule.To) > 0 && !slices.ContainsFunc(rule.To, func(p networkingv1.NetworkPolicyPeer) bool { return p.IPBlock != nil }) {
+					return false
+				}
+				if len(rule.Ports) == 0 {
+					return true
+				}
+				return slices.ContainsFunc(rule.Ports, func(p networkingv1.NetworkPolicyPort) bool {
+					proto := corev1.ProtocolTCP
+					if p.Protocol != nil {
+						proto = *p.Protocol
+					}
+					if proto != d.protocol {
+						return false
+					}
+					if p.Port == nil {
+						return true
+					}
+					end := p.Port.IntVal
+					if p.EndPort != nil {
+						end = *p.EndPort
+					}
+					return p.Port.IntVal <= d.port && d.port <= end
+				})
+			})
+			if !open {
+				out = append(out, fmt.Sprintf("%s: its egress NetworkPolicies do not let it reach %s on %s %d", w.Object, d.what, d.protocol, d.port))
+			}
+		}
+	}
+	return out
 }
 
 // checkServiceMonitors checks that every allot service has a Service
@@ -513,6 +616,120 @@ func checkServiceMonitors(t *testing.T, r *Rendered) {
 		if !scraped {
 			t.Errorf("%s: no ServiceMonitor scrapes /metrics on port http of a Service selecting it", w.Object)
 		}
+	}
+}
+
+// The notifier, in base and in every overlay: a service like the others
+// (Check and the overlay tests see to that) that takes its token secret and
+// its relay's host and credentials from the Secrets, whose placeholders get
+// as far as the notifier's own CHANGE-ME- refusal, and whose allot.yaml
+// names a confirmation page and a sender other than the defaults.
+func TestNotifier(t *testing.T) {
+	for dir, replicas := range map[string]int32{"base": 2, "overlays/dev": 1, "overlays/prod": 2} {
+		t.Run(dir, func(t *testing.T) {
+			r := render(t, dir)
+			services := allotServices(t, r)
+			i := slices.IndexFunc(services, func(w Workload) bool { return w.Object.String() == "Deployment/notifier" })
+			if i < 0 {
+				t.Fatalf("no Deployment/notifier labelled %s: allot", PartOf)
+			}
+			w := services[i]
+			if w.Replicas != replicas {
+				t.Errorf("%s: spec.replicas: %d, want %d", w.Object, w.Replicas, replicas)
+			}
+			for _, kind := range []string{"Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"} {
+				if _, ok := r.Find(kind, "notifier"); !ok {
+					t.Errorf("%s/notifier: missing", kind)
+				}
+			}
+			c := w.Template.Spec.Containers[0]
+			for env, ref := range map[string][2]string{
+				"ALLOT_NOTIFIER_TOKEN_SECRETS": {"allot-notifier", "token-secrets"},
+				"ALLOT_SMTP_HOST":              {"allot-smtp", "host"},
+				"ALLOT_SMTP_USERNAME":          {"allot-smtp", "username"},
+				"ALLOT_SMTP_PASSWORD":          {"allot-smtp", "password"},
+			} {
+				if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
+					return e.Name == env && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil &&
+						e.ValueFrom.SecretKeyRef.Name == ref[0] && e.ValueFrom.SecretKeyRef.Key == ref[1]
+				}) {
+					t.Errorf("%s: env[%s]: want it from Secret %s, key %s", w.Object, env, ref[0], ref[1])
+				}
+			}
+			cfg, err := r.Config(w)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nc := cfg.Notifier
+			if len(nc.TokenSecrets) == 0 {
+				t.Fatalf("%s: notifier.token_secrets: empty", w.Object)
+			}
+			for i, s := range nc.TokenSecrets {
+				// Shorter, and Validate would stop the pod with a length
+				// error instead of the notifier's "put a random secret in".
+				if !strings.HasPrefix(s.Reveal(), Placeholder) || len(s.Reveal()) < service.MinTokenSecretLen {
+					t.Errorf("%s: notifier.token_secrets[%d]: want a %s placeholder of at least %d characters", w.Object, i, Placeholder, service.MinTokenSecretLen)
+				}
+			}
+			if nc.SMTP.Host == "" || nc.SMTP.Username == "" || nc.SMTP.Password.Reveal() == "" {
+				t.Errorf("%s: notifier.smtp: want host, username and password from Secret allot-smtp", w.Object)
+			}
+			def := service.DefaultNotifier()
+			if nc.ConfirmURL == def.ConfirmURL {
+				t.Errorf("%s: allot.yaml: notifier.confirm_url: the default %s points inside the pod; want the application's page", w.Object, nc.ConfirmURL)
+			}
+			if nc.SMTP.From == def.SMTP.From {
+				t.Errorf("%s: allot.yaml: notifier.smtp.from: the default %s is no sender a relay accepts", w.Object, nc.SMTP.From)
+			}
+		})
+	}
+}
+
+// The egress rule bites: a default deny of egress for the allot services
+// that lets through DNS, NATS and Redis but not SMTP must be reported for
+// the notifier alone.
+func TestEgressPolicyMustLetTheNotifierMail(t *testing.T) {
+	fsys := inMemory(t)
+	np := `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: allot-egress
+spec:
+  podSelector:
+    matchLabels:
+      app.kubernetes.io/part-of: allot
+  policyTypes:
+    - Egress
+  egress:
+    - ports:
+        - protocol: UDP
+          port: 53
+        - protocol: TCP
+          port: 53
+        - protocol: TCP
+          port: 4222
+        - protocol: TCP
+          port: 6379
+`
+	kust, err := fsys.ReadFile("/k8s/base/kustomization.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, text := range map[string]string{
+		"/k8s/base/egress.yaml":        np,
+		"/k8s/base/kustomization.yaml": strings.Replace(string(kust), "  - networkpolicies.yaml\n", "  - networkpolicies.yaml\n  - egress.yaml\n", 1),
+	} {
+		if err := fsys.WriteFile(path, []byte(text)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := Render(fsys, "/k8s/base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"Deployment/notifier: its egress NetworkPolicies do not let it reach the SMTP relay (notifier.smtp.port) on TCP 587"}
+	if diff := cmp.Diff(want, egressProblems(t, r)); diff != "" {
+		t.Errorf("egress problems (-want +got):\n%s", diff)
 	}
 }
 
