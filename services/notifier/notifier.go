@@ -133,6 +133,11 @@ func Start(ctx context.Context, cfg service.Config, deps Deps) (_ *Notifier, err
 	if err != nil {
 		return nil, fmt.Errorf("notifier: notifier.token_secrets: %w", err)
 	}
+	for field, v := range map[string]string{"host": nc.SMTP.Host, "username": nc.SMTP.Username, "password": nc.SMTP.Password.Reveal()} {
+		if strings.HasPrefix(v, "CHANGE-ME") {
+			return nil, fmt.Errorf("notifier: notifier.smtp.%s is the placeholder of deploy/k8s/base/secrets.yaml: put the mail relay in Secret allot-smtp", field)
+		}
+	}
 	tmpl, err := templates.Load(nc.TemplatesDir)
 	if err != nil {
 		return nil, fmt.Errorf("notifier: notifier.templates_dir: %w", err)

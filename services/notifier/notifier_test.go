@@ -402,6 +402,9 @@ func TestStartRefusesWithoutASecretOrWithBadParts(t *testing.T) {
 		"missing dir":  func(c *service.Config) { c.Notifier.TemplatesDir = filepath.Join(t.TempDir(), "nope") },
 		"bad template": func(c *service.Config) { c.Notifier.TemplatesDir = badTemplateDir(t) },
 		"bad config":   func(c *service.Config) { c.Notifier.SMTP.Port = 0 },
+		"smtp placeholder": func(c *service.Config) {
+			c.Notifier.SMTP.Username, c.Notifier.SMTP.Password = "CHANGE-ME-smtp-user", "CHANGE-ME-smtp-password"
+		},
 	} {
 		cfg := e.cfg
 		mutate(&cfg)
