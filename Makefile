@@ -6,6 +6,9 @@
 #                     ALLOT_REQUIRE_INTEGRATION=1), all with -race
 #   make bench        benchmarks, against the local NATS and Redis when they run
 #   make lint         go vet and a gofmt check
+#   make loadtest     the 60-second load test of the whole stack, with raw
+#                     baselines and the exactness check (report in loadtest/out/)
+#   make loadtest-quick  the same in 10 seconds, as CI runs it
 #   make fmt | tidy | build | fuzz
 
 SHELL := /bin/bash
@@ -25,7 +28,7 @@ BENCHTIME ?= 1s
 export ALLOT_TEST_NATS_URL ?= nats://127.0.0.1:4222
 export ALLOT_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run test test-unit test-integration bench lint fmt tidy build fuzz clean modules
+.PHONY: run test test-unit test-integration bench lint fmt tidy build fuzz clean modules loadtest loadtest-quick
 
 run:
 	go run ./cmd/allot dev
@@ -51,8 +54,22 @@ bench:
 	ALLOT_BENCH_REDIS_URL=$${ALLOT_BENCH_REDIS_URL-$(ALLOT_TEST_REDIS_URL)} \
 	go test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) $(PKGS)
 
+loadtest:
+	cd loadtest && go run . --profile default
+
+loadtest-quick:
+	cd loadtest && go run . --profile quick
+
+# Every fuzz target, as package:Target; each runs for FUZZTIME.
+FUZZ_TARGETS := ./pkg/events:FuzzDecode ./pkg/events:FuzzDecodeMatchesReference ./pkg/events:FuzzParseTimeUTC \
+	./services/notifier:FuzzDecodeTaskPayload ./services/notifier/internal/token:FuzzCheck
+
 fuzz:
-	cd pkg/events && go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) .
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "== fuzz $$name in $$pkg ($(FUZZTIME))"; \
+		go test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
 
 lint:
 	@for m in $(MODULES); do \

@@ -149,6 +149,7 @@ func startStack(ctx context.Context, spec childSpec, log *slog.Logger) (func(con
 		ExternalRedis: spec.RedisURL != "",
 		NATSAddr:      "127.0.0.1:0",
 		HTTPAddr:      "127.0.0.1:0",
+		SMTPAddr:      "127.0.0.1:0",
 		Log:           log,
 	})
 	if err != nil {

@@ -17,7 +17,7 @@ replace (
 
 require (
 	github.com/HdrHistogram/hdrhistogram-go v1.4.0
-	github.com/allot/allot/cmd/allot v0.0.0-00010101000000-000000000000
+	github.com/allot/allot/cmd/allot v0.0.0
 	github.com/allot/allot/pkg/events v0.0.0
 	github.com/allot/allot/pkg/keys v0.0.0
 	github.com/allot/allot/pkg/service v0.0.0
@@ -29,14 +29,21 @@ require (
 require (
 	github.com/alicebob/miniredis/v2 v2.40.0 // indirect
 	github.com/allot/allot/pkg/mutex v0.0.0 // indirect
-	github.com/allot/allot/services/meter v0.0.0-00010101000000-000000000000 // indirect
-	github.com/allot/allot/services/ratelimit v0.0.0-00010101000000-000000000000 // indirect
-	github.com/allot/allot/services/registry v0.0.0-00010101000000-000000000000 // indirect
+	github.com/allot/allot/services/meter v0.0.0 // indirect
+	github.com/allot/allot/services/notifier v0.0.0 // indirect
+	github.com/allot/allot/services/ratelimit v0.0.0 // indirect
+	github.com/allot/allot/services/registry v0.0.0 // indirect
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/emersion/go-sasl v0.0.0-20241020182733-b788ff22d5a6 // indirect
+	github.com/emersion/go-smtp v0.25.1 // indirect
 	github.com/google/go-tpm v0.9.8 // indirect
 	github.com/google/uuid v1.6.0 // indirect
+	github.com/gorilla/mux v1.8.0 // indirect
+	github.com/hibiken/asynq v0.26.0 // indirect
+	github.com/hibiken/asynq/x v0.0.0-20211219150637-8dfabfccb3be // indirect
+	github.com/hibiken/asynqmon v0.7.2 // indirect
 	github.com/klauspost/compress v1.20.3 // indirect
 	github.com/minio/highwayhash v1.0.4 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
@@ -48,11 +55,15 @@ require (
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
+	github.com/robfig/cron/v3 v3.0.1 // indirect
+	github.com/spf13/cast v1.10.0 // indirect
+	github.com/wneessen/go-mail v0.7.2 // indirect
 	github.com/yuin/gopher-lua v1.1.1 // indirect
 	go.uber.org/atomic v1.12.0 // indirect
 	go.yaml.in/yaml/v3 v3.0.6 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
+	golang.org/x/text v0.43.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
