@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"time"
@@ -194,6 +195,10 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 		log.Warn("notifier.token_secrets is not set: using a random secret for this run (tokens die with it); set notifier.token_secrets (or ALLOT_NOTIFIER_TOKEN_SECRETS) outside allot dev")
 		s.Notes = append(s.Notes, "notifier: notifier.token_secrets is not set; using a random secret for this run")
 	}
+	// The default confirmation page is this process's /confirm.
+	if cfg.Notifier.ConfirmURL == service.DefaultNotifier().ConfirmURL {
+		cfg.Notifier.ConfirmURL = s.HTTPURL + "/confirm"
+	}
 	if !opts.ExternalSMTP {
 		if err := s.startMailSink(opts, &cfg, log); err != nil {
 			return nil, err
@@ -328,8 +333,34 @@ func (s *Stack) startMailSink(opts Options, cfg *service.Config, log *slog.Logge
 	cfg.Notifier.SMTP = service.SMTPConfig{Host: host, Port: port, TLS: "none", Auth: "none",
 		From: cfg.Notifier.SMTP.From, FromName: cfg.Notifier.SMTP.FromName, Timeout: cfg.Notifier.SMTP.Timeout}
 	s.HTTP.Handle("/dev/mail", sink)
+	// The confirmation links of the default notifier.confirm_url land
+	// here: the page verifies the token, as an app's page would.
+	s.HTTP.Handle("GET /confirm", http.HandlerFunc(s.confirmPage))
 	s.SMTPAddr = sink.Addr()
 	return nil
+}
+
+// confirmPage verifies the token of a confirmation link through
+// notify.verify and shows the answer.
+func (s *Stack) confirmPage(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	c, err := events.NewClient(s.NATS, events.ClientOptions{})
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	reply, err := c.Verify(r.Context(), r.URL.Query().Get("token"))
+	switch {
+	case errors.Is(err, events.ErrInvalid):
+		http.Error(w, "no token in the link: "+err.Error(), http.StatusBadRequest)
+	case err != nil:
+		http.Error(w, "the notifier did not answer: "+err.Error(), http.StatusBadGateway)
+	case reply.Status == events.VerifyValid:
+		fmt.Fprintf(w, "Confirmed: %s is the address of %s.\n", reply.Email, reply.UID)
+	default:
+		w.WriteHeader(http.StatusConflict)
+		fmt.Fprintf(w, "Not confirmed: the link is %s.\n", reply.Status)
+	}
 }
 
 // mountAsynqmon serves asynq's monitoring UI at /asynqmon/ when the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -82,6 +83,22 @@ func TestMailSinkAndAsynqmon(t *testing.T) {
 	}
 	if !strings.Contains(page, "to ada@example.com") || !strings.Contains(page, "token=") {
 		t.Fatalf("/dev/mail:\n%s", page)
+	}
+	// The link's page is served too, and verifies once.
+	link := regexp.MustCompile(regexp.QuoteMeta(st.HTTPURL) + `(/confirm\?token=[^\s]+)`).FindStringSubmatch(page)
+	if link == nil {
+		t.Fatalf("no confirmation link in:\n%s", page)
+	}
+	if body := get(t, st.HTTPURL+link[1]); body != "Confirmed: ada@example.com is the address of u-1.\n" {
+		t.Errorf("confirm page: %q", body)
+	}
+	resp, err := http.Get(st.HTTPURL + link[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusConflict {
+		t.Errorf("second visit: %s", resp.Status)
 	}
 	if body := get(t, st.HTTPURL+"/asynqmon/api/queues"); !strings.Contains(body, `"queue":"critical"`) {
 		t.Errorf("asynqmon queues: %s", body)
