@@ -43,6 +43,7 @@ var behaviours = []struct {
 	{"WatchdogKeepsLock", testWatchdog},
 	{"WithLock", testWithLock},
 	{"Preload", testPreload},
+	{"Lead", testLead},
 }
 
 func runBehaviours(t *testing.T, b backend) {
@@ -431,4 +432,52 @@ func testPreload(t *testing.T, b backend) {
 		}
 	}
 	mustRelease(t, mustAcquire(t, l, "job", mutex.LockOptions{TTL: time.Second}))
+}
+
+// Two Lead loops on one lock: one works, the other waits; when the first
+// stops it lets go and the second takes over within an interval.
+func testLead(t *testing.T, b backend) {
+	prefix := b.keyPrefix(t)
+	l1, l2 := b.locker(t, prefix), b.locker(t, prefix)
+	var works [2]atomic.Int64
+	var leading [2]atomic.Bool
+	run := func(i int, lk *mutex.Locker) (context.CancelFunc, chan struct{}) {
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			lk.Lead(ctx, "leader", 50*time.Millisecond, mutex.LockOptions{TTL: time.Second}, mutex.LeadHooks{
+				Acquired: func(*mutex.Lock) { leading[i].Store(true) },
+				Released: func() { leading[i].Store(false) },
+				Error:    func(err error) { t.Errorf("lead %d: %v", i, err) },
+			}, func(context.Context) { works[i].Add(1) })
+		}()
+		return cancel, done
+	}
+	stop1, done1 := run(0, l1)
+	waitFor(t, func() bool { return works[0].Load() >= 3 })
+	stop2, done2 := run(1, l2)
+	defer func() { stop2(); <-done2 }()
+	time.Sleep(200 * time.Millisecond)
+	if works[1].Load() != 0 || leading[1].Load() {
+		t.Fatalf("the second loop worked %d times while the first led", works[1].Load())
+	}
+	stop1()
+	<-done1
+	if leading[0].Load() {
+		t.Error("the first loop did not report letting go")
+	}
+	waitFor(t, func() bool { return works[1].Load() >= 2 })
+	if !leading[1].Load() {
+		t.Error("the second loop works without saying it leads")
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+	}
 }

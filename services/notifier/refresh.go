@@ -43,55 +43,23 @@ func (n *Notifier) HandleRefreshTask(ctx context.Context, _ *asynq.Task) error {
 	return nil
 }
 
-// scheduleLoop tries for the scheduler lock every interval and, while it
-// holds it (renewed by the watchdog), enqueues one refresh task per
-// interval. It releases the lock when ctx ends.
+// scheduleLoop enqueues one refresh task per interval while this
+// replica holds the scheduler lock (pkg/mutex Lead: tried every interval,
+// kept alive by the watchdog, released when ctx ends).
 func (n *Notifier) scheduleLoop(ctx context.Context) {
 	interval := n.cfg.Notifier.RefreshInterval
-	opts := mutex.LockOptions{TTL: max(3*interval, time.Second).Truncate(time.Millisecond), Watchdog: true}
-	var lock *mutex.Lock
-	defer func() {
-		if lock != nil {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-			defer cancel()
-			if err := lock.Release(rctx); err != nil && !errors.Is(err, mutex.ErrNotHeld) {
-				n.log.Warn("releasing the scheduler lock", "err", err)
-			}
-		}
-		n.metrics.leader.Set(0)
-	}()
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		if lock != nil {
-			select {
-			case <-lock.Lost():
-				n.log.Warn("scheduler lock lost", "err", lock.Err())
-				lock = nil
-				n.metrics.leader.Set(0)
-			default:
-			}
-		}
-		if lock == nil {
-			l, err := n.locker.TryAcquire(ctx, schedulerLock, opts)
-			switch {
-			case err == nil:
-				lock = l
-				n.metrics.leader.Set(1)
-				n.log.Info("scheduling the registry refresh", "lock", schedulerLock, "every", interval, "fencing_token", l.FencingToken())
-			case !errors.Is(err, mutex.ErrNotAcquired) && ctx.Err() == nil:
-				n.log.Warn("scheduler lock", "err", err)
-			}
-		}
-		if lock != nil {
-			n.enqueueRefresh(ctx, n.now().Truncate(interval))
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	n.locker.Lead(ctx, schedulerLock, interval, mutex.LockOptions{}, mutex.LeadHooks{
+		Acquired: func(l *mutex.Lock) {
+			n.metrics.leader.Set(1)
+			n.log.Info("scheduling the registry refresh", "lock", schedulerLock, "every", interval, "fencing_token", l.FencingToken())
+		},
+		Lost: func(err error) {
+			n.metrics.leader.Set(0)
+			n.log.Warn("scheduler lock lost", "err", err)
+		},
+		Error:    func(err error) { n.log.Warn("scheduler lock", "err", err) },
+		Released: func() { n.metrics.leader.Set(0) },
+	}, func(ctx context.Context) { n.enqueueRefresh(ctx, n.now().Truncate(interval)) })
 }
 
 func (n *Notifier) enqueueRefresh(ctx context.Context, slot time.Time) {

@@ -2,8 +2,6 @@ package registry
 
 import (
 	"context"
-	"errors"
-	"time"
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/mutex"
@@ -14,57 +12,26 @@ import (
 // one reaper.
 func (r *Registry) lockName() string { return "registry-reaper-" + r.sealer.KeyID() }
 
-// reapLoop tries for the reaper's lock every reap_interval and, while it
-// holds it (refreshed by the watchdog), reaps every reap_interval. It
-// releases the lock when ctx ends.
+// reapLoop reaps every reap_interval while this replica holds the
+// reaper's lock (pkg/mutex Lead: tried every interval, kept alive by the
+// watchdog, released when ctx ends).
 func (r *Registry) reapLoop(ctx context.Context) {
-	interval := r.cfg.Registry.ReapInterval
-	opts := mutex.LockOptions{TTL: max(3*interval, time.Second).Truncate(time.Millisecond), Watchdog: true}
-	var lock *mutex.Lock
-	defer func() {
-		if lock != nil {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-			defer cancel()
-			if err := lock.Release(rctx); err != nil && !errors.Is(err, mutex.ErrNotHeld) {
-				r.log.Warn("releasing the reaper lock", "err", err)
-			}
+	r.locker.Lead(ctx, r.lockName(), r.cfg.Registry.ReapInterval, mutex.LockOptions{}, mutex.LeadHooks{
+		Acquired: func(l *mutex.Lock) {
+			r.metrics.leader.Set(1)
+			r.log.Info("reaping expired registrations", "lock", r.lockName(), "fencing_token", l.FencingToken())
+		},
+		Lost: func(err error) {
+			r.metrics.leader.Set(0)
+			r.log.Warn("reaper lock lost", "err", err)
+		},
+		Error:    func(err error) { r.log.Warn("reaper lock", "err", err) },
+		Released: func() { r.metrics.leader.Set(0) },
+	}, func(ctx context.Context) {
+		if _, err := r.ReapOnce(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("reaping", "err", err)
 		}
-		r.metrics.leader.Set(0)
-	}()
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		if lock != nil {
-			select {
-			case <-lock.Lost():
-				r.log.Warn("reaper lock lost", "err", lock.Err())
-				lock = nil
-				r.metrics.leader.Set(0)
-			default:
-			}
-		}
-		if lock == nil {
-			l, err := r.locker.TryAcquire(ctx, r.lockName(), opts)
-			switch {
-			case err == nil:
-				lock = l
-				r.metrics.leader.Set(1)
-				r.log.Info("reaping expired registrations", "lock", r.lockName(), "fencing_token", l.FencingToken())
-			case !errors.Is(err, mutex.ErrNotAcquired) && ctx.Err() == nil:
-				r.log.Warn("reaper lock", "err", err)
-			}
-		}
-		if lock != nil {
-			if _, err := r.ReapOnce(ctx); err != nil && ctx.Err() == nil {
-				r.log.Warn("reaping", "err", err)
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	})
 }
 
 // ReapOnce removes registrations that have expired and publishes
