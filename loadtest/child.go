@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -119,6 +120,15 @@ func runChild(ctx context.Context, spec childSpec, stdout io.Writer, log *slog.L
 	return stopFn(sctx)
 }
 
+// runTag is the run's tag ("lt<run id>") from its key prefix
+// "allot-<tag>:".
+func runTag(prefix string) string {
+	return strings.TrimSuffix(strings.TrimPrefix(prefix, "allot-"), ":")
+}
+
+// asynqPattern matches every asynq key of the run's notifier queues.
+func asynqPattern(prefix string) string { return "asynq:{" + runTag(prefix) + "-*" }
+
 // stackConfig is the allot configuration the stack child runs: the
 // defaults, under the run's own subjects, streams and key prefix.
 func stackConfig(spec childSpec) service.Config {
@@ -128,6 +138,11 @@ func stackConfig(spec childSpec) service.Config {
 	cfg.Redis.KeyPrefix = spec.Prefix
 	cfg.Subjects = spec.Subjects
 	cfg.Streams = spec.Streams
+	// asynq's keys take no prefix: the notifier's queues carry the run's
+	// tag instead, so a run on a shared Redis can remove them.
+	tag := runTag(spec.Prefix)
+	cfg.Notifier.Queues = map[string]int{tag + "-critical": 6, tag + "-default": 3, tag + "-low": 1}
+	cfg.Notifier.ConfirmQueue, cfg.Notifier.UsageQueue, cfg.Notifier.RefreshQueue = tag+"-critical", tag+"-default", tag+"-low"
 	cfg.HTTP.Addr = "127.0.0.1:0"
 	if spec.NATSURL != "" {
 		cfg.NATS.URL = service.URL(spec.NATSURL)

@@ -272,7 +272,9 @@ func (t *target) tearDown(o Options, log *slog.Logger) {
 		prefix := t.cfg.Redis.KeyPrefix + "lt" + t.runID + ":" // the baselines' keys
 		patterns := []string{prefix + "*", t.keys.Prefix() + "{" + t.uidPrefix() + "*"}
 		if t.kind == targetInProcess && o.RedisURL != "" {
-			patterns = []string{t.cfg.Redis.KeyPrefix + "*"} // the whole prefix is this run's
+			// The whole prefix is this run's, and so are the notifier's
+			// queues.
+			patterns = []string{t.cfg.Redis.KeyPrefix + "*", asynqPattern(t.cfg.Redis.KeyPrefix)}
 		}
 		if t.kind == targetExternal || o.RedisURL != "" {
 			n, err := deleteKeys(ctx, t.rdb, patterns)

@@ -181,7 +181,6 @@ func testBadInputIsDeadLettered(t *testing.T, newEnv envFunc) {
 		{"counter metric", "default", s.NotifyUsage("u-9"), mustJSON(t, good("api_calls_total")), reasonUnknownMetric, "api_calls_total"},
 		{"missing field", "default", s.NotifyUsage("u-9"), `{"id":"n-1","uid":"u-9","metric":"photo_daily_total"}`, reasonBadInput, "threshold"},
 		{"uid mismatch", "default", s.NotifyUsage("u-8"), mustJSON(t, good("photo_daily_total")), reasonBadInput, "uid"},
-		{"no address", "default", s.NotifyUsage("u-9"), mustJSON(t, good("photo_daily_total")), reasonNoAddress, "no confirmed email address"},
 	}
 	for i, c := range cases {
 		e.publishRaw(c.subject, []byte(c.body), "bad-"+string(rune('a'+i)))
@@ -264,6 +263,20 @@ func testUsageNoticeEmail(t *testing.T, newEnv envFunc) {
 	})
 	if len(e.smtp.Messages()) != 1 {
 		t.Errorf("%d emails, want 1", len(e.smtp.Messages()))
+	}
+	// A uid that never confirmed an address gets no email, and that is
+	// not a failure: counted, not archived.
+	other := n
+	other.UID, other.ID = "u-6", "u-6.photo_daily_total.1763769600000.80"
+	e.publishNotice(other)
+	eventually(t, 5*time.Second, func() error {
+		if counter(t, reg, "allot_notifier_tasks_total", "type", TypeUsageEmail, "result", "no_address") != 1 {
+			return errors.New("the notice without an address is not counted yet")
+		}
+		return nil
+	})
+	if archived, _ := e.insp.ListArchivedTasks(e.cfg.Notifier.UsageQueue); len(archived) != 0 || len(e.smtp.Messages()) != 1 {
+		t.Errorf("%d archived, %d emails", len(archived), len(e.smtp.Messages()))
 	}
 }
 

@@ -35,7 +35,6 @@ const (
 	reasonBadInput        = "bad_input"        // undecodable, missing or invalid field
 	reasonUnknownTemplate = "unknown_template" // no template of that name
 	reasonUnknownMetric   = "unknown_metric"   // a notice for a metric that is not a grant
-	reasonNoAddress       = "no_address"       // the uid has no confirmed address
 	reasonOverLimit       = "over_limit"       // the email grant is exhausted
 	reasonChargeRefused   = "charge_refused"   // the meter refused the charge otherwise
 	reasonRenderFailed    = "render_failed"    // the template failed to render
@@ -258,7 +257,15 @@ type asynqLogger struct{ log *slog.Logger }
 
 func (l asynqLogger) Debug(args ...any) { l.log.Debug(fmt.Sprint(args...)) }
 func (l asynqLogger) Info(args ...any)  { l.log.Info(fmt.Sprint(args...)) }
-func (l asynqLogger) Warn(args ...any)  { l.log.Warn(fmt.Sprint(args...)) }
+func (l asynqLogger) Warn(args ...any) {
+	msg := fmt.Sprint(args...)
+	if strings.HasPrefix(msg, "Retry exhausted for task") {
+		// Every dead-lettered task; the notifier has logged why.
+		l.log.Debug(msg)
+		return
+	}
+	l.log.Warn(msg)
+}
 func (l asynqLogger) Error(args ...any) { l.log.Error(fmt.Sprint(args...)) }
 
 // Fatal is logged as an error: a library must not exit the process.

@@ -33,7 +33,11 @@ func (n *Notifier) HandleUsageTask(ctx context.Context, t *asynq.Task) error {
 	to, err := n.rdb.Get(ctx, n.keys.ConfirmedAddress(un.UID)).Result()
 	switch {
 	case errors.Is(err, redis.Nil):
-		return n.dead(ctx, TypeUsageEmail, reasonNoAddress, fmt.Errorf("%s has no confirmed email address (one is confirmed through notify.confirm and notify.verify)", un.UID))
+		// Many users never confirm an address: nothing to send, and
+		// nothing wrong, so the task ends well and is only counted.
+		n.metrics.tasks.WithLabelValues(TypeUsageEmail, "no_address").Inc()
+		n.log.Debug("usage notice not mailed: the uid has no confirmed address", "uid", un.UID, "metric", un.Metric, "task", taskIDOf(ctx))
+		return nil
 	case err != nil:
 		return n.transient(TypeUsageEmail, "redis", fmt.Errorf("notifier: read address: %w", err))
 	}
