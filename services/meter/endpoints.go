@@ -10,6 +10,7 @@ import (
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/services/meter/internal/store"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 )
 
@@ -138,7 +139,7 @@ func (m *Meter) handleAuthorize(req micro.Request) {
 	if len(d.Notices) > 0 {
 		// The decision stands either way; an unpublished notice stays
 		// pending in Redis and goes out with the next event or request.
-		if err := m.publishNotices(ctx, uid, body.Metric, mc, d.Notices); err != nil {
+		if err := m.publishNotices(ctx, []noticeBatch{{uid, body.Metric, mc, d.Notices}})[0]; err != nil {
 			m.log.Warn("threshold notice not published yet", "uid", uid, "metric", body.Metric, "err", err)
 		}
 	}
@@ -194,36 +195,87 @@ func (m *Meter) handleGrants(req micro.Request) {
 	m.reply(req, "grants", events.GrantsReply{UID: uid, Grants: effective}, nil)
 }
 
-// publishNotices publishes each threshold notice to the NOTIFY stream,
-// with its fixed id as Nats-Msg-Id, then removes it from the pending list.
-// A notice published twice (after a crash) is stored once.
-func (m *Meter) publishNotices(ctx context.Context, uid, metric string, mc service.MetricConfig, notices []store.Notice) error {
-	for _, n := range notices {
-		notice := events.UsageNotice{
-			ID:          fmt.Sprintf("%s.%s.%d.%s", uid, metric, n.Start.UnixMilli(), formatNumber(n.Threshold)),
-			UID:         uid,
-			Metric:      metric,
-			Threshold:   n.Threshold,
-			Used:        n.Used,
-			Limit:       n.Limit,
-			Period:      mc.Period,
-			PeriodStart: n.Start,
-			ResetsAt:    n.End,
-		}
-		data, err := json.Marshal(notice)
-		if err != nil {
-			return err
-		}
-		msg := nats.NewMsg(m.subj.NotifyUsage(uid))
-		msg.Data = data
-		msg.Header.Set(events.MsgIDHeader, notice.ID)
-		if _, err := m.js.PublishMsg(ctx, msg); err != nil {
-			return fmt.Errorf("meter: publish notice %s: %w", notice.ID, err)
-		}
-		m.metrics.notices.Inc()
-		m.log.Info("threshold crossed", "uid", uid, "metric", metric, "threshold", n.Threshold, "used", n.Used, "limit", n.Limit)
+// noticeBatch is the threshold notices one event or request produced
+// for one (uid, metric).
+type noticeBatch struct {
+	uid, metric string
+	mc          service.MetricConfig
+	notices     []store.Notice
+}
+
+// publishNotices publishes every notice of batches to the NOTIFY stream
+// at once, waits for the stream's acks, and clears the notices that went
+// out from their pending lists in one round trip. It returns, per batch,
+// what kept it from going out (nil when it did). Each notice carries a
+// fixed id as Nats-Msg-Id, so one published again (a failed clear, a
+// redelivery) is a duplicate the stream drops.
+func (m *Meter) publishNotices(ctx context.Context, batches []noticeBatch) []error {
+	errs := make([]error, len(batches))
+	type inflight struct {
+		batch int
+		id    string
+		ack   jetstream.PubAckFuture
 	}
-	return m.store.Confirm(ctx, uid, metric, notices)
+	var sent []inflight
+	for i, b := range batches {
+		for _, n := range b.notices {
+			notice := events.UsageNotice{
+				ID:          fmt.Sprintf("%s.%s.%d.%s", b.uid, b.metric, n.Start.UnixMilli(), formatNumber(n.Threshold)),
+				UID:         b.uid,
+				Metric:      b.metric,
+				Threshold:   n.Threshold,
+				Used:        n.Used,
+				Limit:       n.Limit,
+				Period:      b.mc.Period,
+				PeriodStart: n.Start,
+				ResetsAt:    n.End,
+			}
+			data, err := json.Marshal(notice)
+			if err != nil {
+				errs[i] = err
+				break
+			}
+			msg := nats.NewMsg(m.subj.NotifyUsage(b.uid))
+			msg.Data = data
+			msg.Header.Set(events.MsgIDHeader, notice.ID)
+			ack, err := m.js.PublishMsgAsync(msg)
+			if err != nil {
+				errs[i] = fmt.Errorf("meter: publish notice %s: %w", notice.ID, err)
+				break
+			}
+			sent = append(sent, inflight{i, notice.ID, ack})
+		}
+	}
+	for _, f := range sent {
+		select {
+		case <-f.ack.Ok():
+		case err := <-f.ack.Err():
+			if errs[f.batch] == nil {
+				errs[f.batch] = fmt.Errorf("meter: publish notice %s: %w", f.id, err)
+			}
+		case <-ctx.Done():
+			if errs[f.batch] == nil {
+				errs[f.batch] = fmt.Errorf("meter: publish notice %s: %w", f.id, ctx.Err())
+			}
+		}
+	}
+	var out []store.Confirmation
+	for i, b := range batches {
+		if errs[i] != nil {
+			continue
+		}
+		out = append(out, store.Confirmation{UID: b.uid, Metric: b.metric, Notices: b.notices})
+		for _, n := range b.notices {
+			m.metrics.notices.Inc()
+			m.log.Info("threshold crossed", "uid", b.uid, "metric", b.metric, "threshold", n.Threshold, "used", n.Used, "limit", n.Limit)
+		}
+	}
+	if err := m.store.ConfirmAll(ctx, out); err != nil {
+		// Out, but still pending in Redis: they go out again with the
+		// uid's next event or request, as duplicates the stream drops.
+		m.log.Warn("notices published but not cleared; they will be published again", "err", err)
+	}
+	return errs
 }
 
 func formatNumber(f float64) string {

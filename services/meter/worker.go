@@ -138,6 +138,8 @@ func (w *worker) process(msgs []jetstream.Msg) {
 			return
 		}
 		w.backoff = 0
+		var batches []noticeBatch
+		var batchItems []*item
 		for j, res := range results {
 			it := &items[opItems[j]]
 			switch {
@@ -149,27 +151,28 @@ func (w *worker) process(msgs []jetstream.Msg) {
 				m.metrics.events.WithLabelValues("duplicate").Inc()
 			}
 			if len(res.Notices) > 0 {
-				if err := m.publishNotices(ctx, it.uid, it.op.Metric, it.op.Config, res.Notices); err != nil {
-					// Applied, but its notice is not out: redeliver it. The
-					// redelivery is a duplicate that returns the notice again.
-					m.log.Warn("notice not published; event will be redelivered", "uid", it.uid, "err", err)
-					_ = it.msg.NakWithDelay(time.Second)
-					it.msg = nil
-				}
+				batches = append(batches, noticeBatch{it.uid, it.op.Metric, it.op.Config, res.Notices})
+				batchItems = append(batchItems, it)
+			}
+		}
+		// Every notice of the chunk at once: one wait for the acks, one
+		// round trip to clear them.
+		for i, err := range m.publishNotices(ctx, batches) {
+			if err != nil {
+				// Applied, but its notice is not out: redeliver it. The
+				// redelivery is a duplicate that returns the notice again.
+				it := batchItems[i]
+				m.log.Warn("notice not published; event will be redelivered", "uid", it.uid, "err", err)
+				_ = it.msg.NakWithDelay(time.Second)
+				it.msg = nil
 			}
 		}
 	}
+	w.deadLetters(ctx, items)
 	for i := range items {
 		it := &items[i]
 		if it.msg == nil {
 			continue
-		}
-		if it.refuse != nil {
-			if err := w.deadLetter(ctx, it); err != nil {
-				m.log.Warn("dead letter not stored; event will be redelivered", "err", err)
-				_ = it.msg.NakWithDelay(time.Second)
-				continue
-			}
 		}
 		if err := it.msg.Ack(); err != nil {
 			m.log.Warn("ack failed; the event will be redelivered and counted once", "err", err)
@@ -233,10 +236,55 @@ func (w *worker) parse(msg jetstream.Msg) item {
 	return it
 }
 
-// deadLetter stores a refused event in the dead-letter stream with its
-// reason. Its id is the original's stream sequence, so storing it twice
-// (after a crash) keeps one copy.
-func (w *worker) deadLetter(ctx context.Context, it *item) error {
+// deadLetters stores the refused items of a chunk in the dead-letter
+// stream, all at once, and waits for the acks; an item whose dead letter
+// is not stored is naked for redelivery (its msg set to nil).
+func (w *worker) deadLetters(ctx context.Context, items []item) {
+	m := w.m
+	type inflight struct {
+		it  *item
+		ack jetstream.PubAckFuture
+	}
+	var sent []inflight
+	fail := func(it *item, err error) {
+		m.log.Warn("dead letter not stored; event will be redelivered", "err", err)
+		_ = it.msg.NakWithDelay(time.Second)
+		it.msg = nil
+	}
+	for i := range items {
+		it := &items[i]
+		if it.msg == nil || it.refuse == nil {
+			continue
+		}
+		ack, err := m.js.PublishMsgAsync(w.deadLetterMsg(it))
+		if err != nil {
+			fail(it, fmt.Errorf("meter: dead letter: %w", err))
+			continue
+		}
+		sent = append(sent, inflight{it, ack})
+	}
+	for _, f := range sent {
+		var err error
+		select {
+		case <-f.ack.Ok():
+		case err = <-f.ack.Err():
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		if err != nil {
+			fail(f.it, fmt.Errorf("meter: dead letter: %w", err))
+			continue
+		}
+		m.metrics.events.WithLabelValues("dead").Inc()
+		m.metrics.dead.WithLabelValues(f.it.refuse.kind).Inc()
+		m.log.Info("event refused", "subject", f.it.msg.Subject(), "reason", f.it.refuse.reason)
+	}
+}
+
+// deadLetterMsg is the dead letter of a refused item: its body, the
+// reason in Allot-Error, and an id from its stream sequence, so a
+// redelivered refusal is stored once.
+func (w *worker) deadLetterMsg(it *item) *nats.Msg {
 	m := w.m
 	uid := it.uid
 	if uid == "" {
@@ -253,13 +301,7 @@ func (w *worker) deadLetter(ctx context.Context, it *item) error {
 		id = "dead." + m.cfg.Streams.Usage + "." + seq
 	}
 	dl.Header.Set(events.MsgIDHeader, id)
-	if _, err := m.js.PublishMsg(ctx, dl); err != nil {
-		return fmt.Errorf("meter: dead letter: %w", err)
-	}
-	m.metrics.events.WithLabelValues("dead").Inc()
-	m.metrics.dead.WithLabelValues(it.refuse.kind).Inc()
-	m.log.Info("event refused", "subject", it.msg.Subject(), "reason", it.refuse.reason)
-	return nil
+	return dl
 }
 
 // retryLater naks every good event of a chunk that met a Redis failure,
@@ -275,15 +317,16 @@ func (w *worker) retryLater(msgs []jetstream.Msg, items []item, err error) {
 	m.log.Warn("redis unavailable; events will be redelivered", "events", len(msgs), "retry_in", w.backoff, "err", err)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	w.deadLetters(ctx, items) // naks (and clears) those it cannot store
 	for i := range items {
 		it := &items[i]
-		if it.refuse != nil {
-			if derr := w.deadLetter(ctx, it); derr == nil {
-				_ = it.msg.Ack()
-				continue
-			}
+		switch {
+		case it.msg == nil:
+		case it.refuse != nil:
+			_ = it.msg.Ack()
+		default:
+			_ = it.msg.NakWithDelay(w.backoff)
 		}
-		_ = it.msg.NakWithDelay(w.backoff)
 	}
 }
 

@@ -470,17 +470,49 @@ func ParseNotices(q string) ([]Notice, error) {
 	return out, nil
 }
 
-// Confirm removes published notices from uid's pending list of metric.
-func (s *Store) Confirm(ctx context.Context, uid, metric string, notices []Notice) error {
-	if len(notices) == 0 {
+// Confirmation names the published notices of one (uid, metric).
+type Confirmation struct {
+	UID, Metric string
+	Notices     []Notice
+}
+
+// ConfirmAll removes the published notices of several (uid, metric)
+// pairs from their pending lists in one pipelined round trip.
+func (s *Store) ConfirmAll(ctx context.Context, cs []Confirmation) error {
+	err := s.confirmAll(ctx, cs)
+	if isNoScript(err) {
+		if lerr := s.Load(ctx); lerr != nil {
+			return lerr
+		}
+		err = s.confirmAll(ctx, cs)
+	}
+	return err
+}
+
+func (s *Store) confirmAll(ctx context.Context, cs []Confirmation) error {
+	pipe := s.rdb.Pipeline()
+	var cmds []*redis.Cmd
+	for _, c := range cs {
+		if len(c.Notices) == 0 {
+			continue
+		}
+		args := make([]any, len(c.Notices))
+		for i, n := range c.Notices {
+			args[i] = n.Raw
+		}
+		cmds = append(cmds, s.confirm.EvalSha(ctx, pipe, []string{s.keys.Grant(c.UID, c.Metric)}, args...))
+	}
+	if len(cmds) == 0 {
 		return nil
 	}
-	args := make([]any, len(notices))
-	for i, n := range notices {
-		args[i] = n.Raw
-	}
-	if err := s.confirm.Run(ctx, s.rdb, []string{s.keys.Grant(uid, metric)}, args...).Err(); err != nil {
-		return fmt.Errorf("%w: confirm notices: %w", ErrRedis, err)
+	_, _ = pipe.Exec(ctx)
+	for _, cmd := range cmds {
+		if err := cmd.Err(); err != nil {
+			if isNoScript(err) {
+				return err
+			}
+			return fmt.Errorf("%w: confirm notices: %w", ErrRedis, err)
+		}
 	}
 	return nil
 }

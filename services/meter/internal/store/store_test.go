@@ -312,7 +312,7 @@ func testNotices(t *testing.T, open backend) {
 	if dup.Applied || len(dup.Notices) != 1 {
 		t.Errorf("duplicate must return the unpublished notice: %+v", dup)
 	}
-	if err := s.Confirm(ctx, "u-1", "photo_daily_total", r.Notices); err != nil {
+	if err := s.ConfirmAll(ctx, []Confirmation{{UID: "u-1", Metric: "photo_daily_total", Notices: r.Notices}}); err != nil {
 		t.Fatal(err)
 	}
 	if r := ev(1); len(r.Notices) != 0 {
@@ -322,12 +322,30 @@ func testNotices(t *testing.T, open backend) {
 	if len(r.Notices) != 1 || r.Notices[0].Threshold != 100 {
 		t.Fatalf("crossing 100%%: %+v", r.Notices)
 	}
-	_ = s.Confirm(ctx, "u-1", "photo_daily_total", r.Notices)
+	_ = s.ConfirmAll(ctx, []Confirmation{{UID: "u-1", Metric: "photo_daily_total", Notices: r.Notices}})
 	// A new day notifies again; both thresholds at once when jumping past.
 	clock.Add(24 * time.Hour)
 	r = ev(20)
 	if len(r.Notices) != 2 || !r.Notices[0].Start.Equal(time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)) {
 		t.Errorf("next period: %+v", r.Notices)
+	}
+	// Several uids' notices are cleared in one call.
+	other := apply(t, s, Op{ID: "o-1", UID: "u-2", Metric: "photo_daily_total", Config: cfg, Limit: 10, Value: 9})[0]
+	if len(other.Notices) != 1 {
+		t.Fatalf("u-2 crossing: %+v", other.Notices)
+	}
+	if err := s.ConfirmAll(ctx, []Confirmation{
+		{UID: "u-1", Metric: "photo_daily_total", Notices: r.Notices},
+		{UID: "u-9", Metric: "photo_daily_total"}, // nothing to clear
+		{UID: "u-2", Metric: "photo_daily_total", Notices: other.Notices},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, uid := range []string{"u-1", "u-2"} {
+		id := map[string]string{"u-1": fmt.Sprint("n", n), "u-2": "o-1"}[uid]
+		if dup := apply(t, s, Op{ID: id, UID: uid, Metric: "photo_daily_total", Config: cfg, Limit: 10, Value: 1})[0]; len(dup.Notices) != 0 {
+			t.Errorf("%s: cleared notices returned again: %+v", uid, dup.Notices)
+		}
 	}
 }
 
