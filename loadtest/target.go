@@ -277,6 +277,11 @@ func (t *target) tearDown(o Options, log *slog.Logger) {
 			patterns = []string{t.cfg.Redis.KeyPrefix + "*", asynqPattern(t.cfg.Redis.KeyPrefix)}
 		}
 		if t.kind == targetExternal || o.RedisURL != "" {
+			if t.kind == targetInProcess {
+				// asynq lists every queue it has seen in one set.
+				tag := runTag(t.cfg.Redis.KeyPrefix)
+				t.rdb.SRem(ctx, "asynq:queues", tag+"-critical", tag+"-default", tag+"-low")
+			}
 			n, err := deleteKeys(ctx, t.rdb, patterns)
 			if err != nil {
 				log.Warn("could not delete every key of this run", "deleted", n, "err", err)
