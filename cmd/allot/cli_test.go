@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
+	"github.com/allot/allot/pkg/testenv"
 )
 
 // syncBuffer is a bytes.Buffer safe for a command writing while the test
@@ -55,16 +55,7 @@ func runCLI(t *testing.T, env map[string]string, stdin string, args ...string) r
 
 func startNATS(t *testing.T) string {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(s.Shutdown)
-	return s.ClientURL()
+	return testenv.EmbeddedNATS(t)
 }
 
 func TestHelp(t *testing.T) {

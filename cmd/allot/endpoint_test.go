@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/allot/allot/pkg/events"
-	"github.com/nats-io/nats-server/v2/server"
+	"github.com/allot/allot/pkg/testenv"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 )
@@ -235,16 +235,7 @@ type overLimit struct {
 // request/reply does not need and which starts faster.
 func startCoreNATS(t *testing.T) string {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(s.Shutdown)
-	return s.ClientURL()
+	return testenv.EmbeddedCoreNATS(t)
 }
 
 // endpointEnv starts NATS and the stand-in services.

@@ -6,6 +6,7 @@ require (
 	github.com/alicebob/miniredis/v2 v2.40.0
 	github.com/allot/allot/pkg/events v0.0.0
 	github.com/allot/allot/pkg/service v0.0.0
+	github.com/allot/allot/pkg/testenv v0.0.0
 	github.com/allot/allot/services/meter v0.0.0
 	github.com/allot/allot/services/notifier v0.0.0
 	github.com/allot/allot/services/ratelimit v0.0.0

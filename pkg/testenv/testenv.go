@@ -106,11 +106,19 @@ func NATS(t testing.TB) *nats.Conn {
 // EmbeddedNATS starts an in-process nats-server with JetStream on a free
 // port of 127.0.0.1, stopped when the test ends, and returns its URL. Unit
 // tests use it so that a plain "go test" needs nothing running.
-func EmbeddedNATS(t testing.TB) string {
+func EmbeddedNATS(t testing.TB) string { return embeddedNATS(t, true) }
+
+// EmbeddedCoreNATS is EmbeddedNATS without JetStream, which
+// request/reply does not need and which starts faster.
+func EmbeddedCoreNATS(t testing.TB) string { return embeddedNATS(t, false) }
+
+func embeddedNATS(t testing.TB, jetStream bool) string {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
-	})
+	opts := &server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true}
+	if jetStream {
+		opts.JetStream, opts.StoreDir = true, t.TempDir()
+	}
+	ns, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatalf("testenv: embedded nats-server: %v", err)
 	}

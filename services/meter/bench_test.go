@@ -16,7 +16,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
-	"github.com/nats-io/nats-server/v2/server"
+	"github.com/allot/allot/pkg/testenv"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
@@ -34,16 +34,7 @@ func benchSetup(b *testing.B) (*nats.Conn, *redis.Client, service.Config) {
 	b.Helper()
 	natsURL := os.Getenv("ALLOT_BENCH_NATS_URL")
 	if natsURL == "" {
-		ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: b.TempDir(), NoLog: true, NoSigs: true})
-		if err != nil {
-			b.Fatal(err)
-		}
-		go ns.Start()
-		if !ns.ReadyForConnections(10 * time.Second) {
-			b.Fatal("nats-server not ready")
-		}
-		b.Cleanup(ns.Shutdown)
-		natsURL = ns.ClientURL()
+		natsURL = testenv.EmbeddedNATS(b)
 	}
 	redisURL := os.Getenv("ALLOT_BENCH_REDIS_URL")
 	if redisURL == "" {

@@ -16,8 +16,8 @@ import (
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/keys"
 	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/testenv"
 	"github.com/google/go-cmp/cmp"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,16 +56,7 @@ func testConfig() service.Config {
 
 func startEnv(t *testing.T, cfg service.Config) *env {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(ns.Shutdown)
-	nc, err := nats.Connect(ns.ClientURL())
+	nc, err := nats.Connect(testenv.EmbeddedNATS(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@ require (
 	github.com/allot/allot/pkg/keys v0.0.0
 	github.com/allot/allot/pkg/service v0.0.0
 	github.com/google/go-cmp v0.7.0
-	github.com/nats-io/nats-server/v2 v2.15.2
+	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
 	github.com/nats-io/nats.go v1.55.0
 	github.com/prometheus/client_golang v1.25.0
 	github.com/redis/go-redis/v9 v9.23.0

@@ -8,7 +8,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
-	"github.com/nats-io/nats-server/v2/server"
+	"github.com/allot/allot/pkg/testenv"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -84,16 +84,7 @@ func TestHitsFromUsageEvents(t *testing.T) {
 // api_calls_total events, on an embedded JetStream and miniredis.
 func startHits(t *testing.T) (*Limiter, *nats.Conn, *miniredis.Miniredis, service.Config) {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(ns.Shutdown)
-	nc, err := nats.Connect(ns.ClientURL())
+	nc, err := nats.Connect(testenv.EmbeddedNATS(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
-	"github.com/nats-io/nats-server/v2/server"
+	"github.com/allot/allot/pkg/testenv"
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 )
@@ -33,16 +33,7 @@ func benchSetup(b *testing.B) (natsURL, redisURL string, rdb *redis.Client, cfg 
 	b.Helper()
 	natsURL = os.Getenv("ALLOT_BENCH_NATS_URL")
 	if natsURL == "" {
-		ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
-		if err != nil {
-			b.Fatal(err)
-		}
-		go ns.Start()
-		if !ns.ReadyForConnections(10 * time.Second) {
-			b.Fatal("nats-server not ready")
-		}
-		b.Cleanup(ns.Shutdown)
-		natsURL = ns.ClientURL()
+		natsURL = testenv.EmbeddedCoreNATS(b)
 	}
 	redisURL = os.Getenv("ALLOT_BENCH_REDIS_URL")
 	if redisURL == "" {
