@@ -25,6 +25,7 @@
 //	allot:{registry}:ids             HASH  instance id -> the service name that holds it (a duplicate id is refused)
 //	allot:{registry}:last            HASH  <name>:<id> -> the instance's current ciphertext, kept until it is reaped,
 //	                                       so a change is seen by comparing and an expiry can say what expired
+//	allot:{registry}:created         HASH  <name>:<id> -> when the instance first registered (ms), until it is reaped
 //
 //	allot:{u-42}:addr                STRING the uid's confirmed email address (set when a token verifies)
 //	allot:{u-42}:tok:<nonce>         STRING a used confirmation token, kept until it would have expired
@@ -138,6 +139,10 @@ func (k Keys) RegistryIDs() string { return k.tagged(RegistryTag, "ids") }
 // RegistryLast is the HASH RegistryMember -> the instance's current
 // ciphertext, kept until the reaper removes the instance.
 func (k Keys) RegistryLast() string { return k.tagged(RegistryTag, "last") }
+
+// RegistryCreated is the HASH RegistryMember -> when the instance first
+// registered (ms, Redis clock), kept until the reaper removes it.
+func (k Keys) RegistryCreated() string { return k.tagged(RegistryTag, "created") }
 
 // RateLimitField is the field of uid's grants HASH (Grants) that
 // overrides its rate limit for service: "ratelimit_<service>", or

@@ -22,6 +22,7 @@ func TestKeys(t *testing.T) {
 		k.RegistryExpiry():                      "allot:{registry}:expiry",
 		k.RegistryIDs():                         "allot:{registry}:ids",
 		k.RegistryLast():                        "allot:{registry}:last",
+		k.RegistryCreated():                     "allot:{registry}:created",
 		RegistryMember("media", "pod-1"):        "media:pod-1",
 		k.ConfirmedAddress("u-42"):              "allot:{u-42}:addr",
 		k.UsedToken("u-42", "n1"):               "allot:{u-42}:tok:n1",

@@ -10,6 +10,7 @@ import (
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/keys"
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -37,6 +38,10 @@ func TestBehaviour(t *testing.T) {
 	}
 }
 
+// ignoreCreated leaves Instance.Created out of a comparison; the tests
+// that care check it themselves.
+var ignoreCreated = cmpopts.IgnoreFields(events.Instance{}, "Created")
+
 func media(id, url string, endpoints ...string) events.RegisterRequest {
 	return events.RegisterRequest{Name: "media", ID: id, Endpoints: endpoints, IPv4: "10.0.0.1", Port: 8080, PublicURL: url}
 }
@@ -62,10 +67,13 @@ func testRegisterFindAndChanges(t *testing.T, bf backendFunc) {
 	if diff := cmp.Diff(events.RegisterReply{OK: true, TTLS: 2}, reply); diff != "" {
 		t.Errorf("register reply (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(events.RegistryChange{Name: "media", ID: "m-1", Change: "appeared", Instance: new(instance(m1))}, next(t, ch)); diff != "" {
+	appeared := next(t, ch)
+	if diff := cmp.Diff(events.RegistryChange{Name: "media", ID: "m-1", Change: "appeared", Instance: new(instance(m1))}, appeared, ignoreCreated); diff != "" {
 		t.Errorf("appeared (-want +got):\n%s", diff)
 	}
+	created := appeared.Instance.Created
 	// The heartbeat: the same registration again changes nothing.
+	e.elapse(500 * time.Millisecond)
 	if _, err := e.client.Register(ctx, m1); err != nil {
 		t.Fatal(err)
 	}
@@ -74,8 +82,17 @@ func testRegisterFindAndChanges(t *testing.T, bf backendFunc) {
 	if _, err := e.client.Register(ctx, m1); err != nil {
 		t.Fatal(err)
 	}
-	if c := next(t, ch); c.Change != "changed" || c.Instance.Port != 9090 {
+	c := next(t, ch)
+	if c.Change != "changed" || c.Instance.Port != 9090 {
 		t.Errorf("changed event %+v", c)
+	}
+	// Created stays the first registration's time through heartbeats and
+	// changes, and finds carry it.
+	if c.Instance.Created.IsZero() || !c.Instance.Created.Equal(created) {
+		t.Errorf("created after a change %v, want %v", c.Instance.Created, created)
+	}
+	if f, err := e.client.Find(ctx, "media"); err != nil || len(f.Instances) != 1 || !f.Instances[0].Created.Equal(created) {
+		t.Errorf("find: %+v %v, want created %v", f.Instances, err, created)
 	}
 
 	m2 := media("m-2", "https://b.example", "photos", "videos")
@@ -103,7 +120,7 @@ func testRegisterFindAndChanges(t *testing.T, bf backendFunc) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(tc.want, got); diff != "" {
+			if diff := cmp.Diff(tc.want, got, ignoreCreated); diff != "" {
 				t.Errorf("find %q (-want +got):\n%s", tc.name, diff)
 			}
 		})
@@ -198,7 +215,7 @@ func testExpiry(t *testing.T, bf backendFunc) {
 		t.Fatal(err)
 	}
 	want := events.RegistryChange{Name: "media", ID: "gone", Change: "expired", Instance: new(instance(gone))}
-	if diff := cmp.Diff(want, next(t, ch)); diff != "" {
+	if diff := cmp.Diff(want, next(t, ch), ignoreCreated); diff != "" {
 		t.Errorf("expired (-want +got):\n%s", diff)
 	}
 	none(t, ch)
@@ -206,7 +223,7 @@ func testExpiry(t *testing.T, bf backendFunc) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]events.Instance{instance(live)}, got.Instances); diff != "" {
+	if diff := cmp.Diff([]events.Instance{instance(live)}, got.Instances, ignoreCreated); diff != "" {
 		t.Errorf("after expiry (-want +got):\n%s", diff)
 	}
 	k := keys.New(e.b.prefix)
@@ -360,7 +377,7 @@ func testDeregister(t *testing.T, bf backendFunc) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]events.Instance{instance(stay)}, got.Instances); diff != "" {
+	if diff := cmp.Diff([]events.Instance{instance(stay)}, got.Instances, ignoreCreated); diff != "" {
 		t.Errorf("right after deregister (-want +got):\n%s", diff)
 	}
 	// The reaper announces it and cleans up, as for an expiry.

@@ -91,7 +91,7 @@ func (r *Registry) register(ctx context.Context, body events.RegisterRequest) (e
 		return inst, 0, fmt.Errorf("registry: encode instance: %w", err)
 	}
 	member := keys.RegistryMember(inst.Name, inst.ID)
-	change, _, err := r.store.Register(ctx, inst.Name, inst.ID, r.sealer.Seal(pt, []byte(member)), r.cfg.Registry.TTL)
+	change, _, created, err := r.store.Register(ctx, inst.Name, inst.ID, r.sealer.Seal(pt, []byte(member)), r.cfg.Registry.TTL)
 	if err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			r.metrics.registrations.WithLabelValues("conflict").Inc()
@@ -99,6 +99,9 @@ func (r *Registry) register(ctx context.Context, body events.RegisterRequest) (e
 		return inst, 0, err
 	}
 	r.metrics.registrations.WithLabelValues([...]string{"renewed", "appeared", "changed"}[change]).Inc()
+	// Kept beside the entry, not sealed in it: a heartbeat must seal to
+	// the same bytes.
+	inst.Created = created.UTC()
 	return inst, change, nil
 }
 
@@ -173,6 +176,7 @@ func (r *Registry) live(ctx context.Context) ([]events.Instance, uint64, error) 
 			}
 		}
 		opened[id] = inst
+		inst.Created = e.Created.UTC()
 		insts = append(insts, inst)
 	}
 	r.cache.opened = opened

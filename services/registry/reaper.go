@@ -52,6 +52,7 @@ func (r *Registry) ReapOnce(ctx context.Context) (int, error) {
 		inst, err := r.open(e, "reap")
 		switch {
 		case err == nil:
+			inst.Created = e.Created.UTC()
 			insts[e.Name+":"+e.ID] = &inst
 		case now.Sub(e.Expiry) < grace:
 			continue // another cluster's, most likely: its reaper announces it

@@ -3,11 +3,12 @@
 --
 -- KEYS[1]  the expiry ZSET, <name>:<id> -> expiry ms
 -- KEYS[2]  the last HASH, <name>:<id> -> last ciphertext
+-- KEYS[3]  the created HASH, <name>:<id> -> first registration ms
 -- ARGV[1]  now in ms; 0 uses Redis TIME
 -- ARGV[2]  the most members to return
 --
--- Returns {now, member1, expiry1, ciphertext1 or false, ...}, oldest
--- first, for members with expiry <= now.
+-- Returns {now, member1, expiry1, ciphertext1 or false, created1 or
+-- false, ...}, oldest first, for members with expiry <= now.
 
 local now = tonumber(ARGV[1])
 if now == 0 then
@@ -20,5 +21,6 @@ for i = 1, #dead, 2 do
   out[#out + 1] = dead[i]
   out[#out + 1] = dead[i + 1]
   out[#out + 1] = redis.call('HGET', KEYS[2], dead[i])
+  out[#out + 1] = redis.call('HGET', KEYS[3], dead[i])
 end
 return out

@@ -2,10 +2,12 @@
 --
 -- KEYS[1]  the expiry ZSET, <name>:<id> -> expiry ms
 -- KEYS[2]  the last HASH, <name>:<id> -> current ciphertext
+-- KEYS[3]  the created HASH, <name>:<id> -> first registration ms
 -- ARGV[1]  now in ms; 0 uses Redis TIME
 --
--- Returns {now, member1, expiry1, ciphertext1, member2, ...} for every
--- member expiring after now; a member without a ciphertext is left out.
+-- Returns {now, member1, expiry1, ciphertext1, created1 or false,
+-- member2, ...} for every member expiring after now; a member without a
+-- ciphertext is left out.
 
 local now = tonumber(ARGV[1])
 if now == 0 then
@@ -22,11 +24,13 @@ for i = 1, #live, 2 do
   members[#members + 1] = live[i]
 end
 local cts = redis.call('HMGET', KEYS[2], unpack(members))
+local created = redis.call('HMGET', KEYS[3], unpack(members))
 for i, m in ipairs(members) do
   if cts[i] then
     out[#out + 1] = m
     out[#out + 1] = live[2 * i]
     out[#out + 1] = cts[i]
+    out[#out + 1] = created[i]
   end
 end
 return out

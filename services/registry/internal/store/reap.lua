@@ -3,14 +3,15 @@
 -- KEYS[1]  the expiry ZSET, <name>:<id> -> expiry ms
 -- KEYS[2]  the last HASH, <name>:<id> -> last ciphertext
 -- KEYS[3]  the ids HASH, id -> name
--- KEYS[4..] the entry STRING of each member, in ARGV's order
+-- KEYS[4]  the created HASH, <name>:<id> -> first registration ms
+-- KEYS[5..] the entry STRING of each member, in ARGV's order
 -- ARGV[1]  now in ms; 0 uses Redis TIME
 -- ARGV[2..] the members <name>:<id> to reap
 --
 -- A member is reaped when its entry key is gone and its expiry score is
 -- still <= now (a heartbeat between the reaper's read and this script
 -- renews both, and then the member stays). Reaping removes it from the
--- expiry ZSET and the last HASH, and its id from the ids HASH unless the
+-- expiry ZSET, the last and created HASHes, and its id from the ids HASH unless the
 -- id has passed to another name since.
 --
 -- Returns the members reaped.
@@ -24,9 +25,10 @@ local reaped = {}
 for i = 2, #ARGV do
   local member = ARGV[i]
   local score = redis.call('ZSCORE', KEYS[1], member)
-  if score and tonumber(score) <= now and redis.call('EXISTS', KEYS[i + 2]) == 0 then
+  if score and tonumber(score) <= now and redis.call('EXISTS', KEYS[i + 3]) == 0 then
     redis.call('ZREM', KEYS[1], member)
     redis.call('HDEL', KEYS[2], member)
+    redis.call('HDEL', KEYS[4], member)
     local sep = string.find(member, ':', 1, true)
     local name, id = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
     if redis.call('HGET', KEYS[3], id) == name then

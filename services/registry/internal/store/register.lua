@@ -5,14 +5,16 @@
 -- KEYS[2]  the expiry ZSET, <name>:<id> -> expiry ms
 -- KEYS[3]  the ids HASH, id -> name
 -- KEYS[4]  the last HASH, <name>:<id> -> current ciphertext
+-- KEYS[5]  the created HASH, <name>:<id> -> first registration ms
 -- ARGV[1]  name
 -- ARGV[2]  id
 -- ARGV[3]  the ciphertext (deterministic: the same instance seals alike)
 -- ARGV[4]  ttl in ms
 -- ARGV[5]  now in ms; 0 uses Redis TIME
 --
--- Returns {status, detail}: status 1 appeared, 2 changed, 0 renewed (a
--- heartbeat, nothing changed), with detail the expiry in ms; or -1 when
+-- Returns {status, detail, created}: status 1 appeared, 2 changed, 0
+-- renewed (a heartbeat, nothing changed), with detail the expiry in ms and
+-- created when the instance first registered (ms); or {-1, name} when
 -- the id is held by another name whose registration is still live, with
 -- detail that name. An id whose other name has expired (reaped or not)
 -- is taken over; the reaper still reports the old one's expiry.
@@ -50,4 +52,9 @@ end
 if status ~= 0 then
   redis.call('HSET', KEYS[4], member, ct)
 end
-return {status, expiry}
+if status == 1 then
+  redis.call('HSET', KEYS[5], member, now)
+else
+  redis.call('HSETNX', KEYS[5], member, now) -- one registered before created was kept
+end
+return {status, expiry, tonumber(redis.call('HGET', KEYS[5], member))}

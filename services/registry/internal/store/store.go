@@ -134,30 +134,34 @@ func (s *Store) run(ctx context.Context, what string, sc *redis.Script, keys []s
 }
 
 // Register stores name/id's ciphertext for ttl and says what changed,
-// and when the registration expires (Redis's clock). A live registration
-// of id under another name is ErrConflict, naming it.
-func (s *Store) Register(ctx context.Context, name, id string, ciphertext []byte, ttl time.Duration) (Change, time.Time, error) {
+// when the registration expires and when the instance first registered
+// (Redis's clock). A live registration of id under another name is
+// ErrConflict, naming it.
+func (s *Store) Register(ctx context.Context, name, id string, ciphertext []byte, ttl time.Duration) (Change, time.Time, time.Time, error) {
 	k := s.keys
 	v, err := s.run(ctx, "register", s.reg,
-		[]string{k.RegistryEntry(name, id), k.RegistryExpiry(), k.RegistryIDs(), k.RegistryLast()},
+		[]string{k.RegistryEntry(name, id), k.RegistryExpiry(), k.RegistryIDs(), k.RegistryLast(), k.RegistryCreated()},
 		name, id, ciphertext, ttl.Milliseconds(), s.nowMS())
 	if err != nil {
-		return 0, time.Time{}, err
+		return 0, time.Time{}, time.Time{}, err
 	}
 	arr, ok := v.([]any)
-	if !ok || len(arr) != 2 {
-		return 0, time.Time{}, fmt.Errorf("store: register: unexpected reply %v", v)
+	if ok && len(arr) == 2 {
+		if status, _ := arr[0].(int64); status == -1 {
+			owner, _ := arr[1].(string)
+			return 0, time.Time{}, time.Time{}, fmt.Errorf("%w: id %q is registered by %q", ErrConflict, id, owner)
+		}
+	}
+	if !ok || len(arr) != 3 {
+		return 0, time.Time{}, time.Time{}, fmt.Errorf("store: register: unexpected reply %v", v)
 	}
 	status, _ := arr[0].(int64)
-	if status == -1 {
-		owner, _ := arr[1].(string)
-		return 0, time.Time{}, fmt.Errorf("%w: id %q is registered by %q", ErrConflict, id, owner)
+	exp, ok1 := arr[1].(int64)
+	created, ok2 := arr[2].(int64)
+	if !ok1 || !ok2 || status < 0 || status > 2 {
+		return 0, time.Time{}, time.Time{}, fmt.Errorf("store: register: unexpected reply %v", v)
 	}
-	exp, ok := arr[1].(int64)
-	if !ok || status < 0 || status > 2 {
-		return 0, time.Time{}, fmt.Errorf("store: register: unexpected reply %v", v)
-	}
-	return Change(status), time.UnixMilli(exp), nil
+	return Change(status), time.UnixMilli(exp), time.UnixMilli(created), nil
 }
 
 // Deregister removes name/id's registration at once and hands it to the
@@ -181,12 +185,13 @@ type Entry struct {
 	Name, ID   string
 	Expiry     time.Time
 	Ciphertext []byte
+	Created    time.Time // zero when unknown
 }
 
 // Live returns every live entry and Redis's time of the read.
 func (s *Store) Live(ctx context.Context) ([]Entry, time.Time, error) {
 	k := s.keys
-	v, err := s.run(ctx, "find", s.find, []string{k.RegistryExpiry(), k.RegistryLast()}, s.nowMS())
+	v, err := s.run(ctx, "find", s.find, []string{k.RegistryExpiry(), k.RegistryLast(), k.RegistryCreated()}, s.nowMS())
 	if err != nil {
 		return nil, time.Time{}, err
 	}
@@ -197,25 +202,25 @@ func (s *Store) Live(ctx context.Context) ([]Entry, time.Time, error) {
 // oldest first, and Redis's time of the read.
 func (s *Store) Expired(ctx context.Context, limit int) ([]Entry, time.Time, error) {
 	k := s.keys
-	v, err := s.run(ctx, "expired", s.expired, []string{k.RegistryExpiry(), k.RegistryLast()}, s.nowMS(), limit)
+	v, err := s.run(ctx, "expired", s.expired, []string{k.RegistryExpiry(), k.RegistryLast(), k.RegistryCreated()}, s.nowMS(), limit)
 	if err != nil {
 		return nil, time.Time{}, err
 	}
 	return entries("expired", v)
 }
 
-// entries decodes {now, member, expiry, ciphertext, ...}.
+// entries decodes {now, member, expiry, ciphertext, created, ...}.
 func entries(what string, v any) ([]Entry, time.Time, error) {
 	arr, ok := v.([]any)
-	if !ok || len(arr) == 0 || (len(arr)-1)%3 != 0 {
+	if !ok || len(arr) == 0 || (len(arr)-1)%4 != 0 {
 		return nil, time.Time{}, fmt.Errorf("store: %s: unexpected reply", what)
 	}
 	now, ok := arr[0].(int64)
 	if !ok {
 		return nil, time.Time{}, fmt.Errorf("store: %s: unexpected time %v", what, arr[0])
 	}
-	out := make([]Entry, 0, (len(arr)-1)/3)
-	for i := 1; i+2 < len(arr); i += 3 {
+	out := make([]Entry, 0, (len(arr)-1)/4)
+	for i := 1; i+3 < len(arr); i += 4 {
 		member, _ := arr[i].(string)
 		name, id, ok := keys.ParseRegistryMember(member)
 		if !ok {
@@ -230,6 +235,11 @@ func entries(what string, v any) ([]Entry, time.Time, error) {
 		if ct, ok := arr[i+2].(string); ok {
 			e.Ciphertext = []byte(ct)
 		}
+		if c, ok := arr[i+3].(string); ok {
+			if ms, err := strconv.ParseInt(c, 10, 64); err == nil {
+				e.Created = time.UnixMilli(ms)
+			}
+		}
 		out = append(out, e)
 	}
 	return out, time.UnixMilli(now), nil
@@ -242,7 +252,7 @@ func (s *Store) Reap(ctx context.Context, expired []Entry) ([]Entry, error) {
 		return nil, nil
 	}
 	k := s.keys
-	ks := []string{k.RegistryExpiry(), k.RegistryLast(), k.RegistryIDs()}
+	ks := []string{k.RegistryExpiry(), k.RegistryLast(), k.RegistryIDs(), k.RegistryCreated()}
 	args := []any{s.nowMS()}
 	byMember := make(map[string]Entry, len(expired))
 	for _, e := range expired {

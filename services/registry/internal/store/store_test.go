@@ -27,6 +27,7 @@ func newStore(t *testing.T) (*Store, *miniredis.Miniredis, *time.Time) {
 func TestRegisterChanges(t *testing.T) {
 	s, _, now := newStore(t)
 	ctx := t.Context()
+	first := map[string]time.Time{}
 	for _, tc := range []struct {
 		step       string
 		name, id   string
@@ -41,13 +42,21 @@ func TestRegisterChanges(t *testing.T) {
 		{"another id", "media", "m-2", "A", Appeared, nil},
 	} {
 		t.Run(tc.step, func(t *testing.T) {
-			got, exp, err := s.Register(ctx, tc.name, tc.id, []byte(tc.ciphertext), time.Minute)
+			got, exp, created, err := s.Register(ctx, tc.name, tc.id, []byte(tc.ciphertext), time.Minute)
 			if !errors.Is(err, tc.err) {
 				t.Fatalf("err = %v, want %v", err, tc.err)
 			}
 			if err == nil && (got != tc.want || !exp.Equal(now.Add(time.Minute))) {
 				t.Errorf("got %v expiring %v, want %v at %v", got, exp, tc.want, now.Add(time.Minute))
 			}
+			// Created is the first registration's time, whatever came after.
+			if _, ok := first[tc.id]; !ok && err == nil {
+				first[tc.id] = now.Truncate(time.Millisecond)
+			}
+			if err == nil && !created.Equal(first[tc.id]) {
+				t.Errorf("created %v, want %v", created, first[tc.id])
+			}
+			*now = now.Add(time.Second)
 		})
 	}
 	live, _, err := s.Live(ctx)
@@ -57,6 +66,9 @@ func TestRegisterChanges(t *testing.T) {
 	var got []string
 	for _, e := range live {
 		got = append(got, e.Name+":"+e.ID+"="+string(e.Ciphertext))
+		if e.Created.IsZero() {
+			t.Errorf("%s:%s has no created time", e.Name, e.ID)
+		}
 	}
 	if diff := cmp.Diff([]string{"media:m-1=B", "media:m-2=A"}, got); diff != "" {
 		t.Errorf("live (-want +got):\n%s", diff)
@@ -69,7 +81,7 @@ func TestReapOnlyWhatIsGone(t *testing.T) {
 	s, mr, now := newStore(t)
 	ctx := t.Context()
 	for _, id := range []string{"gone", "renewed"} {
-		if _, _, err := s.Register(ctx, "media", id, []byte(id), time.Minute); err != nil {
+		if _, _, _, err := s.Register(ctx, "media", id, []byte(id), time.Minute); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -80,7 +92,7 @@ func TestReapOnlyWhatIsGone(t *testing.T) {
 	}
 	// The entry keys run out, then "renewed" heartbeats before the reap.
 	mr.FastForward(61 * time.Second)
-	if _, _, err := s.Register(ctx, "media", "renewed", []byte("renewed"), time.Minute); err != nil {
+	if _, _, _, err := s.Register(ctx, "media", "renewed", []byte("renewed"), time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	reaped, err := s.Reap(ctx, expired)
@@ -93,6 +105,9 @@ func TestReapOnlyWhatIsGone(t *testing.T) {
 	if v := mr.HGet("allot:{registry}:ids", "gone"); v != "" {
 		t.Errorf("ids still holds gone: %q", v)
 	}
+	if v := mr.HGet("allot:{registry}:created", "media:gone"); v != "" {
+		t.Errorf("created still holds gone: %q", v)
+	}
 }
 
 func TestScriptsReloadAfterFlush(t *testing.T) {
@@ -100,7 +115,7 @@ func TestScriptsReloadAfterFlush(t *testing.T) {
 	if err := s.rdb.(*redis.Client).ScriptFlush(t.Context()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := s.Register(t.Context(), "media", "m-1", []byte("A"), time.Minute); err != nil {
+	if _, _, _, err := s.Register(t.Context(), "media", "m-1", []byte("A"), time.Minute); err != nil {
 		t.Fatalf("after SCRIPT FLUSH: %v", err)
 	}
 }
@@ -108,7 +123,7 @@ func TestScriptsReloadAfterFlush(t *testing.T) {
 func TestRedisDown(t *testing.T) {
 	s, mr, _ := newStore(t)
 	mr.Close()
-	if _, _, err := s.Register(t.Context(), "media", "m-1", []byte("A"), time.Minute); !errors.Is(err, ErrRedis) {
+	if _, _, _, err := s.Register(t.Context(), "media", "m-1", []byte("A"), time.Minute); !errors.Is(err, ErrRedis) {
 		t.Errorf("Redis down: %v, want ErrRedis", err)
 	}
 }
