@@ -112,3 +112,17 @@ func TestNum(t *testing.T) {
 		}
 	}
 }
+
+// Phases that run at once share one band, labelled by their common
+// prefix, so their names do not pile up on each other.
+func TestSVGLabelsConcurrentPhasesOnce(t *testing.T) {
+	r := sample()
+	start := r.Phases[len(r.Phases)-1].Start + 10
+	r.Phases = append(r.Phases,
+		Phase{Name: "mixed.credit", Start: start, Seconds: 5},
+		Phase{Name: "mixed.ingest", Start: start, Seconds: 6})
+	svg := SVG(r)
+	if strings.Contains(svg, ">mixed.credit</text>") || strings.Contains(svg, ">mixed.ingest</text>") || !strings.Contains(svg, ">mixed</text>") {
+		t.Errorf("concurrent phases labelled one by one:\n%s", svg)
+	}
+}

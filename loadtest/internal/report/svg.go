@@ -63,18 +63,27 @@ func SVG(r *Report) string {
 		return padT + plotH - (lv-decLo)/(decHi-decLo)*plotH
 	}
 
-	// Phases as shaded bands, named at the bottom.
-	for i, p := range r.Phases {
+	// Phases as shaded bands, named at the bottom. Phases that run at
+	// once (mixed.*) share one band and one label: their common prefix.
+	for i := 0; i < len(r.Phases); i++ {
+		p := r.Phases[i]
 		if p.Seconds <= 0 {
 			continue
 		}
+		name, end := p.Name, p.Start+p.Seconds
+		for i+1 < len(r.Phases) && r.Phases[i+1].Start == p.Start {
+			i++
+			name = commonPrefix(name, r.Phases[i].Name)
+			end = math.Max(end, r.Phases[i].Start+r.Phases[i].Seconds)
+		}
+		name = strings.TrimRight(name, ".")
 		fill := "#f4f4f4"
 		if i%2 == 1 {
 			fill = "#e9eef5"
 		}
-		w(`<rect x="%.1f" y="%d" width="%.1f" height="%.0f" fill="%s"/>`+"\n", x(p.Start), padT, x(p.Start+p.Seconds)-x(p.Start), plotH, fill)
+		w(`<rect x="%.1f" y="%d" width="%.1f" height="%.0f" fill="%s"/>`+"\n", x(p.Start), padT, x(end)-x(p.Start), plotH, fill)
 		w(`<text x="%.1f" y="%.0f" font-size="9" transform="rotate(-30 %.1f %.0f)" text-anchor="end">%s</text>`+"\n",
-			x(p.Start+p.Seconds/2), padT+plotH+14, x(p.Start+p.Seconds/2), padT+plotH+14, html.EscapeString(p.Name))
+			x((p.Start+end)/2), padT+plotH+14, x((p.Start+end)/2), padT+plotH+14, html.EscapeString(name))
 	}
 	// Grid and y labels, one per decade.
 	for d := decLo; d <= decHi; d++ {
@@ -137,4 +146,13 @@ func niceStep(raw float64) float64 {
 		}
 	}
 	return 10 * p
+}
+
+// commonPrefix is the longest prefix a and b share.
+func commonPrefix(a, b string) string {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return a[:n]
 }
