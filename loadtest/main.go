@@ -56,6 +56,9 @@ type harness struct {
 
 // run is the whole command; it returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	// The log and the progress line write to stderr from different
+	// goroutines.
+	stderr = &lockedWriter{w: stderr}
 	o, err := parseOptions(args, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
@@ -440,4 +443,16 @@ func summary(r *report.Report) string {
 		s += fmt.Sprintf("  exactness: FAILED: %s lost, %s double-counted\n", report.Num(e.Lost), report.Num(e.Double))
 	}
 	return s
+}
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

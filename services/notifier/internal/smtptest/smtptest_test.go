@@ -187,7 +187,11 @@ func TestRefuseDataNext(t *testing.T) {
 
 func TestStopRestart(t *testing.T) {
 	s := smtptest.Start(t, smtptest.Options{})
-	_ = dial(t, s)
+	// The client reads the greeting lazily: a command makes sure the
+	// server has accepted the connection before it stops.
+	if err := dial(t, s).Noop(); err != nil {
+		t.Fatal(err)
+	}
 	s.Stop()
 	if c, err := smtp.Dial(s.Addr()); err == nil {
 		c.Close()
