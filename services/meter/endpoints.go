@@ -195,6 +195,28 @@ func (m *Meter) handleGrants(req micro.Request) {
 	m.reply(req, "grants", events.GrantsReply{UID: uid, Grants: effective}, nil)
 }
 
+// publishAll publishes msgs to their streams at once and waits for every
+// ack (or ctx); it returns, per message, what kept it from being stored.
+func (m *Meter) publishAll(ctx context.Context, msgs []*nats.Msg) []error {
+	errs := make([]error, len(msgs))
+	acks := make([]jetstream.PubAckFuture, len(msgs))
+	for i, msg := range msgs {
+		acks[i], errs[i] = m.js.PublishMsgAsync(msg)
+	}
+	for i, ack := range acks {
+		if errs[i] != nil {
+			continue
+		}
+		select {
+		case <-ack.Ok():
+		case errs[i] = <-ack.Err():
+		case <-ctx.Done():
+			errs[i] = ctx.Err()
+		}
+	}
+	return errs
+}
+
 // noticeBatch is the threshold notices one event or request produced
 // for one (uid, metric).
 type noticeBatch struct {
@@ -211,12 +233,8 @@ type noticeBatch struct {
 // redelivery) is a duplicate the stream drops.
 func (m *Meter) publishNotices(ctx context.Context, batches []noticeBatch) []error {
 	errs := make([]error, len(batches))
-	type inflight struct {
-		batch int
-		id    string
-		ack   jetstream.PubAckFuture
-	}
-	var sent []inflight
+	var msgs []*nats.Msg
+	var owner []int // the batch of each message
 	for i, b := range batches {
 		for _, n := range b.notices {
 			notice := events.UsageNotice{
@@ -238,25 +256,13 @@ func (m *Meter) publishNotices(ctx context.Context, batches []noticeBatch) []err
 			msg := nats.NewMsg(m.subj.NotifyUsage(b.uid))
 			msg.Data = data
 			msg.Header.Set(events.MsgIDHeader, notice.ID)
-			ack, err := m.js.PublishMsgAsync(msg)
-			if err != nil {
-				errs[i] = fmt.Errorf("meter: publish notice %s: %w", notice.ID, err)
-				break
-			}
-			sent = append(sent, inflight{i, notice.ID, ack})
+			msgs = append(msgs, msg)
+			owner = append(owner, i)
 		}
 	}
-	for _, f := range sent {
-		select {
-		case <-f.ack.Ok():
-		case err := <-f.ack.Err():
-			if errs[f.batch] == nil {
-				errs[f.batch] = fmt.Errorf("meter: publish notice %s: %w", f.id, err)
-			}
-		case <-ctx.Done():
-			if errs[f.batch] == nil {
-				errs[f.batch] = fmt.Errorf("meter: publish notice %s: %w", f.id, ctx.Err())
-			}
+	for j, err := range m.publishAll(ctx, msgs) {
+		if err != nil && errs[owner[j]] == nil {
+			errs[owner[j]] = fmt.Errorf("meter: publish notice %s: %w", msgs[j].Header.Get(events.MsgIDHeader), err)
 		}
 	}
 	var out []store.Confirmation

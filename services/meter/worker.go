@@ -241,43 +241,25 @@ func (w *worker) parse(msg jetstream.Msg) item {
 // is not stored is naked for redelivery (its msg set to nil).
 func (w *worker) deadLetters(ctx context.Context, items []item) {
 	m := w.m
-	type inflight struct {
-		it  *item
-		ack jetstream.PubAckFuture
-	}
-	var sent []inflight
-	fail := func(it *item, err error) {
-		m.log.Warn("dead letter not stored; event will be redelivered", "err", err)
-		_ = it.msg.NakWithDelay(time.Second)
-		it.msg = nil
-	}
+	var refused []*item
+	var msgs []*nats.Msg
 	for i := range items {
-		it := &items[i]
-		if it.msg == nil || it.refuse == nil {
-			continue
+		if it := &items[i]; it.msg != nil && it.refuse != nil {
+			refused = append(refused, it)
+			msgs = append(msgs, w.deadLetterMsg(it))
 		}
-		ack, err := m.js.PublishMsgAsync(w.deadLetterMsg(it))
-		if err != nil {
-			fail(it, fmt.Errorf("meter: dead letter: %w", err))
-			continue
-		}
-		sent = append(sent, inflight{it, ack})
 	}
-	for _, f := range sent {
-		var err error
-		select {
-		case <-f.ack.Ok():
-		case err = <-f.ack.Err():
-		case <-ctx.Done():
-			err = ctx.Err()
-		}
+	for j, err := range m.publishAll(ctx, msgs) {
+		it := refused[j]
 		if err != nil {
-			fail(f.it, fmt.Errorf("meter: dead letter: %w", err))
+			m.log.Warn("dead letter not stored; event will be redelivered", "err", fmt.Errorf("meter: dead letter: %w", err))
+			_ = it.msg.NakWithDelay(time.Second)
+			it.msg = nil
 			continue
 		}
 		m.metrics.events.WithLabelValues("dead").Inc()
-		m.metrics.dead.WithLabelValues(f.it.refuse.kind).Inc()
-		m.log.Info("event refused", "subject", f.it.msg.Subject(), "reason", f.it.refuse.reason)
+		m.metrics.dead.WithLabelValues(it.refuse.kind).Inc()
+		m.log.Info("event refused", "subject", it.msg.Subject(), "reason", it.refuse.reason)
 	}
 }
 
