@@ -97,6 +97,7 @@ type Notifier struct {
 	now      func() time.Time
 	markSent *redis.Script
 	useToken *redis.Script
+	replier  service.Replier
 
 	queue     *asynq.Client
 	server    *asynq.Server
@@ -184,6 +185,7 @@ func Start(ctx context.Context, cfg service.Config, deps Deps) (_ *Notifier, err
 	if n.metrics, err = newMetrics(deps.Registerer, deps.Redis); err != nil {
 		return nil, fmt.Errorf("notifier: %w", err)
 	}
+	n.replier = n.newReplier()
 	for _, s := range []*redis.Script{n.markSent, n.useToken} {
 		if err := s.Load(ctx, deps.Redis).Err(); err != nil {
 			return nil, fmt.Errorf("notifier: load script: %w", err)

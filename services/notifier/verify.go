@@ -22,15 +22,21 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
 end
 return 0`
 
-// handleVerify answers notify.verify: valid (and now used), expired, used
-// or invalid.
-func (n *Notifier) handleVerify(req micro.Request) {
-	rep := service.Replier{Requests: n.metrics.requests, Log: n.log, Classify: func(err error) *events.ServiceError {
+// newReplier answers verify requests: a bad request is a 400 naming the
+// field, anything else (Redis) a 503.
+func (n *Notifier) newReplier() service.Replier {
+	return service.Replier{Requests: n.metrics.requests, Log: n.log, Classify: func(err error) *events.ServiceError {
 		if !errors.Is(err, events.ErrInvalid) {
 			return events.NewServiceError(events.CodeUnavailable, "", "%v", err)
 		}
 		return nil
 	}}
+}
+
+// handleVerify answers notify.verify: valid (and now used), expired, used
+// or invalid.
+func (n *Notifier) handleVerify(req micro.Request) {
+	rep := n.replier
 	var body events.VerifyRequest
 	if err := events.DecodeRequest(req.Data(), &body); err != nil {
 		rep.Reply(req, "verify", nil, err)
