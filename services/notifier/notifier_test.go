@@ -383,6 +383,39 @@ func testTemplates(t *testing.T, newEnv envFunc) {
 	tokenOf(t, p.Text)
 }
 
+// A task that finds its sent mark (asynq running it again after the SMTP
+// server accepted it) sends nothing and charges nothing.
+func TestSentMarkStopsARerun(t *testing.T) {
+	e := newMiniEnv(t)
+	_, reg := e.start()
+	mark := e.keys.SentEmail("u-1", hashID("confirm:u-1:c-1"))
+	if err := e.rdb.Set(t.Context(), mark, "1", time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	e.confirm("u-1", events.ConfirmRequest{ID: "c-1", Email: "a@example.com"})
+	eventually(t, 5*time.Second, func() error {
+		if counter(t, reg, "allot_notifier_tasks_total", "type", TypeConfirmEmail, "result", "duplicate") != 1 {
+			return errors.New("the rerun is not counted yet")
+		}
+		return nil
+	})
+	if n := len(e.smtp.Messages()); n != 0 {
+		t.Errorf("%d emails sent despite the sent mark", n)
+	}
+	if c, _ := e.client.Credit(t.Context(), "u-1", "email_daily_total"); c.Used != 0 {
+		t.Errorf("charged %v", c.Used)
+	}
+	// Another request is sent and marked.
+	e.confirm("u-1", events.ConfirmRequest{ID: "c-2", Email: "a@example.com"})
+	e.mails(1)
+	eventually(t, 5*time.Second, func() error {
+		if n, _ := e.rdb.Exists(t.Context(), e.keys.SentEmail("u-1", hashID("confirm:u-1:c-2"))).Result(); n != 1 {
+			return errors.New("no sent mark after sending")
+		}
+		return nil
+	})
+}
+
 func TestVerifyBadInput(t *testing.T) {
 	e := newMiniEnv(t)
 	e.start()
