@@ -1,6 +1,7 @@
 package service
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +18,9 @@ type Endpoint struct {
 	Name    string // the micro endpoint name, e.g. "credit"
 	Subject string // below the group, e.g. "credit.*"
 	Handler micro.HandlerFunc
+	// Batch, set instead of Handler, serves the requests that arrive
+	// together in one call (see BatchFunc).
+	Batch BatchFunc
 }
 
 // EndpointsConfig names a service's micro service and sizes it.
@@ -26,14 +30,23 @@ type EndpointsConfig struct {
 	Description string
 	Group       string // the subject prefix, e.g. cfg.Subjects.Meter
 	Handlers    int    // instances in the queue group
+	// Pipelines is how many batches of each batched endpoint are served
+	// at once (default 2): one can be in Redis while the next gathers.
+	Pipelines int
+	// MaxBatch caps a batch (default DefaultMaxBatch).
+	MaxBatch int
+	// ObserveBatch, when set, is told the size of every batch served.
+	ObserveBatch func(endpoint string, n int)
 }
 
 // Endpoints are the micro service instances that serve one allot
 // service's endpoints: Handlers copies in one queue group, each with its
 // own subscription and goroutine, so one slow request never holds up the
-// rest. $SRV.PING, INFO and STATS answer for each.
+// rest. $SRV.PING, INFO and STATS answer for each. A batched endpoint's
+// instances all feed one batcher.
 type Endpoints struct {
 	services []micro.Service
+	batchers []*batcher
 	log      *slog.Logger
 }
 
@@ -44,6 +57,25 @@ func StartEndpoints(nc *nats.Conn, cfg EndpointsConfig, eps []Endpoint, log *slo
 		log = slog.New(slog.DiscardHandler)
 	}
 	e := &Endpoints{log: log}
+	handlers := make([]micro.HandlerFunc, len(eps))
+	for i, ep := range eps {
+		switch {
+		case ep.Batch != nil && ep.Handler != nil:
+			e.Stop()
+			return nil, fmt.Errorf("%s: endpoint %s has both a handler and a batch function", cfg.Name, ep.Name)
+		case ep.Batch != nil:
+			var observe func(int)
+			if cfg.ObserveBatch != nil {
+				name := ep.Name
+				observe = func(n int) { cfg.ObserveBatch(name, n) }
+			}
+			b := newBatcher(nc, ep.Batch, cmp.Or(cfg.Pipelines, 2), cfg.MaxBatch, observe)
+			e.batchers = append(e.batchers, b)
+			handlers[i] = b.handle
+		default:
+			handlers[i] = ep.Handler
+		}
+	}
 	for i := range max(cfg.Handlers, 1) {
 		svc, err := micro.AddService(nc, micro.Config{
 			Name:        cfg.Name,
@@ -58,8 +90,8 @@ func StartEndpoints(nc *nats.Conn, cfg EndpointsConfig, eps []Endpoint, log *slo
 		}
 		e.services = append(e.services, svc)
 		g := svc.AddGroup(cfg.Group, micro.WithGroupQueueGroup(cfg.Name))
-		for _, ep := range eps {
-			if err := g.AddEndpoint(ep.Name, ep.Handler, micro.WithEndpointSubject(ep.Subject)); err != nil {
+		for j, ep := range eps {
+			if err := g.AddEndpoint(ep.Name, handlers[j], micro.WithEndpointSubject(ep.Subject)); err != nil {
 				e.Stop()
 				return nil, fmt.Errorf("%s: endpoint %s: %w", cfg.Name, ep.Name, err)
 			}
@@ -77,7 +109,8 @@ func StartEndpoints(nc *nats.Conn, cfg EndpointsConfig, eps []Endpoint, log *slo
 // Len is the number of instances serving.
 func (e *Endpoints) Len() int { return len(e.services) }
 
-// Stop stops taking requests; requests being handled finish.
+// Stop stops taking requests; requests being handled or queued for a
+// batch are answered first.
 func (e *Endpoints) Stop() {
 	for _, svc := range e.services {
 		if err := svc.Stop(); err != nil {
@@ -85,6 +118,10 @@ func (e *Endpoints) Stop() {
 		}
 	}
 	e.services = nil
+	for _, b := range e.batchers {
+		b.stop()
+	}
+	e.batchers = nil
 }
 
 // Replier answers requests in the contract's form and counts each
