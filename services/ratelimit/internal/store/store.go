@@ -1,7 +1,8 @@
 // Package store keeps the rate limiter's windows in Redis. A decision is
 // one Lua script (check.lua) that reads the limit and the windows, decides
 // and records the call in one step, on Redis's clock; every key comes
-// from pkg/keys.
+// from pkg/keys. CheckMany sends the decisions of many calls in one
+// pipeline: one round trip, each call still its own script.
 package store
 
 import (
@@ -109,28 +110,95 @@ type Decision struct {
 
 // Check decides whether uid may spend cost on l and records it when it
 // may; cost 0 only peeks. The error wraps ErrRedis when Redis did not
-// answer (or not within ctx).
+// answer (or not within ctx). It is CheckMany of one call.
 func (s *Store) Check(ctx context.Context, uid string, l Limit, cost int64) (Decision, error) {
-	even, odd := s.keys.RateLimit(uid, l.Service)
+	ds, errs := s.CheckMany(ctx, []CheckOp{{UID: uid, Limit: l, Cost: cost}})
+	return ds[0], errs[0]
+}
+
+// CheckOp is one call of CheckMany: uid spending cost on l.
+type CheckOp struct {
+	UID   string
+	Limit Limit
+	Cost  int64
+}
+
+// CheckMany decides ops in one pipelined round trip, in order, as Check
+// decides each: ds[i] and errs[i] are op i's, and errs[i] wraps ErrRedis
+// when Redis did not answer it (or not within ctx). If Redis had
+// forgotten the script, it is loaded again once and the ops that found
+// it missing are sent again in a second round trip, on the same clock.
+func (s *Store) CheckMany(ctx context.Context, ops []CheckOp) ([]Decision, []error) {
+	ds := make([]Decision, len(ops))
+	errs := make([]error, len(ops))
 	var now int64
 	if s.now != nil {
 		now = s.now().UnixMilli()
 	}
-	v, err := s.check.EvalSha(ctx, s.rdb, []string{even, odd, s.keys.Grants(uid)},
-		now, l.Interval.Milliseconds(), l.Mode, cost, keys.RateLimitField(l.Service), l.Configured, l.DefaultGrant).Result()
-	if err != nil && isNoScript(err) {
-		// Redis forgot the script (a restart, SCRIPT FLUSH): load it again.
-		if err = s.Load(ctx); err == nil {
-			v, err = s.check.EvalSha(ctx, s.rdb, []string{even, odd, s.keys.Grants(uid)},
-				now, l.Interval.Milliseconds(), l.Mode, cost, keys.RateLimitField(l.Service), l.Configured, l.DefaultGrant).Result()
+	all := make([]int, len(ops))
+	for i := range all {
+		all[i] = i
+	}
+	var missing []int
+	for i, r := range s.checkPipeline(ctx, ops, all, now) {
+		if isNoScript(r.err) {
+			missing = append(missing, i)
+			continue
+		}
+		ds[i], errs[i] = decisionOf(ops[i], r.v, r.err)
+	}
+	if len(missing) == 0 {
+		return ds, errs
+	}
+	// Redis forgot the script (a restart, SCRIPT FLUSH): load it again.
+	if err := s.Load(ctx); err != nil {
+		for _, i := range missing {
+			errs[i] = err
+		}
+		return ds, errs
+	}
+	for j, r := range s.checkPipeline(ctx, ops, missing, now) {
+		i := missing[j]
+		ds[i], errs[i] = decisionOf(ops[i], r.v, r.err)
+	}
+	return ds, errs
+}
+
+// result is one script call's raw reply.
+type result struct {
+	v   any
+	err error
+}
+
+// checkPipeline runs the check script for ops[i] of each i in which, in
+// one pipeline, and returns their replies in that order.
+func (s *Store) checkPipeline(ctx context.Context, ops []CheckOp, which []int, now int64) []result {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(which))
+	for j, i := range which {
+		op := ops[i]
+		even, odd := s.keys.RateLimit(op.UID, op.Limit.Service)
+		cmds[j] = s.check.EvalSha(ctx, pipe, []string{even, odd, s.keys.Grants(op.UID)},
+			now, op.Limit.Interval.Milliseconds(), op.Limit.Mode, op.Cost, keys.RateLimitField(op.Limit.Service), op.Limit.Configured, op.Limit.DefaultGrant)
+	}
+	_, execErr := pipe.Exec(ctx)
+	out := make([]result, len(cmds))
+	for j, cmd := range cmds {
+		out[j].v, out[j].err = cmd.Result()
+		if out[j].err == nil && out[j].v == nil && execErr != nil {
+			out[j].err = execErr // a command the failed round trip left unanswered
 		}
 	}
+	return out
+}
+
+// decisionOf reads the check script's reply to op, or classifies its
+// error: one raised inside the script (a key of the wrong type) is the
+// op's own; any other is Redis failing, ErrRedis.
+func decisionOf(op CheckOp, v any, err error) (Decision, error) {
 	if err != nil {
-		if errors.Is(err, ErrRedis) {
-			return Decision{}, err
-		}
 		if isScriptError(err) {
-			return Decision{}, fmt.Errorf("store: check %s/%s: %w", uid, l.Service, err)
+			return Decision{}, fmt.Errorf("store: check %s/%s: %w", op.UID, op.Limit.Service, err)
 		}
 		return Decision{}, fmt.Errorf("%w: check: %w", ErrRedis, err)
 	}

@@ -84,6 +84,7 @@ var behaviours = []struct {
 	{"RedisTimeIsTheClock", testRedisTime},
 	{"HitsCountOnce", testHits},
 	{"ScriptReloadsAfterFlush", testScriptReload},
+	{"CheckManyDecidesInOrder", testCheckMany},
 }
 
 func TestBehaviourMiniredis(t *testing.T) {
@@ -398,6 +399,72 @@ func testScriptReload(t *testing.T, open backend) {
 	if d := check(t, s, "u-1", l, 1); !d.Allowed {
 		t.Errorf("%+v", d)
 	}
+	// A batch that finds the script gone is sent again once, whole: each
+	// call decided once, in order (u-2 allowed then refused, u-1 refused).
+	if err := rdb.ScriptFlush(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	ds, errs := s.CheckMany(t.Context(), []CheckOp{{"u-2", l, 1}, {"u-2", l, 1}, {"u-1", l, 1}, {"u-3", l, 0}})
+	var got []bool
+	for i, d := range ds {
+		if errs[i] != nil {
+			t.Fatalf("op %d: %v", i, errs[i])
+		}
+		got = append(got, d.Allowed)
+	}
+	if diff := cmp.Diff([]bool{true, false, false, true}, got); diff != "" {
+		t.Errorf("allowed after a flush (-want +got):\n%s", diff)
+	}
+	if d := check(t, s, "u-2", l, 0); d.Used != 1 {
+		t.Errorf("u-2's window holds %d, want 1: a call counted twice", d.Used)
+	}
+}
+
+// testCheckMany checks that a pipelined batch decides as the same calls
+// made one by one would: each in order, on its own uid and service.
+func testCheckMany(t *testing.T, open backend) {
+	start := windowStart(time.Minute)
+	s, _, _ := newStore(t, open, start.Add(10*time.Second))
+	one := Limit{Service: "upload", Interval: time.Minute, Mode: ModeFixed, Configured: 2, DefaultGrant: 500}
+	slide := Limit{Service: "search", Interval: time.Minute, Mode: ModeSliding, Configured: 1}
+	own := Limit{Interval: time.Minute, Mode: ModeFixed, Configured: -1, DefaultGrant: 500}
+	ops := []CheckOp{
+		{"u-1", one, 1}, {"u-2", one, 2}, {"u-1", one, 0}, {"u-1", one, 1},
+		{"u-1", one, 1}, {"u-2", one, 1}, {"u-1", slide, 1}, {"u-1", slide, 1}, {"u-1", own, 7},
+	}
+	ds, errs := s.CheckMany(t.Context(), ops)
+	if len(ds) != len(ops) || len(errs) != len(ops) {
+		t.Fatalf("%d decisions and %d errors for %d ops", len(ds), len(errs), len(ops))
+	}
+	type got struct {
+		Allowed          bool
+		Limit, Remaining int64
+		RetryAfter       time.Duration
+	}
+	var steps []got
+	for i, d := range ds {
+		if errs[i] != nil {
+			t.Fatalf("op %d: %v", i, errs[i])
+		}
+		steps = append(steps, got{d.Allowed, d.Limit, d.Remaining, d.RetryAfter})
+	}
+	want := []got{
+		{true, 2, 1, 0},
+		{true, 2, 0, 0},
+		{true, 2, 1, 0}, // a peek
+		{true, 2, 0, 0},
+		{false, 2, 0, 50 * time.Second},
+		{false, 2, 0, 50 * time.Second},
+		{true, 1, 0, 0},
+		{false, 1, 0, 110 * time.Second}, // sliding: until this window's call has decayed out
+		{true, 500, 493, 0},
+	}
+	if diff := cmp.Diff(want, steps); diff != "" {
+		t.Errorf("decisions (-want +got):\n%s", diff)
+	}
+	if ds, errs := s.CheckMany(t.Context(), nil); len(ds) != 0 || len(errs) != 0 {
+		t.Errorf("no ops: %v %v", ds, errs)
+	}
 }
 
 func TestRedisDown(t *testing.T) {
@@ -409,9 +476,16 @@ func TestRedisDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	mr.Close()
-	_, err = s.Check(t.Context(), "u-1", Limit{Service: "s", Interval: time.Second, Mode: ModeFixed, Configured: 1}, 1)
+	l := Limit{Service: "s", Interval: time.Second, Mode: ModeFixed, Configured: 1}
+	_, err = s.Check(t.Context(), "u-1", l, 1)
 	if !errors.Is(err, ErrRedis) {
 		t.Errorf("Check with Redis down: %v, want ErrRedis", err)
+	}
+	_, errs := s.CheckMany(t.Context(), []CheckOp{{"u-1", l, 1}, {"u-2", l, 0}})
+	for i, err := range errs {
+		if !errors.Is(err, ErrRedis) {
+			t.Errorf("CheckMany op %d with Redis down: %v, want ErrRedis", i, err)
+		}
 	}
 	if err := s.Reset(t.Context(), "u-1", "s"); !errors.Is(err, ErrRedis) {
 		t.Errorf("Reset with Redis down: %v, want ErrRedis", err)
@@ -425,9 +499,20 @@ func TestWrongTypeIsNotARedisOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	rdb.Set(t.Context(), s.Keys().Grants("u-1"), "x", 0)
-	_, err = s.Check(t.Context(), "u-1", Limit{Service: "s", Interval: time.Second, Mode: ModeFixed, Configured: 1}, 1)
+	l := Limit{Service: "s", Interval: time.Second, Mode: ModeFixed, Configured: 1}
+	_, err = s.Check(t.Context(), "u-1", l, 1)
 	if err == nil || errors.Is(err, ErrRedis) {
 		t.Errorf("a key of the wrong type: %v, want a script error", err)
+	}
+	// In a batch the error is that call's alone.
+	ds, errs := s.CheckMany(t.Context(), []CheckOp{{"u-2", l, 1}, {"u-1", l, 1}, {"u-3", l, 1}})
+	if errs[1] == nil || errors.Is(errs[1], ErrRedis) {
+		t.Errorf("batch: a key of the wrong type: %v, want a script error", errs[1])
+	}
+	for _, i := range []int{0, 2} {
+		if errs[i] != nil || !ds[i].Allowed {
+			t.Errorf("batch: op %d beside a script error: %+v, %v", i, ds[i], errs[i])
+		}
 	}
 }
 
