@@ -38,8 +38,13 @@ type RateLimitConfig struct {
 	// Mode is fixed (apicrud's even/odd windows) or sliding. Default fixed.
 	Mode string `yaml:"mode"`
 	// Handlers is how many request handlers serve each endpoint, in one
-	// queue group. Default 8.
+	// queue group. Default 8. A check handler only queues the request
+	// for a pipeline, so few are needed.
 	Handlers int `yaml:"handlers"`
+	// Pipelines is how many batches of checks are in Redis at once: each
+	// takes the checks that queued up while the others were busy, up to
+	// 256, and decides them in one pipelined round trip. Default 2.
+	Pipelines int `yaml:"pipelines"`
 	// Timeout bounds the Redis work of one decision; past it the service's
 	// fail_open decides. Default 50ms.
 	Timeout time.Duration `yaml:"timeout"`
@@ -87,11 +92,12 @@ type RateLimitService struct {
 // DefaultRateLimit returns the rate limiter's defaults.
 func DefaultRateLimit() RateLimitConfig {
 	return RateLimitConfig{
-		Interval: 300 * time.Second,
-		Mode:     ModeFixed,
-		Handlers: 8,
-		Timeout:  50 * time.Millisecond,
-		Consumer: "ratelimit",
+		Interval:  300 * time.Second,
+		Mode:      ModeFixed,
+		Handlers:  8,
+		Pipelines: 2,
+		Timeout:   50 * time.Millisecond,
+		Consumer:  "ratelimit",
 	}
 }
 
@@ -165,6 +171,9 @@ func (c RateLimitConfig) validate(metrics map[string]MetricConfig) []error {
 	}
 	if c.Handlers < 1 || c.Handlers > 256 {
 		errs = append(errs, fieldError("ratelimit.handlers", "must be between 1 and 256, got %d", c.Handlers))
+	}
+	if c.Pipelines < 1 || c.Pipelines > 64 {
+		errs = append(errs, fieldError("ratelimit.pipelines", "must be between 1 and 64, got %d", c.Pipelines))
 	}
 	if c.Timeout < time.Millisecond || c.Timeout > 10*time.Second {
 		errs = append(errs, fieldError("ratelimit.timeout", "must be between 1ms and 10s, got %v", c.Timeout))

@@ -12,7 +12,7 @@ import (
 
 func TestRateLimitDefaults(t *testing.T) {
 	cfg := Default()
-	want := RateLimitConfig{Interval: 300 * time.Second, Mode: ModeFixed, Handlers: 8, Timeout: 50 * time.Millisecond, Consumer: "ratelimit"}
+	want := RateLimitConfig{Interval: 300 * time.Second, Mode: ModeFixed, Handlers: 8, Pipelines: 2, Timeout: 50 * time.Millisecond, Consumer: "ratelimit"}
 	if diff := cmp.Diff(want, cfg.RateLimit); diff != "" {
 		t.Errorf("defaults (-want +got):\n%s", diff)
 	}
@@ -48,12 +48,17 @@ func TestRateLimitSection(t *testing.T) {
   interval: 1s
   mode: sliding
   shadow: true
+  handlers: 2
+  pipelines: 4
   services:
     upload: {limit: 10, interval: 60s, fail_open: true, cache: true}
     search: {mode: fixed}
 `)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if cfg.RateLimit.Handlers != 2 || cfg.RateLimit.Pipelines != 4 {
+			t.Errorf("handlers %d, pipelines %d; want 2 and 4", cfg.RateLimit.Handlers, cfg.RateLimit.Pipelines)
 		}
 		for _, tc := range []struct {
 			name string
@@ -85,6 +90,8 @@ func TestRateLimitSection(t *testing.T) {
 		{"interval fraction of a ms", "ratelimit: {interval: 1000500us}\n", "ratelimit.interval: must be whole milliseconds"},
 		{"mode", "ratelimit: {mode: leaky}\n", `ratelimit.mode: must be fixed or sliding, got "leaky"`},
 		{"handlers", "ratelimit: {handlers: 0}\n", "ratelimit.handlers: must be between 1 and 256"},
+		{"no pipelines", "ratelimit: {pipelines: 0}\n", "ratelimit.pipelines: must be between 1 and 64, got 0"},
+		{"too many pipelines", "ratelimit: {pipelines: 65}\n", "ratelimit.pipelines: must be between 1 and 64, got 65"},
 		{"timeout", "ratelimit: {timeout: 0s}\n", "ratelimit.timeout: must be between 1ms and 10s"},
 		{"service name", "ratelimit:\n  services:\n    'up load': {}\n", "ratelimit.services.up load: service names must be"},
 		{"service name too long", "ratelimit:\n  services:\n    " + strings.Repeat("s", MaxRateLimitServiceName+1) + ": {}\n", "service names must be 1 to 118 characters"},
