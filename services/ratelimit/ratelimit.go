@@ -187,7 +187,7 @@ func Start(ctx context.Context, cfg service.Config, deps Deps) (*Limiter, error)
 		l.stopEndpoints()
 		return nil, err
 	}
-	l.log.Info("rate limiter started", "services", len(cfg.RateLimit.Services), "handlers", cfg.RateLimit.Handlers,
+	l.log.Info("rate limiter started", "services", len(cfg.RateLimit.Services), "handlers", cfg.RateLimit.Handlers, "pipelines", cfg.RateLimit.Pipelines,
 		"interval", cfg.RateLimit.Interval, "mode", cfg.RateLimit.Mode)
 	return l, nil
 }
@@ -239,50 +239,122 @@ func (l *Limiter) limitOf(name string) (service.RateLimitService, store.Limit, e
 
 // Check decides whether uid's call may go ahead; a denial is a reply with
 // Allowed false, not an error. Errors are *events.ServiceError (400, 404,
-// 503) or, for a bug, anything else.
+// 503) or, for a bug, anything else. It is a batch of one.
 func (l *Limiter) Check(ctx context.Context, uid string, req events.CheckRequest) (events.CheckReply, error) {
+	out := l.checkMany(ctx, []checkCall{{uid: uid, req: req}})
+	return out[0].reply, out[0].err
+}
+
+// checkCall is one check of a batch, and checkResult its answer.
+type checkCall struct {
+	uid string
+	req events.CheckRequest
+}
+
+type checkResult struct {
+	reply events.CheckReply
+	err   error
+}
+
+// pending is a valid check: its rule and how it is counted.
+type pending struct {
+	uid, service string
+	rl           service.RateLimitService
+	lim          store.Limit
+	cost         int64
+	label        string
+}
+
+// checkMany decides calls as Check decides each, answering calls[i] in
+// out[i]: the invalid ones and those the cache refuses without Redis,
+// the rest in one pipelined round trip that ratelimit.timeout, counted
+// from the start of the batch, bounds.
+func (l *Limiter) checkMany(ctx context.Context, calls []checkCall) []checkResult {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.RateLimit.Timeout)
+	defer cancel()
+	out := make([]checkResult, len(calls))
+	ps := make([]pending, len(calls))
+	ops := make([]store.CheckOp, 0, len(calls))
+	asked := make([]int, 0, len(calls)) // the calls in ops, in order
+	for i, c := range calls {
+		p, err := l.prepare(c.uid, c.req)
+		if err != nil {
+			out[i].err = err
+			continue
+		}
+		if reply, ok := l.fromCache(p); ok {
+			out[i].reply = reply
+			l.metrics.latency.Observe(time.Since(start).Seconds())
+			continue
+		}
+		ps[i] = p
+		ops = append(ops, store.CheckOp{UID: p.uid, Limit: p.lim, Cost: p.cost})
+		asked = append(asked, i)
+	}
+	if len(ops) == 0 {
+		return out
+	}
+	ds, errs := l.store.CheckMany(ctx, ops)
+	cancel()
+	for j, i := range asked {
+		out[i].reply, out[i].err = l.decided(ps[i], ds[j], errs[j])
+		l.metrics.latency.Observe(time.Since(start).Seconds())
+	}
+	return out
+}
+
+// prepare validates a check and finds its rule: a 400 naming the field,
+// or a 404 naming the service.
+func (l *Limiter) prepare(uid string, req events.CheckRequest) (pending, error) {
 	if err := events.ValidateToken("uid", uid); err != nil {
-		return events.CheckReply{}, events.BadRequest(err)
+		return pending{}, events.BadRequest(err)
 	}
 	if err := req.Validate(); err != nil {
-		return events.CheckReply{}, events.BadRequest(err)
+		return pending{}, events.BadRequest(err)
 	}
 	rl, lim, err := l.limitOf(req.Service)
 	if err != nil {
-		return events.CheckReply{}, err
+		return pending{}, err
 	}
-	start := time.Now()
-	defer func() { l.metrics.latency.Observe(time.Since(start).Seconds()) }()
-	cost := req.CostOrDefault()
-	label := serviceLabel(req.Service)
+	return pending{uid: uid, service: req.Service, rl: rl, lim: lim, cost: req.CostOrDefault(), label: serviceLabel(req.Service)}, nil
+}
 
-	if rl.Cache && !rl.Shadow {
-		now := l.clock()
-		if e, ok := l.cache.get(uid, req.Service, now); ok {
-			l.metrics.cacheHits.WithLabelValues(label).Inc()
-			reply := events.CheckReply{Allowed: false, Limit: e.limit, RetryAfterMs: ceilMs(e.retryAt.Sub(now)), ResetAfterMs: ceilMs(max(0, e.resetAt.Sub(now)))}
-			l.count(label, cost, "denied", true)
-			return reply, nil
-		}
+// fromCache answers p with the cached refusal of its (uid, service), if
+// its service caches and one is cached, counting it.
+func (l *Limiter) fromCache(p pending) (events.CheckReply, bool) {
+	if !p.rl.Cache || p.rl.Shadow {
+		return events.CheckReply{}, false
 	}
+	now := l.clock()
+	e, ok := l.cache.get(p.uid, p.service, now)
+	if !ok {
+		return events.CheckReply{}, false
+	}
+	l.metrics.cacheHits.WithLabelValues(p.label).Inc()
+	l.count(p.label, p.cost, "denied", true)
+	return events.CheckReply{Allowed: false, Limit: e.limit, RetryAfterMs: ceilMs(e.retryAt.Sub(now)), ResetAfterMs: ceilMs(max(0, e.resetAt.Sub(now)))}, true
+}
 
-	ctx, cancel := context.WithTimeout(ctx, l.cfg.RateLimit.Timeout)
-	d, err := l.store.Check(ctx, uid, lim, cost)
-	cancel()
+// decided turns the store's decision of p, or its error, into p's reply,
+// counting it: Redis not answering fails open or closed, shadow mode
+// allows what it counts as denied, and a cached service remembers a
+// refusal.
+func (l *Limiter) decided(p pending, d store.Decision, err error) (events.CheckReply, error) {
 	if err != nil {
 		if !errors.Is(err, store.ErrRedis) {
 			return events.CheckReply{}, err
 		}
-		if rl.FailOpen {
-			l.count(label, cost, "failed_open", false)
-			l.log.Warn("redis unavailable: failing open", "uid", uid, "service", req.Service, "err", err)
+		if p.rl.FailOpen {
+			l.count(p.label, p.cost, "failed_open", false)
+			l.log.Warn("redis unavailable: failing open", "uid", p.uid, "service", p.service, "err", err)
 			reply := events.CheckReply{Allowed: true}
-			if lim.Configured >= 0 {
-				reply.Limit = lim.Configured
+			if p.lim.Configured >= 0 {
+				reply.Limit = p.lim.Configured
 			}
 			return reply, nil
 		}
-		l.count(label, cost, "failed_closed", false)
+		l.count(p.label, p.cost, "failed_closed", false)
 		return events.CheckReply{}, events.NewServiceError(events.CodeUnavailable, "", "redis unavailable: %v", err)
 	}
 	reply := events.CheckReply{
@@ -295,19 +367,19 @@ func (l *Limiter) Check(ctx context.Context, uid string, req events.CheckRequest
 	result := "allowed"
 	switch {
 	case d.Allowed:
-	case rl.Shadow:
+	case p.rl.Shadow:
 		result = "shadow_denied"
 		reply.Allowed, reply.RetryAfterMs = true, 0
 	default:
 		result = "denied"
-		if rl.Cache && cost <= 1 && d.Remaining == 0 {
+		if p.rl.Cache && p.cost <= 1 && d.Remaining == 0 {
 			now := l.clock()
-			l.cache.put(uid, req.Service, cacheEntry{limit: d.Limit, retryAt: now.Add(d.RetryAfter), resetAt: now.Add(d.ResetAfter)}, now)
+			l.cache.put(p.uid, p.service, cacheEntry{limit: d.Limit, retryAt: now.Add(d.RetryAfter), resetAt: now.Add(d.ResetAfter)}, now)
 		}
 	}
-	l.count(label, cost, result, !d.Allowed)
+	l.count(p.label, p.cost, result, !d.Allowed)
 	if d.Limit > 0 && d.Used*100 >= 80*d.Limit {
-		l.metrics.nearLimit.WithLabelValues(label).Inc()
+		l.metrics.nearLimit.WithLabelValues(p.label).Inc()
 	}
 	return reply, nil
 }
