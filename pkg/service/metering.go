@@ -83,6 +83,10 @@ type MeterConfig struct {
 	// Handlers is how many request handlers serve each endpoint, in one
 	// queue group, so a slow request never holds up the rest.
 	Handlers int `yaml:"handlers"`
+	// Pipelines is how many batches of credit or authorize requests are
+	// in Redis at once. Requests that arrive while they are busy gather
+	// into the next batch, one pipelined round trip for all of them.
+	Pipelines int `yaml:"pipelines"`
 	// ExportPerUID exports every uid's grants as Prometheus series.
 	// Cardinality grows with users: off by default.
 	ExportPerUID bool `yaml:"export_per_uid"`
@@ -142,6 +146,7 @@ func DefaultMeter() MeterConfig {
 		DedupTTL:      24 * time.Hour,
 		RetryDelay:    time.Second,
 		Handlers:      16,
+		Pipelines:     2,
 		ExportMaxUIDs: 1000,
 	}
 }
@@ -269,6 +274,9 @@ func validateMetering(metrics map[string]MetricConfig, grants map[string]float64
 	}
 	if meter.Handlers < 1 || meter.Handlers > 256 {
 		errs = append(errs, fieldError("meter.handlers", "must be between 1 and 256, got %d", meter.Handlers))
+	}
+	if meter.Pipelines < 1 || meter.Pipelines > 64 {
+		errs = append(errs, fieldError("meter.pipelines", "must be between 1 and 64, got %d", meter.Pipelines))
 	}
 	if meter.ExportMaxUIDs < 0 {
 		errs = append(errs, fieldError("meter.export_max_uids", "must be >= 0"))

@@ -109,6 +109,7 @@ func TestMeteringSection(t *testing.T) {
 		"meter:\n  batch: 0\n":            "meter.batch",
 		"meter:\n  dedup_ttl: 1m\n":       "meter.dedup_ttl",
 		"meter:\n  handlers: 0\n":         "meter.handlers",
+		"meter:\n  pipelines: 65\n":       "meter.pipelines",
 		"meter:\n  consumer: 'a.b'\n":     "meter.consumer",
 		"meter:\n  max_ack_pending: 10\n": "meter.max_ack_pending",
 	} {

@@ -243,9 +243,14 @@ func hammer(b *testing.B, nc *nats.Conn, clients int, d time.Duration, subject f
 }
 
 // BenchmarkCredit runs 32 concurrent clients against meter.credit for a
-// fixed time, then against a raw micro responder doing one Redis GET per
-// request (the baseline), and reports rates, p99s and the ratio. It runs
-// once whatever b.N is: the duration is ALLOT_BENCH_DURATION (default 3s).
+// fixed time, then against two references in the same run: a raw micro
+// responder doing one Redis GET per request (the baseline of the issue)
+// and a bare NATS responder doing no work at all (the floor of request
+// and reply on this machine). It reports rates, p99s, the ratio to the
+// baseline and to the floor, and the mean batch the meter served. It
+// runs once whatever b.N is: the duration is ALLOT_BENCH_DURATION
+// (default 3s); ALLOT_BENCH_HANDLERS and ALLOT_BENCH_PIPELINES override
+// the meter's handlers and pipelines, to compare settings.
 func BenchmarkCredit(b *testing.B) {
 	nc, rdb, cfg := benchSetup(b)
 	ctx := context.Background()
@@ -254,7 +259,12 @@ func BenchmarkCredit(b *testing.B) {
 		d = v
 	}
 	const clients = 32
-	cfg.Meter.Handlers = 16
+	if v, err := strconv.Atoi(os.Getenv("ALLOT_BENCH_HANDLERS")); err == nil {
+		cfg.Meter.Handlers = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("ALLOT_BENCH_PIPELINES")); err == nil {
+		cfg.Meter.Pipelines = v
+	}
 	m, err := Start(ctx, cfg, Deps{NATS: nc, Redis: rdb, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
@@ -263,7 +273,8 @@ func BenchmarkCredit(b *testing.B) {
 	// Some state to read.
 	fill(b, nc, cfg, 2000)
 
-	// The baseline: a micro service doing one Redis GET per request.
+	// The baseline: a micro service doing one Redis GET per request, as
+	// many handlers as the meter has.
 	var svcs []micro.Service
 	for range cfg.Meter.Handlers {
 		svc, err := micro.AddService(nc, micro.Config{Name: "rawbaseline", Version: "0.0.1", QueueGroup: "raw"})
@@ -283,6 +294,12 @@ func BenchmarkCredit(b *testing.B) {
 			_ = s.Stop()
 		}
 	}()
+	// The floor: answer at once, from the subscription's goroutine.
+	floor, err := nc.Subscribe("b.floor.*", func(msg *nats.Msg) { _ = msg.Respond([]byte(`{"v":"0"}`)) })
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = floor.Unsubscribe() }()
 	// The clients have a connection of their own, as apps would.
 	cnc, err := nats.Connect(nc.ConnectedUrl())
 	if err != nil {
@@ -291,15 +308,34 @@ func BenchmarkCredit(b *testing.B) {
 	defer cnc.Close()
 	b.ResetTimer()
 	for range b.N {
+		floorRate, floorLat := hammer(b, cnc, clients, d, func(i int) string { return "b.floor.u-" + strconv.Itoa(i%1000) }, nil)
 		rawRate, rawLat := hammer(b, cnc, clients, d, func(i int) string { return "b.raw.u-" + strconv.Itoa(i%1000) }, nil)
 		body := []byte(`{"metric":"photo_daily_total"}`)
+		batches := histogramOf(b, m.metrics.requestBatch.WithLabelValues("credit"))
 		rate, lat := hammer(b, cnc, clients, d, func(i int) string { return cfg.Subjects.Credit("u-" + strconv.Itoa(i%1000)) }, body)
+		after := histogramOf(b, m.metrics.requestBatch.WithLabelValues("credit"))
 		b.ReportMetric(0, "ns/op")
+		b.ReportMetric(floorRate, "floor_req/s")
+		b.ReportMetric(float64(floorLat.quantile(0.99).Microseconds())/1000, "floor_p99_ms")
 		b.ReportMetric(rawRate, "raw_req/s")
 		b.ReportMetric(float64(rawLat.quantile(0.99).Microseconds())/1000, "raw_p99_ms")
 		b.ReportMetric(rate, "credit_req/s")
 		b.ReportMetric(float64(lat.quantile(0.99).Microseconds())/1000, "credit_p99_ms")
 		b.ReportMetric(float64(lat.quantile(0.5).Microseconds())/1000, "credit_p50_ms")
 		b.ReportMetric(rate/rawRate, "ratio")
+		b.ReportMetric(rate/floorRate, "of_floor")
+		if n := after.GetSampleCount() - batches.GetSampleCount(); n > 0 {
+			b.ReportMetric((after.GetSampleSum()-batches.GetSampleSum())/float64(n), "req/batch")
+		}
 	}
+}
+
+// histogramOf reads a histogram's current state.
+func histogramOf(b *testing.B, o prometheus.Observer) *dto.Histogram {
+	b.Helper()
+	var pb dto.Metric
+	if err := o.(prometheus.Metric).Write(&pb); err != nil {
+		b.Fatal(err)
+	}
+	return pb.GetHistogram()
 }

@@ -44,49 +44,88 @@ func (m *Meter) grantMetric(name string) (service.MetricConfig, float64, error) 
 	return mc, limit, nil
 }
 
-func (m *Meter) handleCredit(req micro.Request) {
-	var body events.CreditRequest
-	uid, err := m.uidOf(req, "credit")
-	if err == nil {
-		err = events.DecodeRequest(req.Data(), &body)
+// creditRequest is one credit request of a batch, once parsed.
+type creditRequest struct {
+	req    micro.Request
+	uid    string
+	metric string // "" : all grants
+}
+
+// handleCredits answers the credit requests that arrived together with
+// one Redis round trip.
+func (m *Meter) handleCredits(reqs []micro.Request) {
+	valid := make([]creditRequest, 0, len(reqs))
+	queries := make([]store.CreditQuery, 0, len(reqs))
+	for _, req := range reqs {
+		var body events.CreditRequest
+		uid, err := m.uidOf(req, "credit")
+		if err == nil {
+			err = events.DecodeRequest(req.Data(), &body)
+		}
+		var names []string
+		if err == nil {
+			names, err = m.creditNames(body.Metric)
+		}
+		if err != nil {
+			m.reply(req, "credit", nil, err)
+			continue
+		}
+		valid = append(valid, creditRequest{req: req, uid: uid, metric: body.Metric})
+		queries = append(queries, store.CreditQuery{UID: uid, Metrics: names})
 	}
-	if err != nil {
-		m.reply(req, "credit", nil, err)
+	if len(valid) == 0 {
 		return
 	}
 	ctx, cancel := m.requestContext()
 	defer cancel()
-	credits, err := m.credit(ctx, uid, body.Metric)
-	switch {
-	case err != nil:
-		m.reply(req, "credit", nil, err)
-	case body.Metric != "":
-		m.reply(req, "credit", credits[0], nil)
-	default:
-		m.reply(req, "credit", events.CreditsReply{UID: uid, Credits: credits}, nil)
+	reads, errs := m.store.ReadCredits(ctx, queries)
+	for i, r := range valid {
+		switch credits := m.creditsOf(r.uid, queries[i].Metrics, reads[i]); {
+		case errs[i] != nil:
+			m.reply(r.req, "credit", nil, errs[i])
+		case r.metric != "":
+			m.reply(r.req, "credit", credits[0], nil)
+		default:
+			m.reply(r.req, "credit", events.CreditsReply{UID: r.uid, Credits: credits}, nil)
+		}
 	}
 }
 
 // credit computes uid's credit for one grant, or for all when metric is
 // empty, from one Redis round trip and Redis's clock.
 func (m *Meter) credit(ctx context.Context, uid, metric string) ([]events.Credit, error) {
-	var names []string
-	if metric != "" {
-		if _, _, err := m.grantMetric(metric); err != nil {
-			return nil, err
-		}
-		names = []string{metric}
-	} else {
-		for _, n := range m.cfg.MetricNames() {
-			if mc, _ := m.cfg.Metric(n); mc.Style == service.StyleGrant {
-				names = append(names, n)
-			}
-		}
+	names, err := m.creditNames(metric)
+	if err != nil {
+		return nil, err
 	}
 	read, err := m.store.ReadCredit(ctx, uid, names)
 	if err != nil {
 		return nil, err
 	}
+	return m.creditsOf(uid, names, read), nil
+}
+
+// creditNames returns the grants a credit request reads: metric, or every
+// grant when it is empty; an unknown metric is a 404, one that is not a
+// grant a 400.
+func (m *Meter) creditNames(metric string) ([]string, error) {
+	if metric != "" {
+		if _, _, err := m.grantMetric(metric); err != nil {
+			return nil, err
+		}
+		return []string{metric}, nil
+	}
+	var names []string
+	for _, n := range m.cfg.MetricNames() {
+		if mc, _ := m.cfg.Metric(n); mc.Style == service.StyleGrant {
+			names = append(names, n)
+		}
+	}
+	return names, nil
+}
+
+// creditsOf turns what ReadCredit read into the credit of each name.
+func (m *Meter) creditsOf(uid string, names []string, read store.CreditRead) []events.Credit {
 	out := make([]events.Credit, 0, len(names))
 	for _, n := range names {
 		mc, _ := m.cfg.Metric(n)
@@ -105,7 +144,7 @@ func (m *Meter) credit(ctx context.Context, uid, metric string) ([]events.Credit
 		c.Overage = math.Max(0, c.Used-limit)
 		out = append(out, c)
 	}
-	return out, nil
+	return out
 }
 
 // overLimitBody is the 429 body of authorize: the error and the decision.
@@ -114,35 +153,78 @@ type overLimitBody struct {
 	events.AuthorizeReply
 }
 
-func (m *Meter) handleAuthorize(req micro.Request) {
-	var body events.AuthorizeRequest
-	uid, err := m.uidOf(req, "authorize")
-	if err == nil {
-		err = events.DecodeRequest(req.Data(), &body)
+// handleAuthorizes decides the authorize requests that arrived together
+// with one Redis round trip (each its own atomic script call), then
+// publishes the threshold notices they crossed together.
+func (m *Meter) handleAuthorizes(reqs []micro.Request) {
+	valid := make([]micro.Request, 0, len(reqs))
+	ops := make([]store.AuthorizeOp, 0, len(reqs))
+	for _, req := range reqs {
+		var body events.AuthorizeRequest
+		uid, err := m.uidOf(req, "authorize")
+		if err == nil {
+			err = events.DecodeRequest(req.Data(), &body)
+		}
+		var mc service.MetricConfig
+		var limit float64
+		if err == nil {
+			mc, limit, err = m.grantMetric(body.Metric)
+		}
+		if err != nil {
+			m.reply(req, "authorize", nil, err)
+			continue
+		}
+		valid = append(valid, req)
+		ops = append(ops, store.AuthorizeOp{ID: body.ID, UID: uid, Metric: body.Metric, Config: mc, Limit: limit, Amount: body.Amount})
 	}
-	if err != nil {
-		m.reply(req, "authorize", nil, err)
-		return
-	}
-	mc, limit, err := m.grantMetric(body.Metric)
-	if err != nil {
-		m.reply(req, "authorize", nil, err)
+	if len(valid) == 0 {
 		return
 	}
 	ctx, cancel := m.requestContext()
 	defer cancel()
-	d, err := m.store.Authorize(ctx, store.AuthorizeOp{ID: body.ID, UID: uid, Metric: body.Metric, Config: mc, Limit: limit, Amount: body.Amount})
-	if err != nil {
-		m.reply(req, "authorize", nil, err)
-		return
-	}
-	if len(d.Notices) > 0 {
-		// The decision stands either way; an unpublished notice stays
-		// pending in Redis and goes out with the next event or request.
-		if err := m.publishNotices(ctx, []noticeBatch{{uid, body.Metric, mc, d.Notices}})[0]; err != nil {
-			m.log.Warn("threshold notice not published yet", "uid", uid, "metric", body.Metric, "err", err)
+	ds, errs := m.store.AuthorizeMany(ctx, ops)
+	// Each decision carries every notice still pending for its grant, so
+	// requests for one grant in one batch repeat each other's: publish
+	// each once.
+	var notices []noticeBatch
+	seen := map[string]bool{}
+	for i, d := range ds {
+		if errs[i] != nil {
+			continue
+		}
+		var fresh []store.Notice
+		for _, n := range d.Notices {
+			key := fmt.Sprintf("%s\x00%s\x00%d\x00%g", ops[i].UID, ops[i].Metric, n.Start.UnixMilli(), n.Threshold)
+			if !seen[key] {
+				seen[key] = true
+				fresh = append(fresh, n)
+			}
+		}
+		if len(fresh) > 0 {
+			notices = append(notices, noticeBatch{ops[i].UID, ops[i].Metric, ops[i].Config, fresh})
 		}
 	}
+	if len(notices) > 0 {
+		// The decisions stand either way; an unpublished notice stays
+		// pending in Redis and goes out with the next event or request.
+		for i, err := range m.publishNotices(ctx, notices) {
+			if err != nil {
+				m.log.Warn("threshold notice not published yet", "uid", notices[i].uid, "metric", notices[i].metric, "err", err)
+			}
+		}
+	}
+	for i, req := range valid {
+		if errs[i] != nil {
+			m.reply(req, "authorize", nil, errs[i])
+			continue
+		}
+		m.answerAuthorize(req, ops[i], ds[i])
+	}
+}
+
+// answerAuthorize answers one decided authorize request: the decision, or
+// a 429 carrying it.
+func (m *Meter) answerAuthorize(req micro.Request, op store.AuthorizeOp, d store.Decision) {
 	decision := events.AuthorizeReply{
 		Allowed:   d.Allowed,
 		Remaining: math.Max(0, d.Grant.Limit-d.Grant.Used),
@@ -155,7 +237,7 @@ func (m *Meter) handleAuthorize(req micro.Request) {
 	}
 	m.metrics.authorized.WithLabelValues("refused").Inc()
 	m.metrics.requests.WithLabelValues("authorize", string(events.CodeOverLimit)).Inc()
-	serr := events.NewServiceError(events.CodeOverLimit, "amount", "%s: %g more would pass the limit of %g (used %g)", body.Metric, body.Amount, d.Grant.Limit, d.Grant.Used)
+	serr := events.NewServiceError(events.CodeOverLimit, "amount", "%s: %g more would pass the limit of %g (used %g)", op.Metric, op.Amount, d.Grant.Limit, d.Grant.Used)
 	b, _ := json.Marshal(overLimitBody{Error: events.ErrorDetail{Code: serr.Code, Message: serr.Message, Field: serr.Field}, AuthorizeReply: decision})
 	_ = req.Error(serr.StatusText(), serr.Message, b)
 }

@@ -150,9 +150,13 @@ func (m *Meter) startEndpoints() error {
 		Description: "allot meter: credit, authorize and grants",
 		Group:       m.subj.Meter,
 		Handlers:    m.cfg.Meter.Handlers,
+		Pipelines:   m.cfg.Meter.Pipelines,
+		ObserveBatch: func(endpoint string, n int) {
+			m.metrics.requestBatch.WithLabelValues(endpoint).Observe(float64(n))
+		},
 	}, []service.Endpoint{
-		{Name: "credit", Subject: "credit.*", Handler: m.handleCredit},
-		{Name: "authorize", Subject: "authorize.*", Handler: m.handleAuthorize},
+		{Name: "credit", Subject: "credit.*", Batch: m.handleCredits},
+		{Name: "authorize", Subject: "authorize.*", Batch: m.handleAuthorizes},
 		{Name: "grants", Subject: "grants.*", Handler: m.handleGrants},
 	}, m.log)
 	if err != nil {

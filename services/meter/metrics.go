@@ -23,6 +23,7 @@ type metrics struct {
 	notices      prometheus.Counter
 	requests     *prometheus.CounterVec
 	authorized   *prometheus.CounterVec
+	requestBatch *prometheus.HistogramVec
 }
 
 func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
@@ -65,12 +66,17 @@ func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
 			Name: "allot_meter_authorize_decisions_total",
 			Help: "Authorize decisions, by decision: allowed or refused.",
 		}, []string{"decision"}),
+		requestBatch: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "allot_meter_request_batch_size",
+			Help:    "Credit or authorize requests answered per Redis round trip, by endpoint.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
+		}, []string{"endpoint"}),
 	}
 	if reg == nil {
 		return mt, nil
 	}
 	for _, c := range []prometheus.Collector{mt.events, mt.dead, mt.batchSize, mt.applySeconds, mt.pending,
-		mt.redisErrors, mt.notices, mt.requests, mt.authorized, newUsageCollector(m)} {
+		mt.redisErrors, mt.notices, mt.requests, mt.authorized, mt.requestBatch, newUsageCollector(m)} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

@@ -535,19 +535,66 @@ type Decision struct {
 
 // Authorize checks and records in one step.
 func (s *Store) Authorize(ctx context.Context, op AuthorizeOp) (Decision, error) {
-	args := []any{s.dedupTTL.Milliseconds(), strconv.FormatFloat(op.Amount, 'g', -1, 64), s.nowArg(),
-		op.Metric, strconv.FormatFloat(op.Limit, 'g', -1, 64), op.Config.Period, op.Config.Align}
-	for _, t := range op.Config.Notify {
-		args = append(args, strconv.FormatFloat(t, 'g', -1, 64))
+	d, errs := s.AuthorizeMany(ctx, []AuthorizeOp{op})
+	return d[0], errs[0]
+}
+
+// AuthorizeMany runs Authorize for each op, in one pipelined round trip;
+// errs[i] is op i's own failure. Each op is its own script call, so one
+// op's failure leaves the others decided.
+func (s *Store) AuthorizeMany(ctx context.Context, ops []AuthorizeOp) ([]Decision, []error) {
+	ds, errs := make([]Decision, len(ops)), make([]error, len(ops))
+	all := make([]int, len(ops))
+	for i := range all {
+		all[i] = i
 	}
-	keyList := []string{s.keys.Dedup(keys.UserTag(op.UID), op.ID), s.keys.Grant(op.UID, op.Metric), s.keys.Grants(op.UID)}
-	v, err := s.authorize.Run(ctx, s.rdb, keyList, args...).Result()
-	if err != nil {
-		if isScriptError(err) {
-			return Decision{}, fmt.Errorf("store: authorize %s: %w", op.ID, err)
+	if forgot := s.authorizeSome(ctx, ops, all, ds, errs); len(forgot) > 0 {
+		// Redis forgot the script (a restart, SCRIPT FLUSH): load it
+		// again and send those ops once more.
+		if err := s.Load(ctx); err != nil {
+			for _, i := range forgot {
+				errs[i] = err
+			}
+			return ds, errs
 		}
-		return Decision{}, fmt.Errorf("%w: authorize: %w", ErrRedis, err)
+		s.authorizeSome(ctx, ops, forgot, ds, errs)
 	}
+	return ds, errs
+}
+
+// authorizeSome sends ops[idx...] in one pipeline, fills in their
+// decisions or errors, and returns the ops Redis had no script for.
+func (s *Store) authorizeSome(ctx context.Context, ops []AuthorizeOp, idx []int, ds []Decision, errs []error) (noScript []int) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(idx))
+	for j, i := range idx {
+		op := ops[i]
+		args := []any{s.dedupTTL.Milliseconds(), strconv.FormatFloat(op.Amount, 'g', -1, 64), s.nowArg(),
+			op.Metric, strconv.FormatFloat(op.Limit, 'g', -1, 64), op.Config.Period, op.Config.Align}
+		for _, t := range op.Config.Notify {
+			args = append(args, strconv.FormatFloat(t, 'g', -1, 64))
+		}
+		keyList := []string{s.keys.Dedup(keys.UserTag(op.UID), op.ID), s.keys.Grant(op.UID, op.Metric), s.keys.Grants(op.UID)}
+		cmds[j] = s.authorize.EvalSha(ctx, pipe, keyList, args...)
+	}
+	_, _ = pipe.Exec(ctx)
+	for j, i := range idx {
+		v, err := cmds[j].Result()
+		switch {
+		case isNoScript(err):
+			noScript = append(noScript, i)
+		case isScriptError(err):
+			errs[i] = fmt.Errorf("store: authorize %s: %w", ops[i].ID, err)
+		case err != nil:
+			errs[i] = fmt.Errorf("%w: authorize: %w", ErrRedis, err)
+		default:
+			ds[i], errs[i] = parseDecision(v)
+		}
+	}
+	return noScript
+}
+
+func parseDecision(v any) (Decision, error) {
 	arr, ok := v.([]any)
 	if !ok || len(arr) < 6 {
 		return Decision{}, fmt.Errorf("store: authorize: unexpected reply %v", v)
@@ -584,31 +631,69 @@ type CreditRead struct {
 
 // ReadCredit reads uid's overrides and the state of the named grants.
 func (s *Store) ReadCredit(ctx context.Context, uid string, metrics []string) (CreditRead, error) {
+	reads, errs := s.ReadCredits(ctx, []CreditQuery{{UID: uid, Metrics: metrics}})
+	return reads[0], errs[0]
+}
+
+// CreditQuery names the grants of one uid that credit reads.
+type CreditQuery struct {
+	UID     string
+	Metrics []string
+}
+
+// ReadCredits runs ReadCredit for each query in one pipelined round
+// trip, with one reading of Redis's clock for all; errs[i] is query i's
+// own failure.
+func (s *Store) ReadCredits(ctx context.Context, qs []CreditQuery) ([]CreditRead, []error) {
+	reads, errs := make([]CreditRead, len(qs)), make([]error, len(qs))
 	pipe := s.rdb.Pipeline()
 	var timeCmd *redis.TimeCmd
 	if s.now == nil {
 		timeCmd = pipe.Time(ctx)
 	}
-	over := pipe.HGetAll(ctx, s.keys.Grants(uid))
-	states := make([]*redis.SliceCmd, len(metrics))
-	for i, m := range metrics {
-		states[i] = pipe.HMGet(ctx, s.keys.Grant(uid, m), "u", "s", "e")
+	overs := make([]*redis.MapStringStringCmd, len(qs))
+	states := make([][]*redis.SliceCmd, len(qs))
+	for i, q := range qs {
+		overs[i] = pipe.HGetAll(ctx, s.keys.Grants(q.UID))
+		states[i] = make([]*redis.SliceCmd, len(q.Metrics))
+		for j, m := range q.Metrics {
+			states[i][j] = pipe.HMGet(ctx, s.keys.Grant(q.UID, m), "u", "s", "e")
+		}
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+	_, _ = pipe.Exec(ctx)
+	var now time.Time
+	if timeCmd != nil {
+		if err := timeCmd.Err(); err != nil {
+			for i := range errs {
+				errs[i] = fmt.Errorf("%w: read credit: %w", ErrRedis, err)
+			}
+			return reads, errs
+		}
+		now = timeCmd.Val().UTC()
+	} else {
+		now = s.now().UTC()
+	}
+	for i, q := range qs {
+		reads[i], errs[i] = readCredit(now, q, overs[i], states[i])
+	}
+	return reads, errs
+}
+
+// readCredit puts together one query's replies.
+func readCredit(now time.Time, q CreditQuery, over *redis.MapStringStringCmd, states []*redis.SliceCmd) (CreditRead, error) {
+	if err := over.Err(); err != nil && !errors.Is(err, redis.Nil) {
 		return CreditRead{}, fmt.Errorf("%w: read credit: %w", ErrRedis, err)
 	}
-	out := CreditRead{Grants: make(map[string]RawGrant, len(metrics))}
-	if timeCmd != nil {
-		out.Now = timeCmd.Val().UTC()
-	} else {
-		out.Now = s.now().UTC()
-	}
+	out := CreditRead{Now: now, Grants: make(map[string]RawGrant, len(q.Metrics))}
 	var err error
 	if out.Overrides, err = parseOverrides(over.Val()); err != nil {
 		return CreditRead{}, err
 	}
-	for i, m := range metrics {
-		vals := states[i].Val()
+	for j, m := range q.Metrics {
+		if err := states[j].Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return CreditRead{}, fmt.Errorf("%w: read credit: %w", ErrRedis, err)
+		}
+		vals := states[j].Val()
 		if len(vals) != 3 || vals[1] == nil {
 			out.Grants[m] = RawGrant{}
 			continue

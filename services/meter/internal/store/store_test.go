@@ -378,6 +378,26 @@ func testScriptsReload(t *testing.T, open backend) {
 		t.Fatal(err)
 	}
 	apply(t, s, Op{ID: "f1", UID: "u-1", Metric: "c", Config: counterCfg(service.StyleCounter, service.ScopeUser), Value: 1})
+	// A batch of authorizations after Redis forgot the scripts: every op
+	// is sent again once they are loaded, each decided once.
+	if err := rdb.ScriptFlush(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := grantCfg(service.PeriodDay, service.AlignCalendar)
+	ops := []AuthorizeOp{
+		{ID: "r1", UID: "u-1", Metric: "email_daily_total", Config: cfg, Limit: 2, Amount: 1},
+		{ID: "r2", UID: "u-1", Metric: "email_daily_total", Config: cfg, Limit: 2, Amount: 1},
+		{ID: "r3", UID: "u-1", Metric: "email_daily_total", Config: cfg, Limit: 2, Amount: 1},
+	}
+	ds, errs := s.AuthorizeMany(t.Context(), ops)
+	for i, want := range []bool{true, true, false} {
+		if errs[i] != nil || ds[i].Allowed != want {
+			t.Errorf("op %d after SCRIPT FLUSH: %+v, %v; want allowed=%v", i, ds[i], errs[i], want)
+		}
+	}
+	if ds[1].Grant.Used != 2 {
+		t.Errorf("used %v after the batch, want 2", ds[1].Grant.Used)
+	}
 }
 
 func TestRedisDown(t *testing.T) {
