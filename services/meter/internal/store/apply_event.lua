@@ -36,7 +36,7 @@ local function apply_event(k, a, now)
     end
     local r
     if style == 'counter' then
-      r = redis.pcall('HINCRBYFLOAT', k[2], a[5], a[3])
+      r = add(k[2], a[5], a[3])
     else
       r = redis.pcall('HSET', k[2], a[5], a[3])
     end
@@ -57,7 +57,8 @@ local function apply_event(k, a, now)
     return {0, '', '', 0, 0, st[5] or ''}
   end
   local _, s, e, notified, q = roll(k[2], st, a[7], a[8], now)
-  local used = redis.call('HINCRBYFLOAT', k[2], 'u', a[3])
+  local used = add(k[2], 'u', a[3])
+  if type(used) == 'table' then error(used.err) end
   local n, added = cross(used, limit, thresholds, notified, s, e)
   if n ~= notified then redis.call('HSET', k[2], 'n', n) end
   q = record_notices(k[2], q, added)

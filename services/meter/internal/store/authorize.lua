@@ -25,7 +25,8 @@ end
 if tonumber(used) + tonumber(ARGV[2]) > tonumber(limit) then
   return {0, used, limit, s, e, q}
 end
-used = redis.call('HINCRBYFLOAT', KEYS[2], 'u', ARGV[2])
+used = add(KEYS[2], 'u', ARGV[2])
+if type(used) == 'table' then error(used.err) end
 local n, added = cross(used, limit, thresholds, notified, s, e)
 if n ~= notified then redis.call('HSET', KEYS[2], 'n', n) end
 q = record_notices(KEYS[2], q, added)

@@ -410,7 +410,9 @@ func parseGrantReply(v any, grant bool) (Result, error) {
 		}
 		res.Notices = notices
 	}
-	if used, _ := arr[1].(string); used != "" {
+	// used is a string from HINCRBYFLOAT, an integer from HINCRBY, and ""
+	// for a duplicate.
+	if used, _ := arr[1].(string); used != "" || isInt(arr[1]) {
 		st, err := grantState(arr)
 		if err != nil {
 			return Result{}, err
@@ -418,6 +420,11 @@ func parseGrantReply(v any, grant bool) (Result, error) {
 		res.Grant = &st
 	}
 	return res, nil
+}
+
+func isInt(v any) bool {
+	_, ok := v.(int64)
+	return ok
 }
 
 func grantState(arr []any) (GrantState, error) {
