@@ -15,8 +15,12 @@ func (l *Limiter) startEndpoints() error {
 		Description: "allot rate limiter: check and reset",
 		Group:       l.cfg.Subjects.RateLimitGroup(),
 		Handlers:    l.cfg.RateLimit.Handlers,
+		Pipelines:   l.cfg.RateLimit.Pipelines,
+		// Only check is batched.
+		ObserveBatch: func(_ string, n int) { l.metrics.batchSize.Observe(float64(n)) },
 	}, []service.Endpoint{
-		{Name: "check", Subject: "check.*", Handler: l.handleCheck},
+		// Checks are decided in batches, one Redis round trip each.
+		{Name: "check", Subject: "check.*", Batch: l.handleChecks},
 		{Name: "reset", Subject: "reset.*", Handler: l.handleReset},
 	}, l.log)
 	if err != nil {
@@ -42,18 +46,30 @@ func (l *Limiter) reply(req micro.Request, endpoint string, v any, err error) {
 	service.Replier{Requests: l.metrics.requests, Log: l.log}.Reply(req, endpoint, v, err)
 }
 
-func (l *Limiter) handleCheck(req micro.Request) {
-	var body events.CheckRequest
-	uid, err := l.uidOf(req, "check")
-	if err == nil {
-		err = events.DecodeRequest(req.Data(), &body)
+// handleChecks answers checks that arrived together: those that do not
+// decode at once, the rest decided as one batch.
+func (l *Limiter) handleChecks(reqs []micro.Request) {
+	calls := make([]checkCall, 0, len(reqs))
+	decoded := make([]micro.Request, 0, len(reqs))
+	for _, req := range reqs {
+		var body events.CheckRequest
+		uid, err := l.uidOf(req, "check")
+		if err == nil {
+			err = events.DecodeRequest(req.Data(), &body)
+		}
+		if err != nil {
+			l.reply(req, "check", nil, err)
+			continue
+		}
+		calls = append(calls, checkCall{uid: uid, req: body})
+		decoded = append(decoded, req)
 	}
-	if err != nil {
-		l.reply(req, "check", nil, err)
+	if len(calls) == 0 {
 		return
 	}
-	reply, err := l.Check(context.Background(), uid, body)
-	l.reply(req, "check", reply, err)
+	for i, r := range l.checkMany(context.Background(), calls) {
+		l.reply(decoded[i], "check", r.reply, r.err)
+	}
 }
 
 func (l *Limiter) handleReset(req micro.Request) {

@@ -16,6 +16,7 @@ type metrics struct {
 	peeks     *prometheus.CounterVec
 	cacheHits *prometheus.CounterVec
 	latency   prometheus.Histogram
+	batchSize prometheus.Histogram
 	requests  *prometheus.CounterVec
 	hits      *prometheus.CounterVec
 	hitEvents *prometheus.CounterVec
@@ -48,6 +49,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time to decide one check, Redis included.",
 			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 14),
 		}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "allot_ratelimit_batch_size",
+			Help:    "Checks per batch: those that queued up while the pipelines were busy, decided in one Redis round trip.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 9), // 1 to 256, the largest batch
+		}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "allot_ratelimit_requests_total",
 			Help: "Requests answered, by endpoint and result (ok or an error code).",
@@ -64,7 +70,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return mt, nil
 	}
-	for _, c := range []prometheus.Collector{mt.decisions, mt.nearLimit, mt.overLimit, mt.peeks, mt.cacheHits, mt.latency, mt.requests, mt.hits, mt.hitEvents} {
+	for _, c := range []prometheus.Collector{mt.decisions, mt.nearLimit, mt.overLimit, mt.peeks, mt.cacheHits, mt.latency, mt.batchSize, mt.requests, mt.hits, mt.hitEvents} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

@@ -290,9 +290,11 @@ func TestShadow(t *testing.T) {
 }
 
 // hangProxy forwards to Redis until hang is set; then it swallows every
-// request: a Redis that stops answering.
+// request: a Redis that stops answering. While hold is set it keeps
+// requests back and sends them when it is cleared: a slow Redis.
 type hangProxy struct {
 	hang atomic.Bool
+	hold atomic.Bool
 }
 
 func (p *hangProxy) start(t *testing.T, upstream string) string {
@@ -321,6 +323,9 @@ func (p *hangProxy) start(t *testing.T, upstream string) string {
 					n, err := c.Read(buf)
 					if err != nil {
 						return
+					}
+					for p.hold.Load() {
+						time.Sleep(time.Millisecond)
 					}
 					if !p.hang.Load() {
 						if _, err := u.Write(buf[:n]); err != nil {
