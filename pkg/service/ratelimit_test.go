@@ -12,7 +12,7 @@ import (
 
 func TestRateLimitDefaults(t *testing.T) {
 	cfg := Default()
-	want := RateLimitConfig{Interval: 300 * time.Second, Mode: ModeFixed, Handlers: 8, Pipelines: 2, Timeout: 50 * time.Millisecond, Consumer: "ratelimit"}
+	want := RateLimitConfig{Interval: 300 * time.Second, Mode: ModeFixed, Handlers: 2, Pipelines: 2, Timeout: 50 * time.Millisecond, Consumer: "ratelimit"}
 	if diff := cmp.Diff(want, cfg.RateLimit); diff != "" {
 		t.Errorf("defaults (-want +got):\n%s", diff)
 	}
@@ -48,7 +48,7 @@ func TestRateLimitSection(t *testing.T) {
   interval: 1s
   mode: sliding
   shadow: true
-  handlers: 2
+  handlers: 3
   pipelines: 4
   services:
     upload: {limit: 10, interval: 60s, fail_open: true, cache: true}
@@ -57,8 +57,8 @@ func TestRateLimitSection(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if cfg.RateLimit.Handlers != 2 || cfg.RateLimit.Pipelines != 4 {
-			t.Errorf("handlers %d, pipelines %d; want 2 and 4", cfg.RateLimit.Handlers, cfg.RateLimit.Pipelines)
+		if cfg.RateLimit.Handlers != 3 || cfg.RateLimit.Pipelines != 4 {
+			t.Errorf("handlers %d, pipelines %d; want 3 and 4", cfg.RateLimit.Handlers, cfg.RateLimit.Pipelines)
 		}
 		for _, tc := range []struct {
 			name string
