@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -79,17 +80,27 @@ func decodeAnswer(t *testing.T, msg *nats.Msg) answer {
 // they held, from allot_ratelimit_batch_size.
 func (e *env) batchSizes() (batches uint64, checks float64) {
 	e.t.Helper()
-	mfs, err := e.reg.Gather()
+	batches, checks, err := histogramOf(e.reg, "allot_ratelimit_batch_size")
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	return batches, checks
+}
+
+// histogramOf returns the sample count and sum of the histogram name
+// (without labels) in g; zero if it has none yet.
+func histogramOf(g prometheus.Gatherer, name string) (count uint64, sum float64, err error) {
+	mfs, err := g.Gather()
+	if err != nil {
+		return 0, 0, err
+	}
 	for _, mf := range mfs {
-		if mf.GetName() == "allot_ratelimit_batch_size" {
+		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
 			h := mf.GetMetric()[0].GetHistogram()
-			return h.GetSampleCount(), h.GetSampleSum()
+			return h.GetSampleCount(), h.GetSampleSum(), nil
 		}
 	}
-	return 0, 0
+	return 0, 0, nil
 }
 
 // Checks arriving at once over NATS are decided in batches exactly as

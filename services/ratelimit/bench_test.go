@@ -20,6 +20,7 @@ import (
 	"github.com/allot/allot/pkg/service"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -140,13 +141,19 @@ func hammer(b *testing.B, nc *nats.Conn, clients int, d time.Duration, subject f
 }
 
 // BenchmarkCheck runs 32 concurrent clients, on a connection of their
-// own as apps would be, against a raw micro responder doing one Redis GET
-// per request (the baseline) and against ratelimit.check in sliding and
-// fixed mode (every call allowed, so every call writes). The three take
-// turns for ALLOT_BENCH_ROUNDS rounds (default 3) of ALLOT_BENCH_DURATION
-// each (default 2s), so a shared machine's noise falls on all of them;
-// it reports the median rate and the p99 over all rounds of each, and the
-// ratios of the medians. It runs once whatever b.N is.
+// own as apps would be, against ratelimit.check in sliding and fixed mode
+// (every call allowed, so every call writes) and two references in the
+// same run: a raw micro responder doing one Redis GET per request with
+// 16 handlers (the baseline: a round trip per request, as the check was
+// served before batching) and a bare NATS responder doing no work at all
+// (the floor of request and reply on this machine). The four take turns
+// for ALLOT_BENCH_ROUNDS rounds (default 3) of ALLOT_BENCH_DURATION each
+// (default 2s), so a shared machine's noise falls on all of them; it
+// reports the median rate and the p99 over all rounds of each, the
+// ratios of the medians to the baseline and to the floor, and the mean
+// batch of checks served. It runs once whatever b.N is. The rate
+// limiter has the default handlers and pipelines; ALLOT_BENCH_HANDLERS
+// and ALLOT_BENCH_PIPELINES override them, to compare settings.
 func BenchmarkCheck(b *testing.B) {
 	nc, rdb, cfg := benchSetup(b)
 	ctx := context.Background()
@@ -159,16 +166,23 @@ func BenchmarkCheck(b *testing.B) {
 		rounds = v
 	}
 	const clients = 32
-	cfg.RateLimit.Handlers = 16
-	l, err := Start(ctx, cfg, Deps{NATS: nc, Redis: rdb, Log: slog.New(slog.DiscardHandler)})
+	if v, err := strconv.Atoi(os.Getenv("ALLOT_BENCH_HANDLERS")); err == nil {
+		cfg.RateLimit.Handlers = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("ALLOT_BENCH_PIPELINES")); err == nil {
+		cfg.RateLimit.Pipelines = v
+	}
+	reg := prometheus.NewRegistry()
+	l, err := Start(ctx, cfg, Deps{NATS: nc, Redis: rdb, Registerer: reg, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer l.Stop(ctx)
 
 	// The baseline: a micro service doing one Redis GET per request.
+	const rawHandlers = 16
 	var svcs []micro.Service
-	for range cfg.RateLimit.Handlers {
+	for range rawHandlers {
 		svc, err := micro.AddService(nc, micro.Config{Name: "rawbaseline", Version: "0.0.1", QueueGroup: "raw"})
 		if err != nil {
 			b.Fatal(err)
@@ -186,6 +200,15 @@ func BenchmarkCheck(b *testing.B) {
 			_ = s.Stop()
 		}
 	}()
+	// The floor: answer at once, from the subscription's goroutine.
+	floor, err := nc.Subscribe("b.floor.*", func(msg *nats.Msg) { _ = msg.Respond([]byte(`{"v":"0"}`)) })
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = floor.Unsubscribe() }()
+	if err := nc.Flush(); err != nil {
+		b.Fatal(err)
+	}
 	cnc, err := nats.Connect(nc.ConnectedUrl())
 	if err != nil {
 		b.Fatal(err)
@@ -197,17 +220,30 @@ func BenchmarkCheck(b *testing.B) {
 		subject func(i int) string
 		body    []byte
 	}{
+		{"floor", func(i int) string { return "b.floor." + uid(i) }, nil},
 		{"raw", func(i int) string { return "b.raw." + uid(i) }, nil},
 		{"sliding", func(i int) string { return cfg.Subjects.Check(uid(i)) }, []byte(`{"service":"api"}`)},
 		{"fixed", func(i int) string { return cfg.Subjects.Check(uid(i)) }, []byte(`{"service":"fixed"}`)},
+	}
+	batchSize := func() (uint64, float64) {
+		n, sum, err := histogramOf(reg, "allot_ratelimit_batch_size")
+		if err != nil {
+			b.Fatal(err)
+		}
+		return n, sum
 	}
 	b.ResetTimer()
 	for range b.N {
 		rates := map[string][]float64{}
 		all := map[string]*latencies{}
+		var batches uint64
+		var batched float64
 		for range rounds {
 			for _, r := range runs {
+				n0, sum0 := batchSize()
 				rate, lat := hammer(b, cnc, clients, d, r.subject, r.body)
+				n1, sum1 := batchSize()
+				batches, batched = batches+n1-n0, batched+sum1-sum0
 				rates[r.name] = append(rates[r.name], rate)
 				if all[r.name] == nil {
 					all[r.name] = &latencies{}
@@ -217,15 +253,19 @@ func BenchmarkCheck(b *testing.B) {
 			}
 		}
 		b.ReportMetric(0, "ns/op")
-		raw := median(rates["raw"])
+		raw, fl := median(rates["raw"]), median(rates["floor"])
 		for _, r := range runs {
 			b.ReportMetric(median(rates[r.name]), r.name+"_req/s")
 			b.ReportMetric(float64(all[r.name].quantile(0.99).Microseconds())/1000, r.name+"_p99_ms")
-			if r.name != "raw" {
+			if r.name != "raw" && r.name != "floor" {
 				b.ReportMetric(float64(all[r.name].quantile(0.5).Microseconds())/1000, r.name+"_p50_ms")
 				b.ReportMetric(median(rates[r.name])/raw, r.name+"_ratio")
+				b.ReportMetric(median(rates[r.name])/fl, r.name+"_of_floor")
 				b.ReportMetric(float64(all[r.name].unavailable.Load()), r.name+"_503s")
 			}
+		}
+		if batches > 0 {
+			b.ReportMetric(batched/float64(batches), "checks/batch")
 		}
 	}
 }
