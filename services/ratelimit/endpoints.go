@@ -47,7 +47,7 @@ func (l *Limiter) reply(req micro.Request, endpoint string, v any, err error) {
 }
 
 // handleChecks answers checks that arrived together: those that do not
-// decode at once, the rest decided as one batch.
+// decode are answered at once, the rest decided as one batch.
 func (l *Limiter) handleChecks(reqs []micro.Request) {
 	calls := make([]checkCall, 0, len(reqs))
 	decoded := make([]micro.Request, 0, len(reqs))

@@ -70,6 +70,19 @@
 // in the same script, as the meter does. Hits may pass the limit (events
 // are facts); checks are then refused until the window lets them in.
 //
+// # Batches
+//
+// Checks are served in batches: those that arrive while the pipelines are
+// busy queue up, and the next batch takes them all (up to 256) and sends
+// their scripts to Redis in one pipeline, ratelimit.pipelines batches at
+// once (default 2). Each check is still a script of its own, run in the
+// order the checks arrived, so batching changes no decision; it saves the
+// round trips, which are what limits a small machine. Checks that are
+// invalid or refused by the cache are answered without Redis.
+// ratelimit.timeout bounds a batch's round trip from the start of the
+// batch, so a batch that Redis does not answer fails open or closed
+// together. allot_ratelimit_batch_size counts the checks per batch.
+//
 // # Shadow mode, Redis trouble, the cache
 //
 // A shadow service (or ratelimit.shadow) decides and counts but never
