@@ -61,7 +61,7 @@ loadtest-quick:
 	cd loadtest && go run . --profile quick
 
 # Every fuzz target, as package:Target; each runs for FUZZTIME.
-FUZZ_TARGETS := ./pkg/events:FuzzDecode ./pkg/events:FuzzDecodeMatchesReference ./pkg/events:FuzzParseTimeUTC \
+FUZZ_TARGETS := ./pkg/events:FuzzDecode ./pkg/events:FuzzDecodeMatchesReference ./pkg/events:FuzzParseTimeUTC ./pkg/events:FuzzDecodeReplyBody \
 	./services/notifier:FuzzDecodeTaskPayload ./services/notifier/internal/token:FuzzCheck
 
 fuzz:
