@@ -154,7 +154,9 @@ func (c *Client) RefreshRegistry(ctx context.Context) (RefreshReply, error) {
 }
 
 // Find lists the live instances of service name, or of every service
-// when name is empty, with the resource to URL map.
+// when name is empty, with the resource to URL map. It accepts a gzipped
+// reply (a find of many instances is large; gzip makes it about a tenth)
+// and inflates it.
 func (c *Client) Find(ctx context.Context, name string) (FindReply, error) {
 	var reply FindReply
 	if name != "" {
@@ -162,9 +164,12 @@ func (c *Client) Find(ctx context.Context, name string) (FindReply, error) {
 			return reply, err
 		}
 	}
-	err := c.request(ctx, c.subj.Find(name), FindRequest{}, &reply)
+	err := c.requestWith(ctx, c.subj.Find(name), acceptGzip, FindRequest{}, &reply)
 	return reply, err
 }
+
+// acceptGzip is the header of a request that takes a gzipped reply.
+var acceptGzip = nats.Header{HeaderAcceptEncoding: {EncodingGzip}}
 
 // call checks uid and sends req to subject(uid).
 func (c *Client) call(ctx context.Context, uid string, subject func(string) string, req, reply any) error {
@@ -178,6 +183,12 @@ func (c *Client) call(ctx context.Context, uid string, subject func(string) stri
 // error headers and body into a *ServiceError. On an error reply, reply
 // is still filled from the body where the body carries its fields.
 func (c *Client) request(ctx context.Context, subject string, req, reply any) error {
+	return c.requestWith(ctx, subject, nil, req, reply)
+}
+
+// requestWith is request with headers (nil for none), which it does not
+// change. A body is decoded as its Content-Encoding says.
+func (c *Client) requestWith(ctx context.Context, subject string, header nats.Header, req, reply any) error {
 	data, err := json.Marshal(req)
 	if err != nil {
 		return fmt.Errorf("events: encode request for %s: %w", subject, err)
@@ -187,7 +198,7 @@ func (c *Client) request(ctx context.Context, subject string, req, reply any) er
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
-	msg, err := c.nc.RequestWithContext(ctx, subject, data)
+	msg, err := c.nc.RequestMsgWithContext(ctx, &nats.Msg{Subject: subject, Header: header, Data: data})
 	switch {
 	case err == nil:
 	case errors.Is(err, nats.ErrNoResponders):
@@ -201,7 +212,11 @@ func (c *Client) request(ctx context.Context, subject string, req, reply any) er
 		_ = json.Unmarshal(msg.Data, reply) // best effort: 429s carry the decision
 		return serr
 	}
-	if err := json.Unmarshal(msg.Data, reply); err != nil {
+	body, err := DecodeReplyBody(msg)
+	if err != nil {
+		return fmt.Errorf("events: reply from %s: %w", subject, err)
+	}
+	if err := json.Unmarshal(body, reply); err != nil {
 		return fmt.Errorf("events: decode reply from %s: %w", subject, err)
 	}
 	return nil
