@@ -261,10 +261,11 @@ func testUndecryptable(t *testing.T, bf backendFunc) {
 	if err := e.b.rdb.HSet(ctx, k.RegistryLast(), "media:junk", "\x01not a sealed entry at all, no").Err(); err != nil {
 		t.Fatal(err)
 	}
-	got, err := r.findReply(ctx, "")
+	rep, err := r.findReply(ctx, "")
 	if err != nil {
 		t.Fatal(err)
 	}
+	got := rep.plain
 	if !strings.Contains(string(got), `"ours"`) || strings.Contains(string(got), `"theirs"`) || strings.Contains(string(got), "junk") {
 		t.Errorf("find: %s", got)
 	}

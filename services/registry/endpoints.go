@@ -125,16 +125,32 @@ func (r *Registry) handleFind(req micro.Request) {
 	}
 	ctx, cancel := r.requestContext()
 	defer cancel()
-	data, err := r.findReply(ctx, name)
-	r.reply(req, "find", data, err)
+	rep, err := r.findReply(ctx, name)
+	if err != nil {
+		r.reply(req, "find", nil, err)
+		return
+	}
+	// A client that accepts gzip gets it, unless the reply is too small
+	// to gain from it; Content-Encoding says which it got.
+	if events.AcceptsGzip(req.Headers()) {
+		if gz := r.gzipped(rep); gz != nil {
+			r.metrics.requests.WithLabelValues("find", "ok").Inc()
+			_ = req.Respond(gz, micro.WithHeaders(gzipHeaders))
+			return
+		}
+	}
+	r.reply(req, "find", rep.plain, nil)
 }
+
+// gzipHeaders mark a gzipped reply; shared, never written.
+var gzipHeaders = micro.Headers{events.HeaderContentEncoding: {events.EncodingGzip}}
 
 // findReply returns the encoded FindReply for name ("" for all), from
 // the cache when it is fresh.
-func (r *Registry) findReply(ctx context.Context, name string) ([]byte, error) {
-	if data, ok := r.cache.reply(name, r.clock(), r.cfg.Registry.FindCache); ok {
+func (r *Registry) findReply(ctx context.Context, name string) (*encodedReply, error) {
+	if rep, ok := r.cache.reply(name, r.clock(), r.cfg.Registry.FindCache); ok {
 		r.metrics.finds.WithLabelValues("hit").Inc()
-		return data, nil
+		return rep, nil
 	}
 	r.metrics.finds.WithLabelValues("miss").Inc()
 	insts, gen, err := r.live(ctx)
@@ -145,8 +161,24 @@ func (r *Registry) findReply(ctx context.Context, name string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registry: encode find reply: %w", err)
 	}
-	r.cache.putReply(gen, name, data)
-	return data, nil
+	return r.cache.putReply(gen, name, &encodedReply{plain: data}), nil
+}
+
+// gzipped returns rep gzipped, compressing it on the first call only
+// (concurrent first calls wait for that one), or nil when it is to be
+// sent plain.
+func (r *Registry) gzipped(rep *encodedReply) []byte {
+	rep.gzOnce.Do(func() {
+		if len(rep.plain) < gzipMin {
+			return
+		}
+		gz := gzipBytes(rep.plain)
+		r.metrics.compressions.Inc()
+		if len(gz) < len(rep.plain) {
+			rep.gz = gz
+		}
+	})
+	return rep.gz
 }
 
 // live returns every live instance, sorted by name and id, from the cache
@@ -269,7 +301,16 @@ type cache struct {
 	at      time.Time
 	valid   bool
 	insts   []events.Instance
-	replies map[string][]byte
+	replies map[string]*encodedReply
+}
+
+// encodedReply is one encoded find reply. Its gzipped form is made once,
+// by the first request that accepts gzip, and kept beside it: the cache
+// drops both together.
+type encodedReply struct {
+	plain  []byte
+	gzOnce sync.Once
+	gz     []byte // nil: sent plain (too small, or gzip saved nothing)
 }
 
 func (c *cache) invalidate() {
@@ -296,14 +337,14 @@ func (c *cache) instances(now time.Time, ttl time.Duration) ([]events.Instance, 
 	return c.insts, c.gen, c.fresh(now, ttl)
 }
 
-func (c *cache) reply(name string, now time.Time, ttl time.Duration) ([]byte, bool) {
+func (c *cache) reply(name string, now time.Time, ttl time.Duration) (*encodedReply, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.fresh(now, ttl) {
 		return nil, false
 	}
-	data, ok := c.replies[name]
-	return data, ok
+	rep, ok := c.replies[name]
+	return rep, ok
 }
 
 // putInstances keeps insts unless a change arrived since gen was read.
@@ -313,17 +354,27 @@ func (c *cache) putInstances(gen uint64, insts []events.Instance, now time.Time)
 	if gen != c.gen {
 		return
 	}
-	c.insts, c.at, c.valid, c.replies = insts, now, true, map[string][]byte{}
+	c.insts, c.at, c.valid, c.replies = insts, now, true, map[string]*encodedReply{}
 }
 
 // putReply keeps the reply for name, built from the instances of
-// generation gen, unless a change arrived since.
-func (c *cache) putReply(gen uint64, name string, data []byte) {
+// generation gen, unless a change arrived since, and returns the one
+// kept (another miss's, if it was first).
+func (c *cache) putReply(gen uint64, name string, rep *encodedReply) *encodedReply {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.valid && c.gen == gen && len(c.replies) < 4096 {
-		c.replies[name] = data
+	if !c.valid || c.gen != gen {
+		return rep
 	}
+	// Concurrent misses share the first one's entry, so its gzipped form
+	// is made once.
+	if kept, ok := c.replies[name]; ok {
+		return kept
+	}
+	if len(c.replies) < 4096 {
+		c.replies[name] = rep
+	}
+	return rep
 }
 
 // handleRefresh reaps expired instances now and rebuilds the find cache

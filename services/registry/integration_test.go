@@ -21,3 +21,10 @@ func TestIntegrationBehaviour(t *testing.T) {
 		t.Run(b.name, func(t *testing.T) { b.fn(t, realBackend) })
 	}
 }
+
+// TestIntegrationFindGzip: the gzipped find on the real NATS and Redis.
+func TestIntegrationFindGzip(t *testing.T) {
+	testenv.NATS(t) // skips, or fails, when the real NATS does not answer
+	rdb, prefix := testenv.Redis(t)
+	testFindGzip(t, testenv.NATSURL(), rdb, prefix)
+}

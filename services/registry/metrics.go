@@ -11,6 +11,7 @@ type metrics struct {
 	requests      *prometheus.CounterVec
 	registrations *prometheus.CounterVec
 	finds         *prometheus.CounterVec
+	compressions  prometheus.Counter
 	instances     prometheus.Gauge
 	undecryptable *prometheus.CounterVec
 	expired       prometheus.Counter
@@ -33,6 +34,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "allot_registry_finds_total",
 			Help: "Find requests served, by cache: hit (from memory) or miss (read from Redis).",
 		}, []string{"cache"}),
+		compressions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "allot_registry_find_compressions_total",
+			Help: "Find replies gzipped for clients that accept gzip: once per cached reply (each name, until find_cache or a change event drops it), so a cache hit adds none.",
+		}),
 		instances: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "allot_registry_instances",
 			Help: "Live instances this registry could read, as of its last read of Redis.",
@@ -61,7 +66,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return mt, nil
 	}
-	for _, c := range []prometheus.Collector{mt.requests, mt.registrations, mt.finds, mt.instances,
+	for _, c := range []prometheus.Collector{mt.requests, mt.registrations, mt.finds, mt.compressions, mt.instances,
 		mt.undecryptable, mt.expired, mt.leader, mt.changes, mt.publishErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)

@@ -31,7 +31,11 @@
 //
 // The decrypted instances and each encoded reply are kept in memory for
 // registry.find_cache (default 1s) and dropped at once when a change
-// event (from any replica) arrives on NATS.
+// event (from any replica) arrives on NATS. A find whose request carries
+// the header Accept-Encoding: gzip is answered gzipped, with
+// Content-Encoding: gzip, unless the reply is under 1 KiB; the gzipped
+// form is made by the first such find and kept beside the plain one
+// (compress.go). A find without the header gets plain JSON.
 package registry
 
 import (
