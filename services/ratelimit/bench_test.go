@@ -5,12 +5,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
-	"sort"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,8 +15,8 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/testenv"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
@@ -75,71 +72,6 @@ func benchSetup(b *testing.B) (*nats.Conn, *redis.Client, service.Config) {
 	return nc, rdb, cfg
 }
 
-// latencies collects request latencies from concurrent clients.
-type latencies struct {
-	mu          sync.Mutex
-	d           []time.Duration
-	unavailable atomic.Int64
-}
-
-func (l *latencies) add(d []time.Duration) {
-	l.mu.Lock()
-	l.d = append(l.d, d...)
-	l.mu.Unlock()
-}
-
-func (l *latencies) quantile(q float64) time.Duration {
-	sort.Slice(l.d, func(i, j int) bool { return l.d[i] < l.d[j] })
-	if len(l.d) == 0 {
-		return 0
-	}
-	return l.d[int(q*float64(len(l.d)-1))]
-}
-
-// hammer sends requests from `clients` goroutines for d and returns the
-// rate of answered requests and their latencies. A 503 (Redis past the
-// decision budget on a loaded machine) is an answer, counted in
-// unavailable; anything else failing fails the benchmark.
-func hammer(b *testing.B, nc *nats.Conn, clients int, d time.Duration, subject func(i int) string, body []byte) (float64, *latencies) {
-	b.Helper()
-	var wg sync.WaitGroup
-	lat := &latencies{}
-	deadline := time.Now().Add(d)
-	var failures sync.Map
-	for c := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var mine []time.Duration
-			for i := c; time.Now().Before(deadline); i += clients {
-				t0 := time.Now()
-				msg, err := nc.Request(subject(i), body, 2*time.Second)
-				if err == nil {
-					if serr := events.DecodeServiceError(msg); serr != nil {
-						if errors.Is(serr, events.ErrUnavailable) {
-							lat.unavailable.Add(1)
-						} else {
-							err = serr
-						}
-					}
-				}
-				if err != nil {
-					failures.Store(c, fmt.Sprint(err))
-					continue
-				}
-				mine = append(mine, time.Since(t0))
-			}
-			lat.add(mine)
-		}()
-	}
-	wg.Wait()
-	failures.Range(func(k, v any) bool {
-		b.Fatalf("request failed: %v", v)
-		return false
-	})
-	return float64(len(lat.d)) / d.Seconds(), lat
-}
-
 // BenchmarkCheck runs 32 concurrent clients, on a connection of their
 // own as apps would be, against ratelimit.check in sliding and fixed mode
 // (every call allowed, so every call writes) and two references in the
@@ -179,104 +111,73 @@ func BenchmarkCheck(b *testing.B) {
 	}
 	defer l.Stop(ctx)
 
-	// The baseline: a micro service doing one Redis GET per request.
-	const rawHandlers = 16
-	var svcs []micro.Service
-	for range rawHandlers {
-		svc, err := micro.AddService(nc, micro.Config{Name: "rawbaseline", Version: "0.0.1", QueueGroup: "raw"})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := svc.AddEndpoint("get", micro.HandlerFunc(func(req micro.Request) {
-			v, _ := rdb.Get(context.Background(), cfg.Redis.KeyPrefix+"raw").Result()
-			_ = req.Respond([]byte(`{"v":"` + v + `"}`))
-		}), micro.WithEndpointSubject("b.raw.*")); err != nil {
-			b.Fatal(err)
-		}
-		svcs = append(svcs, svc)
-	}
-	defer func() {
-		for _, s := range svcs {
-			_ = s.Stop()
-		}
-	}()
-	// The floor: answer at once, from the subscription's goroutine.
-	floor, err := nc.Subscribe("b.floor.*", func(msg *nats.Msg) { _ = msg.Respond([]byte(`{"v":"0"}`)) })
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = floor.Unsubscribe() }()
-	if err := nc.Flush(); err != nil {
-		b.Fatal(err)
-	}
+	// The baseline: one Redis GET per request, 16 handlers, as the check
+	// was served before batching; the floor: no work at all.
+	testenv.RawResponder(b, nc, rdb, "b.raw.*", cfg.Redis.KeyPrefix+"raw", 16)
+	testenv.FloorResponder(b, nc, "b.floor.*", []byte(`{"v":"0"}`))
 	cnc, err := nats.Connect(nc.ConnectedUrl())
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer cnc.Close()
-	uid := func(i int) string { return "u-" + strconv.Itoa(i%1000) }
-	runs := []struct {
-		name    string
-		subject func(i int) string
-		body    []byte
-	}{
-		{"floor", func(i int) string { return "b.floor." + uid(i) }, nil},
-		{"raw", func(i int) string { return "b.raw." + uid(i) }, nil},
-		{"sliding", func(i int) string { return cfg.Subjects.Check(uid(i)) }, []byte(`{"service":"api"}`)},
-		{"fixed", func(i int) string { return cfg.Subjects.Check(uid(i)) }, []byte(`{"service":"fixed"}`)},
+	load := func(subject func(string) string, body []byte) testenv.Load {
+		return testenv.Load{Clients: 32, Duration: d, Body: body,
+			Subject: func(i int) string { return subject("u-" + strconv.Itoa(i%1000)) },
+			// A 503 (Redis past the decision budget on a loaded machine) is
+			// an answer, counted apart; any other error fails the run.
+			Check: func(msg *nats.Msg) error {
+				switch serr := events.DecodeServiceError(msg); {
+				case serr == nil:
+					return nil
+				case errors.Is(serr, events.ErrUnavailable):
+					return testenv.ErrApart
+				default:
+					return serr
+				}
+			}}
 	}
-	batchSize := func() (uint64, float64) {
-		n, sum, err := histogramOf(reg, "allot_ratelimit_batch_size")
+	var batches uint64
+	var batched float64
+	var n0 uint64
+	var sum0 float64
+	before := func() {
+		if n0, sum0, err = histogramOf(reg, "allot_ratelimit_batch_size"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	after := func() {
+		n1, sum1, err := histogramOf(reg, "allot_ratelimit_batch_size")
 		if err != nil {
 			b.Fatal(err)
 		}
-		return n, sum
+		batches, batched = batches+n1-n0, batched+sum1-sum0
+	}
+	phases := []testenv.Phase{
+		{Name: "floor", Load: load(func(u string) string { return "b.floor." + u }, nil)},
+		{Name: "raw", Load: load(func(u string) string { return "b.raw." + u }, nil)},
+		{Name: "sliding", Load: load(cfg.Subjects.Check, []byte(`{"service":"api"}`)), Before: before, After: after},
+		{Name: "fixed", Load: load(cfg.Subjects.Check, []byte(`{"service":"fixed"}`)), Before: before, After: after},
 	}
 	b.ResetTimer()
 	for range b.N {
-		rates := map[string][]float64{}
-		all := map[string]*latencies{}
-		var batches uint64
-		var batched float64
-		for range rounds {
-			for _, r := range runs {
-				n0, sum0 := batchSize()
-				rate, lat := hammer(b, cnc, clients, d, r.subject, r.body)
-				n1, sum1 := batchSize()
-				batches, batched = batches+n1-n0, batched+sum1-sum0
-				rates[r.name] = append(rates[r.name], rate)
-				if all[r.name] == nil {
-					all[r.name] = &latencies{}
-				}
-				all[r.name].add(lat.d)
-				all[r.name].unavailable.Add(lat.unavailable.Load())
-			}
-		}
+		res := testenv.Interleave(b, cnc, rounds, phases)
 		b.ReportMetric(0, "ns/op")
-		raw, fl := median(rates["raw"]), median(rates["floor"])
-		for _, r := range runs {
-			b.ReportMetric(median(rates[r.name]), r.name+"_req/s")
-			b.ReportMetric(float64(all[r.name].quantile(0.99).Microseconds())/1000, r.name+"_p99_ms")
-			if r.name != "raw" && r.name != "floor" {
-				b.ReportMetric(float64(all[r.name].quantile(0.5).Microseconds())/1000, r.name+"_p50_ms")
-				b.ReportMetric(median(rates[r.name])/raw, r.name+"_ratio")
-				b.ReportMetric(median(rates[r.name])/fl, r.name+"_of_floor")
-				b.ReportMetric(float64(all[r.name].unavailable.Load()), r.name+"_503s")
+		raw, fl := res["raw"].Rate, res["floor"].Rate
+		for _, p := range phases {
+			r := res[p.Name]
+			b.ReportMetric(r.Rate, p.Name+"_req/s")
+			b.ReportMetric(testenv.Ms(r.Latencies.Quantile(0.99)), p.Name+"_p99_ms")
+			if p.Name != "raw" && p.Name != "floor" {
+				b.ReportMetric(testenv.Ms(r.Latencies.Quantile(0.5)), p.Name+"_p50_ms")
+				b.ReportMetric(r.Rate/raw, p.Name+"_ratio")
+				b.ReportMetric(r.Rate/fl, p.Name+"_of_floor")
+				b.ReportMetric(float64(r.Latencies.Apart()), p.Name+"_503s")
 			}
 		}
 		if batches > 0 {
 			b.ReportMetric(batched/float64(batches), "checks/batch")
 		}
 	}
-}
-
-func median(xs []float64) float64 {
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	if len(s) == 0 {
-		return 0
-	}
-	return s[len(s)/2]
 }
 
 // BenchmarkDecide times Limiter.Check alone, without NATS: validation,
