@@ -24,7 +24,7 @@ const (
 	// to 229 for 4 instances; 288 to 195 for one) for 20-30 us of
 	// compressing and 4-6 us of inflating on every client, and the
 	// header costs 36 bytes: not worth it, and a small find stays
-	// readable with "nats req".
+	// readable as it is.
 	gzipMin = 1024
 )
 
