@@ -145,7 +145,7 @@ func DefaultMeter() MeterConfig {
 		MaxAckPending: 20000,
 		DedupTTL:      24 * time.Hour,
 		RetryDelay:    time.Second,
-		Handlers:      16,
+		Handlers:      4,
 		Pipelines:     2,
 		ExportMaxUIDs: 1000,
 	}
