@@ -1,8 +1,10 @@
 // Package store keeps the rate limiter's windows in Redis. A decision is
-// one Lua script (check.lua) that reads the limit and the windows, decides
-// and records the call in one step, on Redis's clock; every key comes
-// from pkg/keys. CheckMany sends the decisions of many calls in one
-// pipeline: one round trip, each call still its own script.
+// Lua (check_one.lua) that reads the limit and the windows, decides and
+// records the call in one step, on Redis's clock; every key comes from
+// pkg/keys. CheckMany decides many calls in one round trip: on a single
+// node with one script call for them all (check_many.lua: one clock
+// reading, the calls in order), on a Redis Cluster, whose calls live in
+// many slots, with one script call per call (check.lua), pipelined.
 package store
 
 import (
@@ -18,8 +20,12 @@ import (
 )
 
 var (
+	//go:embed check_one.lua
+	checkOneLua string
 	//go:embed check.lua
 	checkLua string
+	//go:embed check_many.lua
+	checkManyLua string
 	//go:embed hit.lua
 	hitLua string
 )
@@ -44,11 +50,13 @@ const (
 
 // Store is the rate limiter's Redis state.
 type Store struct {
-	rdb   Redis
-	keys  keys.Keys
-	now   func() time.Time // nil: Redis TIME
-	check *redis.Script
-	hit   *redis.Script
+	rdb       Redis
+	keys      keys.Keys
+	now       func() time.Time // nil: Redis TIME
+	perCheck  bool             // one script call per check (Cluster)
+	check     *redis.Script
+	checkMany *redis.Script
+	hit       *redis.Script
 }
 
 // Options configures a Store.
@@ -57,23 +65,40 @@ type Options struct {
 	// Now overrides Redis TIME as the clock of the windows (tests). Nil
 	// uses Redis TIME, the one clock every replica shares.
 	Now func() time.Time
+	// OneScriptPerCheck sends one check.lua call per check, pipelined,
+	// instead of one check_many.lua call per batch. It is forced on for a
+	// Redis Cluster (or Ring), where the checks of a batch live in many
+	// slots; tests set it to cover that path on a single node.
+	OneScriptPerCheck bool
 }
 
-// New returns a Store and loads its script.
+// New returns a Store and loads its scripts.
 func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
 	if rdb == nil {
 		return nil, errors.New("store: nil redis client")
 	}
-	s := &Store{rdb: rdb, keys: opts.Keys, now: opts.Now, check: redis.NewScript(checkLua), hit: redis.NewScript(hitLua)}
+	s := &Store{
+		rdb:       rdb,
+		keys:      opts.Keys,
+		now:       opts.Now,
+		perCheck:  opts.OneScriptPerCheck,
+		check:     redis.NewScript(checkOneLua + checkLua),
+		checkMany: redis.NewScript(checkOneLua + checkManyLua),
+		hit:       redis.NewScript(hitLua),
+	}
+	switch rdb.(type) {
+	case *redis.ClusterClient, *redis.Ring:
+		s.perCheck = true
+	}
 	if err := s.Load(ctx); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-// Load loads the script into Redis, so calls go out as EVALSHA.
+// Load loads the scripts into Redis, so calls go out as EVALSHA.
 func (s *Store) Load(ctx context.Context) error {
-	for _, sc := range []*redis.Script{s.check, s.hit} {
+	for _, sc := range []*redis.Script{s.check, s.checkMany, s.hit} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return fmt.Errorf("%w: load scripts: %w", ErrRedis, err)
 		}
@@ -123,17 +148,27 @@ type CheckOp struct {
 	Cost  int64
 }
 
-// CheckMany decides ops in one pipelined round trip, in order, as Check
-// decides each: ds[i] and errs[i] are op i's, and errs[i] wraps ErrRedis
-// when Redis did not answer it (or not within ctx). If Redis had
-// forgotten the script, it is loaded again once and the ops that found
-// it missing are sent again in a second round trip, on the same clock.
+// CheckMany decides ops in one round trip, in order, as Check decides
+// each: ds[i] and errs[i] are op i's. errs[i] is op i's own when the
+// script failed on it (a key of the wrong type), the others decided
+// regardless, and wraps ErrRedis when Redis did not answer (or not within
+// ctx). On a single node one check_many.lua call decides them all;
+// otherwise each is a check.lua call of one pipeline. If Redis had
+// forgotten the script, it is loaded again once and what found it missing
+// is sent again in a second round trip, on the same clock.
 func (s *Store) CheckMany(ctx context.Context, ops []CheckOp) ([]Decision, []error) {
 	ds := make([]Decision, len(ops))
 	errs := make([]error, len(ops))
+	if len(ops) == 0 {
+		return ds, errs
+	}
 	var now int64
 	if s.now != nil {
 		now = s.now().UnixMilli()
+	}
+	if !s.perCheck {
+		s.checkBatch(ctx, ops, now, ds, errs)
+		return ds, errs
 	}
 	all := make([]int, len(ops))
 	for i := range all {
@@ -162,6 +197,88 @@ func (s *Store) CheckMany(ctx context.Context, ops []CheckOp) ([]Decision, []err
 		ds[i], errs[i] = decisionOf(ops[i], r.v, r.err)
 	}
 	return ds, errs
+}
+
+// checkBatch decides ops with one check_many.lua call, filling ds and
+// errs.
+func (s *Store) checkBatch(ctx context.Context, ops []CheckOp, now int64, ds []Decision, errs []error) {
+	keyList := make([]string, 0, 3*len(ops))
+	args := make([]any, 1, 1+6*len(ops))
+	args[0] = now
+	for _, op := range ops {
+		even, odd := s.keys.RateLimit(op.UID, op.Limit.Service)
+		keyList = append(keyList, even, odd, s.keys.Grants(op.UID))
+		args = append(args, op.Limit.Interval.Milliseconds(), op.Limit.Mode, op.Cost,
+			keys.RateLimitField(op.Limit.Service), op.Limit.Configured, op.Limit.DefaultGrant)
+	}
+	v, err := s.checkMany.EvalSha(ctx, s.rdb, keyList, args...).Result()
+	if isNoScript(err) {
+		// Redis forgot the script (a restart, SCRIPT FLUSH), so it ran
+		// nothing: load it again and resend.
+		if lerr := s.Load(ctx); lerr != nil {
+			for i := range errs {
+				errs[i] = lerr
+			}
+			return
+		}
+		v, err = s.checkMany.EvalSha(ctx, s.rdb, keyList, args...).Result()
+	}
+	if err != nil {
+		// Redis not answering (ErrRedis), or the script failing outside
+		// any one call, which it should not (every call runs under pcall).
+		for i, op := range ops {
+			ds[i], errs[i] = decisionOf(op, nil, err)
+		}
+		return
+	}
+	replies, ok := v.([]any)
+	if !ok || len(replies) != len(ops) {
+		for i := range errs {
+			errs[i] = fmt.Errorf("store: check_many: unexpected reply %v to %d checks", v, len(ops))
+		}
+		return
+	}
+	for i, r := range replies {
+		if arr, ok := r.([]any); ok && len(arr) == 2 {
+			if status, _ := arr[0].(int64); status == -1 {
+				msg, _ := arr[1].(string)
+				errs[i] = failedOp(ops[i], msg)
+				continue
+			}
+		}
+		ds[i], errs[i] = decisionOf(ops[i], r, nil)
+	}
+}
+
+// failedOp is the error of op, which failed inside check_many.lua with
+// msg, classified as check.lua's reply would be: a Redis error raised by
+// redis.call keeps its code (WRONGTYPE, ERR, OOM ...), a Lua error is ERR
+// as Redis reports it. Then, as in decisionOf, ERR and WRONGTYPE are the
+// op's own and anything else (OOM, READONLY: Redis that cannot work) is
+// ErrRedis.
+func failedOp(op CheckOp, msg string) error {
+	if !hasErrorCode(msg) {
+		msg = "ERR " + msg
+	}
+	if strings.HasPrefix(msg, "ERR ") || strings.HasPrefix(msg, "WRONGTYPE") {
+		return fmt.Errorf("store: check %s/%s: %s", op.UID, op.Limit.Service, msg)
+	}
+	return fmt.Errorf("%w: check %s/%s: %s", ErrRedis, op.UID, op.Limit.Service, msg)
+}
+
+// hasErrorCode reports whether msg starts with a Redis error code: an
+// upper-case word.
+func hasErrorCode(msg string) bool {
+	code, _, ok := strings.Cut(msg, " ")
+	if !ok || code == "" {
+		return false
+	}
+	for _, r := range code {
+		if r < 'A' || r > 'Z' {
+			return false
+		}
+	}
+	return true
 }
 
 // result is one script call's raw reply.

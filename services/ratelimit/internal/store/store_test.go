@@ -2,6 +2,9 @@ package store
 
 import (
 	"errors"
+	"fmt"
+	"regexp"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -27,14 +30,25 @@ func (c *fakeClock) Add(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// backend opens a Redis client and a unique key prefix.
-type backend func(t *testing.T) (redis.UniversalClient, string)
+// backend opens a Redis client and returns it with the options of a
+// store on it: a key prefix of its own, and the path CheckMany takes.
+type backend func(t *testing.T) (redis.UniversalClient, Options)
 
-func miniBackend(t *testing.T) (redis.UniversalClient, string) {
+func miniBackend(t *testing.T) (redis.UniversalClient, Options) {
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { _ = rdb.Close() })
-	return rdb, "allot:"
+	return rdb, Options{Keys: keys.New("allot:")}
+}
+
+// perCheck is open with CheckMany sending one check.lua call per check,
+// as on a Redis Cluster, instead of one check_many.lua call per batch.
+func perCheck(open backend) backend {
+	return func(t *testing.T) (redis.UniversalClient, Options) {
+		rdb, opts := open(t)
+		opts.OneScriptPerCheck = true
+		return rdb, opts
+	}
 }
 
 // windowStart returns the start of a window of d an hour after the real
@@ -47,9 +61,10 @@ func windowStart(d time.Duration) time.Time {
 
 func newStore(t *testing.T, open backend, start time.Time) (*Store, *fakeClock, redis.UniversalClient) {
 	t.Helper()
-	rdb, prefix := open(t)
+	rdb, opts := open(t)
 	clock := &fakeClock{t: start}
-	s, err := New(t.Context(), rdb, Options{Keys: keys.New(prefix), Now: clock.Now})
+	opts.Now = clock.Now
+	s, err := New(t.Context(), rdb, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +82,8 @@ func check(t *testing.T, s *Store, uid string, l Limit, cost int64) Decision {
 
 func ms(n int64) time.Duration { return time.Duration(n) * time.Millisecond }
 
-// The behaviour tests run on miniredis here and, gated, on the real Redis.
+// The behaviour tests run on miniredis here and, gated, on the real Redis,
+// each on both paths of CheckMany (Check is CheckMany of one).
 var behaviours = []struct {
 	name string
 	fn   func(t *testing.T, open backend)
@@ -85,11 +101,14 @@ var behaviours = []struct {
 	{"HitsCountOnce", testHits},
 	{"ScriptReloadsAfterFlush", testScriptReload},
 	{"CheckManyDecidesInOrder", testCheckMany},
+	{"WrongTypeIsNotARedisOutage", testWrongType},
+	{"OneScriptDecidesAsOneScriptPerCheck", testBatchMatchesPerCheck},
 }
 
 func TestBehaviourMiniredis(t *testing.T) {
 	for _, b := range behaviours {
 		t.Run(b.name, func(t *testing.T) { b.fn(t, miniBackend) })
+		t.Run(b.name+"/OneScriptPerCheck", func(t *testing.T) { b.fn(t, perCheck(miniBackend)) })
 	}
 }
 
@@ -468,10 +487,16 @@ func testCheckMany(t *testing.T, open backend) {
 }
 
 func TestRedisDown(t *testing.T) {
+	for _, perCheck := range []bool{false, true} {
+		t.Run(fmt.Sprintf("OneScriptPerCheck=%v", perCheck), func(t *testing.T) { testRedisDown(t, perCheck) })
+	}
+}
+
+func testRedisDown(t *testing.T, perCheck bool) {
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1})
 	t.Cleanup(func() { _ = rdb.Close() })
-	s, err := New(t.Context(), rdb, Options{Keys: keys.New("allot:")})
+	s, err := New(t.Context(), rdb, Options{Keys: keys.New("allot:"), OneScriptPerCheck: perCheck})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -492,9 +517,9 @@ func TestRedisDown(t *testing.T) {
 	}
 }
 
-func TestWrongTypeIsNotARedisOutage(t *testing.T) {
-	rdb, prefix := miniBackend(t)
-	s, err := New(t.Context(), rdb, Options{Keys: keys.New(prefix)})
+func testWrongType(t *testing.T, open backend) {
+	rdb, opts := open(t)
+	s, err := New(t.Context(), rdb, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -561,8 +586,8 @@ func testHits(t *testing.T, open backend) {
 // testRedisTime runs without a test clock: the script reads Redis TIME,
 // and a real 1s window ends when Redis says so.
 func testRedisTime(t *testing.T, open backend) {
-	rdb, prefix := open(t)
-	s, err := New(t.Context(), rdb, Options{Keys: keys.New(prefix)})
+	rdb, opts := open(t)
+	s, err := New(t.Context(), rdb, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -584,4 +609,152 @@ func testRedisTime(t *testing.T, open backend) {
 	if d := check(t, s, "u-1", l, 1); !d.Allowed {
 		t.Errorf("refused after retry_after: %+v", d)
 	}
+}
+
+// testBatchMatchesPerCheck sends the same batches — uids, services and
+// modes mixed, peeks, keys of the wrong type, a count that is no integer,
+// and (uid, service) pairs repeated — to two identical stores, one
+// deciding each batch with one check_many.lua call and the other with
+// one check.lua call per check, at times within a window, at its last ms,
+// across boundaries and windows later. Every decision, every error's
+// kind and the windows left in Redis must be the same. It picks both
+// paths itself, whatever open says.
+func testBatchMatchesPerCheck(t *testing.T, open backend) {
+	ctx := t.Context()
+	const interval = 10 * time.Second
+	start := windowStart(interval)
+	clock := &fakeClock{t: start.Add(2 * time.Second)}
+	var stores [2]*Store
+	var rdbs [2]redis.UniversalClient
+	for i, per := range []bool{false, true} {
+		rdb, opts := open(t)
+		opts.Now = clock.Now
+		opts.OneScriptPerCheck = per
+		s, err := New(ctx, rdb, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stores[i], rdbs[i] = s, rdb
+	}
+	fixed := Limit{Service: "upload", Interval: interval, Mode: ModeFixed, Configured: 3, DefaultGrant: 500}
+	slide := Limit{Service: "search", Interval: interval, Mode: ModeSliding, Configured: 5, DefaultGrant: 500}
+	own := Limit{Interval: time.Second, Mode: ModeFixed, Configured: -1, DefaultGrant: 4}
+	unconfigured := Limit{Service: "feed", Interval: interval, Mode: ModeSliding, Configured: -1, DefaultGrant: 6}
+	limits := []Limit{fixed, slide, own, unconfigured}
+	uids := []string{"u-1", "u-2", "u-3", "u-4", "u-5", "u-bad"}
+	for i, s := range stores {
+		k, rdb := s.Keys(), rdbs[i]
+		// u-1's own limit and its unconfigured services: 2; u-2's upload 1,
+		// its search 7.
+		rdb.HSet(ctx, k.Grants("u-1"), "ratelimit", "2")
+		rdb.HSet(ctx, k.Grants("u-2"), "ratelimit_upload", "1", "ratelimit_search", "7.5")
+		// u-bad's grants and u-3's search windows are strings: their
+		// checks fail (WRONGTYPE), each alone.
+		rdb.Set(ctx, k.Grants("u-bad"), "x", time.Hour)
+		even, odd := k.RateLimit("u-3", "search")
+		rdb.Set(ctx, even, "x", time.Hour)
+		rdb.Set(ctx, odd, "x", time.Hour)
+		// u-4's upload window holds a count that is no integer: a peek
+		// reads it as 0, a call fails on HINCRBY (ERR), having written
+		// nothing.
+		w := clock.Now().UnixMilli() / interval.Milliseconds()
+		even, odd = k.RateLimit("u-4", "upload")
+		if w%2 == 1 {
+			even = odd
+		}
+		rdb.HSet(ctx, even, "w", w, "n", "x")
+		rdb.Expire(ctx, even, time.Hour)
+	}
+	batch := []CheckOp{
+		{"u-1", fixed, 1}, {"u-1", fixed, 1}, {"u-2", fixed, 1}, {"u-1", fixed, 0}, {"u-1", fixed, 2},
+		{"u-1", own, 1}, {"u-bad", fixed, 1}, {"u-1", own, 1}, {"u-1", own, 1}, {"u-1", own, 0},
+		{"u-1", slide, 3}, {"u-2", slide, 4}, {"u-1", slide, 2}, {"u-1", slide, 1}, {"u-2", slide, 0},
+		{"u-3", slide, 1}, {"u-3", fixed, 1}, {"u-4", fixed, 1}, {"u-4", fixed, 0}, {"u-3", slide, 0},
+		{"u-1", unconfigured, 1}, {"u-2", unconfigured, 5}, {"u-1", unconfigured, 1}, {"u-1", unconfigured, 1},
+		{"u-bad", own, 0}, {"u-2", fixed, 1}, {"u-5", slide, 9}, {"u-5", slide, 0}, {"u-5", slide, 5},
+		{"u-2", slide, 4}, {"u-5", fixed, 3}, {"u-5", fixed, 1}, {"u-2", own, 4}, {"u-2", own, 0},
+	}
+	type outcome struct {
+		Decision Decision
+		Failed   bool
+		Code     string // the Redis error code of a failed check
+		ErrRedis bool
+		// WRONGTYPE is in the message (miniredis, whose Lua puts the line
+		// before it, reports the code as ERR).
+		WrongType bool
+	}
+	var allowed, refused, failed int
+	for _, at := range []time.Duration{
+		2 * time.Second, 2 * time.Second, 6500 * time.Millisecond, interval - time.Millisecond,
+		interval, interval + 1700*time.Millisecond, 2*interval - 1, 3*interval + 4*time.Second,
+	} {
+		clock.Set(start.Add(at))
+		var got [2][]outcome
+		for i, s := range stores {
+			ds, errs := s.CheckMany(ctx, batch)
+			for j := range batch {
+				o := outcome{Decision: ds[j], Failed: errs[j] != nil, Code: errCode(errs[j]), ErrRedis: errors.Is(errs[j], ErrRedis),
+					WrongType: errs[j] != nil && strings.Contains(errs[j].Error(), "WRONGTYPE")}
+				got[i] = append(got[i], o)
+				if i == 0 {
+					switch {
+					case o.Failed:
+						failed++
+					case o.Decision.Allowed:
+						allowed++
+					default:
+						refused++
+					}
+				}
+			}
+		}
+		if diff := cmp.Diff(got[1], got[0]); diff != "" {
+			t.Errorf("at %v: check_many.lua (+) against check.lua per check (-):\n%s", at, diff)
+		}
+		for j, o := range got[0] {
+			uid := batch[j].UID
+			wantFail := uid == "u-bad" || (uid == "u-3" && batch[j].Limit.Service == "search")
+			if (wantFail && !o.WrongType) || o.ErrRedis {
+				t.Errorf("at %v: op %d (%s/%s): %+v", at, j, uid, batch[j].Limit.Service, o)
+			}
+		}
+	}
+	if allowed == 0 || refused == 0 || failed == 0 {
+		t.Errorf("%d allowed, %d refused, %d failed: the batch should have all three", allowed, refused, failed)
+	}
+	// The windows left behind are the same.
+	type window struct {
+		Hash   map[string]string
+		Err    bool
+		Expiry bool
+	}
+	for _, uid := range uids {
+		for _, l := range limits {
+			var got [2][2]window
+			for i, s := range stores {
+				even, odd := s.Keys().RateLimit(uid, l.Service)
+				for p, key := range []string{even, odd} {
+					h, err := rdbs[i].HGetAll(ctx, key).Result()
+					ttl := rdbs[i].PTTL(ctx, key).Val()
+					got[i][p] = window{Hash: h, Err: err != nil, Expiry: ttl > 0}
+				}
+			}
+			if diff := cmp.Diff(got[1], got[0]); diff != "" {
+				t.Errorf("%s/%s: windows of check_many.lua (+) against check.lua per check (-):\n%s", uid, l.Service, diff)
+			}
+		}
+	}
+}
+
+// errCode returns the Redis error code ("WRONGTYPE", "ERR") of a check
+// that failed in its script, "" for none.
+func errCode(err error) string {
+	if err == nil {
+		return ""
+	}
+	m := regexp.MustCompile(`^store: check [^ ]*: ([A-Z]+) `).FindStringSubmatch(err.Error())
+	if m == nil {
+		return "?"
+	}
+	return m[1]
 }

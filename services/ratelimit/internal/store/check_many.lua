@@ -1,0 +1,30 @@
+-- check_many.lua decides a whole batch of calls in one script call, on a
+-- single Redis node (on a Cluster the calls of a batch live in many
+-- slots, and check.lua runs once per call instead). check_one.lua is
+-- prepended. The calls are decided in order, each as check.lua decides
+-- it, so calls of the same (uid, service) see the ones before them; all
+-- on one clock, read once. A call that fails (a key of the wrong type) is
+-- reported and the others go on; it fails before its first write, so
+-- nothing of it is kept.
+--
+-- KEYS     three per call, in order: as check.lua's KEYS
+-- ARGV[1]  now in ms; 0 uses Redis TIME
+-- ARGV[2..] six per call, in order: check.lua's ARGV[2..7] (interval,
+--          mode, cost, grants field, configured limit, default grant)
+--
+-- Returns one reply per call: check.lua's, or {-1, error} for a call that
+-- failed.
+
+local now = now_ms(ARGV[1])
+local out = {}
+for i = 1, #KEYS / 3 do
+  local k, a = 3 * (i - 1), 1 + 6 * (i - 1)
+  local ok, res = pcall(check_one, {KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]},
+    {ARGV[1], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]}, now)
+  if ok then
+    out[i] = res
+  else
+    out[i] = {-1, type(res) == 'table' and res.err or tostring(res)}
+  end
+end
+return out
