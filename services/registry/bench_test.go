@@ -1,14 +1,18 @@
 package registry
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -109,12 +113,115 @@ func registerAll(b *testing.B, natsURL string, subj events.Subjects, reqs []even
 	}
 }
 
+// findClients is how many clients BenchmarkFind and BenchmarkFindFloor
+// run at once, each on its own connection.
+const findClients = 16
+
+// roundTrips has findClients clients call do in a loop and reports the
+// percentiles of its latency (do's own time: request to reply received
+// and, for gzip, inflated), the bytes of a reply on the wire and, when do
+// inflates, the mean time that took and the percentiles without it
+// (wire_ms: what the client waited for; the clients share the machine's
+// cores with the servers, so their inflating still slows the others).
+func roundTrips(b *testing.B, natsURL string, do func(nc *nats.Conn) (wire int, inflate time.Duration, err error)) {
+	b.Helper()
+	per := max(b.N/findClients, 50)
+	lat := make([][]time.Duration, findClients)
+	wait := make([][]time.Duration, findClients)
+	var size atomic.Int64
+	var wg sync.WaitGroup
+	conns := make([]*nats.Conn, findClients)
+	for w := range conns {
+		nc, err := nats.Connect(natsURL)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(nc.Close)
+		conns[w] = nc
+	}
+	b.ResetTimer()
+	for w, nc := range conns {
+		wg.Go(func() {
+			for range per {
+				start := time.Now()
+				wire, inflate, err := do(nc)
+				took := time.Since(start)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				lat[w] = append(lat[w], took)
+				wait[w] = append(wait[w], took-inflate)
+				size.Store(int64(wire))
+			}
+		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	var all, waited []time.Duration
+	for w := range lat {
+		all = append(all, lat[w]...)
+		waited = append(waited, wait[w]...)
+	}
+	if len(all) == 0 {
+		return
+	}
+	var inflated time.Duration
+	for i := range all {
+		inflated += all[i] - waited[i]
+	}
+	pct := func(d []time.Duration, p float64) float64 {
+		slices.Sort(d)
+		return float64(d[int(p*float64(len(d)-1))].Microseconds()) / 1000
+	}
+	b.ReportMetric(pct(all, 0.5), "p50_ms")
+	b.ReportMetric(pct(all, 0.99), "p99_ms")
+	b.ReportMetric(float64(size.Load())/1024, "reply_KiB")
+	if inflated > 0 {
+		b.ReportMetric(float64(inflated.Microseconds())/float64(len(all)), "inflate_us")
+		b.ReportMetric(pct(waited, 0.5), "p50_wire_ms")
+		b.ReportMetric(pct(waited, 0.99), "p99_wire_ms")
+	}
+	b.ReportMetric(0, "ns/op")
+}
+
+// findRequest asks subject for a find, accepting gzip or not, and
+// returns the body as the client will use it (inflated), the bytes on the
+// wire and the time inflating took.
+func findRequest(nc *nats.Conn, subject string, gz bool) (body []byte, wire int, inflate time.Duration, err error) {
+	req := &nats.Msg{Subject: subject}
+	if gz {
+		req.Header = nats.Header{events.HeaderAcceptEncoding: {events.EncodingGzip}}
+	}
+	msg, err := nc.RequestMsg(req, 10*time.Second)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	if serr := events.DecodeServiceError(msg); serr != nil {
+		return nil, 0, 0, serr
+	}
+	start := time.Now()
+	if body, err = events.DecodeReplyBody(msg); err != nil {
+		return nil, 0, 0, err
+	}
+	if msg.Header.Get(events.HeaderContentEncoding) != "" {
+		inflate = time.Since(start)
+	}
+	return body, len(msg.Data), inflate, nil
+}
+
 // BenchmarkFind: 16 clients, each on its own connection, ask
 // registry.find (all 1,000 instances) or registry.find.<name> (100) in a
-// loop; it reports the latency percentiles of the round trip (request to
-// reply received; the client's own JSON decoding is not timed). cache=1s is the default find_cache (no changes arrive
-// during the run, so finds are served from memory); cache=0 reads Redis
-// and decrypts all 1,000 entries on every find.
+// loop, plain (enc=plain, no Accept-Encoding, as a raw NATS user or an
+// older client asks) and gzipped (enc=gzip, as events.Client.Find asks),
+// one after the other on the same registry and instances. It reports the
+// latency percentiles of the round trip: request to reply received and,
+// for gzip, inflated, which a client must do to use it (the JSON decoding
+// is timed in neither); the reply's size on the wire; and the mean time
+// inflating took. cache=1s is the default find_cache (no changes arrive
+// during the run, so finds are served from memory, and the gzipped reply
+// is made once); cache=0 reads Redis and decrypts all 1,000 entries, and
+// compresses, on every find.
 func BenchmarkFind(b *testing.B) {
 	for _, cache := range []time.Duration{time.Second, 0} {
 		for _, name := range []string{"", "svc-3"} {
@@ -136,101 +243,129 @@ func BenchmarkFind(b *testing.B) {
 				}
 				b.Cleanup(func() { _ = r.Stop(context.Background()) })
 				registerAll(b, natsURL, cfg.Subjects, benchInstances(1000), 16)
-				const clients = 16
-				per := max(b.N/clients, 50)
-				lat := make([][]time.Duration, clients)
-				var size atomic.Int64
-				var wg sync.WaitGroup
-				b.ResetTimer()
-				for w := range clients {
-					cnc, err := nats.Connect(natsURL)
-					if err != nil {
-						b.Fatal(err)
-					}
-					subject := cfg.Subjects.Find(name)
-					wg.Go(func() {
-						defer cnc.Close()
-						for range per {
-							start := time.Now()
-							msg, err := cnc.Request(subject, nil, 10*time.Second)
-							lat[w] = append(lat[w], time.Since(start))
-							if err == nil && events.DecodeServiceError(msg) != nil {
-								err = events.DecodeServiceError(msg)
+				subject := cfg.Subjects.Find(name)
+				for _, gz := range []bool{false, true} {
+					b.Run("enc="+map[bool]string{false: "plain", true: "gzip"}[gz], func(b *testing.B) {
+						roundTrips(b, natsURL, func(nc *nats.Conn) (int, time.Duration, error) {
+							_, wire, inflate, err := findRequest(nc, subject, gz)
+							if err == nil && gz && inflate == 0 {
+								err = fmt.Errorf("find %s accepting gzip: a plain reply of %d bytes", subject, wire)
 							}
-							if err != nil {
-								b.Errorf("find: %v", err)
-								return
-							}
-							size.Store(int64(len(msg.Data)))
-						}
+							return wire, inflate, err
+						})
 					})
 				}
-				wg.Wait()
-				b.StopTimer()
-				var all []time.Duration
-				for _, l := range lat {
-					all = append(all, l...)
-				}
-				sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-				pct := func(p float64) float64 { return float64(all[int(p*float64(len(all)-1))].Microseconds()) / 1000 }
-				b.ReportMetric(pct(0.5), "p50_ms")
-				b.ReportMetric(pct(0.99), "p99_ms")
-				b.ReportMetric(float64(size.Load())/1024, "reply_KiB")
-				b.ReportMetric(0, "ns/op")
 			})
 		}
 	}
 }
 
-// BenchmarkFindFloor is the floor BenchmarkFind is measured against: a
-// bare NATS responder that answers every request with the same 145 KiB
-// (a 1,000-instance reply), under the same 16 clients.
-func BenchmarkFindFloor(b *testing.B) {
-	natsURL, _, _, cfg := benchSetup(b)
-	nc, err := nats.Connect(natsURL)
+// benchFindReply is the find reply of all benchInstances(1000), plain
+// and as the registry gzips it.
+func benchFindReply(b *testing.B) (plain, gz []byte) {
+	b.Helper()
+	reqs := benchInstances(1000)
+	insts := make([]events.Instance, len(reqs))
+	// Registered as registerAll does, about two a millisecond; Redis
+	// keeps milliseconds.
+	created := time.Now().UTC().Truncate(time.Millisecond)
+	for i, r := range reqs {
+		insts[i] = events.Instance{Name: r.Name, ID: r.ID, Endpoints: r.Endpoints, IPv4: r.IPv4, Port: r.Port,
+			PublicURL: r.PublicURL, Created: created.Add(time.Duration(i/2) * time.Millisecond)}
+	}
+	sort.Slice(insts, func(i, j int) bool {
+		if insts[i].Name != insts[j].Name {
+			return insts[i].Name < insts[j].Name
+		}
+		return insts[i].ID < insts[j].ID
+	})
+	plain, err := json.Marshal(BuildFindReply(insts, ""))
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(nc.Close)
-	blob := make([]byte, 145<<10)
-	for range 4 {
-		if _, err := nc.QueueSubscribe(cfg.Subjects.Find(""), "floor", func(m *nats.Msg) { _ = m.Respond(blob) }); err != nil {
-			b.Fatal(err)
-		}
-	}
-	_ = nc.Flush()
-	const clients = 16
-	per := max(b.N/clients, 50)
-	lat := make([][]time.Duration, clients)
-	var wg sync.WaitGroup
-	b.ResetTimer()
-	for w := range clients {
-		cnc, err := nats.Connect(natsURL)
-		if err != nil {
-			b.Fatal(err)
-		}
-		wg.Go(func() {
-			defer cnc.Close()
-			for range per {
-				start := time.Now()
-				if _, err := cnc.Request(cfg.Subjects.Find(""), nil, 10*time.Second); err != nil {
-					b.Error(err)
-					return
-				}
-				lat[w] = append(lat[w], time.Since(start))
+	return plain, gzipBytes(plain)
+}
+
+// BenchmarkFindFloor is the floor BenchmarkFind is measured against: a
+// bare NATS responder that answers every request with the same
+// 1,000-instance find reply, under the same 16 clients, built in advance:
+// size=plain sends it as it is, size=gzip gzipped with Content-Encoding,
+// and its clients inflate it as BenchmarkFind's enc=gzip do.
+func BenchmarkFindFloor(b *testing.B) {
+	plain, gz := benchFindReply(b)
+	for _, zipped := range []bool{false, true} {
+		b.Run("size="+map[bool]string{false: "plain", true: "gzip"}[zipped], func(b *testing.B) {
+			natsURL, _, _, cfg := benchSetup(b)
+			nc, err := nats.Connect(natsURL)
+			if err != nil {
+				b.Fatal(err)
 			}
+			b.Cleanup(nc.Close)
+			reply := &nats.Msg{Data: plain}
+			if zipped {
+				reply = &nats.Msg{Header: nats.Header{events.HeaderContentEncoding: {events.EncodingGzip}}, Data: gz}
+			}
+			for range 4 {
+				if _, err := nc.QueueSubscribe(cfg.Subjects.Find(""), "floor", func(m *nats.Msg) {
+					_ = m.RespondMsg(&nats.Msg{Header: reply.Header, Data: reply.Data})
+				}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			_ = nc.Flush()
+			subject := cfg.Subjects.Find("")
+			roundTrips(b, natsURL, func(nc *nats.Conn) (int, time.Duration, error) {
+				_, wire, inflate, err := findRequest(nc, subject, zipped)
+				return wire, inflate, err
+			})
 		})
 	}
-	wg.Wait()
-	b.StopTimer()
-	var all []time.Duration
-	for _, l := range lat {
-		all = append(all, l...)
+}
+
+// BenchmarkFindGzipLevel compresses the 1,000-instance find reply at each
+// gzip level and inflates it as the client does: the figures gzipLevel
+// was chosen from. It reports the size, the time to compress (once per
+// cached reply, on the first gzip find after a change) and the time to
+// inflate (on every client, on every find).
+func BenchmarkFindGzipLevel(b *testing.B) {
+	plain, _ := benchFindReply(b)
+	for _, level := range []int{gzip.HuffmanOnly, 1, 2, 3, 4, 5, 6, 7, 9} {
+		b.Run(fmt.Sprintf("level=%d", level), func(b *testing.B) {
+			w, err := gzip.NewWriterLevel(nil, level)
+			if err != nil {
+				b.Fatal(err)
+			}
+			var buf bytes.Buffer
+			compress := func() {
+				buf.Reset()
+				w.Reset(&buf)
+				_, _ = w.Write(plain)
+				_ = w.Close()
+			}
+			compress() // warm up
+			rounds := max(b.N, 50)
+			b.ResetTimer()
+			start := time.Now()
+			for range rounds {
+				compress()
+			}
+			compressed := time.Since(start)
+			msg := &nats.Msg{Header: nats.Header{events.HeaderContentEncoding: {events.EncodingGzip}}, Data: buf.Bytes()}
+			start = time.Now()
+			for range rounds {
+				if _, err := events.DecodeReplyBody(msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+			inflated := time.Since(start)
+			b.StopTimer()
+			b.ReportMetric(0, "ns/op")
+			b.ReportMetric(float64(buf.Len()), "gzip_B")
+			b.ReportMetric(100*float64(buf.Len())/float64(len(plain)), "gzip_%")
+			b.ReportMetric(float64(compressed.Microseconds())/float64(rounds), "compress_us")
+			b.ReportMetric(float64(inflated.Microseconds())/float64(rounds), "inflate_us")
+		})
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	b.ReportMetric(float64(all[len(all)/2].Microseconds())/1000, "p50_ms")
-	b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99_ms")
-	b.ReportMetric(0, "ns/op")
 }
 
 // BenchmarkHeartbeatCPU runs the registry binary (cmd/registry) as a
