@@ -68,7 +68,7 @@ type simulation struct {
 
 var skews = []time.Duration{-2 * time.Second, 0, 2 * time.Second}
 
-func newSimulation(t *testing.T, factory redisFactory, cfg service.Config, start time.Time, workersPassTheirOwnClock bool) *simulation {
+func newSimulation(t *testing.T, factory redisFactory, cfg service.Config, start time.Time, workersPassTheirOwnClock, oneScriptPerCheck bool) *simulation {
 	t.Helper()
 	open, prefix := factory(t)
 	cfg.Redis.KeyPrefix = prefix
@@ -79,7 +79,7 @@ func newSimulation(t *testing.T, factory redisFactory, cfg service.Config, start
 		if workersPassTheirOwnClock {
 			now = local // what the design forbids, to show why
 		}
-		w, err := New(t.Context(), cfg, Deps{Redis: open(), Now: now, Clock: local, Log: testLog()})
+		w, err := New(t.Context(), cfg, Deps{Redis: open(), Now: now, Clock: local, Log: testLog(), oneScriptPerCheck: oneScriptPerCheck})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -163,7 +163,14 @@ func accuracyConfig(limit int64, interval time.Duration, cache bool) service.Con
 // boundary bursts. fixed admits exactly the limit in every epoch window
 // (it is oversubscribed in each); sliding never passes its proven bound
 // in any span of one interval, and the boundary bursts do not pass 2x.
+// It runs with each batch one check_many.lua call (a single Redis node)
+// and with one check.lua call per check (as on a Cluster).
 func testAccuracy(t *testing.T, factory redisFactory) {
+	t.Run("OneScriptPerBatch", func(t *testing.T) { testAccuracyOf(t, factory, false) })
+	t.Run("OneScriptPerCheck", func(t *testing.T) { testAccuracyOf(t, factory, true) })
+}
+
+func testAccuracyOf(t *testing.T, factory redisFactory, oneScriptPerCheck bool) {
 	for _, tc := range []struct {
 		limit    int64
 		interval time.Duration
@@ -176,7 +183,7 @@ func testAccuracy(t *testing.T, factory redisFactory) {
 		t.Run(fmt.Sprintf("limit %d per %v, cache %v", tc.limit, tc.interval, tc.cache), func(t *testing.T) {
 			const windows = 6
 			start := windowStart(tc.interval)
-			sim := newSimulation(t, factory, accuracyConfig(tc.limit, tc.interval, tc.cache), start, false)
+			sim := newSimulation(t, factory, accuracyConfig(tc.limit, tc.interval, tc.cache), start, false, oneScriptPerCheck)
 			rng := rand.New(rand.NewPCG(uint64(tc.limit), uint64(tc.interval)))
 			sim.run(t, "fixed", tc.limit, tc.interval, windows, rng)
 			sim.redis.Set(start)
@@ -230,7 +237,7 @@ func TestAccuracyMiniredis(t *testing.T) { testAccuracy(t, miniFactory) }
 func TestOwnClocksWouldOvershoot(t *testing.T) {
 	const limit, interval = 20, time.Second
 	start := windowStart(interval)
-	sim := newSimulation(t, miniFactory, accuracyConfig(limit, interval, false), start, true)
+	sim := newSimulation(t, miniFactory, accuracyConfig(limit, interval, false), start, true, false)
 	// The workers' windows have other indexes (the skews are whole
 	// windows here), so each takes the others' counts for stale ones.
 	sim.run(t, "fixed", limit, interval, 4, rand.New(rand.NewPCG(1, 2)))

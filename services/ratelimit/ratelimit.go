@@ -127,6 +127,10 @@ type Deps struct {
 	// Clock is the local clock of the cache; nil is time.Now. Only
 	// durations are measured on it, so its offset does not matter.
 	Clock func() time.Time
+
+	// oneScriptPerCheck sends each check of a batch as a script call of
+	// its own, as on a Redis Cluster (tests: store.Options).
+	oneScriptPerCheck bool
 }
 
 // Limiter is a running rate limiter.
@@ -159,7 +163,7 @@ func New(ctx context.Context, cfg service.Config, deps Deps) (*Limiter, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	st, err := store.New(ctx, deps.Redis, store.Options{Keys: keys.New(cfg.Redis.KeyPrefix), Now: deps.Now})
+	st, err := store.New(ctx, deps.Redis, store.Options{Keys: keys.New(cfg.Redis.KeyPrefix), Now: deps.Now, OneScriptPerCheck: deps.oneScriptPerCheck})
 	if err != nil {
 		return nil, fmt.Errorf("ratelimit: %w", err)
 	}
