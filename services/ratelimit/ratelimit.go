@@ -54,11 +54,12 @@
 //
 // # One clock
 //
-// Every decision is one Lua script that reads Redis TIME, the limit and
-// both windows, decides and records: no worker passes its own time, so
-// workers whose clocks differ by seconds still share window boundaries
-// exactly. A refused call records nothing. A window's key expires one
-// interval after the window ends (sliding reads it until then).
+// Every decision is made inside Redis, by Lua that reads Redis TIME, the
+// limit and both windows, decides and records within one script call: no
+// worker passes its own time, so workers whose clocks differ by seconds
+// still share window boundaries exactly. A refused call records nothing.
+// A window's key expires one interval after the window ends (sliding
+// reads it until then).
 //
 // # Hits from usage events
 //
@@ -74,11 +75,18 @@
 //
 // Checks are served in batches: those that arrive while the pipelines are
 // busy queue up, and the next batch takes them all (up to 256) and sends
-// their scripts to Redis in one pipeline, ratelimit.pipelines batches at
-// once (default 2). Each check is still a script of its own, run in the
-// order the checks arrived, so batching changes no decision; it saves the
-// round trips, which are what limits a small machine. Checks that are
-// invalid or refused by the cache are answered without Redis.
+// them to Redis in one round trip, ratelimit.pipelines batches at once
+// (default 2). On a single Redis node the batch is one script call
+// (check_many.lua), which reads Redis TIME once and decides the checks in
+// the order they arrived, at that time, each as a call of its own would
+// be: a check sees the checks of its (uid, service) before it, and one
+// that fails (a key of the wrong type) fails alone. On a Redis Cluster, where
+// a batch's keys live in many slots, each check is a script call of its
+// own (check.lua), all in one pipeline, in the same order. Either way
+// batching changes no decision; it saves the round trips, which are what
+// limits a small machine, and on a single node some of Redis's work per
+// check (a script call and a clock reading each). Checks that are invalid
+// or refused by the cache are answered without Redis.
 // ratelimit.timeout bounds a batch's round trip from the start of the
 // batch, so a batch that Redis does not answer fails open or closed
 // together. allot_ratelimit_batch_size counts the checks per batch.
