@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -212,14 +213,35 @@ func (c *Client) requestWith(ctx context.Context, subject string, header nats.He
 		_ = json.Unmarshal(msg.Data, reply) // best effort: 429s carry the decision
 		return serr
 	}
-	body, err := DecodeReplyBody(msg)
-	if err != nil {
-		return fmt.Errorf("events: reply from %s: %w", subject, err)
+	body := msg.Data
+	if replyEncoded(msg) {
+		// Inflated into a buffer of the pool: the JSON decoder copies what
+		// it keeps.
+		buf := replyBuffers.Get().(*[]byte)
+		defer putReplyBuffer(buf)
+		if body, err = AppendReplyBody((*buf)[:0], msg); err != nil {
+			return fmt.Errorf("events: reply from %s: %w", subject, err)
+		}
+		*buf = body
 	}
 	if err := json.Unmarshal(body, reply); err != nil {
 		return fmt.Errorf("events: decode reply from %s: %w", subject, err)
 	}
 	return nil
+}
+
+// replyBuffers hold inflated replies between requests, so that a client
+// finding often does not allocate and collect a large body each time.
+var replyBuffers = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledReply: a larger buffer is left to the collector rather than
+// kept.
+const maxPooledReply = 4 << 20
+
+func putReplyBuffer(buf *[]byte) {
+	if cap(*buf) <= maxPooledReply {
+		replyBuffers.Put(buf)
+	}
 }
 
 // DecodeServiceError returns the error a reply carries in the micro error

@@ -47,29 +47,47 @@ var gzipReaders sync.Pool // of *gzip.Reader
 // [MaxReplyBody], or another encoding is an error matching
 // [ErrReplyEncoding].
 func DecodeReplyBody(msg *nats.Msg) ([]byte, error) {
-	return decodeReplyBody(msg, MaxReplyBody)
+	if !replyEncoded(msg) {
+		return msg.Data, nil
+	}
+	return appendReplyBody(nil, msg, MaxReplyBody)
 }
 
-func decodeReplyBody(msg *nats.Msg, limit int) ([]byte, error) {
+// AppendReplyBody appends msg's body, decoded as [DecodeReplyBody] does,
+// to dst and returns the extended slice (dst unchanged on an error).
+// Inflating into a buffer kept from one reply to the next saves
+// allocating (and collecting) a large body every time.
+func AppendReplyBody(dst []byte, msg *nats.Msg) ([]byte, error) {
+	return appendReplyBody(dst, msg, MaxReplyBody)
+}
+
+// replyEncoded reports whether msg says how its body is encoded, that is,
+// whether decoding may do more than return it.
+func replyEncoded(msg *nats.Msg) bool {
+	return len(headerValues(msg.Header, HeaderContentEncoding)) > 0
+}
+
+func appendReplyBody(dst []byte, msg *nats.Msg, limit int) ([]byte, error) {
 	values := headerValues(msg.Header, HeaderContentEncoding)
 	switch {
 	case len(values) == 0:
-		return msg.Data, nil
+		return append(dst, msg.Data...), nil
 	case len(values) > 1:
-		return nil, fmt.Errorf("%w: %d Content-Encoding headers %q, want at most one", ErrReplyEncoding, len(values), values)
+		return dst, fmt.Errorf("%w: %d Content-Encoding headers %q, want at most one", ErrReplyEncoding, len(values), values)
 	}
 	switch enc := strings.TrimSpace(values[0]); {
 	case enc == "" || strings.EqualFold(enc, EncodingIdentity):
-		return msg.Data, nil
+		return append(dst, msg.Data...), nil
 	case strings.EqualFold(enc, EncodingGzip):
-		return gunzip(msg.Data, limit)
+		return appendGunzip(dst, msg.Data, limit)
 	default:
-		return nil, fmt.Errorf("%w: unknown Content-Encoding %q (this client reads gzip or none)", ErrReplyEncoding, enc)
+		return dst, fmt.Errorf("%w: unknown Content-Encoding %q (this client reads gzip or none)", ErrReplyEncoding, enc)
 	}
 }
 
-// gunzip inflates data, refusing more than limit bytes of output.
-func gunzip(data []byte, limit int) ([]byte, error) {
+// appendGunzip appends data inflated to dst, refusing more than limit
+// bytes of output.
+func appendGunzip(dst, data []byte, limit int) ([]byte, error) {
 	zr, _ := gzipReaders.Get().(*gzip.Reader)
 	var err error
 	if zr == nil {
@@ -79,9 +97,9 @@ func gunzip(data []byte, limit int) ([]byte, error) {
 	}
 	if err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, fmt.Errorf("%w: gzip body truncated (%d bytes)", ErrReplyEncoding, len(data))
+			return dst, fmt.Errorf("%w: gzip body truncated (%d bytes)", ErrReplyEncoding, len(data))
 		}
-		return nil, fmt.Errorf("%w: not gzip (%d bytes): %v", ErrReplyEncoding, len(data), err)
+		return dst, fmt.Errorf("%w: not gzip (%d bytes): %v", ErrReplyEncoding, len(data), err)
 	}
 	defer gzipReaders.Put(zr)
 	// The trailer's ISIZE (the inflated size mod 2^32) sizes the buffer,
@@ -91,27 +109,28 @@ func gunzip(data []byte, limit int) ([]byte, error) {
 	if len(data) >= 4 {
 		size = int(binary.LittleEndian.Uint32(data[len(data)-4:]))
 	}
-	out := make([]byte, 0, min(size, maxDeflateRatio*len(data), limit)+1)
+	base := len(dst)
+	out := slices.Grow(dst, min(size, maxDeflateRatio*len(data), limit)+1)
 	for {
 		if len(out) == cap(out) {
-			if len(out) > limit {
-				return nil, fmt.Errorf("%w: gzip body inflates past %d bytes", ErrReplyEncoding, limit)
+			if len(out)-base > limit {
+				return dst, fmt.Errorf("%w: gzip body inflates past %d bytes", ErrReplyEncoding, limit)
 			}
 			// Grow by doubling, but never past what is allowed.
-			out = slices.Grow(out, min(cap(out), limit+1-len(out)))
+			out = slices.Grow(out, min(cap(out)-base, limit+1-(len(out)-base)))
 		}
 		n, err := zr.Read(out[len(out):cap(out)])
 		out = out[:len(out)+n]
 		switch {
 		case errors.Is(err, io.EOF):
-			if len(out) > limit {
-				return nil, fmt.Errorf("%w: gzip body inflates past %d bytes", ErrReplyEncoding, limit)
+			if len(out)-base > limit {
+				return dst, fmt.Errorf("%w: gzip body inflates past %d bytes", ErrReplyEncoding, limit)
 			}
 			return out, nil
 		case errors.Is(err, io.ErrUnexpectedEOF):
-			return nil, fmt.Errorf("%w: gzip body truncated (%d bytes)", ErrReplyEncoding, len(data))
+			return dst, fmt.Errorf("%w: gzip body truncated (%d bytes)", ErrReplyEncoding, len(data))
 		case err != nil:
-			return nil, fmt.Errorf("%w: corrupt gzip body: %v", ErrReplyEncoding, err)
+			return dst, fmt.Errorf("%w: corrupt gzip body: %v", ErrReplyEncoding, err)
 		}
 	}
 }

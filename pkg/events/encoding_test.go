@@ -109,7 +109,7 @@ func TestDecodeReplyBodyCap(t *testing.T) {
 		{"a byte past it in members", bomb(t, 1, 1), -1},
 		{"100 times past it", bomb(t, 100, 0), -1},
 	} {
-		got, err := decodeReplyBody(withEncoding("gzip", tc.gz), limit)
+		got, err := appendReplyBody(nil, withEncoding("gzip", tc.gz), limit)
 		if (tc.size >= 0) != (err == nil) || (err == nil && len(got) != tc.size) {
 			t.Errorf("%s (%d bytes gzipped): %d bytes, %v", tc.name, len(tc.gz), len(got), err)
 		}
@@ -124,6 +124,32 @@ func TestDecodeReplyBodyCap(t *testing.T) {
 	gz := bomb(t, MaxReplyBody>>20, 1)
 	if _, err := DecodeReplyBody(withEncoding("gzip", gz)); err == nil || !strings.Contains(err.Error(), "inflates past 67108864 bytes") {
 		t.Errorf("64 MiB + 1 (%d bytes gzipped): %v", len(gz), err)
+	}
+}
+
+// AppendReplyBody keeps what dst holds, inflates into its spare room
+// without allocating a new buffer, applies the cap to the body alone,
+// and leaves dst as it was on an error.
+func TestAppendReplyBody(t *testing.T) {
+	body := bytes.Repeat([]byte(`{"name":"media","id":"m1"},`), 100)
+	msg := withEncoding("gzip", gzipped(t, body))
+	buf := make([]byte, 0, 64<<10)
+	got, err := AppendReplyBody(append(buf, "head:"...), msg)
+	if err != nil || string(got) != "head:"+string(body) || &got[0] != &buf[:1][0] {
+		t.Fatalf("append: %d bytes, %v, same array %v", len(got), err, len(got) > 0 && &got[0] == &buf[:1][0])
+	}
+	if got, err := AppendReplyBody(got[:0], &nats.Msg{Data: body}); err != nil || !bytes.Equal(got, body) {
+		t.Errorf("plain body: %q, %v", got, err)
+	}
+	prefix := bytes.Repeat([]byte("x"), 1<<20) // longer than the cap below
+	if got, err := appendReplyBody(prefix, msg, len(body)); err != nil || len(got) != len(prefix)+len(body) {
+		t.Errorf("the cap counted what dst held: %d bytes, %v", len(got), err)
+	}
+	if got, err := appendReplyBody(prefix, msg, len(body)-1); err == nil || len(got) != len(prefix) {
+		t.Errorf("past the cap: %d bytes, %v", len(got), err)
+	}
+	if got, err := AppendReplyBody([]byte("head:"), withEncoding("gzip", []byte("junk"))); err == nil || string(got) != "head:" {
+		t.Errorf("corrupt: %q, %v", got, err)
 	}
 }
 
@@ -184,9 +210,16 @@ func FuzzDecodeReplyBody(f *testing.F) {
 	f.Add([]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff}, "gzip")
 	const limit = 64 << 10 // small, so that the fuzzer reaches the cap
 	f.Fuzz(func(t *testing.T, data []byte, enc string) {
-		got, err := decodeReplyBody(withEncoding(enc, data), limit)
+		// Appended after a prefix, into a buffer with room to spare, the
+		// body is the same and the prefix is kept.
+		prefix := append(make([]byte, 0, 256), "prefix"...)
+		appended, aerr := appendReplyBody(prefix, withEncoding(enc, data), limit)
+		got, err := appendReplyBody(nil, withEncoding(enc, data), limit)
+		if (err == nil) != (aerr == nil) || string(appended[:6]) != "prefix" || !bytes.Equal(appended[6:], got) {
+			t.Fatalf("appended after a prefix: %q, %v; alone: %q, %v", appended, aerr, got, err)
+		}
 		if err != nil {
-			if !errors.Is(err, ErrReplyEncoding) || got != nil {
+			if !errors.Is(err, ErrReplyEncoding) || got != nil || len(appended) != 6 {
 				t.Fatalf("error %v with %d bytes", err, len(got))
 			}
 			return
