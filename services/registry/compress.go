@@ -10,14 +10,14 @@ import (
 // (Accept-Encoding: gzip), once per cached reply.
 const (
 	// gzipLevel, from BenchmarkFindGzipLevel on the 1,000-instance reply
-	// (185 KB): levels 1 to 3 make it 5.3-5.4 % of that (about 10 KB) in
-	// 0.3-0.4 ms; 6 (the default) 4.9 % in 1.1 ms; 9 4.4 % in 4 ms.
-	// Inflating takes the client about 0.25 ms at any level. Level 2 is
+	// (185 KB): levels 1 to 3 make it 5.3-5.5 % of that (about 10 KB) in
+	// 0.3-0.4 ms; 6 (the default) 5.0 % in 1.4 ms; 9 4.5 % in 5 ms.
+	// Inflating takes the client 0.17-0.19 ms at any of them. Level 2 is
 	// the smallest of the fast ones, and stays well ahead of level 1 on
 	// less regular data (15.7 KB against 26 KB with nanosecond
 	// timestamps). A compression costs the first gzip find after each
-	// change (every find with find_cache 0); the 800 bytes level 6 would
-	// save (0.4 % of the plain reply) are not worth three times that.
+	// change (every find with find_cache 0); the 700 bytes level 6 would
+	// save (0.4 % of the plain reply) are not worth four times that.
 	gzipLevel = 2
 	// gzipMin: a smaller reply (up to 4 instances) is sent plain, with no
 	// Content-Encoding. Below it gzip saves at most about 600 bytes (840
