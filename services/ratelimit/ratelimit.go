@@ -150,6 +150,7 @@ type Limiter struct {
 	metrics   *metrics
 	cache     *cache
 	clock     func() time.Time
+	failOpen  failOpenLog
 	endpoints *service.Endpoints
 	stopOnce  sync.Once
 
@@ -372,7 +373,7 @@ func (l *Limiter) decided(p pending, d store.Decision, err error) (events.CheckR
 		}
 		if p.rl.FailOpen {
 			l.count(p.label, p.cost, "failed_open", false)
-			l.log.Warn("redis unavailable: failing open", "uid", p.uid, "service", p.service, "err", err)
+			l.failOpen.note(l.log, l.clock(), p, err)
 			reply := events.CheckReply{Allowed: true}
 			if p.lim.Configured >= 0 {
 				reply.Limit = p.lim.Configured
@@ -469,4 +470,27 @@ func serviceLabel(name string) string {
 		return "(uid)"
 	}
 	return name
+}
+
+// failOpenLog says that checks are failing open at most once a second:
+// while Redis is away every batch fails, and a line per check would bury
+// the log. The counter allot_ratelimit_decisions_total{result=failed_open}
+// has every one.
+type failOpenLog struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func (f *failOpenLog) note(log *slog.Logger, now time.Time, p pending, err error) {
+	f.mu.Lock()
+	if !f.last.IsZero() && now.Sub(f.last) < time.Second && now.After(f.last) {
+		f.suppressed++
+		f.mu.Unlock()
+		return
+	}
+	n := f.suppressed
+	f.last, f.suppressed = now, 0
+	f.mu.Unlock()
+	log.Warn("redis unavailable: failing open", "uid", p.uid, "service", p.service, "err", err, "more_since_last_line", n)
 }

@@ -447,3 +447,24 @@ func TestStartNeedsConnections(t *testing.T) {
 		t.Error("New with a bad config succeeded")
 	}
 }
+
+// While Redis is away every check of every batch fails open; the log says
+// so once a second, with how many it left out, not once per check.
+func TestFailingOpenIsLoggedOnceASecond(t *testing.T) {
+	var buf strings.Builder
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	var f failOpenLog
+	t0 := time.Unix(1_700_000_000, 0)
+	p := pending{uid: "u-1", service: "avatar"}
+	for i := range 300 {
+		f.note(log, t0.Add(time.Duration(i)*time.Millisecond), p, errors.New("down"))
+	}
+	f.note(log, t0.Add(1100*time.Millisecond), p, errors.New("down"))
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("%d log lines for 301 checks failing open over 1.1 s, want 2:\n%s", len(lines), buf.String())
+	}
+	if !strings.Contains(lines[0], "more_since_last_line=0") || !strings.Contains(lines[1], "more_since_last_line=299") {
+		t.Errorf("the lines do not count what they left out:\n%s", buf.String())
+	}
+}
