@@ -135,15 +135,14 @@ func (r *Registry) handleFind(req micro.Request) {
 	if events.AcceptsGzip(req.Headers()) {
 		if gz := r.gzipped(rep); gz != nil {
 			r.metrics.requests.WithLabelValues("find", "ok").Inc()
-			_ = req.Respond(gz, micro.WithHeaders(gzipHeaders))
+			// A map of its own per reply: micro.WithHeaders hands it to the
+			// message, which anything on the way may add to.
+			_ = req.Respond(gz, micro.WithHeaders(micro.Headers{events.HeaderContentEncoding: {events.EncodingGzip}}))
 			return
 		}
 	}
 	r.reply(req, "find", rep.plain, nil)
 }
-
-// gzipHeaders mark a gzipped reply; shared, never written.
-var gzipHeaders = micro.Headers{events.HeaderContentEncoding: {events.EncodingGzip}}
 
 // findReply returns the encoded FindReply for name ("" for all), from
 // the cache when it is fresh.
