@@ -484,7 +484,9 @@ type failOpenLog struct {
 
 func (f *failOpenLog) note(log *slog.Logger, now time.Time, p pending, err error) {
 	f.mu.Lock()
-	if !f.last.IsZero() && now.Sub(f.last) < time.Second && now.After(f.last) {
+	// A clock that went back starts a new second rather than silencing
+	// the log; readings equal to the last one are in its second.
+	if !f.last.IsZero() && !now.Before(f.last) && now.Sub(f.last) < time.Second {
 		f.suppressed++
 		f.mu.Unlock()
 		return
