@@ -37,6 +37,11 @@ type Client struct {
 	nc      *nats.Conn
 	subj    Subjects
 	timeout time.Duration
+	// Gzipped replies are inflated with readers and into buffers kept
+	// between requests, so a client finding often does not allocate and
+	// collect a large body each time.
+	readers sync.Pool // of *gzip.Reader
+	buffers sync.Pool // of *[]byte
 }
 
 // NewClient returns a Client on nc.
@@ -217,9 +222,12 @@ func (c *Client) requestWith(ctx context.Context, subject string, header nats.He
 	if replyEncoded(msg) {
 		// Inflated into a buffer of the pool: the JSON decoder copies what
 		// it keeps.
-		buf := replyBuffers.Get().(*[]byte)
-		defer putReplyBuffer(buf)
-		if body, err = AppendReplyBody((*buf)[:0], msg); err != nil {
+		buf, _ := c.buffers.Get().(*[]byte)
+		if buf == nil {
+			buf = new([]byte)
+		}
+		defer c.putReplyBuffer(buf)
+		if body, err = appendReplyBody((*buf)[:0], msg, MaxReplyBody, &c.readers); err != nil {
 			return fmt.Errorf("events: reply from %s: %w", subject, err)
 		}
 		*buf = body
@@ -230,17 +238,13 @@ func (c *Client) requestWith(ctx context.Context, subject string, header nats.He
 	return nil
 }
 
-// replyBuffers hold inflated replies between requests, so that a client
-// finding often does not allocate and collect a large body each time.
-var replyBuffers = sync.Pool{New: func() any { return new([]byte) }}
-
 // maxPooledReply: a larger buffer is left to the collector rather than
 // kept.
 const maxPooledReply = 4 << 20
 
-func putReplyBuffer(buf *[]byte) {
+func (c *Client) putReplyBuffer(buf *[]byte) {
 	if cap(*buf) <= maxPooledReply {
-		replyBuffers.Put(buf)
+		c.buffers.Put(buf)
 	}
 }
 

@@ -39,8 +39,6 @@ var ErrReplyEncoding = errors.New("events: reply body")
 // DecodeReplyBody reserve more than the body could inflate to.
 const maxDeflateRatio = 1032
 
-var gzipReaders sync.Pool // of *gzip.Reader
-
 // DecodeReplyBody returns msg's body as its Content-Encoding header says
 // it was sent: as it is when there is none (or "identity"), inflated when
 // it is "gzip". A truncated or corrupt gzip body, one that inflates past
@@ -50,7 +48,7 @@ func DecodeReplyBody(msg *nats.Msg) ([]byte, error) {
 	if !replyEncoded(msg) {
 		return msg.Data, nil
 	}
-	return appendReplyBody(nil, msg, MaxReplyBody)
+	return appendReplyBody(nil, msg, MaxReplyBody, nil)
 }
 
 // AppendReplyBody appends msg's body, decoded as [DecodeReplyBody] does,
@@ -58,7 +56,7 @@ func DecodeReplyBody(msg *nats.Msg) ([]byte, error) {
 // Inflating into a buffer kept from one reply to the next saves
 // allocating (and collecting) a large body every time.
 func AppendReplyBody(dst []byte, msg *nats.Msg) ([]byte, error) {
-	return appendReplyBody(dst, msg, MaxReplyBody)
+	return appendReplyBody(dst, msg, MaxReplyBody, nil)
 }
 
 // replyEncoded reports whether msg says how its body is encoded, that is,
@@ -67,7 +65,9 @@ func replyEncoded(msg *nats.Msg) bool {
 	return len(headerValues(msg.Header, HeaderContentEncoding)) > 0
 }
 
-func appendReplyBody(dst []byte, msg *nats.Msg, limit int) ([]byte, error) {
+// appendReplyBody is AppendReplyBody with a limit, and gzip readers
+// taken from and returned to readers (nil: a new reader each time).
+func appendReplyBody(dst []byte, msg *nats.Msg, limit int, readers *sync.Pool) ([]byte, error) {
 	values := headerValues(msg.Header, HeaderContentEncoding)
 	switch {
 	case len(values) == 0:
@@ -79,16 +79,19 @@ func appendReplyBody(dst []byte, msg *nats.Msg, limit int) ([]byte, error) {
 	case enc == "" || strings.EqualFold(enc, EncodingIdentity):
 		return append(dst, msg.Data...), nil
 	case strings.EqualFold(enc, EncodingGzip):
-		return appendGunzip(dst, msg.Data, limit)
+		return appendGunzip(dst, msg.Data, limit, readers)
 	default:
 		return dst, fmt.Errorf("%w: unknown Content-Encoding %q (this client reads gzip or none)", ErrReplyEncoding, enc)
 	}
 }
 
 // appendGunzip appends data inflated to dst, refusing more than limit
-// bytes of output.
-func appendGunzip(dst, data []byte, limit int) ([]byte, error) {
-	zr, _ := gzipReaders.Get().(*gzip.Reader)
+// bytes of output, with a reader of readers when it is not nil.
+func appendGunzip(dst, data []byte, limit int, readers *sync.Pool) ([]byte, error) {
+	var zr *gzip.Reader
+	if readers != nil {
+		zr, _ = readers.Get().(*gzip.Reader)
+	}
 	var err error
 	if zr == nil {
 		zr, err = gzip.NewReader(bytes.NewReader(data))
@@ -101,7 +104,9 @@ func appendGunzip(dst, data []byte, limit int) ([]byte, error) {
 		}
 		return dst, fmt.Errorf("%w: not gzip (%d bytes): %v", ErrReplyEncoding, len(data), err)
 	}
-	defer gzipReaders.Put(zr)
+	if readers != nil {
+		defer readers.Put(zr)
+	}
 	// The trailer's ISIZE (the inflated size mod 2^32) sizes the buffer,
 	// within what the body could inflate to and what is allowed; one byte
 	// past the limit tells a body at the limit from one over it.

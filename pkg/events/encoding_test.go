@@ -109,7 +109,7 @@ func TestDecodeReplyBodyCap(t *testing.T) {
 		{"a byte past it in members", bomb(t, 1, 1), -1},
 		{"100 times past it", bomb(t, 100, 0), -1},
 	} {
-		got, err := appendReplyBody(nil, withEncoding("gzip", tc.gz), limit)
+		got, err := appendReplyBody(nil, withEncoding("gzip", tc.gz), limit, nil)
 		if (tc.size >= 0) != (err == nil) || (err == nil && len(got) != tc.size) {
 			t.Errorf("%s (%d bytes gzipped): %d bytes, %v", tc.name, len(tc.gz), len(got), err)
 		}
@@ -142,10 +142,10 @@ func TestAppendReplyBody(t *testing.T) {
 		t.Errorf("plain body: %q, %v", got, err)
 	}
 	prefix := bytes.Repeat([]byte("x"), 1<<20) // longer than the cap below
-	if got, err := appendReplyBody(prefix, msg, len(body)); err != nil || len(got) != len(prefix)+len(body) {
+	if got, err := appendReplyBody(prefix, msg, len(body), nil); err != nil || len(got) != len(prefix)+len(body) {
 		t.Errorf("the cap counted what dst held: %d bytes, %v", len(got), err)
 	}
-	if got, err := appendReplyBody(prefix, msg, len(body)-1); err == nil || len(got) != len(prefix) {
+	if got, err := appendReplyBody(prefix, msg, len(body)-1, nil); err == nil || len(got) != len(prefix) {
 		t.Errorf("past the cap: %d bytes, %v", len(got), err)
 	}
 	if got, err := AppendReplyBody([]byte("head:"), withEncoding("gzip", []byte("junk"))); err == nil || string(got) != "head:" {
@@ -213,8 +213,8 @@ func FuzzDecodeReplyBody(f *testing.F) {
 		// Appended after a prefix, into a buffer with room to spare, the
 		// body is the same and the prefix is kept.
 		prefix := append(make([]byte, 0, 256), "prefix"...)
-		appended, aerr := appendReplyBody(prefix, withEncoding(enc, data), limit)
-		got, err := appendReplyBody(nil, withEncoding(enc, data), limit)
+		appended, aerr := appendReplyBody(prefix, withEncoding(enc, data), limit, nil)
+		got, err := appendReplyBody(nil, withEncoding(enc, data), limit, nil)
 		if (err == nil) != (aerr == nil) || string(appended[:6]) != "prefix" || !bytes.Equal(appended[6:], got) {
 			t.Fatalf("appended after a prefix: %q, %v; alone: %q, %v", appended, aerr, got, err)
 		}

@@ -286,7 +286,11 @@ func benchFindReply(b *testing.B) (plain, gz []byte) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return plain, gzipBytes(plain)
+	gz, err = gzipBytes(plain)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return plain, gz
 }
 
 // BenchmarkFindFloor is the floor BenchmarkFind is measured against: a

@@ -3,7 +3,6 @@ package registry
 import (
 	"bytes"
 	"compress/gzip"
-	"sync"
 )
 
 // Find replies are gzipped for the clients that accept it
@@ -28,24 +27,21 @@ const (
 	gzipMin = 1024
 )
 
-var gzipWriters = sync.Pool{New: func() any {
-	w, err := gzip.NewWriterLevel(nil, gzipLevel)
-	if err != nil {
-		panic(err) // gzipLevel is a valid level
-	}
-	return w
-}}
-
-// gzipBytes returns data gzipped at gzipLevel.
-func gzipBytes(data []byte) []byte {
+// gzipBytes returns data gzipped at gzipLevel. A reply is compressed once
+// per cached reply, so a writer is made for each: pooling them would
+// save little and keep state between finds.
+func gzipBytes(data []byte) ([]byte, error) {
 	var buf bytes.Buffer
 	buf.Grow(len(data)/8 + 64)
-	w := gzipWriters.Get().(*gzip.Writer)
-	w.Reset(&buf)
-	// Writing to a bytes.Buffer does not fail.
-	_, _ = w.Write(data)
-	_ = w.Close()
-	w.Reset(nil)
-	gzipWriters.Put(w)
-	return buf.Bytes()
+	w, err := gzip.NewWriterLevel(&buf, gzipLevel)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := w.Write(data); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }

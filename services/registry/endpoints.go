@@ -171,7 +171,13 @@ func (r *Registry) gzipped(rep *encodedReply) []byte {
 		if len(rep.plain) < gzipMin {
 			return
 		}
-		gz := gzipBytes(rep.plain)
+		gz, err := gzipBytes(rep.plain)
+		if err != nil {
+			// Cannot happen with a valid level and a buffer; the reply
+			// goes out plain, which every client reads.
+			r.log.Error("gzip find reply", "err", err)
+			return
+		}
 		r.metrics.compressions.Inc()
 		if len(gz) < len(rep.plain) {
 			rep.gz = gz
