@@ -237,9 +237,13 @@ func testUsageNoticeEmail(t *testing.T, newEnv envFunc) {
 	if err := e.rdb.Set(t.Context(), e.keys.ConfirmedAddress("u-5"), "dee@example.com", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-	resets := time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)
-	n := events.UsageNotice{ID: "u-5.photo_daily_total.1763769600000.80", UID: "u-5", Metric: "photo_daily_total",
-		Threshold: 80, Used: 160, Limit: 200, Period: "day", PeriodStart: resets.Add(-24 * time.Hour), ResetsAt: resets}
+	// Today's period, as the meter would send it now: a notice is no
+	// calendar date.
+	start := time.Now().UTC().Truncate(24 * time.Hour)
+	resets := start.Add(24 * time.Hour)
+	noticeID := func(uid string) string { return fmt.Sprintf("%s.photo_daily_total.%d.80", uid, start.UnixMilli()) }
+	n := events.UsageNotice{ID: noticeID("u-5"), UID: "u-5", Metric: "photo_daily_total",
+		Threshold: 80, Used: 160, Limit: 200, Period: "day", PeriodStart: start, ResetsAt: resets}
 	e.publishNotice(n)
 	e.publishRaw(e.cfg.Subjects.NotifyUsage("u-5"), []byte(mustJSON(t, n)), "the same notice again")
 	got := e.mails(1)[0]
@@ -247,7 +251,7 @@ func testUsageNoticeEmail(t *testing.T, newEnv envFunc) {
 	if got.To[0] != "dee@example.com" {
 		t.Errorf("to %v", got.To)
 	}
-	for _, want := range []string{"photo_daily_total", "80", "160", "200", "23 Nov 2026"} {
+	for _, want := range []string{"photo_daily_total", "80", "160", "200", resets.Format("02 Jan 2006")} {
 		if !strings.Contains(p.Subject+"\n"+p.Text, want) {
 			t.Errorf("usage email lacks %q:\n%s\n%s", want, p.Subject, p.Text)
 		}
@@ -267,7 +271,7 @@ func testUsageNoticeEmail(t *testing.T, newEnv envFunc) {
 	// A uid that never confirmed an address gets no email, and that is
 	// not a failure: counted, not archived.
 	other := n
-	other.UID, other.ID = "u-6", "u-6.photo_daily_total.1763769600000.80"
+	other.UID, other.ID = "u-6", noticeID("u-6")
 	e.publishNotice(other)
 	eventually(t, 5*time.Second, func() error {
 		if counter(t, reg, "allot_notifier_tasks_total", "type", TypeUsageEmail, "result", "no_address") != 1 {

@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/allot/allot/pkg/keys"
 	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/testenv"
 	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
 )
@@ -35,18 +35,20 @@ func (c *fakeClock) Add(d time.Duration) {
 type backend func(t *testing.T) (redis.UniversalClient, string)
 
 func miniBackend(t *testing.T) (redis.UniversalClient, string) {
-	mr := miniredis.RunT(t)
+	mr := testenv.Miniredis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { _ = rdb.Close() })
 	return rdb, "allot:"
 }
 
-var t0 = time.Date(2026, 11, 22, 10, 30, 0, 0, time.UTC)
-
+// newStore opens a store on open's backend whose scripts take the time
+// from the returned clock. The clock starts at the real now (moved by
+// testenv.ClockShift), never at a calendar date: the grant keys the
+// scripts write expire on the server's own clock.
 func newStore(t *testing.T, open backend) (*Store, *fakeClock, redis.UniversalClient) {
 	t.Helper()
 	rdb, prefix := open(t)
-	clock := &fakeClock{t: t0}
+	clock := &fakeClock{t: testenv.Now(t)}
 	s, err := New(t.Context(), rdb, Options{Keys: keys.New(prefix), DedupTTL: time.Hour, Now: clock.Now,
 		OneScriptPerEvent: strings.HasSuffix(prefix, perEventSuffix)})
 	if err != nil {
@@ -194,6 +196,7 @@ func testCountersAndGauges(t *testing.T, open backend) {
 
 func testGrantRollingPeriod(t *testing.T, open backend) {
 	s, clock, _ := newStore(t, open)
+	t0 := clock.Now()
 	cfg := grantCfg(service.PeriodDay, service.AlignRolling)
 	op := func(id string, v float64) Op {
 		return Op{ID: id, UID: "u-1", Metric: "photo_daily_total", Config: cfg, Limit: 3, Value: v}
@@ -363,8 +366,8 @@ func testNotices(t *testing.T, open backend) {
 	// A new day notifies again; both thresholds at once when jumping past.
 	clock.Add(24 * time.Hour)
 	r = ev(20)
-	if len(r.Notices) != 2 || !r.Notices[0].Start.Equal(time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)) {
-		t.Errorf("next period: %+v", r.Notices)
+	if next, _ := Bounds(service.PeriodDay, service.AlignCalendar, clock.Now()); len(r.Notices) != 2 || !r.Notices[0].Start.Equal(next) {
+		t.Errorf("next period (starting %s): %+v", next, r.Notices)
 	}
 	// Several uids' notices are cleared in one call.
 	other := apply(t, s, Op{ID: "o-1", UID: "u-2", Metric: "photo_daily_total", Config: cfg, Limit: 10, Value: 9})[0]
@@ -438,7 +441,7 @@ func testScriptsReload(t *testing.T, open backend) {
 }
 
 func TestRedisDown(t *testing.T) {
-	mr := miniredis.RunT(t)
+	mr := testenv.Miniredis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
 	t.Cleanup(func() { _ = rdb.Close() })
 	s, err := New(t.Context(), rdb, Options{Keys: keys.New("allot:"), DedupTTL: time.Hour})

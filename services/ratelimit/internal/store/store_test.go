@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/testenv"
 	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
 )
@@ -35,7 +35,7 @@ func (c *fakeClock) Add(d time.Duration) {
 type backend func(t *testing.T) (redis.UniversalClient, Options)
 
 func miniBackend(t *testing.T) (redis.UniversalClient, Options) {
-	mr := miniredis.RunT(t)
+	mr := testenv.Miniredis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { _ = rdb.Close() })
 	return rdb, Options{Keys: keys.New("allot:")}
@@ -51,12 +51,12 @@ func perCheck(open backend) backend {
 	}
 }
 
-// windowStart returns the start of a window of d an hour after the real
-// time. The script sets expiry times on the test clock, but Redis (and
-// miniredis) expires keys on the real one: starting an hour ahead keeps
-// every key alive however slowly a loaded machine runs the test.
-func windowStart(d time.Duration) time.Time {
-	return time.Now().Add(time.Hour).Truncate(d).Add(d)
+// windowStart returns the start of a window of d an hour after the test's
+// now (testenv.Now). The script sets expiry times on the test clock, but
+// Redis (and miniredis) expires keys on its own: starting an hour ahead
+// keeps every key alive however slowly a loaded machine runs the test.
+func windowStart(t testing.TB, d time.Duration) time.Time {
+	return testenv.Now(t).Add(time.Hour).Truncate(d).Add(d)
 }
 
 func newStore(t *testing.T, open backend, start time.Time) (*Store, *fakeClock, redis.UniversalClient) {
@@ -113,7 +113,7 @@ func TestBehaviourMiniredis(t *testing.T) {
 }
 
 func testFixedWindow(t *testing.T, open backend) {
-	start := windowStart(time.Minute)
+	start := windowStart(t, time.Minute)
 	s, clock, _ := newStore(t, open, start.Add(10*time.Second))
 	l := Limit{Service: "upload", Interval: time.Minute, Mode: ModeFixed, Configured: 3, DefaultGrant: 500}
 	type got struct {
@@ -156,7 +156,7 @@ func testFixedWindow(t *testing.T, open backend) {
 }
 
 func testStaleKey(t *testing.T, open backend) {
-	start := windowStart(time.Second)
+	start := windowStart(t, time.Second)
 	s, clock, _ := newStore(t, open, start)
 	l := Limit{Service: "s", Interval: time.Second, Mode: ModeFixed, Configured: 2}
 	check(t, s, "u-1", l, 2)
@@ -177,7 +177,7 @@ func testStaleKey(t *testing.T, open backend) {
 }
 
 func testOneSecondWindow(t *testing.T, open backend) {
-	s, clock, rdb := newStore(t, open, time.Now().Truncate(time.Millisecond))
+	s, clock, rdb := newStore(t, open, testenv.Now(t))
 	l := Limit{Service: "fast", Interval: time.Second, Mode: ModeFixed, Configured: 5}
 	now := clock.Now()
 	d := check(t, s, "u-1", l, 5)
@@ -209,7 +209,7 @@ func testOneSecondWindow(t *testing.T, open backend) {
 }
 
 func testLimitsAndOverrides(t *testing.T, open backend) {
-	s, _, rdb := newStore(t, open, windowStart(time.Minute))
+	s, _, rdb := newStore(t, open, windowStart(t, time.Minute))
 	ctx := t.Context()
 	grants := s.Keys().Grants("u-1")
 	limitOf := func(l Limit) int64 {
@@ -246,7 +246,7 @@ func testLimitsAndOverrides(t *testing.T, open backend) {
 }
 
 func testSliding(t *testing.T, open backend) {
-	start := windowStart(10 * time.Second)
+	start := windowStart(t, 10*time.Second)
 	s, clock, _ := newStore(t, open, start)
 	l := Limit{Service: "s", Interval: 10 * time.Second, Mode: ModeSliding, Configured: 10}
 	if d := check(t, s, "u-1", l, 10); !d.Allowed {
@@ -270,7 +270,7 @@ func testBoundaryBurst(t *testing.T, open backend) {
 	const limit = 100
 	for _, mode := range []string{ModeFixed, ModeSliding} {
 		t.Run(mode, func(t *testing.T) {
-			start := windowStart(time.Second)
+			start := windowStart(t, time.Second)
 			s, clock, _ := newStore(t, open, start.Add(999*time.Millisecond))
 			l := Limit{Service: "burst", Interval: time.Second, Mode: mode, Configured: limit}
 			admitted := 0
@@ -299,7 +299,7 @@ func testBoundaryBurst(t *testing.T, open backend) {
 }
 
 func testSlidingRetryAfter(t *testing.T, open backend) {
-	start := windowStart(time.Second)
+	start := windowStart(t, time.Second)
 	for _, tc := range []struct {
 		name      string
 		prev, cur int64 // admitted at the end of the previous window and now
@@ -356,7 +356,7 @@ func testSlidingWorstCase(t *testing.T, open backend) {
 		limit    int64
 		interval time.Duration
 	}{{10, time.Second}, {100, time.Second}, {500, 5 * time.Second}} {
-		start := windowStart(tc.interval)
+		start := windowStart(t, tc.interval)
 		s, clock, _ := newStore(t, open, start.Add(tc.interval-time.Millisecond))
 		l := Limit{Service: "w", Interval: tc.interval, Mode: ModeSliding, Configured: tc.limit}
 		var admitted []time.Time
@@ -393,7 +393,7 @@ func maxInSpan(times []time.Time, span time.Duration) int64 {
 }
 
 func testReset(t *testing.T, open backend) {
-	s, _, _ := newStore(t, open, windowStart(time.Minute))
+	s, _, _ := newStore(t, open, windowStart(t, time.Minute))
 	for _, svc := range []string{"", "upload"} {
 		l := Limit{Service: svc, Interval: time.Minute, Mode: ModeFixed, Configured: 1, DefaultGrant: 1}
 		check(t, s, "u-1", l, 1)
@@ -410,7 +410,7 @@ func testReset(t *testing.T, open backend) {
 }
 
 func testScriptReload(t *testing.T, open backend) {
-	s, _, rdb := newStore(t, open, windowStart(time.Minute))
+	s, _, rdb := newStore(t, open, windowStart(t, time.Minute))
 	if err := rdb.ScriptFlush(t.Context()).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -442,7 +442,7 @@ func testScriptReload(t *testing.T, open backend) {
 // testCheckMany checks that a pipelined batch decides as the same calls
 // made one by one would: each in order, on its own uid and service.
 func testCheckMany(t *testing.T, open backend) {
-	start := windowStart(time.Minute)
+	start := windowStart(t, time.Minute)
 	s, _, _ := newStore(t, open, start.Add(10*time.Second))
 	one := Limit{Service: "upload", Interval: time.Minute, Mode: ModeFixed, Configured: 2, DefaultGrant: 500}
 	slide := Limit{Service: "search", Interval: time.Minute, Mode: ModeSliding, Configured: 1}
@@ -493,7 +493,7 @@ func TestRedisDown(t *testing.T) {
 }
 
 func testRedisDown(t *testing.T, perCheck bool) {
-	mr := miniredis.RunT(t)
+	mr := testenv.Miniredis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1})
 	t.Cleanup(func() { _ = rdb.Close() })
 	s, err := New(t.Context(), rdb, Options{Keys: keys.New("allot:"), OneScriptPerCheck: perCheck})
@@ -542,7 +542,7 @@ func testWrongType(t *testing.T, open backend) {
 }
 
 func testHits(t *testing.T, open backend) {
-	start := windowStart(time.Minute)
+	start := windowStart(t, time.Minute)
 	s, clock, _ := newStore(t, open, start.Add(time.Second))
 	l := Limit{Service: "api", Interval: time.Minute, Mode: ModeFixed, Configured: 5}
 	hits := []Hit{
@@ -622,7 +622,7 @@ func testRedisTime(t *testing.T, open backend) {
 func testBatchMatchesPerCheck(t *testing.T, open backend) {
 	ctx := t.Context()
 	const interval = 10 * time.Second
-	start := windowStart(interval)
+	start := windowStart(t, interval)
 	clock := &fakeClock{t: start.Add(2 * time.Second)}
 	var stores [2]*Store
 	var rdbs [2]redis.UniversalClient

@@ -7,16 +7,17 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/testenv"
 	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
 )
 
 func newStore(t *testing.T) (*Store, *miniredis.Miniredis, *time.Time) {
 	t.Helper()
-	mr := miniredis.RunT(t)
+	mr := testenv.Miniredis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { _ = rdb.Close() })
-	now := time.UnixMilli(1_763_800_000_000)
+	now := testenv.Now(t)
 	s, err := New(t.Context(), rdb, Options{Keys: keys.New("allot:"), Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
