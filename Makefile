@@ -2,13 +2,16 @@
 #
 #   make run          start the whole system in one process (allot dev)
 #   make test         unit tests, then the integration tests against the real
-#                     Redis and NATS (skipped when none answers, unless
-#                     ALLOT_REQUIRE_INTEGRATION=1), all with -race
+#                     Redis and the pinned nats-server (started for the run;
+#                     skipped when Redis does not answer, unless
+#                     ALLOT_REQUIRE_INTEGRATION=1), all with -race, then the
+#                     store suites with the test clock a year ahead
 #   make bench        benchmarks, against the local NATS and Redis when they run
 #   make lint         go vet and a gofmt check
 #   make loadtest     the 60-second load test of the whole stack, with raw
 #                     baselines and the exactness check (report in loadtest/out/)
-#   make loadtest-quick  the same in 10 seconds, as CI runs it
+#   make loadtest-quick  the same in 10 seconds, as CI runs it: against the
+#                     pinned nats-server and the real Redis
 #   make fmt | tidy | build | fuzz
 
 SHELL := /bin/bash
@@ -24,11 +27,29 @@ TESTFLAGS ?= -race -count=1
 FUZZTIME ?= 30s
 BENCHTIME ?= 1s
 
-# Real servers for the integration tests and benchmarks.
-export ALLOT_TEST_NATS_URL ?= nats://127.0.0.1:4222
+# The real Redis of the integration tests, the benchmarks and the quick
+# load test.
 export ALLOT_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run test test-unit test-integration bench lint fmt tidy build fuzz clean modules loadtest loadtest-quick
+# The NATS they run against is the pinned nats-server: the version of the
+# nats-server module in the workspace, which is also what the embedded
+# server of `allot dev` and the unit tests runs. Moving NATS is one
+# `go get github.com/nats-io/nats-server/v2@<version>` and `make tidy`;
+# `make lint` checks that every module requires the same version. It is
+# built from the module (nothing else is downloaded) and started on a free
+# port for each run by tools/with-nats, which honours an
+# ALLOT_TEST_NATS_URL you set instead.
+NATS_SERVER_VERSION := $(shell go list -m -f '{{.Version}}' github.com/nats-io/nats-server/v2)
+NATS_SERVER := $(BIN)/nats-server-$(NATS_SERVER_VERSION)
+WITH_NATS := tools/with-nats $(NATS_SERVER) --
+
+# The guard against tests that secretly depend on today's date: the store
+# suites once more with every test clock (and miniredis's server clock)
+# moved this far ahead (pkg/testenv.ClockShift).
+CLOCK_AHEAD ?= 8760h
+STORE_PKGS := ./services/meter/internal/store/... ./services/ratelimit/internal/store/... ./services/registry/internal/store/...
+
+.PHONY: run test test-unit test-integration test-clock-ahead bench lint fmt tidy build fuzz clean modules loadtest loadtest-quick nats-server
 
 run:
 	go run ./cmd/allot dev
@@ -39,26 +60,39 @@ modules:
 $(GOTESTSUM): tools/go.mod tools/go.sum
 	cd tools && GOWORK=off go build -o $(GOTESTSUM) gotest.tools/gotestsum
 
-test: test-unit test-integration
+test: test-unit test-integration test-clock-ahead
 
 test-unit: $(GOTESTSUM)
 	@echo "== unit tests ($(words $(MODULES)) modules)"
 	$(GOTESTSUM) --format pkgname-and-test-fails -- $(TESTFLAGS) $(PKGS)
 
-test-integration: $(GOTESTSUM)
-	@echo "== integration tests against NATS $(ALLOT_TEST_NATS_URL) and Redis $(ALLOT_TEST_REDIS_URL)"
-	$(GOTESTSUM) --format pkgname-and-test-fails -- $(TESTFLAGS) -tags integration -run '^TestIntegration' $(PKGS)
+test-integration: $(GOTESTSUM) $(NATS_SERVER)
+	@echo "== integration tests against nats-server $(NATS_SERVER_VERSION) and Redis $(ALLOT_TEST_REDIS_URL)"
+	$(WITH_NATS) $(GOTESTSUM) --format pkgname-and-test-fails -- $(TESTFLAGS) -tags integration -run '^TestIntegration' $(PKGS)
 
-bench:
-	ALLOT_BENCH_NATS_URL=$${ALLOT_BENCH_NATS_URL-$(ALLOT_TEST_NATS_URL)} \
+test-clock-ahead: $(GOTESTSUM) $(NATS_SERVER)
+	@echo "== store suites with the test clock $(CLOCK_AHEAD) ahead (ALLOT_TEST_CLOCK_SHIFT)"
+	ALLOT_TEST_CLOCK_SHIFT=$(CLOCK_AHEAD) $(WITH_NATS) $(GOTESTSUM) --format pkgname-and-test-fails -- $(TESTFLAGS) -tags integration $(STORE_PKGS)
+
+# The pinned nats-server, built from the module into .bin/.
+nats-server: $(NATS_SERVER)
+	@$(NATS_SERVER) --version
+
+$(NATS_SERVER):
+	@echo "== building nats-server $(NATS_SERVER_VERSION) from its Go module"
+	@mkdir -p $(BIN)
+	go build -o $@ github.com/nats-io/nats-server/v2
+
+bench: $(NATS_SERVER)
+	$(WITH_NATS) bash -c 'ALLOT_BENCH_NATS_URL=$${ALLOT_BENCH_NATS_URL-$$ALLOT_TEST_NATS_URL} \
 	ALLOT_BENCH_REDIS_URL=$${ALLOT_BENCH_REDIS_URL-$(ALLOT_TEST_REDIS_URL)} \
-	go test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) $(PKGS)
+	go test -run "^$$" -bench . -benchmem -benchtime $(BENCHTIME) $(PKGS)'
 
 loadtest:
 	cd loadtest && go run . --profile default
 
-loadtest-quick:
-	cd loadtest && go run . --profile quick
+loadtest-quick: $(NATS_SERVER)
+	$(WITH_NATS) bash -c 'cd loadtest && go run . --profile quick -nats-url "$$ALLOT_TEST_NATS_URL" -redis-url "$(ALLOT_TEST_REDIS_URL)"'
 
 # Every fuzz target, as package:Target; each runs for FUZZTIME.
 FUZZ_TARGETS := ./pkg/events:FuzzDecode ./pkg/events:FuzzDecodeMatchesReference ./pkg/events:FuzzParseTimeUTC ./pkg/events:FuzzDecodeReplyBody \
@@ -72,6 +106,7 @@ fuzz:
 	done
 
 lint:
+	@tools/check-nats-pin $(MODULES)
 	@for m in $(MODULES); do \
 		echo "== vet $$m"; \
 		(cd $$m && go vet ./... && go vet -tags integration ./...); \

@@ -22,6 +22,9 @@ import (
 //
 // ctx bounds the dialing at start only; reconnects outlive it. Close the
 // connection (or Drain it) on shutdown.
+//
+// A server older than MinNATSVersion is refused with ErrNATSVersion,
+// naming both versions: allot does not run on an unsupported NATS.
 func ConnectNATS(ctx context.Context, cfg NATSConfig, log *slog.Logger) (*nats.Conn, error) {
 	log = orDiscard(log)
 	dialer := &startDialer{Dialer: net.Dialer{Timeout: cfg.ConnectTimeout}, ctx: ctx}
@@ -72,7 +75,12 @@ func ConnectNATS(ctx context.Context, cfg NATSConfig, log *slog.Logger) (*nats.C
 		}
 		return nil, fmt.Errorf("service: nats: connect to %s: %w", cfg.URL, err)
 	}
-	log.Info("nats connected", "url", nc.ConnectedUrlRedacted())
+	if err := CheckNATSVersion(nc.ConnectedServerVersion()); err != nil {
+		url := nc.ConnectedUrlRedacted()
+		nc.Close()
+		return nil, fmt.Errorf("%w (%s)", err, url)
+	}
+	log.Info("nats connected", "url", nc.ConnectedUrlRedacted(), "server_version", nc.ConnectedServerVersion())
 	return nc, nil
 }
 
