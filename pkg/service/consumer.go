@@ -1,0 +1,460 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/allot/allot/pkg/events"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Outcome is what becomes of one message of a chunk: acked (the zero
+// value), naked for redelivery after a delay, or dead-lettered and acked.
+type Outcome struct {
+	verdict verdict
+	delay   time.Duration
+	kind    string
+	reason  string
+}
+
+type verdict uint8
+
+const (
+	verdictAck verdict = iota
+	verdictRetry
+	verdictDead
+)
+
+// Ack is the outcome of a message that is done with.
+func Ack() Outcome { return Outcome{} }
+
+// Retry naks the message so that it is delivered again after delay. reason
+// is logged.
+func Retry(delay time.Duration, reason string) Outcome {
+	return Outcome{verdict: verdictRetry, delay: delay, reason: reason}
+}
+
+// Dead marks a message that retrying will not help: it is stored in the
+// dead letters with reason (the Allot-Error header), counted under kind (a
+// bounded label), and acked. A consumer without dead letters only acks it.
+func Dead(kind, reason string) Outcome {
+	return Outcome{verdict: verdictDead, kind: kind, reason: reason}
+}
+
+// IsDead reports whether o is a Dead outcome.
+func (o Outcome) IsDead() bool { return o.verdict == verdictDead }
+
+// ChunkHandler handles the messages of one chunk, in stream order, and
+// returns one outcome per message. An error says the backend is away and
+// the whole chunk could not be handled: the consumer dead-letters the
+// messages marked Dead (they do not depend on the backend), naks the rest
+// with a delay that grows up to MaxRetryDelay, and pauses until Ready
+// answers. ctx ends half an AckWait after the chunk was handed over.
+type ChunkHandler interface {
+	HandleChunk(ctx context.Context, msgs []jetstream.Msg) ([]Outcome, error)
+}
+
+// ChunkHandlerFunc adapts a function to ChunkHandler.
+type ChunkHandlerFunc func(ctx context.Context, msgs []jetstream.Msg) ([]Outcome, error)
+
+// HandleChunk calls f.
+func (f ChunkHandlerFunc) HandleChunk(ctx context.Context, msgs []jetstream.Msg) ([]Outcome, error) {
+	return f(ctx, msgs)
+}
+
+// DeadLetters says where a consumer stores the messages it refuses.
+type DeadLetters struct {
+	// Subject names the dead letter of a message that came on subject.
+	Subject func(subject string) string
+	// Stream is the name of the stream consumed, for the dead letter's
+	// message id ("dead.<stream>.<seq>"), so a refusal redelivered before
+	// its ack is stored once.
+	Stream string
+	// Counted, when set, is told each stored dead letter's kind.
+	Counted func(kind string)
+}
+
+// ConsumerConfig tunes a Consumer.
+type ConsumerConfig struct {
+	// Name is the consumer's name in logs.
+	Name string
+	// Batch is the most messages handed over in one chunk (default 500).
+	// The client keeps up to two batches coming while a chunk is handled.
+	Batch int
+	// FetchWait is how long one pull waits for messages (at least 1s).
+	FetchWait time.Duration
+	// AckWait is the consumer's ack wait; a chunk gets half of it.
+	AckWait time.Duration
+	// RetryDelay is the first pause after a handler error (default 1s);
+	// each further error doubles it, up to MaxRetryDelay (default 1m).
+	RetryDelay, MaxRetryDelay time.Duration
+	// Ready is asked, every pause, whether the backend answers again; nil
+	// resumes after one pause.
+	Ready func(ctx context.Context) error
+	// DeadLetters, when set, stores refused messages; otherwise they are
+	// only acked (another worker on the stream dead-letters them).
+	DeadLetters *DeadLetters
+	// Metrics, when set, is where the consumer's series are counted.
+	Metrics *ConsumerMetrics
+}
+
+func (c ConsumerConfig) withDefaults() ConsumerConfig {
+	if c.Batch <= 0 {
+		c.Batch = 500
+	}
+	c.FetchWait = max(c.FetchWait, time.Second)
+	if c.AckWait <= 0 {
+		c.AckWait = 30 * time.Second
+	}
+	if c.RetryDelay <= 0 {
+		c.RetryDelay = time.Second
+	}
+	if c.MaxRetryDelay <= 0 {
+		c.MaxRetryDelay = time.Minute
+	}
+	c.MaxRetryDelay = max(c.MaxRetryDelay, c.RetryDelay)
+	return c
+}
+
+// ConsumerMetrics are a consumer's series, named under a prefix such as
+// allot_meter: <prefix>_batch_size (messages per chunk),
+// <prefix>_consumer_pending (messages in the stream not yet delivered, as
+// of the last chunk), <prefix>_consumer_lag_seconds (from a chunk's last
+// message being stored to its being handled), and
+// <prefix>_consumer_retries_total (messages naked for redelivery).
+type ConsumerMetrics struct {
+	batchSize prometheus.Histogram
+	pending   prometheus.Gauge
+	lag       prometheus.Histogram
+	retries   prometheus.Counter
+}
+
+// NewConsumerMetrics registers a consumer's series under prefix with reg
+// (nil registers none) and returns them.
+func NewConsumerMetrics(reg prometheus.Registerer, prefix, what string) (*ConsumerMetrics, error) {
+	m := &ConsumerMetrics{
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    prefix + "_batch_size",
+			Help:    what + " per chunk handled at once.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
+		}),
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: prefix + "_consumer_pending",
+			Help: "Messages in the stream not yet delivered to this consumer, as of the last chunk.",
+		}),
+		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    prefix + "_consumer_lag_seconds",
+			Help:    "Time from a chunk's last message being stored in the stream to the chunk being handled.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: prefix + "_consumer_retries_total",
+			Help: "Messages naked for redelivery (the backend away, or a part of their handling failed).",
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.batchSize, m.pending, m.lag, m.retries} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("service: consumer metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+// Consumer is the one way allot's workers read a stream: it pulls
+// continuously from a durable pull consumer, hands what has arrived to its
+// handler in chunks of up to Batch in arrival order (one chunk at a time,
+// so a gauge's last value stays last), and then acks, naks or
+// dead-letters each message as the handler said. While the handler's
+// backend is away it pauses; when stopped, it drains: what the client
+// already holds is handled and acked before Run returns.
+type Consumer struct {
+	cons    jetstream.Consumer
+	js      jetstream.JetStream
+	h       ChunkHandler
+	cfg     ConsumerConfig
+	log     *slog.Logger
+	backoff time.Duration // current pause after a handler error
+}
+
+// NewConsumer returns a consumer of cons for h. js is the JetStream
+// context cons came from: it publishes the dead letters, and its
+// connection is flushed when the consumer stops, so the last acks reach
+// the server before Run returns.
+func NewConsumer(cons jetstream.Consumer, js jetstream.JetStream, h ChunkHandler, cfg ConsumerConfig, log *slog.Logger) (*Consumer, error) {
+	if cons == nil || js == nil || h == nil {
+		return nil, errors.New("service: consumer: a JetStream consumer, its JetStream context and a handler are required")
+	}
+	if cfg.DeadLetters != nil && cfg.DeadLetters.Subject == nil {
+		return nil, errors.New("service: consumer: dead letters need a subject")
+	}
+	return &Consumer{cons: cons, js: js, h: h, cfg: cfg.withDefaults(), log: orDiscard(log).With("consumer", cfg.Name)}, nil
+}
+
+// Start runs the consumer in the background until ctx ends or the
+// returned stop is called; stop waits for the drain, or for its own ctx.
+func (c *Consumer) Start(ctx context.Context) (stop func(context.Context) error) {
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Run(rctx)
+	}()
+	context.AfterFunc(ctx, cancel)
+	return func(sctx context.Context) error {
+		cancel()
+		select {
+		case <-done:
+			return nil
+		case <-sctx.Done():
+			return fmt.Errorf("service: consumer %s still busy at the shutdown deadline: %w", c.cfg.Name, sctx.Err())
+		}
+	}
+}
+
+// Run pulls and handles chunks until ctx ends, then drains and returns.
+func (c *Consumer) Run(ctx context.Context) {
+	for ctx.Err() == nil {
+		it, err := c.cons.Messages(jetstream.PullMaxMessages(2*c.cfg.Batch), jetstream.PullExpiry(c.cfg.FetchWait))
+		if err != nil {
+			c.log.Warn("cannot consume; retrying", "err", err)
+			sleep(ctx, time.Second)
+			continue
+		}
+		stop := context.AfterFunc(ctx, it.Drain)
+		msgs := make(chan jetstream.Msg, c.cfg.Batch)
+		var reader sync.WaitGroup
+		reader.Go(func() {
+			defer close(msgs)
+			for {
+				msg, err := it.Next()
+				if err != nil {
+					if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+						return
+					}
+					// A missed heartbeat or a deleted consumer: the
+					// iterator recovers or ends; don't spin while it does.
+					c.log.Warn("consuming", "err", err)
+					time.Sleep(100 * time.Millisecond)
+					continue
+				}
+				msgs <- msg
+			}
+		})
+		c.chunks(ctx, msgs)
+		stop()
+		it.Stop()
+		for range msgs { // only when chunks returned early: let the reader end
+		}
+		reader.Wait()
+	}
+	// Acks are sent without waiting for the server: make sure the last
+	// ones are out before saying the drain is done.
+	fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.js.Conn().FlushWithContext(fctx); err != nil {
+		c.log.Warn("flushing the last acks; those not sent will be redelivered", "err", err)
+	}
+}
+
+// chunks hands msgs over in chunks of whatever has arrived, up to a
+// batch, pausing while the backend is away.
+func (c *Consumer) chunks(ctx context.Context, msgs <-chan jetstream.Msg) {
+	chunk := make([]jetstream.Msg, 0, c.cfg.Batch)
+	for msg := range msgs {
+		for c.backoff > 0 && ctx.Err() == nil {
+			c.waitForBackend(ctx)
+		}
+		chunk = append(chunk[:0], msg)
+	more:
+		for len(chunk) < cap(chunk) {
+			select {
+			case next, ok := <-msgs:
+				if !ok {
+					break more
+				}
+				chunk = append(chunk, next)
+			default:
+				break more
+			}
+		}
+		c.handle(chunk)
+	}
+}
+
+// handle gives one chunk to the handler and settles every message.
+func (c *Consumer) handle(msgs []jetstream.Msg) {
+	if m := c.cfg.Metrics; m != nil {
+		m.batchSize.Observe(float64(len(msgs)))
+		if meta, err := msgs[len(msgs)-1].Metadata(); err == nil {
+			m.pending.Set(float64(meta.NumPending))
+			m.lag.Observe(max(time.Since(meta.Timestamp), 0).Seconds())
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.AckWait/2)
+	defer cancel()
+	outcomes, err := c.h.HandleChunk(ctx, msgs)
+	switch {
+	case err != nil:
+		c.backoff = c.nextBackoff()
+		c.log.Warn("backend unavailable; messages will be redelivered", "messages", len(msgs), "retry_in", c.backoff, "err", err)
+	case len(outcomes) != len(msgs):
+		// A handler bug, never the messages' fault: redeliver them all.
+		c.log.Error("handler returned the wrong number of outcomes; redelivering the chunk", "messages", len(msgs), "outcomes", len(outcomes))
+		outcomes, err = nil, errors.New("wrong number of outcomes")
+		c.backoff = c.nextBackoff()
+	default:
+		c.backoff = 0
+	}
+	if len(outcomes) != len(msgs) {
+		outcomes = make([]Outcome, len(msgs))
+	}
+	if err != nil {
+		// Only the refusals are settled; everything else waits for the
+		// backend.
+		for i := range outcomes {
+			if !outcomes[i].IsDead() {
+				outcomes[i] = Retry(c.backoff, "backend unavailable")
+			}
+		}
+		// The pause must not eat into the dead letters' time.
+		var cancel2 context.CancelFunc
+		ctx, cancel2 = context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel2()
+	}
+	c.deadLetter(ctx, msgs, outcomes)
+	for i, msg := range msgs {
+		o := outcomes[i]
+		switch o.verdict {
+		case verdictRetry:
+			if c.cfg.Metrics != nil {
+				c.cfg.Metrics.retries.Inc()
+			}
+			if err := msg.NakWithDelay(o.delay); err != nil {
+				c.log.Warn("nak failed; the message will be redelivered after the ack wait", "err", err)
+			}
+		default:
+			if err := msg.Ack(); err != nil {
+				c.log.Warn("ack failed; the message will be redelivered and handled once", "err", err)
+			}
+		}
+	}
+}
+
+// deadLetter stores the Dead messages of a chunk in the dead letters, all
+// at once, and waits for the acks; one whose dead letter is not stored
+// becomes a Retry.
+func (c *Consumer) deadLetter(ctx context.Context, msgs []jetstream.Msg, outcomes []Outcome) {
+	var which []int
+	for i, o := range outcomes {
+		if o.IsDead() {
+			which = append(which, i)
+		}
+	}
+	if len(which) == 0 {
+		return
+	}
+	dl := c.cfg.DeadLetters
+	if dl == nil {
+		return
+	}
+	letters := make([]*nats.Msg, len(which))
+	for j, i := range which {
+		letters[j] = deadLetterMsg(dl, msgs[i], outcomes[i].reason)
+	}
+	for j, err := range PublishAll(ctx, c.js, letters) {
+		i := which[j]
+		if err != nil {
+			c.log.Warn("dead letter not stored; the message will be redelivered", "subject", msgs[i].Subject(), "err", err)
+			outcomes[i] = Retry(time.Second, "dead letter not stored")
+			continue
+		}
+		if dl.Counted != nil {
+			dl.Counted(outcomes[i].kind)
+		}
+		c.log.Info("message refused", "subject", msgs[i].Subject(), "reason", outcomes[i].reason)
+	}
+}
+
+// deadLetterMsg is the dead letter of msg: its body, the reason in
+// Allot-Error, where it came from, and an id from its stream sequence.
+func deadLetterMsg(dl *DeadLetters, msg jetstream.Msg, reason string) *nats.Msg {
+	out := nats.NewMsg(dl.Subject(msg.Subject()))
+	out.Data = msg.Data()
+	out.Header.Set(events.ErrorHeader, reason)
+	out.Header.Set("Allot-Original-Subject", msg.Subject())
+	id := "dead." + msg.Subject()
+	if meta, err := msg.Metadata(); err == nil {
+		seq := strconv.FormatUint(meta.Sequence.Stream, 10)
+		out.Header.Set("Allot-Original-Seq", seq)
+		id = "dead." + dl.Stream + "." + seq
+	}
+	out.Header.Set(events.MsgIDHeader, id)
+	return out
+}
+
+// PublishAll publishes msgs to their streams at once and waits for every
+// ack (or ctx); it returns, per message, what kept it from being stored.
+func PublishAll(ctx context.Context, js jetstream.JetStream, msgs []*nats.Msg) []error {
+	errs := make([]error, len(msgs))
+	acks := make([]jetstream.PubAckFuture, len(msgs))
+	for i, msg := range msgs {
+		acks[i], errs[i] = js.PublishMsgAsync(msg)
+	}
+	for i, ack := range acks {
+		if errs[i] != nil {
+			continue
+		}
+		select {
+		case <-ack.Ok():
+		case errs[i] = <-ack.Err():
+		case <-ctx.Done():
+			errs[i] = ctx.Err()
+		}
+	}
+	return errs
+}
+
+func (c *Consumer) nextBackoff() time.Duration {
+	if c.backoff == 0 {
+		return c.cfg.RetryDelay
+	}
+	return min(2*c.backoff, c.cfg.MaxRetryDelay)
+}
+
+// waitForBackend pauses for the current backoff, then asks Ready.
+func (c *Consumer) waitForBackend(ctx context.Context) {
+	sleep(ctx, c.backoff)
+	if ctx.Err() != nil {
+		return
+	}
+	if c.cfg.Ready != nil {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if err := c.cfg.Ready(rctx); err != nil {
+			if ctx.Err() == nil {
+				c.backoff = c.nextBackoff()
+			}
+			return
+		}
+	}
+	c.log.Info("backend is back; resuming")
+	c.backoff = 0
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
