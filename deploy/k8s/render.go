@@ -34,6 +34,9 @@ func (o Object) String() string { return o.Kind + "/" + o.Name }
 // Rendered is everything one kustomization produces.
 type Rendered struct {
 	Objects []Object
+	// YAML is the whole output as `kustomize build` prints it, which the
+	// test compares with the oldest kustomize supported.
+	YAML []byte
 }
 
 // kinds are the object types allot's manifests may use, by apiVersion and
@@ -59,12 +62,21 @@ var kinds = map[string]func() any{
 // field's path, such as `Deployment/meter: unknown field "spec.replicass"`.
 // All decoding errors are returned together.
 func Render(fsys filesys.FileSystem, dir string) (*Rendered, error) {
-	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+	opts := krusty.MakeDefaultOptions()
+	// What `kustomize build` and `kubectl kustomize` pass without --reorder:
+	// the legacy order (Namespaces first) unless a kustomization sets
+	// sortOptions. The API's default, none, keeps input order instead.
+	opts.Reorder = krusty.ReorderOptionUnspecified
+	k := krusty.MakeKustomizer(opts)
 	resources, err := k.Run(fsys, dir)
 	if err != nil {
 		return nil, fmt.Errorf("kustomize build %s: %w", dir, err)
 	}
-	var r Rendered
+	y, err := resources.AsYaml()
+	if err != nil {
+		return nil, fmt.Errorf("kustomize build %s: %w", dir, err)
+	}
+	r := Rendered{YAML: y}
 	var errs []error
 	for _, res := range resources.Resources() {
 		obj := Object{Kind: res.GetKind(), Name: res.GetName(), Namespace: res.GetNamespace()}
