@@ -1,11 +1,13 @@
 package k8s
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -789,6 +791,13 @@ func TestNewServiceIsOneCopiedFile(t *testing.T) {
 func inMemory(t *testing.T) filesys.FileSystem {
 	t.Helper()
 	fsys := filesys.MakeFsInMemory()
+	copyManifests(t, fsys, "/k8s")
+	return fsys
+}
+
+// copyManifests copies base, components and overlays under root of fsys.
+func copyManifests(t *testing.T, fsys filesys.FileSystem, root string) {
+	t.Helper()
 	for _, dir := range []string{"base", "components", "overlays"} {
 		err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 			if err != nil || d.IsDir() {
@@ -798,22 +807,29 @@ func inMemory(t *testing.T) filesys.FileSystem {
 			if err != nil {
 				return err
 			}
-			return fsys.WriteFile("/k8s/"+p, b)
+			return writeFile(fsys, path.Join(root, filepath.ToSlash(p)), b)
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	return fsys
 }
 
-// The README's way to put real secrets in: an overlay of one's own, kept
-// out of this repository, that replaces a Secret from files. The services
-// must then get the real value under the same Secret name and key.
-func TestPrivateOverlayReplacesSecrets(t *testing.T) {
-	fsys := inMemory(t)
-	files := map[string]string{
-		"/private/kustomization.yaml": `apiVersion: kustomize.config.k8s.io/v1beta1
+// writeFile writes b at p of fsys, making its folder first (the disk
+// needs it).
+func writeFile(fsys filesys.FileSystem, p string, b []byte) error {
+	if err := fsys.MkdirAll(path.Dir(p)); err != nil {
+		return err
+	}
+	return fsys.WriteFile(p, b)
+}
+
+// privateOverlay is the README's overlay of one's own, as files under
+// root: it puts a real Redis password into Secret allot-redis over prod
+// (root/k8s/overlays/prod).
+func privateOverlay(root string) map[string]string {
+	return map[string]string{
+		root + "/private/kustomization.yaml": `apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
   - ../k8s/overlays/prod
@@ -824,9 +840,16 @@ secretGenerator:
     files:
       - password=redis-password.txt
 `,
-		"/private/redis-password.txt": "s3cret",
+		root + "/private/redis-password.txt": "s3cret",
 	}
-	for path, text := range files {
+}
+
+// The README's way to put real secrets in: an overlay of one's own, kept
+// out of this repository, that replaces a Secret from files. The services
+// must then get the real value under the same Secret name and key.
+func TestPrivateOverlayReplacesSecrets(t *testing.T) {
+	fsys := inMemory(t)
+	for path, text := range privateOverlay("") {
 		if err := fsys.WriteFile(path, []byte(text)); err != nil {
 			t.Fatal(err)
 		}
@@ -848,4 +871,87 @@ secretGenerator:
 			t.Errorf("%s: REDIS_PASSWORD: %q, want the private overlay's", w.Object, got)
 		}
 	}
+}
+
+// Every kubectl from 1.31 on applies the same objects: base, the overlays
+// and a private overlay over prod render byte for byte alike with the
+// oldest kustomize supported (module kustomize-oldest: v5.4.2, as kubectl
+// 1.31 embeds) and with the kustomize API this module imports (the newest).
+// kubectl 1.32 and 1.33 embed v5.5.0 and v5.6.0, between the two.
+func TestOldestKustomize(t *testing.T) {
+	kustomize := oldestKustomize(t)
+	root := t.TempDir()
+	fsys := filesys.MakeFsOnDisk()
+	copyManifests(t, fsys, filepath.Join(root, "k8s"))
+	for p, text := range privateOverlay(root) {
+		if err := writeFile(fsys, p, []byte(text)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, dir := range []string{"k8s/base", "k8s/overlays/dev", "k8s/overlays/prod", "private"} {
+		t.Run(dir, func(t *testing.T) {
+			dir := filepath.Join(root, dir)
+			want, err := Render(fsys, dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var stderr bytes.Buffer
+			cmd := exec.Command(kustomize, "build", dir)
+			cmd.Stderr = &stderr
+			got, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("the oldest kustomize supported fails where the newest renders: kustomize build: %v\n%s", err, firstLines(stderr.String(), 12))
+			}
+			lines := func(b []byte) []string { return strings.Split(string(b), "\n") }
+			if diff := cmp.Diff(lines(want.YAML), lines(got)); diff != "" {
+				t.Errorf("the oldest kustomize supported renders otherwise, by line (-newest +oldest):\n%s", diff)
+			}
+		})
+	}
+}
+
+// oldestKustomize builds the kustomize that module kustomize-oldest pins
+// and returns the executable's path.
+//
+// One test binary cannot link two versions of the kustomize API, so the
+// oldest runs as a program of its own module (not in go.work), built by
+// `go tool`, which keeps the executable in the Go build cache: the first
+// run fetches it through the Go module proxy and compiles it (one to two
+// minutes on two cores), later runs take well under a second. Where it
+// cannot be built (a laptop offline) the test skips and says why, unless
+// ALLOT_REQUIRE_INTEGRATION=1, which CI sets so that nothing outside the
+// process is silently missing; -short skips it too.
+func oldestKustomize(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: not building the oldest kustomize supported")
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command("go", "tool", "-n", "kustomize")
+	cmd.Dir = "kustomize-oldest"
+	cmd.Env = append(os.Environ(), "GOWORK=off")
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	path := strings.TrimSpace(string(out))
+	if err == nil && path == "" {
+		err = errors.New("printed no path")
+	}
+	if err != nil {
+		msg := fmt.Sprintf("building the oldest kustomize supported (go tool -n kustomize in kustomize-oldest): %v\n%s", err, stderr.String())
+		if os.Getenv("ALLOT_REQUIRE_INTEGRATION") == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg + "\nALLOT_REQUIRE_INTEGRATION=1 makes this a failure")
+	}
+	return path
+}
+
+// firstLines returns the first n lines of s, enough of a panic's trace to
+// say where it came from.
+func firstLines(s string, n int) string {
+	lines := strings.SplitAfter(s, "\n")
+	if len(lines) <= n {
+		return s
+	}
+	return strings.Join(lines[:n], "") + "...\n"
 }
