@@ -957,11 +957,11 @@ func TestOldestKustomize(t *testing.T) {
 // One test binary cannot link two versions of the kustomize API, so the
 // oldest runs as a program of its own module (not in go.work), built by
 // `go tool`, which keeps the executable in the Go build cache: the first
-// run fetches it through the Go module proxy and compiles it (one to two
-// minutes on two cores), later runs take well under a second. Where it
-// cannot be built (a laptop offline) the test skips and says why, unless
-// ALLOT_REQUIRE_INTEGRATION=1, which CI sets so that nothing outside the
-// process is silently missing; -short skips it too.
+// run fetches it through the Go module proxy and compiles it (about 70 s
+// of CPU, 3 minutes on a busy two-core machine), later runs take about a
+// second. Where it cannot be built (a laptop offline) the test skips and
+// says why, unless ALLOT_REQUIRE_INTEGRATION=1, which CI sets so that
+// nothing outside the process is silently missing; -short skips it too.
 func oldestKustomize(t *testing.T) string {
 	t.Helper()
 	if testing.Short() {
