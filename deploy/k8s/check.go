@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -30,11 +28,6 @@ const PartOf = "app.kubernetes.io/part-of"
 // Placeholder starts every Secret value kept in this repository: real
 // secrets are put in at deploy time, never committed.
 const Placeholder = "CHANGE-ME-"
-
-// MinNATS is the oldest nats-server line allot supports (README,
-// "Kubernetes"): an image named nats must carry a version tag of this line
-// or a later one.
-const MinNATS = "2.10"
 
 // Workload is a Deployment or a StatefulSet, seen through what the rules
 // need.
@@ -97,7 +90,8 @@ func (p *problems) add(obj Object, field, format string, args ...any) {
 // returns one error per broken rule, naming the object and the field:
 //
 //   - every container: an image with a tag or digest, never latest; an
-//     image named nats tagged with nats-server MinNATS (2.10) or later;
+//     image named nats tagged with the version of a nats-server allot
+//     runs on (service.MinNATSVersion, 2.10.0, or later);
 //     requests and limits for cpu and memory; non-root, no privilege
 //     escalation, read-only root filesystem, ALL capabilities dropped,
 //     seccomp RuntimeDefault; readiness, liveness and startup probes on
@@ -299,24 +293,17 @@ func imageProblem(image string) string {
 	return ""
 }
 
-// natsTag matches a nats image tag that names a version, such as 2.15.2 in
-// 2.15.2-alpine: major, minor, an optional patch and suffix.
-var natsTag = regexp.MustCompile(`^(\d{1,6})\.(\d{1,6})(\.\d{1,6})?(-.+)?$`)
-
 // natsProblem says what is wrong with an image named nats (on any
-// registry), or "": its tag must name nats-server MinNATS or later, which a
-// digest alone does not say. Other images are not its business.
+// registry), or "": its tag must be the version of a nats-server allot runs
+// on, as service.CheckNATSVersion reads it (2.15.2-alpine is 2.15.2); a
+// digest alone does not say which. Other images are not its business.
 func natsProblem(image string) string {
 	tag, ok := natsImageTag(image)
 	if !ok {
 		return ""
 	}
-	m := natsTag.FindStringSubmatch(tag)
-	if m == nil {
-		return fmt.Sprintf("names no nats-server version in its tag: pin %s or later, such as nats:2.15.2-alpine", MinNATS)
-	}
-	if majorMinor(m) < majorMinor(natsTag.FindStringSubmatch(MinNATS)) {
-		return fmt.Sprintf("runs nats-server %s.%s, older than %s, the oldest allot supports", m[1], m[2], MinNATS)
+	if err := service.CheckNATSVersion(tag); err != nil {
+		return fmt.Sprintf("must be tagged with nats-server %s or later (%v)", service.MinNATSVersion, err)
 	}
 	return ""
 }
@@ -331,13 +318,6 @@ func natsImageTag(image string) (string, bool) {
 		repo, tag = ref[:i], ref[i+1:]
 	}
 	return tag, path.Base(repo) == "nats"
-}
-
-// majorMinor orders the version natsTag matched: major, then minor.
-func majorMinor(m []string) int {
-	major, _ := strconv.Atoi(m[1]) // at most 6 digits: no error
-	minor, _ := strconv.Atoi(m[2])
-	return major*1_000_000 + minor
 }
 
 // checkSecurity checks a container's effective security context: the
