@@ -52,6 +52,9 @@ type Config struct {
 	Registry RegistryConfig `yaml:"registry"`
 	// Notifier tunes the notifier: jobs, tokens, templates and SMTP.
 	Notifier NotifierConfig `yaml:"notifier"`
+	// Auth is the auth service's section, which it decodes itself
+	// (services/auth, through LoadSection).
+	Auth Section `yaml:"auth,omitempty"`
 	// Instance names this process among the replicas of a service, in logs,
 	// the registry and metrics. Defaults to the hostname (the pod name in
 	// Kubernetes).

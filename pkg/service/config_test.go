@@ -530,3 +530,82 @@ func writeFile(t *testing.T, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+// A service's own section of the shared file is decoded strictly where it
+// stands, the other sections are left alone, and the environment wins.
+func TestLoadSection(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "allot.yaml")
+	writeFile(t, path, "log:\n  level: debug\nmeter:\n  whatever: 1\nextra:\n  count: 3\n  labels: {a: b}\n")
+	got := extraConfig{Ratio: 0.5}
+	if err := service.LoadSection(&got, path, "extra", envMap(map[string]string{"X_ON": "true"})); err != nil {
+		t.Fatalf("LoadSection: %v", err)
+	}
+	want := extraConfig{Ratio: 0.5, Count: 3, Labels: map[string]string{"a": "b"}, On: true}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("LoadSection (-want +got):\n%s", diff)
+	}
+	// A file without the section changes only what the environment says.
+	none := filepath.Join(dir, "none.yaml")
+	writeFile(t, none, "log:\n  level: debug\n")
+	got = extraConfig{Count: 7}
+	if err := service.LoadSection(&got, none, "extra", envMap(nil)); err != nil || got.Count != 7 {
+		t.Errorf("no section: %+v, %v", got, err)
+	}
+
+	bad := filepath.Join(dir, "bad.yaml")
+	writeFile(t, bad, "other: {x: 1}\nextra:\n  count: many\n  nope: 1\n")
+	for _, tc := range []struct {
+		name    string
+		dst     any
+		path    string
+		section string
+		want    []string
+	}{
+		{"the section's errors, with its path", &extraConfig{}, bad, "extra", []string{"line 3: extra.count:", "line 4: extra.nope: unknown field"}},
+		{"not a pointer", extraConfig{}, bad, "extra", []string{"non-nil pointer to a struct"}},
+		{"bad section name", &extraConfig{}, bad, "a: b", []string{"bad section name"}},
+		{"a second document", &extraConfig{}, writeTemp(t, dir, "extra:\n  count: 1\n---\nx: 1\n"), "extra", []string{"a second YAML document"}},
+		{"no file", &extraConfig{}, filepath.Join(dir, "absent.yaml"), "extra", []string{"no such file"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := service.LoadSection(tc.dst, tc.path, tc.section, envMap(nil))
+			if err == nil {
+				t.Fatal("LoadSection = nil, want an error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func writeTemp(t *testing.T, dir, text string) string {
+	t.Helper()
+	f, err := os.CreateTemp(dir, "*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, f.Name(), text)
+	_ = f.Close()
+	return f.Name()
+}
+
+// The whole-file load lets a section another package owns stand, and
+// never prints what it holds.
+func TestOwnedSectionIsNotPrinted(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "allot.yaml")
+	writeFile(t, path, "auth:\n  issuer_seed: SAAS3CRET\n  roles: {app: {}}\n")
+	cfg, err := service.Load(path, envMap(nil))
+	if err != nil {
+		t.Fatalf("Load with an auth section: %v", err)
+	}
+	if cfg.Auth.IsZero() {
+		t.Error("the auth section was not seen")
+	}
+	if out := cfg.Redacted(); strings.Contains(out, "SAAS3CRET") || !strings.Contains(out, "auth:") {
+		t.Errorf("Redacted:\n%s", out)
+	}
+}

@@ -40,6 +40,58 @@ func LoadInto(dst any, path string, getenv func(string) string) error {
 	return applyEnv(v.Elem(), getenv)
 }
 
+// Section stands in Config for a top-level section that another package
+// owns and decodes with LoadSection: the whole-file load lets it be there
+// without looking inside, and Redacted never prints it (it may hold
+// secrets only its owner knows to mask).
+type Section struct {
+	// Present says the file had the section.
+	Present bool `yaml:"-"`
+}
+
+// UnmarshalYAML notes the section is there.
+func (s *Section) UnmarshalYAML(*yaml.Node) error { s.Present = true; return nil }
+
+// MarshalYAML prints a note in its place.
+func (s Section) MarshalYAML() (any, error) {
+	return "(decoded by the service that owns it; run its -validate)", nil
+}
+
+// IsZero reports whether the file had no such section.
+func (s Section) IsZero() bool { return !s.Present }
+
+// LoadSection is LoadInto for the one top-level section of a shared
+// configuration file that a service owns (auth, say): dst, a pointer to
+// a struct holding the section's defaults, is overlaid with that key of
+// the file, strictly (errors name the file, the line and the field's whole
+// path, such as auth.roles.app.grnt), and then with the environment. The
+// file's other sections are not its business; a file without the section
+// changes nothing.
+func LoadSection(dst any, path, section string, getenv func(string) string) error {
+	v := reflect.ValueOf(dst)
+	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
+		return fmt.Errorf("service: LoadSection needs a non-nil pointer to a struct, got %T", dst)
+	}
+	if section == "" || strings.ContainsAny(section, "\"`,: ") {
+		return fmt.Errorf("service: LoadSection: bad section name %q", section)
+	}
+	if path != "" {
+		// A struct of the section under its key and the rest inline, so
+		// the section is decoded strictly where it stands in the file.
+		wt := reflect.StructOf([]reflect.StructField{
+			{Name: "Section", Type: v.Elem().Type(), Tag: reflect.StructTag(`yaml:"` + section + `"`)},
+			{Name: "Rest", Type: reflect.TypeFor[map[string]yaml.Node](), Tag: `yaml:",inline"`},
+		})
+		w := reflect.New(wt)
+		w.Elem().Field(0).Set(v.Elem())
+		if err := decodeFile(path, w.Interface()); err != nil {
+			return err
+		}
+		v.Elem().Set(w.Elem().Field(0))
+	}
+	return applyEnv(v.Elem(), getenv)
+}
+
 // decodeFile decodes the YAML file at path into dst, refusing unknown
 // fields.
 func decodeFile(path string, dst any) error {
