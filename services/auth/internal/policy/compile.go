@@ -63,13 +63,49 @@ const maxBranches = 1024
 // entry that would take from another branch what that branch allows is
 // refused (ErrInexpressible), never silently kept.
 func Compile(grant Requirement, uids []string) (Permissions, error) {
+	return CompileAdjusted(grant, uids, Adjustments{})
+}
+
+// Adjustments change one key's grant for a while: Deny takes subjects away
+// (publishing and subscribing: an override), Allow adds subjects to
+// publish to, requests included (an addition; never subscribing, which
+// would let a key read requests meant for a service).
+type Adjustments struct {
+	Deny, Allow []string
+}
+
+// CompileAdjusted is Compile of grant less adj.Deny, plus adj.Allow; the
+// top's respond and valid stay as they are.
+func CompileAdjusted(grant Requirement, uids []string, adj Adjustments) (Permissions, error) {
 	if err := grant.Check(); err != nil {
 		return Permissions{}, err
+	}
+	for _, s := range slices.Concat(adj.Deny, adj.Allow) {
+		if err := checkPattern(s); err != nil {
+			return Permissions{}, fmt.Errorf("%w: adjustment: %v", ErrInvalid, err)
+		}
 	}
 	var p Permissions
 	rest, err := p.takeTop(grant)
 	if err != nil {
 		return Permissions{}, err
+	}
+	if len(adj.Deny) > 0 && rest != nil {
+		all := []Requirement{*rest}
+		for _, d := range adj.Deny {
+			all = append(all, Requirement{Not: &Requirement{Publish: d}}, Requirement{Not: &Requirement{Subscribe: d}})
+		}
+		rest = &Requirement{AllOf: all}
+	}
+	if len(adj.Allow) > 0 {
+		var any []Requirement
+		if rest != nil {
+			any = append(any, *rest)
+		}
+		for _, a := range adj.Allow {
+			any = append(any, Requirement{Publish: a})
+		}
+		rest = &Requirement{AnyOf: any}
 	}
 	var branches []branch
 	if rest != nil {

@@ -1,0 +1,124 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/services/auth/internal/policy"
+	"github.com/nats-io/jwt/v2"
+)
+
+// ConnRecorder keeps, per key, the connections let in (server id and
+// client id, both from the callout request), so that a change to the key
+// can disconnect them.
+type ConnRecorder interface {
+	Record(ctx context.Context, keyID, serverID string, cid uint64, until time.Time) error
+}
+
+// decider is the service's Decider: the key's format, its record, the
+// secret against the hash, the validators, and the role compiled with the
+// key's uids and adjustments into the permissions of the connection.
+type decider struct {
+	backend Backend
+	roles   map[string]Role
+	chain   chain
+	conns   ConnRecorder
+	now     func() time.Time
+	log     *slog.Logger
+}
+
+// Decide implements Decider.
+func (d *decider) Decide(ctx context.Context, req *jwt.AuthorizationRequest) (Grant, error) {
+	c := &Conn{Request: req, Now: d.now()}
+	if err := d.chain.fns[0](c); err != nil { // key_format: nothing is known before it
+		return Grant{}, err
+	}
+	rec, err := d.backend.Get(ctx, c.Key.ID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return Grant{}, Refuse("unknown_key", "no key %s", c.Key.ID)
+	case err != nil:
+		return Grant{}, fmt.Errorf("auth: read key %s: %w", c.Key.ID, err)
+	}
+	if !c.Key.Matches(rec.Hash) {
+		return Grant{}, Refuse("bad_secret", "key %s: the secret does not match", c.Key.ID)
+	}
+	role, ok := d.roles[rec.Role]
+	if !ok {
+		return Grant{}, Refuse("unknown_role", "key %s has role %q, which the config does not define", rec.ID, rec.Role)
+	}
+	c.Record, c.Role = rec, role
+	for i := 1; i < len(d.chain.fns); i++ {
+		if slices.Contains(role.Skip, d.chain.names[i]) {
+			continue
+		}
+		if err := d.chain.fns[i](c); err != nil {
+			return Grant{}, err
+		}
+	}
+	g, err := grantOf(rec, role, c.Now)
+	if err != nil {
+		return Grant{}, Refuse("inexpressible", "key %s: %v", rec.ID, err)
+	}
+	if d.conns != nil {
+		until := g.Expires
+		if until.IsZero() {
+			until = c.Now.Add(24 * time.Hour)
+		}
+		if err := d.conns.Record(ctx, rec.ID, req.Server.ID, req.ClientInformation.ID, until); err != nil {
+			// Not letting the connection in is the safe side: a key whose
+			// connections cannot be found cannot be revoked.
+			return Grant{}, fmt.Errorf("auth: record the connection of key %s: %w", rec.ID, err)
+		}
+	}
+	if err := d.backend.Touch(ctx, rec.ID, c.Now); err != nil {
+		d.log.Debug("last use not recorded", "key", rec.ID, "err", err)
+	}
+	return g, nil
+}
+
+// grantOf compiles what the key rec of role may do at now: the role with
+// its uids, its overrides and additions in force, its own inbox, until the
+// earliest of the key's end, an adjustment's end and the role's window.
+func grantOf(rec Record, role Role, now time.Time) (Grant, error) {
+	var adj policy.Adjustments
+	var ends []time.Time
+	for _, a := range rec.Active(now) {
+		if a.Deny != "" {
+			adj.Deny = append(adj.Deny, a.Deny)
+		}
+		if a.Allow != "" {
+			adj.Allow = append(adj.Allow, a.Allow)
+		}
+		ends = append(ends, a.Expires)
+	}
+	p, err := policy.CompileAdjusted(role.Grant, rec.UIDs, adj)
+	if err != nil {
+		return Grant{}, err
+	}
+	if len(p.Sub.Allow) == 0 {
+		p.Sub.Deny = nil // "deny everything" stands for an empty allow list, which the inbox now fills
+	}
+	var jp jwt.Permissions
+	jp.Pub.Allow.Add(p.Pub.Allow...)
+	jp.Pub.Deny.Add(p.Pub.Deny...)
+	jp.Sub.Allow.Add(p.Sub.Allow...)
+	jp.Sub.Deny.Add(p.Sub.Deny...)
+	// Replies come to the key's own inbox, never to a shared _INBOX.>
+	// another key could read.
+	jp.Sub.Allow.Add(events.KeyInboxPrefix(rec.ID) + ".>")
+	if p.Respond {
+		jp.Resp = &jwt.ResponsePermission{MaxMsgs: 1}
+	}
+	return Grant{
+		Name:        rec.ID,
+		Permissions: jp,
+		NotBefore:   p.Window.From,
+		Expires:     p.Expires(append(ends, rec.Expires)...),
+	}, nil
+}
