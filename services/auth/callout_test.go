@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -296,5 +297,54 @@ func TestCalloutRefusesForgedRequests(t *testing.T) {
 	defer obs.mu.Unlock()
 	if n := strings.Count(strings.Join(obs.got, " "), "forged/bad_request"); n != 4 {
 		t.Errorf("%d of 4 forged requests counted: %v", n, obs.got)
+	}
+}
+
+// Kick disconnects every connection of one key, found by the user name
+// the callout gave it, and no other.
+func TestKickerDisconnectsOneKey(t *testing.T) {
+	s, sc, issuer := calloutServer(t)
+	d := deciderFunc(func(_ context.Context, req *jwt.AuthorizationRequest) (Grant, error) {
+		var p jwt.Permissions
+		p.Sub.Allow.Add("_INBOX.>")
+		return Grant{Name: req.ConnectOptions.Token, Permissions: p}, nil
+	})
+	startCallout(t, s, sc, issuer, d)
+	connect := func(token string) chan struct{} {
+		closed := make(chan struct{})
+		nc, err := nats.Connect(s.ClientURL(), nats.Token(token), nats.NoReconnect(), nats.ClosedHandler(func(*nats.Conn) { close(closed) }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return closed
+	}
+	a1, a2, b := connect("key-a"), connect("key-a"), connect("key-b")
+	sys, err := nats.Connect(s.ClientURL(), nats.UserInfo(sc.SysUser, sc.SysPassword))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sys.Close()
+	k := &kicker{sys: sys, gather: 300 * time.Millisecond, log: slog.New(slog.DiscardHandler)}
+	start := time.Now()
+	n, err := k.Kick(t.Context(), "key-a")
+	if err != nil || n != 2 {
+		t.Fatalf("Kick = %d, %v; want the 2 connections of key-a", n, err)
+	}
+	for i, ch := range []chan struct{}{a1, a2} {
+		select {
+		case <-ch:
+		case <-time.After(time.Second):
+			t.Fatalf("connection %d of key-a still open after the kick", i+1)
+		}
+	}
+	t.Logf("both connections closed %s after the kick began", time.Since(start))
+	select {
+	case <-b:
+		t.Error("key-b's connection was kicked too")
+	case <-time.After(200 * time.Millisecond):
+	}
+	if n, _ := k.Kick(t.Context(), "nobody"); n != 0 {
+		t.Errorf("kicked %d connections of a key with none", n)
 	}
 }

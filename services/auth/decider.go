@@ -13,13 +13,6 @@ import (
 	"github.com/nats-io/jwt/v2"
 )
 
-// ConnRecorder keeps, per key, the connections let in (server id and
-// client id, both from the callout request), so that a change to the key
-// can disconnect them.
-type ConnRecorder interface {
-	Record(ctx context.Context, keyID, serverID string, cid uint64, until time.Time) error
-}
-
 // decider is the service's Decider: the key's format, its record, the
 // secret against the hash, the validators, and the role compiled with the
 // key's uids and adjustments into the permissions of the connection.
@@ -27,7 +20,6 @@ type decider struct {
 	backend Backend
 	roles   map[string]Role
 	chain   chain
-	conns   ConnRecorder
 	now     func() time.Time
 	log     *slog.Logger
 }
@@ -64,17 +56,6 @@ func (d *decider) Decide(ctx context.Context, req *jwt.AuthorizationRequest) (Gr
 	g, err := grantOf(rec, role, c.Now)
 	if err != nil {
 		return Grant{}, Refuse("inexpressible", "key %s: %v", rec.ID, err)
-	}
-	if d.conns != nil {
-		until := g.Expires
-		if until.IsZero() {
-			until = c.Now.Add(24 * time.Hour)
-		}
-		if err := d.conns.Record(ctx, rec.ID, req.Server.ID, req.ClientInformation.ID, until); err != nil {
-			// Not letting the connection in is the safe side: a key whose
-			// connections cannot be found cannot be revoked.
-			return Grant{}, fmt.Errorf("auth: record the connection of key %s: %w", rec.ID, err)
-		}
 	}
 	if err := d.backend.Touch(ctx, rec.ID, c.Now); err != nil {
 		d.log.Debug("last use not recorded", "key", rec.ID, "err", err)
