@@ -293,9 +293,9 @@ func TestEndpointCommands(t *testing.T) {
 
 		{name: "grants read", args: []string{"grants", "-uid", "u-1"},
 			stdout: "METRIC             LIMIT\nemail_daily_total  50\nphoto_daily_total  200\n", sent: `{}`},
-		{name: "grants set and unset", args: []string{"grants", "-uid", "u-1", "-set", "albums_total=20", "-set", "photo_daily_total=1e3", "-unset", "email_daily_total"},
-			stdout: "METRIC             LIMIT\nalbums_total       20\nphoto_daily_total  1000\n",
-			sent:   `{"set":{"albums_total":20,"photo_daily_total":1000},"unset":["email_daily_total"]}`},
+		{name: "grants set and unset", args: []string{"grants", "-uid", "u-1", "-set", "albums=20", "-set", "photo_daily_total=1e3", "-unset", "email_daily_total"},
+			stdout: "METRIC             LIMIT\nalbums             20\nphoto_daily_total  1000\n",
+			sent:   `{"set":{"albums":20,"photo_daily_total":1000},"unset":["email_daily_total"]}`},
 		{name: "grants backend down", args: []string{"grants", "-uid", "down"}, code: 1, stderr: "meter answered 503 unavailable"},
 
 		{name: "check", args: []string{"check", "-uid", "u-1", "-service", "upload", "-cost", "2"},
@@ -401,8 +401,8 @@ func TestEndpointJSON(t *testing.T) {
 			&events.AuthorizeReply{Allowed: true, Remaining: 9, ResetsAt: fakeResetsAt}},
 		{[]string{"authorize", "-uid", "u-1", "-metric", "photo_daily_total", "-amount", "20"}, 1, &events.AuthorizeReply{},
 			&events.AuthorizeReply{Allowed: false, Remaining: 2, ResetsAt: fakeResetsAt}},
-		{[]string{"grants", "-uid", "u-1", "-set", "albums_total=20"}, 0, &events.GrantsReply{},
-			&events.GrantsReply{UID: "u-1", Grants: map[string]float64{"photo_daily_total": 200, "email_daily_total": 50, "albums_total": 20}}},
+		{[]string{"grants", "-uid", "u-1", "-set", "albums=20"}, 0, &events.GrantsReply{},
+			&events.GrantsReply{UID: "u-1", Grants: map[string]float64{"photo_daily_total": 200, "email_daily_total": 50, "albums": 20}}},
 		{[]string{"check", "-uid", "u-1", "-cost", "0"}, 0, &events.CheckReply{},
 			&events.CheckReply{Allowed: true, Limit: 5, Remaining: 5, ResetAfterMs: 42000}},
 		{[]string{"check", "-uid", "u-1", "-cost", "9"}, 1, &events.CheckReply{},

@@ -21,11 +21,15 @@ func grantsCommand() command {
 Shows the user's effective grants: the configured defaults with the user's
 own overrides applied. -set gives the user their own limit for a metric;
 -unset drops the override, so the default applies again. The grants after
-the change are printed, sorted by metric (meter.grants.<uid>).
+the change are printed, sorted by metric (meter.grants.<uid>). Only
+declared grants can be set: the configured ones and ratelimit_<service>
+for each rate-limited service; the meter refuses any other name, lists
+the declared ones and changes nothing.
 
 Examples:
   allot grants -uid u-42
-  allot grants -uid u-42 -set photo_daily_total=500 -set albums_total=20
+  allot grants -uid u-42 -set photo_daily_total=500 -set albums=20
+  allot grants -uid u-42 -set ratelimit_upload=50
   allot grants -uid u-42 -unset photo_daily_total`,
 		run: runGrants,
 	}

@@ -256,6 +256,12 @@ func (m *Meter) handleGrants(req micro.Request) {
 	defer cancel()
 	var overrides map[string]float64
 	if len(body.Set) > 0 || len(body.Unset) > 0 {
+		// Every name is checked before anything is written.
+		err = m.grants.check(body, func() (map[string]float64, error) { return m.store.Overrides(ctx, uid) })
+		if err != nil {
+			m.reply(req, "grants", nil, err)
+			return
+		}
 		overrides, err = m.store.SetOverrides(ctx, uid, body.Set, body.Unset)
 		if err == nil {
 			m.log.Info("grants changed", "uid", uid, "set", body.Set, "unset", body.Unset)

@@ -48,6 +48,7 @@ type Meter struct {
 	metrics   *metrics
 	endpoints *service.Endpoints
 	replier   service.Replier
+	grants    grantNames // the grants meter.grants may set
 
 	cancel   context.CancelFunc
 	done     chan struct{}
@@ -89,6 +90,7 @@ func Start(ctx context.Context, cfg service.Config, deps Deps) (*Meter, error) {
 		store: st,
 		done:  make(chan struct{}),
 	}
+	m.grants = newGrantNames(cfg)
 	if m.metrics, err = newMetrics(deps.Registerer, m); err != nil {
 		return nil, fmt.Errorf("meter: %w", err)
 	}
