@@ -136,12 +136,52 @@ type clientFlags struct {
 	config  string
 	natsURL string
 	timeout time.Duration
+	// target is the NATS the command talks to, set by load.
+	target natsTarget
 }
 
 func (f *clientFlags) register(fs *flag.FlagSet, env *cliEnv) {
 	fs.StringVar(&f.config, "config", env.getenv("ALLOT_CONFIG"), "allot.yaml with subject and stream names (env ALLOT_CONFIG)")
-	fs.StringVar(&f.natsURL, "nats", "", "NATS URL (default: env NATS_URL, the config file, or nats://127.0.0.1:4222)")
+	fs.StringVar(&f.natsURL, "nats", "", "NATS URL (default: env NATS_URL, the config file, or "+defaultNATSURL+")")
 	fs.DurationVar(&f.timeout, "timeout", 5*time.Second, "how long to wait for NATS and for each reply")
+}
+
+// defaultNATSURL is where the commands look for NATS when nothing says
+// otherwise.
+var defaultNATSURL = service.Default().NATS.URL.String()
+
+// natsTarget is the NATS a command talks to and where its URL came from,
+// so an error that may mean "this is not the allot you think" can say
+// which server was asked and why.
+type natsTarget struct {
+	url    string // redacted
+	source string // "-nats", "NATS_URL", "nats.url in <file>"; "" for the default
+}
+
+// String is the URL and its source, e.g. "nats://127.0.0.1:4222 (from
+// NATS_URL)".
+func (t natsTarget) String() string {
+	if t.source == "" {
+		return t.url + " (the default: neither -nats nor NATS_URL is set)"
+	}
+	return t.url + " (from " + t.source + ")"
+}
+
+// natsAdvice is what to do when the NATS asked is not allot's.
+const natsAdvice = "allot dev prints the URL to use: export NATS_URL=<it>, or pass -nats"
+
+// resolveTarget says which NATS URL cfg ends up with, and why.
+func (f *clientFlags) resolveTarget(cfg service.Config, env *cliEnv) natsTarget {
+	t := natsTarget{url: cfg.NATS.URL.String()}
+	switch {
+	case f.natsURL != "":
+		t.source = "-nats"
+	case env.getenv("NATS_URL") != "":
+		t.source = "NATS_URL"
+	case f.config != "" && t.url != defaultNATSURL:
+		t.source = "nats.url in " + f.config
+	}
+	return t
 }
 
 // load reads the configuration and connects to NATS.
@@ -159,10 +199,10 @@ func (f *clientFlags) load(env *cliEnv) (service.Config, *nats.Conn, error) {
 	if f.timeout <= 0 {
 		return cfg, nil, usagef("-timeout must be > 0")
 	}
-	url := cfg.NATS.URL.Reveal()
-	nc, err := nats.Connect(url, nats.Name("allot-cli"), nats.Timeout(f.timeout))
+	f.target = f.resolveTarget(cfg, env)
+	nc, err := nats.Connect(cfg.NATS.URL.Reveal(), nats.Name("allot-cli"), nats.Timeout(f.timeout))
 	if err != nil {
-		return cfg, nil, fmt.Errorf("cannot reach NATS at %s: %v (is 'allot dev' running? set NATS_URL or -nats)", cfg.NATS.URL, err)
+		return cfg, nil, fmt.Errorf("cannot reach NATS at %s: %v; is allot dev running? %s", f.target, err, natsAdvice)
 	}
 	return cfg, nc, nil
 }

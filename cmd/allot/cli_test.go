@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/pkg/testenv"
 )
 
@@ -140,7 +141,7 @@ func TestPublishAndTail(t *testing.T) {
 		t.Fatalf("tail -dead: %+v", r)
 	}
 	r = runCLI(t, env, "", "streams", "-check")
-	if r.code != 0 || !strings.Contains(r.stdout, "1 events") {
+	if r.code != 0 || !strings.Contains(r.stdout, "  1 event, ") || !strings.Contains(r.stdout, "  0 events, ") || !strings.Contains(r.stdout, ", 1 replica\n") {
 		t.Fatalf("streams -check: %+v", r)
 	}
 }
@@ -166,7 +167,7 @@ func TestPublishFile(t *testing.T) {
 		t.Errorf("exit %d, want 1 for refused lines", r.code)
 	}
 	for _, want := range []string{
-		"stdin: 9 lines, 3 events accepted, 1 duplicate, 4 refused, 0 failed",
+		"stdin: 9 lines: 3 events accepted, 1 duplicate, 4 refused, 0 failed, in ",
 		"line 4: event: is not valid JSON",
 		"line 6: data.value: must be a number (got string)",
 		"line 8: data.valeu: is not a known field",
@@ -186,7 +187,7 @@ func TestPublishFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	r = runCLI(t, env, "", "publish", "-file", path)
-	if r.code != 0 || !strings.Contains(r.stdout, "2 lines, 1 events accepted, 1 duplicate") {
+	if r.code != 0 || !strings.Contains(r.stdout, "ok.jsonl: 2 lines: 1 event accepted, 1 duplicate, 0 refused, 0 failed, in ") {
 		t.Errorf("clean file: %+v", r)
 	}
 	r = runCLI(t, env, "", "publish", "-file", filepath.Join(t.TempDir(), "missing.jsonl"))
@@ -195,11 +196,63 @@ func TestPublishFile(t *testing.T) {
 	}
 }
 
+// Every connection error names the URL tried and where it came from, and
+// says what to do.
 func TestUnreachableNATS(t *testing.T) {
-	env := map[string]string{"NATS_URL": "nats://127.0.0.1:1"}
-	r := runCLI(t, env, "", "publish", "-uid", "u", "-metric", "m", "-timeout", "500ms")
-	if r.code != 1 || !strings.Contains(r.stderr, "cannot reach NATS at nats://127.0.0.1:1") {
-		t.Errorf("unreachable: %+v", r)
+	cfg := filepath.Join(t.TempDir(), "allot.yaml")
+	if err := os.WriteFile(cfg, []byte("nats:\n  url: nats://127.0.0.1:2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const advice = "is allot dev running? allot dev prints the URL to use: export NATS_URL=<it>, or pass -nats"
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{"from the environment", map[string]string{"NATS_URL": "nats://127.0.0.1:1"}, nil,
+			"cannot reach NATS at nats://127.0.0.1:1 (from NATS_URL): "},
+		{"from the flag, over the environment", map[string]string{"NATS_URL": "nats://127.0.0.1:2"}, []string{"-nats", "nats://127.0.0.1:1"},
+			"cannot reach NATS at nats://127.0.0.1:1 (from -nats): "},
+		{"from the config file", nil, []string{"-config", cfg},
+			"cannot reach NATS at nats://127.0.0.1:2 (from nats.url in " + cfg + "): "},
+		{"from ALLOT_CONFIG", map[string]string{"ALLOT_CONFIG": cfg}, nil,
+			"cannot reach NATS at nats://127.0.0.1:2 (from nats.url in " + cfg + "): "},
+		{"a password is not shown", map[string]string{"NATS_URL": "nats://ann:hunter2@127.0.0.1:1"}, nil,
+			"cannot reach NATS at nats://ann:xxxxx@127.0.0.1:1 (from NATS_URL): "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, cmd := range [][]string{
+				{"publish", "-uid", "u", "-metric", "m"},
+				{"credit", "-uid", "u"},
+				{"streams", "-check"},
+				{"tail"},
+			} {
+				args := append(append(cmd, "-timeout", "300ms"), tc.args...)
+				r := runCLI(t, tc.env, "", args...)
+				if r.code != 1 || !isOneLine(r.stderr) || !strings.Contains(r.stderr, tc.want) || !strings.HasSuffix(r.stderr, advice+"\n") {
+					t.Errorf("allot %v: exit %d, stderr %q; want one line with %q ending %q", args, r.code, r.stderr, tc.want, advice)
+				}
+				if strings.Contains(r.stderr, "hunter2") {
+					t.Errorf("allot %v printed the password: %q", args, r.stderr)
+				}
+			}
+		})
+	}
+}
+
+// With nothing set, the commands use the default URL, and say so. (Not
+// connected here: on a development machine a NATS may listen there.)
+func TestDefaultNATSTarget(t *testing.T) {
+	var cf clientFlags
+	env := &cliEnv{getenv: func(string) string { return "" }}
+	cfg, err := service.Load("", env.getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := cf.resolveTarget(cfg, env).String()
+	if want := "nats://127.0.0.1:4222 (the default: neither -nats nor NATS_URL is set)"; got != want {
+		t.Errorf("target = %q, want %q", got, want)
 	}
 }
 
@@ -266,5 +319,48 @@ func TestDevValidate(t *testing.T) {
 	r = runCLI(t, nil, "", "dev", "-config", bad, "-validate")
 	if r.code != 1 || !strings.Contains(r.stderr, "urll") {
 		t.Errorf("dev -validate with a typo: %+v", r)
+	}
+}
+
+// The summary of a file prints every problem up to -show (100), then
+// how many more there were and how to see them; -show 0 prints all.
+func TestPublishFileProblems(t *testing.T) {
+	env := map[string]string{"NATS_URL": startNATS(t)}
+	if r := runCLI(t, env, "", "streams"); r.code != 0 {
+		t.Fatal(r)
+	}
+	var in strings.Builder
+	in.WriteString(`{"subject":"u-1","data":{"metric":"photo_daily_total","value":1}}` + "\n")
+	for range 150 {
+		in.WriteString("not json\n")
+	}
+	r := runCLI(t, env, in.String(), "publish", "-file", "-")
+	if r.code != 1 || !strings.Contains(r.stderr, "allot publish: 150 of 151 lines were not published") {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	if !strings.Contains(r.stdout, "stdin: 151 lines: 1 event accepted, 0 duplicates, 150 refused, 0 failed, in ") {
+		t.Errorf("summary:\n%s", r.stdout)
+	}
+	if n := strings.Count(r.stdout, ": event: is not valid JSON"); n != 100 {
+		t.Errorf("%d problems printed, want the first 100", n)
+	}
+	if !strings.Contains(r.stdout, "  line 101: event:") || strings.Contains(r.stdout, "  line 102: ") {
+		t.Errorf("want lines 2 to 101 printed:\n%s", r.stdout)
+	}
+	if !strings.HasSuffix(r.stdout, "  (50 more problems not shown, 150 in all; -show 0 prints every one)\n") {
+		t.Errorf("the summary does not say what was left out:\n%s", r.stdout[max(0, len(r.stdout)-300):])
+	}
+
+	r = runCLI(t, env, in.String(), "publish", "-file", "-", "-show", "0")
+	if n := strings.Count(r.stdout, ": event: is not valid JSON"); n != 150 || strings.Contains(r.stdout, "not shown") {
+		t.Errorf("-show 0 printed %d problems, want all 150", n)
+	}
+	r = runCLI(t, env, "not json\n", "publish", "-file", "-", "-show", "0")
+	if !strings.Contains(r.stdout, "stdin: 1 line: 0 events accepted, 0 duplicates, 1 refused, 0 failed, in ") ||
+		!strings.Contains(r.stderr, "1 of 1 line was not published") {
+		t.Errorf("one bad line: %+v", r)
+	}
+	if r := runCLI(t, env, "", "publish", "-file", "-", "-show", "-1"); r.code != 2 || !strings.Contains(r.stderr, "-show must be >= 0") {
+		t.Errorf("-show -1: %+v", r)
 	}
 }

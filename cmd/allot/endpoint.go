@@ -81,11 +81,6 @@ func parseFlags(fs *flag.FlagSet, args []string, allowArgs bool) ([]string, erro
 	return rest, nil
 }
 
-// callError turns an error of a call to service on subject into one line
-// that says what went wrong and what to do: the status, message and field
-// of a service's error reply, which service is not running, or how long
-// was waited. Validation errors (refused before the wire) already name
-// their field and pass through.
 // endpointError is a failed call put in one line for the user; it still
 // matches the original error with errors.Is, e.g. events.ErrOverLimit.
 type endpointError struct {
@@ -112,12 +107,18 @@ func call[R any](ctx context.Context, env *cliEnv, ef *endpointFlags, req events
 	defer closeConn()
 	reply, err := do(ctx, c)
 	if err != nil {
-		return reply, callError(err, service, subject(subj), ef.timeout)
+		return reply, callError(err, service, subject(subj), ef.target, ef.timeout)
 	}
 	return reply, nil
 }
 
-func callError(err error, service, subject string, timeout time.Duration) error {
+// callError turns an error of a call to service on subject into one line
+// that says what went wrong and what to do: the status, message and field
+// of a service's error reply, which service is not answering on which
+// NATS (and where its URL came from), or how long was waited. Validation
+// errors (refused before the wire) already name their field and pass
+// through.
+func callError(err error, service, subject string, target natsTarget, timeout time.Duration) error {
 	var serr *events.ServiceError
 	switch {
 	case errors.As(err, &serr):
@@ -133,9 +134,9 @@ func callError(err error, service, subject string, timeout time.Duration) error 
 		}
 		return &endpointError{msg, err}
 	case errors.Is(err, events.ErrNoResponders):
-		return &endpointError{fmt.Sprintf("no %s is answering on %s: is it running (allot dev)?", service, subject), err}
+		return &endpointError{fmt.Sprintf("no %s is answering on %s at NATS %s: is allot dev running there? %s", service, subject, target, natsAdvice), err}
 	case errors.Is(err, events.ErrTimeout):
-		return &endpointError{fmt.Sprintf("no reply from the %s on %s within %s: is it overloaded? (raise -timeout to wait longer)", service, subject, timeout), err}
+		return &endpointError{fmt.Sprintf("no reply from the %s on %s at NATS %s within %s: is it overloaded? (raise -timeout to wait longer)", service, subject, target, timeout), err}
 	}
 	return err
 }

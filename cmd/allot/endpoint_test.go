@@ -437,19 +437,24 @@ func TestEndpointJSON(t *testing.T) {
 	}
 }
 
+// A NATS where no allot answers (another NATS on the port, say): the
+// error names the subject, the URL and where the URL came from.
 func TestEndpointNoResponder(t *testing.T) {
-	env := map[string]string{"NATS_URL": startCoreNATS(t)}
+	url := startCoreNATS(t)
+	env := map[string]string{"NATS_URL": url}
+	at := " at NATS " + url + " (from NATS_URL): is allot dev running there? allot dev prints the URL to use: export NATS_URL=<it>, or pass -nats"
 	for _, tc := range []struct {
 		args []string
 		want string
 	}{
-		{[]string{"credit", "-uid", "u-1"}, "allot credit: no meter is answering on meter.credit.u-1: is it running (allot dev)?"},
-		{[]string{"authorize", "-uid", "u-1", "-metric", "m"}, "allot authorize: no meter is answering on meter.authorize.u-1: is it running (allot dev)?"},
-		{[]string{"grants", "-uid", "u-1"}, "allot grants: no meter is answering on meter.grants.u-1"},
-		{[]string{"check", "-uid", "u-1"}, "allot check: no rate limiter is answering on ratelimit.check.u-1"},
-		{[]string{"ratelimit", "reset", "-uid", "u-1"}, "allot ratelimit: no rate limiter is answering on ratelimit.reset.u-1"},
-		{[]string{"registry"}, "allot registry: no registry is answering on registry.find: is it running (allot dev)?"},
-		{[]string{"registry", "media"}, "allot registry: no registry is answering on registry.find.media"},
+		{[]string{"credit", "-uid", "u-1"}, "allot credit: no meter is answering on meter.credit.u-1" + at},
+		{[]string{"authorize", "-uid", "u-1", "-metric", "m"}, "allot authorize: no meter is answering on meter.authorize.u-1" + at},
+		{[]string{"grants", "-uid", "u-1"}, "allot grants: no meter is answering on meter.grants.u-1" + at},
+		{[]string{"check", "-uid", "u-1"}, "allot check: no rate limiter is answering on ratelimit.check.u-1" + at},
+		{[]string{"ratelimit", "reset", "-uid", "u-1"}, "allot ratelimit: no rate limiter is answering on ratelimit.reset.u-1" + at},
+		{[]string{"registry"}, "allot registry: no registry is answering on registry.find" + at},
+		{[]string{"registry", "media"}, "allot registry: no registry is answering on registry.find.media" + at},
+		{[]string{"credit", "-uid", "u-1", "-nats", url}, "allot credit: no meter is answering on meter.credit.u-1 at NATS " + url + " (from -nats)"},
 	} {
 		r := runCLI(t, env, "", tc.args...)
 		if r.code != 1 || !isOneLine(r.stderr) || !strings.Contains(r.stderr, tc.want) {
@@ -471,7 +476,7 @@ func TestEndpointNoResponder(t *testing.T) {
 func TestEndpointTimeout(t *testing.T) {
 	env, _ := endpointEnv(t)
 	r := runCLI(t, env, "", "credit", "-uid", "slow", "-timeout", "200ms")
-	want := "allot credit: no reply from the meter on meter.credit.slow within 200ms"
+	want := "allot credit: no reply from the meter on meter.credit.slow at NATS " + env["NATS_URL"] + " (from NATS_URL) within 200ms"
 	if r.code != 1 || !isOneLine(r.stderr) || !strings.Contains(r.stderr, want) {
 		t.Errorf("slow meter: %+v; want exit 1 and %q", r, want)
 	}

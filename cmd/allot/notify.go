@@ -101,7 +101,7 @@ func runNotifyConfirm(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args [
 	defer cancel()
 	ack, err := events.RequestConfirmation(ctx, js, cfg.Subjects, *uid, req)
 	if err != nil {
-		return fmt.Errorf("%w (is the %s stream there? 'allot streams' creates it)", err, cfg.Streams.Notify)
+		return fmt.Errorf("%w (is the %s stream there, on NATS %s? 'allot streams' creates it)", err, cfg.Streams.Notify, cf.target)
 	}
 	dup := ""
 	if ack.Duplicate {

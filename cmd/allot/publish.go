@@ -60,6 +60,7 @@ func runPublish(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []strin
 	source := fs.String("source", "allot-cli", "the publishing app")
 	file := fs.String("file", "", "publish every line of this JSON Lines file; - reads stdin")
 	window := fs.Int("window", 1024, "with -file: events in flight at once")
+	show := fs.Int("show", 100, "with -file: print at most this many refused or failed lines (0: all of them)")
 	labels := labelFlags{}
 	fs.Var(labels, "label", "a label name=value (repeatable)")
 	if err := parse(fs, args, false); err != nil {
@@ -74,6 +75,9 @@ func runPublish(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []strin
 	if *window < 1 || *window > 65536 {
 		return usagef("-window must be between 1 and 65536")
 	}
+	if *show < 0 {
+		return usagef("-show must be >= 0 (0 prints every problem)")
+	}
 	cfg, nc, err := cf.load(env)
 	if err != nil {
 		return err
@@ -87,7 +91,11 @@ func runPublish(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []strin
 		if len(labels) > 0 {
 			ev.Data.Labels = labels
 		}
-		return publishOne(ctx, env, nc, opts, ev, cf.timeout)
+		err := publishOne(ctx, env, nc, opts, ev, cf.timeout)
+		if errors.Is(err, events.ErrNoStream) {
+			return fmt.Errorf("%w; this is NATS %s", err, cf.target)
+		}
+		return err
 	}
 	in := env.stdin
 	name := "stdin"
@@ -99,7 +107,11 @@ func runPublish(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []strin
 		defer f.Close()
 		in, name = f, *file
 	}
-	return publishFile(ctx, env, nc, events.AsyncOptions{PublisherOptions: opts, Window: *window, AckTimeout: cf.timeout}, in, name)
+	err = publishFile(ctx, env, nc, events.AsyncOptions{PublisherOptions: opts, Window: *window, AckTimeout: cf.timeout}, in, name, *show)
+	if errors.Is(err, events.ErrNoStream) {
+		return fmt.Errorf("%w; this is NATS %s", err, cf.target)
+	}
+	return err
 }
 
 func publishOne(ctx context.Context, env *cliEnv, nc *nats.Conn, opts events.PublisherOptions, ev events.Event, timeout time.Duration) error {
@@ -134,16 +146,60 @@ type lineError struct {
 	err  error
 }
 
+// problems keeps the refused and failed lines to report: the first show
+// of them (all when show is 0), and how many there were.
+type problems struct {
+	show  int
+	kept  []lineError
+	count int
+	// noStream is set when a line failed because no stream captures its
+	// subject: the command's error then says how to create the streams.
+	noStream bool
+}
+
+func (p *problems) add(e lineError) {
+	p.count++
+	if p.show == 0 || len(p.kept) < p.show {
+		p.kept = append(p.kept, e)
+	}
+	if errors.Is(e.err, events.ErrNoStream) {
+		p.noStream = true
+	}
+}
+
+// print writes one line per kept problem, and how many were left out.
+func (p *problems) print(w io.Writer) {
+	for _, e := range p.kept {
+		if e.line == 0 {
+			fmt.Fprintf(w, "  %v\n", oneLine(e.err))
+			continue
+		}
+		fmt.Fprintf(w, "  line %d: %v\n", e.line, oneLine(e.err))
+	}
+	if left := p.count - len(p.kept); left > 0 {
+		fmt.Fprintf(w, "  (%d more %s not shown, %d in all; -show 0 prints every one)\n", left, plural(left, "problem", "problems"), p.count)
+	}
+}
+
+// plural returns one when n is 1 and many otherwise.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
 // publishFile publishes every line of in, with a progress line and a
 // summary. Lines that are not valid events are refused and reported with
-// their number; the rest are still published.
-func publishFile(ctx context.Context, env *cliEnv, nc *nats.Conn, opts events.AsyncOptions, in io.Reader, name string) error {
+// their number; the rest are still published. The first show problems
+// are printed (all when show is 0), then how many more there were.
+func publishFile(ctx context.Context, env *cliEnv, nc *nats.Conn, opts events.AsyncOptions, in io.Reader, name string, show int) error {
 	pub, err := events.NewAsyncPublisher(nc, opts)
 	if err != nil {
 		return err
 	}
 	var lineNo, refusedN atomic.Int64
-	var refused []lineError
+	probs := &problems{show: show}
 	lineOf := map[string]int{} // event id -> line, to name failed lines
 	start := time.Now()
 	stopProgress := startProgress(env.stderr, func() string {
@@ -162,14 +218,14 @@ func publishFile(ctx context.Context, env *cliEnv, nc *nats.Conn, opts events.As
 			switch ev, perr := parseLine(line, tooLong, opts.PublisherOptions); {
 			case perr != nil:
 				refusedN.Add(1)
-				refused = append(refused, lineError{n, perr})
+				probs.add(lineError{n, perr})
 			default:
 				if len(lineOf) < maxTracked {
 					lineOf[ev.ID] = n
 				}
 				if perr := pub.Publish(ctx, ev); perr != nil {
 					refusedN.Add(1)
-					refused = append(refused, lineError{n, perr})
+					probs.add(lineError{n, perr})
 				}
 			}
 		} else if err == nil {
@@ -189,25 +245,15 @@ func publishFile(ctx context.Context, env *cliEnv, nc *nats.Conn, opts events.As
 	stopProgress()
 
 	st := pub.Stats()
-	fmt.Fprintf(env.stdout, "%s: %d lines, %d events accepted, %d duplicate, %d refused, %d failed in %s\n",
-		name, lineNo.Load(), st.Acked-st.Duplicates, st.Duplicates, len(refused), len(failed), time.Since(start).Round(time.Millisecond))
-	var problems []lineError
-	problems = append(problems, refused...)
+	refused := int(refusedN.Load())
 	for _, f := range failed {
-		problems = append(problems, lineError{lineOf[f.Event.ID], fmt.Errorf("event %s: %w", f.Event.ID, f.Err)})
+		probs.add(lineError{lineOf[f.Event.ID], fmt.Errorf("event %s: %w", f.Event.ID, f.Err)})
 	}
-	const shown = 10
-	for i, p := range problems {
-		if i == shown {
-			fmt.Fprintf(env.stdout, "  ... and %d more\n", len(problems)-shown)
-			break
-		}
-		if p.line == 0 {
-			fmt.Fprintf(env.stdout, "  %v\n", oneLine(p.err))
-			continue
-		}
-		fmt.Fprintf(env.stdout, "  line %d: %v\n", p.line, oneLine(p.err))
-	}
+	lines, accepted, dups := int(lineNo.Load()), int(st.Acked-st.Duplicates), int(st.Duplicates)
+	fmt.Fprintf(env.stdout, "%s: %d %s: %d %s accepted, %d %s, %d refused, %d failed, in %s\n",
+		name, lines, plural(lines, "line", "lines"), accepted, plural(accepted, "event", "events"),
+		dups, plural(dups, "duplicate", "duplicates"), refused, len(failed), time.Since(start).Round(time.Millisecond))
+	probs.print(env.stdout)
 	switch {
 	case readErr != nil:
 		return readErr
@@ -215,8 +261,11 @@ func publishFile(ctx context.Context, env *cliEnv, nc *nats.Conn, opts events.As
 		return fmt.Errorf("interrupted after %d lines; the summary above counts what was sent", lineNo.Load())
 	case closeErr != nil:
 		return fmt.Errorf("waiting for acks: %w", closeErr)
-	case len(problems) > 0:
-		return fmt.Errorf("%d of %d lines were not published", len(problems), lineNo.Load())
+	case probs.noStream:
+		return fmt.Errorf("%d of %d %s not published: %w (create the streams with 'allot streams')",
+			probs.count, lines, plural(lines, "line was", "lines were"), events.ErrNoStream)
+	case probs.count > 0:
+		return fmt.Errorf("%d of %d %s not published", probs.count, lines, plural(lines, "line was", "lines were"))
 	}
 	return nil
 }

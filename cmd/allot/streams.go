@@ -5,6 +5,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/allot/allot/pkg/events"
@@ -17,10 +19,12 @@ func streamsCommand() command {
 		summary: "create or update the USAGE, USAGE_DEAD and NOTIFY streams and show their state",
 		usage: `Usage: allot streams [-check]
 
-Creates the usage and dead-letter streams, or updates them to the
+Creates the usage, dead-letter and notice streams, or updates them to the
 configuration (retention, duplicate window, replicas), then prints how many
 events each holds. 'allot dev' and the services do this at start; run it by
-hand against a NATS you manage. With -check nothing is changed.
+hand against a NATS you manage. With -check nothing is changed, and the
+command exits 1 when a stream is missing or differs from the
+configuration.
 
 Examples:
   allot streams
@@ -49,24 +53,65 @@ func runStreams(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []strin
 	defer cancel()
 	if !*check {
 		if err := events.EnsureStreams(ctx, js, cfg.Subjects, cfg.Streams); err != nil {
-			return err
+			return fmt.Errorf("%w; this is NATS %s", err, cf.target)
 		}
 	}
-	for _, name := range []string{cfg.Streams.Usage, cfg.Streams.Dead, cfg.Streams.Notify} {
-		st, err := js.Stream(ctx, name)
+	var bad []string
+	for _, want := range []jetstream.StreamConfig{
+		cfg.Streams.UsageStreamConfig(cfg.Subjects),
+		cfg.Streams.DeadStreamConfig(cfg.Subjects),
+		cfg.Streams.NotifyStreamConfig(cfg.Subjects),
+	} {
+		st, err := js.Stream(ctx, want.Name)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			fmt.Fprintf(env.stdout, "%-12s missing: run 'allot streams' to create it\n", name)
+			fmt.Fprintf(env.stdout, "%-12s missing\n", want.Name)
+			bad = append(bad, want.Name+" is missing")
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("stream %s: %w", name, err)
+			return fmt.Errorf("stream %s: %w", want.Name, err)
 		}
 		info := st.CachedInfo()
-		fmt.Fprintf(env.stdout, "%-12s %v  %d events, %d bytes, seq %d..%d, max age %s, duplicate window %s, %d replica(s)\n",
-			name, info.Config.Subjects, info.State.Msgs, info.State.Bytes, info.State.FirstSeq, info.State.LastSeq,
-			info.Config.MaxAge, info.Config.Duplicates, info.Config.Replicas)
+		fmt.Fprintf(env.stdout, "%-12s %v  %d %s, %d bytes, seq %d..%d, max age %s, duplicate window %s, %d %s\n",
+			want.Name, info.Config.Subjects, info.State.Msgs, plural(int(info.State.Msgs), "event", "events"), info.State.Bytes,
+			info.State.FirstSeq, info.State.LastSeq, info.Config.MaxAge, info.Config.Duplicates,
+			info.Config.Replicas, plural(info.Config.Replicas, "replica", "replicas"))
+		if diffs := streamDiffs(want, info.Config); len(diffs) > 0 {
+			fmt.Fprintf(env.stdout, "%-12s differs from the configuration: %s\n", "", strings.Join(diffs, "; "))
+			bad = append(bad, want.Name+" differs from the configuration")
+		}
+	}
+	if len(bad) > 0 {
+		fix := "run 'allot streams' to create or update them"
+		if !*check {
+			fix = "'allot streams' could not fix it"
+		}
+		return fmt.Errorf("%s on NATS %s: %s", strings.Join(bad, ", "), cf.target, fix)
 	}
 	return nil
+}
+
+// streamDiffs lists how the configuration of a stream (got) differs from the one
+// allot wants: the settings EnsureStreams sets.
+func streamDiffs(want, got jetstream.StreamConfig) []string {
+	var diffs []string
+	differ := func(what string, w, g any) {
+		if fmt.Sprint(w) != fmt.Sprint(g) {
+			diffs = append(diffs, fmt.Sprintf("%s is %v, want %v", what, g, w))
+		}
+	}
+	ws, gs := slices.Clone(want.Subjects), slices.Clone(got.Subjects)
+	slices.Sort(ws)
+	slices.Sort(gs)
+	differ("subjects", ws, gs)
+	differ("retention", want.Retention, got.Retention)
+	differ("discard", want.Discard, got.Discard)
+	differ("max age", want.MaxAge, got.MaxAge)
+	differ("max bytes", want.MaxBytes, got.MaxBytes)
+	differ("duplicate window", want.Duplicates, got.Duplicates)
+	differ("replicas", want.Replicas, got.Replicas)
+	differ("storage", want.Storage, got.Storage)
+	return diffs
 }
 
 func tailCommand() command {
@@ -114,7 +159,7 @@ func runTail(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) 
 	defer cancel()
 	st, err := js.Stream(ctx, name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return fmt.Errorf("stream %s does not exist: run 'allot streams' to create it", name)
+		return fmt.Errorf("stream %s does not exist on NATS %s: run 'allot streams' to create it, or %s", name, cf.target, natsAdvice)
 	}
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", name, err)
