@@ -54,6 +54,7 @@ func commands() []command {
 		ratelimitCommand(),
 		registryCommand(),
 		notifyCommand(),
+		versionCommand(),
 	}
 }
 

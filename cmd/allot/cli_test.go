@@ -64,12 +64,12 @@ func TestHelp(t *testing.T) {
 	if r.code != 0 {
 		t.Errorf("help exit %d", r.code)
 	}
-	for _, name := range []string{"authorize", "check", "credit", "dev", "grants", "publish", "ratelimit", "registry", "streams", "tail"} {
+	for _, name := range []string{"authorize", "check", "credit", "dev", "grants", "publish", "ratelimit", "registry", "streams", "tail", "version"} {
 		if !strings.Contains(r.stdout, "  "+name+" ") {
 			t.Errorf("help does not list %s:\n%s", name, r.stdout)
 		}
 	}
-	for _, name := range []string{"authorize", "check", "credit", "dev", "grants", "publish", "registry", "streams", "tail"} {
+	for _, name := range []string{"authorize", "check", "credit", "dev", "grants", "publish", "registry", "streams", "tail", "version"} {
 		r := runCLI(t, nil, "", name, "-h")
 		if r.code != 0 || !strings.Contains(r.stderr, "Examples:") || !strings.Contains(r.stderr, "Flags:") {
 			t.Errorf("allot %s -h: exit %d, want an example and the flags:\n%s", name, r.code, r.stderr)
