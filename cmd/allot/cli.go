@@ -22,6 +22,17 @@ type cliEnv struct {
 	stdout io.Writer
 	stderr io.Writer
 	getenv func(string) string
+	// self is the command as the user typed it ("bin/allot", "allot"),
+	// for the lines meant to be copied into a shell; "allot" when empty.
+	self string
+}
+
+// selfName returns how to invoke this binary in a shell.
+func (e *cliEnv) selfName() string {
+	if e.self == "" {
+		return "allot"
+	}
+	return e.self
 }
 
 // command is one "allot <name>" subcommand.

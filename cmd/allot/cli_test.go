@@ -3,7 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -32,6 +35,15 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 type result struct {
@@ -362,5 +374,149 @@ func TestPublishFileProblems(t *testing.T) {
 	}
 	if r := runCLI(t, env, "", "publish", "-file", "-", "-show", "-1"); r.code != 2 || !strings.Contains(r.stderr, "-show must be >= 0") {
 		t.Errorf("-show -1: %+v", r)
+	}
+}
+
+// ALLOT_HTTP_ADDR (or http.addr) moves allot dev's HTTP server, as it
+// does a service's; -http wins over both.
+func TestDevHTTPAddr(t *testing.T) {
+	free := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().String()
+	}
+	for _, tc := range []struct {
+		name string
+		env  func(addr string) map[string]string
+		args func(addr string) []string
+	}{
+		{"ALLOT_HTTP_ADDR", func(a string) map[string]string { return map[string]string{"ALLOT_HTTP_ADDR": a} }, nil},
+		{"-http over ALLOT_HTTP_ADDR", func(string) map[string]string { return map[string]string{"ALLOT_HTTP_ADDR": "127.0.0.1:1"} },
+			func(a string) []string { return []string{"-http", a} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := free()
+			env := tc.env(addr)
+			args := []string{"dev", "-nats-addr", "127.0.0.1:0", "-smtp", "127.0.0.1:0"}
+			if tc.args != nil {
+				args = append(args, tc.args(addr)...)
+			}
+			out, stop := startDev(t, env, args...)
+			if !strings.Contains(out, "  HTTP      http://"+addr+"/metrics") {
+				t.Errorf("banner does not serve HTTP on %s:\n%s", addr, out)
+			}
+			resp, err := http.Get("http://" + addr + "/healthz")
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Errorf("GET /healthz on %s: %v, %v", addr, resp, err)
+			}
+			if resp != nil {
+				resp.Body.Close()
+			}
+			if code, log := stop(); code != 0 {
+				t.Errorf("dev exit %d:\n%s", code, log)
+			}
+		})
+	}
+}
+
+// startDev runs allot dev in-process until its banner is printed; stop
+// ends it as Ctrl-C does and returns its exit code and log.
+func startDev(t *testing.T, env map[string]string, args ...string) (banner string, stop func() (int, string)) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	var out, errOut syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, args, &cliEnv{stdin: strings.NewReader(""), stdout: &out, stderr: &errOut,
+			getenv: func(k string) string { return env[k] }})
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(out.String(), "\nTry:") {
+		select {
+		case code := <-done:
+			cancel()
+			t.Fatalf("dev exited %d early:\n%s\n%s", code, out.String(), errOut.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("dev printed no banner in 30s:\n%s\n%s", out.String(), errOut.String())
+		}
+	}
+	stopped := false
+	stop = func() (int, string) {
+		stopped = true
+		cancel()
+		select {
+		case code := <-done:
+			return code, errOut.String()
+		case <-time.After(30 * time.Second):
+			return -1, "did not stop within 30s:\n" + errOut.String()
+		}
+	}
+	t.Cleanup(func() {
+		if !stopped {
+			stop()
+		}
+	})
+	return out.String(), stop
+}
+
+// TestMain lets a test run this test binary as the allot command:
+// with ALLOT_TEST_MAIN set, it runs main with the arguments after "--".
+func TestMain(m *testing.M) {
+	if os.Getenv("ALLOT_TEST_MAIN") == "1" {
+		for i, a := range os.Args {
+			if a == "--" {
+				os.Args = append([]string{"allot"}, os.Args[i+1:]...)
+				break
+			}
+		}
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// Ctrl-C (SIGINT) stops the real allot dev process cleanly, with exit
+// status 0, so "make run" ends without an error.
+func TestDevInterrupt(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "-test.run=^$", "--", "dev", "-nats-addr", "127.0.0.1:0", "-http", "127.0.0.1:0", "-smtp", "127.0.0.1:0")
+	cmd.Env = []string{"ALLOT_TEST_MAIN=1", "HOME=" + t.TempDir(), "TMPDIR=" + t.TempDir()}
+	var out, errOut syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	deadline := time.After(60 * time.Second)
+	for !strings.Contains(out.String(), "\nTry:") {
+		select {
+		case err := <-exited:
+			t.Fatalf("allot dev exited early (%v):\n%s\n%s", err, out.String(), errOut.String())
+		case <-deadline:
+			_ = cmd.Process.Kill()
+			t.Fatalf("no banner in 60s:\n%s\n%s", out.String(), errOut.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil || cmd.ProcessState.ExitCode() != 0 || !strings.Contains(errOut.String(), "allot dev: stopped") {
+			t.Errorf("after Ctrl-C: %v, exit %d; want 0 after a clean stop:\n%s", err, cmd.ProcessState.ExitCode(), tail(errOut.String(), 10))
+		}
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("allot dev did not stop within 30s of Ctrl-C")
+	}
+	if !strings.Contains(out.String(), "Try:  allot publish") {
+		t.Errorf("the banner's suggestion does not name the command as invoked:\n%s", out.String())
 	}
 }

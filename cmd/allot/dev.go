@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/allot/allot/cmd/allot/devstack"
 	"github.com/allot/allot/pkg/service"
@@ -15,7 +16,7 @@ func devCommand() command {
 	return command{
 		name:    "dev",
 		summary: "run the whole system in one process (embedded NATS and Redis)",
-		usage: `Usage: allot dev [-config allot.yaml] [-nats-addr 127.0.0.1:4222] [-http 127.0.0.1:8080]
+		usage: `Usage: allot dev [-config allot.yaml] [-nats-addr 127.0.0.1:4222] [-http 127.0.0.1:8080] [-smtp 127.0.0.1:1025]
 
 Runs allot on one machine: an embedded NATS server with JetStream in a
 temporary directory, an embedded Redis (miniredis, in memory), the USAGE,
@@ -23,7 +24,11 @@ USAGE_DEAD and NOTIFY streams, every allot service (meter, ratelimit,
 registry, notifier), a mail sink on 127.0.0.1:1025 whose mail shows at
 /dev/mail, and asynqmon at /asynqmon/, until Ctrl-C. Set NATS_URL or
 REDIS_URL to use real servers instead of the embedded ones, and
-notifier.smtp.host (or ALLOT_SMTP_HOST) to send real mail.
+notifier.smtp.host (or ALLOT_SMTP_HOST) to send real mail. When a port
+is taken, a free one is used and the banner says so. Without -config (or
+ALLOT_CONFIG) the defaults run, plus one example rate-limited service,
+"upload" (100 calls an hour), to try 'allot check' on. Ctrl-C stops
+everything cleanly and exits 0.
 
 Examples:
   allot dev
@@ -33,11 +38,26 @@ Examples:
 	}
 }
 
+// The example rate-limited service allot dev declares when it runs
+// without a configuration file, so "allot check -service upload" works on
+// a laptop as the README shows.
+const (
+	devServiceName     = "upload"
+	devServiceLimit    = 100
+	devServiceInterval = time.Hour
+)
+
+// devHTTPAddr is where allot dev serves HTTP when neither -http,
+// http.addr nor ALLOT_HTTP_ADDR says: the services' default (":8080", every
+// interface) narrowed to this machine.
+const devHTTPAddr = "127.0.0.1:8080"
+
 func runDev(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) error {
 	var sf service.Flags
 	sf.Register(fs)
 	natsAddr := fs.String("nats-addr", "127.0.0.1:4222", "where the embedded NATS listens; a free port is used when it is taken")
-	httpAddr := fs.String("http", "127.0.0.1:8080", "where /metrics, /healthz and /readyz listen")
+	httpAddr := fs.String("http", "", "where /metrics, /healthz and /readyz listen (default: ALLOT_HTTP_ADDR or http.addr when set, else "+devHTTPAddr+")")
+	smtpAddr := fs.String("smtp", "127.0.0.1:1025", "where the mail sink listens, unless notifier.smtp names a real server")
 	storeDir := fs.String("data", "", "keep the embedded JetStream in this directory (default: a temporary one, removed at exit)")
 	if err := parse(fs, args, false); err != nil {
 		return err
@@ -49,6 +69,14 @@ func runDev(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) e
 	if err != nil {
 		return err
 	}
+	var notes []string
+	if sf.ConfigPath == "" && len(cfg.RateLimit.Services) == 0 {
+		limit := int64(devServiceLimit)
+		cfg.RateLimit.Services = map[string]service.RateLimitService{
+			devServiceName: {Limit: &limit, Interval: devServiceInterval},
+		}
+		notes = append(notes, fmt.Sprintf("ratelimit: no config file, so the example service %s (%d calls per %s) is declared", devServiceName, devServiceLimit, devServiceInterval))
+	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
@@ -56,6 +84,15 @@ func runDev(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) e
 		fmt.Fprint(env.stdout, cfg.Redacted())
 		fmt.Fprintln(env.stdout, "# configuration is valid")
 		return nil
+	}
+	addr := *httpAddr
+	if addr == "" {
+		// The file or ALLOT_HTTP_ADDR, when either moved it from the
+		// services' default; that default itself means this machine here.
+		addr = cfg.HTTP.Addr
+		if addr == service.Default().HTTP.Addr {
+			addr = devHTTPAddr
+		}
 	}
 	log, err := service.NewLogger(cfg.Log, env.stderr)
 	if err != nil {
@@ -67,14 +104,15 @@ func runDev(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) e
 		ExternalRedis: env.getenv("REDIS_URL") != "",
 		ExternalSMTP:  cfg.Notifier.SMTP.Host != service.DefaultNotifier().SMTP.Host || cfg.Notifier.SMTP.Port != service.DefaultNotifier().SMTP.Port,
 		NATSAddr:      *natsAddr,
-		HTTPAddr:      *httpAddr,
+		HTTPAddr:      addr,
+		SMTPAddr:      *smtpAddr,
 		StoreDir:      *storeDir,
 		Log:           log,
 	})
 	if err != nil {
 		return err
 	}
-	printBanner(env, st)
+	printBanner(env, st, notes)
 	<-ctx.Done()
 	fmt.Fprintln(env.stderr, "allot dev: stopping")
 	closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Shutdown.Timeout)
@@ -86,7 +124,10 @@ func runDev(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) e
 	return nil
 }
 
-func printBanner(env *cliEnv, st *devstack.Stack) {
+// printBanner says where everything runs, and how another shell reaches
+// it: the export line is always printed, since without NATS_URL the other
+// commands try nats://127.0.0.1:4222, which may be another NATS.
+func printBanner(env *cliEnv, st *devstack.Stack, notes []string) {
 	w := env.stdout
 	fmt.Fprintln(w, "allot dev is running; Ctrl-C stops it.")
 	natsNote := "(embedded, JetStream in " + st.StoreDir + ")"
@@ -107,13 +148,16 @@ func printBanner(env *cliEnv, st *devstack.Stack) {
 		services = strings.Join(st.Services, ", ")
 	}
 	fmt.Fprintf(w, "  services  %s\n", services)
-	for _, n := range st.Notes {
+	for _, n := range append(st.Notes, notes...) {
 		fmt.Fprintf(w, "  note      %s\n", n)
 	}
-	if st.NATSURL != "nats://127.0.0.1:4222" && env.getenv("NATS_URL") == "" {
+	if st.StoreDir != "" {
 		fmt.Fprintf(w, "In another shell:  export NATS_URL=%s\n", st.NATSURL)
+	} else {
+		fmt.Fprintln(w, "In another shell:  export the same NATS_URL")
 	}
-	fmt.Fprintln(w, "Try:  allot publish -uid u-42 -metric photo_daily_total && allot tail -n 1")
+	self := env.selfName()
+	fmt.Fprintf(w, "Try:  %s publish -uid u-42 -metric photo_daily_total && %s tail -n 1\n", self, self)
 	if f, ok := w.(*os.File); ok {
 		_ = f.Sync()
 	}
