@@ -1,6 +1,7 @@
 # allot's Makefile: every target runs over every module of the workspace.
 #
-#   make run          start the whole system in one process (allot dev)
+#   make run          build bin/allot and start the whole system in one
+#                     process (bin/allot dev)
 #   make test         unit tests, then the integration tests against the real
 #                     Redis and the pinned nats-server (started for the run;
 #                     skipped when Redis does not answer, unless
@@ -51,8 +52,13 @@ STORE_PKGS := ./services/meter/internal/store/... ./services/ratelimit/internal/
 
 .PHONY: run test test-unit test-integration test-clock-ahead bench lint fmt tidy build fuzz clean modules loadtest loadtest-quick nats-server
 
+# run builds bin/allot, saying how far along it is (cmd/allot/build.sh),
+# then execs it in place of make's shell: Ctrl-C reaches allot dev, which
+# stops cleanly and exits 0, so make reports no error.
 run:
-	go run ./cmd/allot dev
+	@cmd/allot/build.sh bin/allot
+	@echo "== starting bin/allot dev"
+	@exec bin/allot dev
 
 modules:
 	@printf '%s\n' $(MODULES)
