@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/allot/allot/loadtest/internal/report"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -95,6 +97,52 @@ func TestWaitForCountsRecentProgress(t *testing.T) {
 	}
 }
 
+// The meter's client dropped 64 messages; the server redelivers them only
+// after the consumer's ack wait (30 s), and until then the ack floor
+// cannot pass the first of them, although everything else is applied.
+// This is what made the quick profile incomplete on a busy machine: its
+// drain had a fixed 30 s.
+func TestDrainOutlastsARedeliveryAfterTheAckWait(t *testing.T) {
+	const from, seq = 1000, 36000
+	sample := func(sec int) floorSample {
+		switch {
+		case sec < 5: // applying
+			left := uint64(35000 - sec*7000)
+			return floorSample{floor: 4504, backlog: left + 64, pending: left, ackPending: 64}
+		case sec < 36: // everything applied but the dropped 64
+			return floorSample{floor: 4504, backlog: 64, ackPending: 64}
+		case sec < 37: // redelivered
+			return floorSample{floor: 4504, backlog: 64, ackPending: 64, redelivered: 64}
+		}
+		return floorSample{floor: seq}
+	}
+	look := func(clk *fakeClock) func(context.Context) (progress, error) {
+		return script(t, clk, func(sec int) (progress, error) { return consumerProgress(sample(sec), from, seq), nil })
+	}
+
+	stall, why := drainStall(30 * time.Second)
+	if stall != 40*time.Second || !strings.Contains(why, "ack wait of 30s") {
+		t.Errorf("drainStall(30s) = %v, %q", stall, why)
+	}
+	s := spec(stall)
+	s.StallWhy = why
+	clk := newFakeClock()
+	if err := waitFor(t.Context(), clk, s, look(clk)); err != nil {
+		t.Errorf("with the ack wait's budget: %v, want nil", err)
+	}
+
+	// The old fixed budget, measured the same way, runs out first, and
+	// says why.
+	clk = newFakeClock()
+	err := waitFor(t.Context(), clk, spec(30*time.Second), look(clk))
+	want := "ingest.max drain: 34,936 of 35,000 messages applied when its stall budget of 30.0s ran out (test budget): " +
+		"no progress for 30.0s, 0 in the last 5.0s; 0 not yet delivered, 64 delivered and not acked (0 of them redelivered); " +
+		"the ack floor is at stream sequence 4,504 of 36,000"
+	if err == nil || err.Error() != want {
+		t.Errorf("with 30s: %v\nwant %s", err, want)
+	}
+}
+
 func TestWaitForProgressSignals(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -162,10 +210,80 @@ func TestWaitForEndsWithTheRun(t *testing.T) {
 	}
 }
 
+func TestConsumerProgress(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		s    floorSample
+		want progress
+	}{
+		{"nothing stored since the phase began", floorSample{floor: 50}, progress{Complete: true}},
+		{"half applied", floorSample{floor: 60, backlog: 40, pending: 30, ackPending: 10},
+			progress{Done: 10, Total: 50, Mark: 60}},
+		{"all but a gap applied", floorSample{floor: 70, backlog: 3, ackPending: 3, redelivered: 3},
+			progress{Done: 47, Total: 50, Mark: 70}},
+		{"a backlog from before the phase counts as nothing done", floorSample{floor: 40, backlog: 80, pending: 80},
+			progress{Done: 0, Total: 50, Mark: 40}},
+		{"the floor at the target", floorSample{floor: 100}, progress{Complete: true, Done: 50, Total: 50, Mark: 100}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			from, seq := uint64(50), uint64(100)
+			if tc.name == "nothing stored since the phase began" {
+				seq = 50
+			}
+			got := consumerProgress(tc.s, from, seq)
+			got.State = ""
+			if d := cmp.Diff(tc.want, got); d != "" {
+				t.Errorf("(-want +got):\n%s", d)
+			}
+		})
+	}
+}
+
+// The closed-loop bound on the backlog counts what was handed to the
+// publishers and not acked when the last sample was asked for, so it
+// holds while the sample is old and while the publishers' windows fill.
+func TestBacklogNowCountsWhatTheSampleCannotSee(t *testing.T) {
+	out := &sends{}
+	out.queued.Store(1000)
+	w := &floorWatcher{sends: out, samp: []floorSample{{backlog: 19000, acked: 1000}}}
+	if got := w.backlogNow(); got != 19000 {
+		t.Errorf("backlogNow = %d, want 19000", got)
+	}
+	out.queued.Add(5000) // in the windows or stored since: the sample knows of neither
+	if got := w.backlogNow(); got != 24000 {
+		t.Errorf("after handing over 5000: backlogNow = %d, want 24000 (the sample says 19000)", got)
+	}
+	// A new sample asked for when 3000 of them were acked: those are in
+	// its backlog (or applied), the other 2000 may still come.
+	w.samp = append(w.samp, floorSample{backlog: 2000, acked: 4000})
+	if got := w.backlogNow(); got != 4000 {
+		t.Errorf("after a new sample: backlogNow = %d, want 4000", got)
+	}
+	if got := (&floorWatcher{samp: []floorSample{{backlog: 7}}}).backlogNow(); got != 7 {
+		t.Errorf("without a count of sends: %d, want 7", got)
+	}
+}
+
 func TestCommas(t *testing.T) {
 	for n, want := range map[int64]string{0: "0", 999: "999", 1000: "1,000", 41230: "41,230", 1234567: "1,234,567", -48000: "-48,000"} {
 		if got := commas(n); got != want {
 			t.Errorf("commas(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+// An incomplete run that also lost an event says both, and exits 1.
+func TestFinishSaysEveryReason(t *testing.T) {
+	h := &harness{o: Options{Out: t.TempDir()}, start: time.Now(), rep: &report.Report{Complete: true}}
+	h.incomplete("phase ingest.max, drain: 35,517 of 35,581 messages applied when its stall budget of 40.0s ran out")
+	h.rep.Exactness = report.Exactness{Checked: true, Lost: 1, Differences: []string{"grant photo_daily_total of u1: sent 2, Redis holds 1: 1 lost"}}
+	var stdout, stderr bytes.Buffer
+	if code := h.finish(&stdout, &stderr); code != exitFailed {
+		t.Errorf("exit %d, want %d", code, exitFailed)
+	}
+	for _, want := range []string{"INCOMPLETE", "phase ingest.max, drain: 35,517 of 35,581", "EXACTNESS FAILED", "1 lost"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
 		}
 	}
 }

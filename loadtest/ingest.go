@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,7 +59,8 @@ func (h *harness) ingest(ctx context.Context, s ingestSpec) report.Phase {
 	}
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
-	w, err := watchFloor(wctx, t.js, stream, consumer)
+	out := &sends{} // what the apps put into the stream, for the bound on the backlog
+	w, err := watchFloor(wctx, t.js, stream, consumer, out)
 	if err != nil {
 		ph.Incomplete = err.Error()
 		return ph
@@ -74,36 +77,42 @@ func (h *harness) ingest(ctx context.Context, s ingestSpec) report.Phase {
 	var wg sync.WaitGroup
 	var sent, copies, bad atomic.Int64
 	errs := newKinds()
-	for app := range h.o.Apps {
+	apps := make([]*app1, h.o.Apps)
+	for i := range apps {
+		apps[i] = &app1{h: h, s: s, id: i, subjects: subjects, probes: pr, lat: pubLat, errs: errs, live: lv, out: out,
+			rng: rand.New(rand.NewPCG(uint64(i), uint64(start.UnixNano())))}
+	}
+	for _, a := range apps {
 		wg.Go(func() {
-			a := &app1{h: h, s: s, id: app, subjects: subjects, probes: pr, lat: pubLat, errs: errs, live: lv,
-				rng: rand.New(rand.NewPCG(uint64(app), uint64(start.UnixNano())))}
 			if err := a.start(); err != nil {
 				errs.add("setup", 1)
-				h.log.Warn("app could not start", "app", app, "err", err)
+				h.log.Warn("app could not start", "app", a.id, "err", err)
 				return
 			}
 			a.loop(ctx, start, deadline, w)
-			a.finish(ctx)
-			sent.Add(a.sent)
-			copies.Add(a.copies)
-			bad.Add(a.bad)
 		})
 	}
 	wg.Wait()
+	var incomplete []string
+	// The last acks: what the stream stored must be known before the
+	// ledger is settled and the drain's target is read.
+	if err := settleAcks(ctx, "publish acks", apps); err != nil {
+		incomplete = append(incomplete, err.Error())
+	}
+	for _, a := range apps {
+		a.finish()
+		sent.Add(a.sent)
+		copies.Add(a.copies)
+		bad.Add(a.bad)
+	}
 	end := time.Now()
 	ph.Seconds = end.Sub(start).Seconds()
 
 	// Drain: everything stored must be applied before the next phase.
-	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if str, err := t.js.Stream(dctx, stream); err == nil {
-		if info, err := str.Info(dctx); err == nil {
-			if err := w.waitFloor(dctx, info.State.LastSeq); err != nil {
-				ph.Incomplete = "not drained: " + err.Error()
-			}
-		}
+	if err := w.drain(ctx, t.js, "drain", stream); err != nil {
+		incomplete = append(incomplete, err.Error())
 	}
+	ph.Incomplete = strings.Join(incomplete, "; ")
 	drained := time.Now()
 	sctx, cancel2 := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel2()
@@ -144,9 +153,10 @@ type app1 struct {
 	lat      *hist.Recorder
 	errs     *kinds
 	live     *liveStat
+	out      *sends // what the phase's apps put into the stream
 	rng      *rand.Rand
 
-	pub    *events.AsyncPublisher
+	pub    *events.AsyncPublisher // nil if the app could not start
 	opts   events.PublisherOptions
 	js     jetstream.JetStream // for copies without Nats-Msg-Id
 	sends  map[string]int      // event id -> sends through pub, for ids sent more than once
@@ -159,14 +169,19 @@ type app1 struct {
 func (a *app1) start() error {
 	nc := a.h.t.conns[a.id%len(a.h.t.conns)]
 	a.opts = events.PublisherOptions{Subjects: a.subjects, Source: "loadtest-app-" + strconv.Itoa(a.id)}
-	var err error
-	a.pub, err = events.NewAsyncPublisher(nc, events.AsyncOptions{PublisherOptions: a.opts})
+	pub, err := events.NewAsyncPublisher(nc, events.AsyncOptions{PublisherOptions: a.opts})
 	if err != nil {
 		return err
 	}
-	a.js, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
-	a.sends = map[string]int{}
-	return err
+	// A timeout, so no copy waits for its ack forever (settleAcks).
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncTimeout(5*time.Second))
+	if err != nil {
+		_, _ = pub.Close(context.Background()) // nothing sent yet
+		return err
+	}
+	a.pub, a.js, a.sends = pub, js, map[string]int{}
+	a.out.add(pub)
+	return nil
 }
 
 func (a *app1) loop(ctx context.Context, start, deadline time.Time, w *floorWatcher) {
@@ -187,7 +202,7 @@ func (a *app1) loop(ctx context.Context, start, deadline time.Time, w *floorWatc
 				time.Sleep(d)
 			}
 		} else {
-			for w.last().backlog > maxBacklog && time.Now().Before(deadline) && ctx.Err() == nil {
+			for w.backlogNow() > maxBacklog && time.Now().Before(deadline) && ctx.Err() == nil {
 				time.Sleep(2 * time.Millisecond)
 			}
 			intended = time.Now()
@@ -270,6 +285,8 @@ func (a *app1) send(ctx context.Context, intended time.Time) {
 			if err := a.pub.Publish(ctx, ev); err != nil {
 				a.errs.add("publish", 1)
 				a.sends[ev.ID] = 1
+			} else {
+				a.out.queued.Add(1)
 			}
 		} else {
 			// Same event without Nats-Msg-Id: the stream keeps both and
@@ -282,6 +299,8 @@ func (a *app1) send(ctx context.Context, intended time.Time) {
 			}
 			if err != nil {
 				a.errs.add("publish_copy", 1)
+			} else {
+				a.out.queued.Add(1)
 			}
 		}
 	}
@@ -297,22 +316,54 @@ func (a *app1) publish(ctx context.Context, ev events.Event, intended time.Time)
 		}
 		return false
 	}
+	a.out.queued.Add(1)
 	a.lat.Record(now, now.Sub(intended))
 	return true
 }
 
-// finish waits (bounded) for the last acks and settles the events that
-// failed: an event none of whose sends was stored becomes of unknown fate.
-func (a *app1) finish(ctx context.Context) {
-	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+// settleStall is the stall budget of the publishers' last acks: the
+// longest an event can take to settle in events.AsyncPublisher with its
+// defaults (4 attempts of 5 s, 3 pauses of 250 ms), plus a margin. While
+// events are in flight one settles, acked or failed, at least that often.
+const settleStall = 25 * time.Second
+
+// settleAcks waits until no event of apps is in flight, for as long as
+// acks (or failures) keep arriving.
+func settleAcks(ctx context.Context, what string, apps []*app1) error {
+	return waitFor(ctx, realClock{}, waitSpec{What: what, Unit: "events settled (acked or failed)", Stall: settleStall,
+		StallWhy: "events.AsyncPublisher's longest settle, 4 attempts of 5s, plus 4s", Every: 50 * time.Millisecond},
+		func(context.Context) (progress, error) {
+			var p progress
+			var inFlight, copies int
+			for _, a := range apps {
+				if a.pub == nil {
+					continue
+				}
+				st := a.pub.Stats()
+				p.Done += int64(st.Acked + st.Failed)
+				p.Total += int64(st.Acked+st.Failed) + int64(st.InFlight)
+				inFlight += st.InFlight
+				copies += a.js.PublishAsyncPending()
+			}
+			p.Complete = inFlight == 0 && copies == 0
+			p.State = fmt.Sprintf("%s events in flight, %s copies without an id waiting for their ack", commas(int64(inFlight)), commas(int64(copies)))
+			return p, nil
+		})
+}
+
+// finish closes the app's publisher, after settleAcks, and settles the
+// events that failed: an event none of whose sends was stored becomes of
+// unknown fate. What is still in flight (settleAcks gave up) is counted
+// as publish_unsettled, and the phase is incomplete already.
+func (a *app1) finish() {
+	if a.pub == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	failed, err := a.pub.Close(cctx)
+	failed, err := a.pub.Close(ctx)
 	if err != nil {
 		a.errs.add("publish_unsettled", int64(a.pub.Stats().InFlight))
-	}
-	select {
-	case <-a.js.PublishAsyncComplete():
-	case <-cctx.Done():
 	}
 	if a.s.raw {
 		a.errs.add("publish_failed", int64(len(failed)))

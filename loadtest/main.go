@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -82,12 +83,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 
 	// Every run ends within -duration plus -grace, whatever happens.
 	hard := o.Duration + o.Grace
-	ctx, cancelHard := context.WithTimeoutCause(ctx, hard, fmt.Errorf("the run went past -duration + -grace (%v) and was stopped", hard))
+	ctx, cancelHard := context.WithTimeoutCause(ctx, hard, fmt.Errorf("the run went past -duration + -grace (%v)", hard))
 	defer cancelHard()
 	ctx, abort := context.WithCancelCause(ctx)
 	defer abort(nil)
 
-	setupCtx, cancelSetup := context.WithTimeout(ctx, 60*time.Second)
+	setupCtx, cancelSetup := context.WithTimeoutCause(ctx, 60*time.Second, errors.New("setup went past its 60s budget"))
 	t, err := setUp(setupCtx, o, log)
 	cancelSetup()
 	if t != nil {
@@ -168,7 +169,7 @@ func (h *harness) addPhase(p report.Phase) {
 	h.rep.Phases = append(h.rep.Phases, p)
 	h.mu.Unlock()
 	if p.Incomplete != "" {
-		h.incomplete(p.Name + ": " + p.Incomplete)
+		h.incomplete("phase " + p.Name + ", " + p.Incomplete)
 	}
 	line := fmt.Sprintf("%s: %s/s over %.1fs", p.Name, report.Num(p.Throughput), p.Seconds)
 	if p.Lag != nil && p.Lag.Count > 0 {
@@ -201,7 +202,7 @@ func (h *harness) watchHealth(ctx context.Context, abort context.CancelCauseFunc
 		fails++
 		h.log.Warn("the target looks unwell", "err", err, "checks_failed", fails)
 		if fails >= 3 {
-			abort(fmt.Errorf("the target stopped mid-run: %w", err))
+			abort(fmt.Errorf("the target failed %d health checks in a row, one a second: %w", fails, err))
 			return
 		}
 	}
@@ -342,43 +343,53 @@ func (h *harness) mixed(ctx context.Context, d time.Duration, rate float64) {
 	cancel()
 }
 
-// checkExactness waits (bounded) until the meter has applied everything
-// sent, then compares.
+// checkExactness waits until the meter has applied everything sent (as
+// long as it makes progress, within the run's time; a 10 s look when the
+// run was cut short), then compares. A check that cannot be made, or
+// that began before the meter had applied everything, makes the run
+// incomplete.
 func (h *harness) checkExactness(ctx context.Context) report.Exactness {
 	if h.ledger.good.Load() == 0 && h.ledger.bad.Load() == 0 && len(h.ledger.expected) == 0 {
 		return report.Exactness{Note: "no scenario of this run changes the meter's state (run ingest, authorize or mixed)"}
 	}
-	// Even when the run was cut short, look at what there is, briefly.
-	budget := 30 * time.Second
+	wctx := ctx
 	if ctx.Err() != nil {
-		budget = 10 * time.Second
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithTimeoutCause(context.WithoutCancel(ctx), 10*time.Second,
+			errors.New("the 10s look at the meter after the run was cut short ran out"))
+		defer cancel()
 	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), budget)
+	wctx, stopWatching := context.WithCancel(wctx)
+	defer stopWatching()
+	rctx, cancel := context.WithTimeoutCause(context.WithoutCancel(ctx), 30*time.Second,
+		errors.New("the check's 30s budget for reading Redis and NATS ran out"))
 	defer cancel()
-	var note string
-	if err := h.t.health(cctx); err != nil {
-		return report.Exactness{Note: "the target cannot be read: " + err.Error()}
+	if err := h.t.health(rctx); err != nil {
+		e := report.Exactness{Note: "the target cannot be read: " + err.Error()}
+		h.incomplete("exactness not checked: " + e.Note)
+		return e
 	}
-	w, err := watchFloor(cctx, h.t.js, h.t.cfg.Streams.Usage, h.t.cfg.Meter.Consumer)
-	if err == nil {
-		s, err2 := h.t.js.Stream(cctx, h.t.cfg.Streams.Usage)
-		if err2 == nil {
-			if info, err3 := s.Info(cctx); err3 == nil {
-				if err4 := w.waitFloor(cctx, info.State.LastSeq); err4 != nil {
-					note = "the meter had not applied everything when the check began: " + err4.Error()
-				}
-			}
-		}
-	} else {
-		note = err.Error()
+	var note string
+	stream := h.t.cfg.Streams.Usage
+	if w, err := watchFloor(wctx, h.t.js, stream, h.t.cfg.Meter.Consumer, nil); err != nil {
+		note = "exactness check, the meter's progress: " + err.Error()
+	} else if err := w.drain(wctx, h.t.js, "exactness check, the meter's drain", stream); err != nil {
+		note = err.Error() + "; what the meter had not applied counts as lost in the comparison"
+	}
+	stopWatching()
+	if note != "" {
+		h.incomplete(note)
 	}
 	uids := make([]string, h.o.UIDs)
 	for i := range uids {
 		uids[i] = h.t.uid(i)
 	}
-	e := exactness(cctx, h.t, h.ledger, uids)
+	e := exactness(rctx, h.t, h.ledger, uids)
+	if !e.Checked {
+		h.incomplete("exactness not checked: " + e.Note)
+	}
 	if note != "" {
-		e.Note = note
+		e.Note = strings.TrimPrefix(e.Note+"; "+note, "; ")
 	}
 	if e.Checked {
 		h.log.Info("exactness", "ok", e.OK, "events", e.Events, "duplicates", e.Duplicates, "bad", e.Bad, "dead", e.Dead, "lost", e.Lost, "double", e.Double)
@@ -400,20 +411,25 @@ func (h *harness) finish(stdout, stderr io.Writer) int {
 	if err == nil {
 		fmt.Fprintf(stdout, "report: %s, %s, %s\n", files.Markdown, files.JSON, files.SVG)
 	}
-	switch {
-	case !h.rep.Complete:
-		fmt.Fprintln(stderr, "loadtest: the run is INCOMPLETE; the report is partial")
-		return exitFailed
-	case h.rep.Exactness.Checked && !h.rep.Exactness.OK:
+	code := exitOK
+	if !h.rep.Complete {
+		fmt.Fprintln(stderr, "loadtest: the run is INCOMPLETE; the report is partial:")
+		for _, why := range h.rep.Incomplete {
+			fmt.Fprintln(stderr, "  "+why)
+		}
+		code = exitFailed
+	}
+	if h.rep.Exactness.Checked && !h.rep.Exactness.OK {
 		fmt.Fprintln(stderr, "loadtest: EXACTNESS FAILED; first differences:")
 		for _, d := range h.rep.Exactness.Differences {
 			fmt.Fprintln(stderr, "  "+d)
 		}
-		return exitFailed
-	case err != nil:
-		return exitFailed
+		code = exitFailed
 	}
-	return exitOK
+	if err != nil {
+		code = exitFailed
+	}
+	return code
 }
 
 // summary is what stdout gets: the headlines and the exactness verdict.

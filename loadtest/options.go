@@ -94,7 +94,8 @@ Request scenarios run -concurrency closed-loop clients, or -req-rate open loop.
 Every headline figure is compared with a raw baseline measured in the same run.
 
 Exit status: 0 all well; 1 exactness failed or the run is incomplete (a partial
-report is still written); 2 bad flags.
+report is still written, and stderr says which wait ran out of which budget,
+with how far it got); 2 bad flags.
 
 Flags:
 `

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/allot/allot/loadtest/internal/hist"
+	"github.com/allot/allot/pkg/events"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 )
@@ -17,25 +19,70 @@ import (
 // is the stream's "applied up to here". It is polled every 50 ms, which
 // costs the server little.
 type floorWatcher struct {
-	cons jetstream.Consumer
-	mu   sync.Mutex
-	samp []floorSample
-	err  error
+	cons    jetstream.Consumer
+	sends   *sends        // what the phase puts into the stream; nil if nothing
+	ackWait time.Duration // the consumer's: how long before an unacked message is redelivered
+	mu      sync.Mutex
+	samp    []floorSample
+	err     error // the last poll's
 }
 
 type floorSample struct {
-	at      time.Time
-	floor   uint64
-	backlog uint64 // pending + ack pending
+	at          time.Time
+	floor       uint64
+	backlog     uint64 // pending + ack pending
+	pending     uint64 // not yet delivered
+	ackPending  uint64 // delivered, not yet acked
+	redelivered uint64 // of those, delivered more than once
+	acked       int64  // w.sends.acked() just before this sample was asked for
 }
 
-func watchFloor(ctx context.Context, js jetstream.JetStream, stream, consumer string) (*floorWatcher, error) {
-	cons, err := js.Consumer(ctx, stream, consumer)
-	if err != nil {
-		return nil, fmt.Errorf("consumer %s on %s: %w", consumer, stream, err)
+// sends counts what a phase's apps put into a stream, for the bound on
+// the backlog: queued is every message handed to a publisher, acked the
+// ones the stream has confirmed (stored, or dropped as a repeated id).
+type sends struct {
+	queued atomic.Int64
+	mu     sync.Mutex
+	pubs   []*events.AsyncPublisher
+}
+
+func (s *sends) add(p *events.AsyncPublisher) {
+	s.mu.Lock()
+	s.pubs = append(s.pubs, p)
+	s.mu.Unlock()
+}
+
+func (s *sends) acked() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n int64
+	for _, p := range s.pubs {
+		n += int64(p.Stats().Acked)
 	}
-	w := &floorWatcher{cons: cons}
-	if err := w.poll(ctx); err != nil {
+	return n
+}
+
+// watchFloor starts watching consumer on stream until ctx ends. sends, if
+// not nil, counts what the caller puts into the stream; see backlogNow.
+// The first look may take a while on a busy server: it is retried until
+// it has failed for 15 s.
+func watchFloor(ctx context.Context, js jetstream.JetStream, stream, consumer string, sends *sends) (*floorWatcher, error) {
+	w := &floorWatcher{sends: sends}
+	err := waitFor(ctx, realClock{}, waitSpec{What: "consumer " + consumer + " on " + stream, Unit: "looks",
+		Stall: 15 * time.Second, StallWhy: "a busy server's time to answer", Every: 250 * time.Millisecond},
+		func(ctx context.Context) (progress, error) {
+			if w.cons == nil {
+				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				defer cancel()
+				cons, err := js.Consumer(cctx, stream, consumer)
+				if err != nil {
+					return progress{}, err
+				}
+				w.cons = cons
+			}
+			return progress{Complete: true}, w.poll(ctx)
+		})
+	if err != nil {
 		return nil, err
 	}
 	go func() {
@@ -54,17 +101,24 @@ func watchFloor(ctx context.Context, js jetstream.JetStream, stream, consumer st
 }
 
 func (w *floorWatcher) poll(ctx context.Context) error {
+	var acked int64
+	if w.sends != nil {
+		acked = w.sends.acked()
+	}
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	info, err := w.cons.Info(pctx)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if err != nil {
-		w.err = err
-		return err
+		w.err = fmt.Errorf("consumer info: %w", err)
+		return w.err
 	}
 	w.err = nil
-	w.samp = append(w.samp, floorSample{at: time.Now(), floor: info.AckFloor.Stream, backlog: info.NumPending + uint64(info.NumAckPending)})
+	w.ackWait = info.Config.AckWait
+	w.samp = append(w.samp, floorSample{at: time.Now(), floor: info.AckFloor.Stream,
+		backlog: info.NumPending + uint64(info.NumAckPending), pending: info.NumPending,
+		ackPending: uint64(info.NumAckPending), redelivered: uint64(info.NumRedelivered), acked: acked})
 	return nil
 }
 
@@ -72,6 +126,14 @@ func (w *floorWatcher) last() floorSample {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.samp[len(w.samp)-1]
+}
+
+// latest is the last sample, and the error of the last poll if it failed
+// (the sample is then older than it looks).
+func (w *floorWatcher) latest() (floorSample, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.samp[len(w.samp)-1], w.err
 }
 
 // at returns the last sample taken at or before t.
@@ -88,6 +150,20 @@ func (w *floorWatcher) at(t time.Time) floorSample {
 	return s
 }
 
+// backlogNow bounds the consumer's backlog now from above: the last
+// sample's backlog plus everything handed to the publishers that the
+// stream had not acked when that sample was asked for (it may have been
+// stored since). The sample alone lags by a poll, longer on a busy
+// server, and misses the publishers' windows (4,096 events each): the
+// apps overshot a bound of 20,000 by 30,000 on it. This one cannot lag.
+func (w *floorWatcher) backlogNow() uint64 {
+	s := w.last()
+	if w.sends == nil {
+		return s.backlog
+	}
+	return s.backlog + uint64(max(0, w.sends.queued.Load()-s.acked))
+}
+
 // rate is the applied events per second between two times: the floor
 // at the last sample before from, and at the first sample at or after to.
 func (w *floorWatcher) rate(from, to time.Time) (float64, float64) {
@@ -100,19 +176,69 @@ func (w *floorWatcher) rate(from, to time.Time) (float64, float64) {
 	return float64(b.floor-a.floor) / secs, secs
 }
 
-// waitFloor waits until the floor reaches seq, or ctx ends.
-func (w *floorWatcher) waitFloor(ctx context.Context, seq uint64) error {
-	for {
-		if w.last().floor >= seq {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			s := w.last()
-			return fmt.Errorf("applied up to stream sequence %d of %d (%d behind) when waiting ended: %w", s.floor, seq, seq-s.floor, context.Cause(ctx))
-		case <-time.After(25 * time.Millisecond):
-		}
+// drainStall is the stall budget of waiting for a consumer to apply what
+// is stored. A message the consumer took and never acked (the client
+// dropped it, or its worker lost it) comes back only after the consumer's
+// ack wait; until then the ack floor cannot pass it, however fast the rest
+// is applied. So the budget is the ack wait plus a margin for the server
+// to redeliver and the worker to apply.
+func drainStall(ackWait time.Duration) (time.Duration, string) {
+	const margin = 10 * time.Second
+	if ackWait <= 0 {
+		return 30*time.Second + margin, "the consumer's ack wait is unknown: 30s, plus 10s"
 	}
+	return ackWait + margin, fmt.Sprintf("the consumer's ack wait of %v, after which the server redelivers an unacked message, plus 10s", ackWait)
+}
+
+// consumerProgress is how far a consumer has got towards applying every
+// message up to stream sequence seq, counting from floor from (the floor
+// when the phase began): done when the ack floor reaches seq. Progress
+// is a shrinking backlog or a rising floor.
+func consumerProgress(s floorSample, from, seq uint64) progress {
+	if seq <= from {
+		return progress{Complete: true}
+	}
+	total := int64(seq - from)
+	done := total - min(int64(s.backlog), total)
+	return progress{
+		Complete: s.floor >= seq,
+		Done:     done, Total: total, Mark: int64(s.floor),
+		State: fmt.Sprintf("%s not yet delivered, %s delivered and not acked (%s of them redelivered); the ack floor is at stream sequence %s of %s",
+			commas(int64(s.pending)), commas(int64(s.ackPending)), commas(int64(s.redelivered)), commas(int64(s.floor)), commas(int64(seq))),
+	}
+}
+
+// drain waits until the consumer has applied every message the stream
+// held when the wait began (its ack floor reaches the stream's last
+// sequence), for as long as it makes progress: see drainStall.
+func (w *floorWatcher) drain(ctx context.Context, js jetstream.JetStream, what, stream string) error {
+	var seq uint64
+	known := false
+	from := w.at(time.Time{}).floor
+	w.mu.Lock()
+	stall, why := drainStall(w.ackWait)
+	w.mu.Unlock()
+	return waitFor(ctx, realClock{}, waitSpec{What: what, Unit: "messages applied", Stall: stall, StallWhy: why, Every: 100 * time.Millisecond},
+		func(ctx context.Context) (progress, error) {
+			if !known {
+				ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				defer cancel()
+				str, err := js.Stream(ictx, stream)
+				if err != nil {
+					return progress{}, fmt.Errorf("stream %s: %w", stream, err)
+				}
+				info, err := str.Info(ictx)
+				if err != nil {
+					return progress{}, fmt.Errorf("stream %s: %w", stream, err)
+				}
+				seq, known = info.State.LastSeq, true
+			}
+			s, err := w.latest()
+			if err != nil {
+				return progress{}, err
+			}
+			return consumerProgress(s, from, seq), nil
+		})
 }
 
 // probes measures lag on a sample of the events: the harness polls Redis
