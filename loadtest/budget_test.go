@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -285,5 +288,21 @@ func TestFinishSaysEveryReason(t *testing.T) {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
 		}
+	}
+}
+
+// An exactness check that cannot be made leaves the run incomplete: it
+// used to exit 0 with "not checked" in the report.
+func TestExactnessThatCannotBeCheckedIsIncomplete(t *testing.T) {
+	exited := make(chan struct{})
+	close(exited)
+	gone := &child{role: roleStack, cmd: &exec.Cmd{Process: &os.Process{Pid: 42}}, exited: exited}
+	h := &harness{o: Options{UIDs: 1}, log: slog.New(slog.DiscardHandler), ledger: newLedger(),
+		rep: &report.Report{Complete: true}, t: &target{stack: gone}}
+	h.ledger.good.Add(1)
+	e := h.checkExactness(t.Context())
+	want := "exactness not checked: the target cannot be read: the stack process (pid 42) exited"
+	if e.Checked || h.rep.Complete || len(h.rep.Incomplete) != 1 || h.rep.Incomplete[0] != want {
+		t.Errorf("checked %v, complete %v, incomplete %q; want unchecked, incomplete %q", e.Checked, h.rep.Complete, h.rep.Incomplete, want)
 	}
 }
