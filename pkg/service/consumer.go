@@ -88,8 +88,16 @@ type ConsumerConfig struct {
 	// Batch is the most messages handed over in one chunk (default 500).
 	// The client keeps up to two batches coming while a chunk is handled.
 	Batch int
-	// FetchWait is how long one pull waits for messages (at least 1s).
-	FetchWait time.Duration
+	// PullExpiry is how long one pull request stays open at the server
+	// (at least 1s, default 30s); its heartbeat is half of it. A short one
+	// on a busy machine misses heartbeats, and each miss re-pulls while
+	// the last pull's messages still arrive.
+	PullExpiry time.Duration
+	// MaxAckPending is the consumer's own max_ack_pending: the server
+	// hands out no more unacked messages than that, so a buffer of that
+	// size between the client and the chunks never fills, and the client
+	// never drops a message because a chunk is slow (default 20000).
+	MaxAckPending int
 	// AckWait is the consumer's ack wait; a chunk gets half of it.
 	AckWait time.Duration
 	// RetryDelay is the first pause after a handler error (default 1s);
@@ -109,7 +117,14 @@ func (c ConsumerConfig) withDefaults() ConsumerConfig {
 	if c.Batch <= 0 {
 		c.Batch = 500
 	}
-	c.FetchWait = max(c.FetchWait, time.Second)
+	if c.PullExpiry <= 0 {
+		c.PullExpiry = 30 * time.Second
+	}
+	c.PullExpiry = max(c.PullExpiry, time.Second)
+	if c.MaxAckPending <= 0 {
+		c.MaxAckPending = 20000
+	}
+	c.MaxAckPending = max(c.MaxAckPending, c.Batch)
 	if c.AckWait <= 0 {
 		c.AckWait = 30 * time.Second
 	}
@@ -223,14 +238,19 @@ func (c *Consumer) Start(ctx context.Context) (stop func(context.Context) error)
 // Run pulls and handles chunks until ctx ends, then drains and returns.
 func (c *Consumer) Run(ctx context.Context) {
 	for ctx.Err() == nil {
-		it, err := c.cons.Messages(jetstream.PullMaxMessages(2*c.cfg.Batch), jetstream.PullExpiry(c.cfg.FetchWait))
+		it, err := c.cons.Messages(jetstream.PullMaxMessages(2*c.cfg.Batch), jetstream.PullExpiry(c.cfg.PullExpiry))
 		if err != nil {
 			c.log.Warn("cannot consume; retrying", "err", err)
 			sleep(ctx, time.Second)
 			continue
 		}
 		stop := context.AfterFunc(ctx, it.Drain)
-		msgs := make(chan jetstream.Msg, c.cfg.Batch)
+		// The reader must never wait on a slow chunk: while it waits, the
+		// client's own buffer (two batches) fills, and a re-pull then
+		// drops what arrives, to be redelivered only after the ack wait.
+		// The server hands out at most MaxAckPending unacked messages, so
+		// a buffer that size is never full.
+		msgs := make(chan jetstream.Msg, c.cfg.MaxAckPending)
 		var reader sync.WaitGroup
 		reader.Go(func() {
 			defer close(msgs)

@@ -26,7 +26,9 @@ type consumerEnv struct {
 	cons jetstream.Consumer
 }
 
-func newConsumerEnv(t *testing.T) consumerEnv {
+func newConsumerEnv(t *testing.T) consumerEnv { return newConsumerEnvAckWait(t, 2*time.Second) }
+
+func newConsumerEnvAckWait(t *testing.T, ackWait time.Duration) consumerEnv {
 	t.Helper()
 	s := runNATS(t, server.Options{JetStream: true, StoreDir: t.TempDir()})
 	nc, err := nats.Connect(s.ClientURL())
@@ -45,7 +47,7 @@ func newConsumerEnv(t *testing.T) consumerEnv {
 		}
 	}
 	cons, err := js.CreateOrUpdateConsumer(ctx, "IN", jetstream.ConsumerConfig{
-		Durable: "worker", AckPolicy: jetstream.AckExplicitPolicy, AckWait: 2 * time.Second, MaxDeliver: -1,
+		Durable: "worker", AckPolicy: jetstream.AckExplicitPolicy, AckWait: ackWait, MaxDeliver: -1,
 	})
 	if err != nil {
 		t.Fatal(err)
