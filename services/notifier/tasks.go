@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	_ "embed"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -186,8 +187,10 @@ func (n *Notifier) deliver(ctx context.Context, e email) error {
 	return nil
 }
 
-// markSentScript sets the sent mark for ARGV[1] ms.
-const markSentScript = `return redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])`
+// markSentScript sets a task's sent mark; mark_sent.lua says how.
+//
+//go:embed mark_sent.lua
+var markSentScript string
 
 // transient is a failure asynq retries with backoff.
 func (n *Notifier) transient(typ, kind string, err error) error {

@@ -2,6 +2,7 @@ package notifier
 
 import (
 	"context"
+	_ "embed"
 	"errors"
 	"fmt"
 
@@ -11,16 +12,11 @@ import (
 	"github.com/nats-io/nats.go/micro"
 )
 
-// useTokenScript marks a token used (KEYS[1], for ARGV[1] ms) and, if it
-// was not used before, records its address as the uid's confirmed one
-// (KEYS[2] = ARGV[2]). Both keys carry the uid's tag. Returns 1 when this
-// call used the token, 0 when it was used already.
-const useTokenScript = `
-if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
-  redis.call('SET', KEYS[2], ARGV[2])
-  return 1
-end
-return 0`
+// useTokenScript uses up a token and records its address; use_token.lua
+// says how.
+//
+//go:embed use_token.lua
+var useTokenScript string
 
 // newReplier answers verify requests: a bad request is a 400 naming the
 // field, anything else (Redis) a 503.
