@@ -1,8 +1,9 @@
-// Command notifier runs allot's background jobs on asynq: confirmation
-// emails (and notify.verify for their tokens), usage notices, and the
-// periodic registry refresh. Run "notifier -h" for its flags; allot.yaml
-// configures it, and it needs notifier.token_secrets (or
-// ALLOT_NOTIFIER_TOKEN_SECRETS) and a mail server (notifier.smtp).
+// Command notifier runs allot's background jobs on asynq: it sends
+// confirmation emails (and answers notify.verify for their tokens) and
+// usage notices, and refreshes the registry periodically.
+// Run "notifier -h" for its flags; allot.yaml configures it, and it needs
+// notifier.token_secrets (or ALLOT_NOTIFIER_TOKEN_SECRETS) and a mail
+// server (notifier.smtp).
 package main
 
 import (
@@ -17,6 +18,8 @@ import (
 	"github.com/allot/allot/services/notifier"
 )
 
+// main turns SIGINT and SIGTERM into the end of run's context and exits 1
+// when run fails.
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
@@ -27,6 +30,8 @@ func main() {
 	}
 }
 
+// run is the whole command, so a test can drive it: flags, config and the
+// service's life, all in service.Run.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	return service.Run(ctx, "notifier", args, getenv, stdout, stderr, notifier.Run)
 }
