@@ -34,7 +34,7 @@ type ClientOptions struct {
 // Client calls allot's request/reply endpoints. It is safe for concurrent
 // use.
 type Client struct {
-	nc      *nats.Conn
+	nc      requester
 	subj    Subjects
 	timeout time.Duration
 	// Gzipped replies are inflated with readers and into buffers kept
@@ -42,6 +42,11 @@ type Client struct {
 	// collect a large body each time.
 	readers sync.Pool // of *gzip.Reader
 	buffers sync.Pool // of *[]byte
+}
+
+// requester is what a Client needs of a NATS connection (*nats.Conn).
+type requester interface {
+	RequestMsgWithContext(ctx context.Context, msg *nats.Msg) (*nats.Msg, error)
 }
 
 // NewClient returns a Client on nc.
@@ -170,12 +175,14 @@ func (c *Client) Find(ctx context.Context, name string) (FindReply, error) {
 			return reply, err
 		}
 	}
-	err := c.requestWith(ctx, c.subj.Find(name), acceptGzip, FindRequest{}, &reply)
+	err := c.requestWith(ctx, c.subj.Find(name), acceptGzip(), FindRequest{}, &reply)
 	return reply, err
 }
 
-// acceptGzip is the header of a request that takes a gzipped reply.
-var acceptGzip = nats.Header{HeaderAcceptEncoding: {EncodingGzip}}
+// acceptGzip returns the header of a request that takes a gzipped reply,
+// a new map each time: a message's header is the message's own, and
+// whatever adds to it on the way out must not reach another request.
+func acceptGzip() nats.Header { return nats.Header{HeaderAcceptEncoding: {EncodingGzip}} }
 
 // call checks uid and sends req to subject(uid).
 func (c *Client) call(ctx context.Context, uid string, subject func(string) string, req, reply any) error {

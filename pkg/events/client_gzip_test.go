@@ -1,8 +1,12 @@
 package events
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -98,5 +102,98 @@ func TestClientOtherRequestsSendNoAcceptEncoding(t *testing.T) {
 	}
 	if h := <-headers; len(h) != 0 {
 		t.Errorf("reset sent headers %v", h)
+	}
+}
+
+// headerTap is a NATS connection that, as a tracing hook would, adds a
+// header to every request before sending it, and records the header map
+// each request arrived with and a copy of what it held then.
+type headerTap struct {
+	nc    *nats.Conn
+	mu    sync.Mutex
+	seen  []nats.Header
+	given []nats.Header
+}
+
+func (h *headerTap) RequestMsgWithContext(ctx context.Context, msg *nats.Msg) (*nats.Msg, error) {
+	h.mu.Lock()
+	h.seen = append(h.seen, msg.Header)
+	given := nats.Header{}
+	for k, v := range msg.Header {
+		given[k] = slices.Clone(v)
+	}
+	h.given = append(h.given, given)
+	h.mu.Unlock()
+	if msg.Header == nil {
+		msg.Header = nats.Header{}
+	}
+	msg.Header.Set("Traceparent", msg.Subject)
+	return h.nc.RequestMsgWithContext(ctx, msg)
+}
+
+// Each Find builds its own header: a header one request's message gains
+// on its way out never reaches another request, and concurrent finds
+// share no map (run with -race).
+func TestClientFindHeaderPerRequest(t *testing.T) {
+	s := startServer(t, "", 0)
+	nc := connect(t, s.ClientURL())
+	subj := DefaultSubjects()
+	var mu sync.Mutex
+	var got []*nats.Msg
+	sub, err := nc.Subscribe(subj.Find(">"), func(m *nats.Msg) {
+		mu.Lock()
+		got = append(got, m)
+		mu.Unlock()
+		_ = m.Respond([]byte(`{}`))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	c, err := NewClient(nc, ClientOptions{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tap := &headerTap{nc: nc}
+	c.nc = tap
+
+	const n = 16
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			if _, err := c.Find(t.Context(), fmt.Sprintf("svc-%d", i%4)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if _, err := c.Find(t.Context(), "last"); err != nil {
+		t.Fatal(err)
+	}
+
+	tap.mu.Lock()
+	defer tap.mu.Unlock()
+	if len(tap.seen) != n+1 {
+		t.Fatalf("%d requests sent, want %d", len(tap.seen), n+1)
+	}
+	maps := map[uintptr]bool{}
+	for _, h := range tap.seen {
+		maps[reflect.ValueOf(h).Pointer()] = true
+	}
+	if len(maps) != n+1 {
+		t.Errorf("%d requests went out with %d header maps, want one each", n+1, len(maps))
+	}
+	for i, h := range tap.given {
+		if diff := cmp.Diff(nats.Header{HeaderAcceptEncoding: {EncodingGzip}}, h); diff != "" {
+			t.Errorf("request %d: the client gave headers (-want +got):\n%s", i, diff)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, m := range got {
+		want := nats.Header{HeaderAcceptEncoding: {EncodingGzip}, "Traceparent": {m.Subject}}
+		if diff := cmp.Diff(want, m.Header); diff != "" {
+			t.Errorf("find on %s: headers (-want +got):\n%s", m.Subject, diff)
+		}
 	}
 }
