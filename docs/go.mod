@@ -1,0 +1,3 @@
+module github.com/allot/allot/docs
+
+go 1.26
