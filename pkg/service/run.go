@@ -6,6 +6,7 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
@@ -14,12 +15,24 @@ import (
 
 // Deps is what Run builds for a service before starting it.
 type Deps struct {
-	Config   Config
-	NATS     *nats.Conn
-	Redis    redis.UniversalClient
-	Registry *prometheus.Registry
-	HTTP     *HTTPServer
-	Log      *slog.Logger
+	Config Config
+	// ConfigPath is the file Config was loaded from ("" for none), and
+	// Getenv the environment it was read with, for a service that decodes
+	// a section of its own (LoadSection).
+	ConfigPath string
+	Getenv     func(string) string
+	NATS       *nats.Conn
+	Redis      redis.UniversalClient
+	Registry   *prometheus.Registry
+	HTTP       *HTTPServer
+	Log        *slog.Logger
+}
+
+// OwnedSection is a section of the configuration a service decodes
+// itself (LoadSection): Load checks it and returns it as YAML to print,
+// secrets masked.
+type OwnedSection struct {
+	Load func(path string, getenv func(string) string) (redacted string, err error)
 }
 
 // StartFunc starts a service's own parts (consumers, endpoints) on d and
@@ -34,7 +47,7 @@ type StartFunc func(ctx context.Context, d Deps) (stop func(context.Context) err
 // ctx to end. Then it stops everything in reverse order under
 // cfg.Shutdown.Timeout: readiness off, the heartbeats, the service's parts,
 // HTTP, Redis, NATS. name is the service's name, e.g. "meter".
-func Run(ctx context.Context, name string, args []string, getenv func(string) string, stdout, stderr io.Writer, start StartFunc) (err error) {
+func Run(ctx context.Context, name string, args []string, getenv func(string) string, stdout, stderr io.Writer, start StartFunc, owned ...OwnedSection) (err error) {
 	var flags Flags
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -55,8 +68,18 @@ func Run(ctx context.Context, name string, args []string, getenv func(string) st
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	// The service's own section is checked before anything starts, and
+	// printed by -validate after the rest.
+	var sections strings.Builder
+	for _, o := range owned {
+		text, err := o.Load(flags.ConfigPath, getenv)
+		if err != nil {
+			return err
+		}
+		sections.WriteString(text)
+	}
 	if flags.Validate {
-		_, err := io.WriteString(stdout, cfg.Redacted())
+		_, err := io.WriteString(stdout, cfg.Redacted()+sections.String())
 		return err
 	}
 
@@ -99,7 +122,7 @@ func Run(ctx context.Context, name string, args []string, getenv func(string) st
 	stack.Push("http", srv.Shutdown)
 
 	if start != nil {
-		stop, err := start(ctx, Deps{Config: cfg, NATS: nc, Redis: rdb, Registry: reg, HTTP: srv, Log: log})
+		stop, err := start(ctx, Deps{Config: cfg, ConfigPath: flags.ConfigPath, Getenv: getenv, NATS: nc, Redis: rdb, Registry: reg, HTTP: srv, Log: log})
 		if err != nil {
 			return err
 		}

@@ -221,3 +221,19 @@ var roleName = regexp.MustCompile(`^[a-z0-9_-]{1,32}$`)
 func (c Config) Issuer() (nkeys.KeyPair, error) {
 	return nkeys.FromSeed([]byte(c.IssuerSeed.Reveal()))
 }
+
+// Section is the auth section as service.Run checks it before starting
+// anything and prints it with -validate, secrets masked.
+func Section() service.OwnedSection {
+	return service.OwnedSection{Load: func(path string, getenv func(string) string) (string, error) {
+		cfg, err := LoadConfig(path, getenv)
+		if err != nil {
+			return "", err
+		}
+		b, err := yaml.Marshal(map[string]Config{"auth": cfg})
+		if err != nil {
+			return "", fmt.Errorf("auth: cannot print the config: %w", err)
+		}
+		return string(b), nil
+	}}
+}
