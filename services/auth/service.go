@@ -251,4 +251,3 @@ func roleNames(roles map[string]Role) string {
 	sort.Strings(names)
 	return strings.Join(names, ", ")
 }
-
