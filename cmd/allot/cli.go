@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
 	"github.com/nats-io/nats.go"
 )
@@ -66,6 +67,7 @@ func commands() []command {
 		registryCommand(),
 		notifyCommand(),
 		versionCommand(),
+		keysCommand(),
 	}
 }
 
@@ -147,6 +149,8 @@ func printHelp(w io.Writer, cmds []command) {
 type clientFlags struct {
 	config  string
 	natsURL string
+	key     string
+	keyFile string
 	timeout time.Duration
 	// target is the NATS the command talks to, set by load.
 	target natsTarget
@@ -156,6 +160,26 @@ func (f *clientFlags) register(fs *flag.FlagSet, env *cliEnv) {
 	fs.StringVar(&f.config, "config", env.getenv("ALLOT_CONFIG"), "allot.yaml with subject and stream names (env ALLOT_CONFIG)")
 	fs.StringVar(&f.natsURL, "nats", "", "NATS URL (default: env NATS_URL, the config file, or "+defaultNATSURL+")")
 	fs.DurationVar(&f.timeout, "timeout", 5*time.Second, "how long to wait for NATS and for each reply")
+	fs.StringVar(&f.key, "key", "", "the API key to connect with, where NATS runs allot's auth (default: env ALLOT_KEY, or the file of -key-file)")
+	fs.StringVar(&f.keyFile, "key-file", env.getenv("ALLOT_KEY_FILE"), "a file holding the API key (env ALLOT_KEY_FILE)")
+}
+
+// apiKey returns the key to connect with and where it came from: -key,
+// ALLOT_KEY or the key file; "" when none is given (a NATS without auth).
+func (f *clientFlags) apiKey(env *cliEnv) (key, source string, err error) {
+	switch {
+	case f.key != "":
+		return f.key, "-key", nil
+	case env.getenv("ALLOT_KEY") != "":
+		return env.getenv("ALLOT_KEY"), "ALLOT_KEY", nil
+	case f.keyFile != "":
+		b, err := os.ReadFile(f.keyFile)
+		if err != nil {
+			return "", "", fmt.Errorf("the key file: %w", err)
+		}
+		return strings.TrimSpace(string(b)), f.keyFile, nil
+	}
+	return "", "", nil
 }
 
 // defaultNATSURL is where the commands look for NATS when nothing says
@@ -212,8 +236,25 @@ func (f *clientFlags) load(env *cliEnv) (service.Config, *nats.Conn, error) {
 		return cfg, nil, usagef("-timeout must be > 0")
 	}
 	f.target = f.resolveTarget(cfg, env)
-	nc, err := nats.Connect(cfg.NATS.URL.Reveal(), nats.Name("allot-cli"), nats.Timeout(f.timeout))
+	opts := []nats.Option{nats.Name("allot-cli"), nats.Timeout(f.timeout)}
+	key, keySource, err := f.apiKey(env)
 	if err != nil {
+		return cfg, nil, err
+	}
+	if key != "" {
+		keyOpts, err := events.KeyOptions(key)
+		if err != nil {
+			return cfg, nil, fmt.Errorf("the key from %s: %w", keySource, err)
+		}
+		opts = append(opts, keyOpts...)
+	}
+	nc, err := nats.Connect(cfg.NATS.URL.Reveal(), opts...)
+	switch {
+	case err != nil && errors.Is(err, nats.ErrAuthorization) && key == "":
+		return cfg, nil, fmt.Errorf("NATS at %s wants an API key: pass -key, or set ALLOT_KEY (allot dev prints one) or -key-file", f.target)
+	case err != nil && errors.Is(err, nats.ErrAuthorization):
+		return cfg, nil, fmt.Errorf("NATS at %s refused the key from %s (unknown, revoked or expired; the auth service's log says which)", f.target, keySource)
+	case err != nil:
 		return cfg, nil, fmt.Errorf("cannot reach NATS at %s: %v; is allot dev running? %s", f.target, err, natsAdvice)
 	}
 	return cfg, nc, nil

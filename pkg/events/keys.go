@@ -1,6 +1,7 @@
 package events
 
 import (
+	"context"
 	"strings"
 	"time"
 )
@@ -175,3 +176,48 @@ func validSubjectPattern(field, s string) error {
 
 // ValidateKeyID checks that id is an API key id.
 func ValidateKeyID(id string) error { return validKeyID("id", id) }
+
+// CreateKey asks the auth service for a new API key; the reply holds the
+// key, which is never shown again.
+func (c *Client) CreateKey(ctx context.Context, req KeyCreateRequest) (KeyCreated, error) {
+	var reply KeyCreated
+	if err := req.Validate(); err != nil {
+		return reply, err
+	}
+	err := c.request(ctx, KeysPrefix+".create", req, &reply)
+	return reply, err
+}
+
+// ListKeys lists every API key, never a secret.
+func (c *Client) ListKeys(ctx context.Context) (KeyList, error) {
+	var reply KeyList
+	err := c.request(ctx, KeysPrefix+".list", KeyListRequest{}, &reply)
+	return reply, err
+}
+
+// RevokeKey revokes an API key; its connections are closed within a
+// second.
+func (c *Client) RevokeKey(ctx context.Context, id string) (KeyDone, error) {
+	var reply KeyDone
+	req := KeyRevokeRequest{ID: id}
+	if err := req.Validate(); err != nil {
+		return reply, err
+	}
+	err := c.request(ctx, KeysPrefix+".revoke", req, &reply)
+	return reply, err
+}
+
+// AdjustKey overrides (req.Deny) or adds to (req.Allow) a key's grant for
+// req.TTL; its connections get the new permissions within a second.
+func (c *Client) AdjustKey(ctx context.Context, req KeyAdjustRequest) (KeyDone, error) {
+	var reply KeyDone
+	if err := req.Validate(); err != nil {
+		return reply, err
+	}
+	endpoint := ".override"
+	if req.Allow != "" {
+		endpoint = ".add"
+	}
+	err := c.request(ctx, KeysPrefix+endpoint, req, &reply)
+	return reply, err
+}
