@@ -31,12 +31,22 @@
 //	allot:{u-42}:tok:<nonce>         STRING a used confirmation token, kept until it would have expired
 //	allot:{u-42}:sent:<task id>      STRING an email the notifier sent, kept for notifier.retention
 //
+//	allot:{auth}:key:<key id>        HASH  one API key of the redis auth backend: record (the immutable
+//	                                       part, JSON, times in ms), revoked ms, last_used ms
+//	allot:{auth}:adj:<key id>        HASH  the key's overrides and additions: "allow:<pattern>" or
+//	                                       "deny:<pattern>" -> JSON (times in ms)
+//	allot:{auth}:keys                SET   every key id, for listing
+//
 // The notifier's jobs live in asynq's own keys (asynq:{<queue>}:...),
 // which take no prefix: deployments sharing a Redis use distinct queue
 // names.
 //
 // Every registry key shares the tag {registry}, so one script registers or
 // reaps an instance across all of them on Redis Cluster.
+//
+// Every auth key shares the tag {auth}: one script creates a key across
+// its record and the ids SET, and one pipeline lists them all, on Redis
+// Cluster too. Key ids are 8 characters of A-Z a-z 0-9 - _.
 //
 // A uid's rate-limit overrides live in its grants HASH: field "ratelimit"
 // (the uid's own limit, and the default of services without a configured
@@ -143,6 +153,18 @@ func (k Keys) RegistryLast() string { return k.tagged(RegistryTag, "last") }
 // RegistryCreated is the HASH RegistryMember -> when the instance first
 // registered (ms, Redis clock), kept until the reaper removes it.
 func (k Keys) RegistryCreated() string { return k.tagged(RegistryTag, "created") }
+
+// AuthTag is the hash tag of every key of the auth service's API keys.
+const AuthTag = "auth"
+
+// AuthKey is the HASH holding one API key's record.
+func (k Keys) AuthKey(id string) string { return k.tagged(AuthTag, "key", id) }
+
+// AuthAdjustments is the HASH of one API key's overrides and additions.
+func (k Keys) AuthAdjustments(id string) string { return k.tagged(AuthTag, "adj", id) }
+
+// AuthKeys is the SET of every API key id.
+func (k Keys) AuthKeys() string { return k.tagged(AuthTag, "keys") }
 
 // RateLimitField is the field of uid's grants HASH (Grants) that
 // overrides its rate limit for service: "ratelimit_<service>", or

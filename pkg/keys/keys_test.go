@@ -27,6 +27,9 @@ func TestKeys(t *testing.T) {
 		k.ConfirmedAddress("u-42"):              "allot:{u-42}:addr",
 		k.UsedToken("u-42", "n1"):               "allot:{u-42}:tok:n1",
 		k.SentEmail("u-42", "t1"):               "allot:{u-42}:sent:t1",
+		k.AuthKey("Ab-_9xYz"):                   "allot:{auth}:key:Ab-_9xYz",
+		k.AuthAdjustments("Ab-_9xYz"):           "allot:{auth}:adj:Ab-_9xYz",
+		k.AuthKeys():                            "allot:{auth}:keys",
 	} {
 		if got != want {
 			t.Errorf("got %q, want %q", got, want)
