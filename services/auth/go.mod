@@ -3,6 +3,9 @@ module github.com/allot/allot/services/auth
 go 1.26.0
 
 require (
+	github.com/allot/allot/pkg/events v0.0.0
+	github.com/allot/allot/pkg/keys v0.0.0
+	github.com/allot/allot/pkg/testenv v0.0.0
 	github.com/google/go-cmp v0.7.0
 	github.com/nats-io/jwt/v2 v2.8.2
 	github.com/nats-io/nats-server/v2 v2.15.2
@@ -14,6 +17,7 @@ require (
 )
 
 require (
+	github.com/alicebob/miniredis/v2 v2.40.0 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
@@ -24,7 +28,6 @@ require (
 )
 
 require (
-	github.com/allot/allot/pkg/events v0.0.0
 	github.com/allot/allot/pkg/service v0.0.0
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
@@ -32,12 +35,16 @@ require (
 	github.com/klauspost/compress v1.20.3 // indirect
 	github.com/minio/highwayhash v1.0.4 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
+	github.com/yuin/gopher-lua v1.1.1 // indirect
 	go.uber.org/atomic v1.12.0 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
 )
 
-replace github.com/allot/allot/pkg/events => ../../pkg/events
-
-replace github.com/allot/allot/pkg/service => ../../pkg/service
+replace (
+	github.com/allot/allot/pkg/events => ../../pkg/events
+	github.com/allot/allot/pkg/keys => ../../pkg/keys
+	github.com/allot/allot/pkg/service => ../../pkg/service
+	github.com/allot/allot/pkg/testenv => ../../pkg/testenv
+)
