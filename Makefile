@@ -102,7 +102,8 @@ loadtest-quick: $(NATS_SERVER)
 
 # Every fuzz target, as package:Target; each runs for FUZZTIME.
 FUZZ_TARGETS := ./pkg/events:FuzzDecode ./pkg/events:FuzzDecodeMatchesReference ./pkg/events:FuzzParseTimeUTC ./pkg/events:FuzzDecodeReplyBody \
-	./services/notifier:FuzzDecodeTaskPayload ./services/notifier/internal/token:FuzzCheck
+	./services/notifier:FuzzDecodeTaskPayload ./services/notifier/internal/token:FuzzCheck \
+	./services/auth:FuzzLoadKeysFile
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

@@ -105,7 +105,7 @@ type Backends map[string]BackendFactory
 
 // DefaultBackends returns the backends allot ships.
 func DefaultBackends() Backends {
-	return Backends{"redis": newRedisBackend}
+	return Backends{"redis": newRedisBackend, "file": newFileBackend}
 }
 
 // Open makes the backend called name, or says which names there are.
