@@ -102,8 +102,9 @@ loadtest-quick: $(NATS_SERVER)
 
 # Every fuzz target, as package:Target; each runs for FUZZTIME.
 FUZZ_TARGETS := ./pkg/events:FuzzDecode ./pkg/events:FuzzDecodeMatchesReference ./pkg/events:FuzzParseTimeUTC ./pkg/events:FuzzDecodeReplyBody \
+	./pkg/events:FuzzCheckNumber ./pkg/events:FuzzDecodeRequest \
 	./services/notifier:FuzzDecodeTaskPayload ./services/notifier/internal/token:FuzzCheck \
-	./services/auth:FuzzLoadKeysFile
+	./services/auth:FuzzLoadKeysFile ./services/auth/internal/policy:FuzzCompile ./services/auth/internal/apikey:FuzzParse
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

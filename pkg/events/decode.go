@@ -326,13 +326,13 @@ func (d *decoder) value() error {
 				return err
 			}
 			v, err := strconv.ParseFloat(string(d.b[start:d.i]), 64)
-			if err != nil {
+			if err != nil { // beyond float64: 1e400
 				if w.dataErr == nil {
-					w.dataErr = invalid("data.value", "must be a finite number")
+					w.dataErr = literalError("data.value", string(d.b[start:d.i]), ValueRange)
 				}
 				return nil
 			}
-			w.value, w.hasValue = v, true
+			w.value, w.hasValue = positiveZero(v), true
 			return nil
 		case c == 'n':
 			w.hasValue = false

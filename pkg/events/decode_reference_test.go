@@ -38,7 +38,7 @@ func referenceDecode(body []byte, maxBytes int, draft bool) (Event, error) {
 	}
 	var w refWireEvent
 	if err := json.Unmarshal(body, &w); err != nil {
-		return Event{}, jsonError("", "event", err)
+		return Event{}, jsonError("", "event", err, nil)
 	}
 	var e Event
 	for _, f := range []struct {
@@ -79,7 +79,7 @@ func referenceDecode(body []byte, maxBytes int, draft bool) (Event, error) {
 	dec := json.NewDecoder(bytes.NewReader(w.Data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&u); err != nil {
-		return Event{}, jsonError("data", "data", err)
+		return Event{}, jsonError("data", "data", err, nil)
 	}
 	if u.Metric == nil {
 		return Event{}, invalid("data.metric", "is required")
@@ -90,7 +90,7 @@ func referenceDecode(body []byte, maxBytes int, draft bool) (Event, error) {
 	if len(u.Labels) == 0 {
 		u.Labels = nil // {} and no labels are the same event
 	}
-	e.Data = Usage{Metric: *u.Metric, Value: *u.Value, Labels: u.Labels}
+	e.Data = Usage{Metric: *u.Metric, Value: positiveZero(*u.Value), Labels: u.Labels}
 	if draft {
 		return e, e.validateDraft()
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"math"
+	"reflect"
 	"sort"
 	"strconv"
 	"strings"
@@ -84,8 +85,8 @@ func (e *Event) Validate() error {
 	if err := ValidateToken("data.metric", e.Data.Metric); err != nil {
 		return err
 	}
-	if math.IsNaN(e.Data.Value) || math.IsInf(e.Data.Value, 0) {
-		return invalid("data.value", "must be a finite number")
+	if err := CheckNumber("data.value", e.Data.Value, ValueRange); err != nil {
+		return err
 	}
 	if len(e.Data.Labels) > MaxLabels {
 		return invalid("data.labels", "must have at most %d labels (got %d)", MaxLabels, len(e.Data.Labels))
@@ -258,7 +259,10 @@ func appendString(b []byte, s string) []byte {
 
 // jsonError turns an encoding/json error into a ValidationError naming
 // the field under prefix; whole names the document for syntax errors.
-func jsonError(prefix, whole string, err error) error {
+// A number that the field's Go type cannot hold (1e400, or 1.5 for an
+// integer) is refused with the field's Range from ranges, when it names
+// one; a float64 field's default is ValueRange.
+func jsonError(prefix, whole string, err error, ranges func(field string) (Range, bool)) error {
 	join := func(field string) string {
 		switch {
 		case prefix == "":
@@ -276,9 +280,18 @@ func jsonError(prefix, whole string, err error) error {
 		if field == "" {
 			field = whole
 		}
-		if typeErr.Value == "number" || strings.HasPrefix(typeErr.Value, "number ") {
-			if typeErr.Type.Kind().String() == "float64" {
-				return invalid(field, "must be a finite number")
+		if literal, ok := strings.CutPrefix(typeErr.Value, "number "); ok {
+			r, known := Range{}, false
+			if ranges != nil {
+				r, known = ranges(field)
+			}
+			switch kind := typeErr.Type.Kind(); {
+			case known:
+				return literalError(field, literal, r)
+			case kind == reflect.Float64 || kind == reflect.Float32:
+				return literalError(field, literal, ValueRange)
+			case kind >= reflect.Int && kind <= reflect.Uint64:
+				return invalid(field, "must be an integer from %d to %d (got %s)", minOf(kind), maxOf(kind), quoteNumber(literal))
 			}
 		}
 		return invalid(field, "must be %s (got %s)", jsonKind(typeErr.Type.Kind().String()), typeErr.Value)
@@ -291,6 +304,42 @@ func jsonError(prefix, whole string, err error) error {
 		return invalid(whole, "is not valid JSON: unexpected end of input")
 	}
 	return invalid(whole, "is not valid JSON: %v", err)
+}
+
+// minOf and maxOf are the range of an integer kind, for the rare
+// integer field that names no Range of its own.
+func minOf(k reflect.Kind) int64 {
+	switch k {
+	case reflect.Int8:
+		return math.MinInt8
+	case reflect.Int16:
+		return math.MinInt16
+	case reflect.Int32:
+		return math.MinInt32
+	case reflect.Int, reflect.Int64:
+		return math.MinInt64
+	}
+	return 0
+}
+
+func maxOf(k reflect.Kind) uint64 {
+	switch k {
+	case reflect.Int8:
+		return math.MaxInt8
+	case reflect.Int16:
+		return math.MaxInt16
+	case reflect.Int32:
+		return math.MaxInt32
+	case reflect.Int, reflect.Int64:
+		return math.MaxInt64
+	case reflect.Uint8:
+		return math.MaxUint8
+	case reflect.Uint16:
+		return math.MaxUint16
+	case reflect.Uint32:
+		return math.MaxUint32
+	}
+	return math.MaxUint64
 }
 
 func jsonKind(kind string) string {

@@ -38,8 +38,10 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		{"no labels", func(e *Event) { e.Data.Labels = nil }},
 		{"fraction", func(e *Event) { e.Data.Value = 0.1 }},
 		{"negative", func(e *Event) { e.Data.Value = -3.5 }},
-		{"tiny", func(e *Event) { e.Data.Value = 1e-9 }},
-		{"huge", func(e *Event) { e.Data.Value = 1e300 }},
+		{"smallest fraction", func(e *Event) { e.Data.Value = 1e-6 }},
+		{"largest", func(e *Event) { e.Data.Value = 1e15 }},
+		{"lowest", func(e *Event) { e.Data.Value = -1e15 }},
+		{"15 digits", func(e *Event) { e.Data.Value = 123456789.123456 }},
 		{"escapes in label", func(e *Event) { e.Data.Labels["path"] = "a\"b\\c/é 😀 <x>&" }},
 		{"content type", func(e *Event) { e.DataContentType = ContentType }},
 		{"time zone", func(e *Event) { e.Time = t0.In(time.FixedZone("x", 3600)) }},
@@ -139,7 +141,10 @@ func TestDecodeBadInput(t *testing.T) {
 		{"missing value", replace(`,"value":1`, ``), "data.value", "is required"},
 		{"string value", replace(`"value":1`, `"value":"1"`), "data.value", "must be a number"},
 		{"bool value", replace(`"value":1`, `"value":true`), "data.value", "must be a number"},
-		{"overflowing value", replace(`"value":1`, `"value":1e400`), "data.value", "must be a finite number"},
+		{"overflowing value", replace(`"value":1`, `"value":1e400`), "data.value", "must be a number from -1e15 to 1e15 (got 1e400)"},
+		{"value past the range", replace(`"value":1`, `"value":1e308`), "data.value", "must be a number from -1e15 to 1e15 (got 1e+308)"},
+		{"value with 7 decimals", replace(`"value":1`, `"value":0.0000001`), "data.value", "with at most 6 decimal places (got 1e-7)"},
+		{"value of 16 digits", replace(`"value":1`, `"value":1234567890.123456`), "data.value", "of at most 15 significant digits (got 1234567890.123456)"},
 		{"NaN value", replace(`"value":1`, `"value":NaN`), "event", "not valid JSON"},
 		{"labels not object", replace(`"labels":{"app":"web","region":"eu"}`, `"labels":["a"]`), "data.labels", "must be an object"},
 		{"label value number", replace(`"region":"eu"`, `"region":3`), "data.labels", "must be a string"},
@@ -179,7 +184,7 @@ func TestValidateRefusesNonFinite(t *testing.T) {
 	for _, v := range []float64{math.NaN(), math.Inf(1), math.Inf(-1)} {
 		e := sampleEvent()
 		e.Data.Value = v
-		if err := e.Validate(); err == nil || err.Error() != "data.value: must be a finite number" {
+		if err := e.Validate(); err == nil || err.Error() != "data.value: must be a number from -1e15 to 1e15 (got "+numberText(v)+")" {
 			t.Errorf("Validate(%v) = %v", v, err)
 		}
 	}
@@ -219,6 +224,9 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"data":{"labels":{"a":"\u2028"}}}`))
 	f.Add([]byte(`not json`))
 	f.Add([]byte(`{"specversion":"1.0","data":{"value":1e999}}`))
+	for _, v := range []string{"-0", "1e15", "1000000000000001", "9007199254740993", "1e308", "5e-324", "1e-300", "0.000001", "1234567890.123456"} {
+		f.Add([]byte(`{"specversion":"1.0","id":"a","source":"s","type":"allot.usage.v1","subject":"u","time":"2026-11-22T10:30:00Z","data":{"metric":"m","value":` + v + `}}`))
+	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		ev, err := Decode(body, 0)
 		if err != nil {
@@ -231,6 +239,10 @@ func FuzzDecode(f *testing.F) {
 		if err := ev.Validate(); err != nil {
 			t.Fatalf("Decode accepted an event that Validate refuses: %v", err)
 		}
+		if v := ev.Data.Value; v == 0 && math.Signbit(v) {
+			t.Fatalf("Decode kept -0")
+		}
+		checkExactDecimal(t, ev.Data.Value)
 		again, err := Decode(ev.AppendJSON(nil), len(body)*2+1024)
 		if err != nil {
 			t.Fatalf("re-decoding the encoded event: %v", err)

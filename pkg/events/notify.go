@@ -182,16 +182,29 @@ func (n UsageNotice) Validate() error {
 		return err
 	}
 	if math.IsNaN(n.Threshold) || n.Threshold <= 0 || n.Threshold > 1000 {
-		return invalid("threshold", "must be a percentage above 0 and at most 1000 (got %g)", n.Threshold)
+		return invalid("threshold", "must be a percentage above 0 and at most 1000 (got %s)", numberText(n.Threshold))
 	}
-	if err := validAmount("used", n.Used); err != nil {
+	// used and limit are what the meter keeps: the exact sums it holds
+	// may have more significant digits than a number it takes, and
+	// arrive as the nearest float64, so only the range applies.
+	if err := checkKept("used", n.Used); err != nil {
 		return err
 	}
-	if err := validAmount("limit", n.Limit); err != nil {
+	if err := checkKept("limit", n.Limit); err != nil {
 		return err
 	}
 	if err := ValidateToken("period", n.Period); err != nil {
 		return err
 	}
 	return nil
+}
+
+func (UsageNotice) numberRange(field string) (Range, bool) {
+	switch field {
+	case "used", "limit":
+		return AmountRange, true
+	case "threshold":
+		return thresholdRange, true
+	}
+	return Range{}, false
 }

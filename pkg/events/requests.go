@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"math"
 	"net/netip"
 	"net/url"
 
@@ -16,8 +15,8 @@ const (
 	// MaxCost is the largest cost of one rate-limit check.
 	MaxCost = 1_000_000
 	// MaxAmount is the largest amount of one authorize request, and the
-	// largest grant.
-	MaxAmount = 1e15
+	// largest grant: MaxNumber.
+	MaxAmount = MaxNumber
 	// MaxGrantChanges is the most metrics one grants request may set and
 	// unset together.
 	MaxGrantChanges = 64
@@ -43,20 +42,11 @@ func (r AuthorizeRequest) Validate() error {
 	if err := ValidateToken("metric", r.Metric); err != nil {
 		return err
 	}
-	return validAmount("amount", r.Amount)
+	return CheckAmount("amount", r.Amount)
 }
 
-func validAmount(field string, v float64) error {
-	if math.IsNaN(v) || math.IsInf(v, 0) {
-		return invalid(field, "must be a finite number")
-	}
-	if v < 0 {
-		return invalid(field, "must be >= 0 (got %g)", v)
-	}
-	if v > MaxAmount {
-		return invalid(field, "must be at most %g (got %g)", float64(MaxAmount), v)
-	}
-	return nil
+func (AuthorizeRequest) numberRange(field string) (Range, bool) {
+	return AmountRange, field == "amount"
 }
 
 // Validate checks a grants request.
@@ -68,7 +58,7 @@ func (r GrantsRequest) Validate() error {
 		if err := ValidateToken("set", m); err != nil {
 			return err
 		}
-		if err := validAmount("set."+m, v); err != nil {
+		if err := CheckAmount("set."+m, v); err != nil {
 			return err
 		}
 	}
@@ -83,6 +73,12 @@ func (r GrantsRequest) Validate() error {
 	return nil
 }
 
+// numberRange names the range of every grant, for a JSON number no
+// float64 holds; encoding/json names the map, not the key.
+func (GrantsRequest) numberRange(field string) (Range, bool) {
+	return AmountRange, field == "set"
+}
+
 // Validate checks a rate-limit check request.
 func (r CheckRequest) Validate() error {
 	if r.Service != "" {
@@ -91,9 +87,13 @@ func (r CheckRequest) Validate() error {
 		}
 	}
 	if r.Cost != nil && (*r.Cost < 0 || *r.Cost > MaxCost) {
-		return invalid("cost", "must be between 0 and %d (got %d)", MaxCost, *r.Cost)
+		return invalid("cost", "%s (got %d)", CostRange.text(), *r.Cost)
 	}
 	return nil
+}
+
+func (CheckRequest) numberRange(field string) (Range, bool) {
+	return CostRange, field == "cost"
 }
 
 // CostOrDefault returns the cost, 1 when none was given.
@@ -135,7 +135,7 @@ func (r RegisterRequest) Validate() error {
 		return invalid("ipv4", "must be an IPv4 address (got %s)", quoteShort(r.IPv4))
 	}
 	if r.Port < 1 || r.Port > 65535 {
-		return invalid("port", "must be between 1 and 65535 (got %d)", r.Port)
+		return invalid("port", "%s (got %d)", portRange.text(), r.Port)
 	}
 	if r.PublicURL != "" {
 		u, err := url.Parse(r.PublicURL)
@@ -144,6 +144,12 @@ func (r RegisterRequest) Validate() error {
 		}
 	}
 	return nil
+}
+
+var portRange = Range{Min: 1, Max: 65535, Integer: true}
+
+func (RegisterRequest) numberRange(field string) (Range, bool) {
+	return portRange, field == "port"
 }
 
 // Validate checks a deregistration.
@@ -162,6 +168,13 @@ type Validator interface {
 	Validate() error
 }
 
+// numberFields is a request that names the Range of its number fields,
+// so that a JSON number its Go field cannot hold (1e400, or 1.5 for an
+// integer) is refused with that range, as any number out of it is.
+type numberFields interface {
+	numberRange(field string) (Range, bool)
+}
+
 // DecodeRequest parses a request body into v strictly (unknown fields
 // are refused; an empty body is {}) and validates it. Every error is a
 // [ValidationError] naming the field, for a 400 reply.
@@ -175,16 +188,16 @@ func DecodeRequest(body []byte, v Validator) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return requestJSONError(err)
+		var ranges func(string) (Range, bool)
+		if nf, ok := v.(numberFields); ok {
+			ranges = nf.numberRange
+		}
+		return jsonError("", "request", err, ranges)
 	}
 	if dec.More() {
 		return invalid("request", "must be one JSON object, found more after it")
 	}
 	return v.Validate()
-}
-
-func requestJSONError(err error) error {
-	return jsonError("", "request", err)
 }
 
 // Respond sends v as the JSON reply to req.

@@ -28,10 +28,10 @@ const (
 var ErrInvalid = errors.New("events: invalid")
 
 // ValidationError says which field broke which rule, for example
-// "data.value: must be a finite number".
+// "data.value: must be a number from -1e15 to 1e15 (got 1e+308)".
 type ValidationError struct {
 	Field string // dotted path, e.g. "data.labels.region"; "event" for the whole body
-	Rule  string // what the field must be, e.g. "must be a finite number"
+	Rule  string // what the field must be, e.g. "must be a number from 0 to 1e15 (got -1)"
 }
 
 func (e *ValidationError) Error() string { return e.Field + ": " + e.Rule }
