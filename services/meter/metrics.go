@@ -34,7 +34,7 @@ func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
 		}, []string{"result"}),
 		dead: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "allot_meter_dead_letters_total",
-			Help: "Usage events refused, by reason: invalid, subject, oversized, unknown_metric, value, label, apply.",
+			Help: "Usage events refused, by reason: invalid, subject, oversized, unknown_metric, value, label, range (a sum past 1e15), apply.",
 		}, []string{"reason"}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "allot_meter_batch_size",

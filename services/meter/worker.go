@@ -144,7 +144,7 @@ func (w *worker) process(msgs []jetstream.Msg) {
 			it := &items[opItems[j]]
 			switch {
 			case res.Err != nil:
-				it.refuse = &refusal{"apply", res.Err.Error()}
+				it.refuse = applyRefusal(it.op, res.Err)
 			case res.Applied:
 				m.metrics.events.WithLabelValues("applied").Inc()
 			default:
@@ -209,7 +209,7 @@ func (w *worker) parse(msg jetstream.Msg) item {
 		return refuse("unknown_metric", "data.metric: unknown metric %q", ev.Data.Metric)
 	}
 	if ev.Data.Value < 0 && mc.Style != service.StyleGauge {
-		return refuse("value", "data.value: must be >= 0 for a %s (got %g)", mc.Style, ev.Data.Value)
+		return refuse("value", "data.value: must be a number from 0 to 1e15 for a %s (got %s)", mc.Style, strconv.FormatFloat(ev.Data.Value, 'f', -1, 64))
 	}
 	names := make([]string, 0, len(ev.Data.Labels))
 	for name := range ev.Data.Labels {
@@ -234,6 +234,21 @@ func (w *worker) parse(msg jetstream.Msg) item {
 		Field:  keys.LabelSet(names, ev.Data.Labels),
 	}
 	return it
+}
+
+// applyRefusal is why the store refused op: a sum past the largest
+// number kept, or a script error.
+func applyRefusal(op store.Op, err error) *refusal {
+	var rerr *store.RangeError
+	if !errors.As(err, &rerr) {
+		return &refusal{"apply", err.Error()}
+	}
+	what := fmt.Sprintf("the used of grant %s", op.Metric)
+	if op.Config.Style != service.StyleGrant {
+		what = fmt.Sprintf("%s %s{%s}", op.Config.Style, op.Metric, op.Field)
+	}
+	return &refusal{"range", fmt.Sprintf("data.value: adding %s to %s, which holds %s, would pass 1e15, the largest number allot keeps; nothing was counted",
+		rerr.Value, what, rerr.Held)}
 }
 
 // deadLetters stores the refused items of a chunk in the dead-letter

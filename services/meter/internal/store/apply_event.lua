@@ -21,25 +21,43 @@
 --   grants only: used, limit (strings), period start and end (ms; end 0:
 --   indefinite), pending notices "percent|start|end|limit|used" joined by ';'
 --   (also for a duplicate, so notices lost in a crash are published again)
+-- or {-2, held} when the value is not a number the meter takes, or would
+-- take the counter or the grant's used past 1e15 (numbers.lua): nothing
+-- changed; held is what the counter or used holds.
 
--- SET NX both checks and records the event id. A write that fails after
--- it (a key of the wrong type) takes the record back, so nothing of the
--- event stays; for grants every read comes before the record.
+-- SET NX both checks and records the event id. Every read that could fail
+-- (a key of the wrong type) comes before it or takes the record back, and
+-- so does a refusal, so nothing of a failed or refused event stays.
 --
 -- apply_event is the whole of it for one event: k holds its three keys, a
 -- its arguments as ARGV above, and now, when given, overrides a[4].
 local function apply_event(k, a, now)
   local style = a[2]
-  if style == 'counter' or style == 'gauge' then
+  if style == 'counter' then
     if not redis.call('SET', k[1], '1', 'NX', 'PX', a[1]) then
       return {0}
     end
-    local r
-    if style == 'counter' then
-      r = add(k[2], a[5], a[3])
-    else
-      r = redis.pcall('HSET', k[2], a[5], a[3])
+    local held = redis.pcall('HGET', k[2], a[5])
+    if type(held) == 'table' and held.err then
+      redis.call('DEL', k[1])
+      error(held.err)
     end
+    local sum = dec_add(held, a[3])
+    if not sum then
+      redis.call('DEL', k[1])
+      return {-2, held or '0'}
+    end
+    redis.call('HSET', k[2], a[5], sum)
+    return {1}
+  elseif style == 'gauge' then
+    if not redis.call('SET', k[1], '1', 'NX', 'PX', a[1]) then
+      return {0}
+    end
+    if not dec_signed_ok(a[3]) then
+      redis.call('DEL', k[1])
+      return {-2, ''}
+    end
+    local r = redis.pcall('HSET', k[2], a[5], a[3])
     if type(r) == 'table' and r.err then
       redis.call('DEL', k[1])
       error(r.err)
@@ -56,11 +74,15 @@ local function apply_event(k, a, now)
   if not redis.call('SET', k[1], '1', 'NX', 'PX', a[1]) then
     return {0, '', '', 0, 0, st[5] or ''}
   end
-  local _, s, e, notified, q = roll(k[2], st, a[7], a[8], now)
-  local used = add(k[2], 'u', a[3])
-  if type(used) == 'table' then error(used.err) end
-  local n, added = cross(used, limit, thresholds, notified, s, e)
+  local used, s, e, notified, q, fresh = period_of(st, a[7], a[8], now)
+  local sum = dec_add(used, a[3])
+  if not sum then
+    redis.call('DEL', k[1])
+    return {-2, used}
+  end
+  record_use(k[2], sum, s, e, fresh)
+  local n, added = cross(sum, limit, thresholds, notified, s, e)
   if n ~= notified then redis.call('HSET', k[2], 'n', n) end
   q = record_notices(k[2], q, added)
-  return {1, used, limit, s, e, q}
+  return {1, sum, limit, s, e, q}
 end

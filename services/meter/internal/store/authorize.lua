@@ -10,25 +10,28 @@
 --
 -- returns {status, used, limit, start, end, pending}
 --   status: 1 allowed and recorded, 2 allowed earlier under this id (nothing
---   changed), 0 refused (nothing recorded)
+--   changed), 0 refused (nothing changed: a period that would start now
+--   starts with the first amount allowed)
+-- The amount and the sum are exact (numbers.lua); an amount that is not a
+-- number the meter takes, or a sum past 1e15, is refused.
 
 local now = now_ms(ARGV[3])
 local thresholds = {}
 for i = 8, #ARGV do thresholds[#thresholds + 1] = ARGV[i] end
 
 local st = redis.call('HMGET', KEYS[2], 'u', 's', 'e', 'n', 'q')
-local used, s, e, notified, q = roll(KEYS[2], st, ARGV[6], ARGV[7], now)
+local used, s, e, notified, q, fresh = period_of(st, ARGV[6], ARGV[7], now)
 local limit = limit_of(KEYS[3], ARGV[4], ARGV[5])
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {2, used, limit, s, e, q}
 end
-if tonumber(used) + tonumber(ARGV[2]) > tonumber(limit) then
+local sum = dec_add(used, ARGV[2])
+if not sum or dec_above(sum, limit) then
   return {0, used, limit, s, e, q}
 end
-used = add(KEYS[2], 'u', ARGV[2])
-if type(used) == 'table' then error(used.err) end
-local n, added = cross(used, limit, thresholds, notified, s, e)
+record_use(KEYS[2], sum, s, e, fresh)
+local n, added = cross(sum, limit, thresholds, notified, s, e)
 if n ~= notified then redis.call('HSET', KEYS[2], 'n', n) end
 q = record_notices(KEYS[2], q, added)
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-return {1, used, limit, s, e, q}
+return {1, sum, limit, s, e, q}

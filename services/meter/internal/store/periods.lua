@@ -80,24 +80,40 @@ local function now_ms(arg)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- roll starts a new period in grant hash key when the current one has
--- ended or none began. st is the hash as HMGET u s e n q read it. It
--- returns used, start, end, notified and the pending notices. Notices
--- decided but not yet published (q) survive the roll. Ended state expires
--- an hour after its end, so idle users cost nothing.
-local function roll(key, st, period, align, now)
+-- period_of reads the current period of a grant from st, the hash as
+-- HMGET u s e n q read it, without writing: it returns used, start, end,
+-- notified, the pending notices (q) and fresh, true when the period has
+-- ended or none began, so the next use starts one (start_period). Notices
+-- decided but not yet published survive into the new period.
+local function period_of(st, period, align, now)
   local e = tonumber(st[3])
   if st[2] and e and (e == 0 or now < e) then
-    return st[1] or '0', tonumber(st[2]), e, st[4] or '', st[5] or ''
+    return st[1] or '0', tonumber(st[2]), e, st[4] or '', st[5] or '', false
   end
   local s, ne = period_bounds(period, align, now)
-  redis.call('HSET', key, 'u', '0', 's', s, 'e', ne, 'n', '')
-  if ne > 0 then
-    redis.call('PEXPIREAT', key, ne + 3600000)
+  return '0', s, ne, '', st[5] or '', true
+end
+
+-- start_period writes a new period of grant hash key, used from its
+-- start. Ended state expires an hour after its end, so idle users cost
+-- nothing.
+local function start_period(key, used, s, e)
+  redis.call('HSET', key, 'u', used, 's', s, 'e', e, 'n', '')
+  if e > 0 then
+    redis.call('PEXPIREAT', key, e + 3600000)
   else
     redis.call('PERSIST', key)
   end
-  return '0', s, ne, '', st[5] or ''
+end
+
+-- record_use writes used, the grant's new total, starting the period
+-- first when it is fresh.
+local function record_use(key, used, s, e, fresh)
+  if fresh then
+    start_period(key, used, s, e)
+  else
+    redis.call('HSET', key, 'u', used)
+  end
 end
 
 -- limit_of returns the uid's override of metric, or the default, as the
@@ -106,19 +122,6 @@ local function limit_of(overrides, metric, default)
   local o = redis.call('HGET', overrides, metric)
   if o then return o end
   return default
-end
-
--- add increments a hash field by v, a decimal string, and returns the
--- new value (or, like pcall, an error table). An integer v goes through
--- HINCRBY, which costs Redis well under half of HINCRBYFLOAT (0.8 against
--- 2.0 microseconds, measured); a fraction, or a field that already holds
--- one (HINCRBY refuses it), through HINCRBYFLOAT.
-local function add(key, field, v)
-  if #v < 16 and string.find(v, '^-?%d+$') then
-    local r = redis.pcall('HINCRBY', key, field, v)
-    if type(r) ~= 'table' then return r end
-  end
-  return redis.pcall('HINCRBYFLOAT', key, field, v)
 end
 
 -- cross marks each threshold (a percentage of limit) that used has

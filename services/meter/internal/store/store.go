@@ -16,12 +16,15 @@ import (
 	"sync"
 	"time"
 
+	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/keys"
 	"github.com/allot/allot/pkg/service"
 	"github.com/redis/go-redis/v9"
 )
 
 var (
+	//go:embed numbers.lua
+	numbersLua string
 	//go:embed periods.lua
 	periodsLua string
 	//go:embed apply_event.lua
@@ -50,6 +53,33 @@ type Redis interface {
 // ErrRedis marks a failure to reach Redis or a Redis that refused to
 // work; retrying later may succeed.
 var ErrRedis = errors.New("store: redis unavailable")
+
+// ErrOutOfRange is matched by every [RangeError].
+var ErrOutOfRange = errors.New("store: out of range")
+
+// RangeError is an event the scripts refused, changing nothing: its value
+// is not a number the meter takes, or it would take a counter or a
+// grant's used past events.MaxNumber (1e15). Retrying will not help.
+type RangeError struct {
+	Value string // the value, as sent to Redis
+	Held  string // what the counter or the grant's used holds
+}
+
+func (e *RangeError) Error() string {
+	return fmt.Sprintf("store: %s added to %s is not a number from 0 to 1e15", e.Value, e.Held)
+}
+
+// Is makes every RangeError match [ErrOutOfRange].
+func (e *RangeError) Is(target error) bool { return target == ErrOutOfRange }
+
+// decimal writes v as the scripts read numbers: a plain decimal, never an
+// exponent form, and -0 as 0 (numbers.lua).
+func decimal(v float64) string {
+	if v == 0 {
+		return "0"
+	}
+	return strconv.FormatFloat(v, 'f', -1, 64)
+}
 
 // Store is the meter's Redis state.
 type Store struct {
@@ -92,9 +122,9 @@ func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
 		dedupTTL:  opts.DedupTTL,
 		now:       opts.Now,
 		perEvent:  opts.OneScriptPerEvent,
-		apply:     redis.NewScript(periodsLua + applyEventLua + applyLua),
-		applyMany: redis.NewScript(periodsLua + applyEventLua + applyManyLua),
-		authorize: redis.NewScript(periodsLua + authorizeLua),
+		apply:     redis.NewScript(numbersLua + periodsLua + applyEventLua + applyLua),
+		applyMany: redis.NewScript(numbersLua + periodsLua + applyEventLua + applyManyLua),
+		authorize: redis.NewScript(numbersLua + periodsLua + authorizeLua),
 		confirm:   redis.NewScript(confirmLua),
 	}
 	if _, ok := rdb.(*redis.ClusterClient); ok {
@@ -253,13 +283,13 @@ func (s *Store) applyArgs(op Op) (keyList []string, args []any) {
 	tag := Tag(op)
 	dedup := s.keys.Dedup(tag, op.ID)
 	ttl := s.dedupTTL.Milliseconds()
-	value := strconv.FormatFloat(op.Value, 'g', -1, 64)
+	value := decimal(op.Value)
 	if op.Config.Style != service.StyleGrant {
 		state := s.keys.Values(tag, op.Metric)
 		return []string{dedup, state, state}, []any{ttl, op.Config.Style, value, 0, op.Field}
 	}
 	args = []any{ttl, op.Config.Style, value, s.nowArg(), op.Metric,
-		strconv.FormatFloat(op.Limit, 'g', -1, 64), op.Config.Period, op.Config.Align}
+		decimal(op.Limit), op.Config.Period, op.Config.Align}
 	for _, t := range op.Config.Notify {
 		args = append(args, strconv.FormatFloat(t, 'g', -1, 64))
 	}
@@ -337,7 +367,7 @@ func (s *Store) applyChunk(ctx context.Context, ops []Op) ([]Result, error) {
 				continue
 			}
 		}
-		res, perr := parseGrantReply(r, ops[i].Config.Style == service.StyleGrant)
+		res, perr := parseGrantReply(r, ops[i])
 		if perr != nil {
 			results[i].Err = fmt.Errorf("store: apply event %s: %w", ops[i].ID, perr)
 			continue
@@ -376,7 +406,7 @@ func (s *Store) applyOnce(ctx context.Context, ops []Op) ([]Result, error) {
 			results[i].Err = fmt.Errorf("store: apply event %s: %w", ops[i].ID, cerr)
 			continue
 		}
-		res, perr := parseGrantReply(cmd.Val(), ops[i].Config.Style == service.StyleGrant)
+		res, perr := parseGrantReply(cmd.Val(), ops[i])
 		if perr != nil {
 			results[i].Err = fmt.Errorf("store: apply event %s: %w", ops[i].ID, perr)
 			continue
@@ -389,15 +419,20 @@ func (s *Store) applyOnce(ctx context.Context, ops []Op) ([]Result, error) {
 	return results, nil
 }
 
-// parseGrantReply reads {applied|status, used, limit, start, end, pending}.
-func parseGrantReply(v any, grant bool) (Result, error) {
+// parseGrantReply reads op's reply {applied|status, used, limit, start,
+// end, pending}, or {-2, held} for a refusal: a *RangeError.
+func parseGrantReply(v any, op Op) (Result, error) {
 	arr, ok := v.([]any)
 	if !ok || len(arr) == 0 {
 		return Result{}, fmt.Errorf("unexpected script reply %v", v)
 	}
 	status, _ := arr[0].(int64)
+	if status == -2 && len(arr) == 2 {
+		held, _ := arr[1].(string)
+		return Result{Err: &RangeError{Value: decimal(op.Value), Held: held}}, nil
+	}
 	res := Result{Applied: status == 1}
-	if !grant {
+	if op.Config.Style != service.StyleGrant {
 		return res, nil
 	}
 	if len(arr) < 6 {
@@ -576,8 +611,8 @@ func (s *Store) authorizeSome(ctx context.Context, ops []AuthorizeOp, idx []int,
 	cmds := make([]*redis.Cmd, len(idx))
 	for j, i := range idx {
 		op := ops[i]
-		args := []any{s.dedupTTL.Milliseconds(), strconv.FormatFloat(op.Amount, 'g', -1, 64), s.nowArg(),
-			op.Metric, strconv.FormatFloat(op.Limit, 'g', -1, 64), op.Config.Period, op.Config.Align}
+		args := []any{s.dedupTTL.Milliseconds(), decimal(op.Amount), s.nowArg(),
+			op.Metric, decimal(op.Limit), op.Config.Period, op.Config.Align}
 		for _, t := range op.Config.Notify {
 			args = append(args, strconv.FormatFloat(t, 'g', -1, 64))
 		}
@@ -738,12 +773,19 @@ func (s *Store) Overrides(ctx context.Context, uid string) (map[string]float64, 
 // SetOverrides sets and unsets uid's grant overrides in one transaction
 // and returns the overrides that result.
 func (s *Store) SetOverrides(ctx context.Context, uid string, set map[string]float64, unset []string) (map[string]float64, error) {
+	for k, v := range set {
+		// The endpoint checked already; a grant Redis holds must be one
+		// the scripts can read.
+		if err := events.CheckAmount("set."+k, v); err != nil {
+			return nil, err
+		}
+	}
 	key := s.keys.Grants(uid)
 	tx := s.rdb.TxPipeline()
 	if len(set) > 0 {
 		vals := make([]any, 0, 2*len(set))
 		for k, v := range set {
-			vals = append(vals, k, strconv.FormatFloat(v, 'g', -1, 64))
+			vals = append(vals, k, decimal(v))
 		}
 		tx.HSet(ctx, key, vals...)
 	}

@@ -92,42 +92,47 @@ var behaviours = []struct {
 	{"NoticesOncePerThresholdPerPeriod", testNotices},
 	{"ScriptErrorFailsOnlyItsOp", testScriptErrorFailsOnlyItsOp},
 	{"ScriptsReloadAfterFlush", testScriptsReload},
-	{"IntegersAndFractionsMix", testIntegersAndFractionsMix},
+	{"SumsAreExact", testSumsAreExact},
+	{"NumbersAtTheEdges", testNumbersAtTheEdges},
+	{"SumsStopAtTheLargestNumber", testSumsStopAtTheLargestNumber},
+	{"OlderStateIsRead", testOlderStateIsRead},
 }
 
-// Integral values take HINCRBY, fractions HINCRBYFLOAT; a field holding a
-// fraction refuses HINCRBY, and the sum must come out right whatever the
-// order, for counters, grants and authorize.
-func testIntegersAndFractionsMix(t *testing.T, open backend) {
+// Sums are exact decimals, whatever the order of integers and fractions,
+// for counters, grants and authorize: 0.1 + 0.2 is 0.3, not the
+// 0.30000000000000004 of float64, and a sum reaches 1e15 exactly.
+func testSumsAreExact(t *testing.T, open backend) {
 	s, _, rdb := newStore(t, open)
 	ctx := t.Context()
 	counter := counterCfg(service.StyleCounter, service.ScopeUser)
 	grant := grantCfg(service.PeriodDay, service.AlignCalendar)
 	var ops []Op
-	for i, v := range []float64{1, 0.5, 2, 0.5, 3, 1e6, -1, 9007199254740000} {
+	for i, v := range []float64{1, 0.5, 2, 0.5, 3, 1e6, 0.1, 0.2, 0.7, 999999998999992} {
 		ops = append(ops,
 			Op{ID: fmt.Sprintf("c%d", i), UID: "u-1", Metric: "c", Config: counter, Value: v, Field: "f"},
-			Op{ID: fmt.Sprintf("g%d", i), UID: "u-1", Metric: "photo_daily_total", Config: grant, Limit: 1e18, Value: max(v, 0)})
+			Op{ID: fmt.Sprintf("g%d", i), UID: "u-1", Metric: "photo_daily_total", Config: grant, Limit: 1e15, Value: v})
 	}
 	res := apply(t, s, ops...)
-	// 1+0.5+2+0.5+3+1e6-1 = 1000006, then the big one, all exact in a double.
-	want := 1000006.0 + 9007199254740000
-	got, err := rdb.HGet(ctx, s.Keys().Values(keys.UserTag("u-1"), "c"), "f").Float64()
-	if err != nil || got != want {
-		t.Errorf("counter = %v (%v), want %v", got, err, want)
+	if got, err := rdb.HGet(ctx, s.Keys().Values(keys.UserTag("u-1"), "c"), "f").Result(); err != nil || got != "1000000000000000" {
+		t.Errorf("counter holds %q (%v), want exactly 1000000000000000", got, err)
 	}
-	wantGrant := 1000007.0 + 9007199254740000
-	if g := res[len(res)-1].Grant; g == nil || g.Used != wantGrant {
-		t.Errorf("grant = %+v, want used %v", g, wantGrant)
+	if g := res[len(res)-1].Grant; g == nil || g.Used != 1e15 {
+		t.Errorf("grant = %+v, want used 1e15", g)
+	}
+	if got := res[15].Grant; got == nil || got.Used != 1000007.3 {
+		t.Errorf("grant after 0.1 and 0.2 = %+v, want used 1000007.3", got)
 	}
 	// Authorize after a fraction, then an integer.
-	for i, amount := range []float64{0.25, 1, 0.75, 2} {
+	for i, amount := range []float64{0.25, 1, 0.1, 0.2, 0.45, 2} {
 		if _, err := s.Authorize(ctx, AuthorizeOp{ID: fmt.Sprintf("a%d", i), UID: "u-2", Metric: "email_daily_total", Config: grant, Limit: 10, Amount: amount}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if d, err := s.Authorize(ctx, AuthorizeOp{ID: "a9", UID: "u-2", Metric: "email_daily_total", Config: grant, Limit: 10, Amount: 6}); err != nil || !d.Allowed || d.Grant.Used != 10 {
 		t.Errorf("authorize to exactly the limit after mixed amounts: %+v, %v", d, err)
+	}
+	if got, _ := rdb.HGet(ctx, s.Keys().Grant("u-2", "email_daily_total"), "u").Result(); got != "10" {
+		t.Errorf("used holds %q, want 10", got)
 	}
 }
 
