@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"strconv"
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
@@ -237,7 +238,7 @@ func (m *Meter) answerAuthorize(req micro.Request, op store.AuthorizeOp, d store
 	}
 	m.metrics.authorized.WithLabelValues("refused").Inc()
 	m.metrics.requests.WithLabelValues("authorize", string(events.CodeOverLimit)).Inc()
-	serr := events.NewServiceError(events.CodeOverLimit, "amount", "%s: %g more would pass the limit of %g (used %g)", op.Metric, op.Amount, d.Grant.Limit, d.Grant.Used)
+	serr := events.NewServiceError(events.CodeOverLimit, "amount", "%s: %s more would pass the limit of %s (used %s)", op.Metric, plain(op.Amount), plain(d.Grant.Limit), plain(d.Grant.Used))
 	b, _ := json.Marshal(overLimitBody{Error: events.ErrorDetail{Code: serr.Code, Message: serr.Message, Field: serr.Field}, AuthorizeReply: decision})
 	_ = req.Error(serr.StatusText(), serr.Message, b)
 }
@@ -370,6 +371,12 @@ func (m *Meter) publishNotices(ctx context.Context, batches []noticeBatch) []err
 		m.log.Warn("notices published but not cleared; they will be published again", "err", err)
 	}
 	return errs
+}
+
+// plain writes a number as a decimal, without an exponent: every
+// number the meter keeps is at most 1e15.
+func plain(f float64) string {
+	return strconv.FormatFloat(f, 'f', -1, 64)
 }
 
 func formatNumber(f float64) string {

@@ -56,14 +56,21 @@ func testConfig() service.Config {
 
 func startEnv(t *testing.T, cfg service.Config) *env {
 	t.Helper()
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1, DialTimeout: 200 * time.Millisecond, ReadTimeout: 5 * time.Second})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return startEnvOn(t, cfg, rdb, mr)
+}
+
+// startEnvOn starts a meter on an embedded NATS and rdb, under
+// cfg.Redis.KeyPrefix; mr is rdb's miniredis, or nil for a real Redis.
+func startEnvOn(t *testing.T, cfg service.Config, rdb *redis.Client, mr *miniredis.Miniredis) *env {
+	t.Helper()
 	nc, err := nats.Connect(testenv.EmbeddedNATS(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	mr := miniredis.RunT(t)
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1, DialTimeout: 200 * time.Millisecond, ReadTimeout: 5 * time.Second})
-	t.Cleanup(func() { _ = rdb.Close() })
 	js, _ := jetstream.New(nc)
 	e := &env{t: t, cfg: cfg, nc: nc, js: js, mr: mr, rdb: rdb, reg: prometheus.NewRegistry()}
 	e.start()
