@@ -263,6 +263,9 @@ func appendString(b []byte, s string) []byte {
 // integer) is refused with the field's Range from ranges, when it names
 // one; a float64 field's default is ValueRange.
 func jsonError(prefix, whole string, err error, ranges func(field string) (Range, bool)) error {
+	if errors.Is(err, ErrInvalid) { // from a request's own UnmarshalJSON
+		return err
+	}
 	join := func(field string) string {
 		switch {
 		case prefix == "":

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"net/netip"
 	"net/url"
+	"reflect"
+	"strconv"
 
 	"github.com/nats-io/nats.go/micro"
 )
@@ -92,8 +94,33 @@ func (r CheckRequest) Validate() error {
 	return nil
 }
 
-func (CheckRequest) numberRange(field string) (Range, bool) {
-	return CostRange, field == "cost"
+// UnmarshalJSON reads a check request strictly. cost may be written as
+// any JSON number of an integral value (2, 2.0, 1e6), since JSON does not
+// tell integers from other numbers and many encoders write 2.0.
+func (r *CheckRequest) UnmarshalJSON(b []byte) error {
+	var w struct {
+		Service string          `json:"service"`
+		Cost    json.RawMessage `json:"cost"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&w); err != nil {
+		return err
+	}
+	r.Service, r.Cost = w.Service, nil
+	if len(w.Cost) == 0 || string(w.Cost) == "null" {
+		return nil
+	}
+	if c := w.Cost[0]; c != '-' && (c < '0' || c > '9') {
+		kind := map[byte]string{'"': "string", '{': "object", '[': "array", 't': "bool", 'f': "bool"}[c]
+		return &json.UnmarshalTypeError{Value: kind, Type: reflect.TypeFor[int64](), Field: "cost"}
+	}
+	f, err := strconv.ParseFloat(string(w.Cost), 64)
+	if err != nil || CheckNumber("cost", f, CostRange) != nil {
+		return literalError("cost", string(w.Cost), CostRange)
+	}
+	r.Cost = Cost(int64(f))
+	return nil
 }
 
 // CostOrDefault returns the cost, 1 when none was given.

@@ -38,6 +38,10 @@ func TestDecodeRequestBadInput(t *testing.T) {
 		{"check cost past int64", `{"service":"s","cost":1e308}`, &CheckRequest{}, "cost", "must be an integer from 0 to 1000000 (got 1e308)"},
 		{"check fractional cost", `{"service":"s","cost":1.5}`, &CheckRequest{}, "cost", "must be an integer from 0 to 1000000 (got 1.5)"},
 		{"check bad service", `{"service":"a.b"}`, &CheckRequest{}, "service", "must be 1 to 128"},
+		{"check cost string", `{"cost":"1"}`, &CheckRequest{}, "cost", "must be a number (got string)"},
+		{"check cost past the range", `{"cost":1000001}`, &CheckRequest{}, "cost", "must be an integer from 0 to 1000000 (got 1000001)"},
+		{"check cost beyond float64", `{"cost":1e400}`, &CheckRequest{}, "cost", "must be an integer from 0 to 1000000 (got 1e400)"},
+		{"check unknown field", `{"service":"s","costs":1}`, &CheckRequest{}, "costs", "is not a known field"},
 		{"reset bad service", `{"service":"*"}`, &ResetRequest{}, "service", "must be 1 to 128"},
 		{"register no name", `{"id":"i","ipv4":"10.0.0.1","port":80}`, &RegisterRequest{}, "name", "is required"},
 		{"register bad id", `{"name":"n","id":"i/1","ipv4":"10.0.0.1","port":80}`, &RegisterRequest{}, "id", "must be 1 to 128"},
@@ -78,6 +82,13 @@ func TestDecodeRequestGood(t *testing.T) {
 	}
 	if got := (CheckRequest{}).CostOrDefault(); got != 1 {
 		t.Errorf("default cost = %d, want 1", got)
+	}
+	// Any JSON number of an integral value is a cost.
+	for body, want := range map[string]int64{`{"cost":2.0}`: 2, `{"cost":1e6}`: 1e6, `{"cost":-0}`: 0, `{"cost":0.3e1}`: 3, `{"cost":null}`: 1, `null`: 1} {
+		var c CheckRequest
+		if err := DecodeRequest([]byte(body), &c); err != nil || c.CostOrDefault() != want {
+			t.Errorf("%s: cost %d, %v; want %d", body, c.CostOrDefault(), err, want)
+		}
 	}
 	var reg RegisterRequest
 	body := `{"name":"media","id":"media-1","endpoints":["photo","album"],"ipv4":"10.1.2.3","port":8080,"public_url":"https://media.example.com"}`
