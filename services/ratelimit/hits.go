@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"time"
 
 	"github.com/allot/allot/pkg/events"
@@ -112,6 +111,9 @@ func (w *hitWorker) process(msgs []jetstream.Msg) {
 		}
 		for i, h := range hits {
 			switch {
+			case errors.Is(errs[i], store.ErrOutOfRange):
+				l.metrics.hits.WithLabelValues(h.Service, "refused").Add(float64(h.Value))
+				l.log.Warn("hit not counted", "uid", h.UID, "service", h.Service, "event", h.ID, "err", errs[i])
 			case errs[i] != nil:
 				l.metrics.hits.WithLabelValues(h.Service, "failed").Inc()
 				l.log.Error("hit not counted", "uid", h.UID, "service", h.Service, "event", h.ID, "err", errs[i])
@@ -128,6 +130,9 @@ func (w *hitWorker) process(msgs []jetstream.Msg) {
 		}
 	}
 }
+
+// hitRange is what an event may add to a window: a whole number of hits.
+var hitRange = events.Range{Min: 0, Max: events.MaxNumber, Integer: true}
 
 // parse returns the hits of one event, or why it is skipped: other_metric
 // (not counted by any service) or invalid.
@@ -146,7 +151,7 @@ func (w *hitWorker) parse(msg jetstream.Msg) ([]store.Hit, string) {
 		return nil, "other_metric"
 	}
 	v := ev.Data.Value
-	if v < 0 || v != math.Trunc(v) || v > events.MaxAmount {
+	if events.CheckNumber("data.value", v, hitRange) != nil {
 		return nil, "invalid"
 	}
 	hits := make([]store.Hit, 0, len(services))

@@ -10,6 +10,7 @@ import (
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/pkg/testenv"
+	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -75,4 +76,18 @@ func TestIntegrationConcurrentChecks(t *testing.T) {
 	if allowed != limit {
 		t.Errorf("%d allowed of %d, want exactly %d", allowed, 3*limit, limit)
 	}
+}
+
+// TestIntegrationCostsThroughTheEdge is TestCostsThroughTheEdge on the
+// real Redis: the same cases, the same answers.
+func TestIntegrationCostsThroughTheEdge(t *testing.T) {
+	nc, err := nats.Connect(startNATS(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	open, prefix := realFactory(t)
+	cfg := testConfig()
+	cfg.Redis.KeyPrefix = prefix
+	testCostsThroughTheEdge(t, startEnvOn(t, cfg, nc, open().(*redis.Client), nil))
 }

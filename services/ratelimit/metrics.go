@@ -60,7 +60,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"endpoint", "result"}),
 		hits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "allot_ratelimit_hits_total",
-			Help: "Hits from usage events, by service and result: counted, duplicate (counted before), failed (a script error; not retried).",
+			Help: "Hits from usage events, by service and result: counted, duplicate (counted before), refused (the window would pass 1e15), failed (a script error; not retried).",
 		}, []string{"service", "result"}),
 		hitEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "allot_ratelimit_hit_events_skipped_total",

@@ -115,6 +115,14 @@ func startEnvVia(t *testing.T, cfg service.Config, proxy *hangProxy) *env {
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 100 * time.Millisecond, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { _ = rdb.Close() })
+	return startEnvOn(t, cfg, nc, rdb, mr)
+}
+
+// startEnvOn starts a rate limiter on nc and rdb, under
+// cfg.Redis.KeyPrefix; mr is rdb's miniredis, or nil for a real Redis.
+func startEnvOn(t *testing.T, cfg service.Config, nc *nats.Conn, rdb *redis.Client, mr *miniredis.Miniredis) *env {
+	t.Helper()
+	var err error
 	start := windowStart(time.Minute)
 	e := &env{t: t, cfg: cfg, mr: mr, rdb: rdb, nc: nc, reg: prometheus.NewRegistry(),
 		clock: &fakeClock{t: start}, local: &fakeClock{t: start.Add(-1500 * time.Millisecond)}}

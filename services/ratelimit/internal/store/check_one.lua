@@ -76,8 +76,11 @@ local function check_one(keys, args, now)
   end
 
   -- The weighted count p*(interval-elapsed)/interval + n, compared scaled by
-  -- interval so the test is exact in integers. p is 0 in fixed mode.
+  -- interval so the test is exact in integers (below 2^53: a limit under
+  -- 3e10 a 5-minute window). p is 0 in fixed mode, and then the counts
+  -- are compared as they are, exact up to the largest limit, 1e15.
   local function fits(extra)
+    if p == 0 then return n + extra <= limit end
     return p * (interval - elapsed) + (n + extra) * interval <= limit * interval
   end
 
@@ -86,19 +89,25 @@ local function check_one(keys, args, now)
   local allowed = fits(want)
   if allowed and cost > 0 then
     n = n + cost
+    -- Counts go to Redis as strings: Redis writes a long Lua number in
+    -- exponent form (1e+15 from 15 digits on Redis 6, from 18 on Redis
+    -- 7), which HINCRBY then refuses.
     if fresh then
       -- The first call of the window: (re)start the key and its expiry.
-      redis.call('HSET', cur, 'w', w, 'n', n)
+      redis.call('HSET', cur, 'w', w, 'n', string.format('%d', n))
       redis.call('PEXPIREAT', cur, (w + 2) * interval)
     else
-      redis.call('HINCRBY', cur, 'n', cost)
+      redis.call('HINCRBY', cur, 'n', string.format('%d', cost))
     end
   end
 
-  local scaled = p * (interval - elapsed) + n * interval
-  local remaining = math.floor((limit * interval - scaled) / interval)
+  local remaining, used = limit - n, n
+  if p > 0 then
+    local scaled = p * (interval - elapsed) + n * interval
+    remaining = math.floor((limit * interval - scaled) / interval)
+    used = math.ceil(scaled / interval)
+  end
   if remaining < 0 then remaining = 0 end
-  local used = math.ceil(scaled / interval)
   local reset_after = (w + 1) * interval - now
 
   local retry = 0

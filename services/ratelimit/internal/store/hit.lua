@@ -6,13 +6,14 @@
 -- ARGV[1]  the dedup record's lifetime in ms
 -- ARGV[2]  now in ms; 0 uses Redis TIME
 -- ARGV[3]  the interval in ms
--- ARGV[4]  the hits to add (the event's value, an integer >= 0)
+-- ARGV[4]  the hits to add (the event's value, an integer from 0 to 1e15)
 --
--- Returns 1 when counted, 0 when the event was counted before. Events are
--- facts: the count may pass the limit, and later checks are refused.
--- The record is set first and nothing after it can fail on a key of the
--- wrong type without the window being read first, so an event is counted
--- with its record or not at all.
+-- Returns 1 when counted, 0 when the event was counted before, 2 when
+-- the hits are not such an integer or would take the window past 1e15,
+-- the largest number allot keeps (nothing changed). Events are facts: the
+-- count may pass the limit, and later checks are refused. The windows are
+-- read before the record is set, and a refusal takes the record back, so
+-- an event is counted with its record or not at all.
 
 local c = redis.call('HMGET', KEYS[2], 'w', 'n')
 local d = redis.call('HMGET', KEYS[3], 'w', 'n')
@@ -26,10 +27,20 @@ if now == 0 then
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local interval = tonumber(ARGV[3])
-local hits = tonumber(ARGV[4])
 local w = math.floor(now / interval)
 local cur, stored = KEYS[2], c
 if w % 2 == 1 then cur, stored = KEYS[3], d end
+
+-- Integers of at most 16 digits, exact in Lua's doubles up to 2^53; the
+-- count goes to Redis as the string, never as a Lua number (Redis writes
+-- a long one in exponent form: 1e+15 on Redis 6).
+local hits = ARGV[4]
+local held = 0
+if tonumber(stored[1]) == w then held = tonumber(stored[2]) or 0 end
+if not string.match(hits, '^%d+$') or #hits > 16 or held + tonumber(hits) > 1000000000000000 then
+  redis.call('DEL', KEYS[1])
+  return 2
+end
 
 if tonumber(stored[1]) == w then
   redis.call('HINCRBY', cur, 'n', hits)

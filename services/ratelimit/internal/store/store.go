@@ -356,10 +356,14 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
+// ErrOutOfRange marks a hit refused, changing nothing, because it would
+// take its window past 1e15, the largest number allot keeps.
+var ErrOutOfRange = errors.New("store: out of range")
+
 // Hits counts hits in one pipelined round trip, each once however often
 // it is sent: counted[i] is false for one counted before. errs[i] is a
-// script error of that hit alone (a key of the wrong type; retrying will
-// not help). The error is non-nil when the round trip failed: then
+// failure of that hit alone, retrying will not help: a script error (a key
+// of the wrong type) or ErrOutOfRange. The error is non-nil when the round trip failed: then
 // nothing can be said of any hit, and the caller sends them all again,
 // which the dedup records make safe.
 func (s *Store) Hits(ctx context.Context, hits []Hit, dedupTTL time.Duration) (counted []bool, errs []error, err error) {
@@ -391,6 +395,8 @@ func (s *Store) hitsOnce(ctx context.Context, hits []Hit, dedupTTL time.Duration
 	for i, cmd := range cmds {
 		v, err := cmd.Int64()
 		switch {
+		case err == nil && v == 2:
+			errs[i] = fmt.Errorf("%w: hit %s of %s/%s: %d more would take the window past 1e15", ErrOutOfRange, hits[i].ID, hits[i].UID, hits[i].Service, hits[i].Value)
 		case err == nil:
 			counted[i] = v == 1
 		case isNoScript(err):

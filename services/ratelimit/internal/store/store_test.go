@@ -103,6 +103,7 @@ var behaviours = []struct {
 	{"CheckManyDecidesInOrder", testCheckMany},
 	{"WrongTypeIsNotARedisOutage", testWrongType},
 	{"OneScriptDecidesAsOneScriptPerCheck", testBatchMatchesPerCheck},
+	{"NumbersAtTheEdges", testNumbersAtTheEdges},
 }
 
 func TestBehaviourMiniredis(t *testing.T) {
