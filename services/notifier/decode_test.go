@@ -46,6 +46,40 @@ func TestDecodeNotice(t *testing.T) {
 	}
 }
 
+// TestDecodeUsageNumbers: every notice the meter can publish decodes,
+// whatever its numbers within the range (used and limit are exact sums,
+// which may have more significant digits than a number the meter takes);
+// anything past the range is refused naming the field, the value and the
+// range, so the notice is archived with that reason.
+func TestDecodeUsageNumbers(t *testing.T) {
+	n := decoder(t)
+	for _, tc := range []struct {
+		used, limit, err string
+	}{
+		{"0", "0", ""},
+		{"1000000000000000", "1000000000000000", ""},
+		{"1e15", "1e15", ""},
+		{"500000000000000.1", "1000000000000000", ""},
+		{"999999999999999.999999", "1000000000000000", ""},
+		{"0.000001", "2.5", ""},
+		{"1000000000000001", "1e15", "used: must be a number from 0 to 1e15 (got 1000000000000001)"},
+		{"100000000000000000001", "1e15", "used: must be a number from 0 to 1e15 (got 100000000000000000000)"},
+		{"1e400", "1e15", "used: must be a number from 0 to 1e15 (got 1e400)"},
+		{"1", "-1", "limit: must be a number from 0 to 1e15 (got -1)"},
+		{"1", "1e308", "limit: must be a number from 0 to 1e15 (got 1e+308)"},
+	} {
+		body := `{"id":"u-1.photo_daily_total.0.80","uid":"u-1","metric":"photo_daily_total","threshold":80,"used":` + tc.used +
+			`,"limit":` + tc.limit + `,"period":"day","period_start":"2026-01-01T00:00:00Z"}`
+		_, _, err := n.decodeUsage(mustPayload(t, "notify.usage.u-1", body))
+		switch {
+		case tc.err == "" && err != nil:
+			t.Errorf("used %s, limit %s: %v", tc.used, tc.limit, err)
+		case tc.err != "" && (err == nil || err.Error() != tc.err):
+			t.Errorf("used %s, limit %s: %v, want %q", tc.used, tc.limit, err, tc.err)
+		}
+	}
+}
+
 func mustPayload(t testing.TB, subject, body string) []byte {
 	b, err := json.Marshal(Notice{Subject: subject, Body: []byte(body)})
 	if err != nil {
@@ -61,6 +95,9 @@ func FuzzDecodeTaskPayload(f *testing.F) {
 	f.Add(mustPayload(f, "notify.confirm.u-1", `{"id":"c-1","email":"a@example.com","name":"Ada"}`))
 	f.Add(mustPayload(f, "notify.usage.u-1", `{"id":"n","uid":"u-1","metric":"photo_daily_total","threshold":80,"used":1,"limit":2,"period":"day","period_start":"2026-01-01T00:00:00Z"}`))
 	f.Add([]byte(`{"subject":"x","body":null}`))
+	for _, used := range []string{"1e15", "1000000000000001", "500000000000000.1", "1e400", "-0", "5e-324"} {
+		f.Add(mustPayload(f, "notify.usage.u-1", `{"id":"n","uid":"u-1","metric":"photo_daily_total","threshold":80,"used":`+used+`,"limit":1e15,"period":"day","period_start":"2026-01-01T00:00:00Z"}`))
+	}
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		if _, uid, req, err := n.decodeConfirm(payload); err == nil {
 			if !events.IsToken(uid) || req.Validate() != nil || !n.tmpl.Has(req.TemplateOrDefault()) {
