@@ -1,6 +1,7 @@
 package service
 
 import (
+	"errors"
 	"math"
 	"sort"
 	"time"
@@ -245,8 +246,10 @@ func validateMetering(metrics map[string]MetricConfig, grants map[string]float64
 		if !events.IsToken(name) {
 			errs = append(errs, fieldError("grants."+name, "grant names must be 1 to 128 characters of A-Z a-z 0-9 _ -"))
 		}
-		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 || v > events.MaxAmount {
-			errs = append(errs, fieldError("grants."+name, "must be a number from 0 to %g, got %v", float64(events.MaxAmount), v))
+		// The rule of every number that enters allot: a grant here is a
+		// grant set through meter.grants.
+		if verr := (*events.ValidationError)(nil); errors.As(events.CheckAmount("grants."+name, v), &verr) {
+			errs = append(errs, fieldError(verr.Field, "%s", verr.Rule))
 		}
 	}
 	if !events.IsToken(meter.Consumer) {
