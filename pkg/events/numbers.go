@@ -2,6 +2,7 @@ package events
 
 import (
 	"bytes"
+	"errors"
 	"math"
 	"strconv"
 	"strings"
@@ -71,6 +72,26 @@ func CheckNumber(field string, v float64, r Range) error {
 // [AmountRange].
 func CheckAmount(field string, v float64) error {
 	return CheckNumber(field, v, AmountRange)
+}
+
+// ParseNumber reads a number written as text (a command-line flag, a
+// form field) and checks it by the rule within r, refusing with
+// CheckNumber's words; a number no float64 holds (1e400) is refused as
+// written. -0 is 0.
+func ParseNumber(field, s string, r Range) (float64, error) {
+	s = strings.TrimSpace(s)
+	v, err := strconv.ParseFloat(s, 64)
+	switch {
+	case errors.Is(err, strconv.ErrRange): // past float64's range; below it is 0
+		return 0, literalError(field, s, r)
+	case err != nil:
+		return 0, invalid(field, "must be a number (got %s)", quoteShort(s))
+	}
+	v = positiveZero(v)
+	if err := CheckNumber(field, v, r); err != nil {
+		return 0, err
+	}
+	return v, nil
 }
 
 // numberRule returns the rule v breaks, or "" when it obeys.

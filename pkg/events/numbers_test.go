@@ -207,3 +207,37 @@ func FuzzDecodeRequest(f *testing.F) {
 		})
 	})
 }
+
+func TestParseNumber(t *testing.T) {
+	for _, tc := range []struct {
+		text string
+		r    Range
+		want float64
+		err  string
+	}{
+		{"1", AmountRange, 1, ""},
+		{" 2.5 ", AmountRange, 2.5, ""},
+		{"-0", AmountRange, 0, ""},
+		{"1e-400", AmountRange, 0, ""},
+		{"1e6", CostRange, 1e6, ""},
+		{"1e15", ValueRange, 1e15, ""},
+		{"1e400", AmountRange, 0, "amount: must be a number from 0 to 1e15 (got 1e400)"},
+		{"-1e400", ValueRange, 0, "amount: must be a number from -1e15 to 1e15 (got -1e400)"},
+		{"1e16", AmountRange, 0, "amount: must be a number from 0 to 1e15 (got 10000000000000000)"},
+		{"1.5", CostRange, 0, "amount: must be an integer from 0 to 1000000 (got 1.5)"},
+		{"NaN", AmountRange, 0, "amount: must be a number from 0 to 1e15 (got NaN)"},
+		{"0.1234567", AmountRange, 0, "amount: must be a number from 0 to 1e15 with at most 6 decimal places (got 0.1234567)"},
+		{"lots", AmountRange, 0, `amount: must be a number (got "lots")`},
+	} {
+		v, err := ParseNumber("amount", tc.text, tc.r)
+		if tc.err == "" {
+			if err != nil || v != tc.want || math.Signbit(v) {
+				t.Errorf("ParseNumber(%q) = %v, %v; want %v", tc.text, v, err, tc.want)
+			}
+			continue
+		}
+		if err == nil || err.Error() != tc.err || !errors.Is(err, ErrInvalid) {
+			t.Errorf("ParseNumber(%q) = %v, %v; want %q", tc.text, v, err, tc.err)
+		}
+	}
+}
