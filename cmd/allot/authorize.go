@@ -33,7 +33,8 @@ func runAuthorize(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []str
 	ef.register(fs, env)
 	uid := fs.String("uid", "", "the user")
 	metric := fs.String("metric", "", "the grant metric, e.g. email_daily_total")
-	amount := fs.Float64("amount", 1, "how much to admit")
+	amount := newNumberFlag("1")
+	fs.Var(amount, "amount", "how much to admit: a `number` from 0 to 1e15 with at most 6 decimal places")
 	id := fs.String("id", "", "the request id, the idempotency key (default: a new UUIDv7)")
 	if _, err := parseFlags(fs, args, false); err != nil {
 		return err
@@ -44,7 +45,11 @@ func runAuthorize(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []str
 	if *metric == "" {
 		return usagef("-metric is required")
 	}
-	req := events.AuthorizeRequest{ID: *id, Metric: *metric, Amount: *amount}
+	n, err := amount.value("amount", events.AmountRange)
+	if err != nil {
+		return err
+	}
+	req := events.AuthorizeRequest{ID: *id, Metric: *metric, Amount: n}
 	if req.ID == "" {
 		newID, err := events.NewID()
 		if err != nil {

@@ -35,14 +35,19 @@ func runCheck(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string)
 	ef.register(fs, env)
 	uid := fs.String("uid", "", "the user")
 	service := fs.String("service", "", "the rate-limited service (default: the user's own ratelimit grant)")
-	cost := fs.Int64("cost", 1, "how much the call costs; 0 peeks without consuming")
+	cost := newNumberFlag("1")
+	fs.Var(cost, "cost", "how much the call costs: an `integer` from 0 to 1000000; 0 peeks without consuming")
 	if _, err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
 	if err := requireUID(*uid); err != nil {
 		return err
 	}
-	req := events.CheckRequest{Service: *service, Cost: events.Cost(*cost)}
+	n, err := cost.value("cost", events.CostRange)
+	if err != nil {
+		return err
+	}
+	req := events.CheckRequest{Service: *service, Cost: events.Cost(int64(n))}
 	reply, err := call(ctx, env, &ef, req, "rate limiter", func(s events.Subjects) string { return s.Check(*uid) },
 		func(ctx context.Context, c *events.Client) (events.CheckReply, error) { return c.Check(ctx, *uid, req) })
 	if err != nil {

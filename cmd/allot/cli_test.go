@@ -139,6 +139,17 @@ func TestPublishAndTail(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "duplicate: event ev-1") {
 		t.Fatalf("republish: %+v", r)
 	}
+	for value, want := range map[string]string{
+		"1e400":  "allot publish: data.value: must be a number from -1e15 to 1e15 (got 1e400)",
+		"1e308":  "allot publish: data.value: must be a number from -1e15 to 1e15 (got 1e+308)",
+		"1e-300": "allot publish: data.value: must be a number from -1e15 to 1e15 with at most 6 decimal places (got 1e-300)",
+		"NaN":    "allot publish: data.value: must be a number from -1e15 to 1e15 (got NaN)",
+	} {
+		r = runCLI(t, env, "", "publish", "-uid", "u-42", "-metric", "photo_daily_total", "-value", value)
+		if r.code != 1 || strings.TrimSpace(r.stderr) != want {
+			t.Errorf("publish -value %s: %+v; want exit 1 and %q", value, r, want)
+		}
+	}
 	r = runCLI(t, env, "", "publish", "-uid", "u.42", "-metric", "photo_daily_total")
 	if r.code != 1 || !strings.Contains(r.stderr, "subject: must be 1 to 128") {
 		t.Fatalf("bad uid: %+v", r)

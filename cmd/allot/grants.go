@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -36,24 +35,47 @@ Examples:
 }
 
 // setFlags collects repeated -set metric=N flags.
-type setFlags map[string]float64
+type setFlags map[string]numberFlag
 
-func (s setFlags) String() string { return fmt.Sprint(map[string]float64(s)) }
+func (s setFlags) String() string { return fmt.Sprint(map[string]numberFlag(s)) }
 
 func (s setFlags) Set(v string) error {
 	name, num, ok := strings.Cut(v, "=")
 	if !ok || name == "" {
 		return fmt.Errorf("want metric=number, got %q", v)
 	}
-	f, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
-	if err != nil {
+	var n numberFlag
+	if err := n.Set(num); err != nil {
 		return fmt.Errorf("%q is not a number (in %q)", num, v)
 	}
 	if _, dup := s[name]; dup {
 		return fmt.Errorf("%s is set twice", name)
 	}
-	s[name] = f
+	s[name] = n
 	return nil
+}
+
+// values checks every limit by the number rule, as the endpoint would.
+func (s setFlags) values() (map[string]float64, error) {
+	out := make(map[string]float64, len(s))
+	for _, name := range sortedNames(s) {
+		n := s[name]
+		v, err := n.value("set."+name, events.AmountRange)
+		if err != nil {
+			return nil, err
+		}
+		out[name] = v
+	}
+	return out, nil
+}
+
+func sortedNames(s setFlags) []string {
+	names := make([]string, 0, len(s))
+	for name := range s {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
 }
 
 // listFlags collects a repeated string flag.
@@ -82,7 +104,11 @@ func runGrants(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string
 	}
 	var req events.GrantsRequest
 	if len(set) > 0 {
-		req.Set = set
+		values, err := set.values()
+		if err != nil {
+			return err
+		}
+		req.Set = values
 	}
 	req.Unset = unset
 	reply, err := call(ctx, env, &ef, req, "meter", func(s events.Subjects) string { return s.Grants(*uid) },

@@ -55,7 +55,8 @@ func runPublish(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []strin
 	cf.register(fs, env)
 	uid := fs.String("uid", "", "the user the usage belongs to")
 	metric := fs.String("metric", "", "the metric used, e.g. photo_daily_total")
-	value := fs.Float64("value", 1, "how much was used")
+	value := newNumberFlag("1")
+	fs.Var(value, "value", "how much was used: a `number` from -1e15 to 1e15 with at most 6 decimal places (below 0 for a gauge only)")
 	id := fs.String("id", "", "the event id, the idempotency key (default: a new UUIDv7)")
 	source := fs.String("source", "allot-cli", "the publishing app")
 	file := fs.String("file", "", "publish every line of this JSON Lines file; - reads stdin")
@@ -78,6 +79,10 @@ func runPublish(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []strin
 	if *show < 0 {
 		return usagef("-show must be >= 0 (0 prints every problem)")
 	}
+	v, err := value.value("data.value", events.ValueRange)
+	if *file == "" && err != nil {
+		return err
+	}
 	cfg, nc, err := cf.load(env)
 	if err != nil {
 		return err
@@ -86,7 +91,7 @@ func runPublish(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []strin
 	opts := events.PublisherOptions{Subjects: cfg.Subjects, Source: *source}
 
 	if *file == "" {
-		ev := events.NewUsage(*uid, *metric, *value)
+		ev := events.NewUsage(*uid, *metric, v)
 		ev.ID = *id
 		if len(labels) > 0 {
 			ev.Data.Labels = labels
