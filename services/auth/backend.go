@@ -62,6 +62,8 @@ var (
 	ErrNotFound = errors.New("auth: no such key")
 	ErrExists   = errors.New("auth: the key id exists")
 	ErrReadOnly = errors.New("auth: the key backend is read-only")
+	// ErrUnavailable marks a backend that did not answer (Redis down).
+	ErrUnavailable = errors.New("auth: the key backend is unavailable")
 )
 
 // Backend stores API keys. allot ships "redis" (the default) and "file"

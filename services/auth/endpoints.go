@@ -178,6 +178,10 @@ func classify(err error) *events.ServiceError {
 		return events.NewServiceError(events.CodeNotFound, "id", "%v", err)
 	case errors.Is(err, ErrExists):
 		return events.NewServiceError(events.CodeConflict, "id", "%v", err)
+	case errors.Is(err, ErrUnavailable):
+		return events.NewServiceError(events.CodeUnavailable, "", "%v", err)
+	case errors.Is(err, ErrBadRecord):
+		return events.NewServiceError(events.CodeBadRequest, "", "%v", err)
 	case errors.Is(err, ErrReadOnly):
 		return events.NewServiceError(events.CodeConflict, "", "%v: change the keys file instead", err)
 	}

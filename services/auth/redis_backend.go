@@ -166,7 +166,7 @@ func (b *redisBackend) Get(ctx context.Context, id string) (Record, error) {
 	rec := pipe.HGetAll(ctx, b.keys.AuthKey(id))
 	adj := pipe.HGetAll(ctx, b.keys.AuthAdjustments(id))
 	if _, err := pipe.Exec(ctx); err != nil {
-		return Record{}, fmt.Errorf("auth: redis backend: get %s: %w", id, err)
+		return Record{}, fmt.Errorf("auth: redis backend: get %s: %w: %w", id, ErrUnavailable, err)
 	}
 	if len(rec.Val()) == 0 {
 		return Record{}, fmt.Errorf("%w: %s", ErrNotFound, id)
@@ -178,7 +178,7 @@ func (b *redisBackend) Get(ctx context.Context, id string) (Record, error) {
 func (b *redisBackend) List(ctx context.Context) ([]Record, error) {
 	ids, err := b.rdb.SMembers(ctx, b.keys.AuthKeys()).Result()
 	if err != nil {
-		return nil, fmt.Errorf("auth: redis backend: list: %w", err)
+		return nil, fmt.Errorf("auth: redis backend: list: %w: %w", ErrUnavailable, err)
 	}
 	slices.Sort(ids)
 	now := b.now()
@@ -192,7 +192,7 @@ func (b *redisBackend) List(ctx context.Context) ([]Record, error) {
 			adjs[i] = pipe.HGetAll(ctx, b.keys.AuthAdjustments(id))
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
-			return nil, fmt.Errorf("auth: redis backend: list: %w", err)
+			return nil, fmt.Errorf("auth: redis backend: list: %w: %w", ErrUnavailable, err)
 		}
 		for i, id := range chunk {
 			if len(recs[i].Val()) == 0 {
@@ -275,19 +275,19 @@ func (b *redisBackend) Create(ctx context.Context, r Record) error {
 	rec, err := json.Marshal(storedRecord{ID: r.ID, Hash: r.Hash, Role: r.Role, UIDs: r.UIDs, Note: r.Note,
 		CreatedMS: ms(r.Created), ExpiresMS: ms(r.Expires)})
 	if err != nil {
-		return fmt.Errorf("auth: redis backend: create %s: %w", r.ID, err)
+		return fmt.Errorf("auth: redis backend: create %s: %w: %w", r.ID, ErrUnavailable, err)
 	}
 	args := []any{r.ID, string(rec), ms(r.Revoked), ms(r.LastUsed)}
 	for _, a := range r.Adjustments {
 		v, err := encodeAdjustment(a)
 		if err != nil {
-			return fmt.Errorf("auth: redis backend: create %s: %w", r.ID, err)
+			return fmt.Errorf("auth: redis backend: create %s: %w: %w", r.ID, ErrUnavailable, err)
 		}
 		args = append(args, adjustmentField(a), v)
 	}
 	n, err := b.create.Run(ctx, b.rdb, []string{b.keys.AuthKey(r.ID), b.keys.AuthAdjustments(r.ID), b.keys.AuthKeys()}, args...).Int()
 	if err != nil {
-		return fmt.Errorf("auth: redis backend: create %s: %w", r.ID, err)
+		return fmt.Errorf("auth: redis backend: create %s: %w: %w", r.ID, ErrUnavailable, err)
 	}
 	if n == 0 {
 		return fmt.Errorf("%w: %s", ErrExists, r.ID)
@@ -306,7 +306,7 @@ func (b *redisBackend) Revoke(ctx context.Context, id string, at time.Time) erro
 	}
 	n, err := b.revoke.Run(ctx, b.rdb, []string{b.keys.AuthKey(id)}, ms(at)).Int()
 	if err != nil {
-		return fmt.Errorf("auth: redis backend: revoke %s: %w", id, err)
+		return fmt.Errorf("auth: redis backend: revoke %s: %w: %w", id, ErrUnavailable, err)
 	}
 	if n == 0 {
 		return fmt.Errorf("%w: %s", ErrNotFound, id)
@@ -330,11 +330,11 @@ func (b *redisBackend) Adjust(ctx context.Context, id string, a Adjustment) erro
 	}
 	v, err := encodeAdjustment(a)
 	if err != nil {
-		return fmt.Errorf("auth: redis backend: adjust %s: %w", id, err)
+		return fmt.Errorf("auth: redis backend: adjust %s: %w: %w", id, ErrUnavailable, err)
 	}
 	n, err := b.adjust.Run(ctx, b.rdb, []string{b.keys.AuthKey(id), b.keys.AuthAdjustments(id)}, ms(now), adjustmentField(a), v).Int()
 	if err != nil {
-		return fmt.Errorf("auth: redis backend: adjust %s: %w", id, err)
+		return fmt.Errorf("auth: redis backend: adjust %s: %w: %w", id, ErrUnavailable, err)
 	}
 	if n == 0 {
 		return fmt.Errorf("%w: %s", ErrNotFound, id)
@@ -374,7 +374,7 @@ func (b *redisBackend) Touch(ctx context.Context, id string, at time.Time) error
 			delete(b.touched, id) // let the next connect try again
 		}
 		b.mu.Unlock()
-		return fmt.Errorf("auth: redis backend: touch %s: %w", id, err)
+		return fmt.Errorf("auth: redis backend: touch %s: %w: %w", id, ErrUnavailable, err)
 	}
 	return nil
 }
