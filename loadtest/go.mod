@@ -29,6 +29,7 @@ require (
 require (
 	github.com/alicebob/miniredis/v2 v2.40.0 // indirect
 	github.com/allot/allot/pkg/mutex v0.0.0 // indirect
+	github.com/allot/allot/services/auth v0.0.0 // indirect
 	github.com/allot/allot/services/meter v0.0.0 // indirect
 	github.com/allot/allot/services/notifier v0.0.0 // indirect
 	github.com/allot/allot/services/ratelimit v0.0.0 // indirect
@@ -67,3 +68,5 @@ require (
 	golang.org/x/time v0.16.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+replace github.com/allot/allot/services/auth => ../services/auth

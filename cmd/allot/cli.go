@@ -9,6 +9,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/allot/allot/pkg/events"
@@ -154,6 +155,31 @@ type clientFlags struct {
 	timeout time.Duration
 	// target is the NATS the command talks to, set by load.
 	target natsTarget
+	// keySource says where the key came from ("" for none), set by load.
+	keySource string
+
+	mu        sync.Mutex
+	violation error  // the last permissions violation NATS reported
+	onDenied  func() // called when one arrives (a request waiting on it gives up)
+}
+
+// denied records a permissions violation from NATS and wakes whoever
+// waits on a request that will never be answered.
+func (f *clientFlags) denied(err error) {
+	f.mu.Lock()
+	f.violation = err
+	hook := f.onDenied
+	f.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+}
+
+// deniedError is the violation NATS reported, if any.
+func (f *clientFlags) deniedError() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.violation
 }
 
 func (f *clientFlags) register(fs *flag.FlagSet, env *cliEnv) {
@@ -236,7 +262,12 @@ func (f *clientFlags) load(env *cliEnv) (service.Config, *nats.Conn, error) {
 		return cfg, nil, usagef("-timeout must be > 0")
 	}
 	f.target = f.resolveTarget(cfg, env)
-	opts := []nats.Option{nats.Name("allot-cli"), nats.Timeout(f.timeout)}
+	opts := []nats.Option{nats.Name("allot-cli"), nats.Timeout(f.timeout),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				f.denied(err)
+			}
+		})}
 	key, keySource, err := f.apiKey(env)
 	if err != nil {
 		return cfg, nil, err
@@ -247,6 +278,7 @@ func (f *clientFlags) load(env *cliEnv) (service.Config, *nats.Conn, error) {
 			return cfg, nil, fmt.Errorf("the key from %s: %w", keySource, err)
 		}
 		opts = append(opts, keyOpts...)
+		f.keySource = keySource
 	}
 	nc, err := nats.Connect(cfg.NATS.URL.Reveal(), opts...)
 	switch {

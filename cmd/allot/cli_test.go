@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -279,13 +280,26 @@ func TestDefaultNATSTarget(t *testing.T) {
 	}
 }
 
+// allot dev runs with access control on: the admin key of the export
+// line may do everything, the app key publishes but may not set grants,
+// and no key is refused; -no-auth runs open.
 func TestDevStartsPublishesAndStops(t *testing.T) {
+	for _, open := range []bool{false, true} {
+		t.Run(fmt.Sprintf("no-auth=%v", open), func(t *testing.T) { testDev(t, open) })
+	}
+}
+
+func testDev(t *testing.T, open bool) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	var out, errOut syncBuffer
 	done := make(chan int, 1)
+	args := []string{"dev", "-nats-addr", "127.0.0.1:0", "-http", "127.0.0.1:0", "-smtp", "127.0.0.1:0"}
+	if open {
+		args = append(args, "-no-auth")
+	}
 	go func() {
-		done <- run(ctx, []string{"dev", "-nats-addr", "127.0.0.1:0", "-http", "127.0.0.1:0"}, &cliEnv{
+		done <- run(ctx, args, &cliEnv{
 			stdin: strings.NewReader(""), stdout: &out, stderr: &errOut,
 			getenv: func(string) string { return "" },
 		})
@@ -293,7 +307,7 @@ func TestDevStartsPublishesAndStops(t *testing.T) {
 	natsRe := regexp.MustCompile(`NATS\s+(nats://\S+)`)
 	httpRe := regexp.MustCompile(`HTTP\s+(http://\S+)/metrics`)
 	deadline := time.Now().Add(20 * time.Second)
-	for !natsRe.MatchString(out.String()) {
+	for !strings.Contains(out.String(), "\nTry:") {
 		if time.Now().After(deadline) {
 			t.Fatalf("dev printed no NATS URL in 20s:\n%s\n%s", out.String(), errOut.String())
 		}
@@ -308,11 +322,32 @@ func TestDevStartsPublishesAndStops(t *testing.T) {
 		t.Errorf("banner lacks the HTTP address:\n%s", out.String())
 	}
 	env := map[string]string{"NATS_URL": natsURL}
+	if !open {
+		admin := regexp.MustCompile(`export NATS_URL=\S+ ALLOT_KEY=(\S+)`).FindStringSubmatch(out.String())
+		app := regexp.MustCompile(`(?m)^app key: (\S+)$`).FindStringSubmatch(out.String())
+		if admin == nil || app == nil || !strings.Contains(out.String(), "admin key: "+admin[1]) {
+			t.Fatalf("the banner names no admin and app keys:\n%s", out.String())
+		}
+		if r := runCLI(t, env, "", "credit", "-uid", "u-42"); r.code != 1 || !strings.Contains(r.stderr, "wants an API key") {
+			t.Errorf("credit without a key: %+v", r)
+		}
+		appEnv := map[string]string{"NATS_URL": natsURL, "ALLOT_KEY": app[1]}
+		if r := runCLI(t, appEnv, "", "publish", "-uid", "u-7", "-metric", "photo_daily_total"); r.code != 0 {
+			t.Errorf("publish with the app key: %+v", r)
+		}
+		if r := runCLI(t, appEnv, "", "grants", "-uid", "u-7", "-set", "photo_daily_total=5"); r.code != 1 || !strings.Contains(r.stderr, "NATS refused it") {
+			t.Errorf("grants with the app key: %+v", r)
+		}
+		env["ALLOT_KEY"] = admin[1]
+	}
 	if r := runCLI(t, env, "", "publish", "-uid", "u-42", "-metric", "photo_daily_total"); r.code != 0 {
 		t.Fatalf("publish to dev: %+v", r)
 	}
 	if r := runCLI(t, env, "", "tail", "-n", "1"); r.code != 0 || !strings.Contains(r.stdout, "usage.u-42") {
 		t.Fatalf("tail on dev: %+v", r)
+	}
+	if open && strings.Contains(out.String(), "admin key") {
+		t.Errorf("-no-auth printed keys:\n%s", out.String())
 	}
 	cancel()
 	select {

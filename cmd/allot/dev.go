@@ -10,6 +10,8 @@ import (
 
 	"github.com/allot/allot/cmd/allot/devstack"
 	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/services/auth"
+	"github.com/nats-io/nkeys"
 )
 
 func devCommand() command {
@@ -59,6 +61,7 @@ func runDev(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) e
 	httpAddr := fs.String("http", "", "where /metrics, /healthz and /readyz listen (default: ALLOT_HTTP_ADDR or http.addr when set, else "+devHTTPAddr+")")
 	smtpAddr := fs.String("smtp", "127.0.0.1:1025", "where the mail sink listens, unless notifier.smtp names a real server")
 	storeDir := fs.String("data", "", "keep the embedded JetStream in this directory (default: a temporary one, removed at exit)")
+	noAuth := fs.Bool("no-auth", false, "run the embedded NATS open, as before access control: any client may publish and ask anything (never outside a laptop)")
 	if err := parse(fs, args, false); err != nil {
 		return err
 	}
@@ -80,6 +83,15 @@ func runDev(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) e
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
+	external := env.getenv("NATS_URL") != ""
+	var authCfg *auth.Config
+	if !*noAuth && !external {
+		a, authNotes, err := devAuthConfig(sf.ConfigPath, env.getenv)
+		if err != nil {
+			return fmt.Errorf("invalid configuration: %w", err)
+		}
+		authCfg, notes = &a, append(notes, authNotes...)
+	}
 	if sf.Validate {
 		fmt.Fprint(env.stdout, cfg.Redacted())
 		fmt.Fprintln(env.stdout, "# configuration is valid")
@@ -100,7 +112,8 @@ func runDev(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) e
 	}
 	st, err := devstack.Start(ctx, devstack.Options{
 		Config:        cfg,
-		ExternalNATS:  env.getenv("NATS_URL") != "",
+		ExternalNATS:  external,
+		Auth:          authCfg,
 		ExternalRedis: env.getenv("REDIS_URL") != "",
 		ExternalSMTP:  cfg.Notifier.SMTP.Host != service.DefaultNotifier().SMTP.Host || cfg.Notifier.SMTP.Port != service.DefaultNotifier().SMTP.Port,
 		NATSAddr:      *natsAddr,
@@ -143,6 +156,11 @@ func printBanner(env *cliEnv, st *devstack.Stack, notes []string) {
 	if st.Asynqmon {
 		fmt.Fprintf(w, "  jobs      %s/asynqmon/ (asynqmon)\n", st.HTTPURL)
 	}
+	if st.AdminKey != "" {
+		fmt.Fprintf(w, "  auth      every connection needs an API key (-no-auth runs open); keys for this run:\n")
+		fmt.Fprintf(w, "admin key: %s\n", st.AdminKey)
+		fmt.Fprintf(w, "app key: %s\n", st.AppKey)
+	}
 	services := "none yet"
 	if len(st.Services) > 0 {
 		services = strings.Join(st.Services, ", ")
@@ -151,9 +169,12 @@ func printBanner(env *cliEnv, st *devstack.Stack, notes []string) {
 	for _, n := range append(st.Notes, notes...) {
 		fmt.Fprintf(w, "  note      %s\n", n)
 	}
-	if st.StoreDir != "" {
+	switch {
+	case st.StoreDir != "" && st.AdminKey != "":
+		fmt.Fprintf(w, "In another shell:  export NATS_URL=%s ALLOT_KEY=%s\n", st.NATSURL, st.AdminKey)
+	case st.StoreDir != "":
 		fmt.Fprintf(w, "In another shell:  export NATS_URL=%s\n", st.NATSURL)
-	} else {
+	default:
 		fmt.Fprintln(w, "In another shell:  export the same NATS_URL")
 	}
 	self := env.selfName()
@@ -161,4 +182,34 @@ func printBanner(env *cliEnv, st *devstack.Stack, notes []string) {
 	if f, ok := w.(*os.File); ok {
 		_ = f.Sync()
 	}
+}
+
+// devAuthConfig is the auth section for allot dev: the config file's (and
+// the environment's) over defaults with a random issuer and system
+// password for this run.
+func devAuthConfig(path string, getenv func(string) string) (auth.Config, []string, error) {
+	base, err := auth.DefaultConfig()
+	if err != nil {
+		return auth.Config{}, nil, err
+	}
+	issuer, err := nkeys.CreateAccount()
+	if err != nil {
+		return auth.Config{}, nil, err
+	}
+	seed, _ := issuer.Seed()
+	password, err := nkeys.CreateUser() // its public key: 56 random characters, as good as any password
+	if err != nil {
+		return auth.Config{}, nil, err
+	}
+	pw, _ := password.PublicKey()
+	base.IssuerSeed, base.SysPassword = service.Secret(seed), service.Secret(pw)
+	cfg, err := auth.LoadConfigOver(base, path, getenv)
+	if err != nil {
+		return auth.Config{}, nil, err
+	}
+	var notes []string
+	if cfg.IssuerSeed == base.IssuerSeed {
+		notes = append(notes, "auth: auth.issuer_seed is not set; using a random issuer for this run")
+	}
+	return cfg, notes, nil
 }

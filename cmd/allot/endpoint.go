@@ -105,8 +105,18 @@ func call[R any](ctx context.Context, env *cliEnv, ef *endpointFlags, req events
 		return zero, err
 	}
 	defer closeConn()
+	// A request NATS refuses for the key is never answered: stop waiting
+	// as soon as NATS says so.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ef.mu.Lock()
+	ef.onDenied = cancel
+	ef.mu.Unlock()
 	reply, err := do(ctx, c)
 	if err != nil {
+		if denied := ef.deniedError(); denied != nil {
+			return reply, &endpointError{fmt.Sprintf("the key from %s may not ask %s on %s: NATS refused it (%v); ask for a key whose role allows it", ef.keySource, service, subject(subj), denied), err}
+		}
 		return reply, callError(err, service, subject(subj), ef.target, ef.timeout)
 	}
 	return reply, nil

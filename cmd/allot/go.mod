@@ -23,6 +23,7 @@ require (
 require (
 	github.com/allot/allot/pkg/keys v0.0.0 // indirect
 	github.com/allot/allot/pkg/mutex v0.0.0 // indirect
+	github.com/allot/allot/services/auth v0.0.0
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
@@ -36,7 +37,7 @@ require (
 	github.com/minio/highwayhash v1.0.4 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/nats-io/jwt/v2 v2.8.2 // indirect
-	github.com/nats-io/nkeys v0.4.16 // indirect
+	github.com/nats-io/nkeys v0.4.16
 	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
@@ -65,3 +66,5 @@ replace (
 	github.com/allot/allot/services/ratelimit => ../../services/ratelimit
 	github.com/allot/allot/services/registry => ../../services/registry
 )
+
+replace github.com/allot/allot/services/auth => ../../services/auth

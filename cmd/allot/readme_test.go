@@ -62,6 +62,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/allot/allot/pkg/events"
 	"github.com/hibiken/asynq"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -81,6 +82,8 @@ var volatile = []struct {
 	{"<id>", `[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`},
 	// Confirmation tokens: payload.signature, base64url.
 	{"<token>", `[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{20,}`},
+	// API keys: an 8-character id, a dot, a 32-character secret.
+	{"<key>", `[A-Za-z0-9_-]{8}\.[A-Za-z0-9_-]{32}`},
 	// The embedded JetStream's temporary directory.
 	{"<dir>", `/\S*allot-dev-jetstream-\d+`},
 	// Ports: free ones in the test, the defaults in the README.
@@ -303,9 +306,14 @@ func (s *session) runOne(c transcriptCommand, text string, out io.Writer) int {
 		t.Fatalf("README.md:%d: an empty command", c.line)
 	}
 	switch {
-	case args[0] == "export" && len(args) == 2 && strings.Contains(args[1], "="):
-		k, v, _ := strings.Cut(args[1], "=")
-		s.env[k] = v
+	case args[0] == "export" && len(args) >= 2:
+		for _, a := range args[1:] {
+			k, v, ok := strings.Cut(a, "=")
+			if !ok {
+				t.Fatalf("README.md:%d: export %q: the walkthrough test exports NAME=value only", c.line, a)
+			}
+			s.env[k] = v
+		}
 		return 0
 	case args[0] == "cat" && len(args) == 2:
 		b, err := os.ReadFile(args[1])
@@ -418,7 +426,15 @@ func (s *session) startDev(c transcriptCommand, out io.Writer) []string {
 	if natsURL == nil || redisAddr == nil {
 		t.Fatalf("the banner names no NATS or Redis:\n%s", banner)
 	}
-	nc, err := nats.Connect(natsURL[1])
+	// The test watches the stack as an admin, with the key allot dev made.
+	var opts []nats.Option
+	if key := regexp.MustCompile(`ALLOT_KEY=(\S+)`).FindStringSubmatch(banner); key != nil {
+		var err error
+		if opts, err = events.KeyOptions(key[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nc, err := nats.Connect(natsURL[1], opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -78,6 +78,9 @@ type NATSConfig struct {
 	Token Secret `yaml:"token" env:"NATS_TOKEN"`
 	// CredsFile is the path of a .creds file (JWT and NKey seed).
 	CredsFile string `yaml:"creds_file" env:"NATS_CREDS"`
+	// Key is an allot API key, where NATS runs allot's auth: sent as the
+	// token, with inboxes under the key's own prefix (events.KeyOptions).
+	Key Secret `yaml:"key" env:"ALLOT_KEY"`
 	// ConnectTimeout bounds each attempt to connect to one server.
 	// Default 5s.
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
@@ -293,13 +296,18 @@ func (c NATSConfig) validate() []error {
 		add(".user", "must be set with password")
 	}
 	methods := 0
-	for _, set := range []bool{c.User != "" || c.Password != "", c.Token != "", c.CredsFile != ""} {
+	for _, set := range []bool{c.User != "" || c.Password != "", c.Token != "", c.CredsFile != "", c.Key != ""} {
 		if set {
 			methods++
 		}
 	}
 	if methods > 1 {
-		add("", "user/password, token and creds_file are mutually exclusive")
+		add("", "user/password, token, creds_file and key are mutually exclusive")
+	}
+	if c.Key != "" {
+		if _, err := events.KeyOptions(c.Key.Reveal()); err != nil {
+			add(".key", "is not an API key (want <8-character id>.<secret>)")
+		}
 	}
 	errs = positive(errs, "nats.connect_timeout", c.ConnectTimeout)
 	errs = positive(errs, "nats.reconnect_wait", c.ReconnectWait)

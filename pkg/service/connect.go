@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/allot/allot/pkg/events"
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 )
@@ -62,6 +63,12 @@ func ConnectNATS(ctx context.Context, cfg NATSConfig, log *slog.Logger) (*nats.C
 		opts = append(opts, nats.Token(cfg.Token.Reveal()))
 	case cfg.CredsFile != "":
 		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	case cfg.Key != "":
+		keyOpts, err := events.KeyOptions(cfg.Key.Reveal())
+		if err != nil {
+			return nil, fmt.Errorf("service: nats.key: %w", err)
+		}
+		opts = append(opts, keyOpts...)
 	}
 
 	nc, err := nats.Connect(cfg.URL.Reveal(), opts...)

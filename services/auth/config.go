@@ -104,6 +104,12 @@ func LoadConfig(path string, getenv func(string) string) (Config, error) {
 	if err != nil {
 		return Config{}, err
 	}
+	return LoadConfigOver(cfg, path, getenv)
+}
+
+// LoadConfigOver is LoadConfig over other defaults than DefaultConfig
+// (allot dev's, with an issuer made up for the run).
+func LoadConfigOver(cfg Config, path string, getenv func(string) string) (Config, error) {
 	shipped := cfg.Roles
 	cfg.Roles = nil
 	if err := service.LoadSection(&cfg, path, "auth", getenv); err != nil {

@@ -56,3 +56,13 @@ func ensureStaticKeys(ctx context.Context, be Backend, keys []string, roles map[
 	}
 	return nil
 }
+
+// NewKey makes a new API key, "<id>.<secret>", for a static key or a
+// test; only its hash is ever stored.
+func NewKey() (string, error) {
+	k, err := apikey.New()
+	if err != nil {
+		return "", err
+	}
+	return k.String(), nil
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/services/auth"
 	"github.com/allot/allot/services/meter"
 	"github.com/allot/allot/services/notifier"
 	"github.com/allot/allot/services/notifier/devmail"
@@ -61,6 +62,14 @@ type Options struct {
 	// SMTPAddr is where the mail sink listens (default 127.0.0.1:1025,
 	// with the same fallback as NATSAddr).
 	SMTPAddr string
+	// Auth, when set, turns access control on for the embedded NATS: the
+	// server hands every connection to the auth service (auth callout),
+	// which runs here with this config; the services connect with a key
+	// of role service, and an admin and an app key are made for the run
+	// (Stack.AdminKey, Stack.AppKey). Its issuer seed and system password
+	// must be set. With ExternalNATS it is ignored: that server's
+	// configuration decides.
+	Auth *auth.Config
 	// Log receives what happens; nil discards it.
 	Log *slog.Logger
 }
@@ -81,6 +90,11 @@ type Stack struct {
 	HTTP     *service.HTTPServer
 	Services []string // names of the allot services running
 
+	// AdminKey and AppKey are the keys made for the run when Auth is on:
+	// an admin key (everything, keys included) and an app key (for every
+	// uid).
+	AdminKey, AppKey string
+
 	closers *service.Stack
 }
 
@@ -90,7 +104,7 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Stack{closers: service.NewStack(log)}
+	s := &Stack{closers: service.NewStack(log), Registry: service.NewRegistry()}
 	defer func() {
 		if err != nil {
 			closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -101,22 +115,22 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	cfg := opts.Config
 
 	// NATS: embedded with JetStream, or the one configured.
+	var callout *auth.ServerConfig
 	if opts.ExternalNATS {
 		s.NATSURL = cfg.NATS.URL.String()
 	} else {
-		url, err := s.startNATS(opts, log)
+		if opts.Auth != nil {
+			if callout, err = calloutConfig(*opts.Auth); err != nil {
+				return nil, err
+			}
+		}
+		url, err := s.startNATS(opts, callout, log)
 		if err != nil {
 			return nil, err
 		}
 		cfg.NATS.URL = service.URL(url)
 		s.NATSURL = url
 	}
-	nc, err := service.ConnectNATS(ctx, cfg.NATS, log)
-	if err != nil {
-		return nil, err
-	}
-	s.NATS = nc
-	s.closers.Push("nats connection", func(context.Context) error { return nc.Drain() })
 
 	// Redis: miniredis, or the one configured.
 	if !opts.ExternalRedis {
@@ -144,6 +158,22 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	}
 	s.closers.Push("redis client", func(context.Context) error { return rdb.Close() })
 
+	// Access control first: every other connection goes through it.
+	if callout != nil {
+		serviceKey, err := s.startAuth(ctx, *opts.Auth, *callout, cfg, rdb, log)
+		if err != nil {
+			return nil, err
+		}
+		cfg.NATS.User, cfg.NATS.Password, cfg.NATS.Token, cfg.NATS.CredsFile = "", "", "", ""
+		cfg.NATS.Key = service.Secret(serviceKey)
+	}
+	nc, err := service.ConnectNATS(ctx, cfg.NATS, log)
+	if err != nil {
+		return nil, err
+	}
+	s.NATS = nc
+	s.closers.Push("nats connection", func(context.Context) error { return nc.Drain() })
+
 	// The streams every service needs.
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -154,7 +184,6 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	}
 
 	// One HTTP server for the whole process.
-	s.Registry = service.NewRegistry()
 	httpAddr := opts.HTTPAddr
 	if httpAddr == "" {
 		httpAddr = "127.0.0.1:8080"
@@ -243,7 +272,63 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	return s, nil
 }
 
-func (s *Stack) startNATS(opts Options, log *slog.Logger) (string, error) {
+// calloutConfig makes up the passwords of the auth service's own users
+// for this run and returns the server's callout configuration.
+func calloutConfig(cfg auth.Config) (*auth.ServerConfig, error) {
+	issuer, err := cfg.Issuer()
+	if err != nil {
+		return nil, fmt.Errorf("devstack: auth: %w", err)
+	}
+	pub, _ := issuer.PublicKey()
+	pw, err := randomSecret(24)
+	if err != nil {
+		return nil, fmt.Errorf("devstack: auth: %w", err)
+	}
+	return &auth.ServerConfig{Issuer: pub, AuthUser: "allot-auth", AuthPassword: pw, SysUser: cfg.SysUser, SysPassword: cfg.SysPassword.Reveal()}, nil
+}
+
+// startAuth starts the auth service on its own two connections, with an
+// admin, an app and a service key made for the run, and returns the
+// service key, which the other services connect with.
+func (s *Stack) startAuth(ctx context.Context, acfg auth.Config, sc auth.ServerConfig, cfg service.Config, rdb redis.UniversalClient, log *slog.Logger) (string, error) {
+	connect := func(name, user, password string) (*nats.Conn, error) {
+		c := cfg.NATS
+		c.Name, c.User, c.Password, c.Token, c.CredsFile, c.Key = name, user, service.Secret(password), "", "", ""
+		nc, err := service.ConnectNATS(ctx, c, log)
+		if err != nil {
+			return nil, fmt.Errorf("devstack: auth: %w", err)
+		}
+		s.closers.Push(name+" connection", func(context.Context) error { nc.Close(); return nil })
+		return nc, nil
+	}
+	own, err := connect("allot-auth", sc.AuthUser, sc.AuthPassword)
+	if err != nil {
+		return "", err
+	}
+	sys, err := connect("allot-auth-sys", sc.SysUser, sc.SysPassword)
+	if err != nil {
+		return "", err
+	}
+	keys := map[string]string{}
+	for _, role := range []string{"admin", "app", "service"} {
+		k, err := auth.NewKey()
+		if err != nil {
+			return "", fmt.Errorf("devstack: auth: %w", err)
+		}
+		keys[role] = k
+		acfg.StaticKeys = append(acfg.StaticKeys, service.Secret(role+"="+k))
+	}
+	svc, err := auth.Start(ctx, acfg, auth.Deps{NATS: own, Sys: sys, Redis: rdb, KeyPrefix: cfg.Redis.KeyPrefix, Registerer: s.Registry, Log: log})
+	if err != nil {
+		return "", fmt.Errorf("devstack: start auth: %w", err)
+	}
+	s.closers.Push("auth", svc.Stop)
+	s.Services = append(s.Services, "auth")
+	s.AdminKey, s.AppKey = keys["admin"], keys["app"]
+	return keys["service"], nil
+}
+
+func (s *Stack) startNATS(opts Options, callout *auth.ServerConfig, log *slog.Logger) (string, error) {
 	addr := opts.NATSAddr
 	if addr == "" {
 		addr = "127.0.0.1:4222"
@@ -272,15 +357,20 @@ func (s *Stack) startNATS(opts Options, log *slog.Logger) (string, error) {
 		s.closers.Push("jetstream directory", func(context.Context) error { return os.RemoveAll(dir) })
 	}
 	s.StoreDir = dir
-	ns, err := server.NewServer(&server.Options{
-		ServerName: "allot-dev",
-		Host:       host,
-		Port:       port,
-		JetStream:  true,
-		StoreDir:   dir,
-		NoLog:      true,
-		NoSigs:     true,
-	})
+	sopts := &server.Options{}
+	if callout != nil {
+		blocks, err := callout.Render()
+		if err != nil {
+			return "", fmt.Errorf("devstack: %w", err)
+		}
+		if err := sopts.ProcessConfigString(blocks); err != nil {
+			return "", fmt.Errorf("devstack: embedded NATS with auth callout: %w", err)
+		}
+	}
+	sopts.ServerName, sopts.Host, sopts.Port = "allot-dev", host, port
+	sopts.JetStream, sopts.StoreDir = true, dir
+	sopts.NoLog, sopts.NoSigs = true, true
+	ns, err := server.NewServer(sopts)
 	if err != nil {
 		return "", fmt.Errorf("devstack: embedded NATS: %w", err)
 	}
