@@ -216,7 +216,7 @@ func (c Config) Validate() error {
 	errs = append(errs, c.Log.validate()...)
 	errs = append(errs, c.Shutdown.validate()...)
 	errs = append(errs, validateMetering(c.Metrics, c.Grants, c.Meter, c.Streams)...)
-	errs = append(errs, c.RateLimit.validate(c.Metrics)...)
+	errs = append(errs, c.RateLimit.validate(c.Metrics, c.Streams.Duplicates)...)
 	errs = append(errs, c.Registry.validate()...)
 	errs = append(errs, c.Notifier.validate(c.Metrics)...)
 	for _, err := range []error{c.Subjects.Validate(), c.Streams.Validate()} {

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"math"
 	"sort"
-	"time"
 
 	"github.com/allot/allot/pkg/events"
 )
@@ -66,21 +65,9 @@ type MetricConfig struct {
 type MeterConfig struct {
 	// Consumer is the durable consumer name all meter replicas share.
 	Consumer string `yaml:"consumer"`
-	// Batch is the most events applied in one Redis round trip.
-	Batch int `yaml:"batch"`
-	// FetchWait bounds how long one pull request waits for events.
-	FetchWait time.Duration `yaml:"fetch_wait"`
-	// AckWait is how long the server waits for an ack before redelivering.
-	AckWait time.Duration `yaml:"ack_wait"`
-	// MaxAckPending bounds the events handed out and not yet acked.
-	MaxAckPending int `yaml:"max_ack_pending"`
-	// DedupTTL is how long an applied event id is remembered. It must
-	// outlast redelivery: at least the stream's duplicate window and
-	// several AckWaits.
-	DedupTTL time.Duration `yaml:"dedup_ttl"`
-	// RetryDelay is the first pause before a batch that met a Redis error
-	// is redelivered; it doubles up to a minute.
-	RetryDelay time.Duration `yaml:"retry_delay"`
+	// ConsumerTuning tunes the consumer of the usage stream (batch,
+	// fetch_wait, ack_wait, max_ack_pending, dedup_ttl, retry_delay).
+	ConsumerTuning `yaml:",inline"`
 	// Handlers is how many request handlers serve each endpoint, in one
 	// queue group, so a slow request never holds up the rest.
 	Handlers int `yaml:"handlers"`
@@ -139,16 +126,11 @@ func DefaultGrants() map[string]float64 {
 // DefaultMeter returns the meter's defaults.
 func DefaultMeter() MeterConfig {
 	return MeterConfig{
-		Consumer:      "meter",
-		Batch:         500,
-		FetchWait:     time.Second,
-		AckWait:       30 * time.Second,
-		MaxAckPending: 20000,
-		DedupTTL:      24 * time.Hour,
-		RetryDelay:    time.Second,
-		Handlers:      4,
-		Pipelines:     2,
-		ExportMaxUIDs: 1000,
+		Consumer:       "meter",
+		ConsumerTuning: DefaultConsumerTuning(),
+		Handlers:       4,
+		Pipelines:      2,
+		ExportMaxUIDs:  1000,
 	}
 }
 
@@ -255,26 +237,7 @@ func validateMetering(metrics map[string]MetricConfig, grants map[string]float64
 	if !events.IsToken(meter.Consumer) {
 		errs = append(errs, fieldError("meter.consumer", "must be a token, got %q", meter.Consumer))
 	}
-	if meter.Batch < 1 || meter.Batch > 10000 {
-		errs = append(errs, fieldError("meter.batch", "must be between 1 and 10000, got %d", meter.Batch))
-	}
-	if meter.FetchWait < time.Millisecond {
-		errs = append(errs, fieldError("meter.fetch_wait", "must be at least 1ms, got %v", meter.FetchWait))
-	}
-	if meter.AckWait < time.Second {
-		errs = append(errs, fieldError("meter.ack_wait", "must be at least 1s, got %v", meter.AckWait))
-	}
-	if meter.MaxAckPending < meter.Batch {
-		errs = append(errs, fieldError("meter.max_ack_pending", "must be at least meter.batch (%d), got %d", meter.Batch, meter.MaxAckPending))
-	}
-	// An id must be remembered while the stream could still hand it out
-	// again: past its duplicate window and a good number of redeliveries.
-	if min := max(streams.Duplicates, 10*meter.AckWait); meter.DedupTTL < min {
-		errs = append(errs, fieldError("meter.dedup_ttl", "must be at least %v (the stream's duplicate window and 10 ack waits), got %v", min, meter.DedupTTL))
-	}
-	if meter.RetryDelay <= 0 {
-		errs = append(errs, fieldError("meter.retry_delay", "must be > 0"))
-	}
+	errs = append(errs, meter.ConsumerTuning.validate("meter", streams.Duplicates)...)
 	if meter.Handlers < 1 || meter.Handlers > 256 {
 		errs = append(errs, fieldError("meter.handlers", "must be between 1 and 256, got %d", meter.Handlers))
 	}

@@ -57,6 +57,8 @@ type RateLimitConfig struct {
 	// hits of services with a metric. It is created only when some service
 	// has one, delivering new events only. Default "ratelimit".
 	Consumer string `yaml:"consumer"`
+	// Hits tunes that consumer.
+	Hits ConsumerTuning `yaml:"hits"`
 	// Services are the rate-limited services, by name. A check naming a
 	// service not listed here is a 404.
 	Services map[string]RateLimitService `yaml:"services"`
@@ -80,8 +82,7 @@ type RateLimitService struct {
 	// per-user counter) as hits of the service: each event adds its value
 	// to the uid's current window, once however often it is delivered
 	// (the meter's rule: a dedup record set in the same script, kept for
-	// meter.dedup_ttl). The consumer uses meter.batch, fetch_wait,
-	// ack_wait and retry_delay.
+	// ratelimit.hits.dedup_ttl). ratelimit.hits tunes the consumer.
 	Metric string `yaml:"metric,omitempty"`
 	// Cache keeps (uid, service) pairs known to be over the limit in
 	// memory until their window lets them in again, answering without
@@ -98,6 +99,7 @@ func DefaultRateLimit() RateLimitConfig {
 		Pipelines: 2,
 		Timeout:   50 * time.Millisecond,
 		Consumer:  "ratelimit",
+		Hits:      DefaultConsumerTuning(),
 	}
 }
 
@@ -160,11 +162,12 @@ func validateInterval(errs []error, field string, d time.Duration) []error {
 	return errs
 }
 
-func (c RateLimitConfig) validate(metrics map[string]MetricConfig) []error {
+func (c RateLimitConfig) validate(metrics map[string]MetricConfig, duplicates time.Duration) []error {
 	var errs []error
 	if !events.IsToken(c.Consumer) {
 		errs = append(errs, fieldError("ratelimit.consumer", "must be a token, got %q", c.Consumer))
 	}
+	errs = append(errs, c.Hits.validate("ratelimit.hits", duplicates)...)
 	errs = validateInterval(errs, "ratelimit.interval", c.Interval)
 	if !validMode(c.Mode) {
 		errs = append(errs, fieldError("ratelimit.mode", "must be fixed or sliding, got %q", c.Mode))

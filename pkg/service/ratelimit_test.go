@@ -12,7 +12,8 @@ import (
 
 func TestRateLimitDefaults(t *testing.T) {
 	cfg := Default()
-	want := RateLimitConfig{Interval: 300 * time.Second, Mode: ModeFixed, Handlers: 2, Pipelines: 2, Timeout: 50 * time.Millisecond, Consumer: "ratelimit"}
+	want := RateLimitConfig{Interval: 300 * time.Second, Mode: ModeFixed, Handlers: 2, Pipelines: 2, Timeout: 50 * time.Millisecond, Consumer: "ratelimit",
+		Hits: DefaultConsumerTuning()}
 	if diff := cmp.Diff(want, cfg.RateLimit); diff != "" {
 		t.Errorf("defaults (-want +got):\n%s", diff)
 	}
@@ -93,6 +94,11 @@ func TestRateLimitSection(t *testing.T) {
 		{"no pipelines", "ratelimit: {pipelines: 0}\n", "ratelimit.pipelines: must be between 1 and 64, got 0"},
 		{"too many pipelines", "ratelimit: {pipelines: 65}\n", "ratelimit.pipelines: must be between 1 and 64, got 65"},
 		{"timeout", "ratelimit: {timeout: 0s}\n", "ratelimit.timeout: must be between 1ms and 10s"},
+		{"hits batch", "ratelimit: {hits: {batch: 0}}\n", "ratelimit.hits.batch: must be between 1 and 10000"},
+		{"hits fetch wait", "ratelimit: {hits: {fetch_wait: 100ms}}\n", "ratelimit.hits.fetch_wait: must be at least 1s"},
+		{"hits dedup", "ratelimit: {hits: {dedup_ttl: 1m}}\n", "ratelimit.hits.dedup_ttl: must be at least 5m0s (the stream's duplicate window and 10 ack waits)"},
+		{"hits pending", "ratelimit: {hits: {batch: 100, max_ack_pending: 10}}\n", "ratelimit.hits.max_ack_pending"},
+		{"hits unknown", "ratelimit: {hits: {bacth: 1}}\n", "ratelimit.hits.bacth: unknown field"},
 		{"service name", "ratelimit:\n  services:\n    'up load': {}\n", "ratelimit.services.up load: service names must be"},
 		{"service name too long", "ratelimit:\n  services:\n    " + strings.Repeat("s", MaxRateLimitServiceName+1) + ": {}\n", "service names must be 1 to 118 characters"},
 		{"service interval", "ratelimit:\n  services:\n    upload: {interval: 10ms}\n", "ratelimit.services.upload.interval: must be at least 1s"},

@@ -59,7 +59,6 @@ func benchSetup(b *testing.B) (*nats.Conn, *redis.Client, service.Config) {
 	cfg.Subjects.Usage, cfg.Subjects.Dead, cfg.Subjects.Notify, cfg.Subjects.Meter = "b"+tag+".usage", "b"+tag+".dead", "b"+tag+".notify", "b"+tag+".meter"
 	cfg.Streams.Usage, cfg.Streams.Dead, cfg.Streams.Notify = "BU_"+tag, "BD_"+tag, "BN_"+tag
 	cfg.Streams.MaxAge, cfg.Streams.DeadMaxAge, cfg.Streams.NotifyMaxAge = time.Hour, time.Hour, time.Hour
-	cfg.Meter.FetchWait = 100 * time.Millisecond
 	js, _ := jetstream.New(nc)
 	if err := events.EnsureStreams(context.Background(), js, cfg.Subjects, cfg.Streams); err != nil {
 		b.Fatal(err)
@@ -154,7 +153,8 @@ func BenchmarkIngest(b *testing.B) {
 	rawTime := rawWorker(ctx, b, js, rdb, cfg, n)
 
 	start := time.Now()
-	m, err := Start(ctx, cfg, Deps{NATS: nc, Redis: rdb, Log: slog.New(slog.DiscardHandler)})
+	reg := prometheus.NewRegistry()
+	m, err := Start(ctx, cfg, Deps{NATS: nc, Redis: rdb, Registerer: reg, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -176,11 +176,13 @@ func BenchmarkIngest(b *testing.B) {
 	b.ReportMetric(raw, "raw_ev/s")
 	b.ReportMetric(got, "meter_ev/s")
 	b.ReportMetric(got/raw, "ratio")
-	if h, err := m.metrics.batchSize.(prometheus.Metric), error(nil); err == nil {
-		var pb dto.Metric
-		_ = h.Write(&pb)
-		if c := pb.GetHistogram().GetSampleCount(); c > 0 {
-			b.ReportMetric(pb.GetHistogram().GetSampleSum()/float64(c), "events/batch")
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "allot_meter_batch_size" {
+			h := mf.GetMetric()[0].GetHistogram()
+			if c := h.GetSampleCount(); c > 0 {
+				b.ReportMetric(h.GetSampleSum()/float64(c), "events/batch")
+			}
 		}
 	}
 }

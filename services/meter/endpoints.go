@@ -11,7 +11,6 @@ import (
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/services/meter/internal/store"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 )
 
@@ -284,28 +283,6 @@ func (m *Meter) handleGrants(req micro.Request) {
 	m.reply(req, "grants", events.GrantsReply{UID: uid, Grants: effective}, nil)
 }
 
-// publishAll publishes msgs to their streams at once and waits for every
-// ack (or ctx); it returns, per message, what kept it from being stored.
-func (m *Meter) publishAll(ctx context.Context, msgs []*nats.Msg) []error {
-	errs := make([]error, len(msgs))
-	acks := make([]jetstream.PubAckFuture, len(msgs))
-	for i, msg := range msgs {
-		acks[i], errs[i] = m.js.PublishMsgAsync(msg)
-	}
-	for i, ack := range acks {
-		if errs[i] != nil {
-			continue
-		}
-		select {
-		case <-ack.Ok():
-		case errs[i] = <-ack.Err():
-		case <-ctx.Done():
-			errs[i] = ctx.Err()
-		}
-	}
-	return errs
-}
-
 // noticeBatch is the threshold notices one event or request produced
 // for one (uid, metric).
 type noticeBatch struct {
@@ -349,7 +326,7 @@ func (m *Meter) publishNotices(ctx context.Context, batches []noticeBatch) []err
 			owner = append(owner, i)
 		}
 	}
-	for j, err := range m.publishAll(ctx, msgs) {
+	for j, err := range service.PublishAll(ctx, m.js, msgs) {
 		if err != nil && errs[owner[j]] == nil {
 			errs[owner[j]] = fmt.Errorf("meter: publish notice %s: %w", msgs[j].Header.Get(events.MsgIDHeader), err)
 		}

@@ -50,9 +50,8 @@ type Meter struct {
 	replier   service.Replier
 	grants    grantNames // the grants meter.grants may set
 
-	cancel   context.CancelFunc
-	done     chan struct{}
-	stopOnce sync.Once
+	stopConsumer func(context.Context) error
+	stopOnce     sync.Once
 }
 
 // Start checks the configuration, creates the streams and the durable
@@ -88,7 +87,6 @@ func Start(ctx context.Context, cfg service.Config, deps Deps) (*Meter, error) {
 		nc:    deps.NATS,
 		js:    js,
 		store: st,
-		done:  make(chan struct{}),
 	}
 	m.grants = newGrantNames(cfg)
 	if m.metrics, err = newMetrics(deps.Registerer, m); err != nil {
@@ -116,13 +114,18 @@ func Start(ctx context.Context, cfg service.Config, deps Deps) (*Meter, error) {
 	if err := m.startEndpoints(); err != nil {
 		return nil, err
 	}
-	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	m.cancel = cancel
-	w := &worker{m: m, cons: cons}
-	go func() {
-		defer close(m.done)
-		w.run(wctx)
-	}()
+	cm, err := service.NewConsumerMetrics(deps.Registerer, "allot_meter", "Usage events")
+	if err != nil {
+		return nil, fmt.Errorf("meter: %w", err)
+	}
+	cc := cfg.Meter.ConsumerConfig(cfg.Meter.Consumer)
+	cc.Ready, cc.Metrics = st.Ping, cm
+	cc.DeadLetters = &service.DeadLetters{Subject: m.deadSubject, Stream: cfg.Streams.Usage, Counted: m.deadCounted}
+	consumer, err := service.NewConsumer(cons, js, applier{m}, cc, log)
+	if err != nil {
+		return nil, fmt.Errorf("meter: %w", err)
+	}
+	m.stopConsumer = consumer.Start(ctx)
 	log.Info("meter started", "stream", cfg.Streams.Usage, "consumer", cfg.Meter.Consumer,
 		"metrics", len(cfg.Metrics), "handlers", cfg.Meter.Handlers)
 	return m, nil
@@ -134,12 +137,8 @@ func (m *Meter) Stop(ctx context.Context) error {
 	var err error
 	m.stopOnce.Do(func() {
 		m.stopEndpoints()
-		m.cancel()
-		select {
-		case <-m.done:
+		if err = m.stopConsumer(ctx); err == nil {
 			m.log.Info("meter stopped")
-		case <-ctx.Done():
-			err = fmt.Errorf("meter: worker still busy at shutdown deadline: %w", ctx.Err())
 		}
 	})
 	return err
@@ -182,4 +181,14 @@ func Run(ctx context.Context, d service.Deps) (func(context.Context) error, erro
 		return nil, err
 	}
 	return m.Stop, nil
+}
+
+// deadSubject is where the refusal of an event that came on subject goes:
+// usage.dead.<uid>, or usage.dead._ when the subject had no valid uid.
+func (m *Meter) deadSubject(subject string) string {
+	uid, err := m.subj.ParseUsage(subject)
+	if err != nil {
+		uid = "_"
+	}
+	return m.subj.DeadFor(uid)
 }

@@ -43,7 +43,6 @@ func testConfig() service.Config {
 	cfg := service.Default()
 	cfg.Instance = "test"
 	cfg.Streams.Memory = true
-	cfg.Meter.FetchWait = 100 * time.Millisecond
 	cfg.Meter.RetryDelay = 100 * time.Millisecond
 	cfg.Meter.Handlers = 2
 	cfg.NATS.RequestTimeout = 500 * time.Millisecond

@@ -16,9 +16,7 @@ import (
 type metrics struct {
 	events       *prometheus.CounterVec
 	dead         *prometheus.CounterVec
-	batchSize    prometheus.Histogram
 	applySeconds prometheus.Histogram
-	pending      prometheus.Gauge
 	redisErrors  prometheus.Counter
 	notices      prometheus.Counter
 	requests     *prometheus.CounterVec
@@ -36,19 +34,10 @@ func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
 			Name: "allot_meter_dead_letters_total",
 			Help: "Usage events refused, by reason: invalid, subject, oversized, unknown_metric, value, label, range (a sum past 1e15), apply.",
 		}, []string{"reason"}),
-		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "allot_meter_batch_size",
-			Help:    "Events handled per Redis round trip.",
-			Buckets: []float64{1, 5, 10, 25, 50, 100, 250, 500, 1000},
-		}),
 		applySeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "allot_meter_apply_seconds",
 			Help:    "Time to apply one batch to Redis.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 15),
-		}),
-		pending: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "allot_meter_consumer_pending",
-			Help: "Usage events in the stream not yet handed to the meter, as of the last batch.",
 		}),
 		redisErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "allot_meter_redis_errors_total",
@@ -75,7 +64,7 @@ func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
 	if reg == nil {
 		return mt, nil
 	}
-	for _, c := range []prometheus.Collector{mt.events, mt.dead, mt.batchSize, mt.applySeconds, mt.pending,
+	for _, c := range []prometheus.Collector{mt.events, mt.dead, mt.applySeconds,
 		mt.redisErrors, mt.notices, mt.requests, mt.authorized, mt.requestBatch, newUsageCollector(m)} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)

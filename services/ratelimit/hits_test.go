@@ -94,10 +94,9 @@ func startHits(t *testing.T) (*Limiter, *nats.Conn, *miniredis.Miniredis, servic
 	t.Cleanup(func() { _ = rdb.Close() })
 
 	cfg := service.Default()
-	cfg.Meter.RetryDelay = 100 * time.Millisecond
+	cfg.RateLimit.Hits.RetryDelay = 100 * time.Millisecond
 	cfg.Instance = "test"
 	cfg.Streams.Memory = true
-	cfg.Meter.FetchWait = 100 * time.Millisecond
 	limit := int64(5)
 	cfg.RateLimit.Services = map[string]service.RateLimitService{
 		"api": {Limit: &limit, Interval: time.Hour, Metric: "api_calls_total"},

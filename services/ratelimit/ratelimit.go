@@ -155,8 +155,8 @@ type Limiter struct {
 	stopOnce  sync.Once
 
 	// The hit worker, when some service counts usage events.
-	cancel context.CancelFunc
-	done   chan struct{}
+	stopHits        func(context.Context) error
+	consumerMetrics *service.ConsumerMetrics
 }
 
 // New checks the configuration and loads the script; it starts no
@@ -193,6 +193,11 @@ func New(ctx context.Context, cfg service.Config, deps Deps) (*Limiter, error) {
 	if l.metrics, err = newMetrics(deps.Registerer); err != nil {
 		return nil, fmt.Errorf("ratelimit: %w", err)
 	}
+	if len(cfg.RateLimit.HitServices()) > 0 {
+		if l.consumerMetrics, err = service.NewConsumerMetrics(deps.Registerer, "allot_ratelimit_hits", "Usage events counted as hits"); err != nil {
+			return nil, fmt.Errorf("ratelimit: %w", err)
+		}
+	}
 	return l, nil
 }
 
@@ -225,13 +230,8 @@ func (l *Limiter) Stop(ctx context.Context) error {
 	var err error
 	l.stopOnce.Do(func() {
 		l.stopEndpoints()
-		if l.cancel != nil {
-			l.cancel()
-			select {
-			case <-l.done:
-			case <-ctx.Done():
-				err = fmt.Errorf("ratelimit: hit worker still busy at shutdown deadline: %w", ctx.Err())
-			}
+		if l.stopHits != nil {
+			err = l.stopHits(ctx)
 		}
 		l.log.Info("rate limiter stopped")
 	})
