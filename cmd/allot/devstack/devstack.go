@@ -9,13 +9,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
-	"os"
-	"strconv"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -24,12 +20,8 @@ import (
 	"github.com/allot/allot/services/auth"
 	"github.com/allot/allot/services/meter"
 	"github.com/allot/allot/services/notifier"
-	"github.com/allot/allot/services/notifier/devmail"
 	"github.com/allot/allot/services/ratelimit"
 	"github.com/allot/allot/services/registry"
-	"github.com/hibiken/asynq"
-	"github.com/hibiken/asynqmon"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -272,122 +264,6 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	return s, nil
 }
 
-// calloutConfig makes up the passwords of the auth service's own users
-// for this run and returns the server's callout configuration.
-func calloutConfig(cfg auth.Config) (*auth.ServerConfig, error) {
-	issuer, err := cfg.Issuer()
-	if err != nil {
-		return nil, fmt.Errorf("devstack: auth: %w", err)
-	}
-	pub, _ := issuer.PublicKey()
-	pw, err := randomSecret(24)
-	if err != nil {
-		return nil, fmt.Errorf("devstack: auth: %w", err)
-	}
-	return &auth.ServerConfig{Issuer: pub, AuthUser: "allot-auth", AuthPassword: pw, SysUser: cfg.SysUser, SysPassword: cfg.SysPassword.Reveal()}, nil
-}
-
-// startAuth starts the auth service on its own two connections, with an
-// admin, an app and a service key made for the run, and returns the
-// service key, which the other services connect with.
-func (s *Stack) startAuth(ctx context.Context, acfg auth.Config, sc auth.ServerConfig, cfg service.Config, rdb redis.UniversalClient, log *slog.Logger) (string, error) {
-	connect := func(name, user, password string) (*nats.Conn, error) {
-		c := cfg.NATS
-		c.Name, c.User, c.Password, c.Token, c.CredsFile, c.Key = name, user, service.Secret(password), "", "", ""
-		nc, err := service.ConnectNATS(ctx, c, log)
-		if err != nil {
-			return nil, fmt.Errorf("devstack: auth: %w", err)
-		}
-		s.closers.Push(name+" connection", func(context.Context) error { nc.Close(); return nil })
-		return nc, nil
-	}
-	own, err := connect("allot-auth", sc.AuthUser, sc.AuthPassword)
-	if err != nil {
-		return "", err
-	}
-	sys, err := connect("allot-auth-sys", sc.SysUser, sc.SysPassword)
-	if err != nil {
-		return "", err
-	}
-	keys := map[string]string{}
-	for _, role := range []string{"admin", "app", "service"} {
-		k, err := auth.NewKey()
-		if err != nil {
-			return "", fmt.Errorf("devstack: auth: %w", err)
-		}
-		keys[role] = k
-		acfg.StaticKeys = append(acfg.StaticKeys, service.Secret(role+"="+k))
-	}
-	svc, err := auth.Start(ctx, acfg, auth.Deps{NATS: own, Sys: sys, Redis: rdb, KeyPrefix: cfg.Redis.KeyPrefix, Registerer: s.Registry, Log: log})
-	if err != nil {
-		return "", fmt.Errorf("devstack: start auth: %w", err)
-	}
-	s.closers.Push("auth", svc.Stop)
-	s.Services = append(s.Services, "auth")
-	s.AdminKey, s.AppKey = keys["admin"], keys["app"]
-	return keys["service"], nil
-}
-
-func (s *Stack) startNATS(opts Options, callout *auth.ServerConfig, log *slog.Logger) (string, error) {
-	addr := opts.NATSAddr
-	if addr == "" {
-		addr = "127.0.0.1:4222"
-	}
-	addr, note := freeAddr(addr, "NATS")
-	if note != "" {
-		s.Notes = append(s.Notes, note)
-	}
-	host, portText, err := net.SplitHostPort(addr)
-	if err != nil {
-		return "", fmt.Errorf("devstack: NATS address %q: %w", addr, err)
-	}
-	port, err := strconv.Atoi(portText)
-	if err != nil {
-		return "", fmt.Errorf("devstack: NATS address %q: %w", addr, err)
-	}
-	if port == 0 {
-		port = -1 // nats-server's "any free port"
-	}
-	dir := opts.StoreDir
-	if dir == "" {
-		dir, err = os.MkdirTemp("", "allot-dev-jetstream-")
-		if err != nil {
-			return "", fmt.Errorf("devstack: JetStream directory: %w", err)
-		}
-		s.closers.Push("jetstream directory", func(context.Context) error { return os.RemoveAll(dir) })
-	}
-	s.StoreDir = dir
-	sopts := &server.Options{}
-	if callout != nil {
-		blocks, err := callout.Render()
-		if err != nil {
-			return "", fmt.Errorf("devstack: %w", err)
-		}
-		if err := sopts.ProcessConfigString(blocks); err != nil {
-			return "", fmt.Errorf("devstack: embedded NATS with auth callout: %w", err)
-		}
-	}
-	sopts.ServerName, sopts.Host, sopts.Port = "allot-dev", host, port
-	sopts.JetStream, sopts.StoreDir = true, dir
-	sopts.NoLog, sopts.NoSigs = true, true
-	ns, err := server.NewServer(sopts)
-	if err != nil {
-		return "", fmt.Errorf("devstack: embedded NATS: %w", err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		ns.Shutdown()
-		return "", errors.New("devstack: embedded NATS did not start within 10s")
-	}
-	s.closers.Push("embedded nats-server", func(context.Context) error {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-		return nil
-	})
-	log.Debug("embedded nats-server started", "url", ns.ClientURL(), "store", dir)
-	return ns.ClientURL(), nil
-}
-
 // randomSecret returns n random bytes in base64.
 func randomSecret(n int) (string, error) {
 	b := make([]byte, n)
@@ -395,84 +271,6 @@ func randomSecret(n int) (string, error) {
 		return "", err
 	}
 	return base64.StdEncoding.EncodeToString(b), nil
-}
-
-// startMailSink starts devmail and points the notifier at it.
-func (s *Stack) startMailSink(opts Options, cfg *service.Config, log *slog.Logger) error {
-	addr := opts.SMTPAddr
-	if addr == "" {
-		addr = "127.0.0.1:1025"
-	}
-	addr, note := freeAddr(addr, "SMTP")
-	if note != "" {
-		s.Notes = append(s.Notes, note)
-	}
-	sink, err := devmail.Start(addr, log.With("component", "devmail"))
-	if err != nil {
-		return fmt.Errorf("devstack: %w", err)
-	}
-	s.closers.Push("mail sink", func(context.Context) error { return sink.Close() })
-	host, portText, err := net.SplitHostPort(sink.Addr())
-	if err != nil {
-		return fmt.Errorf("devstack: mail sink address: %w", err)
-	}
-	port, err := strconv.Atoi(portText)
-	if err != nil {
-		return fmt.Errorf("devstack: mail sink address: %w", err)
-	}
-	cfg.Notifier.SMTP = service.SMTPConfig{Host: host, Port: port, TLS: "none", Auth: "none",
-		From: cfg.Notifier.SMTP.From, FromName: cfg.Notifier.SMTP.FromName, Timeout: cfg.Notifier.SMTP.Timeout}
-	s.HTTP.Handle("/dev/mail", sink)
-	// The confirmation links of the default notifier.confirm_url land
-	// here: the page verifies the token, as an app's page would.
-	s.HTTP.Handle("GET /confirm", http.HandlerFunc(s.confirmPage))
-	s.SMTPAddr = sink.Addr()
-	return nil
-}
-
-// confirmPage verifies the token of a confirmation link through
-// notify.verify and shows the answer.
-func (s *Stack) confirmPage(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	c, err := events.NewClient(s.NATS, events.ClientOptions{})
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	reply, err := c.Verify(r.Context(), r.URL.Query().Get("token"))
-	switch {
-	case errors.Is(err, events.ErrInvalid):
-		http.Error(w, "no token in the link: "+err.Error(), http.StatusBadRequest)
-	case err != nil:
-		http.Error(w, "the notifier did not answer: "+err.Error(), http.StatusBadGateway)
-	case reply.Status == events.VerifyValid:
-		fmt.Fprintf(w, "Confirmed: %s is the address of %s.\n", reply.Email, reply.UID)
-	default:
-		w.WriteHeader(http.StatusConflict)
-		fmt.Fprintf(w, "Not confirmed: the link is %s.\n", reply.Status)
-	}
-}
-
-// mountAsynqmon serves asynq's monitoring UI at /asynqmon/ when the
-// Redis is one node (asynqmon takes an address, not a client).
-func (s *Stack) mountAsynqmon(cfg service.Config, opts Options, log *slog.Logger) {
-	var conn asynq.RedisConnOpt
-	switch {
-	case len(cfg.Redis.Addrs) > 0:
-		s.Notes = append(s.Notes, "asynqmon: not mounted: it is wired for a single Redis node here, and redis.addrs names several")
-		return
-	default:
-		o, err := asynq.ParseRedisURI(cfg.Redis.URL.Reveal())
-		if err != nil {
-			log.Warn("asynqmon not mounted", "err", err)
-			return
-		}
-		conn = o
-	}
-	h := asynqmon.New(asynqmon.Options{RootPath: "/asynqmon", RedisConnOpt: conn, ReadOnly: false})
-	s.closers.Push("asynqmon", func(context.Context) error { return h.Close() })
-	s.HTTP.Handle("/asynqmon/", h)
-	s.Asynqmon = true
 }
 
 // freeAddr returns addr when it can be listened on, else the same host
