@@ -28,7 +28,7 @@ import (
 //     the service does the least it could.
 //
 // The third baseline, raw nats.go async publish with ids, runs in the
-// harness beside the apps (ingest.go).
+// harness beside the apps (publish.go).
 
 // rawKey is where the raw worker counts an event of uid and metric.
 func rawKey(prefix, uid, metric string) string { return prefix + "raw:" + uid + ":" + metric }
