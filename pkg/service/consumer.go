@@ -12,7 +12,6 @@ import (
 	"github.com/allot/allot/pkg/events"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Outcome is what becomes of one message of a chunk: acked (the zero
@@ -136,117 +135,6 @@ func (c ConsumerConfig) withDefaults() ConsumerConfig {
 	}
 	c.MaxRetryDelay = max(c.MaxRetryDelay, c.RetryDelay)
 	return c
-}
-
-// ConsumerTuning is the configuration section of a service's consumer of
-// a stream, inlined in the meter's section and under ratelimit.hits.
-type ConsumerTuning struct {
-	// Batch is the most messages handled in one chunk (one Redis round
-	// trip).
-	Batch int `yaml:"batch"`
-	// FetchWait is how long one pull stays open at the server; its
-	// heartbeat is half of it. The consumer pulls continuously, so this is
-	// no delay; a short one on a busy machine misses heartbeats and makes
-	// the client drop what a re-pull brings (redelivered only after the
-	// ack wait). At least 1s.
-	FetchWait time.Duration `yaml:"fetch_wait"`
-	// AckWait is how long the server waits for an ack before redelivering.
-	AckWait time.Duration `yaml:"ack_wait"`
-	// MaxAckPending bounds the messages handed out and not yet acked.
-	MaxAckPending int `yaml:"max_ack_pending"`
-	// DedupTTL is how long a handled message's id is remembered. It must
-	// outlast redelivery: several ack waits (and the stream's duplicate
-	// window).
-	DedupTTL time.Duration `yaml:"dedup_ttl"`
-	// RetryDelay is the first pause before a chunk that met a backend
-	// error is redelivered; it doubles up to a minute.
-	RetryDelay time.Duration `yaml:"retry_delay"`
-}
-
-// DefaultConsumerTuning returns the defaults: chunks of 500, pulls open
-// 30s, ack wait 30s, 20,000 unacked at most, ids remembered a day, first
-// retry after a second.
-func DefaultConsumerTuning() ConsumerTuning {
-	return ConsumerTuning{Batch: 500, FetchWait: 30 * time.Second, AckWait: 30 * time.Second, MaxAckPending: 20000, DedupTTL: 24 * time.Hour, RetryDelay: time.Second}
-}
-
-// validate checks t, naming its fields under section; dedup_ttl must also
-// outlast duplicates (the stream's duplicate window; 0 for none).
-func (t ConsumerTuning) validate(section string, duplicates time.Duration) []error {
-	var errs []error
-	if t.Batch < 1 || t.Batch > 10000 {
-		errs = append(errs, fieldError(section+".batch", "must be between 1 and 10000, got %d", t.Batch))
-	}
-	if t.FetchWait < time.Second {
-		errs = append(errs, fieldError(section+".fetch_wait", "must be at least 1s, got %v", t.FetchWait))
-	}
-	if t.AckWait < time.Second {
-		errs = append(errs, fieldError(section+".ack_wait", "must be at least 1s, got %v", t.AckWait))
-	}
-	if t.MaxAckPending < t.Batch {
-		errs = append(errs, fieldError(section+".max_ack_pending", "must be at least %s.batch (%d), got %d", section, t.Batch, t.MaxAckPending))
-	}
-	// An id must be remembered while the stream could still hand it out
-	// again: past its duplicate window and a good number of redeliveries.
-	if min := max(duplicates, 10*t.AckWait); t.DedupTTL < min {
-		errs = append(errs, fieldError(section+".dedup_ttl", "must be at least %v (the stream's duplicate window and 10 ack waits), got %v", min, t.DedupTTL))
-	}
-	if t.RetryDelay <= 0 || t.RetryDelay > time.Minute {
-		errs = append(errs, fieldError(section+".retry_delay", "must be > 0 and at most 1m, got %v", t.RetryDelay))
-	}
-	return errs
-}
-
-// ConsumerConfig is the Consumer's configuration from t, for the consumer
-// called name.
-func (t ConsumerTuning) ConsumerConfig(name string) ConsumerConfig {
-	return ConsumerConfig{Name: name, Batch: t.Batch, PullExpiry: t.FetchWait, AckWait: t.AckWait, MaxAckPending: t.MaxAckPending, RetryDelay: t.RetryDelay}
-}
-
-// ConsumerMetrics are a consumer's series, named under a prefix such as
-// allot_meter: <prefix>_batch_size (messages per chunk),
-// <prefix>_consumer_pending (messages in the stream not yet delivered, as
-// of the last chunk), <prefix>_consumer_lag_seconds (from a chunk's last
-// message being stored to its being handled), and
-// <prefix>_consumer_retries_total (messages naked for redelivery).
-type ConsumerMetrics struct {
-	batchSize prometheus.Histogram
-	pending   prometheus.Gauge
-	lag       prometheus.Histogram
-	retries   prometheus.Counter
-}
-
-// NewConsumerMetrics registers a consumer's series under prefix with reg
-// (nil registers none) and returns them.
-func NewConsumerMetrics(reg prometheus.Registerer, prefix, what string) (*ConsumerMetrics, error) {
-	m := &ConsumerMetrics{
-		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    prefix + "_batch_size",
-			Help:    what + " per chunk handled at once.",
-			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
-		}),
-		pending: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: prefix + "_consumer_pending",
-			Help: "Messages in the stream not yet delivered to this consumer, as of the last chunk.",
-		}),
-		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    prefix + "_consumer_lag_seconds",
-			Help:    "Time from a chunk's last message being stored in the stream to the chunk being handled.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
-		}),
-		retries: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: prefix + "_consumer_retries_total",
-			Help: "Messages naked for redelivery (the backend away, or a part of their handling failed).",
-		}),
-	}
-	if reg != nil {
-		for _, c := range []prometheus.Collector{m.batchSize, m.pending, m.lag, m.retries} {
-			if err := reg.Register(c); err != nil {
-				return nil, fmt.Errorf("service: consumer metrics: %w", err)
-			}
-		}
-	}
-	return m, nil
 }
 
 // Consumer is the one way allot's workers read a stream: it pulls
