@@ -117,4 +117,3 @@ func NewConsumerMetrics(reg prometheus.Registerer, prefix, what string) (*Consum
 	}
 	return m, nil
 }
-
