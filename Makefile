@@ -43,6 +43,9 @@ export ALLOT_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 NATS_SERVER_VERSION := $(shell go list -m -f '{{.Version}}' github.com/nats-io/nats-server/v2)
 NATS_SERVER := $(BIN)/nats-server-$(NATS_SERVER_VERSION)
 WITH_NATS := tools/with-nats $(NATS_SERVER) --
+# Tests that start a nats-server of their own (the auth callout's, with its
+# own configuration) run this binary.
+export ALLOT_TEST_NATS_SERVER := $(NATS_SERVER)
 
 # The guard against tests that secretly depend on today's date: the store
 # suites once more with every test clock (and miniredis's server clock)

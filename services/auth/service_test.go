@@ -16,7 +16,7 @@ import (
 	"github.com/allot/allot/pkg/testenv"
 	"github.com/allot/allot/services/auth/internal/apikey"
 	"github.com/allot/allot/services/auth/internal/policy"
-	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -26,7 +26,7 @@ import (
 // stack is an embedded nats-server with the callout on and a running
 // auth service on miniredis, with an admin key.
 type stack struct {
-	srv      *server.Server
+	srv      clientURLer
 	svc      *Service
 	reg      *prometheus.Registry
 	adminKey string
@@ -45,12 +45,22 @@ func (c *testClock) Add(d time.Duration) {
 	c.mu.Unlock()
 }
 
+// clientURLer is a nats-server, embedded or a process of its own.
+type clientURLer interface{ ClientURL() string }
+
 func startStack(t *testing.T) *stack {
 	t.Helper()
 	s, sc, issuer := calloutServer(t)
 	mr := testenv.Miniredis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { _ = rdb.Close() })
+	return startStackOn(t, s, sc, issuer, rdb, "allot:")
+}
+
+// startStackOn runs the auth service against the callout server s (whose
+// blocks sc renders, signed by issuer) with keys in rdb under prefix.
+func startStackOn(t *testing.T, s clientURLer, sc ServerConfig, issuer nkeys.KeyPair, rdb redis.UniversalClient, prefix string) *stack {
+	t.Helper()
 	nc, err := nats.Connect(s.ClientURL(), nats.UserInfo(sc.AuthUser, sc.AuthPassword))
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +81,7 @@ func startStack(t *testing.T) *stack {
 	cfg.StaticKeys = []service.Secret{service.Secret("admin=" + admin.String())}
 	clock := &testClock{t: testenv.Now(t)}
 	reg := prometheus.NewPedanticRegistry()
-	svc, err := Start(t.Context(), cfg, Deps{NATS: nc, Sys: sys, Redis: rdb, KeyPrefix: "allot:", Registerer: reg, Now: clock.Now})
+	svc, err := Start(t.Context(), cfg, Deps{NATS: nc, Sys: sys, Redis: rdb, KeyPrefix: prefix, Registerer: reg, Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,11 +128,28 @@ func (st *stack) decisions(result, reason string) float64 {
 	return testutil.ToFloat64(st.svc.metrics.decisions.WithLabelValues(result, reason))
 }
 
+// serviceBehaviours run on an embedded nats-server and miniredis here,
+// and, gated, on the pinned nats-server as a process of its own and the
+// real Redis (integration_test.go).
+var serviceBehaviours = []struct {
+	name string
+	fn   func(t *testing.T, st *stack)
+}{
+	{"Keys", testServiceKeys},
+	{"OverridesAndAdditions", testServiceOverridesAndAdditions},
+	{"RoleMatrix", testServiceRoleMatrix},
+}
+
+func TestService(t *testing.T) {
+	for _, b := range serviceBehaviours {
+		t.Run(b.name, func(t *testing.T) { b.fn(t, startStack(t)) })
+	}
+}
+
 // Keys are created, listed, revoked; bad keys are refused with NATS's
 // authorization error and their reason counted; the secret is never
 // listed.
-func TestServiceKeys(t *testing.T) {
-	st := startStack(t)
+func testServiceKeys(t *testing.T, st *stack) {
 	admin := st.client(t, st.adminKey)
 	ctx := t.Context()
 	created, err := admin.CreateKey(ctx, events.KeyCreateRequest{Role: "app", UIDs: []string{"u-1"}, TTL: "1h", Note: "photo app"})
@@ -212,8 +239,7 @@ func TestServiceKeys(t *testing.T) {
 
 // An override takes a subject away from an open connection at once, an
 // addition adds one, and both end by themselves.
-func TestServiceOverridesAndAdditions(t *testing.T) {
-	st := startStack(t)
+func testServiceOverridesAndAdditions(t *testing.T, st *stack) {
 	admin := st.client(t, st.adminKey)
 	ctx := t.Context()
 	k, err := admin.CreateKey(ctx, events.KeyCreateRequest{Role: "operator", UIDs: []string{"*"}})
@@ -277,8 +303,7 @@ func isValidation(err error) bool {
 // The role x subject matrix, end to end: a key of each shipped role (for
 // uid u-1) publishes to and subscribes on every subject of allot's
 // contract; nats-server allows exactly what the role's grant allows.
-func TestServiceRoleMatrix(t *testing.T) {
-	st := startStack(t)
+func testServiceRoleMatrix(t *testing.T, st *stack) {
 	admin := st.client(t, st.adminKey)
 	subjects := []string{
 		"usage.u-1", "usage.u-2", "usage.dead.u-1",
