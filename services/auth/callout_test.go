@@ -23,7 +23,7 @@ import (
 // calloutServer starts an embedded nats-server with JetStream and the
 // callout on, configured by ServerConfig.Render, and returns it with the
 // config and the issuer key pair.
-func calloutServer(t *testing.T) (*server.Server, ServerConfig, nkeys.KeyPair) {
+func calloutServer(t testing.TB) (*server.Server, ServerConfig, nkeys.KeyPair) {
 	t.Helper()
 	issuer, err := nkeys.CreateAccount()
 	if err != nil {
@@ -94,7 +94,7 @@ func (o *observed) has(want string) bool {
 	return false
 }
 
-func startCallout(t *testing.T, s *server.Server, sc ServerConfig, issuer nkeys.KeyPair, d Decider) *observed {
+func startCallout(t testing.TB, s *server.Server, sc ServerConfig, issuer nkeys.KeyPair, d Decider) *observed {
 	t.Helper()
 	nc, err := nats.Connect(s.ClientURL(), nats.UserInfo(sc.AuthUser, sc.AuthPassword))
 	if err != nil {

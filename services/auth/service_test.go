@@ -59,7 +59,7 @@ func startStack(t *testing.T) *stack {
 
 // startStackOn runs the auth service against the callout server s (whose
 // blocks sc renders, signed by issuer) with keys in rdb under prefix.
-func startStackOn(t *testing.T, s clientURLer, sc ServerConfig, issuer nkeys.KeyPair, rdb redis.UniversalClient, prefix string) *stack {
+func startStackOn(t testing.TB, s clientURLer, sc ServerConfig, issuer nkeys.KeyPair, rdb redis.UniversalClient, prefix string) *stack {
 	t.Helper()
 	nc, err := nats.Connect(s.ClientURL(), nats.UserInfo(sc.AuthUser, sc.AuthPassword))
 	if err != nil {
@@ -91,7 +91,7 @@ func startStackOn(t *testing.T, s clientURLer, sc ServerConfig, issuer nkeys.Key
 
 // connect connects with key, reporting every async error on errs and
 // closing closed when the connection ends for good.
-func (st *stack) connect(t *testing.T, key string, extra ...nats.Option) (*nats.Conn, chan error, chan struct{}, error) {
+func (st *stack) connect(t testing.TB, key string, extra ...nats.Option) (*nats.Conn, chan error, chan struct{}, error) {
 	t.Helper()
 	errs := make(chan error, 256)
 	closed := make(chan struct{})
