@@ -2,6 +2,7 @@ package devstack
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -101,6 +102,11 @@ func publishRate(b *testing.B, nc *nats.Conn, d time.Duration) float64 {
 			b.Fatal(err)
 		}
 		f, err := js.PublishMsgAsync(msg)
+		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+			// The window is full and stayed full: let it drain, then go on.
+			<-js.PublishAsyncComplete()
+			f, err = js.PublishMsgAsync(msg)
+		}
 		if err != nil {
 			b.Fatal(err)
 		}
