@@ -13,6 +13,28 @@ type metrics struct {
 	seconds   prometheus.Histogram
 	kicks     *prometheus.CounterVec
 	requests  *prometheus.CounterVec
+	// reloadFailures counts a reloading backend's failed reloads (a bad
+	// keys file); nil for other backends.
+	reloadFailures prometheus.CounterFunc
+}
+
+// watchReloads exports the failed reloads of a backend that reloads.
+func (m *metrics) watchReloads(reg prometheus.Registerer, be Backend) error {
+	rf, ok := be.(ReloadFailureCounter)
+	if !ok {
+		return nil
+	}
+	m.reloadFailures = prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "allot_auth_backend_reload_failures_total",
+		Help: "Reloads of the key backend that failed (a bad keys file): the last good keys stay in force.",
+	}, func() float64 { return float64(rf.ReloadFailures()) })
+	if reg == nil {
+		return nil
+	}
+	if err := reg.Register(m.reloadFailures); err != nil {
+		return fmt.Errorf("auth: metrics: %w", err)
+	}
+	return nil
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {

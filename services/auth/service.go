@@ -121,6 +121,9 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		_ = s.Stop(context.Background())
 		return nil, err
 	}
+	if err := m.watchReloads(deps.Registerer, be); err != nil {
+		return fail(err)
+	}
 	if err := ensureStaticKeys(ctx, be, staticKeys(cfg), cfg.Roles, now()); err != nil {
 		return fail(err)
 	}

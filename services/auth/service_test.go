@@ -59,7 +59,7 @@ func startStack(t *testing.T) *stack {
 
 // startStackOn runs the auth service against the callout server s (whose
 // blocks sc renders, signed by issuer) with keys in rdb under prefix.
-func startStackOn(t testing.TB, s clientURLer, sc ServerConfig, issuer nkeys.KeyPair, rdb redis.UniversalClient, prefix string) *stack {
+func startStackOn(t testing.TB, s clientURLer, sc ServerConfig, issuer nkeys.KeyPair, rdb redis.UniversalClient, prefix string, tune ...func(*Config)) *stack {
 	t.Helper()
 	nc, err := nats.Connect(s.ClientURL(), nats.UserInfo(sc.AuthUser, sc.AuthPassword))
 	if err != nil {
@@ -79,6 +79,9 @@ func startStackOn(t testing.TB, s clientURLer, sc ServerConfig, issuer nkeys.Key
 	seed, _ := issuer.Seed()
 	cfg.IssuerSeed, cfg.SysPassword = service.Secret(seed), service.Secret(sc.SysPassword)
 	cfg.StaticKeys = []service.Secret{service.Secret("admin=" + admin.String())}
+	for _, f := range tune {
+		f(&cfg)
+	}
 	clock := &testClock{t: testenv.Now(t)}
 	reg := prometheus.NewPedanticRegistry()
 	svc, err := Start(t.Context(), cfg, Deps{NATS: nc, Sys: sys, Redis: rdb, KeyPrefix: prefix, Registerer: reg, Now: clock.Now})
