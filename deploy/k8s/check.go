@@ -102,8 +102,20 @@ func (p *problems) add(obj Object, field, format string, args ...any) {
 //     /healthz, carries the Prometheus annotations, loads a valid allot.yaml
 //     from a mounted ConfigMap (ALLOT_CONFIG), outlives its shutdown.timeout
 //     in terminationGracePeriodSeconds, and has a PodDisruptionBudget;
-//   - the registry and the notifier take the secrets they refuse to start
-//     without (secretEnv) from a Secret.
+//   - the registry, the notifier and the auth service take the secrets they
+//     refuse to start without (secretEnv) from a Secret, and every other
+//     allot service its API key (ALLOT_KEY); the auth service's own
+//     section of allot.yaml loads (auth.LoadConfig);
+//   - where allot services run beside NATS, the NATS configuration parses
+//     with nats-server's own parser and hands every client connection to
+//     the auth service: its access control is what auth.ServerConfig.Render
+//     writes for the auth service's users, passwords and issuer
+//     (checkNATSAuth).
+//
+// A CHANGE-ME- placeholder of a Secret whose value must have a shape (an
+// API key, the issuer key pair: standIns) counts as the value it stands
+// for, so that the rules see the configuration as it will run once the
+// Secrets are filled.
 func (r *Rendered) Check() []error {
 	var p problems
 	ws := r.Workloads()
@@ -113,6 +125,7 @@ func (r *Rendered) Check() []error {
 			r.checkService(&p, w)
 		}
 	}
+	r.checkNATSAuth(&p, ws)
 	for _, o := range r.Objects {
 		switch v := o.Value.(type) {
 		case *corev1.Service:

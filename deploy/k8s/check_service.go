@@ -30,11 +30,13 @@ const (
 
 // secretEnv names, by a service's app.kubernetes.io/name, the environment
 // variables carrying the secrets it refuses to start without. Each must be
-// an env entry of its container with valueFrom.secretKeyRef, never a value
-// in a manifest or in allot.yaml.
+// an env entry of its container from a Secret (fromSecret), never a value
+// in a manifest or in allot.yaml. Every allot service but auth also needs
+// its API key, keyEnv.
 var secretEnv = map[string][]string{
 	"registry": {"ALLOT_REGISTRY_KEYS"},
 	"notifier": {"ALLOT_NOTIFIER_TOKEN_SECRETS"},
+	authName:   {"NATS_PASSWORD", "ALLOT_AUTH_SYS_PASSWORD", "ALLOT_AUTH_ISSUER_SEED", "ALLOT_AUTH_STATIC_KEYS"},
 }
 
 // checkService applies the rules of an allot service.
@@ -63,19 +65,33 @@ func (r *Rendered) checkService(p *problems, w Workload) {
 		}
 	}
 	name := w.Template.Labels["app.kubernetes.io/name"]
-	for _, env := range secretEnv[name] {
-		i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == env })
-		switch {
-		case i < 0:
-			p.add(o, field+".env["+env+"]", "missing: the %s refuses to start without it; take it from a Secret", name)
-		case c.Env[i].ValueFrom == nil || c.Env[i].ValueFrom.SecretKeyRef == nil:
-			p.add(o, field+".env["+env+"]", "must come from a Secret (valueFrom.secretKeyRef), not a value in the manifest")
+	secretsOK := true
+	required := func(env, why string) {
+		switch msg := fromSecret(c, env); msg {
+		case "":
+		case "missing":
+			secretsOK = false
+			p.add(o, field+".env["+env+"]", "missing: %s; take it from a Secret", why)
+		default:
+			secretsOK = false
+			p.add(o, field+".env["+env+"]", "%s", msg)
 		}
+	}
+	for _, env := range secretEnv[name] {
+		required(env, fmt.Sprintf("the %s refuses to start without it", name))
+	}
+	if name != authName {
+		required(keyEnv, "NATS hands every connection to the auth service, which refuses one without an API key (nats.key)")
 	}
 	ann := w.Template.Annotations
 	for k, want := range map[string]string{"prometheus.io/scrape": "true", "prometheus.io/port": fmt.Sprint(httpPort)} {
 		if ann[k] != want {
 			p.add(o, "spec.template.metadata.annotations["+k+"]", "must be %q, got %q", want, ann[k])
+		}
+	}
+	if name == authName && secretsOK {
+		if _, err := r.loadAuthConfig(o, pod, c, field); err != nil {
+			*p = append(*p, err)
 		}
 	}
 	cfg, err := r.loadConfig(o, pod, c, field)
@@ -106,46 +122,48 @@ func (r *Rendered) Config(w Workload) (service.Config, error) {
 }
 
 func (r *Rendered) loadConfig(o Object, pod *corev1.PodSpec, c *corev1.Container, field string) (service.Config, error) {
-	env := map[string]string{}
-	for _, e := range c.Env {
-		switch {
-		case e.ValueFrom == nil:
-			env[e.Name] = e.Value
-		case e.ValueFrom.FieldRef != nil:
-			env[e.Name] = "pod-0" // the pod's name or another of its fields
-		case e.ValueFrom.SecretKeyRef != nil:
-			env[e.Name] = r.value("Secret", o.Namespace, e.ValueFrom.SecretKeyRef.Name, e.ValueFrom.SecretKeyRef.Key)
-		case e.ValueFrom.ConfigMapKeyRef != nil:
-			env[e.Name] = r.value("ConfigMap", o.Namespace, e.ValueFrom.ConfigMapKeyRef.Name, e.ValueFrom.ConfigMapKeyRef.Key)
+	var cfg service.Config
+	err := r.withConfig(o, pod, c, field, true, func(file string, getenv func(string) string) error {
+		var err error
+		cfg, err = service.Load(file, getenv)
+		if err == nil {
+			err = cfg.Validate()
 		}
-	}
+		return err
+	})
+	return cfg, err
+}
+
+// withConfig calls load with the allot.yaml container c loads (the
+// ConfigMap key ALLOT_CONFIG points into, in a temporary file) and the
+// container's environment (with standIn, placeholders stood in for: env);
+// an error names
+// the ConfigMap's key, not the file.
+func (r *Rendered) withConfig(o Object, pod *corev1.PodSpec, c *corev1.Container, field string, standIn bool, load func(file string, getenv func(string) string) error) error {
+	env := r.env(o, c, standIn)
 	file := env["ALLOT_CONFIG"]
 	if file == "" {
-		return service.Config{}, fmt.Errorf("%s: %s.env[ALLOT_CONFIG]: missing: allot.yaml must come from a ConfigMap", o, field)
+		return fmt.Errorf("%s: %s.env[ALLOT_CONFIG]: missing: allot.yaml must come from a ConfigMap", o, field)
 	}
 	text, cm, ok := r.mountedFile(o, pod, c, file)
 	if !ok {
-		return service.Config{}, fmt.Errorf("%s: %s.env[ALLOT_CONFIG]: %s is not a key of a mounted ConfigMap", o, field, file)
+		return fmt.Errorf("%s: %s.env[ALLOT_CONFIG]: %s is not a key of a mounted ConfigMap", o, field, file)
 	}
 	tmp, err := os.CreateTemp("", "allot-*.yaml")
 	if err != nil {
-		return service.Config{}, err
+		return err
 	}
 	defer os.Remove(tmp.Name())
 	_, err = tmp.WriteString(text)
 	if err = errors.Join(err, tmp.Close()); err != nil {
-		return service.Config{}, err
+		return err
 	}
-	cfg, err := service.Load(tmp.Name(), func(k string) string { return env[k] })
-	if err == nil {
-		err = cfg.Validate()
-	}
-	if err != nil {
+	if err := load(tmp.Name(), func(k string) string { return env[k] }); err != nil {
 		// Name the ConfigMap's key, not the temporary file.
 		msg := strings.ReplaceAll(err.Error(), tmp.Name(), path.Base(file))
-		return service.Config{}, fmt.Errorf("%s: ConfigMap %s, key %s: %s", o, cm, path.Base(file), msg)
+		return fmt.Errorf("%s: ConfigMap %s, key %s: %s", o, cm, path.Base(file), msg)
 	}
-	return cfg, nil
+	return nil
 }
 
 // value is the value under key of a ConfigMap or Secret, or "".

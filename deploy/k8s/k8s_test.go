@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -18,7 +19,9 @@ import (
 	"time"
 
 	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/services/auth"
 	"github.com/google/go-cmp/cmp"
+	"github.com/nats-io/nkeys"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
@@ -73,6 +76,11 @@ func TestBadFixtures(t *testing.T) {
 		"notifier-without-token-secret":  {"Deployment/notifier: spec.template.spec.containers[notifier].env[ALLOT_NOTIFIER_TOKEN_SECRETS]: missing"},
 		"old-nats-image":                 {"Deployment/web: spec.template.spec.containers[web].image: ", `"nats:2.9.25-alpine" must be tagged with nats-server 2.10.0 or later (service: unsupported nats-server: it runs 2.9.25-alpine; allot needs 2.10.0 or later)`},
 		"notifier-token-secret-as-value": {"Deployment/notifier: spec.template.spec.containers[notifier].env[ALLOT_NOTIFIER_TOKEN_SECRETS]: must come from a Secret"},
+		"service-without-key":            {"Deployment/meter: spec.template.spec.containers[meter].env[ALLOT_KEY]: missing: ", "without an API key"},
+		"issuer-seed-as-value":           {"Deployment/auth: spec.template.spec.containers[auth].env[ALLOT_AUTH_ISSUER_SEED]: must come from a Secret"},
+		"nats-without-auth-callout":      {"StatefulSet/nats: ConfigMap nats-config-", ", key nats.conf: authorization.auth_callout: missing: nats-server would not hand connections to the auth service"},
+		"auth-users-without-auth-user":   {"StatefulSet/nats: ConfigMap nats-config-", `key nats.conf: authorization.auth_callout.auth_users: ["allot-sys"] lacks "allot-auth", the auth service's user (its own, nats.user)`},
+		"nats-extra-user":                {"StatefulSet/nats: ConfigMap nats-config-", "key nats.conf: the access control is not what auth.ServerConfig.Render writes", `"backdoor in account $G, password: the auth service's nats.password"`, `"backdoor",`},
 	}
 	dirs, err := os.ReadDir("testdata/bad")
 	if err != nil {
@@ -867,33 +875,64 @@ func writeFile(fsys filesys.FileSystem, p string, b []byte) error {
 	return fsys.WriteFile(p, b)
 }
 
-// privateOverlay is the README's overlay of one's own, as files under
-// root: it puts a real Redis password into Secret allot-redis over prod
-// (root/k8s/overlays/prod).
-func privateOverlay(root string) map[string]string {
-	return map[string]string{
-		root + "/private/kustomization.yaml": `apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - ../k8s/overlays/prod
-secretGenerator:
-  - name: allot-redis
-    namespace: allot
-    behavior: replace
-    files:
-      - password=redis-password.txt
-`,
-		root + "/private/redis-password.txt": "s3cret",
+// secretValues are the real values a private overlay puts in the Secrets
+// that NATS, the auth service and the services read, by Secret and key.
+type secretValues map[string]map[string]string
+
+// realSecrets makes real values for every Secret the deployment's access
+// control and Redis read, as the README says to make them: an issuer pair
+// from `allot keys issuer`, API keys from `allot keys new`, passwords of
+// letters and digits.
+func realSecrets(t *testing.T) secretValues {
+	t.Helper()
+	kp, err := nkeys.CreateAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, _ := kp.Seed()
+	public, _ := kp.PublicKey()
+	key := func() string {
+		k, err := auth.NewKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	return secretValues{
+		"allot-redis":     {"password": "s3cret"},
+		"allot-nats-auth": {"auth-password": "pAuth0123456789", "sys-password": "pSys0123456789"},
+		"allot-auth":      {"issuer-seed": string(seed), "issuer-public": public},
+		"allot-keys":      {"service": key(), "admin": key()},
 	}
 }
 
-// The README's way to put real secrets in: an overlay of one's own, kept
-// out of this repository, that replaces a Secret from files. The services
-// must then get the real value under the same Secret name and key.
-func TestPrivateOverlayReplacesSecrets(t *testing.T) {
+// privateOverlay is the README's overlay of one's own, as files under
+// root: over the overlay at base (relative to root/private, such as
+// ../k8s/overlays/prod) it replaces the Secrets of values, each key from a
+// file of its own.
+func privateOverlay(root, base string, values secretValues) map[string]string {
+	files := map[string]string{}
+	var k strings.Builder
+	fmt.Fprintf(&k, "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - %s\nsecretGenerator:\n", base)
+	for _, name := range slices.Sorted(maps.Keys(values)) {
+		fmt.Fprintf(&k, "  - name: %s\n    namespace: allot\n    behavior: replace\n    files:\n", name)
+		for _, key := range slices.Sorted(maps.Keys(values[name])) {
+			file := name + "-" + key + ".txt"
+			fmt.Fprintf(&k, "      - %s=%s\n", key, file)
+			files[root+"/private/"+file] = values[name][key]
+		}
+	}
+	files[root+"/private/kustomization.yaml"] = k.String()
+	return files
+}
+
+// renderPrivate renders a private overlay of values over base (a path
+// under /k8s) on an in-memory copy of the manifests.
+func renderPrivate(t *testing.T, base string, values secretValues) *Rendered {
+	t.Helper()
 	fsys := inMemory(t)
-	for path, text := range privateOverlay("") {
-		if err := fsys.WriteFile(path, []byte(text)); err != nil {
+	for p, text := range privateOverlay("", "../k8s/"+base, values) {
+		if err := writeFile(fsys, p, []byte(text)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -901,10 +940,50 @@ func TestPrivateOverlayReplacesSecrets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	errs := r.Check()
-	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "Secret/allot-redis: data.password: must be a CHANGE-ME- placeholder") {
-		t.Errorf("want only the placeholder rule to object to the real secret, got:\n%v", errors.Join(errs...))
+	return r
+}
+
+// checkOnlyPlaceholderRule checks that Check objects to the real values
+// of values (each is no CHANGE-ME- placeholder) and to nothing else but
+// what want lists (substrings of one error each).
+func checkOnlyPlaceholderRule(t *testing.T, r *Rendered, values secretValues, want ...string) {
+	t.Helper()
+	placeholders := 0
+	var others []error
+	for _, err := range r.Check() {
+		if strings.Contains(err.Error(), "must be a CHANGE-ME- placeholder") {
+			placeholders++
+		} else {
+			others = append(others, err)
+		}
 	}
+	n := 0
+	for _, keys := range values {
+		n += len(keys)
+	}
+	if placeholders != n {
+		t.Errorf("the placeholder rule objects to %d values, want the %d real ones", placeholders, n)
+	}
+	if len(others) != len(want) {
+		t.Fatalf("want %d other errors (%q), got %d:\n%v", len(want), want, len(others), errors.Join(others...))
+	}
+	for i, w := range want {
+		if !strings.Contains(others[i].Error(), w) {
+			t.Errorf("error\n  %v\ndoes not contain %q", others[i], w)
+		}
+	}
+}
+
+// The README's way to put real secrets in: an overlay of one's own, kept
+// out of this repository, that replaces the Secrets from files. The
+// services, the auth service and NATS must then get the real values under
+// the same Secret names and keys, and every rule but the placeholder one
+// must hold with them as they are (no stand-ins).
+func TestPrivateOverlayReplacesSecrets(t *testing.T) {
+	values := realSecrets(t)
+	r := renderPrivate(t, "overlays/prod", values)
+	checkOnlyPlaceholderRule(t, r, values)
+	serviceKey := values["allot-keys"]["service"]
 	for _, w := range allotServices(t, r) {
 		cfg, err := r.Config(w)
 		if err != nil {
@@ -913,6 +992,32 @@ func TestPrivateOverlayReplacesSecrets(t *testing.T) {
 		if got := cfg.Redis.Password.Reveal(); got != "s3cret" {
 			t.Errorf("%s: REDIS_PASSWORD: %q, want the private overlay's", w.Object, got)
 		}
+		if w.Template.Labels["app.kubernetes.io/name"] == authName {
+			continue
+		}
+		if got := cfg.NATS.Key.Reveal(); got != serviceKey {
+			t.Errorf("%s: ALLOT_KEY: %q, want the private overlay's service key", w.Object, got)
+		}
+	}
+	a := authWorkload(t, r)
+	cfg, err := r.loadAuthConfig(a.Object, &a.Template.Spec, &a.Template.Spec.Containers[0], "containers[auth]")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"service=" + serviceKey, "admin=" + values["allot-keys"]["admin"]}
+	var got []string
+	for _, k := range cfg.StaticKeys {
+		got = append(got, k.Reveal())
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("Deployment/auth: auth.static_keys: got %q, want the service and admin keys of the private overlay", got)
+	}
+	opts, where, err := r.NATSOptions(natsWorkload(t, r), false)
+	if err != nil {
+		t.Fatalf("%s: %v", where, err)
+	}
+	if got, want := opts.AuthCallout.Issuer, values["allot-auth"]["issuer-public"]; got != want {
+		t.Errorf("%s: auth_callout.issuer: %s, want the private overlay's %s", where, got, want)
 	}
 }
 
@@ -926,7 +1031,7 @@ func TestOldestKustomize(t *testing.T) {
 	root := t.TempDir()
 	fsys := filesys.MakeFsOnDisk()
 	copyManifests(t, fsys, filepath.Join(root, "k8s"))
-	for p, text := range privateOverlay(root) {
+	for p, text := range privateOverlay(root, "../k8s/overlays/prod", realSecrets(t)) {
 		if err := writeFile(fsys, p, []byte(text)); err != nil {
 			t.Fatal(err)
 		}
