@@ -4,11 +4,13 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"regexp"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/services/auth"
 	"github.com/nats-io/nkeys"
 )
 
@@ -22,6 +24,7 @@ func keysCommand() command {
        allot keys override ID -deny SUBJECT -ttl 1h
        allot keys add ID -allow SUBJECT -ttl 15m
        allot keys issuer
+       allot keys new -role NAME
 
 An API key (an 8-character id, a dot, a 32-character secret) is what a
 client connects to NATS with when NATS runs allot's auth: the key as the
@@ -39,11 +42,15 @@ enforces it on every message. These commands call the auth service
   issuer    makes an issuer key pair for a new deployment, offline: the
             seed is the auth service's auth.issuer_seed, the public key
             goes in nats-server's auth_callout block
+  new       makes a key offline, stored nowhere, and prints it with its
+            static key line (role=key): for auth.static_keys, such as the
+            services' key and the first admin key of a new deployment
 
 Examples:
   allot keys create -role app -uids u-1 -uids u-2 -note "photo app"
   allot keys override AbCd1234 -deny 'ratelimit.reset.*' -ttl 1h
-  allot keys revoke AbCd1234`,
+  allot keys revoke AbCd1234
+  allot keys new -role admin`,
 		run: runKeys,
 	}
 }
@@ -54,11 +61,14 @@ func runKeys(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) 
 			fs.Usage()
 			return flag.ErrHelp
 		}
-		return usagef("name a subcommand: create, list, revoke, override, add or issuer")
+		return usagef("name a subcommand: create, list, revoke, override, add, issuer or new")
 	}
 	sub, args := args[0], args[1:]
-	if sub == "issuer" {
+	switch sub {
+	case "issuer":
 		return keysIssuer(env, fs, args)
+	case "new":
+		return keysNew(env, fs, args)
 	}
 	var ef endpointFlags
 	ef.register(fs, env)
@@ -78,7 +88,7 @@ func runKeys(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) 
 		ttl = fs.String("ttl", "", "for how long, e.g. 15m")
 	case "list", "revoke":
 	default:
-		return usagef("unknown subcommand %q: create, list, revoke, override, add or issuer", sub)
+		return usagef("unknown subcommand %q: create, list, revoke, override, add, issuer or new", sub)
 	}
 	rest, err := parseFlags(fs, args, sub == "revoke" || sub == "override" || sub == "add")
 	if err != nil {
@@ -211,5 +221,37 @@ func keysIssuer(env *cliEnv, fs *flag.FlagSet, args []string) error {
 	pub, _ := kp.PublicKey()
 	fmt.Fprintf(env.stdout, "seed: %s\npublic: %s\n", seed, pub)
 	fmt.Fprintln(env.stderr, "the seed is the auth service's auth.issuer_seed (ALLOT_AUTH_ISSUER_SEED; keep it in a Secret); the public key is the issuer of nats-server's auth_callout block")
+	return nil
+}
+
+// roleName is what the auth service takes as a role's name.
+var roleName = regexp.MustCompile(`^[a-z0-9_-]{1,32}$`)
+
+// keysNew makes an API key offline and prints it with its static key
+// line: a new deployment's keys exist before any auth service runs to
+// create them (auth.static_keys), and a Secret holds them.
+func keysNew(env *cliEnv, fs *flag.FlagSet, args []string) error {
+	role := fs.String("role", "", "the key's role, for its static key line (app, reader, operator, admin, service, or one of auth.roles)")
+	if _, err := parseFlags(fs, args, false); err != nil {
+		return err
+	}
+	if *role == "" {
+		return usagef("-role is required")
+	}
+	if !roleName.MatchString(*role) {
+		return usagef("-role %q: a role name is 1-32 of a-z 0-9 _ -", *role)
+	}
+	key, err := auth.NewKey()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "key: %s\nstatic: %s=%s\n", key, *role, key)
+	note := ""
+	if cfg, err := auth.DefaultConfig(); err == nil {
+		if _, shipped := cfg.Roles[*role]; !shipped {
+			note = fmt.Sprintf("; %s is no shipped role, so auth.roles must define it", *role)
+		}
+	}
+	fmt.Fprintf(env.stderr, "the key exists nowhere until the auth service has it as a static key (auth.static_keys, ALLOT_AUTH_STATIC_KEYS: the static line), which it makes sure of at start with role %s%s; keep it in a Secret\n", *role, note)
 	return nil
 }
