@@ -129,8 +129,10 @@ func (r *Rendered) NATSOptions(w Workload, standIn bool) (opts *server.Options, 
 		if err != nil {
 			return nil, where, fmt.Errorf("$%s: nats-server cannot read the value of %s (use letters and digits)", name, name)
 		}
-		if s, isString := m["pk"].(string); secretVar[name] && (!isString || s != v) {
-			return nil, where, fmt.Errorf("$%s: nats-server reads the value of %s as something else than the Secret holds (%T); use letters and digits, starting with a letter", name, name, m["pk"])
+		if s, isString := m["pk"].(string); secretVar[name] && !isString {
+			return nil, where, fmt.Errorf("$%s: nats-server reads the value of %s as a %T, not as the string the Secret holds; use letters and digits, starting with a letter", name, name, m["pk"])
+		} else if secretVar[name] && s != v {
+			return nil, where, fmt.Errorf("$%s: nats-server reads the value of %s as another string than the Secret holds (cut at a brace, a comma or a newline, or unquoted); use letters and digits, starting with a letter", name, name)
 		}
 		fmt.Fprintf(&defs, "%s: %s\n", name, v)
 		n++
