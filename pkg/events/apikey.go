@@ -23,8 +23,11 @@ var ErrNotAKey = errors.New("events: not an API key (want <8-character id>.<secr
 
 // KeyOptions returns the nats.go options to connect with an API key: the
 // key as the token, and inboxes under the key's own prefix. Pass them to
-// nats.Connect.
+// nats.Connect. Whitespace around the key is dropped.
 func KeyOptions(key string) ([]nats.Option, error) {
+	// A key read from a file or a Secret often ends in a newline, which
+	// no key holds.
+	key = strings.TrimSpace(key)
 	id, secret, ok := strings.Cut(key, ".")
 	if !ok || len(id) != KeyIDLen || secret == "" || strings.ContainsAny(key, " \t\r\n*>") {
 		return nil, ErrNotAKey

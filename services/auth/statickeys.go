@@ -12,7 +12,8 @@ import (
 
 // parseStaticKey reads a static key, "role=key".
 func parseStaticKey(s string) (string, apikey.Key, error) {
-	role, key, ok := strings.Cut(s, "=")
+	role, key, ok := strings.Cut(strings.TrimSpace(s), "=")
+	role, key = strings.TrimSpace(role), strings.TrimSpace(key)
 	if !ok || role == "" {
 		return "", apikey.Key{}, errors.New(`a static key is "role=key"`)
 	}
