@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/allot/allot/pkg/events"
@@ -22,6 +24,41 @@ type decider struct {
 	chain   chain
 	now     func() time.Time
 	log     *slog.Logger
+	perms   permCache
+}
+
+// permCache keeps compiled permissions by what they are compiled from
+// (the role, the key's uids, the adjustments in force): compiling is a
+// pure function of those and a tenth of a decision's time, and keys of
+// one role and uids connect again and again. The roles do not change
+// while the service runs.
+type permCache struct {
+	mu sync.Mutex
+	m  map[string]policy.Permissions
+}
+
+// maxPermCache bounds the cache; a full cache starts over.
+const maxPermCache = 4096
+
+func (c *permCache) compile(roleName string, role Role, uids []string, adj policy.Adjustments) (policy.Permissions, error) {
+	key := roleName + "\x00" + strings.Join(uids, ",") + "\x00" + strings.Join(adj.Deny, ",") + "\x00" + strings.Join(adj.Allow, ",")
+	c.mu.Lock()
+	p, ok := c.m[key]
+	c.mu.Unlock()
+	if ok {
+		return p, nil
+	}
+	p, err := policy.CompileAdjusted(role.Grant, uids, adj)
+	if err != nil {
+		return p, err
+	}
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= maxPermCache {
+		c.m = map[string]policy.Permissions{}
+	}
+	c.m[key] = p
+	c.mu.Unlock()
+	return p, nil
 }
 
 // Decide implements Decider.
@@ -53,7 +90,9 @@ func (d *decider) Decide(ctx context.Context, req *jwt.AuthorizationRequest) (Gr
 			return Grant{}, err
 		}
 	}
-	g, err := grantOf(rec, role, c.Now)
+	g, err := grantWith(rec, role, c.Now, func(adj policy.Adjustments) (policy.Permissions, error) {
+		return d.perms.compile(rec.Role, role, rec.UIDs, adj)
+	})
 	if err != nil {
 		return Grant{}, Refuse("inexpressible", "key %s: %v", rec.ID, err)
 	}
@@ -67,6 +106,14 @@ func (d *decider) Decide(ctx context.Context, req *jwt.AuthorizationRequest) (Gr
 // its uids, its overrides and additions in force, its own inbox, until the
 // earliest of the key's end, an adjustment's end and the role's window.
 func grantOf(rec Record, role Role, now time.Time) (Grant, error) {
+	return grantWith(rec, role, now, func(adj policy.Adjustments) (policy.Permissions, error) {
+		return policy.CompileAdjusted(role.Grant, rec.UIDs, adj)
+	})
+}
+
+// grantWith is grantOf with the compiling handed in (the decider's is
+// cached).
+func grantWith(rec Record, role Role, now time.Time, compile func(policy.Adjustments) (policy.Permissions, error)) (Grant, error) {
 	var adj policy.Adjustments
 	var ends []time.Time
 	for _, a := range rec.Active(now) {
@@ -78,7 +125,7 @@ func grantOf(rec Record, role Role, now time.Time) (Grant, error) {
 		}
 		ends = append(ends, a.Expires)
 	}
-	p, err := policy.CompileAdjusted(role.Grant, rec.UIDs, adj)
+	p, err := compile(adj)
 	if err != nil {
 		return Grant{}, err
 	}
