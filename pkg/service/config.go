@@ -234,18 +234,52 @@ func (c Config) Validate() error {
 }
 
 // Redacted returns the whole configuration as YAML with every secret and
-// URL password masked, for -validate and for a startup log line.
-func (c Config) Redacted() string {
+// URL password masked, for -validate and for a startup log line. sections
+// are the owned sections as their services print them (OwnedSection): each
+// top-level key of theirs takes the place of c's note or view of it, or
+// comes after c's keys, so the whole prints as one document.
+func (c Config) Redacted(sections ...string) string {
+	var doc yaml.Node
+	if err := doc.Encode(c); err != nil {
+		return fmt.Sprintf("service: cannot print config: %v", err)
+	}
+	for _, s := range sections {
+		var own yaml.Node
+		if err := yaml.Unmarshal([]byte(s), &own); err != nil {
+			return fmt.Sprintf("service: cannot print config: %v", err)
+		}
+		if len(own.Content) == 1 && own.Content[0].Kind == yaml.MappingNode {
+			mergeKeys(&doc, own.Content[0])
+		}
+	}
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)
-	if err := enc.Encode(c); err != nil {
+	if err := enc.Encode(&doc); err != nil {
 		return fmt.Sprintf("service: cannot print config: %v", err)
 	}
 	if err := enc.Close(); err != nil {
 		return fmt.Sprintf("service: cannot print config: %v", err)
 	}
 	return buf.String()
+}
+
+// mergeKeys puts every key of the mapping from into the mapping into: in
+// the place of the same key, or at the end.
+func mergeKeys(into, from *yaml.Node) {
+	for i := 0; i+1 < len(from.Content); i += 2 {
+		k, v := from.Content[i], from.Content[i+1]
+		replaced := false
+		for j := 0; j+1 < len(into.Content); j += 2 {
+			if into.Content[j].Value == k.Value {
+				into.Content[j+1], replaced = v, true
+				break
+			}
+		}
+		if !replaced {
+			into.Content = append(into.Content, k, v)
+		}
+	}
 }
 
 // fieldError reports a broken rule of one field, named by its YAML path.

@@ -610,3 +610,95 @@ func TestOwnedSectionIsNotPrinted(t *testing.T) {
 		t.Errorf("Redacted:\n%s", out)
 	}
 }
+
+// sectionsConfig is a service's view of several top-level sections: one
+// of its own, one inlined (as usage.Catalog is), and a field the file and
+// the environment leave alone.
+type sectionsConfig struct {
+	Kept   extraConfig  `yaml:"-"`
+	Shared sharedConfig `yaml:",inline"`
+	Extra  extraConfig  `yaml:"extra"`
+}
+
+type sharedConfig struct {
+	Names map[string]int `yaml:"names"`
+}
+
+// Several sections are decoded strictly where they stand, inlined ones
+// too; maps add to the defaults; the other sections are left alone; a
+// field tagged yaml:"-" is touched by neither the file nor the
+// environment.
+func TestLoadSections(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "allot.yaml")
+	writeFile(t, path, "log:\n  level: debug\nmeter:\n  whatever: 1\nnames: {b: 2}\nextra:\n  count: 3\n")
+	got := sectionsConfig{Kept: extraConfig{Count: 9}, Shared: sharedConfig{Names: map[string]int{"a": 1}}}
+	if err := service.LoadSections(&got, path, envMap(map[string]string{"X_ON": "true"})); err != nil {
+		t.Fatalf("LoadSections: %v", err)
+	}
+	want := sectionsConfig{
+		Kept:   extraConfig{Count: 9},
+		Shared: sharedConfig{Names: map[string]int{"a": 1, "b": 2}},
+		Extra:  extraConfig{Count: 3, On: true},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("LoadSections (-want +got):\n%s", diff)
+	}
+
+	bad := filepath.Join(dir, "bad.yaml")
+	writeFile(t, bad, "other: {x: 1}\nnames: {a: many}\nextra:\n  nope: 1\n")
+	for _, tc := range []struct {
+		name string
+		dst  any
+		path string
+		want []string
+	}{
+		{"each section's errors, with its path", &sectionsConfig{}, bad, []string{"line 2: names.a:", "line 4: extra.nope: unknown field"}},
+		{"not a pointer", sectionsConfig{}, bad, []string{"LoadSections needs a non-nil pointer to a struct"}},
+		{"no file", &sectionsConfig{}, filepath.Join(dir, "absent.yaml"), []string{"no such file"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := service.LoadSections(tc.dst, tc.path, envMap(nil))
+			if err == nil {
+				t.Fatal("LoadSections = nil, want an error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// The sections a service prints take the place of the runtime's note of
+// them, or come after the runtime's keys: one document, each key once.
+func TestRedactedWithSections(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "allot.yaml")
+	writeFile(t, path, "auth:\n  issuer_seed: SAAS3CRET\n")
+	cfg, err := service.Load(path, envMap(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Instance = "test"
+	got := cfg.Redacted("auth:\n  issuer_seed: '[redacted]'\n", "extra:\n  count: 3\nauth:\n  key_ttl: 1h\n")
+	var doc yaml.Node
+	if err := yaml.Unmarshal([]byte(got), &doc); err != nil {
+		t.Fatalf("not YAML: %v\n%s", err, got)
+	}
+	var keys []string
+	for i := 0; i < len(doc.Content[0].Content); i += 2 {
+		keys = append(keys, doc.Content[0].Content[i].Value)
+	}
+	if diff := cmp.Diff([]string{"nats", "redis", "http", "log", "shutdown", "subjects", "streams", "metrics", "grants", "meter", "ratelimit", "registry", "notifier", "auth", "instance", "extra"}, keys); diff != "" {
+		t.Errorf("keys (-want +got):\n%s", diff)
+	}
+	for _, want := range []string{"auth:\n  key_ttl: 1h\n", "extra:\n  count: 3\n", "key_prefix: 'allot:'"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("Redacted lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "decoded by the service") || strings.Contains(got, "SAAS3CRET") {
+		t.Errorf("the owner's section did not replace the note:\n%s", got)
+	}
+}

@@ -1,6 +1,7 @@
 package service
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -39,8 +40,13 @@ func DefaultConsumerTuning() ConsumerTuning {
 	return ConsumerTuning{Batch: 500, FetchWait: 30 * time.Second, AckWait: 30 * time.Second, MaxAckPending: 20000, DedupTTL: 24 * time.Hour, RetryDelay: time.Second}
 }
 
-// validate checks t, naming its fields under section; dedup_ttl must also
-// outlast duplicates (the stream's duplicate window; 0 for none).
+// Validate checks t and returns every broken rule joined, each naming its
+// field under section (meter, ratelimit.hits); dedup_ttl must also outlast
+// duplicates (the stream's duplicate window; 0 for none).
+func (t ConsumerTuning) Validate(section string, duplicates time.Duration) error {
+	return errors.Join(t.validate(section, duplicates)...)
+}
+
 func (t ConsumerTuning) validate(section string, duplicates time.Duration) []error {
 	var errs []error
 	if t.Batch < 1 || t.Batch > 10000 {

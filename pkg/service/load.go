@@ -92,6 +92,36 @@ func LoadSection(dst any, path, section string, getenv func(string) string) erro
 	return applyEnv(v.Elem(), getenv)
 }
 
+// LoadSections is LoadSection for a struct whose fields are several
+// top-level sections of the shared configuration file (a service that
+// reads the metrics and grants beside its own section, say): every field
+// dst's YAML sees, inlined ones included, is overlaid with its key of the
+// file, strictly, and then with the environment. The file's other keys are
+// not its business. A field tagged `yaml:"-"` is left alone by the file
+// and by the environment: that is where a service keeps what it did not
+// read itself, such as the runtime's Config.
+func LoadSections(dst any, path string, getenv func(string) string) error {
+	v := reflect.ValueOf(dst)
+	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
+		return fmt.Errorf("service: LoadSections needs a non-nil pointer to a struct, got %T", dst)
+	}
+	if path != "" {
+		// dst's sections inline, beside the rest of the file, so each is
+		// decoded strictly where it stands.
+		wt := reflect.StructOf([]reflect.StructField{
+			{Name: "Sections", Type: v.Elem().Type(), Tag: `yaml:",inline"`},
+			{Name: "Rest", Type: reflect.TypeFor[map[string]yaml.Node](), Tag: `yaml:",inline"`},
+		})
+		w := reflect.New(wt)
+		w.Elem().Field(0).Set(v.Elem())
+		if err := decodeFile(path, w.Interface()); err != nil {
+			return err
+		}
+		v.Elem().Set(w.Elem().Field(0))
+	}
+	return applyEnv(v.Elem(), getenv)
+}
+
 // decodeFile decodes the YAML file at path into dst, refusing unknown
 // fields.
 func decodeFile(path string, dst any) error {
@@ -239,13 +269,17 @@ func fieldAt(cands []located, msg string) (field, rule string) {
 var durationType = reflect.TypeFor[time.Duration]()
 
 // applyEnv sets every env-tagged field of the struct v, and walks into
-// untagged struct fields, collecting every error.
+// untagged struct fields, collecting every error. A field the file cannot
+// set (`yaml:"-"`) the environment does not set either.
 func applyEnv(v reflect.Value, getenv func(string) string) error {
 	var errs []error
 	t := v.Type()
 	for i := range t.NumField() {
 		sf := t.Field(i)
 		if !sf.IsExported() {
+			continue
+		}
+		if sf.Tag.Get("yaml") == "-" {
 			continue
 		}
 		fv := v.Field(i)

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"io"
 	"log/slog"
-	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,10 +28,12 @@ type Deps struct {
 }
 
 // OwnedSection is a section of the configuration a service decodes
-// itself (LoadSection): Load checks it and returns it as YAML to print,
-// secrets masked.
+// itself (LoadSection, LoadSections): Load reads it from the file at path
+// and the environment, checks it (against rt, the runtime's configuration,
+// where a rule needs it, such as the streams' duplicate window) and
+// returns it as YAML to print, secrets masked.
 type OwnedSection struct {
-	Load func(path string, getenv func(string) string) (redacted string, err error)
+	Load func(rt Config, path string, getenv func(string) string) (redacted string, err error)
 }
 
 // StartFunc starts a service's own parts (consumers, endpoints) on d and
@@ -68,18 +69,18 @@ func Run(ctx context.Context, name string, args []string, getenv func(string) st
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	// The service's own section is checked before anything starts, and
-	// printed by -validate after the rest.
-	var sections strings.Builder
+	// The service's own sections are checked before anything starts, and
+	// printed by -validate in place of the runtime's view of them.
+	sections := make([]string, 0, len(owned))
 	for _, o := range owned {
-		text, err := o.Load(flags.ConfigPath, getenv)
+		text, err := o.Load(cfg, flags.ConfigPath, getenv)
 		if err != nil {
 			return err
 		}
-		sections.WriteString(text)
+		sections = append(sections, text)
 	}
 	if flags.Validate {
-		_, err := io.WriteString(stdout, cfg.Redacted()+sections.String())
+		_, err := io.WriteString(stdout, cfg.Redacted(sections...))
 		return err
 	}
 

@@ -5,7 +5,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +17,8 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/allot/allot/pkg/service"
 )
 
 // syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
@@ -143,5 +148,46 @@ func TestExampleRunValidate(t *testing.T) {
 	err := run(t.Context(), []string{"-validate"}, envMap(env), &stdout, &stderr)
 	if err == nil || !strings.Contains(err.Error(), "log.level") {
 		t.Errorf("run -validate with a bad level = %v, want a log.level error", err)
+	}
+}
+
+// Run checks a service's own sections before anything starts, hands them
+// the runtime's configuration, refuses to start when one is broken, and
+// has -validate print them in the document with the runtime's.
+func TestRunOwnedSections(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "allot.yaml")
+	writeFile(t, path, "auth:\n  count: 3\n")
+	env := map[string]string{"ALLOT_INSTANCE": "x-0"}
+	var gotName, gotPath string
+	owned := service.OwnedSection{Load: func(rt service.Config, path string, getenv func(string) string) (string, error) {
+		gotName, gotPath = rt.NATS.Name, path
+		var c extraConfig
+		if err := service.LoadSection(&c, path, "auth", getenv); err != nil {
+			return "", err
+		}
+		if c.Count > 5 {
+			return "", errors.New("auth.count: too many")
+		}
+		return fmt.Sprintf("auth:\n  count: %d\n", c.Count), nil
+	}}
+	started := false
+	start := func(context.Context, service.Deps) (func(context.Context) error, error) {
+		started = true
+		return nil, nil
+	}
+	var stdout, stderr syncBuffer
+	if err := service.Run(t.Context(), "x", []string{"-validate", "-config", path}, envMap(env), &stdout, &stderr, start, owned); err != nil {
+		t.Fatal(err)
+	}
+	if gotName != "allot-x" || gotPath != path {
+		t.Errorf("the section was loaded with name %q from %q", gotName, gotPath)
+	}
+	if out := stdout.String(); !strings.Contains(out, "auth:\n  count: 3\n") || !strings.Contains(out, "instance: x-0\n") || strings.Contains(out, "decoded by") {
+		t.Errorf("-validate printed:\n%s", out)
+	}
+	writeFile(t, path, "auth:\n  count: 6\n")
+	err := service.Run(t.Context(), "x", []string{"-config", path}, envMap(env), &stdout, &stderr, start, owned)
+	if err == nil || !strings.Contains(err.Error(), "auth.count") || started {
+		t.Errorf("a broken section: %v (started: %v)", err, started)
 	}
 }

@@ -231,7 +231,7 @@ func (c Config) Issuer() (nkeys.KeyPair, error) {
 // Section is the auth section as service.Run checks it before starting
 // anything and prints it with -validate, secrets masked.
 func Section() service.OwnedSection {
-	return service.OwnedSection{Load: func(path string, getenv func(string) string) (string, error) {
+	return service.OwnedSection{Load: func(_ service.Config, path string, getenv func(string) string) (string, error) {
 		cfg, err := LoadConfig(path, getenv)
 		if err != nil {
 			return "", err
