@@ -21,6 +21,7 @@ require (
 	github.com/allot/allot/pkg/events v0.0.0
 	github.com/allot/allot/pkg/keys v0.0.0
 	github.com/allot/allot/pkg/service v0.0.0
+	github.com/allot/allot/services/meter v0.0.0
 	github.com/google/go-cmp v0.7.0
 	github.com/nats-io/nats.go v1.55.0
 	github.com/redis/go-redis/v9 v9.23.0
@@ -29,8 +30,8 @@ require (
 require (
 	github.com/alicebob/miniredis/v2 v2.40.0 // indirect
 	github.com/allot/allot/pkg/mutex v0.0.0 // indirect
+	github.com/allot/allot/pkg/usage v0.0.0 // indirect
 	github.com/allot/allot/services/auth v0.0.0 // indirect
-	github.com/allot/allot/services/meter v0.0.0 // indirect
 	github.com/allot/allot/services/notifier v0.0.0 // indirect
 	github.com/allot/allot/services/ratelimit v0.0.0 // indirect
 	github.com/allot/allot/services/registry v0.0.0 // indirect
@@ -70,3 +71,5 @@ require (
 )
 
 replace github.com/allot/allot/services/auth => ../services/auth
+
+replace github.com/allot/allot/pkg/usage => ../pkg/usage

@@ -43,7 +43,7 @@ type ingestSpec struct {
 // the consumer has applied everything and the lag probes are seen.
 func (h *harness) ingest(ctx context.Context, s ingestSpec) report.Phase {
 	t := h.t
-	stream, consumer, subjects := t.cfg.Streams.Usage, t.cfg.Meter.Consumer, t.cfg.Subjects
+	stream, consumer, subjects := t.cfg.Streams.Usage, t.meter.Consumer, t.cfg.Subjects
 	if s.raw {
 		stream, consumer, subjects = t.rawStream, t.rawConsumer, t.rawSubjects
 	}

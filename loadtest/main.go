@@ -371,7 +371,7 @@ func (h *harness) checkExactness(ctx context.Context) report.Exactness {
 	}
 	var note string
 	stream := h.t.cfg.Streams.Usage
-	if w, err := watchFloor(wctx, h.t.js, stream, h.t.cfg.Meter.Consumer, nil); err != nil {
+	if w, err := watchFloor(wctx, h.t.js, stream, h.t.meter.Consumer, nil); err != nil {
 		note = "exactness check, the meter's progress: " + err.Error()
 	} else if err := w.drain(wctx, h.t.js, "exactness check, the meter's drain", stream); err != nil {
 		note = err.Error() + "; what the meter had not applied counts as lost in the comparison"

@@ -14,6 +14,7 @@ import (
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/keys"
 	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/services/meter"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
@@ -26,7 +27,8 @@ const clientConns = 4
 type target struct {
 	runID    string
 	kind     string
-	cfg      service.Config // subjects, streams, key prefix and consumer of the stack
+	cfg      service.Config // subjects, streams and key prefix of the stack
+	meter    meter.Settings // the stack's meter: its consumer and handlers
 	keys     keys.Keys
 	natsURL  string
 	redisURL string
@@ -96,7 +98,7 @@ func setUp(ctx context.Context, o Options, log *slog.Logger) (t *target, err err
 		for _, n := range t.stack.ready.Notes {
 			log.Info("stack: " + n)
 		}
-		t.cfg, t.natsURL, t.redisURL = cfg, t.stack.ready.NATSURL, t.stack.ready.RedisURL
+		t.cfg, t.meter, t.natsURL, t.redisURL = cfg, meter.DefaultSettings(), t.stack.ready.NATSURL, t.stack.ready.RedisURL
 		log.Info("stack ready", "pid", t.stack.pid(), "nats", t.natsURL, "redis", redact(t.redisURL), "services", strings.Join(t.stack.ready.Services, ","))
 	case targetExternal:
 		getenv := func(k string) string {
@@ -112,7 +114,11 @@ func setUp(ctx context.Context, o Options, log *slog.Logger) (t *target, err err
 		if err != nil {
 			return t, err
 		}
-		t.cfg, t.natsURL, t.redisURL = cfg, o.NATSURL, o.RedisURL
+		mcfg, err := meter.LoadConfig(cfg, o.Config, getenv)
+		if err != nil {
+			return t, err
+		}
+		t.cfg, t.meter, t.natsURL, t.redisURL = cfg, mcfg.Meter, o.NATSURL, o.RedisURL
 	}
 	t.keys = keys.New(t.cfg.Redis.KeyPrefix)
 
@@ -167,7 +173,7 @@ func setUp(ctx context.Context, o Options, log *slog.Logger) (t *target, err err
 	}
 	t.baseline, err = spawn(ctx, childSpec{Role: roleBaseline, NATSURL: t.natsURL, RedisURL: t.redisURL, Prefix: t.cfg.Redis.KeyPrefix + tag + ":",
 		Instance: "loadtest-" + t.runID, RawStream: t.rawStream, RawConsumer: t.rawConsumer, RawReply: t.rawReply,
-		Handlers: t.cfg.Meter.Handlers, Verbose: o.Verbose})
+		Handlers: t.meter.Handlers, Verbose: o.Verbose})
 	if err != nil {
 		return t, err
 	}

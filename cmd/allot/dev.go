@@ -83,6 +83,10 @@ func runDev(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) e
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
+	sections, err := devstack.LoadSections(cfg, sf.ConfigPath, env.getenv)
+	if err != nil {
+		return fmt.Errorf("invalid configuration: %w", err)
+	}
 	external := env.getenv("NATS_URL") != ""
 	var authCfg *auth.Config
 	if !*noAuth && !external {
@@ -93,7 +97,11 @@ func runDev(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) e
 		authCfg, notes = &a, append(notes, authNotes...)
 	}
 	if sf.Validate {
-		fmt.Fprint(env.stdout, cfg.Redacted())
+		own, err := sections.Redacted()
+		if err != nil {
+			return err
+		}
+		fmt.Fprint(env.stdout, cfg.Redacted(own))
 		fmt.Fprintln(env.stdout, "# configuration is valid")
 		return nil
 	}
@@ -112,6 +120,7 @@ func runDev(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) e
 	}
 	st, err := devstack.Start(ctx, devstack.Options{
 		Config:        cfg,
+		Sections:      &sections,
 		ExternalNATS:  external,
 		Auth:          authCfg,
 		ExternalRedis: env.getenv("REDIS_URL") != "",

@@ -7,6 +7,7 @@ require (
 	github.com/allot/allot/pkg/events v0.0.0
 	github.com/allot/allot/pkg/service v0.0.0
 	github.com/allot/allot/pkg/testenv v0.0.0
+	github.com/allot/allot/pkg/usage v0.0.0
 	github.com/allot/allot/services/meter v0.0.0
 	github.com/allot/allot/services/notifier v0.0.0
 	github.com/allot/allot/services/ratelimit v0.0.0
@@ -47,7 +48,7 @@ require (
 	github.com/wneessen/go-mail v0.7.2 // indirect
 	github.com/yuin/gopher-lua v1.1.1 // indirect
 	go.uber.org/atomic v1.12.0 // indirect
-	go.yaml.in/yaml/v3 v3.0.6 // indirect
+	go.yaml.in/yaml/v3 v3.0.6
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
@@ -68,3 +69,5 @@ replace (
 )
 
 replace github.com/allot/allot/services/auth => ../../services/auth
+
+replace github.com/allot/allot/pkg/usage => ../../pkg/usage

@@ -12,7 +12,6 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/allot/allot/pkg/events"
-	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/pkg/testenv"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -26,7 +25,7 @@ import (
 // (the real servers the README's figures come from) or to an embedded
 // NATS and miniredis, and returns a config whose streams, subjects and
 // keys are the benchmark's own and are removed afterwards.
-func benchSetup(b *testing.B) (*nats.Conn, *redis.Client, service.Config) {
+func benchSetup(b *testing.B) (*nats.Conn, *redis.Client, Config) {
 	b.Helper()
 	natsURL := os.Getenv("ALLOT_BENCH_NATS_URL")
 	if natsURL == "" {
@@ -53,7 +52,7 @@ func benchSetup(b *testing.B) (*nats.Conn, *redis.Client, service.Config) {
 	var r [4]byte
 	_, _ = rand.Read(r[:])
 	tag := hex.EncodeToString(r[:])
-	cfg := service.Default()
+	cfg := DefaultConfig()
 	cfg.Instance = "bench"
 	cfg.Redis.KeyPrefix = "b" + tag[:4] + ":"
 	cfg.Subjects.Usage, cfg.Subjects.Dead, cfg.Subjects.Notify, cfg.Subjects.Meter = "b"+tag+".usage", "b"+tag+".dead", "b"+tag+".notify", "b"+tag+".meter"
@@ -77,7 +76,7 @@ func benchSetup(b *testing.B) (*nats.Conn, *redis.Client, service.Config) {
 }
 
 // fill publishes n usage events over 1000 uids: counters and grants.
-func fill(b *testing.B, nc *nats.Conn, cfg service.Config, n int) {
+func fill(b *testing.B, nc *nats.Conn, cfg Config, n int) {
 	b.Helper()
 	pub, err := events.NewAsyncPublisher(nc, events.AsyncOptions{PublisherOptions: events.PublisherOptions{Subjects: cfg.Subjects, Source: "bench"}})
 	if err != nil {
@@ -100,7 +99,7 @@ func fill(b *testing.B, nc *nats.Conn, cfg service.Config, n int) {
 // rawWorker is the ingest baseline: fetch 500, decode, one pipelined
 // INCRBY+EXPIRE per event, ack each. No dedup, no validation beyond the
 // decoder, no grant periods.
-func rawWorker(ctx context.Context, b *testing.B, js jetstream.JetStream, rdb *redis.Client, cfg service.Config, n int) time.Duration {
+func rawWorker(ctx context.Context, b *testing.B, js jetstream.JetStream, rdb *redis.Client, cfg Config, n int) time.Duration {
 	b.Helper()
 	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.Streams.Usage, jetstream.ConsumerConfig{Durable: "raw", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 20000})
 	if err != nil {

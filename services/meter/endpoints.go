@@ -9,6 +9,7 @@ import (
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/usage"
 	"github.com/allot/allot/services/meter/internal/store"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -32,15 +33,15 @@ func (m *Meter) reply(req micro.Request, endpoint string, v any, err error) {
 
 // grantMetric returns the declaration of a grant metric, or a 404 for an
 // unknown metric and a 400 for one that is not a grant.
-func (m *Meter) grantMetric(name string) (service.MetricConfig, float64, error) {
-	mc, ok := m.cfg.Metric(name)
+func (m *Meter) grantMetric(name string) (usage.MetricConfig, float64, error) {
+	mc, ok := m.cfg.Usage.Metric(name)
 	if !ok {
 		return mc, 0, events.NewServiceError(events.CodeNotFound, "metric", "unknown metric %q", name)
 	}
-	if mc.Style != service.StyleGrant {
+	if mc.Style != usage.StyleGrant {
 		return mc, 0, events.NewServiceError(events.CodeBadRequest, "metric", "metric %q is a %s, not a grant", name, mc.Style)
 	}
-	limit, _ := m.cfg.DefaultGrant(name)
+	limit, _ := m.cfg.Usage.DefaultGrant(name)
 	return mc, limit, nil
 }
 
@@ -116,8 +117,8 @@ func (m *Meter) creditNames(metric string) ([]string, error) {
 		return []string{metric}, nil
 	}
 	var names []string
-	for _, n := range m.cfg.MetricNames() {
-		if mc, _ := m.cfg.Metric(n); mc.Style == service.StyleGrant {
+	for _, n := range m.cfg.Usage.MetricNames() {
+		if mc, _ := m.cfg.Usage.Metric(n); mc.Style == usage.StyleGrant {
 			names = append(names, n)
 		}
 	}
@@ -128,8 +129,8 @@ func (m *Meter) creditNames(metric string) ([]string, error) {
 func (m *Meter) creditsOf(uid string, names []string, read store.CreditRead) []events.Credit {
 	out := make([]events.Credit, 0, len(names))
 	for _, n := range names {
-		mc, _ := m.cfg.Metric(n)
-		limit, _ := m.cfg.DefaultGrant(n)
+		mc, _ := m.cfg.Usage.Metric(n)
+		limit, _ := m.cfg.Usage.DefaultGrant(n)
 		if o, ok := read.Overrides[n]; ok {
 			limit = o
 		}
@@ -137,7 +138,7 @@ func (m *Meter) creditsOf(uid string, names []string, read store.CreditRead) []e
 		c := events.Credit{UID: uid, Metric: n, Limit: limit, Period: mc.Period}
 		if raw.Started && (raw.End.IsZero() || read.Now.Before(raw.End)) {
 			c.Used, c.ResetsAt = raw.Used, raw.End
-		} else if mc.Align == service.AlignCalendar {
+		} else if mc.Align == usage.AlignCalendar {
 			_, c.ResetsAt = store.Bounds(mc.Period, mc.Align, read.Now)
 		}
 		c.Remaining = math.Max(0, limit-c.Used)
@@ -165,7 +166,7 @@ func (m *Meter) handleAuthorizes(reqs []micro.Request) {
 		if err == nil {
 			err = events.DecodeRequest(req.Data(), &body)
 		}
-		var mc service.MetricConfig
+		var mc usage.MetricConfig
 		var limit float64
 		if err == nil {
 			mc, limit, err = m.grantMetric(body.Metric)
@@ -273,8 +274,8 @@ func (m *Meter) handleGrants(req micro.Request) {
 		m.reply(req, "grants", nil, err)
 		return
 	}
-	effective := make(map[string]float64, len(m.cfg.Grants)+len(overrides))
-	for k, v := range m.cfg.Grants {
+	effective := make(map[string]float64, len(m.cfg.Usage.Grants)+len(overrides))
+	for k, v := range m.cfg.Usage.Grants {
 		effective[k] = v
 	}
 	for k, v := range overrides {
@@ -287,7 +288,7 @@ func (m *Meter) handleGrants(req micro.Request) {
 // for one (uid, metric).
 type noticeBatch struct {
 	uid, metric string
-	mc          service.MetricConfig
+	mc          usage.MetricConfig
 	notices     []store.Notice
 }
 

@@ -6,7 +6,6 @@ import (
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/keys"
-	"github.com/allot/allot/pkg/service"
 )
 
 // grantNames are the grants a uid may be given its own limit of: the
@@ -19,12 +18,12 @@ type grantNames struct {
 	sorted []string
 }
 
-func newGrantNames(cfg service.Config) grantNames {
+func newGrantNames(cfg Config) grantNames {
 	g := grantNames{known: map[string]bool{keys.RateLimitField(""): true}}
-	for name := range cfg.Grants {
+	for name := range cfg.Usage.Grants {
 		g.known[name] = true
 	}
-	for name := range cfg.RateLimit.Services {
+	for _, name := range cfg.RateLimited {
 		g.known[keys.RateLimitField(name)] = true
 	}
 	for name := range g.known {

@@ -7,7 +7,6 @@ import (
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/keys"
-	"github.com/allot/allot/pkg/service"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -16,8 +15,7 @@ import (
 // refused whole with the list of the declared names, and writes nothing.
 func TestGrantNames(t *testing.T) {
 	cfg := testConfig()
-	limit := int64(10)
-	cfg.RateLimit.Services = map[string]service.RateLimitService{"upload": {Limit: &limit}}
+	cfg.RateLimited = []string{"upload"}
 	e := startEnv(t, cfg)
 	ctx := t.Context()
 	grantsKey := keys.New(cfg.Redis.KeyPrefix).Grants("u-1")

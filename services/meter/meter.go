@@ -39,7 +39,7 @@ type Deps struct {
 
 // Meter is a running meter: the event worker and the endpoints.
 type Meter struct {
-	cfg       service.Config
+	cfg       Config
 	subj      events.Subjects
 	log       *slog.Logger
 	nc        *nats.Conn
@@ -57,7 +57,7 @@ type Meter struct {
 // Start checks the configuration, creates the streams and the durable
 // consumer, starts the endpoints and the worker, and returns. Stop ends
 // them.
-func Start(ctx context.Context, cfg service.Config, deps Deps) (*Meter, error) {
+func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 	if deps.NATS == nil || deps.Redis == nil {
 		return nil, errors.New("meter: NATS and Redis are required")
 	}
@@ -127,7 +127,7 @@ func Start(ctx context.Context, cfg service.Config, deps Deps) (*Meter, error) {
 	}
 	m.stopConsumer = consumer.Start(ctx)
 	log.Info("meter started", "stream", cfg.Streams.Usage, "consumer", cfg.Meter.Consumer,
-		"metrics", len(cfg.Metrics), "handlers", cfg.Meter.Handlers)
+		"metrics", len(cfg.Usage.Metrics), "handlers", cfg.Meter.Handlers)
 	return m, nil
 }
 
@@ -173,14 +173,28 @@ func (m *Meter) stopEndpoints() {
 	}
 }
 
-// Run is the service.StartFunc of the meter, for its binary and for
-// "allot dev": it starts the meter on d and returns its Stop.
+// Run is the service.StartFunc of the meter's binary: it reads the
+// meter's sections of d's file (LoadConfig) and starts the meter with
+// them on d.
 func Run(ctx context.Context, d service.Deps) (func(context.Context) error, error) {
-	m, err := Start(ctx, d.Config, Deps{NATS: d.NATS, Redis: d.Redis, Registerer: d.Registry, Log: d.Log})
+	cfg, err := LoadConfig(d.Config, d.ConfigPath, d.Getenv)
 	if err != nil {
 		return nil, err
 	}
-	return m.Stop, nil
+	return RunWith(cfg)(ctx, d)
+}
+
+// RunWith is the service.StartFunc that starts the meter with cfg on d's
+// connections, as "allot dev" does with its one configuration; it returns
+// the meter's Stop.
+func RunWith(cfg Config) service.StartFunc {
+	return func(ctx context.Context, d service.Deps) (func(context.Context) error, error) {
+		m, err := Start(ctx, cfg, Deps{NATS: d.NATS, Redis: d.Redis, Registerer: d.Registry, Log: d.Log})
+		if err != nil {
+			return nil, err
+		}
+		return m.Stop, nil
+	}
 }
 
 // deadSubject is where the refusal of an event that came on subject goes:

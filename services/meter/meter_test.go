@@ -15,8 +15,8 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/keys"
-	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/pkg/testenv"
+	"github.com/allot/allot/pkg/usage"
 	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -28,7 +28,7 @@ import (
 // env is a meter on an embedded NATS and miniredis.
 type env struct {
 	t      *testing.T
-	cfg    service.Config
+	cfg    Config
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	mr     *miniredis.Miniredis
@@ -39,21 +39,21 @@ type env struct {
 	client *events.Client
 }
 
-func testConfig() service.Config {
-	cfg := service.Default()
+func testConfig() Config {
+	cfg := DefaultConfig()
 	cfg.Instance = "test"
 	cfg.Streams.Memory = true
 	cfg.Meter.RetryDelay = 100 * time.Millisecond
 	cfg.Meter.Handlers = 2
 	cfg.NATS.RequestTimeout = 500 * time.Millisecond
-	cfg.Metrics["queue_depth"] = service.MetricConfig{Style: service.StyleGauge, Scope: service.ScopeInstance}
-	cfg.Metrics["jobs_total"] = service.MetricConfig{Style: service.StyleCounter, Scope: service.ScopeGlobal, Labels: []string{"kind"}}
-	cfg.Metrics["tiny_daily_total"] = service.MetricConfig{Style: service.StyleGrant, Period: service.PeriodDay, Align: service.AlignCalendar, Notify: []float64{50, 100}}
-	cfg.Grants["tiny_daily_total"] = 4
+	cfg.Usage.Metrics["queue_depth"] = usage.MetricConfig{Style: usage.StyleGauge, Scope: usage.ScopeInstance}
+	cfg.Usage.Metrics["jobs_total"] = usage.MetricConfig{Style: usage.StyleCounter, Scope: usage.ScopeGlobal, Labels: []string{"kind"}}
+	cfg.Usage.Metrics["tiny_daily_total"] = usage.MetricConfig{Style: usage.StyleGrant, Period: usage.PeriodDay, Align: usage.AlignCalendar, Notify: []float64{50, 100}}
+	cfg.Usage.Grants["tiny_daily_total"] = 4
 	return cfg
 }
 
-func startEnv(t *testing.T, cfg service.Config) *env {
+func startEnv(t *testing.T, cfg Config) *env {
 	t.Helper()
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1, DialTimeout: 200 * time.Millisecond, ReadTimeout: 5 * time.Second})
@@ -63,7 +63,7 @@ func startEnv(t *testing.T, cfg service.Config) *env {
 
 // startEnvOn starts a meter on an embedded NATS and rdb, under
 // cfg.Redis.KeyPrefix; mr is rdb's miniredis, or nil for a real Redis.
-func startEnvOn(t *testing.T, cfg service.Config, rdb *redis.Client, mr *miniredis.Miniredis) *env {
+func startEnvOn(t *testing.T, cfg Config, rdb *redis.Client, mr *miniredis.Miniredis) *env {
 	t.Helper()
 	nc, err := nats.Connect(testenv.EmbeddedNATS(t))
 	if err != nil {

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/allot/allot/pkg/keys"
-	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/usage"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -96,17 +96,17 @@ func newUsageCollector(m *Meter) *usageCollector {
 		failure: prometheus.NewDesc("allot_meter_usage_export_errors", "1 when the last scrape could not read usage from Redis.",
 			nil, nil),
 	}
-	for _, name := range m.cfg.MetricNames() {
-		mc, _ := m.cfg.Metric(name)
-		if mc.Style == service.StyleGrant {
+	for _, name := range m.cfg.Usage.MetricNames() {
+		mc, _ := m.cfg.Usage.Metric(name)
+		if mc.Style == usage.StyleGrant {
 			continue
 		}
 		labels := append([]string{}, mc.Labels...)
 		sort.Strings(labels)
 		switch mc.Scope {
-		case service.ScopeInstance:
+		case usage.ScopeInstance:
 			labels = append(labels, "source")
-		case service.ScopeUser:
+		case usage.ScopeUser:
 			labels = append(labels, "uid")
 		}
 		help := mc.Help
@@ -144,7 +144,7 @@ func (c *usageCollector) collect(ctx context.Context, ch chan<- prometheus.Metri
 	k := st.Keys()
 	var errs []error
 	var instances []string
-	if c.hasScope(service.ScopeInstance) {
+	if c.hasScope(usage.ScopeInstance) {
 		var err error
 		if instances, err = st.Members(ctx, k.Instances()); err != nil {
 			return err
@@ -157,25 +157,25 @@ func (c *usageCollector) collect(ctx context.Context, ch chan<- prometheus.Metri
 			errs = append(errs, err)
 		}
 	}
-	for _, name := range c.m.cfg.MetricNames() {
+	for _, name := range c.m.cfg.Usage.MetricNames() {
 		desc, ok := c.descs[name]
 		if !ok {
 			continue
 		}
-		mc, _ := c.m.cfg.Metric(name)
+		mc, _ := c.m.cfg.Usage.Metric(name)
 		vt := prometheus.CounterValue
-		if mc.Style == service.StyleGauge {
+		if mc.Style == usage.StyleGauge {
 			vt = prometheus.GaugeValue
 		}
 		var owners []string
 		switch mc.Scope {
-		case service.ScopeGlobal:
+		case usage.ScopeGlobal:
 			owners = []string{keys.GlobalTag}
-		case service.ScopeInstance:
+		case usage.ScopeInstance:
 			for _, src := range instances {
 				owners = append(owners, keys.InstanceTag(src))
 			}
-		case service.ScopeUser:
+		case usage.ScopeUser:
 			owners = uids
 		}
 		for _, tag := range owners {
@@ -193,9 +193,9 @@ func (c *usageCollector) collect(ctx context.Context, ch chan<- prometheus.Metri
 					lv = append(lv, labels[l])
 				}
 				switch mc.Scope {
-				case service.ScopeInstance:
+				case usage.ScopeInstance:
 					lv = append(lv, tag[len("i."):])
-				case service.ScopeUser:
+				case usage.ScopeUser:
 					lv = append(lv, tag)
 				}
 				ch <- prometheus.MustNewConstMetric(desc, vt, v, lv...)
@@ -219,8 +219,8 @@ func (c *usageCollector) collect(ctx context.Context, ch chan<- prometheus.Metri
 }
 
 func (c *usageCollector) hasScope(scope string) bool {
-	for _, n := range c.m.cfg.MetricNames() {
-		if mc, _ := c.m.cfg.Metric(n); mc.Style != service.StyleGrant && mc.Scope == scope {
+	for _, n := range c.m.cfg.Usage.MetricNames() {
+		if mc, _ := c.m.cfg.Usage.Metric(n); mc.Style != usage.StyleGrant && mc.Scope == scope {
 			return true
 		}
 	}

@@ -10,7 +10,7 @@ import (
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/keys"
-	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/usage"
 	"github.com/nats-io/nats.go"
 )
 
@@ -101,9 +101,9 @@ var numberCases = []struct {
 }
 
 // numbersConfig adds a gauge of user scope, so each case has its own.
-func numbersConfig() service.Config {
+func numbersConfig() Config {
 	cfg := testConfig()
-	cfg.Metrics["level"] = service.MetricConfig{Style: service.StyleGauge, Scope: service.ScopeUser}
+	cfg.Usage.Metrics["level"] = usage.MetricConfig{Style: usage.StyleGauge, Scope: usage.ScopeUser}
 	return cfg
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/keys"
 	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/usage"
 	"github.com/allot/allot/services/meter/internal/store"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -129,11 +130,11 @@ func (a applier) parse(msg jetstream.Msg) item {
 	if err := ev.CheckSubject(uid); err != nil {
 		return refuse("subject", "%v", err)
 	}
-	mc, ok := m.cfg.Metric(ev.Data.Metric)
+	mc, ok := m.cfg.Usage.Metric(ev.Data.Metric)
 	if !ok {
 		return refuse("unknown_metric", "data.metric: unknown metric %q", ev.Data.Metric)
 	}
-	if ev.Data.Value < 0 && mc.Style != service.StyleGauge {
+	if ev.Data.Value < 0 && mc.Style != usage.StyleGauge {
 		return refuse("value", "data.value: must be a number from 0 to 1e15 for a %s (got %s)", mc.Style, strconv.FormatFloat(ev.Data.Value, 'f', -1, 64))
 	}
 	names := make([]string, 0, len(ev.Data.Labels))
@@ -144,10 +145,10 @@ func (a applier) parse(msg jetstream.Msg) item {
 		names = append(names, name)
 	}
 	sort.Strings(names)
-	if mc.Scope == service.ScopeInstance && !events.IsToken(ev.Source) {
+	if mc.Scope == usage.ScopeInstance && !events.IsToken(ev.Source) {
 		return refuse("invalid", "source: must be a token for the instance-scoped metric %s (got %q)", ev.Data.Metric, ev.Source)
 	}
-	limit, _ := m.cfg.DefaultGrant(ev.Data.Metric)
+	limit, _ := m.cfg.Usage.DefaultGrant(ev.Data.Metric)
 	it.op = store.Op{
 		ID:     ev.ID,
 		UID:    uid,
@@ -169,7 +170,7 @@ func applyRefusal(op store.Op, err error) *refusal {
 		return &refusal{"apply", err.Error()}
 	}
 	what := fmt.Sprintf("the used of grant %s", op.Metric)
-	if op.Config.Style != service.StyleGrant {
+	if op.Config.Style != usage.StyleGrant {
 		what = fmt.Sprintf("%s %s{%s}", op.Config.Style, op.Metric, op.Field)
 	}
 	return &refusal{"range", fmt.Sprintf("data.value: adding %s to %s, which holds %s, would pass 1e15, the largest number allot keeps; nothing was counted",

@@ -18,6 +18,7 @@ import (
 	"github.com/allot/allot/pkg/keys"
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/pkg/testenv"
+	"github.com/allot/allot/pkg/usage"
 	"github.com/allot/allot/services/meter"
 	"github.com/allot/allot/services/notifier/internal/smtptest"
 	"github.com/allot/allot/services/registry"
@@ -75,13 +76,13 @@ func newMiniEnv(t testing.TB) *env {
 	t.Cleanup(func() { _ = rdb.Close() })
 	cfg := service.Default()
 	cfg.NATS.URL = service.URL(testenv.EmbeddedNATS(t))
-	return newEnvOn(t, cfg, rdb)
+	return newEnvOn(t, cfg, meter.DefaultSettings(), rdb)
 }
 
-// newEnvOn starts a meter and an SMTP server on cfg's NATS and rdb. cfg
-// names the NATS, the subjects, the streams, the key prefix and the
-// queues; the rest is set here.
-func newEnvOn(t testing.TB, cfg service.Config, rdb redis.UniversalClient) *env {
+// newEnvOn starts a meter (with ms, its section) and an SMTP server on
+// cfg's NATS and rdb. cfg names the NATS, the subjects, the streams, the
+// key prefix and the queues; the rest is set here.
+func newEnvOn(t testing.TB, cfg service.Config, ms meter.Settings, rdb redis.UniversalClient) *env {
 	t.Helper()
 	e := &env{t: t, rdb: rdb, clock: &fakeClock{}, keys: keys.New(cfg.Redis.KeyPrefix)}
 	e.smtp = smtptest.Start(t, smtptest.Options{})
@@ -113,7 +114,7 @@ func newEnvOn(t testing.TB, cfg service.Config, rdb redis.UniversalClient) *env 
 		t.Fatal(err)
 	}
 	e.insp = asynq.NewInspectorFromRedisClient(rdb)
-	m, err := meter.Start(t.Context(), cfg, meter.Deps{NATS: e.nc, Redis: rdb})
+	m, err := meter.Start(t.Context(), meter.Config{Config: cfg, Usage: usage.Default(), Meter: ms}, meter.Deps{NATS: e.nc, Redis: rdb})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,7 +302,8 @@ func realEnvAt(t testing.TB, natsURL string, rdb redis.UniversalClient) *env {
 		RateLimit: tag + ".ratelimit", Registry: tag + ".registry", Notify: tag + ".notify"}
 	up := strings.ToUpper(tag)
 	cfg.Streams.Usage, cfg.Streams.Dead, cfg.Streams.Notify = up+"_USAGE", up+"_USAGE_DEAD", up+"_NOTIFY"
-	cfg.Meter.Consumer = tag + "-meter"
+	ms := meter.DefaultSettings()
+	ms.Consumer = tag + "-meter"
 	cfg.Notifier.Queues = map[string]int{tag + "-critical": 6, tag + "-default": 3, tag + "-low": 1}
 	cfg.Notifier.ConfirmQueue, cfg.Notifier.UsageQueue, cfg.Notifier.RefreshQueue = tag+"-critical", tag+"-default", tag+"-low"
 
@@ -328,5 +330,5 @@ func realEnvAt(t testing.TB, natsURL string, rdb redis.UniversalClient) *env {
 		}
 		testenv.DeleteKeys(rdb, prefix)
 	})
-	return newEnvOn(t, cfg, rdb)
+	return newEnvOn(t, cfg, ms, rdb)
 }

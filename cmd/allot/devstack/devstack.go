@@ -30,9 +30,11 @@ import (
 
 // Options says what to start.
 type Options struct {
-	// Config is the allot configuration; its NATS and Redis URLs are used
-	// only when ExternalNATS or ExternalRedis is set.
+	// Config is the runtime's configuration; its NATS and Redis URLs are
+	// used only when ExternalNATS or ExternalRedis is set.
 	Config service.Config
+	// Sections are the services' own sections; nil runs their defaults.
+	Sections *Sections
 	// ExternalNATS connects to Config.NATS.URL instead of embedding a
 	// server (allot dev does so when NATS_URL is set).
 	ExternalNATS bool
@@ -105,6 +107,10 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 		}
 	}()
 	cfg := opts.Config
+	sec := DefaultSections()
+	if opts.Sections != nil {
+		sec = *opts.Sections
+	}
 
 	// NATS: embedded with JetStream, or the one configured.
 	var callout *auth.ServerConfig
@@ -227,14 +233,15 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	}
 	s.mountAsynqmon(cfg, opts, log)
 
-	// The allot services, each through the same Run its own binary calls.
+	// The allot services, each through the same start its own binary's
+	// Run calls, with this process's configuration.
 	deps := service.Deps{Config: cfg, NATS: nc, Redis: rdb, Registry: s.Registry, HTTP: s.HTTP, Log: log}
 	for _, svc := range []struct {
 		name  string
 		start service.StartFunc
 	}{
 		{"registry", registry.Run},
-		{"meter", meter.Run},
+		{"meter", meter.RunWith(sec.meter(cfg))},
 		{"ratelimit", ratelimit.Run},
 		{"notifier", notifier.Run},
 	} {

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/allot/allot/pkg/keys"
-	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/usage"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -18,8 +18,8 @@ type Op struct {
 	UID    string
 	Source string
 	Metric string
-	Config service.MetricConfig // normalized
-	Limit  float64              // the default grant, for grants
+	Config usage.MetricConfig // normalized
+	Limit  float64            // the default grant, for grants
 	Value  float64
 	Field  string // the label set, for counters and gauges
 }
@@ -44,9 +44,9 @@ type Result struct {
 // record shares.
 func Tag(op Op) string {
 	switch op.Config.Scope {
-	case service.ScopeGlobal:
+	case usage.ScopeGlobal:
 		return keys.GlobalTag
-	case service.ScopeInstance:
+	case usage.ScopeInstance:
 		return keys.InstanceTag(op.Source)
 	}
 	return keys.UserTag(op.UID)
@@ -57,7 +57,7 @@ func (s *Store) applyArgs(op Op) (keyList []string, args []any) {
 	dedup := s.keys.Dedup(tag, op.ID)
 	ttl := s.dedupTTL.Milliseconds()
 	value := decimal(op.Value)
-	if op.Config.Style != service.StyleGrant {
+	if op.Config.Style != usage.StyleGrant {
 		state := s.keys.Values(tag, op.Metric)
 		return []string{dedup, state, state}, []any{ttl, op.Config.Style, value, 0, op.Field}
 	}
@@ -111,7 +111,7 @@ func (s *Store) applyChunk(ctx context.Context, ops []Op) ([]Result, error) {
 		keyList = append(keyList, k...)
 		args = append(args, len(a))
 		args = append(args, a...)
-		if op.Config.Scope == service.ScopeInstance {
+		if op.Config.Scope == usage.ScopeInstance {
 			sources = append(sources, op.Source)
 		}
 	}
@@ -157,7 +157,7 @@ func (s *Store) applyOnce(ctx context.Context, ops []Op) ([]Result, error) {
 	for i, op := range ops {
 		k, a := s.applyArgs(op)
 		cmds[i] = s.apply.EvalSha(ctx, pipe, k, a...)
-		if op.Config.Scope == service.ScopeInstance {
+		if op.Config.Scope == usage.ScopeInstance {
 			sources = append(sources, op.Source)
 		}
 	}
@@ -205,7 +205,7 @@ func parseGrantReply(v any, op Op) (Result, error) {
 		return Result{Err: &RangeError{Value: decimal(op.Value), Held: held}}, nil
 	}
 	res := Result{Applied: status == 1}
-	if op.Config.Style != service.StyleGrant {
+	if op.Config.Style != usage.StyleGrant {
 		return res, nil
 	}
 	if len(arr) < 6 {

@@ -6,14 +6,14 @@ import (
 	"strconv"
 
 	"github.com/allot/allot/pkg/keys"
-	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/usage"
 	"github.com/redis/go-redis/v9"
 )
 
 // AuthorizeOp asks to admit Amount of a grant.
 type AuthorizeOp struct {
 	ID, UID, Metric string
-	Config          service.MetricConfig
+	Config          usage.MetricConfig
 	Limit           float64 // the default grant
 	Amount          float64
 }

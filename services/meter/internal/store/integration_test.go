@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/allot/allot/pkg/keys"
-	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/usage"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -49,7 +49,7 @@ func TestIntegrationMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 2000
-	cfg := grantCfg(service.PeriodDay, service.AlignRolling, 80, 100)
+	cfg := grantCfg(usage.PeriodDay, usage.AlignRolling, 80, 100)
 	ops := make([]Op, 0, n)
 	for i := range n {
 		ops = append(ops, Op{ID: fmt.Sprintf("0193a6f4-8c3e-7d2a-9b1f-%012d", i), UID: fmt.Sprintf("u-%06d", i), Metric: "photo_daily_total", Config: cfg, Limit: 200, Value: 1})

@@ -10,7 +10,7 @@ import (
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/keys"
-	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/usage"
 	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
 )
@@ -109,9 +109,9 @@ func testNumbersAtTheEdges(t *testing.T, open backend) {
 	ctx := t.Context()
 	k := s.Keys()
 	prefix := k.Prefix()
-	counter := counterCfg(service.StyleCounter, service.ScopeUser)
-	gauge := counterCfg(service.StyleGauge, service.ScopeUser)
-	grant := grantCfg(service.PeriodDay, service.AlignCalendar, 50, 100)
+	counter := counterCfg(usage.StyleCounter, usage.ScopeUser)
+	gauge := counterCfg(usage.StyleGauge, usage.ScopeUser)
+	grant := grantCfg(usage.PeriodDay, usage.AlignCalendar, 50, 100)
 	for i, tc := range storeEdges {
 		uid := fmt.Sprintf("u-%d", i)
 		t.Run(tc.name, func(t *testing.T) {
@@ -184,8 +184,8 @@ func testSumsStopAtTheLargestNumber(t *testing.T, open backend) {
 	s, _, rdb := newStore(t, open)
 	ctx := t.Context()
 	prefix := s.Keys().Prefix()
-	counter := counterCfg(service.StyleCounter, service.ScopeUser)
-	grant := grantCfg(service.PeriodDay, service.AlignCalendar, 100)
+	counter := counterCfg(usage.StyleCounter, usage.ScopeUser)
+	grant := grantCfg(usage.PeriodDay, usage.AlignCalendar, 100)
 	c := func(id string, v float64) Op {
 		return Op{ID: id, UID: "u-1", Metric: "c", Config: counter, Value: v, Field: "f"}
 	}
@@ -239,8 +239,8 @@ func testOlderStateIsRead(t *testing.T, open backend) {
 	s, _, rdb := newStore(t, open)
 	ctx := t.Context()
 	k := s.Keys()
-	counter := counterCfg(service.StyleCounter, service.ScopeUser)
-	grant := grantCfg(service.PeriodDay, service.AlignCalendar)
+	counter := counterCfg(usage.StyleCounter, usage.ScopeUser)
+	grant := grantCfg(usage.PeriodDay, usage.AlignCalendar)
 	rdb.HSet(ctx, k.Values(keys.UserTag("u-1"), "c"), "f", "1000000000.10000000000582077")
 	rdb.HSet(ctx, k.Grants("u-1"), "t", "1.5e+06")
 	apply(t, s, Op{ID: "c1", UID: "u-1", Metric: "c", Config: counter, Value: 0.2, Field: "f"})

@@ -3,7 +3,7 @@ package store
 import (
 	"time"
 
-	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/usage"
 )
 
 // Bounds returns the start and end of the grant period that begins at now
@@ -12,19 +12,19 @@ import (
 // test holds the two to the same answers.
 func Bounds(period, align string, now time.Time) (start, end time.Time) {
 	now = now.UTC().Truncate(time.Millisecond)
-	if period == service.PeriodIndefinite {
+	if period == usage.PeriodIndefinite {
 		return now, time.Time{}
 	}
-	if align == service.AlignCalendar {
+	if align == usage.AlignCalendar {
 		y, m, d := now.Date()
 		switch period {
-		case service.PeriodHour:
+		case usage.PeriodHour:
 			s := now.Truncate(time.Hour)
 			return s, s.Add(time.Hour)
-		case service.PeriodDay:
+		case usage.PeriodDay:
 			s := time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
 			return s, s.AddDate(0, 0, 1)
-		case service.PeriodWeek:
+		case usage.PeriodWeek:
 			s := time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
 			s = s.AddDate(0, 0, -((int(s.Weekday()) + 6) % 7)) // back to Monday
 			return s, s.AddDate(0, 0, 7)
@@ -34,11 +34,11 @@ func Bounds(period, align string, now time.Time) (start, end time.Time) {
 		}
 	}
 	switch period {
-	case service.PeriodHour:
+	case usage.PeriodHour:
 		return now, now.Add(time.Hour)
-	case service.PeriodDay:
+	case usage.PeriodDay:
 		return now, now.AddDate(0, 0, 1)
-	case service.PeriodWeek:
+	case usage.PeriodWeek:
 		return now, now.AddDate(0, 0, 7)
 	}
 	return now, addMonth(now)

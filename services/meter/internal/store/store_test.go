@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/allot/allot/pkg/keys"
-	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/pkg/testenv"
+	"github.com/allot/allot/pkg/usage"
 	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
 )
@@ -57,12 +57,12 @@ func newStore(t *testing.T, open backend) (*Store, *fakeClock, redis.UniversalCl
 	return s, clock, rdb
 }
 
-func grantCfg(period, align string, notify ...float64) service.MetricConfig {
-	return service.MetricConfig{Style: service.StyleGrant, Period: period, Align: align, Notify: notify}.Normalized()
+func grantCfg(period, align string, notify ...float64) usage.MetricConfig {
+	return usage.MetricConfig{Style: usage.StyleGrant, Period: period, Align: align, Notify: notify}.Normalized()
 }
 
-func counterCfg(style, scope string) service.MetricConfig {
-	return service.MetricConfig{Style: style, Scope: scope}.Normalized()
+func counterCfg(style, scope string) usage.MetricConfig {
+	return usage.MetricConfig{Style: style, Scope: scope}.Normalized()
 }
 
 func apply(t *testing.T, s *Store, ops ...Op) []Result {
@@ -104,8 +104,8 @@ var behaviours = []struct {
 func testSumsAreExact(t *testing.T, open backend) {
 	s, _, rdb := newStore(t, open)
 	ctx := t.Context()
-	counter := counterCfg(service.StyleCounter, service.ScopeUser)
-	grant := grantCfg(service.PeriodDay, service.AlignCalendar)
+	counter := counterCfg(usage.StyleCounter, usage.ScopeUser)
+	grant := grantCfg(usage.PeriodDay, usage.AlignCalendar)
 	var ops []Op
 	for i, v := range []float64{1, 0.5, 2, 0.5, 3, 1e6, 0.1, 0.2, 0.7, 999999998999992} {
 		ops = append(ops,
@@ -159,12 +159,12 @@ func testCountersAndGauges(t *testing.T, open backend) {
 	ctx := t.Context()
 	k := s.Keys()
 	ops := []Op{
-		{ID: "e1", UID: "u-1", Metric: "api_calls_total", Config: counterCfg(service.StyleCounter, service.ScopeUser), Value: 2, Field: "resource=photo"},
-		{ID: "e2", UID: "u-1", Metric: "api_calls_total", Config: counterCfg(service.StyleCounter, service.ScopeUser), Value: 0.5, Field: "resource=photo"},
-		{ID: "e2", UID: "u-1", Metric: "api_calls_total", Config: counterCfg(service.StyleCounter, service.ScopeUser), Value: 0.5, Field: "resource=photo"}, // duplicate in the same batch
-		{ID: "e3", UID: "u-2", Source: "web-1", Metric: "queue_depth", Config: counterCfg(service.StyleGauge, service.ScopeInstance), Value: 7},
-		{ID: "e4", UID: "u-3", Source: "web-1", Metric: "queue_depth", Config: counterCfg(service.StyleGauge, service.ScopeInstance), Value: 3},
-		{ID: "e5", UID: "u-3", Metric: "jobs_total", Config: counterCfg(service.StyleCounter, service.ScopeGlobal), Value: 1},
+		{ID: "e1", UID: "u-1", Metric: "api_calls_total", Config: counterCfg(usage.StyleCounter, usage.ScopeUser), Value: 2, Field: "resource=photo"},
+		{ID: "e2", UID: "u-1", Metric: "api_calls_total", Config: counterCfg(usage.StyleCounter, usage.ScopeUser), Value: 0.5, Field: "resource=photo"},
+		{ID: "e2", UID: "u-1", Metric: "api_calls_total", Config: counterCfg(usage.StyleCounter, usage.ScopeUser), Value: 0.5, Field: "resource=photo"}, // duplicate in the same batch
+		{ID: "e3", UID: "u-2", Source: "web-1", Metric: "queue_depth", Config: counterCfg(usage.StyleGauge, usage.ScopeInstance), Value: 7},
+		{ID: "e4", UID: "u-3", Source: "web-1", Metric: "queue_depth", Config: counterCfg(usage.StyleGauge, usage.ScopeInstance), Value: 3},
+		{ID: "e5", UID: "u-3", Metric: "jobs_total", Config: counterCfg(usage.StyleCounter, usage.ScopeGlobal), Value: 1},
 	}
 	res := apply(t, s, ops...)
 	var applied []bool
@@ -202,7 +202,7 @@ func testCountersAndGauges(t *testing.T, open backend) {
 func testGrantRollingPeriod(t *testing.T, open backend) {
 	s, clock, _ := newStore(t, open)
 	t0 := clock.Now()
-	cfg := grantCfg(service.PeriodDay, service.AlignRolling)
+	cfg := grantCfg(usage.PeriodDay, usage.AlignRolling)
 	op := func(id string, v float64) Op {
 		return Op{ID: id, UID: "u-1", Metric: "photo_daily_total", Config: cfg, Limit: 3, Value: v}
 	}
@@ -234,7 +234,7 @@ func testGrantRollingPeriod(t *testing.T, open backend) {
 		t.Errorf("an unused grant reads as started: %+v", got)
 	}
 	// An indefinite grant never resets.
-	ind := Op{ID: "i1", UID: "u-1", Metric: "albums", Config: grantCfg(service.PeriodIndefinite, service.AlignRolling), Limit: 10, Value: 2}
+	ind := Op{ID: "i1", UID: "u-1", Metric: "albums", Config: grantCfg(usage.PeriodIndefinite, usage.AlignRolling), Limit: 10, Value: 2}
 	apply(t, s, ind)
 	clock.Add(400 * 24 * time.Hour)
 	ind.ID = "i2"
@@ -258,8 +258,8 @@ func testCalendarBoundsMatchGo(t *testing.T, open backend) {
 	}
 	n := 0
 	for _, now := range times {
-		for _, align := range []string{service.AlignRolling, service.AlignCalendar} {
-			for _, period := range []string{service.PeriodHour, service.PeriodDay, service.PeriodWeek, service.PeriodMonth} {
+		for _, align := range []string{usage.AlignRolling, usage.AlignCalendar} {
+			for _, period := range []string{usage.PeriodHour, usage.PeriodDay, usage.PeriodWeek, usage.PeriodMonth} {
 				n++
 				clock.Set(now)
 				op := Op{ID: fmt.Sprint("b", n), UID: fmt.Sprint("u", n), Metric: "m", Config: grantCfg(period, align), Limit: 1, Value: 1}
@@ -276,7 +276,7 @@ func testCalendarBoundsMatchGo(t *testing.T, open backend) {
 func testAuthorize(t *testing.T, open backend) {
 	s, _, _ := newStore(t, open)
 	ctx := t.Context()
-	cfg := grantCfg(service.PeriodDay, service.AlignCalendar)
+	cfg := grantCfg(usage.PeriodDay, usage.AlignCalendar)
 	auth := func(id string, amount float64) Decision {
 		t.Helper()
 		d, err := s.Authorize(ctx, AuthorizeOp{ID: id, UID: "u-1", Metric: "email_daily_total", Config: cfg, Limit: 3, Amount: amount})
@@ -307,7 +307,7 @@ func testAuthorize(t *testing.T, open backend) {
 func testOverridesApplyAtOnce(t *testing.T, open backend) {
 	s, _, _ := newStore(t, open)
 	ctx := t.Context()
-	cfg := grantCfg(service.PeriodDay, service.AlignRolling)
+	cfg := grantCfg(usage.PeriodDay, usage.AlignRolling)
 	authorize := func(id string) bool {
 		d, err := s.Authorize(ctx, AuthorizeOp{ID: id, UID: "u-9", Metric: "sms_daily_total", Config: cfg, Limit: 1, Amount: 1})
 		if err != nil {
@@ -339,7 +339,7 @@ func testOverridesApplyAtOnce(t *testing.T, open backend) {
 func testNotices(t *testing.T, open backend) {
 	s, clock, _ := newStore(t, open)
 	ctx := t.Context()
-	cfg := grantCfg(service.PeriodDay, service.AlignCalendar, 80, 100)
+	cfg := grantCfg(usage.PeriodDay, usage.AlignCalendar, 80, 100)
 	n := 0
 	ev := func(v float64) Result {
 		n++
@@ -371,7 +371,7 @@ func testNotices(t *testing.T, open backend) {
 	// A new day notifies again; both thresholds at once when jumping past.
 	clock.Add(24 * time.Hour)
 	r = ev(20)
-	if next, _ := Bounds(service.PeriodDay, service.AlignCalendar, clock.Now()); len(r.Notices) != 2 || !r.Notices[0].Start.Equal(next) {
+	if next, _ := Bounds(usage.PeriodDay, usage.AlignCalendar, clock.Now()); len(r.Notices) != 2 || !r.Notices[0].Start.Equal(next) {
 		t.Errorf("next period (starting %s): %+v", next, r.Notices)
 	}
 	// Several uids' notices are cleared in one call.
@@ -402,8 +402,8 @@ func testScriptErrorFailsOnlyItsOp(t *testing.T, open backend) {
 		t.Fatal(err)
 	}
 	ops := []Op{
-		{ID: "x1", UID: "u-1", Metric: "api_calls_total", Config: counterCfg(service.StyleCounter, service.ScopeUser), Value: 1},
-		{ID: "x2", UID: "u-2", Metric: "api_calls_total", Config: counterCfg(service.StyleCounter, service.ScopeUser), Value: 1},
+		{ID: "x1", UID: "u-1", Metric: "api_calls_total", Config: counterCfg(usage.StyleCounter, usage.ScopeUser), Value: 1},
+		{ID: "x2", UID: "u-2", Metric: "api_calls_total", Config: counterCfg(usage.StyleCounter, usage.ScopeUser), Value: 1},
 	}
 	res, err := s.Apply(ctx, ops)
 	if err != nil {
@@ -422,13 +422,13 @@ func testScriptsReload(t *testing.T, open backend) {
 	if err := rdb.ScriptFlush(t.Context()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	apply(t, s, Op{ID: "f1", UID: "u-1", Metric: "c", Config: counterCfg(service.StyleCounter, service.ScopeUser), Value: 1})
+	apply(t, s, Op{ID: "f1", UID: "u-1", Metric: "c", Config: counterCfg(usage.StyleCounter, usage.ScopeUser), Value: 1})
 	// A batch of authorizations after Redis forgot the scripts: every op
 	// is sent again once they are loaded, each decided once.
 	if err := rdb.ScriptFlush(t.Context()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	cfg := grantCfg(service.PeriodDay, service.AlignCalendar)
+	cfg := grantCfg(usage.PeriodDay, usage.AlignCalendar)
 	ops := []AuthorizeOp{
 		{ID: "r1", UID: "u-1", Metric: "email_daily_total", Config: cfg, Limit: 2, Amount: 1},
 		{ID: "r2", UID: "u-1", Metric: "email_daily_total", Config: cfg, Limit: 2, Amount: 1},
@@ -456,7 +456,7 @@ func TestRedisDown(t *testing.T) {
 	mr.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
 	defer cancel()
-	_, err = s.Apply(ctx, []Op{{ID: "a", UID: "u", Metric: "c", Config: counterCfg(service.StyleCounter, service.ScopeUser), Value: 1}})
+	_, err = s.Apply(ctx, []Op{{ID: "a", UID: "u", Metric: "c", Config: counterCfg(usage.StyleCounter, usage.ScopeUser), Value: 1}})
 	if !errors.Is(err, ErrRedis) {
 		t.Errorf("Apply with Redis down = %v, want ErrRedis", err)
 	}

@@ -1,0 +1,65 @@
+package devstack
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/usage"
+	"github.com/allot/allot/services/meter"
+	"go.yaml.in/yaml/v3"
+)
+
+// Sections are the sections of allot.yaml the services own, as one
+// process running all of them reads its one file: the metrics and grants
+// and each service's own section. The runtime's sections are Options.Config.
+type Sections struct {
+	// Usage is the metrics and grants sections.
+	Usage usage.Catalog `yaml:",inline"`
+	// Meter is the meter section.
+	Meter meter.Settings `yaml:"meter"`
+}
+
+// DefaultSections returns every service's defaults.
+func DefaultSections() Sections {
+	return Sections{Usage: usage.Default(), Meter: meter.DefaultSettings()}
+}
+
+// LoadSections reads the services' sections of the file at path (none:
+// the defaults) and of the environment over the defaults, and checks each
+// as its service does, beside rt, the runtime's configuration from the
+// same file.
+func LoadSections(rt service.Config, path string, getenv func(string) string) (Sections, error) {
+	s := DefaultSections()
+	if err := service.LoadSections(&s, path, getenv); err != nil {
+		return Sections{}, err
+	}
+	if err := s.Validate(rt); err != nil {
+		return Sections{}, err
+	}
+	return s, nil
+}
+
+// Validate checks rt, then every section as its service would run with
+// it, and returns every broken rule joined.
+func (s Sections) Validate(rt service.Config) error {
+	if err := rt.Validate(); err != nil {
+		return err
+	}
+	return errors.Join(s.meter(rt).Validate())
+}
+
+// Redacted returns s as YAML with every secret masked, for
+// service.Config.Redacted to print with the runtime's sections.
+func (s Sections) Redacted() (string, error) {
+	b, err := yaml.Marshal(s)
+	if err != nil {
+		return "", fmt.Errorf("devstack: cannot print the config: %w", err)
+	}
+	return string(b), nil
+}
+
+// meter is the meter's configuration: rt with the sections it reads.
+func (s Sections) meter(rt service.Config) meter.Config {
+	return meter.Config{Config: rt, Usage: s.Usage, Meter: s.Meter, RateLimited: rt.RateLimit.ServiceNames()}
+}

@@ -1,0 +1,138 @@
+package meter
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/usage"
+	"go.yaml.in/yaml/v3"
+)
+
+// Settings is the meter section of allot.yaml, which the meter owns.
+type Settings struct {
+	// Consumer is the durable consumer name all meter replicas share.
+	Consumer string `yaml:"consumer"`
+	// ConsumerTuning tunes the consumer of the usage stream (batch,
+	// fetch_wait, ack_wait, max_ack_pending, dedup_ttl, retry_delay).
+	service.ConsumerTuning `yaml:",inline"`
+	// Handlers is how many request handlers serve each endpoint, in one
+	// queue group, so a slow request never holds up the rest.
+	Handlers int `yaml:"handlers"`
+	// Pipelines is how many batches of credit or authorize requests are
+	// in Redis at once. Requests that arrive while they are busy gather
+	// into the next batch, one pipelined round trip for all of them.
+	Pipelines int `yaml:"pipelines"`
+	// ExportPerUID exports every uid's grants as Prometheus series.
+	// Cardinality grows with users: off by default.
+	ExportPerUID bool `yaml:"export_per_uid"`
+	// ExportMaxUIDs caps the uids exported when ExportPerUID is on.
+	ExportMaxUIDs int `yaml:"export_max_uids"`
+}
+
+// DefaultSettings returns the meter section's defaults.
+func DefaultSettings() Settings {
+	return Settings{
+		Consumer:       "meter",
+		ConsumerTuning: service.DefaultConsumerTuning(),
+		Handlers:       4,
+		Pipelines:      2,
+		ExportMaxUIDs:  1000,
+	}
+}
+
+// Validate checks s and returns every broken rule joined, each naming its
+// field, such as "meter: meter.handlers: must be between 1 and 256";
+// dedup_ttl must outlast duplicates, the stream's duplicate window.
+func (s Settings) Validate(duplicates time.Duration) error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("meter: %s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if !events.IsToken(s.Consumer) {
+		add("meter.consumer", "must be a token, got %q", s.Consumer)
+	}
+	errs = append(errs, s.ConsumerTuning.Validate("meter", duplicates))
+	if s.Handlers < 1 || s.Handlers > 256 {
+		add("meter.handlers", "must be between 1 and 256, got %d", s.Handlers)
+	}
+	if s.Pipelines < 1 || s.Pipelines > 64 {
+		add("meter.pipelines", "must be between 1 and 64, got %d", s.Pipelines)
+	}
+	if s.ExportMaxUIDs < 0 {
+		add("meter.export_max_uids", "must be >= 0")
+	}
+	return errors.Join(errs...)
+}
+
+// Config is what the meter runs with: the runtime's configuration
+// (connections, subjects, streams), the metrics and grants it applies
+// (package usage), its own section, and the names of the rate-limited
+// services, whose ratelimit_<service> grants meter.grants may set.
+type Config struct {
+	service.Config `yaml:"-"`
+	// Usage is the metrics and grants sections.
+	Usage usage.Catalog `yaml:",inline"`
+	// Meter is the meter's own section.
+	Meter Settings `yaml:"meter"`
+	// RateLimited names the rate-limited services: the keys of
+	// ratelimit.services, a section the rate limiter owns and checks.
+	RateLimited []string `yaml:"-"`
+}
+
+// DefaultConfig returns the runtime's defaults with the meter's.
+func DefaultConfig() Config {
+	return Config{Config: service.Default(), Usage: usage.Default(), Meter: DefaultSettings()}
+}
+
+// LoadConfig reads what the meter reads of the file at path (none: the
+// defaults) and of the environment, over the defaults, beside rt, the
+// runtime's configuration loaded from the same file; then it checks the
+// whole.
+func LoadConfig(rt service.Config, path string, getenv func(string) string) (Config, error) {
+	cfg := DefaultConfig()
+	cfg.Config = rt
+	if err := service.LoadSections(&cfg, path, getenv); err != nil {
+		return Config{}, err
+	}
+	// The rate limiter's section, for the names of its services only.
+	var rl struct {
+		Services map[string]yaml.Node `yaml:"services"`
+		Rest     map[string]yaml.Node `yaml:",inline"`
+	}
+	if err := service.LoadSection(&rl, path, "ratelimit", getenv); err != nil {
+		return Config{}, err
+	}
+	cfg.RateLimited = slices.Sorted(maps.Keys(rl.Services))
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// Validate checks the runtime's configuration, the metrics and grants and
+// the meter section, and returns every broken rule joined.
+func (c Config) Validate() error {
+	return errors.Join(c.Config.Validate(), c.Usage.Validate(), c.Meter.Validate(c.Streams.Duplicates))
+}
+
+// Section is what the meter reads of allot.yaml besides the runtime's
+// sections (metrics, grants, meter), as service.Run checks it before
+// starting anything and prints it with -validate.
+func Section() service.OwnedSection {
+	return service.OwnedSection{Load: func(rt service.Config, path string, getenv func(string) string) (string, error) {
+		cfg, err := LoadConfig(rt, path, getenv)
+		if err != nil {
+			return "", err
+		}
+		b, err := yaml.Marshal(cfg)
+		if err != nil {
+			return "", fmt.Errorf("meter: cannot print the config: %w", err)
+		}
+		return string(b), nil
+	}}
+}

@@ -1,0 +1,137 @@
+package meter
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/usage"
+	"github.com/google/go-cmp/cmp"
+)
+
+// loadFile loads body as allot.yaml the way the meter's binary does: the
+// runtime's sections, then the meter's.
+func loadFile(t *testing.T, body string, env map[string]string) (Config, error) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "allot.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	getenv := func(k string) string { return env[k] }
+	rt, err := service.Load(p, getenv)
+	if err != nil {
+		return Config{}, err
+	}
+	rt.Instance = "meter-0"
+	return LoadConfig(rt, p, getenv)
+}
+
+func TestConfigDefaults(t *testing.T) {
+	cfg, err := LoadConfig(DefaultConfig().Config, "", func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(DefaultSettings(), cfg.Meter); diff != "" {
+		t.Errorf("meter (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(usage.Default(), cfg.Usage); diff != "" {
+		t.Errorf("usage (-want +got):\n%s", diff)
+	}
+	if len(cfg.RateLimited) != 0 {
+		t.Errorf("rate-limited services %v, want none", cfg.RateLimited)
+	}
+}
+
+// The metrics, grants and meter sections load and are checked as the
+// meter reads them: a file's metrics and grants add to the defaults, and
+// each broken rule names its field.
+func TestMeteringSection(t *testing.T) {
+	cfg, err := loadFile(t, "metrics:\n  uploads: {style: grant, period: week, align: calendar, notify: [50, 90]}\n  queue_depth: {style: gauge, scope: instance}\ngrants:\n  uploads: 7\nmeter:\n  handlers: 8\n  batch: 100\n", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := cfg.Usage.Metric("photo_daily_total"); !ok {
+		t.Error("a file's metrics must add to the defaults")
+	}
+	if m, _ := cfg.Usage.Metric("uploads"); m.Align != usage.AlignCalendar || cfg.Usage.Grants["uploads"] != 7 {
+		t.Errorf("uploads = %+v, grant %v", m, cfg.Usage.Grants["uploads"])
+	}
+	if cfg.Meter.Handlers != 8 || cfg.Meter.Batch != 100 || cfg.Meter.Pipelines != 2 {
+		t.Errorf("meter = %+v", cfg.Meter)
+	}
+	for body, want := range map[string]string{
+		"metrics:\n  x: {style: meter}\n":                                                      "metrics.x.style",
+		"metrics:\n  x: {period: day}\n":                                                       "metrics.x.style",
+		"metrics:\n  x: {style: grant}\ngrants: {x: 1}\n":                                      "metrics.x.period",
+		"metrics:\n  x: {style: grant, period: fortnight}\ngrants: {x: 1}\n":                   "metrics.x.period",
+		"metrics:\n  x: {style: grant, period: day}\n":                                         "add it under grants",
+		"metrics:\n  x: {style: grant, period: day, align: lunar}\ngrants: {x: 1}\n":           "metrics.x.align",
+		"metrics:\n  x: {style: grant, period: indefinite, align: calendar}\ngrants: {x: 1}\n": "no calendar",
+		"metrics:\n  x: {style: grant, period: day, scope: global}\ngrants: {x: 1}\n":          "metrics.x.scope",
+		"metrics:\n  x: {style: grant, period: day, notify: [90, 80]}\ngrants: {x: 1}\n":       "increasing",
+		"metrics:\n  x: {style: grant, period: day, notify: [0]}\ngrants: {x: 1}\n":            "metrics.x.notify",
+		"metrics:\n  x: {style: counter, period: day}\n":                                       "grants only",
+		"metrics:\n  x: {style: counter, scope: planet}\n":                                     "metrics.x.scope",
+		"metrics:\n  x: {style: counter, labels: [a.b]}\n":                                     "metrics.x.labels",
+		"metrics:\n  'a b': {style: counter}\n":                                                "metrics.a b",
+		"metrics:\n  x: {style: counter, colour: red}\n":                                       "colour",
+		"grants:\n  x: -1\n":              "grants.x: must be a number from 0 to 1e15 (got -1)",
+		"grants:\n  x: 1e16\n":            "grants.x: must be a number from 0 to 1e15 (got 10000000000000000)",
+		"grants:\n  x: 0.0000001\n":       "grants.x: must be a number from 0 to 1e15 with at most 6 decimal places (got 1e-7)",
+		"grants:\n  x: .nan\n":            "grants.x: must be a number from 0 to 1e15 (got NaN)",
+		"grants:\n  x: lots\n":            "grants.x",
+		"meter:\n  batch: 0\n":            "meter.batch",
+		"meter:\n  dedup_ttl: 1m\n":       "meter.dedup_ttl",
+		"meter:\n  handlers: 0\n":         "meter.handlers",
+		"meter:\n  pipelines: 65\n":       "meter.pipelines",
+		"meter:\n  consumer: 'a.b'\n":     "meter.consumer",
+		"meter:\n  max_ack_pending: 10\n": "meter.max_ack_pending",
+		"meter:\n  export_max_uids: -1\n": "meter.export_max_uids",
+		"meter:\n  bacth: 10\n":           "meter.bacth: unknown field",
+		"streams:\n  duplicates: 48h\n":   "meter.dedup_ttl: must be at least 48h0m0s",
+	} {
+		if _, err := loadFile(t, body, nil); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want one mentioning %s", body, err, want)
+		}
+	}
+}
+
+// The meter reads the names of the rate-limited services, whose
+// ratelimit_<service> grants it sets, and nothing else of the rate
+// limiter's section: that section's rules are the rate limiter's.
+func TestConfigRateLimitedNames(t *testing.T) {
+	cfg, err := loadFile(t, "ratelimit:\n  mode: sliding\n  services:\n    upload: {limit: 10}\n    search: {}\n", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"search", "upload"}, cfg.RateLimited); diff != "" {
+		t.Errorf("rate-limited (-want +got):\n%s", diff)
+	}
+}
+
+// Section prints what the meter reads, for -validate, and nothing of the
+// runtime's sections.
+func TestSection(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "allot.yaml")
+	if err := os.WriteFile(p, []byte("meter:\n  handlers: 8\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rt := service.Default()
+	rt.Instance = "meter-0"
+	out, err := Section().Load(rt, p, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"metrics:\n", "grants:\n", "meter:\n", "handlers: 8\n", "batch: 500\n", "photo_daily_total:"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("Section printed no %q:\n%s", want, out)
+		}
+	}
+	for _, not := range []string{"nats:", "redis:", "\nratelimit:"} {
+		if strings.Contains(out, not) {
+			t.Errorf("Section printed %q:\n%s", not, out)
+		}
+	}
+}
