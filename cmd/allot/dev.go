@@ -11,6 +11,7 @@ import (
 	"github.com/allot/allot/cmd/allot/devstack"
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/services/auth"
+	"github.com/allot/allot/services/ratelimit"
 	"github.com/nats-io/nkeys"
 )
 
@@ -72,20 +73,20 @@ func runDev(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) e
 	if err != nil {
 		return err
 	}
-	var notes []string
-	if sf.ConfigPath == "" && len(cfg.RateLimit.Services) == 0 {
-		limit := int64(devServiceLimit)
-		cfg.RateLimit.Services = map[string]service.RateLimitService{
-			devServiceName: {Limit: &limit, Interval: devServiceInterval},
-		}
-		notes = append(notes, fmt.Sprintf("ratelimit: no config file, so the example service %s (%d calls per %s) is declared", devServiceName, devServiceLimit, devServiceInterval))
-	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
 	sections, err := devstack.LoadSections(cfg, sf.ConfigPath, env.getenv)
 	if err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
+	}
+	var notes []string
+	if sf.ConfigPath == "" && len(sections.RateLimit.Services) == 0 {
+		limit := int64(devServiceLimit)
+		sections.RateLimit.Services = map[string]ratelimit.Service{
+			devServiceName: {Limit: &limit, Interval: devServiceInterval},
+		}
+		notes = append(notes, fmt.Sprintf("ratelimit: no config file, so the example service %s (%d calls per %s) is declared", devServiceName, devServiceLimit, devServiceInterval))
 	}
 	external := env.getenv("NATS_URL") != ""
 	var authCfg *auth.Config

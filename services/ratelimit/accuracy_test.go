@@ -10,7 +10,6 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/allot/allot/pkg/events"
-	"github.com/allot/allot/pkg/service"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 )
@@ -68,7 +67,7 @@ type simulation struct {
 
 var skews = []time.Duration{-2 * time.Second, 0, 2 * time.Second}
 
-func newSimulation(t *testing.T, factory redisFactory, cfg service.Config, start time.Time, workersPassTheirOwnClock, oneScriptPerCheck bool) *simulation {
+func newSimulation(t *testing.T, factory redisFactory, cfg Config, start time.Time, workersPassTheirOwnClock, oneScriptPerCheck bool) *simulation {
 	t.Helper()
 	open, prefix := factory(t)
 	cfg.Redis.KeyPrefix = prefix
@@ -148,13 +147,13 @@ func (s *simulation) run(t *testing.T, svc string, limit int64, interval time.Du
 	sort.Slice(s.got[svc], func(i, j int) bool { return s.got[svc][i].Before(s.got[svc][j]) })
 }
 
-func accuracyConfig(limit int64, interval time.Duration, cache bool) service.Config {
-	cfg := service.Default()
+func accuracyConfig(limit int64, interval time.Duration, cache bool) Config {
+	cfg := DefaultConfig()
 	cfg.Instance = "test"
 	cfg.RateLimit.Timeout = 2 * time.Second // a loaded CI machine must not fail a decision
-	cfg.RateLimit.Services = map[string]service.RateLimitService{
-		"fixed":   {Limit: &limit, Interval: interval, Mode: service.ModeFixed, Cache: cache},
-		"sliding": {Limit: &limit, Interval: interval, Mode: service.ModeSliding, Cache: cache},
+	cfg.RateLimit.Services = map[string]Service{
+		"fixed":   {Limit: &limit, Interval: interval, Mode: ModeFixed, Cache: cache},
+		"sliding": {Limit: &limit, Interval: interval, Mode: ModeSliding, Cache: cache},
 	}
 	return cfg
 }

@@ -114,7 +114,7 @@ func TestConcurrentChecksOverNATS(t *testing.T) {
 			const limit = 20
 			cfg := testConfig()
 			cfg.RateLimit.Timeout = 5 * time.Second // the held batch must not fail
-			cfg.RateLimit.Services["burst"] = service.RateLimitService{Limit: ptr(limit), Interval: time.Minute}
+			cfg.RateLimit.Services["burst"] = Service{Limit: ptr(limit), Interval: time.Minute}
 			proxy := &hangProxy{}
 			if held {
 				cfg.RateLimit.Pipelines = 1

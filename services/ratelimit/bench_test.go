@@ -14,7 +14,6 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/allot/allot/pkg/events"
-	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/pkg/testenv"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,7 +24,7 @@ import (
 // (the real servers the README's figures come from) or to an embedded
 // NATS and miniredis, and returns a config whose subjects and keys are
 // the benchmark's own; its keys are removed afterwards.
-func benchSetup(b *testing.B) (*nats.Conn, *redis.Client, service.Config) {
+func benchSetup(b *testing.B) (*nats.Conn, *redis.Client, Config) {
 	b.Helper()
 	natsURL := os.Getenv("ALLOT_BENCH_NATS_URL")
 	if natsURL == "" {
@@ -53,14 +52,14 @@ func benchSetup(b *testing.B) (*nats.Conn, *redis.Client, service.Config) {
 	var r [4]byte
 	_, _ = rand.Read(r[:])
 	tag := hex.EncodeToString(r[:])
-	cfg := service.Default()
+	cfg := DefaultConfig()
 	cfg.Instance = "bench"
 	cfg.Redis.KeyPrefix = "b" + tag[:4] + ":"
 	cfg.Subjects.RateLimit = "b" + tag + ".ratelimit"
-	limit := int64(service.MaxRateLimit)
-	cfg.RateLimit.Services = map[string]service.RateLimitService{
-		"api":   {Limit: &limit, Interval: time.Minute, Mode: service.ModeSliding},
-		"fixed": {Limit: &limit, Interval: time.Minute, Mode: service.ModeFixed},
+	limit := int64(MaxLimit)
+	cfg.RateLimit.Services = map[string]Service{
+		"api":   {Limit: &limit, Interval: time.Minute, Mode: ModeSliding},
+		"fixed": {Limit: &limit, Interval: time.Minute, Mode: ModeFixed},
 	}
 	b.Cleanup(func() {
 		ctx := context.Background()

@@ -7,7 +7,6 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/allot/allot/pkg/events"
-	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/pkg/testenv"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -82,7 +81,7 @@ func TestHitsFromUsageEvents(t *testing.T) {
 
 // startHits starts a rate limiter whose services api and web count
 // api_calls_total events, on an embedded JetStream and miniredis.
-func startHits(t *testing.T) (*Limiter, *nats.Conn, *miniredis.Miniredis, service.Config) {
+func startHits(t *testing.T) (*Limiter, *nats.Conn, *miniredis.Miniredis, Config) {
 	t.Helper()
 	nc, err := nats.Connect(testenv.EmbeddedNATS(t))
 	if err != nil {
@@ -93,14 +92,14 @@ func startHits(t *testing.T) (*Limiter, *nats.Conn, *miniredis.Miniredis, servic
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
 	t.Cleanup(func() { _ = rdb.Close() })
 
-	cfg := service.Default()
+	cfg := DefaultConfig()
 	cfg.RateLimit.Hits.RetryDelay = 100 * time.Millisecond
 	cfg.Instance = "test"
 	cfg.Streams.Memory = true
 	limit := int64(5)
-	cfg.RateLimit.Services = map[string]service.RateLimitService{
+	cfg.RateLimit.Services = map[string]Service{
 		"api": {Limit: &limit, Interval: time.Hour, Metric: "api_calls_total"},
-		"web": {Limit: &limit, Interval: time.Hour, Metric: "api_calls_total", Mode: service.ModeSliding},
+		"web": {Limit: &limit, Interval: time.Hour, Metric: "api_calls_total", Mode: ModeSliding},
 	}
 	clock := &fakeClock{t: windowStart(time.Hour)}
 	l, err := Start(t.Context(), cfg, Deps{NATS: nc, Redis: rdb, Registerer: prometheus.NewRegistry(), Log: testLog(), Now: clock.Now})

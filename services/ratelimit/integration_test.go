@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/allot/allot/pkg/events"
-	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/pkg/testenv"
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
@@ -45,7 +44,7 @@ func TestIntegrationConcurrentChecks(t *testing.T) {
 	cfg.Redis.KeyPrefix = prefix
 	cfg.Subjects.RateLimit = prefix[:len(prefix)-1] + ".ratelimit" // a subject of this test's own
 	cfg.RateLimit.Timeout = 2 * time.Second
-	cfg.RateLimit.Services["burst"] = service.RateLimitService{Limit: ptr(limit), Interval: time.Minute}
+	cfg.RateLimit.Services["burst"] = Service{Limit: ptr(limit), Interval: time.Minute}
 	clock := &fakeClock{t: windowStart(time.Minute)}
 	l, err := Start(t.Context(), cfg, Deps{NATS: nc, Redis: open(), Log: testLog(), Now: clock.Now})
 	if err != nil {

@@ -143,7 +143,7 @@ type Deps struct {
 
 // Limiter is a running rate limiter.
 type Limiter struct {
-	cfg       service.Config
+	cfg       Config
 	log       *slog.Logger
 	nc        *nats.Conn
 	store     *store.Store
@@ -161,7 +161,7 @@ type Limiter struct {
 
 // New checks the configuration and loads the script; it starts no
 // endpoints (Start does). deps.NATS may be nil.
-func New(ctx context.Context, cfg service.Config, deps Deps) (*Limiter, error) {
+func New(ctx context.Context, cfg Config, deps Deps) (*Limiter, error) {
 	if deps.Redis == nil {
 		return nil, errors.New("ratelimit: Redis is required")
 	}
@@ -202,7 +202,7 @@ func New(ctx context.Context, cfg service.Config, deps Deps) (*Limiter, error) {
 }
 
 // Start starts the rate limiter and its endpoints. Stop ends them.
-func Start(ctx context.Context, cfg service.Config, deps Deps) (*Limiter, error) {
+func Start(ctx context.Context, cfg Config, deps Deps) (*Limiter, error) {
 	if deps.NATS == nil {
 		return nil, errors.New("ratelimit: NATS and Redis are required")
 	}
@@ -238,24 +238,38 @@ func (l *Limiter) Stop(ctx context.Context) error {
 	return err
 }
 
-// Run is the service.StartFunc of the rate limiter, for its binary and
-// for "allot dev": it starts the rate limiter on d and returns its Stop.
+// Run is the service.StartFunc of the rate limiter's binary: it reads
+// the rate limiter's sections of d's file (LoadConfig) and starts it with
+// them on d.
 func Run(ctx context.Context, d service.Deps) (func(context.Context) error, error) {
-	l, err := Start(ctx, d.Config, Deps{NATS: d.NATS, Redis: d.Redis, Registerer: d.Registry, Log: d.Log})
+	cfg, err := LoadConfig(d.Config, d.ConfigPath, d.Getenv)
 	if err != nil {
 		return nil, err
 	}
-	return l.Stop, nil
+	return RunWith(cfg)(ctx, d)
+}
+
+// RunWith is the service.StartFunc that starts the rate limiter with cfg
+// on d's connections, as "allot dev" does with its one configuration; it
+// returns the rate limiter's Stop.
+func RunWith(cfg Config) service.StartFunc {
+	return func(ctx context.Context, d service.Deps) (func(context.Context) error, error) {
+		l, err := Start(ctx, cfg, Deps{NATS: d.NATS, Redis: d.Redis, Registerer: d.Registry, Log: d.Log})
+		if err != nil {
+			return nil, err
+		}
+		return l.Stop, nil
+	}
 }
 
 // limitOf returns the rule of service ("" : the uid's own limit), or a
 // 404 naming the service.
-func (l *Limiter) limitOf(name string) (service.RateLimitService, store.Limit, error) {
+func (l *Limiter) limitOf(name string) (Service, store.Limit, error) {
 	rl, ok := l.cfg.RateLimit.RateLimitFor(name)
 	if !ok {
 		return rl, store.Limit{}, events.NewServiceError(events.CodeNotFound, "service", "unknown service %q", name)
 	}
-	def, _ := l.cfg.DefaultGrant(service.RateLimitGrant)
+	def, _ := l.cfg.Usage.DefaultGrant(Grant)
 	lim := store.Limit{Service: name, Interval: rl.Interval, Mode: rl.Mode, Configured: -1, DefaultGrant: int64(def)}
 	if rl.Limit != nil {
 		lim.Configured = *rl.Limit
@@ -285,7 +299,7 @@ type checkResult struct {
 // pending is a valid check: its rule and how it is counted.
 type pending struct {
 	uid, service string
-	rl           service.RateLimitService
+	rl           Service
 	lim          store.Limit
 	cost         int64
 	label        string

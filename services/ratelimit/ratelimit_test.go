@@ -17,7 +17,6 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/allot/allot/pkg/events"
-	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/pkg/testenv"
 	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go"
@@ -59,14 +58,14 @@ func testLog() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-func testConfig() service.Config {
-	cfg := service.Default()
+func testConfig() Config {
+	cfg := DefaultConfig()
 	cfg.Instance = "test"
 	cfg.RateLimit.Handlers = 2
 	cfg.RateLimit.Timeout = 200 * time.Millisecond
-	cfg.RateLimit.Services = map[string]service.RateLimitService{
+	cfg.RateLimit.Services = map[string]Service{
 		"upload":  {Limit: ptr(3), Interval: time.Minute},
-		"search":  {Mode: service.ModeSliding, Interval: 10 * time.Second},
+		"search":  {Mode: ModeSliding, Interval: 10 * time.Second},
 		"preview": {Limit: ptr(1), Interval: time.Minute, Shadow: true},
 		"avatar":  {Limit: ptr(1), Interval: time.Minute, FailOpen: true},
 		"feed":    {Limit: ptr(2), Interval: time.Minute, Cache: true},
@@ -78,7 +77,7 @@ func testConfig() service.Config {
 // Redis clock.
 type env struct {
 	t      *testing.T
-	cfg    service.Config
+	cfg    Config
 	mr     *miniredis.Miniredis
 	rdb    *redis.Client
 	nc     *nats.Conn
@@ -94,14 +93,14 @@ func startNATS(t testing.TB) string {
 	return testenv.EmbeddedCoreNATS(t)
 }
 
-func startEnv(t *testing.T, cfg service.Config) *env {
+func startEnv(t *testing.T, cfg Config) *env {
 	t.Helper()
 	return startEnvVia(t, cfg, nil)
 }
 
 // startEnvVia starts an env whose Redis client reaches miniredis through
 // proxy, when not nil.
-func startEnvVia(t *testing.T, cfg service.Config, proxy *hangProxy) *env {
+func startEnvVia(t *testing.T, cfg Config, proxy *hangProxy) *env {
 	t.Helper()
 	nc, err := nats.Connect(startNATS(t))
 	if err != nil {
@@ -120,7 +119,7 @@ func startEnvVia(t *testing.T, cfg service.Config, proxy *hangProxy) *env {
 
 // startEnvOn starts a rate limiter on nc and rdb, under
 // cfg.Redis.KeyPrefix; mr is rdb's miniredis, or nil for a real Redis.
-func startEnvOn(t *testing.T, cfg service.Config, nc *nats.Conn, rdb *redis.Client, mr *miniredis.Miniredis) *env {
+func startEnvOn(t *testing.T, cfg Config, nc *nats.Conn, rdb *redis.Client, mr *miniredis.Miniredis) *env {
 	t.Helper()
 	var err error
 	start := windowStart(time.Minute)

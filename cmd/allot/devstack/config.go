@@ -7,6 +7,7 @@ import (
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/pkg/usage"
 	"github.com/allot/allot/services/meter"
+	"github.com/allot/allot/services/ratelimit"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -18,11 +19,13 @@ type Sections struct {
 	Usage usage.Catalog `yaml:",inline"`
 	// Meter is the meter section.
 	Meter meter.Settings `yaml:"meter"`
+	// RateLimit is the ratelimit section.
+	RateLimit ratelimit.Settings `yaml:"ratelimit"`
 }
 
 // DefaultSections returns every service's defaults.
 func DefaultSections() Sections {
-	return Sections{Usage: usage.Default(), Meter: meter.DefaultSettings()}
+	return Sections{Usage: usage.Default(), Meter: meter.DefaultSettings(), RateLimit: ratelimit.DefaultSettings()}
 }
 
 // LoadSections reads the services' sections of the file at path (none:
@@ -46,7 +49,7 @@ func (s Sections) Validate(rt service.Config) error {
 	if err := rt.Validate(); err != nil {
 		return err
 	}
-	return errors.Join(s.meter(rt).Validate())
+	return errors.Join(s.meter(rt).Validate(), s.ratelimit(rt).Validate())
 }
 
 // Redacted returns s as YAML with every secret masked, for
@@ -61,5 +64,11 @@ func (s Sections) Redacted() (string, error) {
 
 // meter is the meter's configuration: rt with the sections it reads.
 func (s Sections) meter(rt service.Config) meter.Config {
-	return meter.Config{Config: rt, Usage: s.Usage, Meter: s.Meter, RateLimited: rt.RateLimit.ServiceNames()}
+	return meter.Config{Config: rt, Usage: s.Usage, Meter: s.Meter, RateLimited: s.RateLimit.ServiceNames()}
+}
+
+// ratelimit is the rate limiter's configuration: rt with the sections it
+// reads.
+func (s Sections) ratelimit(rt service.Config) ratelimit.Config {
+	return ratelimit.Config{Config: rt, Usage: s.Usage, RateLimit: s.RateLimit}
 }

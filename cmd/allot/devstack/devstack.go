@@ -242,7 +242,7 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	}{
 		{"registry", registry.Run},
 		{"meter", meter.RunWith(sec.meter(cfg))},
-		{"ratelimit", ratelimit.Run},
+		{"ratelimit", ratelimit.RunWith(sec.ratelimit(cfg))},
 		{"notifier", notifier.Run},
 	} {
 		stop, err := svc.start(ctx, deps)

@@ -42,7 +42,7 @@ type Redis interface {
 // to work; retrying later may succeed.
 var ErrRedis = errors.New("store: redis unavailable")
 
-// Modes, as in service.ModeFixed and service.ModeSliding.
+// Modes, as in ratelimit.ModeFixed and ratelimit.ModeSliding.
 const (
 	ModeFixed   = "fixed"
 	ModeSliding = "sliding"
