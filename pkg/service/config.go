@@ -48,8 +48,9 @@ type Config struct {
 	Meter MeterConfig `yaml:"meter"`
 	// RateLimit tunes the rate limiter and lists the rate-limited services.
 	RateLimit RateLimitConfig `yaml:"ratelimit"`
-	// Registry tunes the service registry and self-registration.
-	Registry RegistryConfig `yaml:"registry"`
+	// Registry is the registry section as every service reads it: how it
+	// registers itself (the registry service reads the whole section).
+	Registry RegistryView `yaml:"registry"`
 	// Notifier tunes the notifier: jobs, tokens, templates and SMTP.
 	Notifier NotifierConfig `yaml:"notifier"`
 	// Auth is the auth service's section, which it decodes itself
@@ -183,7 +184,7 @@ func Default() Config {
 		Grants:    DefaultGrants(),
 		Meter:     DefaultMeter(),
 		RateLimit: DefaultRateLimit(),
-		Registry:  DefaultRegistry(),
+		Registry:  RegistryView{DefaultRegistration()},
 		Notifier:  DefaultNotifier(),
 		Instance:  host,
 	}

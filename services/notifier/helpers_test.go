@@ -143,7 +143,7 @@ func (e *env) start() (*Notifier, *prometheus.Registry) {
 // startRegistry runs a real registry on e's NATS and Redis.
 func (e *env) startRegistry() {
 	e.t.Helper()
-	cfg := e.cfg
+	cfg := registry.Config{Config: e.cfg, Registry: registry.DefaultSettings()}
 	cfg.Registry.Keys = []service.Secret{service.Secret(base64.StdEncoding.EncodeToString([]byte(strings.Repeat("k", 32))))}
 	r, err := registry.Start(e.t.Context(), cfg, registry.Deps{NATS: e.nc, Redis: e.rdb})
 	if err != nil {

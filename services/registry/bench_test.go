@@ -33,7 +33,7 @@ import (
 // (the real servers the README's figures come from) or to an embedded
 // NATS and miniredis, and returns a config whose subjects and keys are
 // the benchmark's own and are removed afterwards.
-func benchSetup(b *testing.B) (natsURL, redisURL string, rdb *redis.Client, cfg service.Config) {
+func benchSetup(b *testing.B) (natsURL, redisURL string, rdb *redis.Client, cfg Config) {
 	b.Helper()
 	natsURL = os.Getenv("ALLOT_BENCH_NATS_URL")
 	if natsURL == "" {
@@ -55,7 +55,7 @@ func benchSetup(b *testing.B) (natsURL, redisURL string, rdb *redis.Client, cfg 
 	var r [4]byte
 	_, _ = rand.Read(r[:])
 	tag := hex.EncodeToString(r[:])
-	cfg = service.Default()
+	cfg = DefaultConfig()
 	cfg.Instance = "bench"
 	cfg.Redis.KeyPrefix = "b" + tag + ":"
 	cfg.Subjects.Registry = "b" + tag + ".registry"

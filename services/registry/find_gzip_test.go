@@ -31,7 +31,7 @@ func TestFindGzip(t *testing.T) {
 func testFindGzip(t *testing.T, natsURL string, rdb redis.UniversalClient, prefix string) {
 	var tag [4]byte
 	_, _ = rand.Read(tag[:])
-	cfg := service.Default()
+	cfg := DefaultConfig()
 	cfg.Instance = "test"
 	cfg.Redis.KeyPrefix = prefix
 	cfg.Subjects.Registry = "t" + hex.EncodeToString(tag[:]) + ".registry"

@@ -99,8 +99,8 @@ func (e *env) connect() *nats.Conn {
 	return nc
 }
 
-func (e *env) config(keys ...string) service.Config {
-	cfg := service.Default()
+func (e *env) config(keys ...string) Config {
+	cfg := DefaultConfig()
 	cfg.Instance = "test"
 	cfg.Redis.KeyPrefix = e.b.prefix
 	cfg.Registry.TTL = 2 * time.Second // short: the real Redis waits it out
@@ -115,7 +115,7 @@ func (e *env) config(keys ...string) service.Config {
 }
 
 // start starts a registry on its own NATS connection.
-func (e *env) start(cfg service.Config, reg prometheus.Registerer) *Registry {
+func (e *env) start(cfg Config, reg prometheus.Registerer) *Registry {
 	e.t.Helper()
 	r, err := Start(e.t.Context(), cfg, Deps{NATS: e.connect(), Redis: e.b.rdb, Registerer: reg, Log: testLog(), Now: e.clock.Now})
 	if err != nil {

@@ -89,7 +89,7 @@ type Deps struct {
 
 // Registry is a running registry.
 type Registry struct {
-	cfg       service.Config
+	cfg       Config
 	log       *slog.Logger
 	nc        *nats.Conn
 	store     *store.Store
@@ -108,7 +108,7 @@ type Registry struct {
 
 // Start checks the configuration and the keys, loads the scripts, and
 // starts the endpoints and the reaper. Stop ends them.
-func Start(ctx context.Context, cfg service.Config, deps Deps) (*Registry, error) {
+func Start(ctx context.Context, cfg Config, deps Deps) (*Registry, error) {
 	if deps.NATS == nil || deps.Redis == nil {
 		return nil, errors.New("registry: NATS and Redis are required")
 	}
@@ -245,12 +245,26 @@ func (r *Registry) publish(change string, name, id string, inst *events.Instance
 	r.metrics.changes.WithLabelValues(change).Inc()
 }
 
-// Run is the service.StartFunc of the registry, for its binary and for
-// "allot dev": it starts the registry on d and returns its Stop.
+// Run is the service.StartFunc of the registry's binary: it reads the
+// registry section of d's file (LoadConfig) and starts the registry with
+// it on d.
 func Run(ctx context.Context, d service.Deps) (func(context.Context) error, error) {
-	r, err := Start(ctx, d.Config, Deps{NATS: d.NATS, Redis: d.Redis, Registerer: d.Registry, Log: d.Log})
+	cfg, err := LoadConfig(d.Config, d.ConfigPath, d.Getenv)
 	if err != nil {
 		return nil, err
 	}
-	return r.Stop, nil
+	return RunWith(cfg)(ctx, d)
+}
+
+// RunWith is the service.StartFunc that starts the registry with cfg on
+// d's connections, as "allot dev" does with its one configuration; it
+// returns the registry's Stop.
+func RunWith(cfg Config) service.StartFunc {
+	return func(ctx context.Context, d service.Deps) (func(context.Context) error, error) {
+		r, err := Start(ctx, cfg, Deps{NATS: d.NATS, Redis: d.Redis, Registerer: d.Registry, Log: d.Log})
+		if err != nil {
+			return nil, err
+		}
+		return r.Stop, nil
+	}
 }

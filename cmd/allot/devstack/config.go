@@ -8,6 +8,7 @@ import (
 	"github.com/allot/allot/pkg/usage"
 	"github.com/allot/allot/services/meter"
 	"github.com/allot/allot/services/ratelimit"
+	"github.com/allot/allot/services/registry"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -21,11 +22,14 @@ type Sections struct {
 	Meter meter.Settings `yaml:"meter"`
 	// RateLimit is the ratelimit section.
 	RateLimit ratelimit.Settings `yaml:"ratelimit"`
+	// Registry is the registry section.
+	Registry registry.Settings `yaml:"registry"`
 }
 
 // DefaultSections returns every service's defaults.
 func DefaultSections() Sections {
-	return Sections{Usage: usage.Default(), Meter: meter.DefaultSettings(), RateLimit: ratelimit.DefaultSettings()}
+	return Sections{Usage: usage.Default(), Meter: meter.DefaultSettings(), RateLimit: ratelimit.DefaultSettings(),
+		Registry: registry.DefaultSettings()}
 }
 
 // LoadSections reads the services' sections of the file at path (none:
@@ -49,7 +53,7 @@ func (s Sections) Validate(rt service.Config) error {
 	if err := rt.Validate(); err != nil {
 		return err
 	}
-	return errors.Join(s.meter(rt).Validate(), s.ratelimit(rt).Validate())
+	return errors.Join(s.meter(rt).Validate(), s.ratelimit(rt).Validate(), s.registry(rt).Validate())
 }
 
 // Redacted returns s as YAML with every secret masked, for
@@ -71,4 +75,9 @@ func (s Sections) meter(rt service.Config) meter.Config {
 // reads.
 func (s Sections) ratelimit(rt service.Config) ratelimit.Config {
 	return ratelimit.Config{Config: rt, Usage: s.Usage, RateLimit: s.RateLimit}
+}
+
+// registry is the registry's configuration: rt with its section.
+func (s Sections) registry(rt service.Config) registry.Config {
+	return registry.Config{Config: rt, Registry: s.Registry}
 }

@@ -202,12 +202,12 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	// The registry seals its entries; a laptop has no key, so make one up
 	// for this run (entries left in an external Redis by an earlier run
 	// are then skipped, and expire).
-	if len(cfg.Registry.Keys) == 0 {
+	if len(sec.Registry.Keys) == 0 {
 		key, err := randomSecret(32)
 		if err != nil {
 			return nil, fmt.Errorf("devstack: registry key: %w", err)
 		}
-		cfg.Registry.Keys = []service.Secret{service.Secret(key)}
+		sec.Registry.Keys = []service.Secret{service.Secret(key)}
 		log.Warn("registry.keys is not set: using a random registry key for this run; set registry.keys (or ALLOT_REGISTRY_KEYS) outside allot dev")
 		s.Notes = append(s.Notes, "registry: registry.keys is not set; using a random key for this run")
 	}
@@ -240,7 +240,7 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 		name  string
 		start service.StartFunc
 	}{
-		{"registry", registry.Run},
+		{"registry", registry.RunWith(sec.registry(cfg))},
 		{"meter", meter.RunWith(sec.meter(cfg))},
 		{"ratelimit", ratelimit.RunWith(sec.ratelimit(cfg))},
 		{"notifier", notifier.Run},

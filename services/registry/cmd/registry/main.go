@@ -32,5 +32,5 @@ func main() {
 // run is the whole command, so a test can drive it: flags, config and the
 // service's life, all in service.Run.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	return service.Run(ctx, "registry", args, getenv, stdout, stderr, registry.Run)
+	return service.Run(ctx, "registry", args, getenv, stdout, stderr, registry.Run, registry.Section())
 }

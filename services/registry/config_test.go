@@ -1,4 +1,4 @@
-package service
+package registry
 
 import (
 	"os"
@@ -7,27 +7,32 @@ import (
 	"testing"
 	"time"
 
+	"github.com/allot/allot/pkg/service"
 	"github.com/google/go-cmp/cmp"
 )
 
 func TestRegistrySection(t *testing.T) {
 	dir := t.TempDir()
+	// load loads body as allot.yaml the way the registry's binary does:
+	// the runtime's sections, then the registry's.
 	load := func(t *testing.T, body string, env map[string]string) (Config, error) {
 		t.Helper()
 		p := filepath.Join(dir, "r.yaml")
 		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		cfg, err := Load(p, func(k string) string { return env[k] })
+		getenv := func(k string) string { return env[k] }
+		rt, err := service.Load(p, getenv)
 		if err != nil {
-			return cfg, err
+			return Config{}, err
 		}
-		return cfg, cfg.Validate()
+		rt.Instance = "registry-0"
+		return LoadConfig(rt, p, getenv)
 	}
 	t.Run("defaults", func(t *testing.T) {
-		want := RegistryConfig{TTL: time.Minute, Heartbeat: 30 * time.Second, ReapInterval: 5 * time.Second,
-			FindCache: time.Second, Handlers: 4, SelfRegister: true}
-		if diff := cmp.Diff(want, Default().Registry); diff != "" {
+		want := Settings{RegistrationConfig: service.RegistrationConfig{TTL: time.Minute, Heartbeat: 30 * time.Second, SelfRegister: true},
+			ReapInterval: 5 * time.Second, FindCache: time.Second, Handlers: 4}
+		if diff := cmp.Diff(want, DefaultConfig().Registry); diff != "" {
 			t.Errorf("defaults (-want +got):\n%s", diff)
 		}
 	})
@@ -44,8 +49,18 @@ func TestRegistrySection(t *testing.T) {
 		if cfg.Registry.TTL != 20*time.Second || cfg.Registry.Heartbeat != 5*time.Second {
 			t.Errorf("registry = %+v", cfg.Registry)
 		}
-		if strings.Contains(cfg.Redacted(), "new-key") {
-			t.Error("Redacted shows a registry key")
+		// Every service reads the same registration fields.
+		if cfg.Config.Registry.TTL != 20*time.Second || cfg.Config.Registry.Heartbeat != 5*time.Second {
+			t.Errorf("the runtime's view = %+v", cfg.Config.Registry)
+		}
+		out, err := Section().Load(cfg.Config, filepath.Join(dir, "r.yaml"), func(k string) string {
+			return map[string]string{"ALLOT_REGISTRY_KEYS": "new-key-0123456789"}[k]
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(out, "new-key") || !strings.Contains(out, "ttl: 20s") || !strings.Contains(out, "reap_interval: 5s") {
+			t.Errorf("Section printed:\n%s", out)
 		}
 	})
 	for _, tc := range []struct{ body, want string }{
@@ -64,5 +79,17 @@ func TestRegistrySection(t *testing.T) {
 				t.Errorf("%q: error %v, want one mentioning %s", tc.body, err, tc.want)
 			}
 		})
+	}
+	// The registry serves with its own section: a broken ttl there is
+	// refused even when the runtime's view of it is fine, and reported
+	// once.
+	cfg := DefaultConfig()
+	cfg.Instance = "registry-0"
+	cfg.Registry.TTL = time.Second
+	if err := cfg.Validate(); err == nil || strings.Count(err.Error(), "registry.ttl: must be between") != 1 {
+		t.Errorf("a 1s ttl: %v, want one error naming registry.ttl", err)
+	}
+	if err := cfg.Registry.Validate(); err == nil || !strings.Contains(err.Error(), "registry.ttl") {
+		t.Errorf("Settings.Validate with a 1s ttl: %v", err)
 	}
 }
