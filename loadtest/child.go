@@ -130,9 +130,9 @@ func runTag(prefix string) string {
 func asynqPattern(prefix string) string { return "asynq:{" + runTag(prefix) + "-*" }
 
 // stackConfig is the allot configuration the stack child runs: the
-// defaults, under the run's own subjects, streams and key prefix.
-func stackConfig(spec childSpec) service.Config {
-	cfg := service.Default()
+// defaults, under the run's own subjects, streams, key prefix and queues.
+func stackConfig(spec childSpec) (service.Config, devstack.Sections) {
+	cfg, sec := service.Default(), devstack.DefaultSections()
 	cfg.Instance = spec.Instance
 	cfg.Log.Level = "warn"
 	cfg.Redis.KeyPrefix = spec.Prefix
@@ -141,8 +141,8 @@ func stackConfig(spec childSpec) service.Config {
 	// asynq's keys take no prefix: the notifier's queues carry the run's
 	// tag instead, so a run on a shared Redis can remove them.
 	tag := runTag(spec.Prefix)
-	cfg.Notifier.Queues = map[string]int{tag + "-critical": 6, tag + "-default": 3, tag + "-low": 1}
-	cfg.Notifier.ConfirmQueue, cfg.Notifier.UsageQueue, cfg.Notifier.RefreshQueue = tag+"-critical", tag+"-default", tag+"-low"
+	sec.Notifier.Queues = map[string]int{tag + "-critical": 6, tag + "-default": 3, tag + "-low": 1}
+	sec.Notifier.ConfirmQueue, sec.Notifier.UsageQueue, sec.Notifier.RefreshQueue = tag+"-critical", tag+"-default", tag+"-low"
 	cfg.HTTP.Addr = "127.0.0.1:0"
 	if spec.NATSURL != "" {
 		cfg.NATS.URL = service.URL(spec.NATSURL)
@@ -150,16 +150,17 @@ func stackConfig(spec childSpec) service.Config {
 	if spec.RedisURL != "" {
 		cfg.Redis.URL = service.URL(spec.RedisURL)
 	}
-	return cfg
+	return cfg, sec
 }
 
 func startStack(ctx context.Context, spec childSpec, log *slog.Logger) (func(context.Context) error, childReady, error) {
-	cfg := stackConfig(spec)
-	if err := cfg.Validate(); err != nil {
+	cfg, sec := stackConfig(spec)
+	if err := sec.Validate(cfg); err != nil {
 		return nil, childReady{}, err
 	}
 	st, err := devstack.Start(ctx, devstack.Options{
 		Config:        cfg,
+		Sections:      &sec,
 		ExternalNATS:  spec.NATSURL != "",
 		ExternalRedis: spec.RedisURL != "",
 		NATSAddr:      "127.0.0.1:0",

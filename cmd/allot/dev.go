@@ -11,6 +11,7 @@ import (
 	"github.com/allot/allot/cmd/allot/devstack"
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/services/auth"
+	"github.com/allot/allot/services/notifier"
 	"github.com/allot/allot/services/ratelimit"
 	"github.com/nats-io/nkeys"
 )
@@ -125,7 +126,7 @@ func runDev(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) e
 		ExternalNATS:  external,
 		Auth:          authCfg,
 		ExternalRedis: env.getenv("REDIS_URL") != "",
-		ExternalSMTP:  cfg.Notifier.SMTP.Host != service.DefaultNotifier().SMTP.Host || cfg.Notifier.SMTP.Port != service.DefaultNotifier().SMTP.Port,
+		ExternalSMTP:  sections.Notifier.SMTP.Host != notifier.DefaultSettings().SMTP.Host || sections.Notifier.SMTP.Port != notifier.DefaultSettings().SMTP.Port,
 		NATSAddr:      *natsAddr,
 		HTTPAddr:      addr,
 		SMTPAddr:      *smtpAddr,

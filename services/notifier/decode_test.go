@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/allot/allot/pkg/events"
-	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/usage"
 	"github.com/allot/allot/services/notifier/internal/templates"
 )
 
@@ -16,7 +16,7 @@ func decoder(t testing.TB) *Notifier {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Notifier{cfg: service.Default(), tmpl: tmpl}
+	return &Notifier{cfg: DefaultConfig(), tmpl: tmpl}
 }
 
 func TestDecodeNotice(t *testing.T) {
@@ -105,7 +105,7 @@ func FuzzDecodeTaskPayload(f *testing.F) {
 			}
 		}
 		if _, un, err := n.decodeUsage(payload); err == nil {
-			if un.Validate() != nil || n.cfg.Metrics[un.Metric].Style != service.StyleGrant {
+			if un.Validate() != nil || n.cfg.Usage.Metrics[un.Metric].Style != usage.StyleGrant {
 				t.Fatalf("accepted %q: %+v", payload, un)
 			}
 		}

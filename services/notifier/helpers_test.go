@@ -18,7 +18,6 @@ import (
 	"github.com/allot/allot/pkg/keys"
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/pkg/testenv"
-	"github.com/allot/allot/pkg/usage"
 	"github.com/allot/allot/services/meter"
 	"github.com/allot/allot/services/notifier/internal/smtptest"
 	"github.com/allot/allot/services/registry"
@@ -35,7 +34,7 @@ const testSecret = "a-test-secret-that-is-long-enough-0123456789"
 // real meter for the charges and an in-process SMTP server.
 type env struct {
 	t      testing.TB
-	cfg    service.Config
+	cfg    Config
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	rdb    redis.UniversalClient
@@ -74,7 +73,7 @@ func newMiniEnv(t testing.TB) *env {
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { _ = rdb.Close() })
-	cfg := service.Default()
+	cfg := DefaultConfig()
 	cfg.NATS.URL = service.URL(testenv.EmbeddedNATS(t))
 	return newEnvOn(t, cfg, meter.DefaultSettings(), rdb)
 }
@@ -82,7 +81,7 @@ func newMiniEnv(t testing.TB) *env {
 // newEnvOn starts a meter (with ms, its section) and an SMTP server on
 // cfg's NATS and rdb. cfg names the NATS, the subjects, the streams, the
 // key prefix and the queues; the rest is set here.
-func newEnvOn(t testing.TB, cfg service.Config, ms meter.Settings, rdb redis.UniversalClient) *env {
+func newEnvOn(t testing.TB, cfg Config, ms meter.Settings, rdb redis.UniversalClient) *env {
 	t.Helper()
 	e := &env{t: t, rdb: rdb, clock: &fakeClock{}, keys: keys.New(cfg.Redis.KeyPrefix)}
 	e.smtp = smtptest.Start(t, smtptest.Options{})
@@ -114,7 +113,7 @@ func newEnvOn(t testing.TB, cfg service.Config, ms meter.Settings, rdb redis.Uni
 		t.Fatal(err)
 	}
 	e.insp = asynq.NewInspectorFromRedisClient(rdb)
-	m, err := meter.Start(t.Context(), meter.Config{Config: cfg, Usage: usage.Default(), Meter: ms}, meter.Deps{NATS: e.nc, Redis: rdb})
+	m, err := meter.Start(t.Context(), meter.Config{Config: cfg.Config, Usage: cfg.Usage, Meter: ms}, meter.Deps{NATS: e.nc, Redis: rdb})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +142,7 @@ func (e *env) start() (*Notifier, *prometheus.Registry) {
 // startRegistry runs a real registry on e's NATS and Redis.
 func (e *env) startRegistry() {
 	e.t.Helper()
-	cfg := registry.Config{Config: e.cfg, Registry: registry.DefaultSettings()}
+	cfg := registry.Config{Config: e.cfg.Config, Registry: registry.DefaultSettings()}
 	cfg.Registry.Keys = []service.Secret{service.Secret(base64.StdEncoding.EncodeToString([]byte(strings.Repeat("k", 32))))}
 	r, err := registry.Start(e.t.Context(), cfg, registry.Deps{NATS: e.nc, Redis: e.rdb})
 	if err != nil {
@@ -295,7 +294,7 @@ func realEnvAt(t testing.TB, natsURL string, rdb redis.UniversalClient) *env {
 	tag := "it" + hex.EncodeToString(r[:])
 	prefix := "allot-" + tag + ":"
 
-	cfg := service.Default()
+	cfg := DefaultConfig()
 	cfg.NATS.URL = service.URL(natsURL)
 	cfg.Redis.KeyPrefix = prefix
 	cfg.Subjects = events.Subjects{Usage: tag + ".usage", Dead: tag + ".usage.dead", Meter: tag + ".meter",

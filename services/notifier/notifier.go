@@ -83,7 +83,7 @@ type Deps struct {
 
 // Notifier is a running notifier.
 type Notifier struct {
-	cfg      service.Config
+	cfg      Config
 	log      *slog.Logger
 	nc       *nats.Conn
 	rdb      redis.UniversalClient
@@ -112,7 +112,7 @@ type Notifier struct {
 // Start checks the configuration, the token secrets and the templates,
 // then starts the asynq server, the NOTIFY consumer, the notify.verify
 // endpoint and the refresh scheduler. Stop ends them.
-func Start(ctx context.Context, cfg service.Config, deps Deps) (_ *Notifier, err error) {
+func Start(ctx context.Context, cfg Config, deps Deps) (_ *Notifier, err error) {
 	if deps.NATS == nil || deps.Redis == nil {
 		return nil, errors.New("notifier: NATS and Redis are required")
 	}
@@ -279,18 +279,32 @@ func (n *Notifier) stop(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Run is the notifier's service.StartFunc: its binary and "allot dev"
-// start it through this.
+// Run is the service.StartFunc of the notifier's binary: it reads the
+// notifier's sections of d's file (LoadConfig) and starts it with them on
+// d.
 func Run(ctx context.Context, d service.Deps) (func(context.Context) error, error) {
-	n, err := Start(ctx, d.Config, Deps{NATS: d.NATS, Redis: d.Redis, Registerer: d.Registry, Log: d.Log})
+	cfg, err := LoadConfig(d.Config, d.ConfigPath, d.Getenv)
 	if err != nil {
 		return nil, err
 	}
-	return n.Stop, nil
+	return RunWith(cfg)(ctx, d)
+}
+
+// RunWith is the service.StartFunc that starts the notifier with cfg on
+// d's connections, as "allot dev" does with its one configuration; it
+// returns the notifier's Stop.
+func RunWith(cfg Config) service.StartFunc {
+	return func(ctx context.Context, d service.Deps) (func(context.Context) error, error) {
+		n, err := Start(ctx, cfg, Deps{NATS: d.NATS, Redis: d.Redis, Registerer: d.Registry, Log: d.Log})
+		if err != nil {
+			return nil, err
+		}
+		return n.Stop, nil
+	}
 }
 
 // mailConfig maps the config section to the mail package's.
-func mailConfig(cfg service.Config) mail.Config {
+func mailConfig(cfg Config) mail.Config {
 	s := cfg.Notifier.SMTP
 	fromName := s.FromName
 	if fromName == "" {

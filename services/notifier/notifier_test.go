@@ -446,13 +446,13 @@ func TestVerifyBadInput(t *testing.T) {
 
 func TestStartRefusesWithoutASecretOrWithBadParts(t *testing.T) {
 	e := newMiniEnv(t)
-	for name, mutate := range map[string]func(*service.Config){
-		"no secret":    func(c *service.Config) { c.Notifier.TokenSecrets = nil },
-		"placeholder":  func(c *service.Config) { c.Notifier.TokenSecrets = []service.Secret{"CHANGE-ME-" + testSecret} },
-		"missing dir":  func(c *service.Config) { c.Notifier.TemplatesDir = filepath.Join(t.TempDir(), "nope") },
-		"bad template": func(c *service.Config) { c.Notifier.TemplatesDir = badTemplateDir(t) },
-		"bad config":   func(c *service.Config) { c.Notifier.SMTP.Port = 0 },
-		"smtp placeholder": func(c *service.Config) {
+	for name, mutate := range map[string]func(*Config){
+		"no secret":    func(c *Config) { c.Notifier.TokenSecrets = nil },
+		"placeholder":  func(c *Config) { c.Notifier.TokenSecrets = []service.Secret{"CHANGE-ME-" + testSecret} },
+		"missing dir":  func(c *Config) { c.Notifier.TemplatesDir = filepath.Join(t.TempDir(), "nope") },
+		"bad template": func(c *Config) { c.Notifier.TemplatesDir = badTemplateDir(t) },
+		"bad config":   func(c *Config) { c.Notifier.SMTP.Port = 0 },
+		"smtp placeholder": func(c *Config) {
 			c.Notifier.SMTP.Username, c.Notifier.SMTP.Password = "CHANGE-ME-smtp-user", "CHANGE-ME-smtp-password"
 		},
 	} {

@@ -6,7 +6,7 @@ import (
 	"fmt"
 
 	"github.com/allot/allot/pkg/events"
-	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/usage"
 	"github.com/allot/allot/services/notifier/internal/templates"
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
@@ -77,7 +77,7 @@ func (n *Notifier) decodeUsage(payload []byte) (Notice, events.UsageNotice, erro
 	if un.UID != uid {
 		return notice, un, fmt.Errorf("uid: the notice is for %q but came on %s", un.UID, notice.Subject)
 	}
-	if m, ok := n.cfg.Metrics[un.Metric]; !ok || m.Style != service.StyleGrant {
+	if m, ok := n.cfg.Usage.Metrics[un.Metric]; !ok || m.Style != usage.StyleGrant {
 		return notice, un, fmt.Errorf("metric: %w %q: not a grant metric of this configuration", errUnknownMetric, un.Metric)
 	}
 	return notice, un, nil

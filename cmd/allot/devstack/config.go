@@ -7,6 +7,7 @@ import (
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/pkg/usage"
 	"github.com/allot/allot/services/meter"
+	"github.com/allot/allot/services/notifier"
 	"github.com/allot/allot/services/ratelimit"
 	"github.com/allot/allot/services/registry"
 	"go.yaml.in/yaml/v3"
@@ -24,12 +25,14 @@ type Sections struct {
 	RateLimit ratelimit.Settings `yaml:"ratelimit"`
 	// Registry is the registry section.
 	Registry registry.Settings `yaml:"registry"`
+	// Notifier is the notifier section.
+	Notifier notifier.Settings `yaml:"notifier"`
 }
 
 // DefaultSections returns every service's defaults.
 func DefaultSections() Sections {
 	return Sections{Usage: usage.Default(), Meter: meter.DefaultSettings(), RateLimit: ratelimit.DefaultSettings(),
-		Registry: registry.DefaultSettings()}
+		Registry: registry.DefaultSettings(), Notifier: notifier.DefaultSettings()}
 }
 
 // LoadSections reads the services' sections of the file at path (none:
@@ -53,7 +56,7 @@ func (s Sections) Validate(rt service.Config) error {
 	if err := rt.Validate(); err != nil {
 		return err
 	}
-	return errors.Join(s.meter(rt).Validate(), s.ratelimit(rt).Validate(), s.registry(rt).Validate())
+	return errors.Join(s.meter(rt).Validate(), s.ratelimit(rt).Validate(), s.registry(rt).Validate(), s.notifier(rt).Validate())
 }
 
 // Redacted returns s as YAML with every secret masked, for
@@ -80,4 +83,10 @@ func (s Sections) ratelimit(rt service.Config) ratelimit.Config {
 // registry is the registry's configuration: rt with its section.
 func (s Sections) registry(rt service.Config) registry.Config {
 	return registry.Config{Config: rt, Registry: s.Registry}
+}
+
+// notifier is the notifier's configuration: rt with the sections it
+// reads.
+func (s Sections) notifier(rt service.Config) notifier.Config {
+	return notifier.Config{Config: rt, Usage: s.Usage, Notifier: s.Notifier}
 }

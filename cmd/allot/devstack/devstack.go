@@ -49,7 +49,7 @@ type Options struct {
 	// HTTPAddr is where /metrics, /healthz and /readyz listen (default
 	// 127.0.0.1:8080, with the same fallback as NATSAddr).
 	HTTPAddr string
-	// ExternalSMTP sends the notifier's mail to Config.Notifier.SMTP;
+	// ExternalSMTP sends the notifier's mail to Sections.Notifier.SMTP;
 	// otherwise a mail sink (devmail) takes it, logs it and shows it at
 	// /dev/mail.
 	ExternalSMTP bool
@@ -213,21 +213,21 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	}
 
 	// The notifier signs tokens; a laptop has no secret either.
-	if len(cfg.Notifier.TokenSecrets) == 0 {
+	if len(sec.Notifier.TokenSecrets) == 0 {
 		secret, err := randomSecret(48)
 		if err != nil {
 			return nil, fmt.Errorf("devstack: token secret: %w", err)
 		}
-		cfg.Notifier.TokenSecrets = []service.Secret{service.Secret(secret)}
+		sec.Notifier.TokenSecrets = []service.Secret{service.Secret(secret)}
 		log.Warn("notifier.token_secrets is not set: using a random secret for this run (tokens die with it); set notifier.token_secrets (or ALLOT_NOTIFIER_TOKEN_SECRETS) outside allot dev")
 		s.Notes = append(s.Notes, "notifier: notifier.token_secrets is not set; using a random secret for this run")
 	}
 	// The default confirmation page is this process's /confirm.
-	if cfg.Notifier.ConfirmURL == service.DefaultNotifier().ConfirmURL {
-		cfg.Notifier.ConfirmURL = s.HTTPURL + "/confirm"
+	if sec.Notifier.ConfirmURL == notifier.DefaultSettings().ConfirmURL {
+		sec.Notifier.ConfirmURL = s.HTTPURL + "/confirm"
 	}
 	if !opts.ExternalSMTP {
-		if err := s.startMailSink(opts, &cfg, log); err != nil {
+		if err := s.startMailSink(opts, &sec.Notifier.SMTP, log); err != nil {
 			return nil, err
 		}
 	}
@@ -243,7 +243,7 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 		{"registry", registry.RunWith(sec.registry(cfg))},
 		{"meter", meter.RunWith(sec.meter(cfg))},
 		{"ratelimit", ratelimit.RunWith(sec.ratelimit(cfg))},
-		{"notifier", notifier.Run},
+		{"notifier", notifier.RunWith(sec.notifier(cfg))},
 	} {
 		stop, err := svc.start(ctx, deps)
 		if err != nil {

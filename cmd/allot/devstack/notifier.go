@@ -11,13 +11,14 @@ import (
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/services/notifier"
 	"github.com/allot/allot/services/notifier/devmail"
 	"github.com/hibiken/asynq"
 	"github.com/hibiken/asynqmon"
 )
 
-// startMailSink starts devmail and points the notifier at it.
-func (s *Stack) startMailSink(opts Options, cfg *service.Config, log *slog.Logger) error {
+// startMailSink starts devmail and points the notifier's smtp at it.
+func (s *Stack) startMailSink(opts Options, smtp *notifier.SMTPConfig, log *slog.Logger) error {
 	addr := opts.SMTPAddr
 	if addr == "" {
 		addr = "127.0.0.1:1025"
@@ -39,8 +40,8 @@ func (s *Stack) startMailSink(opts Options, cfg *service.Config, log *slog.Logge
 	if err != nil {
 		return fmt.Errorf("devstack: mail sink address: %w", err)
 	}
-	cfg.Notifier.SMTP = service.SMTPConfig{Host: host, Port: port, TLS: "none", Auth: "none",
-		From: cfg.Notifier.SMTP.From, FromName: cfg.Notifier.SMTP.FromName, Timeout: cfg.Notifier.SMTP.Timeout}
+	*smtp = notifier.SMTPConfig{Host: host, Port: port, TLS: "none", Auth: "none",
+		From: smtp.From, FromName: smtp.FromName, Timeout: smtp.Timeout}
 	s.HTTP.Handle("/dev/mail", sink)
 	// The confirmation links of the default notifier.confirm_url land
 	// here: the page verifies the token, as an app's page would.

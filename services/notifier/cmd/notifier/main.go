@@ -33,5 +33,5 @@ func main() {
 // run is the whole command, so a test can drive it: flags, config and the
 // service's life, all in service.Run.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	return service.Run(ctx, "notifier", args, getenv, stdout, stderr, notifier.Run)
+	return service.Run(ctx, "notifier", args, getenv, stdout, stderr, notifier.Run, notifier.Section())
 }
