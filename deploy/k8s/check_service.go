@@ -10,6 +10,10 @@ import (
 	"time"
 
 	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/services/meter"
+	"github.com/allot/allot/services/notifier"
+	"github.com/allot/allot/services/ratelimit"
+	"github.com/allot/allot/services/registry"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -37,6 +41,16 @@ var secretEnv = map[string][]string{
 	"registry": {"ALLOT_REGISTRY_KEYS"},
 	"notifier": {"ALLOT_NOTIFIER_TOKEN_SECRETS"},
 	authName:   {"NATS_PASSWORD", "ALLOT_AUTH_SYS_PASSWORD", "ALLOT_AUTH_ISSUER_SEED", "ALLOT_AUTH_STATIC_KEYS"},
+}
+
+// sections names, by a service's app.kubernetes.io/name, what it reads of
+// allot.yaml besides the runtime's sections, as its binary checks it
+// (service.Run); auth's is loadAuthConfig.
+var sections = map[string]service.OwnedSection{
+	"meter":     meter.Section(),
+	"ratelimit": ratelimit.Section(),
+	"registry":  registry.Section(),
+	"notifier":  notifier.Section(),
 }
 
 // checkService applies the rules of an allot service.
@@ -94,7 +108,7 @@ func (r *Rendered) checkService(p *problems, w Workload) {
 			*p = append(*p, err)
 		}
 	}
-	cfg, err := r.loadConfig(o, pod, c, field)
+	cfg, err := r.loadConfig(o, pod, c, field, ownSections(w)...)
 	if err != nil {
 		*p = append(*p, err)
 	} else if grace := pod.TerminationGracePeriodSeconds; grace == nil || time.Duration(*grace)*time.Second < cfg.Shutdown.Timeout+graceMargin {
@@ -115,19 +129,39 @@ func (r *Rendered) checkService(p *problems, w Workload) {
 
 // Config returns the allot configuration the service w runs with: its
 // allot.yaml from the ConfigMap ALLOT_CONFIG points into, overlaid by the
-// container's environment, validated as the service would.
-func (r *Rendered) Config(w Workload) (service.Config, error) {
+// container's environment, validated as the service would, its own
+// sections included. Each of also then reads the same file and
+// environment beside the runtime's configuration, as a service's
+// LoadConfig does.
+func (r *Rendered) Config(w Workload, also ...func(rt service.Config, path string, getenv func(string) string) error) (service.Config, error) {
 	c := &w.Template.Spec.Containers[0]
-	return r.loadConfig(w.Object, &w.Template.Spec, c, fmt.Sprintf("spec.template.spec.containers[%s]", c.Name))
+	return r.loadConfig(w.Object, &w.Template.Spec, c, fmt.Sprintf("spec.template.spec.containers[%s]", c.Name), append(ownSections(w), also...)...)
 }
 
-func (r *Rendered) loadConfig(o Object, pod *corev1.PodSpec, c *corev1.Container, field string) (service.Config, error) {
+// ownSections loads and checks the sections the service w owns.
+func ownSections(w Workload) []func(rt service.Config, path string, getenv func(string) string) error {
+	o, ok := sections[w.Template.Labels["app.kubernetes.io/name"]]
+	if !ok {
+		return nil
+	}
+	return []func(service.Config, string, func(string) string) error{func(rt service.Config, path string, getenv func(string) string) error {
+		_, err := o.Load(rt, path, getenv)
+		return err
+	}}
+}
+
+func (r *Rendered) loadConfig(o Object, pod *corev1.PodSpec, c *corev1.Container, field string, also ...func(rt service.Config, path string, getenv func(string) string) error) (service.Config, error) {
 	var cfg service.Config
 	err := r.withConfig(o, pod, c, field, true, func(file string, getenv func(string) string) error {
 		var err error
 		cfg, err = service.Load(file, getenv)
 		if err == nil {
 			err = cfg.Validate()
+		}
+		for _, f := range also {
+			if err == nil {
+				err = f(cfg, file, getenv)
+			}
 		}
 		return err
 	})

@@ -5,6 +5,10 @@ go 1.26.0
 require (
 	github.com/allot/allot/pkg/service v0.0.0
 	github.com/allot/allot/services/auth v0.0.0
+	github.com/allot/allot/services/meter v0.0.0
+	github.com/allot/allot/services/notifier v0.0.0
+	github.com/allot/allot/services/ratelimit v0.0.0
+	github.com/allot/allot/services/registry v0.0.0
 	github.com/google/go-cmp v0.7.0
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/nats-io/nkeys v0.4.16
@@ -19,6 +23,8 @@ require (
 require (
 	github.com/allot/allot/pkg/events v0.0.0 // indirect
 	github.com/allot/allot/pkg/keys v0.0.0 // indirect
+	github.com/allot/allot/pkg/mutex v0.0.0 // indirect
+	github.com/allot/allot/pkg/usage v0.0.0 // indirect
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/blang/semver/v4 v4.0.0 // indirect
@@ -43,6 +49,8 @@ require (
 	github.com/google/gnostic-models v0.7.1 // indirect
 	github.com/google/go-tpm v0.9.8 // indirect
 	github.com/google/uuid v1.6.0 // indirect
+	github.com/hibiken/asynq v0.26.0 // indirect
+	github.com/hibiken/asynq/x v0.0.0-20211219150637-8dfabfccb3be // indirect
 	github.com/json-iterator/go v1.1.12 // indirect
 	github.com/klauspost/compress v1.20.3 // indirect
 	github.com/minio/highwayhash v1.0.4 // indirect
@@ -58,6 +66,9 @@ require (
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/redis/go-redis/v9 v9.23.0 // indirect
+	github.com/robfig/cron/v3 v3.0.1 // indirect
+	github.com/spf13/cast v1.10.0 // indirect
+	github.com/wneessen/go-mail v0.7.2 // indirect
 	github.com/x448/float16 v0.8.4 // indirect
 	github.com/xlab/treeprint v1.2.0 // indirect
 	go.uber.org/atomic v1.12.0 // indirect
@@ -81,7 +92,13 @@ require (
 replace (
 	github.com/allot/allot/pkg/events => ../../pkg/events
 	github.com/allot/allot/pkg/keys => ../../pkg/keys
+	github.com/allot/allot/pkg/mutex => ../../pkg/mutex
 	github.com/allot/allot/pkg/service => ../../pkg/service
 	github.com/allot/allot/pkg/testenv => ../../pkg/testenv
+	github.com/allot/allot/pkg/usage => ../../pkg/usage
 	github.com/allot/allot/services/auth => ../../services/auth
+	github.com/allot/allot/services/meter => ../../services/meter
+	github.com/allot/allot/services/notifier => ../../services/notifier
+	github.com/allot/allot/services/ratelimit => ../../services/ratelimit
+	github.com/allot/allot/services/registry => ../../services/registry
 )

@@ -20,6 +20,7 @@ import (
 
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/services/auth"
+	"github.com/allot/allot/services/notifier"
 	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nkeys"
 	appsv1 "k8s.io/api/apps/v1"
@@ -81,6 +82,7 @@ func TestBadFixtures(t *testing.T) {
 		"nats-without-auth-callout":      {"StatefulSet/nats: ConfigMap nats-config-", ", key nats.conf: authorization.auth_callout: missing: nats-server would not hand connections to the auth service"},
 		"auth-users-without-auth-user":   {"StatefulSet/nats: ConfigMap nats-config-", `key nats.conf: authorization.auth_callout.auth_users: ["allot-sys"] lacks "allot-auth", the auth service's user (its own, nats.user)`},
 		"nats-extra-user":                {"StatefulSet/nats: ConfigMap nats-config-", "key nats.conf: the access control is not what auth.ServerConfig.Render writes", `"backdoor in account $G, password: the auth service's nats.password"`, `"backdoor",`},
+		"meter-section":                  {"Deployment/meter: ", "key allot.yaml: ", "meter.batch: must be between 1 and 10000, got 0"},
 	}
 	dirs, err := os.ReadDir("testdata/bad")
 	if err != nil {
@@ -592,7 +594,7 @@ func egressProblems(t *testing.T, r *Rendered) []string {
 			needs = append(needs, portOf("Redis", a))
 		}
 		if w.Template.Labels["app.kubernetes.io/name"] == "notifier" {
-			needs = append(needs, dest{what: "the SMTP relay (notifier.smtp.port)", protocol: corev1.ProtocolTCP, port: int32(cfg.Notifier.SMTP.Port), external: true})
+			needs = append(needs, dest{what: "the SMTP relay (notifier.smtp.port)", protocol: corev1.ProtocolTCP, port: int32(notifierSettings(t, r, w).SMTP.Port), external: true})
 		}
 		var rules []networkingv1.NetworkPolicyEgressRule
 		restricted := false
@@ -709,25 +711,21 @@ func TestNotifier(t *testing.T) {
 					t.Errorf("%s: env[%s]: want it from Secret %s, key %s", w.Object, env, ref[0], ref[1])
 				}
 			}
-			cfg, err := r.Config(w)
-			if err != nil {
-				t.Fatal(err)
-			}
-			nc := cfg.Notifier
+			nc := notifierSettings(t, r, w)
 			if len(nc.TokenSecrets) == 0 {
 				t.Fatalf("%s: notifier.token_secrets: empty", w.Object)
 			}
 			for i, s := range nc.TokenSecrets {
 				// Shorter, and Validate would stop the pod with a length
 				// error instead of the notifier's "put a random secret in".
-				if !strings.HasPrefix(s.Reveal(), Placeholder) || len(s.Reveal()) < service.MinTokenSecretLen {
-					t.Errorf("%s: notifier.token_secrets[%d]: want a %s placeholder of at least %d characters", w.Object, i, Placeholder, service.MinTokenSecretLen)
+				if !strings.HasPrefix(s.Reveal(), Placeholder) || len(s.Reveal()) < notifier.MinTokenSecretLen {
+					t.Errorf("%s: notifier.token_secrets[%d]: want a %s placeholder of at least %d characters", w.Object, i, Placeholder, notifier.MinTokenSecretLen)
 				}
 			}
 			if nc.SMTP.Host == "" || nc.SMTP.Username == "" || nc.SMTP.Password.Reveal() == "" {
 				t.Errorf("%s: notifier.smtp: want host, username and password from Secret allot-smtp", w.Object)
 			}
-			def := service.DefaultNotifier()
+			def := notifier.DefaultSettings()
 			if nc.ConfirmURL == def.ConfirmURL {
 				t.Errorf("%s: allot.yaml: notifier.confirm_url: the default %s points inside the pod; want the application's page", w.Object, nc.ConfirmURL)
 			}
@@ -1102,4 +1100,19 @@ func firstLines(s string, n int) string {
 		return s
 	}
 	return strings.Join(lines[:n], "") + "...\n"
+}
+
+// notifierSettings returns the notifier section the notifier w runs with,
+// read from its allot.yaml and environment as the notifier reads it.
+func notifierSettings(t *testing.T, r *Rendered, w Workload) notifier.Settings {
+	t.Helper()
+	var ns notifier.Settings
+	if _, err := r.Config(w, func(rt service.Config, path string, getenv func(string) string) error {
+		cfg, err := notifier.LoadConfig(rt, path, getenv)
+		ns = cfg.Notifier
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return ns
 }

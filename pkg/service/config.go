@@ -15,13 +15,18 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// Config is the configuration every allot service shares. Its zero value is
-// not useful: start from Default, or call Load.
+// Config is the runtime's configuration, which every allot service
+// shares: connections, HTTP, logging, shutdown, the wire's subjects and
+// streams, how a service registers itself, and its instance name. Its zero
+// value is not useful: start from Default, or call Load.
 //
 // A section is a struct with yaml tags in snake_case; a field that can also
 // come from the environment carries an `env:"NAME"` tag. LoadInto reads both
-// by reflection, so a new section needs a struct, its defaults in Default and
-// its rules in Validate, and nothing else.
+// by reflection, so a new section needs a struct, its defaults in Default
+// and its rules in Validate, and nothing else. A service's own section
+// lives beside the service, which reads it with LoadSection or
+// LoadSections and checks it through an OwnedSection; Config only lets it
+// stand (ServiceSections).
 type Config struct {
 	// NATS is the connection to the NATS servers.
 	NATS NATSConfig `yaml:"nats"`
@@ -38,28 +43,31 @@ type Config struct {
 	// Streams describes the JetStream streams for usage events and dead
 	// letters.
 	Streams events.StreamConfig `yaml:"streams"`
-	// Metrics declares every metric the meter accepts, by name. A file's
-	// metrics are added to the defaults (DefaultMetrics).
-	Metrics map[string]MetricConfig `yaml:"metrics"`
-	// Grants holds the default limits (the free tier), by name; per-uid
-	// overrides live in Redis. A file's grants are added to the defaults.
-	Grants map[string]float64 `yaml:"grants"`
-	// Meter tunes the meter service.
-	Meter MeterConfig `yaml:"meter"`
-	// RateLimit tunes the rate limiter and lists the rate-limited services.
-	RateLimit RateLimitConfig `yaml:"ratelimit"`
 	// Registry is the registry section as every service reads it: how it
 	// registers itself (the registry service reads the whole section).
 	Registry RegistryView `yaml:"registry"`
-	// Notifier tunes the notifier: jobs, tokens, templates and SMTP.
-	Notifier NotifierConfig `yaml:"notifier"`
-	// Auth is the auth service's section, which it decodes itself
-	// (services/auth, through LoadSection).
-	Auth Section `yaml:"auth,omitempty"`
+	// Owned are the sections the services own, which Config lets stand.
+	Owned ServiceSections `yaml:",inline"`
 	// Instance names this process among the replicas of a service, in logs,
 	// the registry and metrics. Defaults to the hostname (the pod name in
 	// Kubernetes).
 	Instance string `yaml:"instance" env:"ALLOT_INSTANCE"`
+}
+
+// ServiceSections are the top-level sections of allot.yaml that services
+// own and decode themselves, each beside its service: the metrics and
+// grants (pkg/usage, read by the meter, the rate limiter and the
+// notifier), and the meter, ratelimit, notifier and auth sections. The
+// whole-file load lets them stand without looking inside, so that any
+// other key is still refused as a typo, and Redacted prints a note in
+// their place.
+type ServiceSections struct {
+	Metrics   Section `yaml:"metrics,omitempty"`
+	Grants    Section `yaml:"grants,omitempty"`
+	Meter     Section `yaml:"meter,omitempty"`
+	RateLimit Section `yaml:"ratelimit,omitempty"`
+	Notifier  Section `yaml:"notifier,omitempty"`
+	Auth      Section `yaml:"auth,omitempty"`
 }
 
 // NATSConfig is the connection to the NATS servers. At most one of
@@ -175,18 +183,13 @@ func Default() Config {
 			WriteTimeout: 3 * time.Second,
 			KeyPrefix:    "allot:",
 		},
-		HTTP:      HTTPConfig{Addr: ":8080"},
-		Log:       LogConfig{Level: "info", Format: "text"},
-		Shutdown:  ShutdownConfig{Timeout: 25 * time.Second},
-		Subjects:  events.DefaultSubjects(),
-		Streams:   events.DefaultStreamConfig(),
-		Metrics:   DefaultMetrics(),
-		Grants:    DefaultGrants(),
-		Meter:     DefaultMeter(),
-		RateLimit: DefaultRateLimit(),
-		Registry:  RegistryView{DefaultRegistration()},
-		Notifier:  DefaultNotifier(),
-		Instance:  host,
+		HTTP:     HTTPConfig{Addr: ":8080"},
+		Log:      LogConfig{Level: "info", Format: "text"},
+		Shutdown: ShutdownConfig{Timeout: 25 * time.Second},
+		Subjects: events.DefaultSubjects(),
+		Streams:  events.DefaultStreamConfig(),
+		Registry: RegistryView{DefaultRegistration()},
+		Instance: host,
 	}
 }
 
@@ -216,10 +219,7 @@ func (c Config) Validate() error {
 	errs = append(errs, c.HTTP.validate()...)
 	errs = append(errs, c.Log.validate()...)
 	errs = append(errs, c.Shutdown.validate()...)
-	errs = append(errs, validateMetering(c.Metrics, c.Grants, c.Meter, c.Streams)...)
-	errs = append(errs, c.RateLimit.validate(c.Metrics, c.Streams.Duplicates)...)
 	errs = append(errs, c.Registry.validate()...)
-	errs = append(errs, c.Notifier.validate(c.Metrics)...)
 	for _, err := range []error{c.Subjects.Validate(), c.Streams.Validate()} {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("service: %w", err))

@@ -1,13 +1,20 @@
 // Package service is the plumbing every allot service shares, written once:
 // configuration, connections, the metrics and health HTTP server, logging
-// and graceful shutdown. The services' own logic lives in their internal
-// packages; this package knows nothing of metering or rate limits.
+// and graceful shutdown, and the consumer every worker runs on. The
+// services' own logic and their own configuration sections live beside
+// them; this package knows nothing of metering or rate limits.
 //
-//   - Config: one typed struct, from Default, then a strict YAML file, then
-//     environment variables (Load, or LoadInto for a struct that embeds it),
-//     checked by Validate; Secret and URL keep passwords out of every
-//     printed form, and Redacted prints the whole config safely. Flags adds
-//     -config and -validate to a binary.
+//   - Config: the runtime's sections in one typed struct, from Default,
+//     then a strict YAML file, then environment variables (Load, or
+//     LoadInto for a struct that embeds it), checked by Validate; Secret
+//     and URL keep passwords out of every printed form, and Redacted prints
+//     the whole config safely. Flags adds -config and -validate to a
+//     binary.
+//   - A service's own sections: it reads them from the same file with
+//     LoadSection or LoadSections and hands Run an OwnedSection, which Run
+//     checks before starting anything and -validate prints in the same
+//     document; Config lets those sections stand (ServiceSections) and
+//     refuses any other key.
 //   - ConnectNATS and ConnectRedis: clients that fail fast at start with the
 //     address named, then reconnect on their own.
 //   - NewRegistry: a Prometheus registry of the service's own, never the

@@ -50,74 +50,49 @@ func TestSubjectsAndStreamsSections(t *testing.T) {
 	}
 }
 
-func TestMeteringSection(t *testing.T) {
-	cfg := Default()
-	if err := cfg.Validate(); err != nil {
-		t.Fatalf("defaults: %v", err)
-	}
-	if g, ok := cfg.DefaultGrant("photo_daily_total"); !ok || g != 200 {
-		t.Errorf("photo_daily_total grant = %v, %v", g, ok)
-	}
-	m, ok := cfg.Metric("sms_monthly_total")
-	if !ok || m.Style != StyleGrant || m.Period != PeriodMonth || m.Align != AlignRolling || m.Scope != ScopeUser {
-		t.Errorf("sms_monthly_total = %+v", m)
-	}
-	if len(cfg.Grants) != 17 {
-		t.Errorf("%d default grants, want apicrud's 17", len(cfg.Grants))
-	}
-
+// The sections the services own stand in the file unread (a broken rule
+// inside one is its owner's to refuse), and print as a note; a key that
+// is neither the runtime's nor a service's is refused as the typo it is.
+func TestServiceSectionsStand(t *testing.T) {
 	dir := t.TempDir()
-	load := func(body string) (Config, error) {
-		p := filepath.Join(dir, "m.yaml")
+	write := func(body string) string {
+		t.Helper()
+		p := filepath.Join(dir, "s.yaml")
 		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		cfg, err := Load(p, func(string) string { return "" })
-		if err != nil {
-			return cfg, err
-		}
-		return cfg, cfg.Validate()
+		return p
 	}
-	cfg, err := load("metrics:\n  uploads: {style: grant, period: week, align: calendar, notify: [50, 90]}\n  queue_depth: {style: gauge, scope: instance}\ngrants:\n  uploads: 7\n")
+	body := "metrics:\n  x: {style: nonsense}\ngrants: {x: -1}\nmeter: {batch: 0}\nratelimit: {mode: leaky}\n" +
+		"notifier: {retention: 1s}\nauth: {key_ttl: 0s}\nregistry: {keys: [short], ttl: 20s, heartbeat: 5s}\n"
+	cfg, err := Load(write(body), func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := cfg.Metric("photo_daily_total"); !ok {
-		t.Error("a file's metrics must add to the defaults")
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("the runtime looked inside a service's section: %v", err)
 	}
-	if m, _ := cfg.Metric("uploads"); m.Align != AlignCalendar || cfg.Grants["uploads"] != 7 {
-		t.Errorf("uploads = %+v, grant %v", m, cfg.Grants["uploads"])
+	o := cfg.Owned
+	for name, s := range map[string]Section{"metrics": o.Metrics, "grants": o.Grants, "meter": o.Meter, "ratelimit": o.RateLimit, "notifier": o.Notifier, "auth": o.Auth} {
+		if s.IsZero() {
+			t.Errorf("the %s section was not seen", name)
+		}
+	}
+	out := cfg.Redacted()
+	for _, leak := range []string{"nonsense", "leaky", "short", "key_ttl"} {
+		if strings.Contains(out, leak) {
+			t.Errorf("Redacted shows %q of a service's section:\n%s", leak, out)
+		}
+	}
+	if cfg.Registry.TTL != 20*time.Second {
+		t.Errorf("registry.ttl = %v, want the file's 20s", cfg.Registry.TTL)
 	}
 	for body, want := range map[string]string{
-		"metrics:\n  x: {style: meter}\n":                                                      "metrics.x.style",
-		"metrics:\n  x: {period: day}\n":                                                       "metrics.x.style",
-		"metrics:\n  x: {style: grant}\ngrants: {x: 1}\n":                                      "metrics.x.period",
-		"metrics:\n  x: {style: grant, period: fortnight}\ngrants: {x: 1}\n":                   "metrics.x.period",
-		"metrics:\n  x: {style: grant, period: day}\n":                                         "add it under grants",
-		"metrics:\n  x: {style: grant, period: day, align: lunar}\ngrants: {x: 1}\n":           "metrics.x.align",
-		"metrics:\n  x: {style: grant, period: indefinite, align: calendar}\ngrants: {x: 1}\n": "no calendar",
-		"metrics:\n  x: {style: grant, period: day, scope: global}\ngrants: {x: 1}\n":          "metrics.x.scope",
-		"metrics:\n  x: {style: grant, period: day, notify: [90, 80]}\ngrants: {x: 1}\n":       "increasing",
-		"metrics:\n  x: {style: grant, period: day, notify: [0]}\ngrants: {x: 1}\n":            "metrics.x.notify",
-		"metrics:\n  x: {style: counter, period: day}\n":                                       "grants only",
-		"metrics:\n  x: {style: counter, scope: planet}\n":                                     "metrics.x.scope",
-		"metrics:\n  x: {style: counter, labels: [a.b]}\n":                                     "metrics.x.labels",
-		"metrics:\n  'a b': {style: counter}\n":                                                "metrics.a b",
-		"metrics:\n  x: {style: counter, colour: red}\n":                                       "colour",
-		"grants:\n  x: -1\n":              "grants.x: must be a number from 0 to 1e15 (got -1)",
-		"grants:\n  x: 1e16\n":            "grants.x: must be a number from 0 to 1e15 (got 10000000000000000)",
-		"grants:\n  x: 0.0000001\n":       "grants.x: must be a number from 0 to 1e15 with at most 6 decimal places (got 1e-7)",
-		"grants:\n  x: .nan\n":            "grants.x: must be a number from 0 to 1e15 (got NaN)",
-		"grants:\n  x: lots\n":            "grants.x",
-		"meter:\n  batch: 0\n":            "meter.batch",
-		"meter:\n  dedup_ttl: 1m\n":       "meter.dedup_ttl",
-		"meter:\n  handlers: 0\n":         "meter.handlers",
-		"meter:\n  pipelines: 65\n":       "meter.pipelines",
-		"meter:\n  consumer: 'a.b'\n":     "meter.consumer",
-		"meter:\n  max_ack_pending: 10\n": "meter.max_ack_pending",
+		"metr:\n  x: {style: counter}\n": "line 1: metr: unknown field",
+		"meters: {batch: 1}\n":           "line 1: meters: unknown field",
 	} {
-		if _, err := load(body); err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("%q: error %v, want one mentioning %s", body, err, want)
+		if _, err := Load(write(body), func(string) string { return "" }); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want one containing %q", body, err, want)
 		}
 	}
 }
