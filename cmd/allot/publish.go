@@ -124,12 +124,14 @@ func publishOne(ctx context.Context, env *cliEnv, nc *nats.Conn, opts events.Pub
 	if err != nil {
 		return err
 	}
-	if _, err := events.Prepare(&ev, opts); err != nil {
+	pe, err := pub.Prepare(ev)
+	if err != nil {
 		return err // refused before the wire, naming the field
 	}
+	ev = pe.Event()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	ack, err := pub.Publish(ctx, ev)
+	ack, err := pub.PublishPrepared(ctx, pe)
 	if err != nil {
 		return err
 	}
@@ -220,15 +222,15 @@ func publishFile(ctx context.Context, env *cliEnv, nc *nats.Conn, opts events.As
 		line, tooLong, err := readLine(r, events.DefaultMaxEventBytes)
 		if len(line) > 0 || tooLong {
 			n := int(lineNo.Add(1))
-			switch ev, perr := parseLine(line, tooLong, opts.PublisherOptions); {
+			switch pe, perr := parseLine(line, tooLong, pub); {
 			case perr != nil:
 				refusedN.Add(1)
 				probs.add(lineError{n, perr})
 			default:
 				if len(lineOf) < maxTracked {
-					lineOf[ev.ID] = n
+					lineOf[pe.Event().ID] = n
 				}
-				if perr := pub.Publish(ctx, ev); perr != nil {
+				if perr := pub.PublishPrepared(ctx, pe); perr != nil {
 					refusedN.Add(1)
 					probs.add(lineError{n, perr})
 				}
@@ -293,17 +295,18 @@ func readLine(r *bufio.Reader, max int) (line []byte, tooLong bool, err error) {
 	}
 }
 
-func parseLine(line []byte, tooLong bool, opts events.PublisherOptions) (events.Event, error) {
+// parseLine decodes one line and prepares its event with pub, once: the
+// id is filled in now, so a failure can be traced to its line, and what
+// is sent is what was checked here.
+func parseLine(line []byte, tooLong bool, pub *events.AsyncPublisher) (events.Prepared, error) {
 	if tooLong {
-		return events.Event{}, fmt.Errorf("event: longer than %d bytes", events.DefaultMaxEventBytes)
+		return events.Prepared{}, fmt.Errorf("event: longer than %d bytes", events.DefaultMaxEventBytes)
 	}
 	ev, err := events.DecodeDraft(line, 0)
 	if err != nil {
-		return ev, err
+		return events.Prepared{}, err
 	}
-	// Fill in the id now, so a failure can be traced to its line.
-	_, err = events.Prepare(&ev, opts)
-	return ev, err
+	return pub.Prepare(ev)
 }
 
 // startProgress prints status() every second: rewriting one line on a

@@ -132,10 +132,27 @@ func NewAsyncPublisher(nc *nats.Conn, opts AsyncOptions) (*AsyncPublisher, error
 // refused here with a [ValidationError] and never reaches the wire;
 // failures after sending are reported by Flush and Close.
 func (p *AsyncPublisher) Publish(ctx context.Context, ev Event) error {
-	msg, err := Prepare(&ev, p.opts.PublisherOptions)
+	pe, err := p.Prepare(ev)
 	if err != nil {
 		return err
 	}
+	return p.PublishPrepared(ctx, pe)
+}
+
+// Prepare fills in, validates and encodes ev as Publish would, once;
+// PublishPrepared sends the result. An invalid event returns a
+// [ValidationError].
+func (p *AsyncPublisher) Prepare(ev Event) (Prepared, error) {
+	return prepare(&ev, p.opts.PublisherOptions)
+}
+
+// PublishPrepared sends an event Prepare made, as it was encoded, as
+// Publish does.
+func (p *AsyncPublisher) PublishPrepared(ctx context.Context, pe Prepared) error {
+	if pe.subject == "" {
+		return errNotPrepared
+	}
+	ev, msg := pe.ev, pe.msg()
 	p.closeMu.RLock()
 	defer p.closeMu.RUnlock()
 	if p.closed {

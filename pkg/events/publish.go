@@ -95,6 +95,42 @@ func NewPublisher(nc *nats.Conn, opts PublisherOptions) (*Publisher, error) {
 // ev, validates it and encodes it as the message to publish. An invalid
 // event returns a [ValidationError] and never reaches the wire.
 func Prepare(ev *Event, opts PublisherOptions) (*nats.Msg, error) {
+	p, err := prepare(ev, opts)
+	if err != nil {
+		return nil, err
+	}
+	return p.msg(), nil
+}
+
+// Prepared is an event filled in, validated and encoded, ready for the
+// wire: PublishPrepared sends its encoding as it is. A caller that needs
+// the filled-in event before publishing it (its id, to trace a failure
+// to its line) prepares it once with the publisher's Prepare, instead of
+// preparing it and then having Publish prepare it again.
+type Prepared struct {
+	ev      Event
+	subject string
+	data    []byte
+}
+
+// Event returns the event as prepared: its id, source, time, specversion
+// and type filled in.
+func (p Prepared) Event() Event { return p.ev }
+
+// msg is a new message of p, each with its own header.
+func (p Prepared) msg() *nats.Msg {
+	return &nats.Msg{
+		Subject: p.subject,
+		Data:    p.data,
+		Header:  nats.Header{MsgIDHeader: []string{p.ev.ID}},
+	}
+}
+
+// errNotPrepared refuses a Prepared that no Prepare made.
+var errNotPrepared = errors.New("events: publish: the event was not prepared (use the publisher's Prepare)")
+
+// prepare fills in ev's missing attributes, validates and encodes it.
+func prepare(ev *Event, opts PublisherOptions) (Prepared, error) {
 	opts = opts.withDefaults()
 	if ev.SpecVersion == "" {
 		ev.SpecVersion = SpecVersion
@@ -111,36 +147,45 @@ func Prepare(ev *Event, opts PublisherOptions) (*nats.Msg, error) {
 	if ev.ID == "" {
 		id, err := opts.NewID()
 		if err != nil {
-			return nil, err
+			return Prepared{}, err
 		}
 		ev.ID = id
 	}
 	if err := ev.Validate(); err != nil {
-		return nil, err
+		return Prepared{}, err
 	}
 	data := ev.AppendJSON(make([]byte, 0, 256))
 	if len(data) > opts.MaxEventBytes {
-		return nil, invalid("event", "must be at most %d bytes encoded (got %d)", opts.MaxEventBytes, len(data))
+		return Prepared{}, invalid("event", "must be at most %d bytes encoded (got %d)", opts.MaxEventBytes, len(data))
 	}
-	msg := &nats.Msg{
-		Subject: opts.Subjects.UsageFor(ev.Subject),
-		Data:    data,
-		Header:  nats.Header{MsgIDHeader: []string{ev.ID}},
-	}
-	return msg, nil
+	return Prepared{ev: *ev, subject: opts.Subjects.UsageFor(ev.Subject), data: data}, nil
 }
+
+// Prepare fills in, validates and encodes ev as Publish would, once;
+// PublishPrepared sends the result. An invalid event returns a
+// [ValidationError].
+func (p *Publisher) Prepare(ev Event) (Prepared, error) { return prepare(&ev, p.opts) }
 
 // Publish publishes ev and waits for the stream's ack. The returned ack
 // says whether the stream dropped it as a duplicate of an earlier event
 // with the same id. ev's missing fields are filled in as by Prepare.
 func (p *Publisher) Publish(ctx context.Context, ev Event) (*jetstream.PubAck, error) {
-	msg, err := Prepare(&ev, p.opts)
+	pe, err := p.Prepare(ev)
 	if err != nil {
 		return nil, err
 	}
-	ack, err := p.js.PublishMsg(ctx, msg)
+	return p.PublishPrepared(ctx, pe)
+}
+
+// PublishPrepared publishes an event Prepare made, as it was encoded, and
+// waits for the stream's ack, as Publish does.
+func (p *Publisher) PublishPrepared(ctx context.Context, pe Prepared) (*jetstream.PubAck, error) {
+	if pe.subject == "" {
+		return nil, errNotPrepared
+	}
+	ack, err := p.js.PublishMsg(ctx, pe.msg())
 	if err != nil {
-		return nil, publishError(msg.Subject, err)
+		return nil, publishError(pe.subject, err)
 	}
 	return ack, nil
 }

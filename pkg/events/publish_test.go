@@ -190,3 +190,75 @@ func TestDeadLettersStayOutOfTheUsageStream(t *testing.T) {
 		t.Errorf("USAGE_DEAD holds %d, want 1", got)
 	}
 }
+
+// An event prepared once is sent as it was encoded then: publishing it
+// neither validates nor encodes it again. What the caller does to the
+// event afterwards (here, a label changed in the map the two share) does
+// not reach the wire, and a Prepared no Prepare made is refused.
+func TestPublishPrepared(t *testing.T) {
+	nc, js := startJetStream(t)
+	ctx := t.Context()
+	sync, err := NewPublisher(nc, PublisherOptions{Source: "photos"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	async, err := NewAsyncPublisher(nc, AsyncOptions{PublisherOptions: PublisherOptions{Source: "photos"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		prepare func(Event) (Prepared, error)
+		publish func(Prepared) error
+	}{
+		{"Publisher", sync.Prepare, func(pe Prepared) error { _, err := sync.PublishPrepared(ctx, pe); return err }},
+		{"AsyncPublisher", async.Prepare, func(pe Prepared) error {
+			if err := async.PublishPrepared(ctx, pe); err != nil {
+				return err
+			}
+			failed, err := async.Flush(ctx)
+			if len(failed) > 0 {
+				return failed[0].Err
+			}
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			uid := "u-" + strings.ToLower(tc.name)
+			ev := NewUsage(uid, "photo_daily_total", 1)
+			ev.Data.Labels = map[string]string{"region": "eu"}
+			pe, err := tc.prepare(ev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := pe.Event(); got.ID == "" || got.Source != "photos" || got.Time.IsZero() || got.Type != UsageType {
+				t.Errorf("prepared event = %+v, want its attributes filled in", got)
+			}
+			ev.Data.Labels["region"] = "us" // after Prepare: too late for the wire
+			if err := tc.publish(pe); err != nil {
+				t.Fatal(err)
+			}
+			stream, err := js.Stream(ctx, "USAGE")
+			if err != nil {
+				t.Fatal(err)
+			}
+			msg, err := stream.GetLastMsgForSubject(ctx, DefaultSubjects().UsageFor(uid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := Decode(msg.Data, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.ID != pe.Event().ID || got.Data.Labels["region"] != "eu" || msg.Header.Get(MsgIDHeader) != got.ID {
+				t.Errorf("stored %+v (id header %q); want the event as prepared, id %s, region eu", got, msg.Header.Get(MsgIDHeader), pe.Event().ID)
+			}
+			if err := tc.publish(Prepared{}); err == nil || !strings.Contains(err.Error(), "not prepared") {
+				t.Errorf("a zero Prepared: %v, want a refusal", err)
+			}
+		})
+	}
+	if _, err := async.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
