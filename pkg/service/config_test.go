@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -700,5 +701,91 @@ func TestRedactedWithSections(t *testing.T) {
 	}
 	if strings.Contains(got, "decoded by the service") || strings.Contains(got, "SAAS3CRET") {
 		t.Errorf("the owner's section did not replace the note:\n%s", got)
+	}
+}
+
+// checkedConfig is a service's configuration as LoadChecked and SectionOf
+// take it: the runtime's beside its own section.
+type checkedConfig struct {
+	service.Config `yaml:"-"`
+	Extra          extraConfig `yaml:"extra"`
+}
+
+func (c checkedConfig) Validate() error {
+	if c.Extra.Count > 5 {
+		return fmt.Errorf("extra.count: at most 5, got %d", c.Extra.Count)
+	}
+	return nil
+}
+
+// LoadChecked reads a service's sections over its defaults and checks
+// them; SectionOf prints what the service read, without the runtime's.
+func TestLoadCheckedAndSectionOf(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "allot.yaml")
+	writeFile(t, path, "log:\n  level: debug\nextra:\n  count: 3\n  key: s3cret\n")
+	load := func(rt service.Config, path string, getenv func(string) string) (checkedConfig, error) {
+		return service.LoadChecked(checkedConfig{Config: rt, Extra: extraConfig{Ratio: 0.5}}, path, getenv)
+	}
+	rt := service.Default()
+	got, err := load(rt, path, envMap(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Extra.Count != 3 || got.Extra.Ratio != 0.5 || got.Extra.Key.Reveal() != "s3cret" || got.Log.Level != "info" {
+		t.Errorf("LoadChecked = %+v", got)
+	}
+	out, err := service.SectionOf(load).Load(rt, path, envMap(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "extra:\n") || !strings.Contains(out, "count: 3") || strings.Contains(out, "s3cret") || strings.Contains(out, "nats:") {
+		t.Errorf("SectionOf printed:\n%s", out)
+	}
+	writeFile(t, path, "extra:\n  count: 6\n")
+	if got, err := load(rt, path, envMap(nil)); err == nil || !strings.Contains(err.Error(), "extra.count") || got.Extra.Count != 0 {
+		t.Errorf("a broken section: %+v, %v", got, err)
+	}
+	if _, err := service.SectionOf(load).Load(rt, path, envMap(nil)); err == nil {
+		t.Error("SectionOf printed a broken section")
+	}
+
+	// Loaded reads the configuration from the file Run was given and
+	// starts the service with it; a broken one starts nothing.
+	var started *checkedConfig
+	start := service.Loaded(load, func(c checkedConfig) service.StartFunc {
+		return func(context.Context, service.Deps) (func(context.Context) error, error) {
+			started = &c
+			return nil, nil
+		}
+	})
+	if _, err := start(t.Context(), service.Deps{Config: rt, ConfigPath: path, Getenv: envMap(nil)}); err == nil || started != nil {
+		t.Errorf("Loaded with a broken section: %v, started %v", err, started)
+	}
+	writeFile(t, path, "extra:\n  count: 4\n")
+	if _, err := start(t.Context(), service.Deps{Config: rt, ConfigPath: path, Getenv: envMap(nil)}); err != nil || started == nil || started.Extra.Count != 4 {
+		t.Errorf("Loaded: %v, started with %+v", err, started)
+	}
+}
+
+// stopper is a started part that records its Stop.
+type stopper struct{ stopped bool }
+
+func (s *stopper) Stop(context.Context) error { s.stopped = true; return nil }
+
+// Starting returns the part's Stop, or the error that kept it from
+// starting.
+func TestStarting(t *testing.T) {
+	s := &stopper{}
+	stop, err := service.Starting(func(context.Context, service.Deps) (*stopper, error) { return s, nil })(t.Context(), service.Deps{})
+	if err != nil || stop == nil {
+		t.Fatalf("Starting = %v (stop %v)", err, stop != nil)
+	}
+	if err := stop(t.Context()); err != nil || !s.stopped {
+		t.Errorf("stop = %v, stopped %v", err, s.stopped)
+	}
+	stop, err = service.Starting(func(context.Context, service.Deps) (*stopper, error) { return nil, fmt.Errorf("no") })(t.Context(), service.Deps{})
+	if err == nil || stop != nil {
+		t.Errorf("a failed start: %v, stop %v", err, stop != nil)
 	}
 }

@@ -68,18 +68,38 @@ func (s Section) IsZero() bool { return !s.Present }
 // file's other sections are not its business; a file without the section
 // changes nothing.
 func LoadSection(dst any, path, section string, getenv func(string) string) error {
-	v := reflect.ValueOf(dst)
-	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
-		return fmt.Errorf("service: LoadSection needs a non-nil pointer to a struct, got %T", dst)
-	}
 	if section == "" || strings.ContainsAny(section, "\"`,: ") {
 		return fmt.Errorf("service: LoadSection: bad section name %q", section)
 	}
+	// dst under its key.
+	return loadBeside(dst, "LoadSection", reflect.StructTag(`yaml:"`+section+`"`), path, getenv)
+}
+
+// LoadSections is LoadSection for a struct whose fields are several
+// top-level sections of the shared configuration file (a service that
+// reads the metrics and grants beside its own section, say): every field
+// dst's YAML sees, inlined ones included, is overlaid with its key of the
+// file, strictly, and then with the environment. The file's other keys are
+// not its business. A field tagged `yaml:"-"` is left alone by the file
+// and by the environment: that is where a service keeps what it did not
+// read itself, such as the runtime's Config.
+func LoadSections(dst any, path string, getenv func(string) string) error {
+	// dst's fields at the top level.
+	return loadBeside(dst, "LoadSections", `yaml:",inline"`, path, getenv)
+}
+
+// loadBeside decodes the file at path into dst, a pointer to a struct,
+// standing in the file as tag says, beside the rest of the file, which it
+// leaves alone: what dst sees is decoded strictly where it stands. Then
+// the environment.
+func loadBeside(dst any, caller string, tag reflect.StructTag, path string, getenv func(string) string) error {
+	v := reflect.ValueOf(dst)
+	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
+		return fmt.Errorf("service: %s needs a non-nil pointer to a struct, got %T", caller, dst)
+	}
 	if path != "" {
-		// A struct of the section under its key and the rest inline, so
-		// the section is decoded strictly where it stands in the file.
 		wt := reflect.StructOf([]reflect.StructField{
-			{Name: "Section", Type: v.Elem().Type(), Tag: reflect.StructTag(`yaml:"` + section + `"`)},
+			{Name: "Dst", Type: v.Elem().Type(), Tag: tag},
 			{Name: "Rest", Type: reflect.TypeFor[map[string]yaml.Node](), Tag: `yaml:",inline"`},
 		})
 		w := reflect.New(wt)
@@ -92,34 +112,18 @@ func LoadSection(dst any, path, section string, getenv func(string) string) erro
 	return applyEnv(v.Elem(), getenv)
 }
 
-// LoadSections is LoadSection for a struct whose fields are several
-// top-level sections of the shared configuration file (a service that
-// reads the metrics and grants beside its own section, say): every field
-// dst's YAML sees, inlined ones included, is overlaid with its key of the
-// file, strictly, and then with the environment. The file's other keys are
-// not its business. A field tagged `yaml:"-"` is left alone by the file
-// and by the environment: that is where a service keeps what it did not
-// read itself, such as the runtime's Config.
-func LoadSections(dst any, path string, getenv func(string) string) error {
-	v := reflect.ValueOf(dst)
-	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
-		return fmt.Errorf("service: LoadSections needs a non-nil pointer to a struct, got %T", dst)
+// LoadChecked overlays cfg, a service's configuration holding its
+// defaults, with its sections of the file at path and of the environment
+// (LoadSections), and checks the result with its Validate.
+func LoadChecked[C interface{ Validate() error }](cfg C, path string, getenv func(string) string) (C, error) {
+	var zero C
+	if err := LoadSections(&cfg, path, getenv); err != nil {
+		return zero, err
 	}
-	if path != "" {
-		// dst's sections inline, beside the rest of the file, so each is
-		// decoded strictly where it stands.
-		wt := reflect.StructOf([]reflect.StructField{
-			{Name: "Sections", Type: v.Elem().Type(), Tag: `yaml:",inline"`},
-			{Name: "Rest", Type: reflect.TypeFor[map[string]yaml.Node](), Tag: `yaml:",inline"`},
-		})
-		w := reflect.New(wt)
-		w.Elem().Field(0).Set(v.Elem())
-		if err := decodeFile(path, w.Interface()); err != nil {
-			return err
-		}
-		v.Elem().Set(w.Elem().Field(0))
+	if err := cfg.Validate(); err != nil {
+		return zero, err
 	}
-	return applyEnv(v.Elem(), getenv)
+	return cfg, nil
 }
 
 // decodeFile decodes the YAML file at path into dst, refusing unknown

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"go.yaml.in/yaml/v3"
 )
 
 // Deps is what Run builds for a service before starting it.
@@ -39,6 +41,49 @@ type OwnedSection struct {
 // StartFunc starts a service's own parts (consumers, endpoints) on d and
 // returns the function that stops them.
 type StartFunc func(ctx context.Context, d Deps) (stop func(context.Context) error, err error)
+
+// SectionOf is the OwnedSection of a service whose load reads its
+// configuration beside the runtime's and checks it: -validate prints what
+// load returns, as YAML (a field tagged yaml:"-", such as the runtime's
+// Config it embeds, is left out; secrets print masked).
+func SectionOf[C any](load func(rt Config, path string, getenv func(string) string) (C, error)) OwnedSection {
+	return OwnedSection{Load: func(rt Config, path string, getenv func(string) string) (string, error) {
+		cfg, err := load(rt, path, getenv)
+		if err != nil {
+			return "", err
+		}
+		b, err := yaml.Marshal(cfg)
+		if err != nil {
+			return "", fmt.Errorf("service: cannot print the config: %w", err)
+		}
+		return string(b), nil
+	}}
+}
+
+// Starting is the StartFunc that starts a service with start on d and
+// returns its Stop.
+func Starting[S interface{ Stop(context.Context) error }](start func(ctx context.Context, d Deps) (S, error)) StartFunc {
+	return func(ctx context.Context, d Deps) (func(context.Context) error, error) {
+		s, err := start(ctx, d)
+		if err != nil {
+			return nil, err
+		}
+		return s.Stop, nil
+	}
+}
+
+// Loaded is the StartFunc of a service's binary: it reads the service's
+// configuration with load, beside d.Config from d.ConfigPath and
+// d.Getenv, and starts the service with it through start.
+func Loaded[C any](load func(rt Config, path string, getenv func(string) string) (C, error), start func(C) StartFunc) StartFunc {
+	return func(ctx context.Context, d Deps) (func(context.Context) error, error) {
+		cfg, err := load(d.Config, d.ConfigPath, d.Getenv)
+		if err != nil {
+			return nil, err
+		}
+		return start(cfg)(ctx, d)
+	}
+}
 
 // Run is the whole life of one allot service binary: it parses -config
 // and -validate, loads and validates the configuration, connects to NATS

@@ -94,11 +94,6 @@ func DefaultConfig() Config {
 // runtime's configuration loaded from the same file; then it checks the
 // whole.
 func LoadConfig(rt service.Config, path string, getenv func(string) string) (Config, error) {
-	cfg := DefaultConfig()
-	cfg.Config = rt
-	if err := service.LoadSections(&cfg, path, getenv); err != nil {
-		return Config{}, err
-	}
 	// The rate limiter's section, for the names of its services only.
 	var rl struct {
 		Services map[string]yaml.Node `yaml:"services"`
@@ -107,11 +102,9 @@ func LoadConfig(rt service.Config, path string, getenv func(string) string) (Con
 	if err := service.LoadSection(&rl, path, "ratelimit", getenv); err != nil {
 		return Config{}, err
 	}
-	cfg.RateLimited = slices.Sorted(maps.Keys(rl.Services))
-	if err := cfg.Validate(); err != nil {
-		return Config{}, err
-	}
-	return cfg, nil
+	cfg := DefaultConfig()
+	cfg.Config, cfg.RateLimited = rt, slices.Sorted(maps.Keys(rl.Services))
+	return service.LoadChecked(cfg, path, getenv)
 }
 
 // Validate checks the runtime's configuration, the metrics and grants and
@@ -123,16 +116,4 @@ func (c Config) Validate() error {
 // Section is what the meter reads of allot.yaml besides the runtime's
 // sections (metrics, grants, meter), as service.Run checks it before
 // starting anything and prints it with -validate.
-func Section() service.OwnedSection {
-	return service.OwnedSection{Load: func(rt service.Config, path string, getenv func(string) string) (string, error) {
-		cfg, err := LoadConfig(rt, path, getenv)
-		if err != nil {
-			return "", err
-		}
-		b, err := yaml.Marshal(cfg)
-		if err != nil {
-			return "", fmt.Errorf("meter: cannot print the config: %w", err)
-		}
-		return string(b), nil
-	}}
-}
+func Section() service.OwnedSection { return service.SectionOf(LoadConfig) }

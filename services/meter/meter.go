@@ -173,28 +173,19 @@ func (m *Meter) stopEndpoints() {
 	}
 }
 
-// Run is the service.StartFunc of the meter's binary: it reads the
-// meter's sections of d's file (LoadConfig) and starts the meter with
-// them on d.
+// Run is the service.StartFunc of the meter's binary: it reads the meter's
+// sections of d's file (LoadConfig) and starts it with them on d.
 func Run(ctx context.Context, d service.Deps) (func(context.Context) error, error) {
-	cfg, err := LoadConfig(d.Config, d.ConfigPath, d.Getenv)
-	if err != nil {
-		return nil, err
-	}
-	return RunWith(cfg)(ctx, d)
+	return service.Loaded(LoadConfig, RunWith)(ctx, d)
 }
 
 // RunWith is the service.StartFunc that starts the meter with cfg on d's
 // connections, as "allot dev" does with its one configuration; it returns
 // the meter's Stop.
 func RunWith(cfg Config) service.StartFunc {
-	return func(ctx context.Context, d service.Deps) (func(context.Context) error, error) {
-		m, err := Start(ctx, cfg, Deps{NATS: d.NATS, Redis: d.Redis, Registerer: d.Registry, Log: d.Log})
-		if err != nil {
-			return nil, err
-		}
-		return m.Stop, nil
-	}
+	return service.Starting(func(ctx context.Context, d service.Deps) (*Meter, error) {
+		return Start(ctx, cfg, Deps{NATS: d.NATS, Redis: d.Redis, Registerer: d.Registry, Log: d.Log})
+	})
 }
 
 // deadSubject is where the refusal of an event that came on subject goes:

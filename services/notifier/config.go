@@ -11,7 +11,6 @@ import (
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/pkg/usage"
-	"go.yaml.in/yaml/v3"
 )
 
 // Settings is the notifier section of allot.yaml, which the notifier
@@ -300,13 +299,7 @@ func DefaultConfig() Config {
 func LoadConfig(rt service.Config, path string, getenv func(string) string) (Config, error) {
 	cfg := DefaultConfig()
 	cfg.Config = rt
-	if err := service.LoadSections(&cfg, path, getenv); err != nil {
-		return Config{}, err
-	}
-	if err := cfg.Validate(); err != nil {
-		return Config{}, err
-	}
-	return cfg, nil
+	return service.LoadChecked(cfg, path, getenv)
 }
 
 // Validate checks the runtime's configuration, the metrics and grants and
@@ -318,16 +311,4 @@ func (c Config) Validate() error {
 // Section is what the notifier reads of allot.yaml besides the runtime's
 // sections (metrics, grants, notifier), as service.Run checks it before
 // starting anything and prints it with -validate, secrets masked.
-func Section() service.OwnedSection {
-	return service.OwnedSection{Load: func(rt service.Config, path string, getenv func(string) string) (string, error) {
-		cfg, err := LoadConfig(rt, path, getenv)
-		if err != nil {
-			return "", err
-		}
-		b, err := yaml.Marshal(cfg)
-		if err != nil {
-			return "", fmt.Errorf("notifier: cannot print the config: %w", err)
-		}
-		return string(b), nil
-	}}
-}
+func Section() service.OwnedSection { return service.SectionOf(LoadConfig) }

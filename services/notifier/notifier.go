@@ -279,28 +279,19 @@ func (n *Notifier) stop(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Run is the service.StartFunc of the notifier's binary: it reads the
-// notifier's sections of d's file (LoadConfig) and starts it with them on
-// d.
+// Run is the service.StartFunc of the notifier's binary: it reads the notifier's
+// sections of d's file (LoadConfig) and starts it with them on d.
 func Run(ctx context.Context, d service.Deps) (func(context.Context) error, error) {
-	cfg, err := LoadConfig(d.Config, d.ConfigPath, d.Getenv)
-	if err != nil {
-		return nil, err
-	}
-	return RunWith(cfg)(ctx, d)
+	return service.Loaded(LoadConfig, RunWith)(ctx, d)
 }
 
 // RunWith is the service.StartFunc that starts the notifier with cfg on
 // d's connections, as "allot dev" does with its one configuration; it
 // returns the notifier's Stop.
 func RunWith(cfg Config) service.StartFunc {
-	return func(ctx context.Context, d service.Deps) (func(context.Context) error, error) {
-		n, err := Start(ctx, cfg, Deps{NATS: d.NATS, Redis: d.Redis, Registerer: d.Registry, Log: d.Log})
-		if err != nil {
-			return nil, err
-		}
-		return n.Stop, nil
-	}
+	return service.Starting(func(ctx context.Context, d service.Deps) (*Notifier, error) {
+		return Start(ctx, cfg, Deps{NATS: d.NATS, Redis: d.Redis, Registerer: d.Registry, Log: d.Log})
+	})
 }
 
 // mailConfig maps the config section to the mail package's.

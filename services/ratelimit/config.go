@@ -9,7 +9,6 @@ import (
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/pkg/usage"
-	"go.yaml.in/yaml/v3"
 )
 
 // Rate-limit modes.
@@ -244,13 +243,7 @@ func DefaultConfig() Config {
 func LoadConfig(rt service.Config, path string, getenv func(string) string) (Config, error) {
 	cfg := DefaultConfig()
 	cfg.Config = rt
-	if err := service.LoadSections(&cfg, path, getenv); err != nil {
-		return Config{}, err
-	}
-	if err := cfg.Validate(); err != nil {
-		return Config{}, err
-	}
-	return cfg, nil
+	return service.LoadChecked(cfg, path, getenv)
 }
 
 // Validate checks the runtime's configuration, the metrics and grants and
@@ -262,16 +255,4 @@ func (c Config) Validate() error {
 // Section is what the rate limiter reads of allot.yaml besides the
 // runtime's sections (metrics, grants, ratelimit), as service.Run checks
 // it before starting anything and prints it with -validate.
-func Section() service.OwnedSection {
-	return service.OwnedSection{Load: func(rt service.Config, path string, getenv func(string) string) (string, error) {
-		cfg, err := LoadConfig(rt, path, getenv)
-		if err != nil {
-			return "", err
-		}
-		b, err := yaml.Marshal(cfg)
-		if err != nil {
-			return "", fmt.Errorf("ratelimit: cannot print the config: %w", err)
-		}
-		return string(b), nil
-	}}
-}
+func Section() service.OwnedSection { return service.SectionOf(LoadConfig) }

@@ -238,28 +238,19 @@ func (l *Limiter) Stop(ctx context.Context) error {
 	return err
 }
 
-// Run is the service.StartFunc of the rate limiter's binary: it reads
-// the rate limiter's sections of d's file (LoadConfig) and starts it with
-// them on d.
+// Run is the service.StartFunc of the rate limiter's binary: it reads the rate limiter's
+// sections of d's file (LoadConfig) and starts it with them on d.
 func Run(ctx context.Context, d service.Deps) (func(context.Context) error, error) {
-	cfg, err := LoadConfig(d.Config, d.ConfigPath, d.Getenv)
-	if err != nil {
-		return nil, err
-	}
-	return RunWith(cfg)(ctx, d)
+	return service.Loaded(LoadConfig, RunWith)(ctx, d)
 }
 
 // RunWith is the service.StartFunc that starts the rate limiter with cfg
 // on d's connections, as "allot dev" does with its one configuration; it
 // returns the rate limiter's Stop.
 func RunWith(cfg Config) service.StartFunc {
-	return func(ctx context.Context, d service.Deps) (func(context.Context) error, error) {
-		l, err := Start(ctx, cfg, Deps{NATS: d.NATS, Redis: d.Redis, Registerer: d.Registry, Log: d.Log})
-		if err != nil {
-			return nil, err
-		}
-		return l.Stop, nil
-	}
+	return service.Starting(func(ctx context.Context, d service.Deps) (*Limiter, error) {
+		return Start(ctx, cfg, Deps{NATS: d.NATS, Redis: d.Redis, Registerer: d.Registry, Log: d.Log})
+	})
 }
 
 // limitOf returns the rule of service ("" : the uid's own limit), or a

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/allot/allot/pkg/service"
-	"go.yaml.in/yaml/v3"
 )
 
 // MinKeyLen is the shortest registry key accepted.
@@ -102,13 +101,7 @@ func DefaultConfig() Config {
 func LoadConfig(rt service.Config, path string, getenv func(string) string) (Config, error) {
 	cfg := DefaultConfig()
 	cfg.Config = rt
-	if err := service.LoadSections(&cfg, path, getenv); err != nil {
-		return Config{}, err
-	}
-	if err := cfg.Validate(); err != nil {
-		return Config{}, err
-	}
-	return cfg, nil
+	return service.LoadChecked(cfg, path, getenv)
 }
 
 // Validate checks the runtime's configuration and the registry section,
@@ -122,16 +115,4 @@ func (c Config) Validate() error {
 
 // Section is the registry section as service.Run checks it before
 // starting anything and prints it with -validate, keys masked.
-func Section() service.OwnedSection {
-	return service.OwnedSection{Load: func(rt service.Config, path string, getenv func(string) string) (string, error) {
-		cfg, err := LoadConfig(rt, path, getenv)
-		if err != nil {
-			return "", err
-		}
-		b, err := yaml.Marshal(cfg)
-		if err != nil {
-			return "", fmt.Errorf("registry: cannot print the config: %w", err)
-		}
-		return string(b), nil
-	}}
-}
+func Section() service.OwnedSection { return service.SectionOf(LoadConfig) }

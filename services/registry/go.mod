@@ -41,13 +41,11 @@ require (
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/yuin/gopher-lua v1.1.1 // indirect
 	go.uber.org/atomic v1.12.0 // indirect
+	go.yaml.in/yaml/v3 v3.0.6 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
 
-require (
-	github.com/allot/allot/pkg/testenv v0.0.0
-	go.yaml.in/yaml/v3 v3.0.6
-)
+require github.com/allot/allot/pkg/testenv v0.0.0

@@ -245,26 +245,17 @@ func (r *Registry) publish(change string, name, id string, inst *events.Instance
 	r.metrics.changes.WithLabelValues(change).Inc()
 }
 
-// Run is the service.StartFunc of the registry's binary: it reads the
-// registry section of d's file (LoadConfig) and starts the registry with
-// it on d.
+// Run is the service.StartFunc of the registry's binary: it reads the registry's
+// sections of d's file (LoadConfig) and starts it with them on d.
 func Run(ctx context.Context, d service.Deps) (func(context.Context) error, error) {
-	cfg, err := LoadConfig(d.Config, d.ConfigPath, d.Getenv)
-	if err != nil {
-		return nil, err
-	}
-	return RunWith(cfg)(ctx, d)
+	return service.Loaded(LoadConfig, RunWith)(ctx, d)
 }
 
 // RunWith is the service.StartFunc that starts the registry with cfg on
 // d's connections, as "allot dev" does with its one configuration; it
 // returns the registry's Stop.
 func RunWith(cfg Config) service.StartFunc {
-	return func(ctx context.Context, d service.Deps) (func(context.Context) error, error) {
-		r, err := Start(ctx, cfg, Deps{NATS: d.NATS, Redis: d.Redis, Registerer: d.Registry, Log: d.Log})
-		if err != nil {
-			return nil, err
-		}
-		return r.Stop, nil
-	}
+	return service.Starting(func(ctx context.Context, d service.Deps) (*Registry, error) {
+		return Start(ctx, cfg, Deps{NATS: d.NATS, Redis: d.Redis, Registerer: d.Registry, Log: d.Log})
+	})
 }
