@@ -370,6 +370,17 @@ func TestDevValidate(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "configuration is valid") || strings.Contains(r.stdout, "hunter2") {
 		t.Errorf("dev -validate: %+v", r)
 	}
+	// The auth section too, its made-up issuer seed masked.
+	if !strings.Contains(r.stdout, "\nauth:\n") || !strings.Contains(r.stdout, "issuer_seed:") || strings.Contains(r.stdout, "issuer_seed: SA") {
+		t.Errorf("dev -validate does not print the auth section, masked:\n%s", r.stdout)
+	}
+	bad0 := filepath.Join(dir, "bad-auth.yaml")
+	if err := os.WriteFile(bad0, []byte("auth:\n  key_ttl: 0s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := runCLI(t, nil, "", "dev", "-config", bad0, "-validate"); r.code == 0 || !strings.Contains(r.stderr, "key_ttl") {
+		t.Errorf("dev -validate with a bad auth section: %+v", r)
+	}
 	bad := filepath.Join(dir, "bad.yaml")
 	if err := os.WriteFile(bad, []byte("nats:\n  urll: x\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"github.com/allot/allot/services/notifier"
 	"github.com/allot/allot/services/ratelimit"
 	"github.com/nats-io/nkeys"
+	"go.yaml.in/yaml/v3"
 )
 
 func devCommand() command {
@@ -103,7 +104,18 @@ func runDev(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) e
 		if err != nil {
 			return err
 		}
-		fmt.Fprint(env.stdout, cfg.Redacted(own))
+		parts := []string{own}
+		if authCfg != nil {
+			// The auth section as the auth service sees it, secrets masked
+			// (the issuer and system password made up for this run, unless
+			// the file or the environment set them).
+			b, err := yaml.Marshal(map[string]auth.Config{"auth": *authCfg})
+			if err != nil {
+				return err
+			}
+			parts = append(parts, string(b))
+		}
+		fmt.Fprint(env.stdout, cfg.Redacted(parts...))
 		fmt.Fprintln(env.stdout, "# configuration is valid")
 		return nil
 	}
