@@ -53,13 +53,24 @@ export ALLOT_TEST_NATS_SERVER := $(NATS_SERVER)
 CLOCK_AHEAD ?= 8760h
 STORE_PKGS := ./services/meter/internal/store/... ./services/ratelimit/internal/store/... ./services/registry/internal/store/...
 
+# What every binary says it is (allot version, each binary's -version,
+# allot_build_info, the micro services' version), linked into pkg/service
+# by make run, make build and make images: VERSION is the release, the
+# v-tag on HEAD without its v (none: the binary says 0.0.0-dev+<revision>);
+# REVISION the commit; MODIFIED whether the checkout has changes.
+VERSION ?= $(shell git describe --tags --exact-match --match 'v[0-9]*' 2>/dev/null | sed 's/^v//')
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+MODIFIED ?= $(shell test -z "$$(git status --porcelain 2>/dev/null)" && echo false || echo true)
+SERVICE_PKG := github.com/allot/allot/pkg/service
+LDFLAGS = -X $(SERVICE_PKG).version=$(VERSION) -X $(SERVICE_PKG).revision=$(REVISION) -X $(SERVICE_PKG).modified=$(MODIFIED)
+
 .PHONY: run test test-unit test-integration test-clock-ahead bench lint fmt tidy build fuzz clean modules loadtest loadtest-quick nats-server
 
 # run builds bin/allot, saying how far along it is (cmd/allot/build.sh),
 # then execs it in place of make's shell: Ctrl-C reaches allot dev, which
 # stops cleanly and exits 0, so make reports no error.
 run:
-	@cmd/allot/build.sh bin/allot
+	@LDFLAGS='$(LDFLAGS)' cmd/allot/build.sh bin/allot
 	@echo "== starting bin/allot dev"
 	@exec bin/allot dev
 
@@ -140,13 +151,14 @@ tidy:
 # Each module must build alone, without go.work.
 build:
 	@for m in $(MODULES); do echo "== build $$m"; (cd $$m && GOWORK=off go build ./...); done
-	go build -o bin/allot ./cmd/allot
+	go build -ldflags '$(LDFLAGS)' -o bin/allot ./cmd/allot
 
 clean:
 	rm -rf bin .bin
 
 # Container images, one per service that has a services/<name>/cmd/<name>
-# (Dockerfile; needs a Docker engine). make images IMAGE_TAG=0.2.0
+# (Dockerfile; needs a Docker engine). make images IMAGE_TAG=0.2.0; the
+# binaries report IMAGE_TAG as their version, and REVISION and MODIFIED.
 IMAGE_REGISTRY ?= ghcr.io/allot
 IMAGE_TAG ?= 0.1.0
 SERVICES := $(notdir $(patsubst %/,%,$(dir $(wildcard services/*/cmd/*/main.go))))
@@ -155,5 +167,7 @@ SERVICES := $(notdir $(patsubst %/,%,$(dir $(wildcard services/*/cmd/*/main.go))
 images:
 	@for s in $(SERVICES); do \
 		echo "== image $(IMAGE_REGISTRY)/$$s:$(IMAGE_TAG)"; \
-		docker build --build-arg SERVICE=$$s -t $(IMAGE_REGISTRY)/$$s:$(IMAGE_TAG) .; \
+		docker build --build-arg SERVICE=$$s --build-arg VERSION=$(IMAGE_TAG) \
+			--build-arg REVISION=$(REVISION) --build-arg MODIFIED=$(MODIFIED) \
+			-t $(IMAGE_REGISTRY)/$$s:$(IMAGE_TAG) .; \
 	done

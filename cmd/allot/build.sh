@@ -8,6 +8,9 @@
 # their totals (the modules cmd/allot/go.mod requires; the packages
 # "go list -deps" names) and passes every other line (errors) through.
 # A warm build prints two lines and takes seconds.
+#
+# LDFLAGS, when set, is passed to go build: the Makefile links in what the
+# binary says it is (-X github.com/allot/allot/pkg/service.version=...).
 set -euo pipefail
 
 out=${1:-bin/allot}
@@ -67,7 +70,7 @@ go list -deps ./cmd/allot 2>&1 >"$pkgs" | {
 # 2. Compile; -v names each package as it is compiled (cached ones are
 # not compiled, so the count stays below the total on later builds).
 total=$(wc -l <"$pkgs")
-go build -v -o "$out" ./cmd/allot 2>&1 | {
+go build -v -ldflags "${LDFLAGS:-}" -o "$out" ./cmd/allot 2>&1 | {
 	n=0
 	while IFS= read -r line; do
 		if [[ $line =~ ^[A-Za-z0-9._~/+-]+$ ]]; then

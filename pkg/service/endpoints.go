@@ -26,7 +26,7 @@ type Endpoint struct {
 // EndpointsConfig names a service's micro service and sizes it.
 type EndpointsConfig struct {
 	Name        string // micro service name and queue group, e.g. "meter"
-	Version     string
+	Version     string // a semantic version; empty: this build's (Build)
 	Description string
 	Group       string // the subject prefix, e.g. cfg.Subjects.Meter
 	Handlers    int    // instances in the queue group
@@ -79,7 +79,7 @@ func StartEndpoints(nc *nats.Conn, cfg EndpointsConfig, eps []Endpoint, log *slo
 	for i := range max(cfg.Handlers, 1) {
 		svc, err := micro.AddService(nc, micro.Config{
 			Name:        cfg.Name,
-			Version:     cfg.Version,
+			Version:     cmp.Or(cfg.Version, Build().Version),
 			Description: cfg.Description,
 			QueueGroup:  cfg.Name,
 			Metadata:    map[string]string{"handler": fmt.Sprint(i)},

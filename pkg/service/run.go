@@ -85,8 +85,8 @@ func Loaded[C any](load func(rt Config, path string, getenv func(string) string)
 	}
 }
 
-// Run is the whole life of one allot service binary: it parses -config
-// and -validate, loads and validates the configuration, connects to NATS
+// Run is the whole life of one allot service binary: it parses -config,
+// -validate and -version (which prints Build and returns), loads and validates the configuration, connects to NATS
 // and Redis, serves /metrics, /healthz and /readyz, calls start, marks
 // the service ready, registers it in the service registry (renewed every
 // registry.heartbeat; registry.self_register turns this off) and waits for
@@ -99,6 +99,10 @@ func Run(ctx context.Context, name string, args []string, getenv func(string) st
 	fs.SetOutput(stderr)
 	flags.Register(fs)
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if flags.Version {
+		_, err := fmt.Fprintf(stdout, "%s %s\n", name, Build())
 		return err
 	}
 	if flags.ConfigPath == "" {

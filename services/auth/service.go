@@ -24,9 +24,6 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Version is reported by the micro service's $SRV.INFO.
-const Version = "0.1.0"
-
 // Deps are what the service runs on.
 type Deps struct {
 	// NATS is the service's own connection, as a user the callout does
@@ -147,7 +144,7 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	}
 	s.subs = append(s.subs, sub)
 	if s.endpoints, err = service.StartEndpoints(deps.NATS, service.EndpointsConfig{
-		Name: "auth", Version: Version, Description: "allot auth: API keys", Group: events.KeysPrefix, Handlers: 1,
+		Name: "auth", Description: "allot auth: API keys", Group: events.KeysPrefix, Handlers: 1,
 	}, s.keyEndpoints(), log); err != nil {
 		return fail(err)
 	}

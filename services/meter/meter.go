@@ -22,9 +22,6 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Version is reported by the micro service's $SRV.INFO.
-const Version = "0.1.0"
-
 // Deps are the connections and registries the meter runs on.
 type Deps struct {
 	NATS  *nats.Conn
@@ -147,7 +144,6 @@ func (m *Meter) Stop(ctx context.Context) error {
 func (m *Meter) startEndpoints() error {
 	eps, err := service.StartEndpoints(m.nc, service.EndpointsConfig{
 		Name:        "meter",
-		Version:     Version,
 		Description: "allot meter: credit, authorize and grants",
 		Group:       m.subj.Meter,
 		Handlers:    m.cfg.Meter.Handlers,

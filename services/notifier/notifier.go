@@ -62,9 +62,6 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Version is reported by the micro service's $SRV.INFO.
-const Version = "0.1.0"
-
 // ErrNoSecret: the notifier has no secret to sign tokens with.
 var ErrNoSecret = errors.New(`notifier: no token secret: set notifier.token_secrets in the config (or ALLOT_NOTIFIER_TOKEN_SECRETS), e.g. the output of "openssl rand -base64 48"; "allot dev" makes one up`)
 
@@ -217,7 +214,6 @@ func Start(ctx context.Context, cfg Config, deps Deps) (_ *Notifier, err error) 
 
 	if n.endpoints, err = service.StartEndpoints(deps.NATS, service.EndpointsConfig{
 		Name:        "notifier",
-		Version:     Version,
 		Description: "allot notifier: confirmation token verification",
 		Group:       cfg.Subjects.NotifierGroup(),
 		Handlers:    nc.Handlers,

@@ -11,7 +11,6 @@ import (
 func (l *Limiter) startEndpoints() error {
 	eps, err := service.StartEndpoints(l.nc, service.EndpointsConfig{
 		Name:        "ratelimit",
-		Version:     Version,
 		Description: "allot rate limiter: check and reset",
 		Group:       l.cfg.Subjects.RateLimitGroup(),
 		Handlers:    l.cfg.RateLimit.Handlers,

@@ -119,9 +119,6 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Version is reported by the micro service's $SRV.INFO.
-const Version = "0.1.0"
-
 // Deps are the connections and registries the rate limiter runs on.
 type Deps struct {
 	NATS  *nats.Conn

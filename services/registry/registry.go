@@ -59,9 +59,6 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Version is reported by the micro service's $SRV.INFO.
-const Version = "0.1.0"
-
 // ErrNoKey: the registry has no key to seal entries with.
 var ErrNoKey = errors.New(`registry: no encryption key: set registry.keys in the config (or ALLOT_REGISTRY_KEYS), e.g. the output of "openssl rand -base64 32"; "allot dev" makes one up`)
 
@@ -202,7 +199,6 @@ func (r *Registry) Stop(ctx context.Context) error {
 func (r *Registry) startEndpoints() error {
 	eps, err := service.StartEndpoints(r.nc, service.EndpointsConfig{
 		Name:        "registry",
-		Version:     Version,
 		Description: "allot registry: register, deregister, find, refresh",
 		Group:       r.cfg.Subjects.RegistryGroup(),
 		Handlers:    r.cfg.Registry.Handlers,
