@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	"github.com/hibiken/asynq"
-	asynqmetrics "github.com/hibiken/asynq/x/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
@@ -31,7 +30,9 @@ type metrics struct {
 // latencyBuckets span a fast loopback send to a slow remote one.
 var latencyBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
 
-func newMetrics(reg prometheus.Registerer, rdb redis.UniversalClient) (*metrics, error) {
+// newMetrics registers the notifier's metrics and those of its asynq
+// queues (read from rdb) on reg.
+func newMetrics(reg prometheus.Registerer, rdb redis.UniversalClient, queues map[string]int) (*metrics, error) {
 	m := &metrics{
 		notices: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "allot_notifier_notices_total", Help: "NOTIFY messages by kind (confirm, usage) and result (enqueued, duplicate, retried, dropped).",
@@ -87,7 +88,7 @@ func newMetrics(reg prometheus.Registerer, rdb redis.UniversalClient) (*metrics,
 	}
 	for _, c := range []prometheus.Collector{m.notices, m.tasks, m.dead, m.transient, m.sent, m.smtpErrors, m.renderFailures,
 		m.chargeRefused, m.handled, m.endToEnd, m.smtpSeconds, m.requests, m.verified, m.leader, m.scheduled, m.reaped,
-		asynqmetrics.NewQueueMetricsCollector(asynq.NewInspectorFromRedisClient(rdb))} {
+		newQueueCollector(asynq.NewInspectorFromRedisClient(rdb), queues)} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

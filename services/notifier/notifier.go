@@ -179,7 +179,7 @@ func Start(ctx context.Context, cfg Config, deps Deps) (_ *Notifier, err error) 
 	if n.now == nil {
 		n.now = time.Now
 	}
-	if n.metrics, err = newMetrics(deps.Registerer, deps.Redis); err != nil {
+	if n.metrics, err = newMetrics(deps.Registerer, deps.Redis, nc.Queues); err != nil {
 		return nil, fmt.Errorf("notifier: %w", err)
 	}
 	n.replier = n.newReplier()
