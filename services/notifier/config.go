@@ -76,8 +76,9 @@ type Settings struct {
 	ChargeMetric string `yaml:"charge_metric"`
 	// RefreshInterval is how often the registry refresh task runs: it has
 	// the registry reap expired entries and rebuild its URL map. One
-	// notifier replica schedules it, holding a pkg/mutex lock. 0 turns it
-	// off. Default 30s.
+	// notifier replica, holding a pkg/mutex lock, runs asynq's Scheduler
+	// with it as the entry "@every <interval>", so it is whole seconds.
+	// 0 turns it off. Default 30s.
 	RefreshInterval time.Duration `yaml:"refresh_interval"`
 	// SMTP is the mail server.
 	SMTP SMTPConfig `yaml:"smtp"`
@@ -215,8 +216,11 @@ func (s Settings) Validate(catalog usage.Catalog) error {
 			add("charge_metric", "%q must be a grant metric declared under metrics (or empty to send without charging)", s.ChargeMetric)
 		}
 	}
-	if s.RefreshInterval < 0 || (s.RefreshInterval > 0 && s.RefreshInterval < time.Second) {
+	switch {
+	case s.RefreshInterval < 0 || (s.RefreshInterval > 0 && s.RefreshInterval < time.Second):
 		add("refresh_interval", "must be 0 (off) or at least 1s, got %v", s.RefreshInterval)
+	case s.RefreshInterval%time.Second != 0:
+		add("refresh_interval", "must be whole seconds (asynq's scheduler runs it @every <interval>), got %v", s.RefreshInterval)
 	}
 	errs = append(errs, s.SMTP.validate()...)
 	return errors.Join(errs...)

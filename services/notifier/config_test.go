@@ -102,8 +102,15 @@ func TestNotifierSectionBadValues(t *testing.T) {
 			t.Errorf("%s: error %v, want one naming it", field, err)
 		}
 	}
-	// Turning charging and the refresh off is allowed.
+	// asynq's scheduler counts in whole seconds.
 	cfg := DefaultConfig()
+	cfg.Instance = "notifier-0"
+	cfg.Notifier.RefreshInterval = 1500 * time.Millisecond
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "notifier.refresh_interval: must be whole seconds") {
+		t.Errorf("refresh_interval 1.5s: %v", err)
+	}
+	// Turning charging and the refresh off is allowed.
+	cfg = DefaultConfig()
 	cfg.Instance = "notifier-0"
 	cfg.Notifier.ChargeMetric, cfg.Notifier.RefreshInterval = "", 0
 	if err := cfg.Validate(); err != nil {

@@ -9,9 +9,11 @@
 //   - Usage notices. The meter publishes a UsageNotice on
 //     notify.usage.<uid> when a grant crosses a threshold; the notifier
 //     mails it to uid's confirmed address.
-//   - Registry refresh. Every notifier.refresh_interval one replica (the
-//     holder of the pkg/mutex lock "notifier-scheduler") enqueues a task
-//     that has the registry reap expired instances and rebuild its URL map.
+//   - Registry refresh. One replica, the holder of the pkg/mutex lock
+//     "notifier-scheduler", runs asynq's Scheduler with one entry: every
+//     notifier.refresh_interval a task that has the registry reap expired
+//     instances and rebuild its URL map. The Scheduler lists the entry in
+//     Redis, where asynq's tools (asynq cron ls, asynqmon) show it.
 //
 // # From NATS to a task
 //
@@ -237,7 +239,8 @@ func Start(ctx context.Context, cfg Config, deps Deps) (_ *Notifier, err error) 
 
 // Stop stops taking notices and requests, lets running tasks finish (up
 // to half of shutdown.timeout, after which asynq requeues them) and
-// releases the scheduler lock.
+// releases the scheduler lock, shutting down asynq's Scheduler if this
+// replica ran it.
 func (n *Notifier) Stop(ctx context.Context) error {
 	var err error
 	n.stopOnce.Do(func() {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
+	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -31,6 +32,7 @@ var behaviours = []struct {
 	{"SMTPFailures", testSMTPFailures},
 	{"Templates", testTemplates},
 	{"RefreshHasOneScheduler", testRefreshHasOneScheduler},
+	{"RefreshSchedulerStopsWithTheLock", testRefreshSchedulerStopsWithTheLock},
 }
 
 func TestBehaviour(t *testing.T) {
@@ -474,26 +476,55 @@ func badTemplateDir(t *testing.T) string {
 	return dir
 }
 
-// One of two notifiers schedules the registry refresh; when it stops, the
-// other takes over.
+// One of two notifiers runs asynq's scheduler for the registry refresh,
+// and its entry is what asynq's tooling lists (Inspector.SchedulerEntries,
+// as `asynq cron ls` and asynqmon read it): exactly one. When the leader
+// stops, its entry goes with it and the other takes over.
 func testRefreshHasOneScheduler(t *testing.T, newEnv envFunc) {
 	e := newEnv(t)
 	e.startRegistry()
 	e.cfg.Notifier.RefreshInterval = time.Second
 	a, regA := e.start()
-	_, regB := e.start()
-	leaders := func() float64 {
-		return counter(t, regA, "allot_notifier_scheduler_leader") + counter(t, regB, "allot_notifier_scheduler_leader")
-	}
+	b, regB := e.start()
+	leader := func(reg *prometheus.Registry) bool { return counter(t, reg, "allot_notifier_scheduler_leader") == 1 }
 	done := func() float64 {
 		return counter(t, regA, "allot_notifier_tasks_total", "type", TypeRegistryRefresh, "result", "done") +
 			counter(t, regB, "allot_notifier_tasks_total", "type", TypeRegistryRefresh, "result", "done")
 	}
-	eventually(t, 10*time.Second, func() error {
-		if leaders() != 1 || done() < 2 {
+	// entries are the scheduler entries of this test's refresh queue (a
+	// real Redis may hold other deployments').
+	entries := func() []*asynq.SchedulerEntry {
+		all, err := e.insp.SchedulerEntries()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ours []*asynq.SchedulerEntry
+		for _, en := range all {
+			for _, o := range en.Opts {
+				if o.Type() == asynq.QueueOpt && o.Value() == e.cfg.Notifier.RefreshQueue {
+					ours = append(ours, en)
+				}
+			}
+		}
+		return ours
+	}
+	oneEntry := func() (*asynq.SchedulerEntry, error) {
+		es := entries()
+		if len(es) != 1 {
+			return nil, fmt.Errorf("%d scheduler entries, want 1", len(es))
+		}
+		if es[0].Spec != "@every 1s" || es[0].Task.Type() != TypeRegistryRefresh {
+			return nil, fmt.Errorf("scheduler entry %s %s", es[0].Spec, es[0].Task.Type())
+		}
+		return es[0], nil
+	}
+	var entry *asynq.SchedulerEntry
+	eventually(t, 10*time.Second, func() (err error) {
+		if leader(regA) == leader(regB) || done() < 2 {
 			return errors.New("waiting for one leader and two refreshes")
 		}
-		return nil
+		entry, err = oneEntry()
+		return err
 	})
 	start := time.Now()
 	scheduled := counter(t, regA, "allot_notifier_refresh_scheduled_total") + counter(t, regB, "allot_notifier_refresh_scheduled_total")
@@ -501,23 +532,89 @@ func testRefreshHasOneScheduler(t *testing.T, newEnv envFunc) {
 	if elapsed := time.Since(start); scheduled > 4 {
 		t.Errorf("%v refresh tasks scheduled in about 2s (%v)", scheduled, elapsed)
 	}
-	wasLeader := counter(t, regA, "allot_notifier_scheduler_leader") == 1
-	if wasLeader {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := a.Stop(ctx); err != nil {
+
+	first, other, otherReg := a, b, regB
+	if leader(regB) {
+		first, other, otherReg = b, a, regA
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := first.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, en := range entries() {
+		if en.ID == entry.ID {
+			t.Errorf("the stopped leader's scheduler entry %s is still listed", en.ID)
+		}
+	}
+	before := done()
+	eventually(t, 10*time.Second, func() error {
+		if !leader(otherReg) || counter(t, otherReg, "allot_notifier_refresh_scheduled_total") < 1 {
+			return errors.New("the other notifier did not take over")
+		}
+		if done() <= before {
+			return errors.New("no refresh after the takeover")
+		}
+		next, err := oneEntry()
+		if err == nil && next.ID == entry.ID {
+			err = errors.New("the listed entry is still the stopped leader's")
+		}
+		return err
+	})
+	if err := other.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if es := entries(); len(es) != 0 {
+		t.Errorf("%d scheduler entries listed after both notifiers stopped", len(es))
+	}
+}
+
+// A leader that loses its lock (here: the key deleted under it) stops
+// its scheduler, whose entry goes, and takes the lock again with a new
+// one: never two entries.
+func testRefreshSchedulerStopsWithTheLock(t *testing.T, newEnv envFunc) {
+	e := newEnv(t)
+	e.startRegistry()
+	e.cfg.Notifier.RefreshInterval = time.Second
+	_, reg := e.start()
+	ids := func() []string {
+		all, err := e.insp.SchedulerEntries()
+		if err != nil {
 			t.Fatal(err)
 		}
-		before := counter(t, regB, "allot_notifier_tasks_total", "type", TypeRegistryRefresh, "result", "done")
-		eventually(t, 10*time.Second, func() error {
-			if counter(t, regB, "allot_notifier_scheduler_leader") != 1 || counter(t, regB, "allot_notifier_refresh_scheduled_total") < 1 {
-				return errors.New("the other notifier did not take over")
+		var ours []string
+		for _, en := range all {
+			for _, o := range en.Opts {
+				if o.Type() == asynq.QueueOpt && o.Value() == e.cfg.Notifier.RefreshQueue {
+					ours = append(ours, en.ID)
+				}
 			}
-			if counter(t, regB, "allot_notifier_tasks_total", "type", TypeRegistryRefresh, "result", "done") <= before && done() <= before {
-				return errors.New("no refresh after the takeover")
-			}
-			return nil
-		})
+		}
+		return ours
+	}
+	var first string
+	eventually(t, 10*time.Second, func() error {
+		if got := ids(); len(got) != 1 {
+			return fmt.Errorf("scheduler entries %v, want one", got)
+		}
+		first = ids()[0]
+		return nil
+	})
+	if err := e.rdb.Del(t.Context(), e.cfg.Redis.KeyPrefix+"lock:{"+schedulerLock+"}").Err(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() error {
+		got := ids()
+		if len(got) > 1 {
+			t.Fatalf("scheduler entries %v: the lost leader's scheduler still runs beside the new one", got)
+		}
+		if len(got) != 1 || got[0] == first || counter(t, reg, "allot_notifier_scheduler_leader") != 1 {
+			return fmt.Errorf("scheduler entries %v, want one other than %s", got, first)
+		}
+		return nil
+	})
+	if counter(t, reg, "allot_mutex_lost_total") < 1 {
+		t.Error("the lock was not counted as lost")
 	}
 }
 

@@ -269,7 +269,16 @@ func (l asynqLogger) Warn(args ...any) {
 	}
 	l.log.Warn(msg)
 }
-func (l asynqLogger) Error(args ...any) { l.log.Error(fmt.Sprint(args...)) }
+func (l asynqLogger) Error(args ...any) {
+	msg := fmt.Sprint(args...)
+	if strings.Contains(msg, "redis connection is shared") {
+		// A Scheduler's Shutdown tries to close the Redis client it was
+		// given, which its owner closes.
+		l.log.Debug(msg)
+		return
+	}
+	l.log.Error(msg)
+}
 
 // Fatal is logged as an error: a library must not exit the process.
 func (l asynqLogger) Fatal(args ...any) { l.log.Error(fmt.Sprint(args...)) }
