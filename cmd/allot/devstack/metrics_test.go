@@ -13,6 +13,7 @@ import (
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/usage"
 	"github.com/allot/allot/services/auth"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -31,7 +32,11 @@ import (
 func TestMetricsPassPromlint(t *testing.T) {
 	for _, withAuth := range []bool{false, true} {
 		t.Run(fmt.Sprintf("auth=%v", withAuth), func(t *testing.T) {
-			opts := Options{Config: service.Default(), NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", SMTPAddr: "127.0.0.1:0", StoreDir: t.TempDir()}
+			// Every kind of usage series too: per uid, and an instance gauge.
+			sec := DefaultSections()
+			sec.Meter.ExportPerUID = true
+			sec.Usage.Metrics["queue_depth"] = usage.MetricConfig{Style: usage.StyleGauge, Scope: usage.ScopeInstance, Help: "Jobs waiting"}
+			opts := Options{Config: service.Default(), Sections: &sec, NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", SMTPAddr: "127.0.0.1:0", StoreDir: t.TempDir()}
 			opts.Config.Instance = "laptop"
 			if withAuth {
 				opts.Auth = testAuthConfig(t)
@@ -70,6 +75,7 @@ func TestMetricsPassPromlint(t *testing.T) {
 			// A scrape missing a service's metrics would pass the lint
 			// without checking them.
 			want := []string{"allot_build_info", "allot_meter_events_total", "allot_ratelimit_decision_seconds",
+				"allot_usage_api_calls_total", "allot_usage_queue_depth", "allot_grant_used", "allot_meter_consumer_lag_seconds",
 				"allot_registry_instances", "allot_notifier_emails_sent_total", "asynq_queue_tasks",
 				"asynq_tasks_processed_total", "allot_mutex_acquisitions_total", "go_goroutines", "process_start_time_seconds"}
 			if withAuth {
@@ -121,8 +127,14 @@ func drive(t *testing.T, st *Stack, cfg service.Config) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pub.Publish(ctx, events.NewUsage("u-1", "photo_daily_total", 1)); err != nil {
-		t.Fatal(err)
+	for _, ev := range []events.Event{
+		events.NewUsage("u-1", "photo_daily_total", 1),
+		events.NewUsage("u-1", "api_calls_total", 1),
+		events.NewUsage("u-1", "queue_depth", 3),
+	} {
+		if _, err := pub.Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
