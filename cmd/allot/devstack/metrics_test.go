@@ -76,10 +76,11 @@ func TestMetricsPassPromlint(t *testing.T) {
 			// without checking them.
 			want := []string{"allot_build_info", "allot_meter_events_total", "allot_ratelimit_decision_seconds",
 				"allot_usage_api_calls_total", "allot_usage_queue_depth", "allot_grant_used", "allot_meter_consumer_lag_seconds",
+				"allot_ratelimit_peeks_total", "allot_ratelimit_near_limit_total", "allot_ratelimit_over_limit_total",
 				"allot_registry_instances", "allot_notifier_emails_sent_total", "asynq_queue_tasks",
 				"asynq_tasks_processed_total", "allot_mutex_acquisitions_total", "go_goroutines", "process_start_time_seconds"}
 			if withAuth {
-				want = append(want, "allot_auth_decisions_total")
+				want = append(want, "allot_auth_decisions_total", "allot_auth_requests_total")
 			}
 			for _, name := range want {
 				if families[name] == nil {
@@ -167,6 +168,14 @@ func drive(t *testing.T, st *Stack, cfg service.Config) {
 	expect("grants", err, false)
 	_, err = c.Check(ctx, "u-1", events.CheckRequest{Cost: events.Cost(1)})
 	expect("check", err, false)
+	_, err = c.Check(ctx, "u-1", events.CheckRequest{Cost: events.Cost(0)})
+	expect("peek", err, false)
+	// u-2 at its limit: near it, then over it.
+	_, err = c.Grants(ctx, "u-2", events.GrantsRequest{Set: map[string]float64{"ratelimit": 1}})
+	expect("set u-2's ratelimit grant", err, false)
+	for range 2 {
+		_, _ = c.Check(ctx, "u-2", events.CheckRequest{Cost: events.Cost(1)})
+	}
 	_, err = c.Check(ctx, "u-1", events.CheckRequest{Service: "bogus"})
 	expect("check of an unknown service", err, true)
 	expect("reset", c.Reset(ctx, "u-1", "bogus"), true)
@@ -174,6 +183,10 @@ func drive(t *testing.T, st *Stack, cfg service.Config) {
 	expect("find", err, false)
 	_, err = c.Verify(ctx, "not-a-token")
 	expect("verify", err, false)
+	if st.AdminKey != "" {
+		_, err = c.ListKeys(ctx)
+		expect("list keys", err, false)
+	}
 	if _, err := events.RequestConfirmation(ctx, js, cfg.Subjects, "u-1", events.ConfirmRequest{ID: "c-1", Email: "ada@example.com"}); err != nil {
 		t.Fatal(err)
 	}
