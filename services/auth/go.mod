@@ -3,6 +3,7 @@ module github.com/allot/allot/services/auth
 go 1.26.0
 
 require (
+	github.com/alicebob/miniredis/v2 v2.40.0
 	github.com/allot/allot/pkg/events v0.0.0
 	github.com/allot/allot/pkg/keys v0.0.0
 	github.com/allot/allot/pkg/testenv v0.0.0
@@ -17,7 +18,6 @@ require (
 )
 
 require (
-	github.com/alicebob/miniredis/v2 v2.40.0 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/kylelemons/godebug v1.1.0 // indirect
