@@ -94,8 +94,15 @@ func (p *problems) add(obj Object, field, format string, args ...any) {
 //   - a workload's selector matches its pod template; a StatefulSet's
 //     serviceName is a headless Service selecting its pods;
 //   - every Service selects a pod template and its target ports are ports
-//     of the selected containers; every PDB, NetworkPolicy and
-//     ServiceMonitor selects something, every HPA targets a workload;
+//     of the selected containers; every PDB, NetworkPolicy, ServiceMonitor
+//     and PodMonitor selects something, every HPA targets a workload;
+//   - every scrape target (a pod's prometheus.io/port, a ServiceMonitor's
+//     or a PodMonitor's port and path) serves Prometheus's text format: an
+//     allot service's port http, or the port of a prometheus-nats-exporter
+//     or redis_exporter, never nats-server's monitoring port (JSON); each
+//     exporter listens on a port it declares and reads its own pod's
+//     server on that server's port (nats-server's http_port), with the
+//     password Redis requires (checkExporters);
 //   - every Secret value is a CHANGE-ME- placeholder;
 //   - an allot service (pod label app.kubernetes.io/part-of: allot) serves
 //     port http (8080) with readiness on /readyz and liveness and startup on
@@ -121,6 +128,8 @@ func (r *Rendered) Check() []error {
 	ws := r.Workloads()
 	for _, w := range ws {
 		r.checkWorkload(&p, w)
+		r.checkScrapeAnnotations(&p, w)
+		r.checkExporters(&p, w)
 		if w.IsService() {
 			r.checkService(&p, w)
 		}
@@ -142,6 +151,9 @@ func (r *Rendered) Check() []error {
 			}
 		case *ServiceMonitor:
 			r.checkServiceMonitor(&p, o, v)
+			r.checkServiceMonitorTargets(&p, o, v, ws)
+		case *PodMonitor:
+			r.checkPodMonitor(&p, o, v, ws)
 		case *corev1.Secret:
 			for k, val := range v.StringData {
 				if !strings.HasPrefix(val, Placeholder) {

@@ -243,12 +243,15 @@ func probePort(pr *corev1.Probe) (intstr.IntOrString, bool) {
 
 // hasPort reports whether the container declares port, by name or number.
 func hasPort(c *corev1.Container, port intstr.IntOrString) bool {
-	return slices.ContainsFunc(c.Ports, func(cp corev1.ContainerPort) bool {
-		if port.Type == intstr.String {
-			return cp.Name == port.StrVal
-		}
-		return cp.ContainerPort == port.IntVal
-	})
+	return slices.ContainsFunc(c.Ports, func(cp corev1.ContainerPort) bool { return portIs(cp, port) })
+}
+
+// portIs reports whether cp is port, by name or number.
+func portIs(cp corev1.ContainerPort, port intstr.IntOrString) bool {
+	if port.Type == intstr.String {
+		return cp.Name == port.StrVal
+	}
+	return cp.ContainerPort == port.IntVal
 }
 
 // keys returns the keys of a ConfigMap or Secret object.

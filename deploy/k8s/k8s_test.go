@@ -442,7 +442,8 @@ func checkInClusterRedis(t *testing.T, r *Rendered) {
 // checkNetworkPolicies checks the ingress rules: nothing reaches a pod
 // unless allowed; applications reach NATS on 4222; only allot services
 // reach Redis, on 6379; the services take only Prometheus's scrapes on
-// 8080.
+// 8080; Prometheus reaches the exporters beside NATS and Redis on 7777 and
+// 9121, and nothing reaches nats-server's monitoring port, 8222.
 func checkNetworkPolicies(t *testing.T, r *Rendered) {
 	t.Helper()
 	nps := All[*networkingv1.NetworkPolicy](r)
@@ -510,6 +511,11 @@ func checkNetworkPolicies(t *testing.T, r *Rendered) {
 			rules = append(rules, np.Spec.Ingress...)
 		}
 		name := w.Template.Labels["app.kubernetes.io/name"]
+		// Prometheus-only rules on the exporter's port.
+		isScrape := func(rule networkingv1.NetworkPolicyIngressRule, port int32) bool {
+			return slices.Equal(ports(rule), []int32{port}) && len(rule.From) > 0 &&
+				!slices.ContainsFunc(rule.From, func(p networkingv1.NetworkPolicyPeer) bool { return !isPrometheus(p) })
+		}
 		switch {
 		case w.IsService():
 			scraped := false
@@ -529,18 +535,30 @@ func checkNetworkPolicies(t *testing.T, r *Rendered) {
 			if !open {
 				t.Errorf("%s: no NetworkPolicy lets applications reach 4222", w.Object)
 			}
+			if !slices.ContainsFunc(rules, func(rule networkingv1.NetworkPolicyIngressRule) bool { return isScrape(rule, 7777) }) {
+				t.Errorf("%s: no NetworkPolicy lets Prometheus scrape the exporter on 7777", w.Object)
+			}
 			for _, rule := range rules {
 				if slices.Contains(ports(rule), 0) {
 					t.Errorf("%s: a NetworkPolicy rule opens every port", w.Object)
 				}
+				if slices.Contains(ports(rule), 8222) {
+					t.Errorf("%s: a NetworkPolicy lets %s reach 8222, nats-server's monitoring port (JSON, read by the exporter over localhost)", w.Object, peers(rule))
+				}
 			}
 		case name == "redis":
-			if len(rules) == 0 {
+			if !slices.ContainsFunc(rules, func(rule networkingv1.NetworkPolicyIngressRule) bool { return slices.Equal(ports(rule), []int32{6379}) }) {
 				t.Errorf("%s: no NetworkPolicy lets the allot services reach 6379", w.Object)
 			}
+			if !slices.ContainsFunc(rules, func(rule networkingv1.NetworkPolicyIngressRule) bool { return isScrape(rule, 9121) }) {
+				t.Errorf("%s: no NetworkPolicy lets Prometheus scrape the exporter on 9121", w.Object)
+			}
 			for _, rule := range rules {
+				if isScrape(rule, 9121) {
+					continue
+				}
 				if !slices.Equal(ports(rule), []int32{6379}) || len(rule.From) == 0 || !slices.ContainsFunc(rule.From, isAllot) || slices.ContainsFunc(rule.From, func(p networkingv1.NetworkPolicyPeer) bool { return !isAllot(p) }) {
-					t.Errorf("%s: a NetworkPolicy lets in %v from %s; only allot services may reach Redis, on 6379", w.Object, ports(rule), peers(rule))
+					t.Errorf("%s: a NetworkPolicy lets in %v from %s; only allot services may reach Redis, on 6379, and only Prometheus its exporter, on 9121", w.Object, ports(rule), peers(rule))
 				}
 			}
 		default:

@@ -54,6 +54,7 @@ var kinds = map[string]func() any{
 	"autoscaling/v2/HorizontalPodAutoscaler":  func() any { return new(autoscalingv2.HorizontalPodAutoscaler) },
 	"networking.k8s.io/v1/NetworkPolicy":      func() any { return new(networkingv1.NetworkPolicy) },
 	"monitoring.coreos.com/v1/ServiceMonitor": func() any { return new(ServiceMonitor) },
+	"monitoring.coreos.com/v1/PodMonitor":     func() any { return new(PodMonitor) },
 }
 
 // Render builds the kustomization in dir on fsys, as `kubectl apply -k`
@@ -170,3 +171,24 @@ type ServiceMonitorEndpoint struct {
 	ScrapeTimeout string `json:"scrapeTimeout,omitempty"`
 	HonorLabels   bool   `json:"honorLabels,omitempty"`
 }
+
+// PodMonitor is the part of the Prometheus Operator's PodMonitor
+// (monitoring.coreos.com/v1) that allot uses: it scrapes the exporters
+// beside NATS and Redis on their pods' ports, with no Service in between.
+type PodMonitor struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              PodMonitorSpec `json:"spec"`
+}
+
+// PodMonitorSpec selects the pods to scrape and how.
+type PodMonitorSpec struct {
+	JobLabel            string               `json:"jobLabel,omitempty"`
+	Selector            metav1.LabelSelector `json:"selector"`
+	NamespaceSelector   *NamespaceSelector   `json:"namespaceSelector,omitempty"`
+	PodMetricsEndpoints []PodMetricsEndpoint `json:"podMetricsEndpoints"`
+}
+
+// PodMetricsEndpoint is one scraped port of the selected pods: the same
+// fields as a ServiceMonitor's endpoint, but Port names a container port.
+type PodMetricsEndpoint = ServiceMonitorEndpoint
