@@ -18,8 +18,9 @@ func TestEnsureStreamsIdempotent(t *testing.T) {
 		t.Fatalf("second EnsureStreams: %v", err)
 	}
 	for _, want := range []jetstream.StreamConfig{
-		{Name: "USAGE", Subjects: []string{"usage.*"}, MaxAge: 35 * 24 * time.Hour, Duplicates: 2 * time.Minute},
-		{Name: "USAGE_DEAD", Subjects: []string{"usage.dead.*"}, MaxAge: 35 * 24 * time.Hour, Duplicates: 2 * time.Minute},
+		{Name: "USAGE", Subjects: []string{"usage.*"}, MaxAge: 35 * 24 * time.Hour, Duplicates: 2 * time.Minute, MaxBytes: 8 << 30, Discard: jetstream.DiscardNew},
+		{Name: "USAGE_DEAD", Subjects: []string{"usage.dead.*"}, MaxAge: 35 * 24 * time.Hour, Duplicates: 2 * time.Minute, MaxBytes: 1 << 30, Discard: jetstream.DiscardNew},
+		{Name: "NOTIFY", Subjects: []string{"notify.usage.*", "notify.confirm.*"}, MaxAge: 7 * 24 * time.Hour, Duplicates: 2 * time.Minute, MaxBytes: 1 << 30, Discard: jetstream.DiscardNew},
 	} {
 		st, err := js.Stream(ctx, want.Name)
 		if err != nil {
@@ -29,7 +30,7 @@ func TestEnsureStreamsIdempotent(t *testing.T) {
 		if got.Retention != jetstream.LimitsPolicy || got.Storage != jetstream.FileStorage {
 			t.Errorf("%s: retention %v storage %v, want limits on file", want.Name, got.Retention, got.Storage)
 		}
-		gotFields := jetstream.StreamConfig{Name: got.Name, Subjects: got.Subjects, MaxAge: got.MaxAge, Duplicates: got.Duplicates}
+		gotFields := jetstream.StreamConfig{Name: got.Name, Subjects: got.Subjects, MaxAge: got.MaxAge, Duplicates: got.Duplicates, MaxBytes: got.MaxBytes, Discard: got.Discard}
 		if diff := cmp.Diff(want, gotFields); diff != "" {
 			t.Errorf("%s (-want +got):\n%s", want.Name, diff)
 		}
@@ -42,6 +43,44 @@ func TestEnsureStreamsIdempotent(t *testing.T) {
 	st, _ := js.Stream(ctx, "USAGE")
 	if got := st.CachedInfo().Config.MaxAge; got != 48*time.Hour {
 		t.Errorf("max age after update = %v, want 48h", got)
+	}
+}
+
+// A full usage stream refuses the next event loudly, the publisher gets
+// the error, and keeps every event it holds: a stream made before the cap
+// (unlimited, dropping the oldest) is updated to it.
+func TestFullUsageStreamRefusesPublishes(t *testing.T) {
+	nc, js := startJetStream(t)
+	ctx := t.Context()
+	cfg := DefaultStreamConfig()
+	old := cfg.UsageStreamConfig(DefaultSubjects())
+	old.MaxBytes, old.Discard = -1, jetstream.DiscardOld
+	if _, err := js.UpdateStream(ctx, old); err != nil {
+		t.Fatalf("making the old stream: %v", err)
+	}
+	cfg.MaxBytes = 2048
+	if err := EnsureStreams(ctx, js, DefaultSubjects(), cfg); err != nil {
+		t.Fatalf("EnsureStreams: %v", err)
+	}
+	pub, err := NewPublisher(nc, PublisherOptions{Source: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored int
+	for i := range 100 {
+		_, err = pub.Publish(ctx, NewUsage("u1", "m", float64(i+1)))
+		if err != nil {
+			break
+		}
+		stored++
+	}
+	if err == nil || !strings.Contains(err.Error(), "maximum bytes exceeded") {
+		t.Fatalf("publishing into a full stream = %v, want the server's maximum bytes exceeded", err)
+	}
+	st, _ := js.Stream(ctx, "USAGE")
+	info, _ := st.Info(ctx)
+	if info.State.Msgs != uint64(stored) || info.State.FirstSeq != 1 {
+		t.Errorf("stream holds %d from seq %d, want all %d stored, from 1", info.State.Msgs, info.State.FirstSeq, stored)
 	}
 }
 
@@ -59,6 +98,8 @@ func TestEnsureStreamsBadConfig(t *testing.T) {
 		{"window over age", func(c *StreamConfig) { c.MaxAge = time.Minute }, "streams.duplicates"},
 		{"replicas", func(c *StreamConfig) { c.Replicas = 0 }, "streams.replicas"},
 		{"max bytes", func(c *StreamConfig) { c.MaxBytes = 0 }, "streams.max_bytes"},
+		{"dead max bytes", func(c *StreamConfig) { c.DeadMaxBytes = -2 }, "streams.dead_max_bytes"},
+		{"notify max bytes", func(c *StreamConfig) { c.NotifyMaxBytes = 0 }, "streams.notify_max_bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := DefaultStreamConfig()

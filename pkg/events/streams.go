@@ -31,8 +31,21 @@ type StreamConfig struct {
 	// Replicas is the number of stream replicas (1 on a single server, 3
 	// on a cluster).
 	Replicas int `yaml:"replicas"`
-	// MaxBytes caps each stream's size; -1 (default) is unlimited.
+	// MaxBytes caps the usage stream's size (default 8 GiB, about 20
+	// million events of 400 bytes as stored); -1 is unlimited. A full
+	// stream refuses new events (DiscardNew): the publisher gets an error
+	// ("maximum bytes exceeded"), and nothing stored is deleted early,
+	// since the meter's period state and a rebuild depend on the events.
 	MaxBytes int64 `yaml:"max_bytes"`
+	// DeadMaxBytes caps the dead-letter stream (default 1 GiB); -1 is
+	// unlimited. A full one refuses new dead letters: the consumer then
+	// keeps the refused message in its stream and retries, loudly.
+	DeadMaxBytes int64 `yaml:"dead_max_bytes"`
+	// NotifyMaxBytes caps the notice stream (default 1 GiB); -1 is
+	// unlimited. A full one refuses new notices: the meter keeps its
+	// notices pending in Redis and retries; an app asking for a
+	// confirmation gets the error.
+	NotifyMaxBytes int64 `yaml:"notify_max_bytes"`
 	// Memory keeps the streams in memory instead of on disk (tests).
 	Memory bool `yaml:"memory"`
 }
@@ -40,15 +53,17 @@ type StreamConfig struct {
 // DefaultStreamConfig returns the defaults described on StreamConfig.
 func DefaultStreamConfig() StreamConfig {
 	return StreamConfig{
-		Usage:        "USAGE",
-		Dead:         "USAGE_DEAD",
-		Notify:       "NOTIFY",
-		NotifyMaxAge: 7 * 24 * time.Hour,
-		MaxAge:       35 * 24 * time.Hour,
-		DeadMaxAge:   35 * 24 * time.Hour,
-		Duplicates:   2 * time.Minute,
-		Replicas:     1,
-		MaxBytes:     -1,
+		Usage:          "USAGE",
+		Dead:           "USAGE_DEAD",
+		Notify:         "NOTIFY",
+		NotifyMaxAge:   7 * 24 * time.Hour,
+		MaxAge:         35 * 24 * time.Hour,
+		DeadMaxAge:     35 * 24 * time.Hour,
+		Duplicates:     2 * time.Minute,
+		Replicas:       1,
+		MaxBytes:       8 << 30,
+		DeadMaxBytes:   1 << 30,
+		NotifyMaxBytes: 1 << 30,
 	}
 }
 
@@ -85,8 +100,13 @@ func (c StreamConfig) Validate() error {
 	if c.Replicas < 1 || c.Replicas > 5 {
 		errs = append(errs, invalid("streams.replicas", "must be between 1 and 5 (got %d)", c.Replicas))
 	}
-	if c.MaxBytes == 0 || c.MaxBytes < -1 {
-		errs = append(errs, invalid("streams.max_bytes", "must be -1 (unlimited) or > 0"))
+	for _, b := range []struct {
+		field string
+		v     int64
+	}{{"streams.max_bytes", c.MaxBytes}, {"streams.dead_max_bytes", c.DeadMaxBytes}, {"streams.notify_max_bytes", c.NotifyMaxBytes}} {
+		if b.v == 0 || b.v < -1 {
+			errs = append(errs, invalid(b.field, "must be -1 (unlimited) or > 0 (got %d)", b.v))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -94,33 +114,38 @@ func (c StreamConfig) Validate() error {
 // UsageStreamConfig returns the JetStream configuration of the usage
 // stream.
 func (c StreamConfig) UsageStreamConfig(s Subjects) jetstream.StreamConfig {
-	return c.stream(c.Usage, "allot usage events", c.MaxAge, s.UsageStreamSubject())
+	return c.stream(c.Usage, "allot usage events", c.MaxAge, c.MaxBytes, s.UsageStreamSubject())
 }
 
 // DeadStreamConfig returns the JetStream configuration of the
 // dead-letter stream.
 func (c StreamConfig) DeadStreamConfig(s Subjects) jetstream.StreamConfig {
-	return c.stream(c.Dead, "allot usage events that were refused, with the reason in Allot-Error", c.DeadMaxAge, s.DeadStreamSubject())
+	return c.stream(c.Dead, "allot usage events that were refused, with the reason in Allot-Error", c.DeadMaxAge, c.DeadMaxBytes, s.DeadStreamSubject())
 }
 
 // NotifyStreamConfig returns the JetStream configuration of the notice
 // stream.
 func (c StreamConfig) NotifyStreamConfig(s Subjects) jetstream.StreamConfig {
 	return c.stream(c.Notify, "allot notices for the notifier: usage thresholds and confirmation requests", c.NotifyMaxAge,
-		s.NotifyUsage("*"), s.NotifyConfirm("*"))
+		c.NotifyMaxBytes, s.NotifyUsage("*"), s.NotifyConfirm("*"))
 }
 
-// stream is what allot's streams share: limits retention, the oldest
-// dropped first, the duplicate window, replicas, storage and size cap.
-func (c StreamConfig) stream(name, description string, maxAge time.Duration, subjects ...string) jetstream.StreamConfig {
+// stream is what allot's streams share: limits retention, the duplicate
+// window, replicas, storage, and a size cap past which new messages are
+// refused (DiscardNew) rather than the oldest deleted. Every stream of
+// allot holds messages something still depends on (events the meter's
+// periods and a rebuild replay, dead letters an operator must see,
+// notices not yet mailed): a full stream must be loud, and the publisher's
+// error is; messages still age out by max age.
+func (c StreamConfig) stream(name, description string, maxAge time.Duration, maxBytes int64, subjects ...string) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        name,
 		Description: description,
 		Subjects:    subjects,
 		Retention:   jetstream.LimitsPolicy,
-		Discard:     jetstream.DiscardOld,
+		Discard:     jetstream.DiscardNew,
 		MaxAge:      maxAge,
-		MaxBytes:    c.MaxBytes,
+		MaxBytes:    maxBytes,
 		MaxMsgs:     -1,
 		Duplicates:  c.Duplicates,
 		Replicas:    c.Replicas,
