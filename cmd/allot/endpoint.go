@@ -186,5 +186,5 @@ func requireUID(uid string) error {
 	if uid == "" {
 		return usagef("-uid is required")
 	}
-	return events.ValidateToken("uid", uid)
+	return events.ValidateUID("uid", uid)
 }

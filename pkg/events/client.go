@@ -186,7 +186,7 @@ func acceptGzip() nats.Header { return nats.Header{HeaderAcceptEncoding: {Encodi
 
 // call checks uid and sends req to subject(uid).
 func (c *Client) call(ctx context.Context, uid string, subject func(string) string, req, reply any) error {
-	if err := ValidateToken("uid", uid); err != nil {
+	if err := c.subj.ValidateUID("uid", uid); err != nil {
 		return err
 	}
 	return c.request(ctx, subject(uid), req, reply)

@@ -73,7 +73,7 @@ func (e *Event) Validate() error {
 	if e.Type != UsageType {
 		return invalid("type", "must be %q (got %s)", UsageType, quoteShort(e.Type))
 	}
-	if err := ValidateToken("subject", e.Subject); err != nil {
+	if err := ValidateUID("subject", e.Subject); err != nil {
 		return err
 	}
 	if e.Time.IsZero() {

@@ -149,7 +149,7 @@ func RequestConfirmation(ctx context.Context, js jetstream.JetStream, subj Subje
 	if js == nil {
 		return nil, errors.New("events: request confirmation: nil JetStream")
 	}
-	if err := ValidateToken("uid", uid); err != nil {
+	if err := subj.ValidateUID("uid", uid); err != nil {
 		return nil, err
 	}
 	if err := req.Validate(); err != nil {
@@ -175,7 +175,7 @@ func (n UsageNotice) Validate() error {
 	if err := ValidateID("id", n.ID); err != nil {
 		return err
 	}
-	if err := ValidateToken("uid", n.UID); err != nil {
+	if err := ValidateUID("uid", n.UID); err != nil {
 		return err
 	}
 	if err := ValidateToken("metric", n.Metric); err != nil {

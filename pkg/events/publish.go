@@ -154,6 +154,9 @@ func prepare(ev *Event, opts PublisherOptions) (Prepared, error) {
 	if err := ev.Validate(); err != nil {
 		return Prepared{}, err
 	}
+	if err := opts.Subjects.ValidateUID("subject", ev.Subject); err != nil {
+		return Prepared{}, err
+	}
 	data := ev.AppendJSON(make([]byte, 0, 256))
 	if len(data) > opts.MaxEventBytes {
 		return Prepared{}, invalid("event", "must be at most %d bytes encoded (got %d)", opts.MaxEventBytes, len(data))

@@ -3,6 +3,7 @@ package events
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -135,9 +136,62 @@ func (s Subjects) MeterGroup() string     { return s.Meter }
 func (s Subjects) RateLimitGroup() string { return s.RateLimit }
 func (s Subjects) RegistryGroup() string  { return s.Registry }
 
-// ParseUsage returns the uid of a usage event subject.
+// ReservedUIDs returns the tokens that are never uids with these
+// prefixes: [ReservedUID], and each token that another prefix (the dead
+// letters' usage.dead, say) puts right after the usage prefix, since
+// <usage>.<token> would be a usage subject inside that prefix's space.
+func (s Subjects) ReservedUIDs() []string {
+	reserved := []string{ReservedUID}
+	for _, p := range []string{s.Dead, s.Meter, s.RateLimit, s.Registry, s.Notify} {
+		rest, ok := strings.CutPrefix(p, s.Usage+".")
+		if !ok {
+			continue
+		}
+		if tok, _, _ := strings.Cut(rest, "."); tok != "" && !slices.Contains(reserved, tok) {
+			reserved = append(reserved, tok)
+		}
+	}
+	return reserved
+}
+
+// ValidateUID checks a uid: a token, and none of [Subjects.ReservedUIDs].
+// Every place a uid enters (a publisher, the client, an endpoint's
+// subject, the meter's parse of an event's subject) asks it.
+func (s Subjects) ValidateUID(field, uid string) error {
+	if err := ValidateToken(field, uid); err != nil {
+		return err
+	}
+	return s.reserved(field, uid)
+}
+
+func (s Subjects) reserved(field, uid string) error {
+	if !slices.Contains(s.ReservedUIDs(), uid) {
+		return nil
+	}
+	if strings.HasPrefix(s.Dead, s.Usage+"."+uid) || uid == ReservedUID {
+		return invalid(field, "%q is reserved, never a uid: %s.* holds the dead letters, beside the usage events on %s.<uid>", uid, s.Dead, s.Usage)
+	}
+	return invalid(field, "%q is reserved, never a uid: %s.%s starts other subjects", uid, s.Usage, uid)
+}
+
+// ParseUsage returns the uid of a usage event subject; a reserved token
+// (usage.dead) is refused as no uid.
 func (s Subjects) ParseUsage(subject string) (string, error) {
-	return parseTail(subject, s.Usage)
+	uid, err := parseTail(subject, s.Usage)
+	if err != nil {
+		return "", err
+	}
+	return uid, s.reserved("subject", uid)
+}
+
+// ParseUID returns the <uid> token that follows prefix in a request
+// subject, as the package's ParseUID does, and refuses a reserved one.
+func (s Subjects) ParseUID(subject, prefix string) (string, error) {
+	uid, err := ParseUID(subject, prefix)
+	if err != nil {
+		return "", err
+	}
+	return uid, s.reserved("uid", uid)
 }
 
 // ParseDead returns the uid of a dead-letter subject.
@@ -153,14 +207,22 @@ func ParseToken(subject, prefix string) (string, error) {
 }
 
 // ParseUID returns the <uid> token that follows prefix in a request
-// subject, as ParseToken does, but names the field "uid" in its error.
+// subject, as ParseToken does, but names the field "uid" in its error
+// and refuses [ReservedUID]; [Subjects.ParseUID] also refuses the
+// configured reserved tokens.
 func ParseUID(subject, prefix string) (string, error) {
 	uid, err := parseTail(subject, prefix)
 	var v *ValidationError
 	if errors.As(err, &v) {
 		v.Field = "uid"
 	}
-	return uid, err
+	if err != nil {
+		return "", err
+	}
+	if uid == ReservedUID {
+		return "", DefaultSubjects().reserved("uid", uid)
+	}
+	return uid, nil
 }
 
 func parseTail(subject, prefix string) (string, error) {

@@ -55,6 +55,8 @@ func TestParseSubjects(t *testing.T) {
 		{"usage", "", "does not start with"},
 		{"meter.credit.u", "", "does not start with"},
 		{"usage." + strings.Repeat("x", 129), "", "token"},
+		{"usage.dead", "", `"dead" is reserved`},
+		{"usage.deadline", "deadline", ""},
 	} {
 		got, err := s.ParseUsage(tc.subject)
 		if tc.errPart == "" {
@@ -99,6 +101,64 @@ func TestSubjectsValidate(t *testing.T) {
 		})
 	}
 }
+
+// A uid never addresses a dead-letter or internal subject: "dead" is
+// refused everywhere, and so is the token a configured dead prefix puts
+// after the usage prefix.
+func TestReservedUIDs(t *testing.T) {
+	moved := DefaultSubjects()
+	moved.Dead = "usage.refused"
+	apart := DefaultSubjects()
+	apart.Dead = "deadletters"
+	for _, tc := range []struct {
+		name     string
+		s        Subjects
+		reserved []string
+	}{
+		{"default", DefaultSubjects(), []string{"dead"}},
+		{"dead prefix moved", moved, []string{"dead", "refused"}},
+		{"dead prefix apart", apart, []string{"dead"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.reserved, tc.s.ReservedUIDs()); diff != "" {
+				t.Errorf("ReservedUIDs (-want +got):\n%s", diff)
+			}
+			for _, uid := range tc.reserved {
+				for what, err := range map[string]error{
+					"ValidateUID": tc.s.ValidateUID("uid", uid),
+					"ParseUsage":  second(tc.s.ParseUsage(tc.s.UsageFor(uid))),
+					"ParseUID":    second(tc.s.ParseUID(tc.s.Credit(uid), tc.s.Meter+".credit")),
+				} {
+					if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "reserved") {
+						t.Errorf("%s(%q) = %v, want a refusal saying it is reserved", what, uid, err)
+					}
+				}
+			}
+			if err := tc.s.ValidateUID("uid", "u-42"); err != nil {
+				t.Errorf("ValidateUID(u-42) = %v", err)
+			}
+		})
+	}
+	// Without the configuration, "dead" is still refused.
+	for what, err := range map[string]error{
+		"ValidateUID": ValidateUID("uid", "dead"),
+		"ParseUID":    second(ParseUID("meter.credit.dead", "meter.credit")),
+	} {
+		if err == nil || !strings.Contains(err.Error(), `uid: "dead" is reserved`) {
+			t.Errorf("%s(dead) = %v, want uid: \"dead\" is reserved", what, err)
+		}
+	}
+	ev := NewUsage("dead", "m", 1)
+	if _, err := Prepare(&ev, PublisherOptions{Source: "test"}); err == nil || !strings.Contains(err.Error(), `subject: "dead" is reserved`) {
+		t.Errorf("Prepare(uid dead) = %v, want it refused", err)
+	}
+	ev = NewUsage("refused", "m", 1)
+	if _, err := Prepare(&ev, PublisherOptions{Source: "test", Subjects: moved}); err == nil || !strings.Contains(err.Error(), "reserved") {
+		t.Errorf("Prepare(uid refused, dead prefix usage.refused) = %v, want it refused", err)
+	}
+}
+
+func second[T any](_ T, err error) error { return err }
 
 func TestTokens(t *testing.T) {
 	for s, want := range map[string]bool{

@@ -73,6 +73,20 @@ func ValidateToken(field, s string) error {
 	return nil
 }
 
+// ReservedUID is never a uid, whatever the subject prefixes: with the
+// default ones usage.dead starts the dead letters, and an event published
+// on usage.dead would otherwise be stored in USAGE and counted for a uid
+// "dead". [Subjects.ValidateUID] also refuses the token a configured dead
+// prefix puts after the usage prefix.
+const ReservedUID = "dead"
+
+// ValidateUID checks a uid with the default subject prefixes: a token,
+// and not [ReservedUID]. Code that knows the configured prefixes calls
+// [Subjects.ValidateUID].
+func ValidateUID(field, uid string) error {
+	return DefaultSubjects().ValidateUID(field, uid)
+}
+
 // ValidateID checks an event or request id: 1 to 128 printable ASCII
 // characters without spaces, so it is safe as a Nats-Msg-Id header and
 // inside a Redis key.

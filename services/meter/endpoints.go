@@ -22,7 +22,7 @@ func (m *Meter) requestContext() (context.Context, context.CancelFunc) {
 
 // uidOf returns the <uid> token of a request subject <meter>.<endpoint>.<uid>.
 func (m *Meter) uidOf(req micro.Request, endpoint string) (string, error) {
-	return events.ParseUID(req.Subject(), m.subj.Meter+"."+endpoint)
+	return m.subj.ParseUID(req.Subject(), m.subj.Meter+"."+endpoint)
 }
 
 // reply answers req, counting the outcome: Redis trouble is a 503, a bad

@@ -43,6 +43,7 @@ func testConfig() Config {
 	cfg := DefaultConfig()
 	cfg.Instance = "test"
 	cfg.Streams.Memory = true
+	cfg.Streams.MaxBytes, cfg.Streams.DeadMaxBytes, cfg.Streams.NotifyMaxBytes = 64<<20, 16<<20, 16<<20
 	cfg.Meter.RetryDelay = 100 * time.Millisecond
 	cfg.Meter.Handlers = 2
 	cfg.NATS.RequestTimeout = 500 * time.Millisecond
@@ -203,6 +204,8 @@ func TestBadEventsGoToTheDeadLetters(t *testing.T) {
 		{"overflow value", "usage.u-1", strings.Replace(good, `"value":1`, `"value":1e999`, 1), "data.value: must be a number from -1e15 to 1e15 (got 1e999)"},
 		{"negative counter", "usage.u-1", strings.Replace(good, `"value":1`, `"value":-2`, 1), "data.value: must be a number from 0 to 1e15 for a counter (got -2)"},
 		{"subject mismatch", "usage.u-2", good, `subject: must equal the subject token "u-2"`},
+		// usage.dead is in USAGE (usage.*), but "dead" is never a uid.
+		{"reserved uid", "usage.dead", strings.Replace(good, `"subject":"u-1"`, `"subject":"dead"`, 1), `subject: "dead" is reserved`},
 		{"undeclared label", "usage.u-1", strings.Replace(withLabel, `"resource"`, `"colour"`, 1), "data.labels.colour: not declared"},
 		{"oversized", "usage.u-1", strings.Replace(good, `"source":"allot"`, `"source":"`+strings.Repeat("x", 70000)+`"`, 1), "event: must be at most 65536 bytes"},
 	} {
@@ -228,7 +231,7 @@ func TestBadEventsGoToTheDeadLetters(t *testing.T) {
 		})
 	}
 	// None of them touched state, and a good event still flows.
-	if keys, _ := e.rdb.Keys(t.Context(), "allot:{u-*").Result(); len(keys) != 0 {
+	if keys, _ := e.rdb.Keys(t.Context(), "allot:{*").Result(); len(keys) != 0 {
 		t.Errorf("bad events left state: %v", keys)
 	}
 	e.publishRaw("usage.u-1", []byte(withLabel), "")

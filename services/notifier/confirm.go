@@ -55,7 +55,7 @@ func (n *Notifier) decodeConfirm(payload []byte) (Notice, string, events.Confirm
 	if err != nil {
 		return notice, "", req, err
 	}
-	uid, err := events.ParseUID(notice.Subject, n.cfg.Subjects.Notify+".confirm")
+	uid, err := n.cfg.Subjects.ParseUID(notice.Subject, n.cfg.Subjects.Notify+".confirm")
 	if err != nil {
 		return notice, "", req, err
 	}

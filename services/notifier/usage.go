@@ -67,7 +67,7 @@ func (n *Notifier) decodeUsage(payload []byte) (Notice, events.UsageNotice, erro
 	if err != nil {
 		return notice, un, err
 	}
-	uid, err := events.ParseUID(notice.Subject, n.cfg.Subjects.Notify+".usage")
+	uid, err := n.cfg.Subjects.ParseUID(notice.Subject, n.cfg.Subjects.Notify+".usage")
 	if err != nil {
 		return notice, un, err
 	}

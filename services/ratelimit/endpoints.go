@@ -37,7 +37,7 @@ func (l *Limiter) stopEndpoints() {
 
 // uidOf returns the <uid> token of a request subject <ratelimit>.<endpoint>.<uid>.
 func (l *Limiter) uidOf(req micro.Request, endpoint string) (string, error) {
-	return events.ParseUID(req.Subject(), l.cfg.Subjects.RateLimitGroup()+"."+endpoint)
+	return l.cfg.Subjects.ParseUID(req.Subject(), l.cfg.Subjects.RateLimitGroup()+"."+endpoint)
 }
 
 // reply answers req, counting the outcome.

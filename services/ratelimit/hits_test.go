@@ -96,6 +96,7 @@ func startHits(t *testing.T) (*Limiter, *nats.Conn, *miniredis.Miniredis, Config
 	cfg.RateLimit.Hits.RetryDelay = 100 * time.Millisecond
 	cfg.Instance = "test"
 	cfg.Streams.Memory = true
+	cfg.Streams.MaxBytes, cfg.Streams.DeadMaxBytes, cfg.Streams.NotifyMaxBytes = 64<<20, 16<<20, 16<<20
 	limit := int64(5)
 	cfg.RateLimit.Services = map[string]Service{
 		"api": {Limit: &limit, Interval: time.Hour, Metric: "api_calls_total"},

@@ -335,7 +335,7 @@ func (l *Limiter) checkMany(ctx context.Context, calls []checkCall) []checkResul
 // prepare validates a check and finds its rule: a 400 naming the field,
 // or a 404 naming the service.
 func (l *Limiter) prepare(uid string, req events.CheckRequest) (pending, error) {
-	if err := events.ValidateToken("uid", uid); err != nil {
+	if err := l.cfg.Subjects.ValidateUID("uid", uid); err != nil {
 		return pending{}, events.BadRequest(err)
 	}
 	if err := req.Validate(); err != nil {
@@ -426,7 +426,7 @@ func (l *Limiter) count(label string, cost int64, result string, over bool) {
 
 // Reset clears uid's windows for service ("" : the uid's own limit).
 func (l *Limiter) Reset(ctx context.Context, uid string, req events.ResetRequest) error {
-	if err := events.ValidateToken("uid", uid); err != nil {
+	if err := l.cfg.Subjects.ValidateUID("uid", uid); err != nil {
 		return events.BadRequest(err)
 	}
 	if err := req.Validate(); err != nil {
