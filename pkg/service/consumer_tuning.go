@@ -31,13 +31,43 @@ type ConsumerTuning struct {
 	// RetryDelay is the first pause before a chunk that met a backend
 	// error is redelivered; it doubles up to a minute.
 	RetryDelay time.Duration `yaml:"retry_delay"`
+	// MaxDeliver is how often the server hands one message out before it
+	// gives up on it; the service then dead-letters it with the reason
+	// (WatchMaxDeliveries). While the backend is away a message is handed
+	// out at most about once per ack wait (or per retry delay, when that
+	// is longer), so the default, 500, outlasts an outage of about four
+	// hours with the default ack wait of 30s: see MaxDeliverOutlasts.
+	MaxDeliver int `yaml:"max_deliver"`
+}
+
+// DefaultMaxDeliver is the default of ConsumerTuning.MaxDeliver.
+const DefaultMaxDeliver = 500
+
+// MaxDeliverOutlasts is the shortest backend outage that can exhaust
+// maxDeliver deliveries of one message, with the consumer's retry delays
+// (first retryDelay, doubling up to maxRetryDelay) and its ack wait: a
+// message the consumer holds is handed out again when its nak delay runs
+// out or, while the consumer pauses, when its ack wait does, whichever
+// comes first; so the quickest redeliveries are the growing retry delays
+// until they reach the ack wait, then one per ack wait (or per
+// maxRetryDelay when that is shorter). The defaults (500, 1s, 1m, 30s)
+// give 4h10m.
+func MaxDeliverOutlasts(maxDeliver int, retryDelay, maxRetryDelay, ackWait time.Duration) time.Duration {
+	var total time.Duration
+	step := retryDelay
+	steady := min(ackWait, maxRetryDelay)
+	for n := 1; n < maxDeliver; n++ {
+		total += min(step, steady)
+		step = min(2*step, maxRetryDelay)
+	}
+	return total
 }
 
 // DefaultConsumerTuning returns the defaults: chunks of 500, pulls open
 // 30s, ack wait 30s, 20,000 unacked at most, ids remembered a day, first
-// retry after a second.
+// retry after a second, a message given up on after 500 deliveries.
 func DefaultConsumerTuning() ConsumerTuning {
-	return ConsumerTuning{Batch: 500, FetchWait: 30 * time.Second, AckWait: 30 * time.Second, MaxAckPending: 20000, DedupTTL: 24 * time.Hour, RetryDelay: time.Second}
+	return ConsumerTuning{Batch: 500, FetchWait: 30 * time.Second, AckWait: 30 * time.Second, MaxAckPending: 20000, DedupTTL: 24 * time.Hour, RetryDelay: time.Second, MaxDeliver: DefaultMaxDeliver}
 }
 
 // Validate checks t and returns every broken rule joined, each naming its
@@ -69,6 +99,9 @@ func (t ConsumerTuning) validate(section string, duplicates time.Duration) []err
 	if t.RetryDelay <= 0 || t.RetryDelay > time.Minute {
 		errs = append(errs, fieldError(section+".retry_delay", "must be > 0 and at most 1m, got %v", t.RetryDelay))
 	}
+	if t.MaxDeliver < 2 || t.MaxDeliver > 1_000_000 {
+		errs = append(errs, fieldError(section+".max_deliver", "must be between 2 and 1000000 (a message is dead-lettered after that many deliveries), got %d", t.MaxDeliver))
+	}
 	return errs
 }
 
@@ -83,12 +116,22 @@ func (t ConsumerTuning) ConsumerConfig(name string) ConsumerConfig {
 // <prefix>_consumer_pending (messages in the stream not yet delivered, as
 // of the last chunk), <prefix>_consumer_lag_seconds (from a chunk's last
 // message being stored to its being handled), and
-// <prefix>_consumer_retries_total (messages naked for redelivery).
+// <prefix>_consumer_retries_total (messages naked for redelivery), and
+// <prefix>_consumer_max_deliveries_total{outcome} (messages the server
+// gave up on after max_deliver: dead_lettered, or failed when the dead
+// letter could not be stored).
 type ConsumerMetrics struct {
-	batchSize prometheus.Histogram
-	pending   prometheus.Gauge
-	lag       prometheus.Histogram
-	retries   prometheus.Counter
+	batchSize     prometheus.Histogram
+	pending       prometheus.Gauge
+	lag           prometheus.Histogram
+	retries       prometheus.Counter
+	maxDeliveries *prometheus.CounterVec
+}
+
+// MaxDeliveryCounted counts one max-deliveries advisory by its outcome,
+// as MaxDeliveries.Counted.
+func (m *ConsumerMetrics) MaxDeliveryCounted(outcome string) {
+	m.maxDeliveries.WithLabelValues(outcome).Inc()
 }
 
 // NewConsumerMetrics registers a consumer's series under prefix with reg
@@ -113,9 +156,16 @@ func NewConsumerMetrics(reg prometheus.Registerer, prefix, what string) (*Consum
 			Name: prefix + "_consumer_retries_total",
 			Help: "Messages naked for redelivery (the backend away, or a part of their handling failed).",
 		}),
+		maxDeliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: prefix + "_consumer_max_deliveries_total",
+			Help: "Messages the server gave up on after max_deliver deliveries, by outcome: dead_lettered, or failed (left in the stream, logged).",
+		}, []string{"outcome"}),
+	}
+	for _, o := range []string{"dead_lettered", "failed"} {
+		m.maxDeliveries.WithLabelValues(o)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.batchSize, m.pending, m.lag, m.retries} {
+		for _, c := range []prometheus.Collector{m.batchSize, m.pending, m.lag, m.retries, m.maxDeliveries} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("service: consumer metrics: %w", err)
 			}
