@@ -20,11 +20,12 @@ func streamsCommand() command {
 		usage: `Usage: allot streams [-check]
 
 Creates the usage, dead-letter and notice streams, or updates them to the
-configuration (retention, duplicate window, replicas), then prints how many
-events each holds. 'allot dev' and the services do this at start; run it by
-hand against a NATS you manage. With -check nothing is changed, and the
-command exits 1 when a stream is missing or differs from the
-configuration.
+configuration (retention, size cap and discard policy, duplicate window,
+replicas), then prints how many events each holds, and the services'
+consumers with their max_deliver. 'allot dev' and the services do this at
+start; run it by hand against a NATS you manage. With -check nothing is
+changed, and the command exits 1 when a stream is missing or differs from
+the configuration, or a consumer's max_deliver differs from its section's.
 
 Examples:
   allot streams
@@ -81,8 +82,18 @@ func runStreams(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []strin
 			bad = append(bad, want.Name+" differs from the configuration")
 		}
 	}
+	consumersBad, err := checkConsumers(ctx, env, cf.config, cfg, js)
+	if err != nil {
+		return err
+	}
+	if *check {
+		bad = append(bad, consumersBad...)
+	}
 	if len(bad) > 0 {
 		fix := "run 'allot streams' to create or update them"
+		if *check && len(bad) == len(consumersBad) {
+			fix = "restart the services named, which update their consumers at start"
+		}
 		if !*check {
 			fix = "'allot streams' could not fix it"
 		}

@@ -57,7 +57,39 @@ func TestStreamsCheck(t *testing.T) {
 		t.Fatalf("streams: %+v", r)
 	}
 	r = runCLI(t, env, "", "streams", "-check")
-	if r.code != 0 || r.stderr != "" || strings.Count(r.stdout, "\n") != 3 {
+	if r.code != 0 || r.stderr != "" || strings.Count(r.stdout, "max_deliver") != 0 || !strings.Contains(r.stdout, "USAGE/meter          not created yet") {
 		t.Errorf("-check of the right streams: %+v", r)
+	}
+
+	// A stream cap and discard policy changed by hand, and a consumer made
+	// with another max_deliver (an older allot made them unlimited).
+	sc = events.DefaultStreamConfig().DeadStreamConfig(events.DefaultSubjects())
+	sc.MaxBytes, sc.Discard = -1, jetstream.DiscardOld
+	if _, err := js.UpdateStream(t.Context(), sc); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateOrUpdateConsumer(t.Context(), "USAGE", jetstream.ConsumerConfig{Durable: "meter", AckPolicy: jetstream.AckExplicitPolicy, MaxDeliver: -1}); err != nil {
+		t.Fatal(err)
+	}
+	r = runCLI(t, env, "", "streams", "-check")
+	for _, want := range []string{
+		"differs from the configuration: discard is DiscardOld, want DiscardNew; max bytes is -1, want 1073741824",
+		"USAGE/meter          max_deliver -1",
+		"differs from the configuration: max_deliver is -1, want 500 (meter.max_deliver)",
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if r.code != 1 || !strings.Contains(r.stderr, "USAGE_DEAD differs from the configuration, consumer USAGE/meter differs from the configuration") {
+		t.Errorf("-check with drift: %+v; want exit 1 naming both", r)
+	}
+	// Only the consumer differs: the fix is the service's restart.
+	if r := runCLI(t, env, "", "streams"); r.code != 0 {
+		t.Fatalf("streams: %+v", r)
+	}
+	r = runCLI(t, env, "", "streams", "-check")
+	if r.code != 1 || !strings.Contains(r.stderr, "consumer USAGE/meter differs from the configuration") || !strings.Contains(r.stderr, "restart the services named") {
+		t.Errorf("-check with a consumer that differs: %+v", r)
 	}
 }

@@ -48,6 +48,7 @@ type Meter struct {
 	grants    grantNames // the grants meter.grants may set
 
 	stopConsumer func(context.Context) error
+	stopWatch    func()
 	stopOnce     sync.Once
 }
 
@@ -90,11 +91,13 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 		return nil, fmt.Errorf("meter: %w", err)
 	}
 	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.Streams.Usage, jetstream.ConsumerConfig{
-		Durable:       cfg.Meter.Consumer,
-		Description:   "allot meter: applies usage events to Redis",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       cfg.Meter.AckWait,
-		MaxDeliver:    -1, // transient failures are retried, never dead-lettered
+		Durable:     cfg.Meter.Consumer,
+		Description: "allot meter: applies usage events to Redis",
+		AckPolicy:   jetstream.AckExplicitPolicy,
+		AckWait:     cfg.Meter.AckWait,
+		// Past it the server gives up on an event; WatchMaxDeliveries
+		// dead-letters it (service.MaxDeliverOutlasts: hours of Redis away).
+		MaxDeliver:    cfg.Meter.MaxDeliver,
 		MaxAckPending: cfg.Meter.MaxAckPending,
 		FilterSubject: cfg.Subjects.UsageStreamSubject(),
 		DeliverPolicy: jetstream.DeliverAllPolicy,
@@ -122,6 +125,12 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("meter: %w", err)
 	}
+	m.stopWatch, err = service.WatchMaxDeliveries(js, service.MaxDeliveries{
+		Stream: cfg.Streams.Usage, Consumer: cfg.Meter.Consumer, DeadLetters: cc.DeadLetters, Counted: cm.MaxDeliveryCounted,
+	}, log)
+	if err != nil {
+		return nil, fmt.Errorf("meter: %w", err)
+	}
 	m.stopConsumer = consumer.Start(ctx)
 	log.Info("meter started", "stream", cfg.Streams.Usage, "consumer", cfg.Meter.Consumer,
 		"metrics", len(cfg.Usage.Metrics), "handlers", cfg.Meter.Handlers)
@@ -134,7 +143,9 @@ func (m *Meter) Stop(ctx context.Context) error {
 	var err error
 	m.stopOnce.Do(func() {
 		m.stopEndpoints()
-		if err = m.stopConsumer(ctx); err == nil {
+		err = m.stopConsumer(ctx)
+		m.stopWatch()
+		if err == nil {
 			m.log.Info("meter stopped")
 		}
 	})

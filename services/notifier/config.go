@@ -47,6 +47,13 @@ type Settings struct {
 	// Durable names the notifier's JetStream consumer on the NOTIFY
 	// stream. Default "notifier".
 	Durable string `yaml:"durable"`
+	// MaxDeliver is how often the NOTIFY consumer is handed one notice
+	// before the server gives up on it; the notifier then dead-letters it
+	// (USAGE_DEAD, under the dead prefix and the notice's uid, with the
+	// reason). A notice whose task cannot be stored is naked with a delay
+	// that doubles from 1s to 1m, so the default, 500, outlasts about four
+	// hours of the notifier's Redis being away.
+	MaxDeliver int `yaml:"max_deliver"`
 	// Handlers is how many request handlers serve notify.verify, in one
 	// queue group. Default 4.
 	Handlers int `yaml:"handlers"`
@@ -124,6 +131,7 @@ func DefaultSettings() Settings {
 		Poll:            100 * time.Millisecond,
 		Retention:       7 * 24 * time.Hour,
 		Durable:         "notifier",
+		MaxDeliver:      service.DefaultMaxDeliver,
 		Handlers:        4,
 		TokenTTL:        12 * time.Hour,
 		ConfirmURL:      "http://localhost:8080/confirm",
@@ -191,6 +199,9 @@ func (s Settings) Validate(catalog usage.Catalog) error {
 	}
 	if err := events.ValidateToken("durable", s.Durable); err != nil {
 		add("durable", "must be 1 to %d of A-Z a-z 0-9 _ -, got %q", events.MaxTokenLen, s.Durable)
+	}
+	if s.MaxDeliver < 2 || s.MaxDeliver > 1_000_000 {
+		add("max_deliver", "must be between 2 and 1000000 (a notice is dead-lettered after that many deliveries), got %d", s.MaxDeliver)
 	}
 	if s.Handlers < 1 || s.Handlers > 256 {
 		add("handlers", "must be between 1 and 256, got %d", s.Handlers)

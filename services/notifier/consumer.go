@@ -10,16 +10,18 @@ import (
 	"time"
 
 	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/service"
 	"github.com/hibiken/asynq"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
 // consumer moves NOTIFY messages into asynq tasks.
 type consumer struct {
-	n    *Notifier
-	cons jetstream.Consumer
-	ctx  jetstream.MessagesContext
-	wg   sync.WaitGroup
+	n     *Notifier
+	cons  jetstream.Consumer
+	ctx   jetstream.MessagesContext
+	wg    sync.WaitGroup
+	watch func() // stops dead-lettering what the server gives up on
 }
 
 func startConsumer(ctx context.Context, n *Notifier) (*consumer, error) {
@@ -29,11 +31,13 @@ func startConsumer(ctx context.Context, n *Notifier) (*consumer, error) {
 	}
 	cfg := n.cfg
 	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.Streams.Notify, jetstream.ConsumerConfig{
-		Durable:       cfg.Notifier.Durable,
-		Description:   "allot notifier: turns notices into asynq tasks",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
-		MaxDeliver:    -1, // a task that cannot be stored yet is retried, never dropped
+		Durable:     cfg.Notifier.Durable,
+		Description: "allot notifier: turns notices into asynq tasks",
+		AckPolicy:   jetstream.AckExplicitPolicy,
+		AckWait:     30 * time.Second,
+		// Past it the server gives up on a notice; the watcher below
+		// dead-letters it, so none is dropped silently.
+		MaxDeliver:    cfg.Notifier.MaxDeliver,
 		MaxAckPending: 1000,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
@@ -44,7 +48,18 @@ func startConsumer(ctx context.Context, n *Notifier) (*consumer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("notifier: consume %s: %w", cfg.Streams.Notify, err)
 	}
-	c := &consumer{n: n, cons: cons, ctx: it}
+	watch, err := service.WatchMaxDeliveries(js, service.MaxDeliveries{
+		Stream: cfg.Streams.Notify, Consumer: cfg.Notifier.Durable,
+		DeadLetters: &service.DeadLetters{Subject: n.deadSubject},
+		Counted: func(outcome string) {
+			n.metrics.notices.WithLabelValues("any", "given_up_"+outcome).Inc()
+		},
+	}, n.log)
+	if err != nil {
+		it.Stop()
+		return nil, fmt.Errorf("notifier: %w", err)
+	}
+	c := &consumer{n: n, cons: cons, ctx: it, watch: watch}
 	c.wg.Go(func() { c.loop(ctx) })
 	return c, nil
 }
@@ -52,6 +67,18 @@ func startConsumer(ctx context.Context, n *Notifier) (*consumer, error) {
 func (c *consumer) stop() {
 	c.ctx.Drain()
 	c.wg.Wait()
+	c.watch()
+}
+
+// deadSubject is where a notice the server gave up on goes: the dead
+// letters of its uid (usage.dead.<uid>), beside the refused events, with
+// its own subject in Allot-Original-Subject; usage.dead._ without a uid.
+func (n *Notifier) deadSubject(subject string) string {
+	uid := subject[strings.LastIndexByte(subject, '.')+1:]
+	if n.cfg.Subjects.ValidateUID("uid", uid) != nil {
+		uid = "_"
+	}
+	return n.cfg.Subjects.DeadFor(uid)
 }
 
 func (c *consumer) loop(ctx context.Context) {
@@ -104,13 +131,24 @@ func (c *consumer) handle(ctx context.Context, msg jetstream.Msg) {
 	default:
 		n.metrics.notices.WithLabelValues(kind, "retried").Inc()
 		n.log.Warn("cannot store the notice's task; it will be redelivered", "subject", msg.Subject(), "err", err)
-		_ = msg.NakWithDelay(time.Second)
+		_ = msg.NakWithDelay(nakDelay(msg))
 		return
 	}
 	if err := msg.Ack(); err != nil {
 		// Redelivered later; the task id keeps it from running twice.
 		n.log.Warn("ack", "subject", msg.Subject(), "err", err)
 	}
+}
+
+// nakDelay is the pause before a notice whose task could not be stored
+// is handed out again: 1s, doubling with each delivery up to a minute, so
+// max_deliver deliveries outlast hours of Redis away, not minutes.
+func nakDelay(msg jetstream.Msg) time.Duration {
+	md, err := msg.Metadata()
+	if err != nil || md.NumDelivered < 1 {
+		return time.Second
+	}
+	return min(time.Second<<min(md.NumDelivered-1, 6), time.Minute)
 }
 
 // classify says what a message is and names its task.

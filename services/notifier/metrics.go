@@ -35,7 +35,7 @@ var latencyBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10,
 func newMetrics(reg prometheus.Registerer, rdb redis.UniversalClient, queues map[string]int) (*metrics, error) {
 	m := &metrics{
 		notices: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "allot_notifier_notices_total", Help: "NOTIFY messages by kind (confirm, usage) and result (enqueued, duplicate, retried, dropped).",
+			Name: "allot_notifier_notices_total", Help: "NOTIFY messages by kind (confirm, usage) and result (enqueued, duplicate, retried, dropped; kind any: given_up_dead_lettered, given_up_failed after max_deliver).",
 		}, []string{"kind", "result"}),
 		tasks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "allot_notifier_tasks_total", Help: "Task runs by type and result (sent, duplicate, retry, dead, done).",

@@ -38,11 +38,13 @@ func (l *Limiter) startHits(ctx context.Context) error {
 	}
 	h := l.cfg.RateLimit.Hits
 	cons, err := js.CreateOrUpdateConsumer(ctx, l.cfg.Streams.Usage, jetstream.ConsumerConfig{
-		Durable:       l.cfg.RateLimit.Consumer,
-		Description:   "allot rate limiter: counts usage events as hits",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       h.AckWait,
-		MaxDeliver:    -1, // transient failures are retried
+		Durable:     l.cfg.RateLimit.Consumer,
+		Description: "allot rate limiter: counts usage events as hits",
+		AckPolicy:   jetstream.AckExplicitPolicy,
+		AckWait:     h.AckWait,
+		// Past it the server gives up on an event; WatchMaxDeliveries
+		// dead-letters it, naming this consumer.
+		MaxDeliver:    h.MaxDeliver,
 		MaxAckPending: h.MaxAckPending,
 		FilterSubject: l.cfg.Subjects.UsageStreamSubject(),
 		// Old events belong to windows long gone: start from now.
@@ -57,7 +59,25 @@ func (l *Limiter) startHits(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ratelimit: %w", err)
 	}
-	l.stopHits = consumer.Start(ctx)
+	subj := l.cfg.Subjects
+	stopWatch, err := service.WatchMaxDeliveries(js, service.MaxDeliveries{
+		Stream: l.cfg.Streams.Usage, Consumer: l.cfg.RateLimit.Consumer, Counted: l.consumerMetrics.MaxDeliveryCounted,
+		DeadLetters: &service.DeadLetters{Subject: func(subject string) string {
+			uid, err := subj.ParseUsage(subject)
+			if err != nil {
+				uid = "_"
+			}
+			return subj.DeadFor(uid)
+		}},
+	}, l.log)
+	if err != nil {
+		return fmt.Errorf("ratelimit: %w", err)
+	}
+	stopConsumer := consumer.Start(ctx)
+	l.stopHits = func(ctx context.Context) error {
+		defer stopWatch()
+		return stopConsumer(ctx)
+	}
 	return nil
 }
 
