@@ -19,6 +19,11 @@ func TestDecodeRequestBadInput(t *testing.T) {
 		{"malformed", `{"metric":`, &CreditRequest{}, "request", "not valid JSON"},
 		{"not an object", `"x"`, &CreditRequest{}, "request", "must be an object"},
 		{"trailing data", `{} {}`, &CreditRequest{}, "request", "found more"},
+		{"null", `null`, &CheckRequest{}, "request", "must be a JSON object (got null)"},
+		{"null with space", ` null `, &CreditRequest{}, "request", "must be a JSON object (got null)"},
+		{"duplicate cost", `{"cost":1,"cost":2}`, &CheckRequest{}, "cost", "given twice"},
+		{"duplicate nested", `{"set":{"m":1,"m":2}}`, &GrantsRequest{}, "set.m", "given twice"},
+		{"duplicate in a list", `{"name":"a","id":"b","endpoints":[],"ipv4":"1.2.3.4","port":1,"name":"c"}`, &RegisterRequest{}, "name", "given twice"},
 		{"unknown field", `{"metrik":"m"}`, &CreditRequest{}, "metrik", "not a known field"},
 		{"bad metric", `{"metric":"a b"}`, &CreditRequest{}, "metric", "must be 1 to 128"},
 		{"metric number", `{"metric":3}`, &CreditRequest{}, "metric", "must be a string"},
@@ -84,7 +89,7 @@ func TestDecodeRequestGood(t *testing.T) {
 		t.Errorf("default cost = %d, want 1", got)
 	}
 	// Any JSON number of an integral value is a cost.
-	for body, want := range map[string]int64{`{"cost":2.0}`: 2, `{"cost":1e6}`: 1e6, `{"cost":-0}`: 0, `{"cost":0.3e1}`: 3, `{"cost":null}`: 1, `null`: 1} {
+	for body, want := range map[string]int64{`{"cost":2.0}`: 2, `{"cost":1e6}`: 1e6, `{"cost":-0}`: 0, `{"cost":0.3e1}`: 3, `{"cost":null}`: 1} {
 		var c CheckRequest
 		if err := DecodeRequest([]byte(body), &c); err != nil || c.CostOrDefault() != want {
 			t.Errorf("%s: cost %d, %v; want %d", body, c.CostOrDefault(), err, want)
