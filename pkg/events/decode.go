@@ -13,8 +13,10 @@ import (
 // CloudEvents extensions and are ignored; unknown fields inside data are
 // refused, since they are almost always a misspelling. Names match
 // exactly, as CloudEvents requires: "ID" is an extension attribute, not
-// the id, and "Value" inside data is an unknown field. When a name
-// appears twice the last value counts, as with encoding/json.
+// the id, and "Value" inside data is an unknown field. A name given
+// twice in the event, in data or in labels is refused ("<name>: given
+// twice"), and so is a null body: which value was meant is not a guess
+// to make.
 func Decode(body []byte, maxBytes int) (Event, error) {
 	return decode(body, maxBytes, false)
 }
@@ -103,6 +105,12 @@ type wireEvent struct {
 	specVersion, id, source, typ, subject, time, dataContentType jsonString
 
 	err error // the first wrong type outside data
+	dup error // the first name given twice; it counts before err
+
+	// The names seen: known ones by bit, others (extension attributes,
+	// unknown data fields) by name.
+	seenTop, seenData uint16
+	extTop, extData   []string
 
 	// The last data member: encoding/json would decode only that one.
 	data     bool // present and not null
@@ -126,6 +134,9 @@ func (d *decoder) document() error {
 		if err := d.end(); err != nil {
 			return err
 		}
+		if d.w.dup != nil {
+			return d.w.dup
+		}
 		return d.w.err
 	}
 	kind, err := d.kind()
@@ -139,7 +150,7 @@ func (d *decoder) document() error {
 		return err
 	}
 	if kind == "null" {
-		return nil // encoding/json leaves everything unset
+		return invalid("event", "must be an object (got null)")
 	}
 	return invalid("event", "must be an object (got %s)", kind)
 }
@@ -153,7 +164,9 @@ func (d *decoder) event() error {
 			return err
 		}
 		var buf [32]byte
-		switch string(key.name(buf[:])) {
+		name := key.name(buf[:])
+		w.once(true, name)
+		switch string(name) {
 		case "specversion":
 			err = d.stringField(&w.specVersion, &w.err, "specversion")
 		case "id":
@@ -181,10 +194,44 @@ func (d *decoder) event() error {
 	return err
 }
 
+// The members the decoder knows, by their bit in seenTop and seenData.
+var (
+	topNames  = []string{"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "data"}
+	dataNames = []string{"metric", "value", "labels"}
+)
+
+// once records that name was seen in the event (top) or in its data,
+// and records in w.dup the first name seen twice.
+func (w *wireEvent) once(top bool, name []byte) {
+	seen, ext, known, prefix := &w.seenData, &w.extData, dataNames, "data."
+	if top {
+		seen, ext, known, prefix = &w.seenTop, &w.extTop, topNames, ""
+	}
+	for i, k := range known {
+		if string(name) == k {
+			if *seen&(1<<i) != 0 && w.dup == nil {
+				w.dup = invalid(prefix+k, "given twice")
+			}
+			*seen |= 1 << i
+			return
+		}
+	}
+	for _, e := range *ext {
+		if e == string(name) {
+			if w.dup == nil {
+				w.dup = invalid(prefix+e, "given twice")
+			}
+			return
+		}
+	}
+	*ext = append(*ext, string(name))
+}
+
 // data reads the data member, forgetting any earlier one.
 func (d *decoder) data() error {
 	w := &d.w
 	w.data, w.dataErr, w.metric, w.value, w.hasValue, w.labels = true, nil, jsonString{}, 0, false, nil
+	w.seenData, w.extData = 0, w.extData[:0]
 	if d.i < len(d.b) {
 		switch d.b[d.i] {
 		case '{':
@@ -206,7 +253,9 @@ func (d *decoder) usage() error {
 			return err
 		}
 		var buf [32]byte
-		switch string(key.name(buf[:])) {
+		name := key.name(buf[:])
+		w.once(false, name)
+		switch string(name) {
 		case "metric":
 			err = d.stringField(&w.metric, &w.dataErr, "data.metric")
 		case "value":
@@ -288,6 +337,9 @@ func (d *decoder) labels() error {
 			return err
 		}
 		k, v := labelText(key, value) // null is ""
+		if _, twice := w.labels[k]; twice && w.dup == nil {
+			w.dup = invalid("data.labels."+k, "given twice")
+		}
 		w.labels[k] = v
 		if more, err = d.next(); err != nil {
 			return err

@@ -6,6 +6,64 @@ import (
 	"time"
 )
 
+// refDuplicates finds, in a valid body, the first name given twice in
+// the event, in its data object or in data's labels object (the objects
+// Decode reads), in document order.
+func refDuplicates(body []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if tok, _ := dec.Token(); tok != json.Delim('{') {
+		return nil
+	}
+	var first error
+	// members reads an object's members after its '{'; into says, per
+	// name, how to read the value (nil: skip it).
+	var members func(prefix string, into func(name string) string) error
+	skip := func() {
+		var v json.RawMessage
+		_ = dec.Decode(&v)
+	}
+	members = func(prefix string, into func(name string) string) error {
+		seen := map[string]bool{}
+		for dec.More() {
+			tok, _ := dec.Token()
+			name := tok.(string)
+			if seen[name] && first == nil {
+				first = invalid(prefix+name, "given twice")
+			}
+			seen[name] = true
+			next := into(name)
+			if next == "" {
+				skip()
+				continue
+			}
+			var raw json.RawMessage
+			_ = dec.Decode(&raw)
+			if bytes.HasPrefix(bytes.TrimSpace(raw), []byte("{")) {
+				sub := json.NewDecoder(bytes.NewReader(raw))
+				saved := dec
+				dec = sub
+				_, _ = dec.Token()
+				_ = members(next, func(n string) string {
+					if next == "data." && n == "labels" {
+						return "data.labels."
+					}
+					return ""
+				})
+				dec = saved
+			}
+		}
+		_, _ = dec.Token()
+		return nil
+	}
+	_ = members("", func(name string) string {
+		if name == "data" {
+			return "data."
+		}
+		return ""
+	})
+	return first
+}
+
 // refWireEvent is the reference decoding shape: pointers and raw fields
 // tell a missing field from a zero one.
 type refWireEvent struct {
@@ -35,6 +93,14 @@ func referenceDecode(body []byte, maxBytes int, draft bool) (Event, error) {
 	}
 	if len(body) > maxBytes {
 		return Event{}, invalid("event", "must be at most %d bytes (got %d)", maxBytes, len(body))
+	}
+	if json.Valid(body) {
+		if bytes.Equal(bytes.TrimSpace(body), []byte("null")) {
+			return Event{}, invalid("event", "must be an object (got null)")
+		}
+		if err := refDuplicates(body); err != nil {
+			return Event{}, err
+		}
 	}
 	var w refWireEvent
 	if err := json.Unmarshal(body, &w); err != nil {

@@ -26,6 +26,18 @@ func decodeSeeds() []string {
 		strings.ReplaceAll(valid, `,`, " ,\n\t"), strings.ReplaceAll(valid, `:`, " : "),
 		// Extension attributes of every type, nested.
 		replace(`"data":`, `"traceparent":"00-abc","data":`),
+		// Names given twice: refused, first one in document order.
+		replace(`"data":`, `"id":"b","data":`),
+		replace(`"data":`, `"ext":1,"ext":2,"data":`),
+		replace(`"data":`, `"ext":{"a":1,"a":2},"data":`),
+		replace(`"value":1`, `"value":1,"value":2`),
+		replace(`"value":1`, `"value":1,"valeu":1,"valeu":2`),
+		replace(`"region":"eu"`, `"region":"eu","region":"us"`),
+		replace(`"value":1`, `"value":"x","value":2`),
+		replace(`"data":`, `"id":5,"data":`),
+		replace(`"data":`, `"data":null,"data":`),
+		replace(`"labels":`, `"labels":null,"labels":`),
+		replace(`"id":`, `"\u0069d":"x","id":`),
 		replace(`"data":`, `"ext":{"a":[1,-2.5e+3,true,false,null,{"b":{}},[],""]},"n":null,"t":true,"f":false,"x":-0.0E-0,"data":`),
 		replace(`"data":`, `"ext":[[[[[[[[[[]]]]]]]]]],"data":`),
 		replace(`"data":`, `"ext":[1 2],"data":`),
@@ -319,6 +331,31 @@ func TestDecodeDepthLimit(t *testing.T) {
 	}
 	if _, ref := referenceDecode(nest(10000), 1<<20, false); ref == nil {
 		t.Errorf("the reference accepts depth 10001")
+	}
+}
+
+// A null body and a name given twice are refused, each with its own
+// error, by Decode and the reference alike.
+func TestDecodeNullAndDuplicates(t *testing.T) {
+	valid := string(sampleEvent().AppendJSON(nil))
+	replace := func(old, new string) string { return strings.Replace(valid, old, new, 1) }
+	for body, want := range map[string]string{
+		`null`:   "event: must be an object (got null)",
+		` null `: "event: must be an object (got null)",
+		replace(`"data":`, `"id":"b","data":`):                           "id: given twice",
+		replace(`"data":`, `"traceparent":"a","traceparent":"b","data":`): "traceparent: given twice",
+		replace(`"value":1`, `"value":1,"value":2`):                       "data.value: given twice",
+		replace(`"region":"eu"`, `"region":"eu","region":"us"`):           "data.labels.region: given twice",
+		replace(`"data":`, `"data":null,"data":`):                         "data: given twice",
+		replace(`"value":1`, `"value":"x","value":2`):                     "data.value: given twice",
+	} {
+		_, err := Decode([]byte(body), 0)
+		if err == nil || err.Error() != want || !errors.Is(err, ErrInvalid) {
+			t.Errorf("Decode(%q) = %v, want %s", body, err, want)
+		}
+		if _, ref := referenceDecode([]byte(body), 0, false); ref == nil || ref.Error() != want {
+			t.Errorf("reference(%q) = %v, want %s", body, ref, want)
+		}
 	}
 }
 

@@ -154,6 +154,18 @@ func (s Subjects) ReservedUIDs() []string {
 	return reserved
 }
 
+// startsPrefix reports whether <usage>.<tok> starts another prefix,
+// without allocating: every event's uid is checked.
+func (s Subjects) startsPrefix(tok string) bool {
+	for _, p := range [...]string{s.Dead, s.Meter, s.RateLimit, s.Registry, s.Notify} {
+		rest, ok := strings.CutPrefix(p, s.Usage+".")
+		if first, _, _ := strings.Cut(rest, "."); ok && first == tok {
+			return true
+		}
+	}
+	return false
+}
+
 // ValidateUID checks a uid: a token, and none of [Subjects.ReservedUIDs].
 // Every place a uid enters (a publisher, the client, an endpoint's
 // subject, the meter's parse of an event's subject) asks it.
@@ -165,7 +177,7 @@ func (s Subjects) ValidateUID(field, uid string) error {
 }
 
 func (s Subjects) reserved(field, uid string) error {
-	if !slices.Contains(s.ReservedUIDs(), uid) {
+	if uid != ReservedUID && !s.startsPrefix(uid) {
 		return nil
 	}
 	if strings.HasPrefix(s.Dead, s.Usage+"."+uid) || uid == ReservedUID {
