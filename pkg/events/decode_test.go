@@ -340,9 +340,9 @@ func TestDecodeNullAndDuplicates(t *testing.T) {
 	valid := string(sampleEvent().AppendJSON(nil))
 	replace := func(old, new string) string { return strings.Replace(valid, old, new, 1) }
 	for body, want := range map[string]string{
-		`null`:   "event: must be an object (got null)",
-		` null `: "event: must be an object (got null)",
-		replace(`"data":`, `"id":"b","data":`):                           "id: given twice",
+		`null`:                                 "event: must be an object (got null)",
+		` null `:                               "event: must be an object (got null)",
+		replace(`"data":`, `"id":"b","data":`): "id: given twice",
 		replace(`"data":`, `"traceparent":"a","traceparent":"b","data":`): "traceparent: given twice",
 		replace(`"value":1`, `"value":1,"value":2`):                       "data.value: given twice",
 		replace(`"region":"eu"`, `"region":"eu","region":"us"`):           "data.labels.region: given twice",
