@@ -521,11 +521,11 @@ func TestEndpointRefusedBeforeTheWire(t *testing.T) {
 		{[]string{"grants", "-uid", "u-1", "-set", "m=5", "-unset", "m"}, 1, `allot grants: unset: metric "m" is both set and unset`},
 		{[]string{"grants", "-uid", "u 1"}, 1, "allot grants: uid: must be"},
 
-		{[]string{"check", "-uid", "u-1", "-cost", "-1"}, 1, "allot check: cost: must be an integer from 0 to 1000000 (got -1)"},
-		{[]string{"check", "-uid", "u-1", "-cost", "1000001"}, 1, "allot check: cost: must be an integer from 0 to 1000000 (got 1000001)"},
-		{[]string{"check", "-uid", "u-1", "-cost", "1e308"}, 1, "allot check: cost: must be an integer from 0 to 1000000 (got 1e+308)"},
+		{[]string{"check", "-uid", "u-1", "-cost", "-1"}, 1, "allot check: cost: must be a whole number from 0 to 1000000 (got -1)"},
+		{[]string{"check", "-uid", "u-1", "-cost", "1000001"}, 1, "allot check: cost: must be a whole number from 0 to 1000000 (got 1000001)"},
+		{[]string{"check", "-uid", "u-1", "-cost", "1e308"}, 1, "allot check: cost: must be a whole number from 0 to 1000000 (got 1e+308)"},
 		{[]string{"check", "-uid", "u-1", "-cost", "lots"}, 2, `invalid value "lots" for flag -cost: not a number`},
-		{[]string{"check", "-uid", "u-1", "-cost", "1.5"}, 1, "allot check: cost: must be an integer from 0 to 1000000 (got 1.5)"},
+		{[]string{"check", "-uid", "u-1", "-cost", "1.5"}, 1, "allot check: cost: must be a whole number from 0 to 1000000 (got 1.5)"},
 		{[]string{"check", "-uid", "u-1", "-service", "a*"}, 1, "allot check: service: must be 1 to 128"},
 		{[]string{"check", "-uid", "*"}, 1, "allot check: uid: must be"},
 

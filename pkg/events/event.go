@@ -294,7 +294,7 @@ func jsonError(prefix, whole string, err error, ranges func(field string) (Range
 			case kind == reflect.Float64 || kind == reflect.Float32:
 				return literalError(field, literal, ValueRange)
 			case kind >= reflect.Int && kind <= reflect.Uint64:
-				return invalid(field, "must be an integer from %d to %d (got %s)", minOf(kind), maxOf(kind), quoteNumber(literal))
+				return invalid(field, "must be a whole number from %d to %d (got %s)", minOf(kind), maxOf(kind), quoteNumber(literal))
 			}
 		}
 		return invalid(field, "must be %s (got %s)", jsonKind(typeErr.Type.Kind().String()), typeErr.Value)

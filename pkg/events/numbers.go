@@ -124,7 +124,7 @@ func numberRule(v float64, r Range) string {
 func (r Range) text() string {
 	kind := "a number"
 	if r.Integer {
-		kind = "an integer"
+		kind = "a whole number"
 	}
 	return "must be " + kind + " from " + boundText(r.Min) + " to " + boundText(r.Max)
 }
