@@ -20,6 +20,9 @@
 //	allot:{u-42}:rl:<service>:1      HASH  ... and for odd ones; w window index, n count admitted
 //	allot:{u-42}:rlu:0, :1           HASH  the same for the uid's own limit (requests naming no service)
 //	allot:{u-42}:rle:<service>:<id>  STRING dedup record of a usage event counted as a hit of a service
+//	allot:{d.<descriptor id>}:rld:0, :1  HASH  the same for an Envoy descriptor's limit (gRPC front;
+//	                                       DescriptorID escapes the domain and entries, so ids never collide)
+//	allot:{d.<descriptor id>}:rldo   HASH  reserved for a descriptor's overrides (never written yet)
 //	allot:{registry}:inst:<name>:<id> STRING one registered instance: its ciphertext, expiring (PX) after registry.ttl
 //	allot:{registry}:expiry          ZSET  <name>:<id> -> when that instance expires (ms, Redis clock), for the reaper
 //	allot:{registry}:ids             HASH  instance id -> the service name that holds it (a duplicate id is refused)

@@ -67,6 +67,8 @@ type Settings struct {
 	// Services are the rate-limited services, by name. A check naming a
 	// service not listed here is a 404.
 	Services map[string]Service `yaml:"services"`
+	// GRPC is the Envoy rate limit service front (grpcconfig.go).
+	GRPC GRPCSettings `yaml:"grpc"`
 }
 
 // Service is the rate limit of one service.
@@ -105,6 +107,7 @@ func DefaultSettings() Settings {
 		Timeout:   50 * time.Millisecond,
 		Consumer:  "ratelimit",
 		Hits:      service.DefaultConsumerTuning(),
+		GRPC:      DefaultGRPCSettings(),
 	}
 }
 
@@ -216,6 +219,7 @@ func (s Settings) Validate(catalog usage.Catalog, duplicates time.Duration) erro
 			add(field+".limit", "must be between 0 and %d, got %d", MaxLimit, *svc.Limit)
 		}
 	}
+	errs = append(errs, s.validateGRPC())
 	return errors.Join(errs...)
 }
 

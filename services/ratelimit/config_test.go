@@ -17,7 +17,7 @@ func TestRateLimitDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Settings{Interval: 300 * time.Second, Mode: ModeFixed, Handlers: 2, Pipelines: 2, Timeout: 50 * time.Millisecond, Consumer: "ratelimit",
-		Hits: service.DefaultConsumerTuning()}
+		Hits: service.DefaultConsumerTuning(), GRPC: GRPCSettings{MaxRecvBytes: 1 << 20, MaxDescriptors: 64, MaxHitsAddend: 1<<31 - 1, ResponseHeaders: true}}
 	if diff := cmp.Diff(want, cfg.RateLimit); diff != "" {
 		t.Errorf("defaults (-want +got):\n%s", diff)
 	}

@@ -149,6 +149,7 @@ type Limiter struct {
 	clock     func() time.Time
 	failOpen  failOpenLog
 	endpoints *service.Endpoints
+	grpc      *grpcFront // the Envoy gRPC front (grpc.go)
 	stopOnce  sync.Once
 
 	// The hit worker, when some service counts usage events.
@@ -190,6 +191,9 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Limiter, error) {
 	if l.metrics, err = newMetrics(deps.Registerer); err != nil {
 		return nil, fmt.Errorf("ratelimit: %w", err)
 	}
+	if l.grpc, err = newGRPCFront(l, deps.Registerer); err != nil {
+		return nil, fmt.Errorf("ratelimit: %w", err)
+	}
 	if len(cfg.RateLimit.HitServices()) > 0 {
 		if l.consumerMetrics, err = service.NewConsumerMetrics(deps.Registerer, "allot_ratelimit_hits", "Usage events counted as hits"); err != nil {
 			return nil, fmt.Errorf("ratelimit: %w", err)
@@ -211,7 +215,12 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Limiter, error) {
 		l.stopEndpoints()
 		return nil, err
 	}
+	if err := l.grpc.start(); err != nil {
+		l.stopEndpoints()
+		return nil, err
+	}
 	if err := l.startHits(ctx); err != nil {
+		l.grpc.stop()
 		l.stopEndpoints()
 		return nil, err
 	}
@@ -226,6 +235,7 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Limiter, error) {
 func (l *Limiter) Stop(ctx context.Context) error {
 	var err error
 	l.stopOnce.Do(func() {
+		l.grpc.stop()
 		l.stopEndpoints()
 		if l.stopHits != nil {
 			err = l.stopHits(ctx)

@@ -146,6 +146,22 @@ type CheckOp struct {
 	UID   string
 	Limit Limit
 	Cost  int64
+	// Descriptor, when set, is the keys.DescriptorID of an Envoy
+	// descriptor whose windows the op spends instead of uid's: UID is then
+	// unused, Limit.Configured must be set (a descriptor has no grants)
+	// and Limit.Service only names the op in errors.
+	Descriptor string
+}
+
+// keysOf returns the three keys of op's script call: its two windows and
+// the HASH of its overrides (a uid's grants), all in one slot.
+func (s *Store) keysOf(op CheckOp) (even, odd, overrides string) {
+	if op.Descriptor != "" {
+		even, odd = s.keys.RateLimitDescriptor(op.Descriptor)
+		return even, odd, s.keys.RateLimitDescriptorOverrides(op.Descriptor)
+	}
+	even, odd = s.keys.RateLimit(op.UID, op.Limit.Service)
+	return even, odd, s.keys.Grants(op.UID)
 }
 
 // CheckMany decides ops in one round trip, in order, as Check decides
@@ -206,8 +222,8 @@ func (s *Store) checkBatch(ctx context.Context, ops []CheckOp, now int64, ds []D
 	args := make([]any, 1, 1+6*len(ops))
 	args[0] = now
 	for _, op := range ops {
-		even, odd := s.keys.RateLimit(op.UID, op.Limit.Service)
-		keyList = append(keyList, even, odd, s.keys.Grants(op.UID))
+		even, odd, overrides := s.keysOf(op)
+		keyList = append(keyList, even, odd, overrides)
 		args = append(args, op.Limit.Interval.Milliseconds(), op.Limit.Mode, op.Cost,
 			keys.RateLimitField(op.Limit.Service), op.Limit.Configured, op.Limit.DefaultGrant)
 	}
@@ -294,8 +310,8 @@ func (s *Store) checkPipeline(ctx context.Context, ops []CheckOp, which []int, n
 	cmds := make([]*redis.Cmd, len(which))
 	for j, i := range which {
 		op := ops[i]
-		even, odd := s.keys.RateLimit(op.UID, op.Limit.Service)
-		cmds[j] = s.check.EvalSha(ctx, pipe, []string{even, odd, s.keys.Grants(op.UID)},
+		even, odd, overrides := s.keysOf(op)
+		cmds[j] = s.check.EvalSha(ctx, pipe, []string{even, odd, overrides},
 			now, op.Limit.Interval.Milliseconds(), op.Limit.Mode, op.Cost, keys.RateLimitField(op.Limit.Service), op.Limit.Configured, op.Limit.DefaultGrant)
 	}
 	_, execErr := pipe.Exec(ctx)
