@@ -294,7 +294,7 @@ func testDev(t *testing.T, open bool) {
 	defer cancel()
 	var out, errOut syncBuffer
 	done := make(chan int, 1)
-	args := []string{"dev", "-nats-addr", "127.0.0.1:0", "-http", "127.0.0.1:0", "-smtp", "127.0.0.1:0"}
+	args := []string{"dev", "-nats-addr", "127.0.0.1:0", "-http", "127.0.0.1:0", "-smtp", "127.0.0.1:0", "-grpc", "127.0.0.1:0"}
 	if open {
 		args = append(args, "-no-auth")
 	}
@@ -345,6 +345,25 @@ func testDev(t *testing.T, open bool) {
 	}
 	if r := runCLI(t, env, "", "tail", "-n", "1"); r.code != 0 || !strings.Contains(r.stdout, "usage.u-42") {
 		t.Fatalf("tail on dev: %+v", r)
+	}
+	// The Envoy RLS front spends the very window ratelimit.check uses.
+	grpcAddr := regexp.MustCompile(`grpc\s+(127\.0\.0\.1:\d+) \(Envoy RLS\)`).FindStringSubmatch(out.String())
+	if grpcAddr == nil {
+		t.Fatalf("the banner names no gRPC address:\n%s", out.String())
+	}
+	if r := runCLI(t, env, "", "check", "-grpc", grpcAddr[1], "-descriptor", "uid=u-9", "-hits", "499"); r.code != 0 ||
+		!strings.Contains(r.stdout, "descriptor 0: OK, 1 of 500 per unknown left") || !strings.Contains(r.stdout, "x-ratelimit-remaining: 1") {
+		t.Errorf("check -grpc: %+v", r)
+	}
+	if r := runCLI(t, env, "", "check", "-uid", "u-9", "-cost", "0"); r.code != 0 || !strings.Contains(r.stdout, "1 of 500 left") {
+		t.Errorf("check over NATS after gRPC: %+v", r)
+	}
+	if r := runCLI(t, env, "", "check", "-grpc", grpcAddr[1], "-domain", "allot", "-descriptor", "uid=u-9", "-hits", "2"); r.code != 1 ||
+		!strings.Contains(r.stdout, "OVER_LIMIT") || !strings.Contains(r.stderr, "denied") {
+		t.Errorf("check -grpc over the limit: %+v", r)
+	}
+	if r := runCLI(t, env, "", "check", "-grpc", grpcAddr[1], "-domain", "nope", "-descriptor", "uid=u-9"); r.code != 1 || !strings.Contains(r.stderr, "NotFound") {
+		t.Errorf("check -grpc, unknown domain: %+v", r)
 	}
 	if open && strings.Contains(out.String(), "admin key") {
 		t.Errorf("-no-auth printed keys:\n%s", out.String())
@@ -457,7 +476,7 @@ func TestDevHTTPAddr(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			addr := free()
 			env := tc.env(addr)
-			args := []string{"dev", "-nats-addr", "127.0.0.1:0", "-smtp", "127.0.0.1:0"}
+			args := []string{"dev", "-nats-addr", "127.0.0.1:0", "-smtp", "127.0.0.1:0", "-grpc", "127.0.0.1:0"}
 			if tc.args != nil {
 				args = append(args, tc.args(addr)...)
 			}
@@ -541,7 +560,7 @@ func TestMain(m *testing.M) {
 // Ctrl-C (SIGINT) stops the real allot dev process cleanly, with exit
 // status 0, so "make run" ends without an error.
 func TestDevInterrupt(t *testing.T) {
-	cmd := exec.Command(os.Args[0], "-test.run=^$", "--", "dev", "-nats-addr", "127.0.0.1:0", "-http", "127.0.0.1:0", "-smtp", "127.0.0.1:0")
+	cmd := exec.Command(os.Args[0], "-test.run=^$", "--", "dev", "-nats-addr", "127.0.0.1:0", "-http", "127.0.0.1:0", "-smtp", "127.0.0.1:0", "-grpc", "127.0.0.1:0")
 	cmd.Env = []string{"ALLOT_TEST_MAIN=1", "HOME=" + t.TempDir(), "TMPDIR=" + t.TempDir()}
 	var out, errOut syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut

@@ -62,6 +62,7 @@ func runDev(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) e
 	sf.Register(fs)
 	natsAddr := fs.String("nats-addr", "127.0.0.1:4222", "where the embedded NATS listens; a free port is used when it is taken")
 	httpAddr := fs.String("http", "", "where /metrics, /healthz and /readyz listen (default: ALLOT_HTTP_ADDR or http.addr when set, else "+devHTTPAddr+")")
+	grpcAddr := fs.String("grpc", "", "where the rate limiter's Envoy RLS front (gRPC) listens (default: ratelimit.grpc.listen when set, else 127.0.0.1:8081); a free port is used when it is taken")
 	smtpAddr := fs.String("smtp", "127.0.0.1:1025", "where the mail sink listens, unless notifier.smtp names a real server")
 	storeDir := fs.String("data", "", "keep the embedded JetStream in this directory (default: a temporary one, removed at exit)")
 	noAuth := fs.Bool("no-auth", false, "run the embedded NATS open, as before access control: any client may publish and ask anything (never outside a laptop)")
@@ -142,6 +143,7 @@ func runDev(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) e
 		NATSAddr:      *natsAddr,
 		HTTPAddr:      addr,
 		SMTPAddr:      *smtpAddr,
+		GRPCAddr:      *grpcAddr,
 		StoreDir:      *storeDir,
 		Log:           log,
 	})
@@ -173,6 +175,7 @@ func printBanner(env *cliEnv, st *devstack.Stack, notes []string) {
 	fmt.Fprintf(w, "  NATS      %s %s\n", st.NATSURL, natsNote)
 	fmt.Fprintf(w, "  Redis     %s\n", st.RedisURL)
 	fmt.Fprintf(w, "  HTTP      %s/metrics  %s/healthz  %s/readyz\n", st.HTTPURL, st.HTTPURL, st.HTTPURL)
+	fmt.Fprintf(w, "  grpc      %s (Envoy RLS)\n", st.GRPCAddr)
 	if st.SMTPAddr != "" {
 		fmt.Fprintf(w, "  mail      smtp://%s, shown at %s/dev/mail\n", st.SMTPAddr, st.HTTPURL)
 	}

@@ -529,8 +529,8 @@ func TestEndpointRefusedBeforeTheWire(t *testing.T) {
 		{[]string{"check", "-uid", "u-1", "-service", "a*"}, 1, "allot check: service: must be 1 to 128"},
 		{[]string{"check", "-uid", "*"}, 1, "allot check: uid: must be"},
 
-		{[]string{"ratelimit"}, 2, "allot ratelimit: missing subcommand (reset)"},
-		{[]string{"ratelimit", "frob"}, 2, `allot ratelimit: unknown subcommand "frob" (want reset)`},
+		{[]string{"ratelimit"}, 2, "allot ratelimit: missing subcommand (reset, import-envoy)"},
+		{[]string{"ratelimit", "frob"}, 2, `allot ratelimit: unknown subcommand "frob" (want reset, import-envoy)`},
 		{[]string{"ratelimit", "-uid", "u-1", "reset"}, 2, "allot ratelimit: flag -uid before the subcommand"},
 		{[]string{"ratelimit", "reset"}, 2, "allot ratelimit: reset: -uid is required"},
 		{[]string{"ratelimit", "reset", "-uid", "u-1", "-cost", "1"}, 2, "allot ratelimit: reset: flag provided but not defined: -cost"},

@@ -20,7 +20,8 @@ Manages the rate limiter's state. To ask whether a call may go ahead, use
 'allot check'.
 
 Subcommands:
-  reset   clear a user's window for a service, so the full limit is available again
+  reset          clear a user's window for a service, so the full limit is available again
+  import-envoy   check envoyproxy/ratelimit config files for the Envoy RLS front
 
 Run 'allot ratelimit <subcommand> -h' for its flags.
 
@@ -50,7 +51,7 @@ Examples:
   allot ratelimit reset -uid u-42 -service upload
   allot ratelimit reset -uid u-42`,
 		run: runRatelimitReset,
-	}}
+	}, {name: "import-envoy", usage: importEnvoyUsage, run: runImportEnvoy}}
 }
 
 func runRatelimit(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []string) error {

@@ -400,7 +400,7 @@ func (s *session) startDev(c transcriptCommand, out io.Writer) []string {
 	d := &devProcess{cancel: cancel, done: make(chan int, 1), out: &syncBuffer{}, log: &syncBuffer{}}
 	s.dev = d
 	go func() {
-		d.done <- run(ctx, []string{"dev", "-nats-addr", "127.0.0.1:0", "-http", "127.0.0.1:0", "-smtp", "127.0.0.1:0"}, &cliEnv{
+		d.done <- run(ctx, []string{"dev", "-nats-addr", "127.0.0.1:0", "-http", "127.0.0.1:0", "-smtp", "127.0.0.1:0", "-grpc", "127.0.0.1:0"}, &cliEnv{
 			stdin: strings.NewReader(""), stdout: d.out, stderr: d.log,
 			getenv: func(k string) string { return s.env[k] },
 			self:   "bin/allot",

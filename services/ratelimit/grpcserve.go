@@ -185,11 +185,10 @@ func (f *grpcFront) plan(root *envoyNode, req *rlv3.RateLimitRequest) ([]plan, [
 			continue // counted; answered from the cache again when replying
 		}
 		pl.op = len(ops)
-		op := store.CheckOp{UID: p.uid, Limit: p.lim, Cost: cost}
 		if !r.uid {
-			op.Descriptor = descriptorID(req.GetDomain(), pl.entries)
+			pl.p.lim.Descriptor = descriptorID(req.GetDomain(), pl.entries)
 		}
-		ops = append(ops, op)
+		ops = append(ops, store.CheckOp{UID: pl.p.uid, Limit: pl.p.lim, Cost: cost})
 	}
 	return plans, ops, nil
 }

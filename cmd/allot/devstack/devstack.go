@@ -56,6 +56,10 @@ type Options struct {
 	// SMTPAddr is where the mail sink listens (default 127.0.0.1:1025,
 	// with the same fallback as NATSAddr).
 	SMTPAddr string
+	// GRPCAddr is where the rate limiter's Envoy RLS front listens
+	// (default ratelimit.grpc.listen when set, else 127.0.0.1:8081, with
+	// the same fallback as NATSAddr; port 0 picks a free one).
+	GRPCAddr string
 	// Auth, when set, turns access control on for the embedded NATS: the
 	// server hands every connection to the auth service (auth callout),
 	// which runs here with this config; the services connect with a key
@@ -76,6 +80,7 @@ type Stack struct {
 	StoreDir string // the JetStream directory, when embedded
 	SMTPAddr string // the mail sink's address; empty with ExternalSMTP
 	Asynqmon bool   // asynqmon is mounted at HTTPURL/asynqmon/
+	GRPCAddr string // the rate limiter's Envoy RLS front (gRPC)
 	Notes    []string
 
 	NATS     *nats.Conn
@@ -232,6 +237,29 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 		}
 	}
 	s.mountAsynqmon(cfg, opts, log)
+
+	// The rate limiter's Envoy RLS front is on in dev, on envoyproxy/
+	// ratelimit's usual port unless the config names another.
+	grpcAddr := opts.GRPCAddr
+	switch {
+	case grpcAddr != "":
+	case sec.RateLimit.GRPC.Listen != "":
+		grpcAddr = sec.RateLimit.GRPC.Listen
+	default:
+		grpcAddr = "127.0.0.1:8081"
+	}
+	grpcAddr, note = freeAddr(grpcAddr, "gRPC")
+	if _, port, err := net.SplitHostPort(grpcAddr); err == nil && port == "0" {
+		// The banner names the port: pick it now.
+		if l, err := net.Listen("tcp", grpcAddr); err == nil {
+			grpcAddr = l.Addr().String()
+			_ = l.Close()
+		}
+	}
+	if note != "" {
+		s.Notes = append(s.Notes, note)
+	}
+	sec.RateLimit.GRPC.Listen, s.GRPCAddr = grpcAddr, grpcAddr
 
 	// The allot services, each through the same start its own binary's
 	// Run calls, with this process's configuration.

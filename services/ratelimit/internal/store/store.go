@@ -121,6 +121,11 @@ type Limit struct {
 	Configured int64
 	// DefaultGrant is the configured default of the "ratelimit" grant.
 	DefaultGrant int64
+	// Descriptor, when set, is the keys.DescriptorID of an Envoy
+	// descriptor (the gRPC front) whose windows are spent instead of a
+	// uid's: the op's UID is then unused, Configured must be set (a
+	// descriptor has no grants) and Service should be "".
+	Descriptor string
 }
 
 // Decision is the outcome of one check.
@@ -146,19 +151,14 @@ type CheckOp struct {
 	UID   string
 	Limit Limit
 	Cost  int64
-	// Descriptor, when set, is the keys.DescriptorID of an Envoy
-	// descriptor whose windows the op spends instead of uid's: UID is then
-	// unused, Limit.Configured must be set (a descriptor has no grants)
-	// and Limit.Service only names the op in errors.
-	Descriptor string
 }
 
 // keysOf returns the three keys of op's script call: its two windows and
 // the HASH of its overrides (a uid's grants), all in one slot.
 func (s *Store) keysOf(op CheckOp) (even, odd, overrides string) {
-	if op.Descriptor != "" {
-		even, odd = s.keys.RateLimitDescriptor(op.Descriptor)
-		return even, odd, s.keys.RateLimitDescriptorOverrides(op.Descriptor)
+	if d := op.Limit.Descriptor; d != "" {
+		even, odd = s.keys.RateLimitDescriptor(d)
+		return even, odd, s.keys.RateLimitDescriptorOverrides(d)
 	}
 	even, odd = s.keys.RateLimit(op.UID, op.Limit.Service)
 	return even, odd, s.keys.Grants(op.UID)
