@@ -63,6 +63,11 @@ descriptors:
 // grpcEnv starts a rate limiter with its gRPC front on a free port,
 // serving edgeConfig beside the default domain, and a client to it.
 func grpcEnv(t *testing.T, edit func(*Config)) (*env, rlv3.RateLimitServiceClient, *grpc.ClientConn) {
+	return grpcEnvOn(t, edit, startEnv)
+}
+
+// grpcEnvOn is grpcEnv with start starting the rate limiter.
+func grpcEnvOn(t *testing.T, edit func(*Config), start func(*testing.T, Config) *env) (*env, rlv3.RateLimitServiceClient, *grpc.ClientConn) {
 	t.Helper()
 	cfg := testConfig()
 	cfg.RateLimit.GRPC.Listen = "127.0.0.1:0"
@@ -74,7 +79,7 @@ func grpcEnv(t *testing.T, edit func(*Config)) (*env, rlv3.RateLimitServiceClien
 	if edit != nil {
 		edit(&cfg)
 	}
-	e := startEnv(t, cfg)
+	e := start(t, cfg)
 	rls, conn := dialGRPC(t, e.lim.GRPCAddr())
 	return e, rls, conn
 }
@@ -113,10 +118,10 @@ func headers(limit, remaining, reset string) []*corev3.HeaderValue {
 // TestGRPCSharesUIDWindow spends a uid's whole limit (the "ratelimit"
 // grant, 500) through the gRPC front; ratelimit.check.<uid> over NATS
 // then finds that very window empty, and the next gRPC hit is over.
-func TestGRPCSharesUIDWindow(t *testing.T) { testGRPCSharesUIDWindow(t, nil) }
+func TestGRPCSharesUIDWindow(t *testing.T) { testGRPCSharesUIDWindow(t, startEnv) }
 
-func testGRPCSharesUIDWindow(t *testing.T, edit func(*Config)) {
-	e, rls, _ := grpcEnv(t, edit)
+func testGRPCSharesUIDWindow(t *testing.T, start func(*testing.T, Config) *env) {
+	e, rls, _ := grpcEnvOn(t, nil, start)
 	req := &rlv3.RateLimitRequest{Domain: "allot", Descriptors: []*rlcommon.RateLimitDescriptor{desc("uid", "u-500")}}
 	for i := range 500 {
 		resp, err := rls.ShouldRateLimit(t.Context(), req)
