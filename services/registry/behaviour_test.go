@@ -9,6 +9,8 @@ import (
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/mutex"
+	"github.com/allot/allot/services/registry/internal/crypt"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/prometheus/client_golang/prometheus"
@@ -403,7 +405,12 @@ func testDeregister(t *testing.T, bf backendFunc) {
 
 func testRefresh(t *testing.T, bf backendFunc) {
 	e := newEnv(t, bf)
-	e.start(e.config(testKey), nil)
+	cfg := e.config(testKey)
+	// Another replica holds the reaper's lock, so the refresh below is the
+	// only reaper: this registry's own would run at its reap_interval,
+	// which equals the TTL here, and on a slow machine reaped "gone" first.
+	holdReaperLock(t, e, cfg)
+	e.start(cfg, nil)
 	ch := e.changes()
 	ctx := t.Context()
 	a, b := media("a", "https://a.example", "albums", "photos"), media("b", "https://b.example", "photos")
@@ -453,4 +460,24 @@ func testRefresh(t *testing.T, bf backendFunc) {
 	if code := msg.Header.Get("Nats-Service-Error-Code"); code != "400" {
 		t.Errorf("bad refresh body: code %q, body %s", code, msg.Data)
 	}
+}
+
+// holdReaperLock takes the reaper's lock for cfg's registry, as another
+// replica would, until the test ends.
+func holdReaperLock(t *testing.T, e *env, cfg Config) {
+	t.Helper()
+	sealer, err := crypt.New(string(cfg.Registry.Keys[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	locker, err := mutex.New(e.b.rdb, mutex.Options{Prefix: cfg.Redis.KeyPrefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Registry{sealer: sealer}
+	l, err := locker.TryAcquire(t.Context(), r.lockName(), mutex.LockOptions{TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Release(context.Background()) })
 }
