@@ -4,17 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 
-	"github.com/allot/allot/pkg/events"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 )
 
 // BatchFunc serves requests that arrived together, so that one Redis
 // round trip can answer all of them. It must answer every request, and
-// may do so from its own goroutine: the requests are detached from the
-// micro handler that received them.
+// may do so from any goroutine.
 type BatchFunc func(reqs []micro.Request)
 
 // Batching defaults: requests per batch, and pending requests an
@@ -30,48 +27,20 @@ const (
 // and adds one goroutine hand-off; under heavy load the batches grow, and
 // Redis sees a few pipelines instead of a round trip per request. Fewer
 // concurrent round trips is what makes a 2-core machine with NATS and
-// Redis on it go faster, measured in the services' benchmarks.
+// Redis on it go faster, measured in the services' benchmarks. Each
+// request is recorded when the batch function answers it (request.go),
+// so the endpoint's stats and histogram see the time it waited too.
 type batcher struct {
-	nc    *nats.Conn
 	serve BatchFunc
 	max   int
-	queue chan micro.Request
-
-	mu     sync.RWMutex // guards closed against sends on a closed queue
-	closed bool
-	done   sync.WaitGroup
+	queue <-chan *request // closed by the endpoint's stop
 	// observe, when set, is told each batch's size.
 	observe func(n int)
 }
 
-func newBatcher(nc *nats.Conn, serve BatchFunc, pipelines, maxBatch int, observe func(int)) *batcher {
-	b := &batcher{nc: nc, serve: serve, max: maxBatch, queue: make(chan micro.Request, batchQueue), observe: observe}
-	if b.max < 1 {
-		b.max = DefaultMaxBatch
-	}
-	for range max(pipelines, 1) {
-		b.done.Add(1)
-		go b.run()
-	}
-	return b
-}
-
-// handle is the micro handler: it queues a detached copy of req.
-func (b *batcher) handle(req micro.Request) {
-	r := &Detached{nc: b.nc, subject: req.Subject(), reply: req.Reply(), data: req.Data(), headers: req.Headers()}
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	if b.closed {
-		// The endpoint has stopped; a subscription being drained can
-		// still deliver. Say so rather than leave the caller to time out.
-		_ = events.RespondError(r, events.NewServiceError(events.CodeUnavailable, "", "shutting down"))
-		return
-	}
-	b.queue <- r
-}
-
+// run is one pipeline: it serves batches until the queue is closed and
+// empty.
 func (b *batcher) run() {
-	defer b.done.Done()
 	batch := make([]micro.Request, 0, b.max)
 	for req := range b.queue {
 		batch = append(batch[:0], req)
@@ -95,24 +64,9 @@ func (b *batcher) run() {
 	}
 }
 
-// stop answers what is queued and returns once every pipeline is idle;
-// later requests get a 503.
-func (b *batcher) stop() {
-	b.mu.Lock()
-	if !b.closed {
-		b.closed = true
-		close(b.queue)
-	}
-	b.mu.Unlock()
-	b.done.Wait()
-}
-
-// Detached is a request taken out of its micro handler, to be answered
-// later from another goroutine. It answers on the connection directly:
-// micro's own request records a failed answer where the handler's
-// bookkeeping reads it, which races once the handler has returned. So
-// micro's $SRV.STATS count a batched endpoint's requests, but not its
-// errors or processing time; the services' Prometheus metrics have both.
+// Detached is a request that answers on the connection directly and
+// records nothing: what a test hands a service's batch function to serve
+// it without its endpoints.
 type Detached struct {
 	nc             *nats.Conn
 	subject, reply string

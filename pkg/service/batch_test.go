@@ -110,7 +110,7 @@ func TestBatchedEndpointGathersWhatArrivesWhileBusy(t *testing.T) {
 	}
 	rest := send(t, nc, bodies)
 	// Wait until the server has delivered all of them into the queue:
-	// the micro handlers' request counts say so.
+	// the requests in flight in $SRV.STATS say so.
 	deadline := time.Now().Add(5 * time.Second)
 	for queued(t, nc) < 21 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
@@ -137,8 +137,8 @@ func TestBatchedEndpointGathersWhatArrivesWhileBusy(t *testing.T) {
 	}
 }
 
-// queued sums the requests the echo service's instances have taken in,
-// from $SRV.STATS.
+// queued sums the requests the echo service's instances have taken in
+// and not answered yet, from the data of $SRV.STATS.
 func queued(t *testing.T, nc *nats.Conn) int {
 	t.Helper()
 	inbox := nats.NewInbox()
@@ -161,7 +161,13 @@ func queued(t *testing.T, nc *nats.Conn) int {
 			t.Fatal(err)
 		}
 		for _, e := range stats.Endpoints {
-			total += e.NumRequests
+			var data struct {
+				InFlight int `json:"in_flight"`
+			}
+			if err := json.Unmarshal(e.Data, &data); err != nil {
+				t.Fatal(err)
+			}
+			total += data.InFlight
 		}
 	}
 }

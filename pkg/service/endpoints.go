@@ -2,14 +2,18 @@ package service
 
 import (
 	"cmp"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"regexp"
+	"strconv"
+	"sync"
+	"time"
 
-	"github.com/allot/allot/pkg/events"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -29,7 +33,12 @@ type EndpointsConfig struct {
 	Version     string // a semantic version; empty: this build's (Build)
 	Description string
 	Group       string // the subject prefix, e.g. cfg.Subjects.Meter
-	Handlers    int    // instances in the queue group
+	// Instance names this process in the service's metadata (the
+	// runtime's instance: the host or pod name); empty, the hostname.
+	Instance string
+	// Handlers is how many requests of each endpoint with a Handler are
+	// served at once.
+	Handlers int
 	// Pipelines is how many batches of each batched endpoint are served
 	// at once (default 2): one can be in Redis while the next gathers.
 	Pipelines int
@@ -37,65 +46,65 @@ type EndpointsConfig struct {
 	MaxBatch int
 	// ObserveBatch, when set, is told the size of every batch served.
 	ObserveBatch func(endpoint string, n int)
+	// Registerer, when set, receives allot_request_duration_seconds
+	// for this service (RequestDurations).
+	Registerer prometheus.Registerer
 }
 
-// Endpoints are the micro service instances that serve one allot
-// service's endpoints: Handlers copies in one queue group, each with its
-// own subscription and goroutine, so one slow request never holds up the
-// rest. $SRV.PING, INFO and STATS answer for each. A batched endpoint's
-// instances all feed one batcher.
+// Endpoints is one allot service's request endpoints as this process
+// serves them: one micro service instance, whatever the concurrency. Each
+// endpoint has one queue subscription (queue group: the service's name)
+// that hands requests to Handlers workers, or to Pipelines batchers for
+// a batched endpoint. allot answers the micro protocol's $SRV.PING, INFO
+// and STATS itself (control.go): nats.go's micro package times only its
+// handler's call and counts only errors answered inside it, which a
+// request handed to a worker or a batch has not been. Here every request
+// is recorded when it is answered (request.go), from whichever goroutine
+// answers it, with the time since it arrived.
 type Endpoints struct {
-	services []micro.Service
-	batchers []*batcher
-	log      *slog.Logger
+	nc        *nats.Conn
+	log       *slog.Logger
+	identity  micro.ServiceIdentity
+	desc      string
+	started   time.Time
+	endpoints []*endpoint
+	control   []*nats.Subscription
+	stopOnce  sync.Once
 }
 
-// StartEndpoints starts cfg.Handlers instances serving eps on nc. On error
-// it stops what it started.
+// nameRE is what micro accepts as a service or endpoint name.
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9\-_]+$`)
+
+// StartEndpoints starts serving eps on nc as one micro service instance.
+// On error it stops what it started.
 func StartEndpoints(nc *nats.Conn, cfg EndpointsConfig, eps []Endpoint, log *slog.Logger) (*Endpoints, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Endpoints{log: log}
-	handlers := make([]micro.HandlerFunc, len(eps))
-	for i, ep := range eps {
-		switch {
-		case ep.Batch != nil && ep.Handler != nil:
+	version := cmp.Or(cfg.Version, Build().Version)
+	switch {
+	case !nameRE.MatchString(cfg.Name):
+		return nil, fmt.Errorf("service: endpoints: invalid service name %q", cfg.Name)
+	case !semverRE.MatchString(version):
+		return nil, fmt.Errorf("%s: endpoints: version %q is not a semantic version", cfg.Name, version)
+	}
+	handlers, pipelines := max(cfg.Handlers, 1), max(cmp.Or(cfg.Pipelines, 2), 1)
+	durations, err := RequestDurations(cfg.Registerer, cfg.Name)
+	if err != nil {
+		return nil, err
+	}
+	e := &Endpoints{nc: nc, log: log, desc: cfg.Description, started: time.Now().UTC(),
+		identity: micro.ServiceIdentity{Name: cfg.Name, ID: nuid.Next(), Version: version,
+			Metadata: instanceMetadata(cfg.Instance, handlers, pipelines, eps)}}
+	for _, ep := range eps {
+		if err := e.add(cfg, ep, handlers, pipelines, durations); err != nil {
 			e.Stop()
-			return nil, fmt.Errorf("%s: endpoint %s has both a handler and a batch function", cfg.Name, ep.Name)
-		case ep.Batch != nil:
-			var observe func(int)
-			if cfg.ObserveBatch != nil {
-				name := ep.Name
-				observe = func(n int) { cfg.ObserveBatch(name, n) }
-			}
-			b := newBatcher(nc, ep.Batch, cmp.Or(cfg.Pipelines, 2), cfg.MaxBatch, observe)
-			e.batchers = append(e.batchers, b)
-			handlers[i] = b.handle
-		default:
-			handlers[i] = ep.Handler
+			return nil, err
 		}
 	}
-	for i := range max(cfg.Handlers, 1) {
-		svc, err := micro.AddService(nc, micro.Config{
-			Name:        cfg.Name,
-			Version:     cmp.Or(cfg.Version, Build().Version),
-			Description: cfg.Description,
-			QueueGroup:  cfg.Name,
-			Metadata:    map[string]string{"handler": fmt.Sprint(i)},
-		})
-		if err != nil {
-			e.Stop()
-			return nil, fmt.Errorf("%s: endpoints: %w", cfg.Name, err)
-		}
-		e.services = append(e.services, svc)
-		g := svc.AddGroup(cfg.Group, micro.WithGroupQueueGroup(cfg.Name))
-		for j, ep := range eps {
-			if err := g.AddEndpoint(ep.Name, handlers[j], micro.WithEndpointSubject(ep.Subject)); err != nil {
-				e.Stop()
-				return nil, fmt.Errorf("%s: endpoint %s: %w", cfg.Name, ep.Name, err)
-			}
-		}
+	if err := e.subscribeControl(); err != nil {
+		e.Stop()
+		return nil, fmt.Errorf("%s: endpoints: %w", cfg.Name, err)
 	}
 	// Serving means the server has every subscription: a request from
 	// another connection right after Start must find them.
@@ -106,81 +115,92 @@ func StartEndpoints(nc *nats.Conn, cfg EndpointsConfig, eps []Endpoint, log *slo
 	return e, nil
 }
 
-// Len is the number of instances serving.
-func (e *Endpoints) Len() int { return len(e.services) }
-
-// Stop stops taking requests; requests being handled or queued for a
-// batch are answered first.
-func (e *Endpoints) Stop() {
-	for _, svc := range e.services {
-		if err := svc.Stop(); err != nil {
-			e.log.Warn("stopping endpoints", "err", err)
-		}
-	}
-	e.services = nil
-	for _, b := range e.batchers {
-		b.stop()
-	}
-	e.batchers = nil
-}
-
-// Replier answers requests in the contract's form and counts each
-// outcome in Requests by endpoint and result ("ok" or an error code).
-type Replier struct {
-	Requests *prometheus.CounterVec
-	Log      *slog.Logger
-	// Classify maps a service's own errors (a backend down, a conflict) to
-	// a reply error, or returns nil to leave err to the defaults: a
-	// *events.ServiceError as it is, a validation error a 400 naming the
-	// field, anything else a 500 that is logged.
-	Classify func(error) *events.ServiceError
-}
-
-// Reply answers req with v as JSON, or with err.
-func (r Replier) Reply(req micro.Request, endpoint string, v any, err error) {
-	if err == nil {
-		var data []byte
-		if data, err = json.Marshal(v); err == nil {
-			r.ReplyBytes(req, endpoint, data, nil)
-			return
-		}
-	}
-	r.ReplyBytes(req, endpoint, nil, err)
-}
-
-// ReplyBytes answers req with data, already encoded, or with err.
-func (r Replier) ReplyBytes(req micro.Request, endpoint string, data []byte, err error) {
-	if err == nil {
-		r.count(endpoint, "ok")
-		_ = req.Respond(data)
-		return
-	}
-	serr := r.classify(req, endpoint, err)
-	r.count(endpoint, string(serr.Code))
-	_ = events.RespondError(req, serr)
-}
-
-func (r Replier) classify(req micro.Request, endpoint string, err error) *events.ServiceError {
-	var serr *events.ServiceError
-	if r.Classify != nil {
-		if s := r.Classify(err); s != nil {
-			return s
-		}
-	}
+// add starts serving one endpoint.
+func (e *Endpoints) add(cfg EndpointsConfig, ep Endpoint, handlers, pipelines int, durations *prometheus.HistogramVec) error {
 	switch {
-	case errors.As(err, &serr):
-		return serr
-	case errors.Is(err, events.ErrInvalid):
-		return events.BadRequest(err)
+	case !nameRE.MatchString(ep.Name):
+		return fmt.Errorf("%s: invalid endpoint name %q", cfg.Name, ep.Name)
+	case ep.Batch != nil && ep.Handler != nil:
+		return fmt.Errorf("%s: endpoint %s has both a handler and a batch function", cfg.Name, ep.Name)
+	case ep.Batch == nil && ep.Handler == nil:
+		return fmt.Errorf("%s: endpoint %s has neither a handler nor a batch function", cfg.Name, ep.Name)
 	}
-	if r.Log != nil {
-		r.Log.Error("request failed", "endpoint", endpoint, "subject", req.Subject(), "err", err)
+	subject := ep.Subject
+	if cfg.Group != "" {
+		subject = cfg.Group + "." + ep.Subject
 	}
-	return events.NewServiceError(events.CodeInternal, "", "%v", err)
+	p := &endpoint{name: ep.Name, subject: subject, queueGroup: cfg.Name, nc: e.nc, durations: observersOf(durations, ep.Name)}
+	if ep.Batch != nil {
+		var observe func(int)
+		if cfg.ObserveBatch != nil {
+			observe = func(n int) { cfg.ObserveBatch(ep.Name, n) }
+		}
+		p.batched = true
+		p.queue = make(chan *request, batchQueue)
+		b := &batcher{serve: ep.Batch, max: cmp.Or(cfg.MaxBatch, DefaultMaxBatch), queue: p.queue, observe: observe}
+		p.start(pipelines, b.run)
+	} else {
+		p.queue = make(chan *request, handlers)
+		p.start(handlers, func() {
+			for r := range p.queue {
+				ep.Handler(r)
+			}
+		})
+	}
+	e.endpoints = append(e.endpoints, p)
+	sub, err := e.nc.QueueSubscribe(subject, cfg.Name, p.receive)
+	if err != nil {
+		return fmt.Errorf("%s: endpoint %s: %w", cfg.Name, ep.Name, err)
+	}
+	// The subscription only hands requests over; the workers' queue and
+	// the subscription's pending buffer hold the rest, as before.
+	p.sub = sub
+	return nil
 }
 
-func (r Replier) count(endpoint, result string) {
-	if r.Requests != nil {
-		r.Requests.WithLabelValues(endpoint, result).Inc()
+// instanceMetadata is what $SRV.PING, INFO and STATS say about this
+// process besides its id and version: the instance (host or pod), the
+// build's revision and how many requests each endpoint serves at once.
+func instanceMetadata(instance string, handlers, pipelines int, eps []Endpoint) map[string]string {
+	if instance == "" {
+		instance, _ = os.Hostname()
 	}
+	b := Build()
+	md := map[string]string{
+		"instance": instance,
+		"revision": cmp.Or(b.Revision, "unknown"),
+		"handlers": strconv.Itoa(handlers),
+	}
+	for _, ep := range eps {
+		if ep.Batch != nil {
+			md["pipelines"] = strconv.Itoa(pipelines)
+		}
+	}
+	return md
+}
+
+// ID is this instance's micro id, as $SRV.PING answers it.
+func (e *Endpoints) ID() string { return e.identity.ID }
+
+// Stop stops taking requests: the subscriptions drain, so what the
+// server has delivered is still served; requests being handled or queued
+// are answered; a request that comes after gets a 503. It returns when
+// every endpoint is idle.
+func (e *Endpoints) Stop() {
+	e.stopOnce.Do(func() {
+		for _, p := range e.endpoints {
+			p.drain(e.log)
+		}
+		for _, p := range e.endpoints {
+			p.waitDrained(e.log)
+		}
+		for _, p := range e.endpoints {
+			p.stop()
+		}
+		for _, sub := range e.control {
+			if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+				e.log.Warn("stopping endpoints", "subject", sub.Subject, "err", err)
+			}
+		}
+	})
 }

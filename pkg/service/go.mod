@@ -24,7 +24,6 @@ require (
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/nats-io/jwt/v2 v2.8.2 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
-	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
@@ -36,6 +35,9 @@ require (
 	google.golang.org/protobuf v1.36.12 // indirect
 )
 
-require github.com/allot/allot/pkg/events v0.0.0
+require (
+	github.com/allot/allot/pkg/events v0.0.0
+	github.com/nats-io/nuid v1.0.1
+)
 
 replace github.com/allot/allot/pkg/events => ../events

@@ -37,7 +37,10 @@ type Deps struct {
 	KeyPrefix string
 	// Registerer receives the metrics; nil registers none.
 	Registerer prometheus.Registerer
-	Log        *slog.Logger
+	// Instance names this process in the keys endpoints' micro metadata
+	// (the runtime's instance); empty, the hostname.
+	Instance string
+	Log      *slog.Logger
 	// Now is the clock of key expiry and adjustments (tests).
 	Now func() time.Time
 	// Backends and Validators extend or replace the shipped ones by name.
@@ -145,6 +148,7 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	s.subs = append(s.subs, sub)
 	if s.endpoints, err = service.StartEndpoints(deps.NATS, service.EndpointsConfig{
 		Name: "auth", Description: "allot auth: API keys", Group: events.KeysPrefix, Handlers: 1,
+		Instance: deps.Instance, Registerer: deps.Registerer,
 	}, s.keyEndpoints(), log); err != nil {
 		return fail(err)
 	}
@@ -223,7 +227,7 @@ func Run(ctx context.Context, d service.Deps) (func(context.Context) error, erro
 	if err != nil {
 		return nil, fmt.Errorf("auth: the system user: %w", err)
 	}
-	s, err := Start(ctx, cfg, Deps{NATS: d.NATS, Sys: sys, Redis: d.Redis, KeyPrefix: d.Config.Redis.KeyPrefix, Registerer: d.Registry, Log: d.Log})
+	s, err := Start(ctx, cfg, Deps{NATS: d.NATS, Sys: sys, Redis: d.Redis, KeyPrefix: d.Config.Redis.KeyPrefix, Registerer: d.Registry, Instance: d.Config.Instance, Log: d.Log})
 	if err != nil {
 		sys.Close()
 		return nil, err

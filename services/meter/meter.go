@@ -111,7 +111,7 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 		}
 		return nil
 	}}
-	if err := m.startEndpoints(); err != nil {
+	if err := m.startEndpoints(deps.Registerer); err != nil {
 		return nil, err
 	}
 	cm, err := service.NewConsumerMetrics(deps.Registerer, "allot_meter", "Usage events")
@@ -152,11 +152,13 @@ func (m *Meter) Stop(ctx context.Context) error {
 	return err
 }
 
-func (m *Meter) startEndpoints() error {
+func (m *Meter) startEndpoints(reg prometheus.Registerer) error {
 	eps, err := service.StartEndpoints(m.nc, service.EndpointsConfig{
 		Name:        "meter",
 		Description: "allot meter: credit, authorize and grants",
 		Group:       m.subj.Meter,
+		Instance:    m.cfg.Instance,
+		Registerer:  reg,
 		Handlers:    m.cfg.Meter.Handlers,
 		Pipelines:   m.cfg.Meter.Pipelines,
 		ObserveBatch: func(endpoint string, n int) {

@@ -218,6 +218,8 @@ func Start(ctx context.Context, cfg Config, deps Deps) (_ *Notifier, err error) 
 		Name:        "notifier",
 		Description: "allot notifier: confirmation token verification",
 		Group:       cfg.Subjects.NotifierGroup(),
+		Instance:    cfg.Instance,
+		Registerer:  deps.Registerer,
 		Handlers:    nc.Handlers,
 	}, []service.Endpoint{{Name: "verify", Subject: "verify", Handler: n.handleVerify}}, n.log); err != nil {
 		return nil, err

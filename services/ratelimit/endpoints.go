@@ -6,13 +6,16 @@ import (
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
-func (l *Limiter) startEndpoints() error {
+func (l *Limiter) startEndpoints(reg prometheus.Registerer) error {
 	eps, err := service.StartEndpoints(l.nc, service.EndpointsConfig{
 		Name:        "ratelimit",
 		Description: "allot rate limiter: check and reset",
 		Group:       l.cfg.Subjects.RateLimitGroup(),
+		Instance:    l.cfg.Instance,
+		Registerer:  reg,
 		Handlers:    l.cfg.RateLimit.Handlers,
 		Pipelines:   l.cfg.RateLimit.Pipelines,
 		// Only check is batched.

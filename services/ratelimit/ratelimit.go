@@ -211,7 +211,7 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Limiter, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := l.startEndpoints(); err != nil {
+	if err := l.startEndpoints(deps.Registerer); err != nil {
 		l.stopEndpoints()
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -191,15 +192,15 @@ func TestCheckAndResetOverNATS(t *testing.T) {
 	if n := testutil.CollectAndCount(e.reg, "allot_ratelimit_decision_seconds"); n != 1 {
 		t.Errorf("latency histogram series %d", n)
 	}
-	// Every handler answers in the one queue group.
+	// One instance answers, saying how many handlers it runs.
 	info, err := e.nc.Request("$SRV.INFO.ratelimit", nil, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var si struct{ Name string }
+	var si micro.Info
 	_ = json.Unmarshal(info.Data, &si)
-	if si.Name != "ratelimit" || e.lim.endpoints.Len() != e.cfg.RateLimit.Handlers {
-		t.Errorf("service %q with %d handlers", si.Name, e.lim.endpoints.Len())
+	if si.Name != "ratelimit" || si.ID != e.lim.endpoints.ID() || si.Metadata["handlers"] != strconv.Itoa(e.cfg.RateLimit.Handlers) {
+		t.Errorf("service %q, id %q, metadata %v", si.Name, si.ID, si.Metadata)
 	}
 }
 

@@ -158,7 +158,7 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Registry, error) {
 	if r.sub, err = deps.NATS.Subscribe(cfg.Subjects.RegistryChanged("*"), func(*nats.Msg) { r.cache.invalidate() }); err != nil {
 		return nil, fmt.Errorf("registry: subscribe to changes: %w", err)
 	}
-	if err := r.startEndpoints(); err != nil {
+	if err := r.startEndpoints(deps.Registerer); err != nil {
 		r.stopEndpoints()
 		return nil, err
 	}
@@ -196,11 +196,13 @@ func (r *Registry) Stop(ctx context.Context) error {
 	return err
 }
 
-func (r *Registry) startEndpoints() error {
+func (r *Registry) startEndpoints(reg prometheus.Registerer) error {
 	eps, err := service.StartEndpoints(r.nc, service.EndpointsConfig{
 		Name:        "registry",
 		Description: "allot registry: register, deregister, find, refresh",
 		Group:       r.cfg.Subjects.RegistryGroup(),
+		Instance:    r.cfg.Instance,
+		Registerer:  reg,
 		Handlers:    r.cfg.Registry.Handlers,
 	}, []service.Endpoint{
 		{Name: "register", Subject: "register", Handler: r.handleRegister},

@@ -57,7 +57,7 @@ func (s *Stack) startAuth(ctx context.Context, acfg auth.Config, sc auth.ServerC
 		keys[role] = k
 		acfg.StaticKeys = append(acfg.StaticKeys, service.Secret(role+"="+k))
 	}
-	svc, err := auth.Start(ctx, acfg, auth.Deps{NATS: own, Sys: sys, Redis: rdb, KeyPrefix: cfg.Redis.KeyPrefix, Registerer: s.Registry, Log: log})
+	svc, err := auth.Start(ctx, acfg, auth.Deps{NATS: own, Sys: sys, Redis: rdb, KeyPrefix: cfg.Redis.KeyPrefix, Registerer: s.Registry, Instance: cfg.Instance, Log: log})
 	if err != nil {
 		return "", fmt.Errorf("devstack: start auth: %w", err)
 	}
