@@ -74,8 +74,8 @@ type Detached struct {
 	headers        micro.Headers
 }
 
-// NewDetached makes a request as a batched endpoint hands it over, for
-// tests and for callers that serve a batch of their own.
+// NewDetached makes a request for a test that hands a batch function
+// requests of its own.
 func NewDetached(nc *nats.Conn, subject, reply string, data []byte, headers micro.Headers) *Detached {
 	return &Detached{nc: nc, subject: subject, reply: reply, data: data, headers: headers}
 }

@@ -20,8 +20,9 @@ type Settings struct {
 	// ConsumerTuning tunes the consumer of the usage stream (batch,
 	// fetch_wait, ack_wait, max_ack_pending, dedup_ttl, retry_delay).
 	service.ConsumerTuning `yaml:",inline"`
-	// Handlers is how many request handlers serve each endpoint, in one
-	// queue group, so a slow request never holds up the rest.
+	// Handlers is how many grants requests are served at once, so a slow
+	// one never holds up the rest (credit and authorize are batched:
+	// Pipelines).
 	Handlers int `yaml:"handlers"`
 	// Pipelines is how many batches of credit or authorize requests are
 	// in Redis at once. Requests that arrive while they are busy gather

@@ -54,8 +54,8 @@ type Settings struct {
 	// that doubles from 1s to 1m, so the default, 500, outlasts about four
 	// hours of the notifier's Redis being away.
 	MaxDeliver int `yaml:"max_deliver"`
-	// Handlers is how many request handlers serve notify.verify, in one
-	// queue group. Default 4.
+	// Handlers is how many notify.verify requests are served at once.
+	// Default 4.
 	Handlers int `yaml:"handlers"`
 	// TokenSecrets sign the confirmation tokens (HMAC-SHA256): the first
 	// signs, every one verifies, so a secret is rotated by putting the new

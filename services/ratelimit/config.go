@@ -42,9 +42,8 @@ type Settings struct {
 	Interval time.Duration `yaml:"interval"`
 	// Mode is fixed (apicrud's even/odd windows) or sliding. Default fixed.
 	Mode string `yaml:"mode"`
-	// Handlers is how many request handlers serve each endpoint, in one
-	// queue group. Default 2: a check handler only queues the request for
-	// a pipeline, and BenchmarkCheck found 2 as fast as 8.
+	// Handlers is how many reset requests are served at once (checks are
+	// batched: Pipelines). Default 2.
 	Handlers int `yaml:"handlers"`
 	// Pipelines is how many batches of checks are in Redis at once: each
 	// takes the checks that queued up while the others were busy, up to

@@ -26,8 +26,8 @@ type Settings struct {
 	// memory between finds; a change event seen on NATS drops it at once.
 	// 0 reads Redis on every find. At most 10s. Default 1s.
 	FindCache time.Duration `yaml:"find_cache"`
-	// Handlers is how many request handlers serve each endpoint, in one
-	// queue group. Default 4.
+	// Handlers is how many requests of each endpoint are served at once.
+	// Default 4.
 	Handlers int `yaml:"handlers"`
 	// Keys are the secrets entries are encrypted with (AES-256-GCM under a
 	// key derived from each by HKDF-SHA256): the first encrypts, every one
