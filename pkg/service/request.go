@@ -1,6 +1,7 @@
 package service
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -94,7 +95,7 @@ func (p *endpoint) waitDrained(log *slog.Logger) {
 	if p.drained == nil {
 		return
 	}
-	deadline := time.NewTimer(p.nc.Opts.DrainTimeout)
+	deadline := time.NewTimer(cmp.Or(p.nc.Opts.DrainTimeout, nats.GetDefaultOptions().DrainTimeout))
 	defer deadline.Stop()
 	tick := time.NewTicker(drainPoll)
 	defer tick.Stop()
@@ -146,7 +147,7 @@ func (p *endpoint) record(r *request, status int, failure string) {
 	s.mu.Unlock()
 }
 
-// endpointStats reads the endpoint's stats in micro's form.
+// microStats reads the endpoint's stats in micro's form.
 func (p *endpoint) microStats() *micro.EndpointStats {
 	s := &p.stats
 	s.mu.Lock()

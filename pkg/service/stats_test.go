@@ -365,3 +365,63 @@ func TestRequestDurationsShared(t *testing.T) {
 		t.Errorf("nil registerer: %v %v", h, err)
 	}
 }
+
+// Stop answers the requests a handler holds or has queued, and returns
+// once they are answered; afterwards nothing serves the endpoint.
+func TestStopAnswersWhatHandlersHold(t *testing.T) {
+	s := runNATS(t, server.Options{})
+	nc := connect(t, s)
+	gate, entered := make(chan struct{}), make(chan struct{}, 10)
+	eps, err := service.StartEndpoints(nc, service.EndpointsConfig{Name: "echo", Group: "test", Handlers: 1},
+		[]service.Endpoint{{Name: "e", Subject: "e", Handler: func(req micro.Request) {
+			entered <- struct{}{}
+			<-gate
+			_ = req.Respond(req.Data())
+		}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := connect(t, s)
+	replies := make(chan error, 3)
+	for i := range 3 {
+		go func() {
+			_, err := client.Request("test.e", []byte{byte('a' + i)}, 5*time.Second)
+			replies <- err
+		}()
+	}
+	<-entered
+	deadline := time.Now().Add(5 * time.Second)
+	for inFlight(t, nc) < 3 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	stopped := make(chan struct{})
+	go func() { eps.Stop(); close(stopped) }()
+	close(gate)
+	<-stopped
+	for range 3 {
+		if err := <-replies; err != nil {
+			t.Error(err)
+		}
+	}
+	if _, err := client.Request("test.e", nil, time.Second); err == nil {
+		t.Error("a request after Stop was answered")
+	}
+}
+
+// inFlight is the echo service's requests in flight, from $SRV.STATS.
+func inFlight(t *testing.T, nc *nats.Conn) int {
+	t.Helper()
+	n := 0
+	for _, st := range statsOf(t, nc, "echo", 1) {
+		for _, ep := range st.Endpoints {
+			var data struct {
+				InFlight int `json:"in_flight"`
+			}
+			if err := json.Unmarshal(ep.Data, &data); err != nil {
+				t.Fatal(err)
+			}
+			n += data.InFlight
+		}
+	}
+	return n
+}
