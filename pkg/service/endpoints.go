@@ -37,7 +37,8 @@ type EndpointsConfig struct {
 	// runtime's instance: the host or pod name); empty, the hostname.
 	Instance string
 	// Handlers is how many requests of each endpoint with a Handler are
-	// served at once.
+	// served at once, and how many subscriptions take each endpoint's
+	// requests in.
 	Handlers int
 	// Pipelines is how many batches of each batched endpoint are served
 	// at once (default 2): one can be in Redis while the next gathers.
@@ -53,9 +54,9 @@ type EndpointsConfig struct {
 
 // Endpoints is one allot service's request endpoints as this process
 // serves them: one micro service instance, whatever the concurrency. Each
-// endpoint has one queue subscription (queue group: the service's name)
-// that hands requests to Handlers workers, or to Pipelines batchers for
-// a batched endpoint. allot answers the micro protocol's $SRV.PING, INFO
+// endpoint has Handlers queue subscriptions (queue group: the service's
+// name) that hand requests to Handlers workers, or to Pipelines batchers
+// for a batched endpoint. allot answers the micro protocol's $SRV.PING, INFO
 // and STATS itself (control.go): nats.go's micro package times only its
 // handler's call and counts only errors answered inside it, which a
 // request handed to a worker or a batch has not been. Here every request
@@ -148,13 +149,17 @@ func (e *Endpoints) add(cfg EndpointsConfig, ep Endpoint, handlers, pipelines in
 		})
 	}
 	e.endpoints = append(e.endpoints, p)
-	sub, err := e.nc.QueueSubscribe(subject, cfg.Name, p.receive)
-	if err != nil {
-		return fmt.Errorf("%s: endpoint %s: %w", cfg.Name, ep.Name, err)
+	// Handlers subscriptions in the queue group take the requests in, as
+	// many goroutines; they only hand them on, to the workers or the
+	// batcher, whose queue and the subscriptions' pending buffers hold
+	// what waits.
+	for range handlers {
+		sub, err := e.nc.QueueSubscribe(subject, cfg.Name, p.receive)
+		if err != nil {
+			return fmt.Errorf("%s: endpoint %s: %w", cfg.Name, ep.Name, err)
+		}
+		p.subs = append(p.subs, sub)
 	}
-	// The subscription only hands requests over; the workers' queue and
-	// the subscription's pending buffer hold the rest, as before.
-	p.sub = sub
 	return nil
 }
 

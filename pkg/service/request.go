@@ -24,8 +24,8 @@ type endpoint struct {
 	name, subject, queueGroup string
 	batched                   bool
 	nc                        *nats.Conn
-	sub                       *nats.Subscription
-	drained                   <-chan nats.SubStatus
+	subs                      []*nats.Subscription
+	drained                   []<-chan nats.SubStatus
 
 	queue   chan *request
 	mu      sync.RWMutex // guards closed against sends on a closed queue
@@ -70,18 +70,18 @@ func (p *endpoint) receive(m *nats.Msg) {
 	p.queue <- r
 }
 
-// drain stops the subscription taking new requests; what the server has
+// drain stops the subscriptions taking new requests; what the server has
 // sent is still delivered.
 func (p *endpoint) drain(log *slog.Logger) {
-	if p.sub == nil {
-		return
-	}
-	p.drained = p.sub.StatusChanged(nats.SubscriptionClosed)
-	if err := p.sub.Drain(); err != nil {
-		p.drained = nil
-		if !errors.Is(err, nats.ErrConnectionClosed) {
-			log.Warn("draining endpoint", "subject", p.subject, "err", err)
+	for _, sub := range p.subs {
+		closed := sub.StatusChanged(nats.SubscriptionClosed)
+		if err := sub.Drain(); err != nil {
+			if !errors.Is(err, nats.ErrConnectionClosed) {
+				log.Warn("draining endpoint", "subject", p.subject, "err", err)
+			}
+			continue
 		}
+		p.drained = append(p.drained, closed)
 	}
 }
 
@@ -89,27 +89,29 @@ func (p *endpoint) drain(log *slog.Logger) {
 // closed under a draining subscription (which then never says closed).
 const drainPoll = 50 * time.Millisecond
 
-// waitDrained waits until the drained subscription has delivered all it
-// held, the connection closes or its drain timeout passes.
+// waitDrained waits until the drained subscriptions have delivered all
+// they held, the connection closes or its drain timeout passes.
 func (p *endpoint) waitDrained(log *slog.Logger) {
-	if p.drained == nil {
+	if len(p.drained) == 0 {
 		return
 	}
 	deadline := time.NewTimer(cmp.Or(p.nc.Opts.DrainTimeout, nats.GetDefaultOptions().DrainTimeout))
 	defer deadline.Stop()
 	tick := time.NewTicker(drainPoll)
 	defer tick.Stop()
-	for {
-		select {
-		case <-p.drained:
-			return
-		case <-tick.C:
-			if p.nc.IsClosed() {
+	for _, closed := range p.drained {
+		for done := false; !done; {
+			select {
+			case <-closed:
+				done = true
+			case <-tick.C:
+				if p.nc.IsClosed() {
+					return
+				}
+			case <-deadline.C:
+				log.Warn("endpoint still draining at the drain timeout", "subject", p.subject)
 				return
 			}
-		case <-deadline.C:
-			log.Warn("endpoint still draining at the drain timeout", "subject", p.subject)
-			return
 		}
 	}
 }
@@ -218,9 +220,16 @@ func (r *request) Error(code, description string, data []byte, opts ...micro.Res
 }
 
 // send publishes the answer and records it; an answer that cannot be
-// sent is an error too, as micro counts it.
+// sent is an error too, as micro counts it. It publishes on the
+// connection: nats.Msg.RespondMsg would take the subscription's lock,
+// which the subscription's delivery holds for every request it takes in.
 func (r *request) send(m *nats.Msg, status int, failure string) error {
-	err := r.msg.RespondMsg(m)
+	var err error
+	if m.Subject = r.msg.Reply; m.Subject == "" {
+		err = nats.ErrMsgNoReply
+	} else {
+		err = r.ep.nc.PublishMsg(m)
+	}
 	if err != nil {
 		err = fmt.Errorf("%w: %w", micro.ErrRespond, err)
 		if failure == "" {
