@@ -21,8 +21,9 @@ type Settings struct {
 	// fetch_wait, ack_wait, max_ack_pending, dedup_ttl, retry_delay).
 	service.ConsumerTuning `yaml:",inline"`
 	// Handlers is how many grants requests are served at once, so a slow
-	// one never holds up the rest (credit and authorize are batched:
-	// Pipelines).
+	// one never holds up the rest, and how many subscriptions take each
+	// endpoint's requests in (credit and authorize are then served in
+	// batches: Pipelines).
 	Handlers int `yaml:"handlers"`
 	// Pipelines is how many batches of credit or authorize requests are
 	// in Redis at once. Requests that arrive while they are busy gather
