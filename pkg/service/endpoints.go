@@ -138,7 +138,10 @@ func (e *Endpoints) add(cfg EndpointsConfig, ep Endpoint, handlers, pipelines in
 		}
 		p.batched = true
 		p.queue = make(chan *request, batchQueue)
-		b := &batcher{serve: ep.Batch, max: cmp.Or(cfg.MaxBatch, DefaultMaxBatch), queue: p.queue, observe: observe}
+		b := &batcher{serve: ep.Batch, max: cfg.MaxBatch, queue: p.queue, observe: observe}
+		if b.max < 1 {
+			b.max = DefaultMaxBatch
+		}
 		p.start(pipelines, b.run)
 	} else {
 		p.queue = make(chan *request, handlers)
