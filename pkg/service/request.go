@@ -130,10 +130,10 @@ func (p *endpoint) stop() {
 
 // record counts r's answer once: its time since arrival in the histogram
 // by outcome, and in the micro stats, with failure as the last error when
-// it is one.
-func (p *endpoint) record(r *request, status int, failure string) {
+// it is one. It reports whether this was r's first answer.
+func (p *endpoint) record(r *request, status int, failure string) bool {
 	if !r.answered.CompareAndSwap(false, true) {
-		return
+		return false
 	}
 	d := time.Since(r.received)
 	p.inFlight.Add(-1)
@@ -146,6 +146,19 @@ func (p *endpoint) record(r *request, status int, failure string) {
 		s.errors++
 		s.lastError = failure
 	}
+	s.mu.Unlock()
+	return true
+}
+
+// unsent makes an answer already recorded an error: it could not be
+// sent. wasError says it was counted as one already.
+func (p *endpoint) unsent(failure string, wasError bool) {
+	s := &p.stats
+	s.mu.Lock()
+	if !wasError {
+		s.errors++
+	}
+	s.lastError = failure
 	s.mu.Unlock()
 }
 
@@ -219,25 +232,31 @@ func (r *request) Error(code, description string, data []byte, opts ...micro.Res
 	return r.send(m, status, code+":"+description)
 }
 
-// send publishes the answer and records it; an answer that cannot be
-// sent is an error too, as micro counts it. It publishes on the
-// connection: nats.Msg.RespondMsg would take the subscription's lock,
-// which the subscription's delivery holds for every request it takes in.
+// send records the answer and publishes it. Recorded first, a reply is
+// in $SRV.STATS by the time its caller has it, so a caller that reads
+// the stats after its reply finds it counted. An answer that cannot be
+// sent is an error too, as micro counts it: without a reply subject it is
+// recorded as an internal one; when the publish itself fails, the stats
+// count it as an error after the fact (the histogram keeps the outcome
+// the answer carried). It publishes on the connection:
+// nats.Msg.RespondMsg would take the subscription's lock, which the
+// subscription's delivery holds for every request it takes in.
 func (r *request) send(m *nats.Msg, status int, failure string) error {
-	var err error
-	if m.Subject = r.msg.Reply; m.Subject == "" {
-		err = nats.ErrMsgNoReply
-	} else {
-		err = r.ep.nc.PublishMsg(m)
+	if r.msg.Reply == "" {
+		err := fmt.Errorf("%w: %w", micro.ErrRespond, nats.ErrMsgNoReply)
+		r.ep.record(r, 500, cmp.Or(failure, err.Error()))
+		return err
 	}
-	if err != nil {
+	m.Subject = r.msg.Reply
+	first := r.ep.record(r, status, failure)
+	if err := r.ep.nc.PublishMsg(m); err != nil {
 		err = fmt.Errorf("%w: %w", micro.ErrRespond, err)
-		if failure == "" {
-			status, failure = 500, err.Error()
+		if first {
+			r.ep.unsent(cmp.Or(failure, err.Error()), failure != "")
 		}
+		return err
 	}
-	r.ep.record(r, status, failure)
-	return err
+	return nil
 }
 
 // Data is the request's body.

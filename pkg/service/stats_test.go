@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -424,4 +425,35 @@ func inFlight(t *testing.T, nc *nats.Conn) int {
 		}
 	}
 	return n
+}
+
+// An answer the connection can no longer send is counted as an error,
+// and Stop on a closed connection returns.
+func TestStatsCountUnsentAnswers(t *testing.T) {
+	s := runNATS(t, server.Options{})
+	nc := connect(t, s)
+	gate, entered, answered := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	eps, err := service.StartEndpoints(nc, service.EndpointsConfig{Name: "echo", Group: "test"},
+		[]service.Endpoint{{Name: "e", Subject: "e", Handler: func(req micro.Request) {
+			close(entered)
+			<-gate
+			answered <- req.Respond([]byte("late"))
+		}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := connect(t, s).PublishRequest("test.e", "reply.1", nil); err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	nc.Close()
+	close(gate)
+	if err := <-answered; !errors.Is(err, micro.ErrRespond) {
+		t.Errorf("answering on a closed connection: %v", err)
+	}
+	ep := eps.Stats().Endpoints[0]
+	if ep.NumRequests != 1 || ep.NumErrors != 1 || !strings.Contains(ep.LastError, "closed") {
+		t.Errorf("stats %+v", ep)
+	}
+	eps.Stop()
 }
