@@ -58,6 +58,7 @@ type childReady struct {
 	NATSURL  string   `json:"nats_url,omitempty"`
 	RedisURL string   `json:"redis_url,omitempty"`
 	HTTPURL  string   `json:"http_url,omitempty"`
+	GRPCAddr string   `json:"grpc_addr,omitempty"` // the rate limiter's Envoy RLS front
 	Services []string `json:"services,omitempty"`
 	Notes    []string `json:"notes,omitempty"`
 }
@@ -166,6 +167,7 @@ func startStack(ctx context.Context, spec childSpec, log *slog.Logger) (func(con
 		NATSAddr:      "127.0.0.1:0",
 		HTTPAddr:      "127.0.0.1:0",
 		SMTPAddr:      "127.0.0.1:0",
+		GRPCAddr:      "127.0.0.1:0", // never allot dev's 8081: a run beside it must not take it
 		Log:           log,
 	})
 	if err != nil {
@@ -180,7 +182,7 @@ func startStack(ctx context.Context, spec childSpec, log *slog.Logger) (func(con
 		}
 		redisURL = "redis://" + c.Options().Addr + "/0"
 	}
-	return st.Close, childReady{NATSURL: st.NATSURL, RedisURL: redisURL, HTTPURL: st.HTTPURL, Services: st.Services, Notes: st.Notes}, nil
+	return st.Close, childReady{NATSURL: st.NATSURL, RedisURL: redisURL, HTTPURL: st.HTTPURL, GRPCAddr: st.GRPCAddr, Services: st.Services, Notes: st.Notes}, nil
 }
 
 // child is a running child process.

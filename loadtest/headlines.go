@@ -94,7 +94,7 @@ func headlines(phases []report.Phase) []report.Headline {
 		latency(name, "p99", "request.raw", raw, lat(p99), lt)
 		latency(name, "p99.9", "request.raw", raw, lat(p999), nil)
 	}
-	return out
+	return append(out, grpcHeadlines(by)...)
 }
 
 type reportSummary = hist.Summary

@@ -52,6 +52,9 @@ func (k *kinds) total() int64 {
 
 // errKind names an error for the report.
 func errKind(err error) string {
+	if k := grpcErrKind(err); k != "" {
+		return k
+	}
 	var serr *events.ServiceError
 	switch {
 	case errors.As(err, &serr):

@@ -217,11 +217,13 @@ func (h *harness) totalUnits() float64 {
 			u += 10 // publish raw, publish, raw max, meter max, raw at rate, meter at rate
 		case "mixed":
 			u += 2
+		case "grpc":
+			u += float64(len(h.grpcFronts()))
 		default:
 			u++
 		}
 	}
-	if h.o.has("credit") || h.o.has("authorize") || h.o.has("ratelimit") || h.o.has("registry") {
+	if h.o.hasRequests() {
 		u++ // the raw request/reply baseline
 	}
 	return u
@@ -272,7 +274,7 @@ func (h *harness) runScenarios(ctx context.Context) {
 			return
 		}
 	}
-	if h.o.has("credit") || h.o.has("authorize") || h.o.has("ratelimit") || h.o.has("registry") {
+	if h.o.hasRequests() {
 		if !step(func() report.Phase {
 			return h.requests(ctx, reqSpec("request.raw", "raw request/reply, one Redis GET", h.opRaw(), 1, conc))
 		}) {
@@ -305,6 +307,9 @@ func (h *harness) runScenarios(ctx context.Context) {
 		if !ok {
 			return
 		}
+	}
+	if h.o.has("grpc") && !h.grpcPhases(ctx, step, unit) {
+		return
 	}
 	if h.o.has("mixed") && ctx.Err() == nil {
 		h.mixed(ctx, 2*unit, rate())

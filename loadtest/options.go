@@ -5,13 +5,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"slices"
 	"strings"
 	"time"
 )
 
 // Scenarios, in the order a run takes them.
-var allScenarios = []string{"ingest", "credit", "authorize", "ratelimit", "registry", "mixed"}
+var allScenarios = []string{"ingest", "credit", "authorize", "ratelimit", "grpc", "registry", "mixed"}
 
 // Targets.
 const (
@@ -39,12 +40,21 @@ type Options struct {
 	Out         string
 	Keep        bool
 	Verbose     bool
+	// The grpc scenario: ShouldRateLimit on GRPC (empty: the in-process
+	// stack's own front), in GRPCDomain, one descriptor whose key is
+	// GRPCDescriptor and whose value is a random uid.
+	GRPC           string
+	GRPCDomain     string
+	GRPCDescriptor string
 }
 
 // profiles are the named starting points; explicit flags win over them.
 var profiles = map[string]Options{
 	"default": {Scenarios: allScenarios, Duration: 60 * time.Second},
 	"quick":   {Scenarios: []string{"ingest", "credit"}, Duration: 10 * time.Second},
+	// grpc: the Envoy RLS front beside ratelimit.check over NATS and the
+	// raw responder, random uids over 10,000 (-uids), as issue 20 asks.
+	"grpc": {Scenarios: []string{"ratelimit", "grpc"}, Duration: 15 * time.Second, UIDs: 10_000},
 }
 
 func baseOptions(getenv func(string) string) Options {
@@ -63,13 +73,16 @@ func baseOptions(getenv func(string) string) Options {
 		DupRatio:    0.05,
 		BadRatio:    0.01,
 		Out:         "out",
+
+		GRPCDomain:     "allot",
+		GRPCDescriptor: "uid",
 	}
 }
 
 const usageHead = `loadtest drives real traffic through allot and checks that nothing was
 lost or counted twice.
 
-Usage: go run . [flags]     (from loadtest/; make loadtest, make loadtest-quick)
+Usage: go run . [flags]     (from loadtest/; make loadtest, make loadtest-quick, make loadtest-grpc)
 
 Targets:
   inprocess (default)  the whole stack of "allot dev" (cmd/allot/devstack), started
@@ -89,6 +102,10 @@ Scenarios (-scenarios, comma-separated):
              the publisher alone against raw nats.go async publish
   credit     meter.credit request/reply       authorize  meter.authorize
   ratelimit  ratelimit.check decisions        registry   register, heartbeat, find
+  grpc       Envoy RLS ShouldRateLimit (one descriptor -grpc-descriptor=<random uid>,
+             hits_addend 1) on the stack's gRPC front, or on -grpc, e.g. an
+             envoyproxy/ratelimit of your own; with -grpc and the inprocess target,
+             the stack's front too, in the same run (-profile grpc: with ratelimit)
   mixed      all of them at once
 Request scenarios run -concurrency closed-loop clients, or -req-rate open loop.
 Every headline figure is compared with a raw baseline measured in the same run.
@@ -111,7 +128,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 		fs.PrintDefaults()
 	}
 	scen := strings.Join(o.Scenarios, ",")
-	fs.StringVar(&o.Profile, "profile", o.Profile, "`name` of a profile: default (60 s, every scenario) or quick (10 s, ingest and credit)")
+	fs.StringVar(&o.Profile, "profile", o.Profile, "`name` of a profile: default (60 s, every scenario), quick (10 s, ingest and credit) or grpc (15 s, ratelimit and grpc over 10,000 uids)")
 	fs.StringVar(&o.Target, "target", o.Target, "inprocess or external")
 	fs.StringVar(&o.NATSURL, "nats-url", o.NATSURL, "NATS `url` (default $NATS_URL); inprocess: use it instead of an embedded server")
 	fs.StringVar(&o.RedisURL, "redis-url", o.RedisURL, "Redis `url` (default $REDIS_URL); inprocess: use it instead of miniredis")
@@ -129,6 +146,9 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.StringVar(&o.Out, "out", o.Out, "`directory` for report.md, report.json and latency.svg")
 	fs.BoolVar(&o.Keep, "keep", o.Keep, "leave this run's keys, streams and registrations in place for a look")
 	fs.BoolVar(&o.Verbose, "v", o.Verbose, "log what the stack and the harness do at debug level")
+	fs.StringVar(&o.GRPC, "grpc", o.GRPC, "grpc scenario: the Envoy RLS front at `host:port` (default: the inprocess stack's own)")
+	fs.StringVar(&o.GRPCDomain, "grpc-domain", o.GRPCDomain, "grpc scenario: the rate limit `domain` of every request")
+	fs.StringVar(&o.GRPCDescriptor, "grpc-descriptor", o.GRPCDescriptor, "grpc scenario: the descriptor `key` whose value is the request's random uid")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -139,12 +159,20 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	p, ok := profiles[o.Profile]
 	if !ok {
-		return o, fmt.Errorf("-profile: unknown profile %q (want default or quick)", o.Profile)
+		return o, fmt.Errorf("-profile: unknown profile %q (want default, quick or grpc)", o.Profile)
 	}
 	if !set["duration"] {
 		o.Duration = p.Duration
 	}
+	if !set["uids"] && p.UIDs > 0 {
+		o.UIDs = p.UIDs
+	}
 	o.Scenarios = p.Scenarios
+	if o.Target == targetExternal && o.GRPC == "" && o.Profile != "grpc" {
+		// An external allot's gRPC front is wherever it listens, if
+		// anywhere: its profile runs without it unless -grpc says.
+		o.Scenarios = slices.DeleteFunc(slices.Clone(o.Scenarios), func(s string) bool { return s == "grpc" })
+	}
 	if set["scenarios"] {
 		o.Scenarios = nil
 		for s := range strings.SplitSeq(scen, ",") {
@@ -214,6 +242,24 @@ func (o Options) Validate() error {
 	if !(o.BadRatio >= 0 && o.BadRatio <= 0.5) {
 		bad("bad", "must be between 0 and 0.5 (got %g)", o.BadRatio)
 	}
+	if o.has("grpc") {
+		if o.GRPC == "" && o.Target == targetExternal {
+			bad("grpc", "the external target needs the address of its gRPC front for the grpc scenario")
+		}
+		if o.GRPCDomain == "" {
+			bad("grpc-domain", "must name a domain")
+		}
+		if o.GRPCDescriptor == "" {
+			bad("grpc-descriptor", "must name a descriptor key")
+		}
+	}
+	if o.GRPC != "" {
+		if host, port, err := net.SplitHostPort(o.GRPC); err != nil || host == "" || port == "" {
+			bad("grpc", "%q is not a host:port such as 127.0.0.1:8081", o.GRPC)
+		} else if !o.has("grpc") {
+			bad("grpc", "the grpc scenario is not in -scenarios (%s)", strings.Join(o.Scenarios, ","))
+		}
+	}
 	if o.Out == "" {
 		bad("out", "must name a directory")
 	}
@@ -221,3 +267,9 @@ func (o Options) Validate() error {
 }
 
 func (o Options) has(scenario string) bool { return slices.Contains(o.Scenarios, scenario) }
+
+// hasRequests says whether a request scenario runs, and so the raw
+// request/reply baseline.
+func (o Options) hasRequests() bool {
+	return o.has("credit") || o.has("authorize") || o.has("ratelimit") || o.has("registry") || o.has("grpc")
+}

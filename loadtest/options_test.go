@@ -34,6 +34,12 @@ func TestParseOptionsRefusesBadInput(t *testing.T) {
 		{"grace too short", []string{"-grace", "1s"}, "-grace"},
 		{"bad redis url", []string{"-redis-url", "localhost:6379"}, "-redis-url"},
 		{"not a number", []string{"-apps", "many"}, "invalid value"},
+		{"grpc not host:port", []string{"-grpc", "localhost"}, `-grpc: "localhost" is not a host:port`},
+		{"grpc without its scenario", []string{"-profile", "quick", "-grpc", "127.0.0.1:8081"}, "-grpc: the grpc scenario is not in -scenarios"},
+		{"grpc on external without address", []string{"-target", "external", "-nats-url", "nats://127.0.0.1:4222", "-redis-url", "redis://127.0.0.1:6379", "-scenarios", "grpc"}, "-grpc: the external target needs"},
+		{"grpc profile on external without address", []string{"-profile", "grpc", "-target", "external", "-nats-url", "nats://127.0.0.1:4222", "-redis-url", "redis://127.0.0.1:6379"}, "-grpc: the external target needs"},
+		{"empty grpc domain", []string{"-grpc-domain", ""}, "-grpc-domain: must name a domain"},
+		{"empty grpc descriptor", []string{"-scenarios", "grpc", "-grpc-descriptor", ""}, "-grpc-descriptor: must name a descriptor key"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr bytes.Buffer
@@ -63,9 +69,19 @@ func TestParseOptionsProfiles(t *testing.T) {
 	if o.Duration != 5*time.Second || strings.Join(o.Scenarios, ",") != "ratelimit,registry" {
 		t.Errorf("explicit flags = %v %v, want 5s ratelimit,registry", o.Duration, o.Scenarios)
 	}
+	o, err = parseOptions([]string{"-profile", "grpc", "-grpc", "127.0.0.1:8081", "-grpc-domain", "rl"}, noEnv, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Duration != 15*time.Second || strings.Join(o.Scenarios, ",") != "ratelimit,grpc" || o.UIDs != 10_000 || o.GRPCDomain != "rl" || o.GRPCDescriptor != "uid" {
+		t.Errorf("grpc = %v %v %d uids %q %q, want 15s ratelimit,grpc 10000 uids rl uid", o.Duration, o.Scenarios, o.UIDs, o.GRPCDomain, o.GRPCDescriptor)
+	}
+	if o, _ := parseOptions([]string{"-profile", "grpc", "-uids", "50"}, noEnv, &bytes.Buffer{}); o.UIDs != 50 {
+		t.Errorf("-uids 50 over the grpc profile = %d", o.UIDs)
+	}
 	env := map[string]string{"NATS_URL": "nats://example:4222", "REDIS_URL": "redis://example:6379/0"}
 	o, err = parseOptions([]string{"-target", "external"}, func(k string) string { return env[k] }, &bytes.Buffer{})
-	if err != nil || o.NATSURL != env["NATS_URL"] || o.RedisURL != env["REDIS_URL"] {
+	if err != nil || o.NATSURL != env["NATS_URL"] || o.RedisURL != env["REDIS_URL"] || o.has("grpc") {
 		t.Errorf("external from the environment = %+v, %v", o, err)
 	}
 }

@@ -39,6 +39,7 @@ type target struct {
 	rdb   redis.UniversalClient
 
 	stack    *child // nil for an external target
+	grpcAddr string // the stack's Envoy RLS front; empty for an external target
 	baseline *child
 
 	// The baselines' own names.
@@ -74,6 +75,13 @@ func setUp(ctx context.Context, o Options, log *slog.Logger) (t *target, err err
 		}
 	}()
 	tag := "lt" + t.runID
+	if o.GRPC != "" && o.has("grpc") {
+		// Before anything starts: a wrong address or domain is the
+		// likeliest mistake of a run against someone else's front.
+		if err := t.probeGRPC(ctx, o, o.GRPC); err != nil {
+			return t, err
+		}
+	}
 	switch o.Target {
 	case targetInProcess:
 		// Fresh names for everything, so a run on real servers touches
@@ -99,6 +107,7 @@ func setUp(ctx context.Context, o Options, log *slog.Logger) (t *target, err err
 			log.Info("stack: " + n)
 		}
 		t.cfg, t.meter, t.natsURL, t.redisURL = cfg, meter.DefaultSettings(), t.stack.ready.NATSURL, t.stack.ready.RedisURL
+		t.grpcAddr = t.stack.ready.GRPCAddr
 		log.Info("stack ready", "pid", t.stack.pid(), "nats", t.natsURL, "redis", redact(t.redisURL), "services", strings.Join(t.stack.ready.Services, ","))
 	case targetExternal:
 		getenv := func(k string) string {
@@ -199,6 +208,18 @@ func (t *target) checkServices(ctx context.Context, o Options) error {
 	}
 	if o.has("ratelimit") || o.has("mixed") {
 		if err := check("ratelimit", func() error { _, err := c.Check(ctx, t.uid(0), events.CheckRequest{Cost: events.Cost(0)}); return err }); err != nil {
+			return err
+		}
+	}
+	if o.has("grpc") && t.grpcAddr != "" {
+		// The stack's own front serves the default domain, allot, whose
+		// descriptor uid is the uid's own limit.
+		so := o
+		so.GRPCDomain, so.GRPCDescriptor = "allot", "uid"
+		if o.GRPC == "" {
+			so = o
+		}
+		if err := t.probeGRPC(ctx, so, t.grpcAddr); err != nil {
 			return err
 		}
 	}
