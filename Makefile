@@ -13,6 +13,11 @@
 #                     baselines and the exactness check (report in loadtest/out/)
 #   make loadtest-quick  the same in 10 seconds, as CI runs it: against the
 #                     pinned nats-server and the real Redis
+#   make loadtest-grpc   the rate limiter's Envoy RLS front (gRPC) beside
+#                     ratelimit.check and the raw responder, 15 s, on the pinned
+#                     nats-server and the real Redis; not in CI. LOADTEST_FLAGS
+#                     adds flags, e.g. "-grpc 127.0.0.1:8081 -grpc-domain rl" to
+#                     load an envoyproxy/ratelimit of your own in the same run
 #   make fmt | tidy | build | fuzz
 
 SHELL := /bin/bash
@@ -64,7 +69,7 @@ MODIFIED ?= $(shell test -z "$$(git status --porcelain 2>/dev/null)" && echo fal
 SERVICE_PKG := github.com/allot/allot/pkg/service
 LDFLAGS = -X $(SERVICE_PKG).version=$(VERSION) -X $(SERVICE_PKG).revision=$(REVISION) -X $(SERVICE_PKG).modified=$(MODIFIED)
 
-.PHONY: run test test-unit test-integration test-clock-ahead bench lint fmt tidy build fuzz clean modules loadtest loadtest-quick nats-server
+.PHONY: run test test-unit test-integration test-clock-ahead bench lint fmt tidy build fuzz clean modules loadtest loadtest-quick loadtest-grpc nats-server
 
 # run builds bin/allot, saying how far along it is (cmd/allot/build.sh),
 # then execs it in place of make's shell: Ctrl-C reaches allot dev, which
@@ -113,6 +118,9 @@ loadtest:
 
 loadtest-quick: $(NATS_SERVER)
 	$(WITH_NATS) bash -c 'cd loadtest && go run . --profile quick -nats-url "$$ALLOT_TEST_NATS_URL" -redis-url "$(ALLOT_TEST_REDIS_URL)"'
+
+loadtest-grpc: $(NATS_SERVER)
+	$(WITH_NATS) bash -c 'cd loadtest && go run . --profile grpc -nats-url "$$ALLOT_TEST_NATS_URL" -redis-url "$(ALLOT_TEST_REDIS_URL)" $(LOADTEST_FLAGS)'
 
 # Every fuzz target, as package:Target; each runs for FUZZTIME.
 FUZZ_TARGETS := ./pkg/events:FuzzDecode ./pkg/events:FuzzDecodeMatchesReference ./pkg/events:FuzzParseTimeUTC ./pkg/events:FuzzDecodeReplyBody \

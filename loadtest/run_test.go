@@ -43,7 +43,7 @@ func TestShortRunIsExact(t *testing.T) {
 	}
 	out := t.TempDir()
 	var stdout, stderr bytes.Buffer
-	args := []string{"-duration", "2s", "-scenarios", "ingest,credit,authorize,ratelimit,registry", "-uids", "50", "-apps", "2", "-concurrency", "4", "-dup", "0.1", "-bad", "0.05", "-out", out}
+	args := []string{"-duration", "2s", "-scenarios", "ingest,credit,authorize,ratelimit,grpc,registry", "-uids", "50", "-apps", "2", "-concurrency", "4", "-dup", "0.1", "-bad", "0.05", "-out", out}
 	code := run(t.Context(), args, &stdout, &stderr, noEnv)
 	if code != exitOK {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
@@ -57,7 +57,7 @@ func TestShortRunIsExact(t *testing.T) {
 	for _, p := range r.Phases {
 		names[p.Name] = true
 	}
-	for _, want := range []string{"publish.raw", "publish", "ingest.raw.max", "ingest.max", "ingest.raw.rate", "ingest.rate", "request.raw", "credit", "authorize", "ratelimit", "registry"} {
+	for _, want := range []string{"publish.raw", "publish", "ingest.raw.max", "ingest.max", "ingest.raw.rate", "ingest.rate", "request.raw", "credit", "authorize", "ratelimit", "grpc", "registry"} {
 		if !names[want] {
 			t.Errorf("no phase %s in %v", want, names)
 		}
