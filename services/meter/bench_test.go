@@ -202,14 +202,7 @@ func BenchmarkIngest(b *testing.B) {
 func BenchmarkCredit(b *testing.B) {
 	nc, rdb, cfg := benchSetup(b)
 	ctx := context.Background()
-	d := 2 * time.Second
-	if v, err := time.ParseDuration(os.Getenv("ALLOT_BENCH_DURATION")); err == nil {
-		d = v
-	}
-	rounds := 3
-	if v, err := strconv.Atoi(os.Getenv("ALLOT_BENCH_ROUNDS")); err == nil && v > 0 {
-		rounds = v
-	}
+	d, rounds := testenv.BenchTurns()
 	if v, err := strconv.Atoi(os.Getenv("ALLOT_BENCH_HANDLERS")); err == nil {
 		cfg.Meter.Handlers = v
 	}

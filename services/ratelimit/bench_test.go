@@ -88,14 +88,7 @@ func benchSetup(b *testing.B) (*nats.Conn, *redis.Client, Config) {
 func BenchmarkCheck(b *testing.B) {
 	nc, rdb, cfg := benchSetup(b)
 	ctx := context.Background()
-	d := 2 * time.Second
-	if v, err := time.ParseDuration(os.Getenv("ALLOT_BENCH_DURATION")); err == nil {
-		d = v
-	}
-	rounds := 3
-	if v, err := strconv.Atoi(os.Getenv("ALLOT_BENCH_ROUNDS")); err == nil && v > 0 {
-		rounds = v
-	}
+	d, rounds := testenv.BenchTurns()
 	const clients = 32
 	if v, err := strconv.Atoi(os.Getenv("ALLOT_BENCH_HANDLERS")); err == nil {
 		cfg.RateLimit.Handlers = v

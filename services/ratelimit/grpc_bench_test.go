@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"math/rand/v2"
-	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -12,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/allot/allot/pkg/testenv"
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/nats-io/nats.go"
@@ -34,14 +34,7 @@ import (
 func BenchmarkGRPCvsNATS(b *testing.B) {
 	nc, rdb, cfg := benchSetup(b)
 	ctx := context.Background()
-	d := 2 * time.Second
-	if v, err := time.ParseDuration(os.Getenv("ALLOT_BENCH_DURATION")); err == nil {
-		d = v
-	}
-	rounds := 3
-	if v, err := strconv.Atoi(os.Getenv("ALLOT_BENCH_ROUNDS")); err == nil && v > 0 {
-		rounds = v
-	}
+	d, rounds := testenv.BenchTurns()
 	const clients = 32
 	cfg.RateLimit.GRPC.Listen = "127.0.0.1:0"
 	cfg.RateLimit.GRPC.Domains = []EnvoyDomain{{Domain: "bench", Descriptors: []EnvoyDescriptor{{
