@@ -139,6 +139,10 @@ type FindReply struct {
 	Instances []Instance          `json:"instances"`
 	URLMap    map[string]string   `json:"url_map"`
 	Conflicts map[string][]string `json:"conflicts,omitempty"`
+	// Seq (registry.find.<name> only) is the sequence of the name's last
+	// change this reply is the state after: a watch applies only changes
+	// with a greater one. Absent (0): none yet, or an older registry.
+	Seq uint64 `json:"seq,omitempty"`
 }
 
 // RefreshRequest asks registry.refresh to reap expired instances now
@@ -161,6 +165,9 @@ const (
 	ChangeAppeared = "appeared"
 	ChangeChanged  = "changed"
 	ChangeExpired  = "expired"
+	// ChangeDeregistered: removed by registry.deregister. The reaper
+	// announces the same instance as expired later, as it always did.
+	ChangeDeregistered = "deregistered"
 )
 
 // RegistryChange is published on registry.changed.<name> when an instance
@@ -172,6 +179,10 @@ type RegistryChange struct {
 	ID       string    `json:"id"`
 	Change   string    `json:"change"`
 	Instance *Instance `json:"instance,omitempty"`
+	// Seq numbers the changes of one name, 1, 2, 3...: a subscriber that
+	// sees one skipped knows it missed a change. 0 (absent): an older
+	// registry, which numbers none.
+	Seq uint64 `json:"seq,omitempty"`
 }
 
 // UsageNotice is published on notify.usage.<uid> when a grant's use

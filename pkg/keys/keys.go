@@ -157,6 +157,12 @@ func (k Keys) RegistryLast() string { return k.tagged(RegistryTag, "last") }
 // registered (ms, Redis clock), kept until the reaper removes it.
 func (k Keys) RegistryCreated() string { return k.tagged(RegistryTag, "created") }
 
+// RegistrySeq is the HASH service name -> the sequence number of its
+// last change (appeared, changed, deregistered, expired), bumped by the
+// same script that makes the change, so a find and the change events
+// agree on it. A name's field is never removed: its sequence only grows.
+func (k Keys) RegistrySeq() string { return k.tagged(RegistryTag, "seq") }
+
 // AuthTag is the hash tag of every key of the auth service's API keys.
 const AuthTag = "auth"
 

@@ -70,7 +70,7 @@ func testRegisterFindAndChanges(t *testing.T, bf backendFunc) {
 		t.Errorf("register reply (-want +got):\n%s", diff)
 	}
 	appeared := next(t, ch)
-	if diff := cmp.Diff(events.RegistryChange{Name: "media", ID: "m-1", Change: "appeared", Instance: new(instance(m1))}, appeared, ignoreCreated); diff != "" {
+	if diff := cmp.Diff(events.RegistryChange{Name: "media", ID: "m-1", Change: "appeared", Instance: new(instance(m1)), Seq: 1}, appeared, ignoreCreated); diff != "" {
 		t.Errorf("appeared (-want +got):\n%s", diff)
 	}
 	created := appeared.Instance.Created
@@ -114,7 +114,7 @@ func testRegisterFindAndChanges(t *testing.T, bf backendFunc) {
 			URLMap:    map[string]string{"albums": "https://a.example", "videos": "https://b.example"},
 			Conflicts: map[string][]string{"photos": {"https://a.example", "https://b.example"}},
 		}},
-		{"meter", events.FindReply{Instances: []events.Instance{instance(meter)}, URLMap: map[string]string{}}},
+		{"meter", events.FindReply{Instances: []events.Instance{instance(meter)}, URLMap: map[string]string{}, Seq: 1}},
 		{"nobody", events.FindReply{Instances: []events.Instance{}, URLMap: map[string]string{}}},
 	} {
 		t.Run("find "+tc.name, func(t *testing.T) {
@@ -216,7 +216,7 @@ func testExpiry(t *testing.T, bf backendFunc) {
 	if _, err := r.ReapOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
-	want := events.RegistryChange{Name: "media", ID: "gone", Change: "expired", Instance: new(instance(gone))}
+	want := events.RegistryChange{Name: "media", ID: "gone", Change: "expired", Instance: new(instance(gone)), Seq: 3}
 	if diff := cmp.Diff(want, next(t, ch), ignoreCreated); diff != "" {
 		t.Errorf("expired (-want +got):\n%s", diff)
 	}
@@ -302,7 +302,7 @@ func testKeyRotation(t *testing.T, bf backendFunc) {
 		t.Fatal(err)
 	}
 	var names []string
-	insts, _, err := rotated.live(ctx)
+	insts, _, _, err := rotated.live(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -376,6 +376,10 @@ func testDeregister(t *testing.T, bf backendFunc) {
 	if err := e.client.Deregister(ctx, "media", "leave"); err != nil {
 		t.Fatal(err)
 	}
+	// Announced at once, numbered after the two appearances.
+	if c := next(t, ch); c.ID != "leave" || c.Change != events.ChangeDeregistered || c.Seq != 3 {
+		t.Errorf("change on deregister = %+v", c)
+	}
 	got, err := e.client.Find(ctx, "media")
 	if err != nil {
 		t.Fatal(err)
@@ -383,11 +387,14 @@ func testDeregister(t *testing.T, bf backendFunc) {
 	if diff := cmp.Diff([]events.Instance{instance(stay)}, got.Instances, ignoreCreated); diff != "" {
 		t.Errorf("right after deregister (-want +got):\n%s", diff)
 	}
+	if got.Seq != 3 {
+		t.Errorf("find seq after deregister = %d, want 3", got.Seq)
+	}
 	// The reaper announces it and cleans up, as for an expiry.
 	if _, err := r.ReapOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if c := next(t, ch); c.ID != "leave" || c.Change != "expired" {
+	if c := next(t, ch); c.ID != "leave" || c.Change != "expired" || c.Seq != 4 {
 		t.Errorf("change after deregister = %+v", c)
 	}
 	// Deregistering what is not there is fine; bad input is a 400.

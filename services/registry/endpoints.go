@@ -44,16 +44,16 @@ func (r *Registry) handleRegister(req micro.Request) {
 	}
 	ctx, cancel := r.requestContext()
 	defer cancel()
-	inst, change, err := r.register(ctx, body)
+	inst, reg, err := r.register(ctx, body)
 	if err != nil {
 		r.reply(req, "register", nil, err)
 		return
 	}
-	switch change {
+	switch reg.Change {
 	case store.Appeared:
-		r.publish(events.ChangeAppeared, inst.Name, inst.ID, &inst)
+		r.publish(events.ChangeAppeared, inst.Name, inst.ID, reg.Seq, &inst)
 	case store.Changed:
-		r.publish(events.ChangeChanged, inst.Name, inst.ID, &inst)
+		r.publish(events.ChangeChanged, inst.Name, inst.ID, reg.Seq, &inst)
 	}
 	data, err := json.Marshal(events.RegisterReply{OK: true, TTLS: int(r.cfg.Registry.TTL / time.Second)})
 	r.reply(req, "register", data, err)
@@ -67,20 +67,23 @@ func (r *Registry) handleDeregister(req micro.Request) {
 	}
 	ctx, cancel := r.requestContext()
 	defer cancel()
-	removed, err := r.store.Deregister(ctx, body.Name, body.ID)
+	seq, err := r.store.Deregister(ctx, body.Name, body.ID)
 	if err != nil {
 		r.reply(req, "deregister", nil, err)
 		return
 	}
-	if removed {
+	if seq != 0 {
 		r.log.Info("deregistered", "name", body.Name, "id", body.ID)
+		// Announced at once, so watches drop it now rather than at the
+		// reaper's next pass.
+		r.publish(events.ChangeDeregistered, body.Name, body.ID, seq, nil)
 	}
 	data, err := json.Marshal(events.OKReply{OK: true})
 	r.reply(req, "deregister", data, err)
 }
 
 // register seals and stores one validated registration.
-func (r *Registry) register(ctx context.Context, body events.RegisterRequest) (events.Instance, store.Change, error) {
+func (r *Registry) register(ctx context.Context, body events.RegisterRequest) (events.Instance, store.Registration, error) {
 	inst := events.Instance{Name: body.Name, ID: body.ID, Endpoints: body.Endpoints, IPv4: body.IPv4,
 		Port: body.Port, PublicURL: body.PublicURL}
 	if inst.Endpoints == nil {
@@ -88,21 +91,21 @@ func (r *Registry) register(ctx context.Context, body events.RegisterRequest) (e
 	}
 	pt, err := json.Marshal(inst)
 	if err != nil {
-		return inst, 0, fmt.Errorf("registry: encode instance: %w", err)
+		return inst, store.Registration{}, fmt.Errorf("registry: encode instance: %w", err)
 	}
 	member := keys.RegistryMember(inst.Name, inst.ID)
-	change, _, created, err := r.store.Register(ctx, inst.Name, inst.ID, r.sealer.Seal(pt, []byte(member)), r.cfg.Registry.TTL)
+	reg, err := r.store.Register(ctx, inst.Name, inst.ID, r.sealer.Seal(pt, []byte(member)), r.cfg.Registry.TTL)
 	if err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			r.metrics.registrations.WithLabelValues("conflict").Inc()
 		}
-		return inst, 0, err
+		return inst, reg, err
 	}
-	r.metrics.registrations.WithLabelValues([...]string{"renewed", "appeared", "changed"}[change]).Inc()
+	r.metrics.registrations.WithLabelValues([...]string{"renewed", "appeared", "changed"}[reg.Change]).Inc()
 	// Kept beside the entry, not sealed in it: a heartbeat must seal to
 	// the same bytes.
-	inst.Created = created.UTC()
-	return inst, change, nil
+	inst.Created = reg.Created.UTC()
+	return inst, reg, nil
 }
 
 func (r *Registry) handleFind(req micro.Request) {
@@ -152,11 +155,15 @@ func (r *Registry) findReply(ctx context.Context, name string) (*encodedReply, e
 		return rep, nil
 	}
 	r.metrics.finds.WithLabelValues("miss").Inc()
-	insts, gen, err := r.live(ctx)
+	insts, seqs, gen, err := r.live(ctx)
 	if err != nil {
 		return nil, err
 	}
-	data, err := json.Marshal(BuildFindReply(insts, name))
+	find := BuildFindReply(insts, name)
+	if name != "" {
+		find.Seq = seqs[name]
+	}
+	data, err := json.Marshal(find)
 	if err != nil {
 		return nil, fmt.Errorf("registry: encode find reply: %w", err)
 	}
@@ -186,19 +193,21 @@ func (r *Registry) gzipped(rep *encodedReply) []byte {
 	return rep.gz
 }
 
-// live returns every live instance, sorted by name and id, from the cache
-// when it is fresh, else from Redis; concurrent misses share one read.
-func (r *Registry) live(ctx context.Context) ([]events.Instance, uint64, error) {
+// live returns every live instance, sorted by name and id, and each
+// name's sequence at that state, from the cache when it is fresh, else
+// from Redis; concurrent misses share one read.
+func (r *Registry) live(ctx context.Context) ([]events.Instance, map[string]uint64, uint64, error) {
 	r.cache.load.Lock()
 	defer r.cache.load.Unlock()
-	if insts, gen, ok := r.cache.instances(r.clock(), r.cfg.Registry.FindCache); ok {
-		return insts, gen, nil
+	if insts, seqs, gen, ok := r.cache.instances(r.clock(), r.cfg.Registry.FindCache); ok {
+		return insts, seqs, gen, nil
 	}
 	gen := r.cache.generation()
-	entries, _, err := r.store.Live(ctx)
+	snap, err := r.store.Live(ctx)
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, 0, err
 	}
+	entries := snap.Entries
 	// Sealing is deterministic: an entry whose member and ciphertext are
 	// those of the last read holds the same instance, already opened.
 	insts := make([]events.Instance, 0, len(entries))
@@ -224,8 +233,8 @@ func (r *Registry) live(ctx context.Context) ([]events.Instance, uint64, error) 
 		return insts[i].ID < insts[j].ID
 	})
 	r.metrics.instances.Set(float64(len(insts)))
-	r.cache.putInstances(gen, insts, r.clock())
-	return insts, gen, nil
+	r.cache.putInstances(gen, insts, snap.Seqs, r.clock())
+	return insts, snap.Seqs, gen, nil
 }
 
 // open decrypts and decodes one entry, counting one that does not open.
@@ -254,44 +263,10 @@ func (r *Registry) open(e store.Entry, where string) (events.Instance, error) {
 // each endpoint (top-level resource) of an instance with a public URL to
 // that URL. A resource served at several different URLs goes to
 // Conflicts with its sorted URLs instead of URLMap.
+// It is events.BuildFindReply, which a client's watch uses on its own
+// copy of the instances.
 func BuildFindReply(insts []events.Instance, name string) events.FindReply {
-	out := events.FindReply{Instances: []events.Instance{}, URLMap: map[string]string{}}
-	urls := map[string][]string{}
-	for _, in := range insts {
-		if name != "" && in.Name != name {
-			continue
-		}
-		out.Instances = append(out.Instances, in)
-		if in.PublicURL == "" {
-			continue
-		}
-		for _, ep := range in.Endpoints {
-			if !contains(urls[ep], in.PublicURL) {
-				urls[ep] = append(urls[ep], in.PublicURL)
-			}
-		}
-	}
-	for res, us := range urls {
-		if len(us) == 1 {
-			out.URLMap[res] = us[0]
-			continue
-		}
-		sort.Strings(us)
-		if out.Conflicts == nil {
-			out.Conflicts = map[string][]string{}
-		}
-		out.Conflicts[res] = us
-	}
-	return out
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
+	return events.BuildFindReply(insts, name)
 }
 
 // cache holds the decrypted instances and encoded find replies between
@@ -306,6 +281,7 @@ type cache struct {
 	at      time.Time
 	valid   bool
 	insts   []events.Instance
+	seqs    map[string]uint64 // each name's sequence at insts
 	replies map[string]*encodedReply
 }
 
@@ -322,7 +298,7 @@ func (c *cache) invalidate() {
 	c.mu.Lock()
 	c.gen++
 	c.valid = false
-	c.insts, c.replies = nil, nil
+	c.insts, c.seqs, c.replies = nil, nil, nil
 	c.mu.Unlock()
 }
 
@@ -336,10 +312,10 @@ func (c *cache) fresh(now time.Time, ttl time.Duration) bool {
 	return c.valid && ttl > 0 && now.Sub(c.at) < ttl
 }
 
-func (c *cache) instances(now time.Time, ttl time.Duration) ([]events.Instance, uint64, bool) {
+func (c *cache) instances(now time.Time, ttl time.Duration) ([]events.Instance, map[string]uint64, uint64, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.insts, c.gen, c.fresh(now, ttl)
+	return c.insts, c.seqs, c.gen, c.fresh(now, ttl)
 }
 
 func (c *cache) reply(name string, now time.Time, ttl time.Duration) (*encodedReply, bool) {
@@ -353,13 +329,13 @@ func (c *cache) reply(name string, now time.Time, ttl time.Duration) (*encodedRe
 }
 
 // putInstances keeps insts unless a change arrived since gen was read.
-func (c *cache) putInstances(gen uint64, insts []events.Instance, now time.Time) {
+func (c *cache) putInstances(gen uint64, insts []events.Instance, seqs map[string]uint64, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if gen != c.gen {
 		return
 	}
-	c.insts, c.at, c.valid, c.replies = insts, now, true, map[string]*encodedReply{}
+	c.insts, c.seqs, c.at, c.valid, c.replies = insts, seqs, now, true, map[string]*encodedReply{}
 }
 
 // putReply keeps the reply for name, built from the instances of
@@ -412,7 +388,7 @@ func (r *Registry) Refresh(ctx context.Context) (events.RefreshReply, error) {
 		return events.RefreshReply{}, err
 	}
 	r.cache.invalidate()
-	insts, _, err := r.live(ctx)
+	insts, _, _, err := r.live(ctx)
 	if err != nil {
 		return events.RefreshReply{}, err
 	}

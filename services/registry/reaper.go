@@ -67,9 +67,9 @@ func (r *Registry) ReapOnce(ctx context.Context) (int, error) {
 		r.metrics.expired.Inc()
 		inst := insts[e.Name+":"+e.ID]
 		if inst == nil {
-			continue // nobody could read it: nothing to announce
+			continue // nobody could read it: nothing to announce (a watch sees the skipped seq and reloads)
 		}
-		r.publish(events.ChangeExpired, e.Name, e.ID, inst)
+		r.publish(events.ChangeExpired, e.Name, e.ID, e.Seq, inst)
 	}
 	return len(reaped), nil
 }

@@ -229,9 +229,9 @@ func (r *Registry) stopEndpoints() {
 
 // publish announces a change on registry.changed.<name>. Core NATS: a
 // subscriber that is away misses it and asks registry.find.
-func (r *Registry) publish(change string, name, id string, inst *events.Instance) {
+func (r *Registry) publish(change string, name, id string, seq uint64, inst *events.Instance) {
 	r.cache.invalidate()
-	data, err := json.Marshal(events.RegistryChange{Name: name, ID: id, Change: change, Instance: inst})
+	data, err := json.Marshal(events.RegistryChange{Name: name, ID: id, Change: change, Instance: inst, Seq: seq})
 	if err == nil {
 		err = r.nc.Publish(r.cfg.Subjects.RegistryChanged(name), data)
 	}

@@ -49,7 +49,7 @@ func TestFindCache(t *testing.T) {
 	ctx := t.Context()
 	find := func(r *Registry) int {
 		t.Helper()
-		insts, _, err := r.live(ctx)
+		insts, _, _, err := r.live(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -72,7 +72,7 @@ func TestFindCache(t *testing.T) {
 	if _, _, err := b.register(ctx, media("m-1", "")); err != nil {
 		t.Fatal(err)
 	}
-	b.publish(events.ChangeAppeared, "media", "m-1", nil)
+	b.publish(events.ChangeAppeared, "media", "m-1", 1, nil)
 	deadline := time.Now().Add(2 * time.Second)
 	for find(a) != 1 {
 		if time.Now().After(deadline) {

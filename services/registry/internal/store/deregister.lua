@@ -5,10 +5,13 @@
 --
 -- KEYS[1]  the instance's entry STRING
 -- KEYS[2]  the expiry ZSET, <name>:<id> -> expiry ms
+-- KEYS[3]  the seq HASH, name -> sequence of its last change
 -- ARGV[1]  <name>:<id>
 -- ARGV[2]  now in ms; 0 uses Redis TIME
+-- ARGV[3]  name
 --
--- Returns 1 when a registration was removed, 0 when there was none.
+-- Returns the name's new sequence when a live registration was removed,
+-- 0 when there was none (or it had already lapsed).
 
 local now = tonumber(ARGV[2])
 if now == 0 then
@@ -18,6 +21,8 @@ end
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
   return 0
 end
-redis.call('DEL', KEYS[1])
+if redis.call('DEL', KEYS[1]) == 0 then
+  return 0 -- already gone: the reaper announces it
+end
 redis.call('ZADD', KEYS[2], now, ARGV[1])
-return 1
+return redis.call('HINCRBY', KEYS[3], ARGV[3], 1)

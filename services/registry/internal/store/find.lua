@@ -3,11 +3,13 @@
 -- KEYS[1]  the expiry ZSET, <name>:<id> -> expiry ms
 -- KEYS[2]  the last HASH, <name>:<id> -> current ciphertext
 -- KEYS[3]  the created HASH, <name>:<id> -> first registration ms
+-- KEYS[4]  the seq HASH, name -> sequence of its last change
 -- ARGV[1]  now in ms; 0 uses Redis TIME
 --
--- Returns {now, member1, expiry1, ciphertext1, created1 or false,
+-- Returns {now, seqs, member1, expiry1, ciphertext1, created1 or false,
 -- member2, ...} for every member expiring after now; a member without a
--- ciphertext is left out.
+-- ciphertext is left out. seqs is the seq HASH as {name1, seq1, ...},
+-- read with the entries, so a find is the state at those sequences.
 
 local now = tonumber(ARGV[1])
 if now == 0 then
@@ -15,7 +17,7 @@ if now == 0 then
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
-local out = {now}
+local out = {now, redis.call('HGETALL', KEYS[4])}
 if #live == 0 then
   return out
 end

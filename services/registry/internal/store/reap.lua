@@ -4,7 +4,8 @@
 -- KEYS[2]  the last HASH, <name>:<id> -> last ciphertext
 -- KEYS[3]  the ids HASH, id -> name
 -- KEYS[4]  the created HASH, <name>:<id> -> first registration ms
--- KEYS[5..] the entry STRING of each member, in ARGV's order
+-- KEYS[5]  the seq HASH, name -> sequence of its last change
+-- KEYS[6..] the entry STRING of each member, in ARGV's order
 -- ARGV[1]  now in ms; 0 uses Redis TIME
 -- ARGV[2..] the members <name>:<id> to reap
 --
@@ -14,7 +15,8 @@
 -- expiry ZSET, the last and created HASHes, and its id from the ids HASH unless the
 -- id has passed to another name since.
 --
--- Returns the members reaped.
+-- Returns {member1, seq1, ...} for the members reaped, seq the name's
+-- sequence after that member's removal.
 
 local now = tonumber(ARGV[1])
 if now == 0 then
@@ -25,7 +27,7 @@ local reaped = {}
 for i = 2, #ARGV do
   local member = ARGV[i]
   local score = redis.call('ZSCORE', KEYS[1], member)
-  if score and tonumber(score) <= now and redis.call('EXISTS', KEYS[i + 3]) == 0 then
+  if score and tonumber(score) <= now and redis.call('EXISTS', KEYS[i + 4]) == 0 then
     redis.call('ZREM', KEYS[1], member)
     redis.call('HDEL', KEYS[2], member)
     redis.call('HDEL', KEYS[4], member)
@@ -35,6 +37,7 @@ for i = 2, #ARGV do
       redis.call('HDEL', KEYS[3], id)
     end
     reaped[#reaped + 1] = member
+    reaped[#reaped + 1] = redis.call('HINCRBY', KEYS[5], name, 1)
   end
 end
 return reaped

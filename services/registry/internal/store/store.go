@@ -133,50 +133,63 @@ func (s *Store) run(ctx context.Context, what string, sc *redis.Script, keys []s
 	return v, nil
 }
 
+// Registration is what a registration did.
+type Registration struct {
+	Change  Change
+	Expiry  time.Time
+	Created time.Time // when the instance first registered
+	Seq     uint64    // the name's sequence after the change (unchanged when renewed)
+}
+
 // Register stores name/id's ciphertext for ttl and says what changed,
 // when the registration expires and when the instance first registered
 // (Redis's clock). A live registration of id under another name is
 // ErrConflict, naming it.
-func (s *Store) Register(ctx context.Context, name, id string, ciphertext []byte, ttl time.Duration) (Change, time.Time, time.Time, error) {
+func (s *Store) Register(ctx context.Context, name, id string, ciphertext []byte, ttl time.Duration) (Registration, error) {
 	k := s.keys
 	v, err := s.run(ctx, "register", s.reg,
-		[]string{k.RegistryEntry(name, id), k.RegistryExpiry(), k.RegistryIDs(), k.RegistryLast(), k.RegistryCreated()},
+		[]string{k.RegistryEntry(name, id), k.RegistryExpiry(), k.RegistryIDs(), k.RegistryLast(), k.RegistryCreated(), k.RegistrySeq()},
 		name, id, ciphertext, ttl.Milliseconds(), s.nowMS())
 	if err != nil {
-		return 0, time.Time{}, time.Time{}, err
+		return Registration{}, err
 	}
 	arr, ok := v.([]any)
 	if ok && len(arr) == 2 {
 		if status, _ := arr[0].(int64); status == -1 {
 			owner, _ := arr[1].(string)
-			return 0, time.Time{}, time.Time{}, fmt.Errorf("%w: id %q is registered by %q", ErrConflict, id, owner)
+			return Registration{}, fmt.Errorf("%w: id %q is registered by %q", ErrConflict, id, owner)
 		}
 	}
-	if !ok || len(arr) != 3 {
-		return 0, time.Time{}, time.Time{}, fmt.Errorf("store: register: unexpected reply %v", v)
+	if !ok || len(arr) != 4 {
+		return Registration{}, fmt.Errorf("store: register: unexpected reply %v", v)
 	}
 	status, _ := arr[0].(int64)
 	exp, ok1 := arr[1].(int64)
 	created, ok2 := arr[2].(int64)
-	if !ok1 || !ok2 || status < 0 || status > 2 {
-		return 0, time.Time{}, time.Time{}, fmt.Errorf("store: register: unexpected reply %v", v)
+	seq, ok3 := arr[3].(int64)
+	if !ok1 || !ok2 || !ok3 || status < 0 || status > 2 || seq < 0 {
+		return Registration{}, fmt.Errorf("store: register: unexpected reply %v", v)
 	}
-	return Change(status), time.UnixMilli(exp), time.UnixMilli(created), nil
+	return Registration{Change: Change(status), Expiry: time.UnixMilli(exp), Created: time.UnixMilli(created), Seq: uint64(seq)}, nil
 }
 
 // Deregister removes name/id's registration at once and hands it to the
-// reaper, which announces and cleans it up as for an expiry. It reports
-// whether there was one.
-func (s *Store) Deregister(ctx context.Context, name, id string) (bool, error) {
+// reaper, which cleans it up (and announces it again) as for an expiry.
+// It returns the name's sequence after the removal, or 0 when there was
+// no live registration to remove.
+func (s *Store) Deregister(ctx context.Context, name, id string) (uint64, error) {
 	k := s.keys
 	v, err := s.run(ctx, "deregister", s.dereg,
-		[]string{k.RegistryEntry(name, id), k.RegistryExpiry()},
-		keys.RegistryMember(name, id), s.nowMS())
+		[]string{k.RegistryEntry(name, id), k.RegistryExpiry(), k.RegistrySeq()},
+		keys.RegistryMember(name, id), s.nowMS(), name)
 	if err != nil {
-		return false, err
+		return 0, err
 	}
-	n, _ := v.(int64)
-	return n == 1, nil
+	n, ok := v.(int64)
+	if !ok || n < 0 {
+		return 0, fmt.Errorf("store: deregister: unexpected reply %v", v)
+	}
+	return uint64(n), nil
 }
 
 // Entry is one stored instance: its member "<name>:<id>", expiry and
@@ -186,16 +199,46 @@ type Entry struct {
 	Expiry     time.Time
 	Ciphertext []byte
 	Created    time.Time // zero when unknown
+	Seq        uint64    // Reap: the name's sequence after its removal
 }
 
-// Live returns every live entry and Redis's time of the read.
-func (s *Store) Live(ctx context.Context) ([]Entry, time.Time, error) {
+// Snapshot is every live entry, with Redis's time of the read and each
+// name's sequence at that read (absent: 0, never changed).
+type Snapshot struct {
+	Entries []Entry
+	Now     time.Time
+	Seqs    map[string]uint64
+}
+
+// Live returns every live entry, Redis's time of the read and the
+// sequences the entries are the state of.
+func (s *Store) Live(ctx context.Context) (Snapshot, error) {
 	k := s.keys
-	v, err := s.run(ctx, "find", s.find, []string{k.RegistryExpiry(), k.RegistryLast(), k.RegistryCreated()}, s.nowMS())
+	v, err := s.run(ctx, "find", s.find, []string{k.RegistryExpiry(), k.RegistryLast(), k.RegistryCreated(), k.RegistrySeq()}, s.nowMS())
 	if err != nil {
-		return nil, time.Time{}, err
+		return Snapshot{}, err
 	}
-	return entries("find", v)
+	arr, ok := v.([]any)
+	if !ok || len(arr) < 2 {
+		return Snapshot{}, fmt.Errorf("store: find: unexpected reply")
+	}
+	flat, ok := arr[1].([]any)
+	if !ok || len(flat)%2 != 0 {
+		return Snapshot{}, fmt.Errorf("store: find: unexpected sequences %v", arr[1])
+	}
+	seqs := make(map[string]uint64, len(flat)/2)
+	for i := 0; i < len(flat); i += 2 {
+		name, _ := flat[i].(string)
+		text, _ := flat[i+1].(string)
+		n, err := strconv.ParseUint(text, 10, 64)
+		if err != nil {
+			return Snapshot{}, fmt.Errorf("store: find: sequence %q of %q", text, name)
+		}
+		seqs[name] = n
+	}
+	rest := append([]any{arr[0]}, arr[2:]...)
+	es, now, err := entries("find", rest)
+	return Snapshot{Entries: es, Now: now, Seqs: seqs}, err
 }
 
 // Expired returns up to limit entries whose registration has run out,
@@ -252,7 +295,7 @@ func (s *Store) Reap(ctx context.Context, expired []Entry) ([]Entry, error) {
 		return nil, nil
 	}
 	k := s.keys
-	ks := []string{k.RegistryExpiry(), k.RegistryLast(), k.RegistryIDs(), k.RegistryCreated()}
+	ks := []string{k.RegistryExpiry(), k.RegistryLast(), k.RegistryIDs(), k.RegistryCreated(), k.RegistrySeq()}
 	args := []any{s.nowMS()}
 	byMember := make(map[string]Entry, len(expired))
 	for _, e := range expired {
@@ -266,13 +309,15 @@ func (s *Store) Reap(ctx context.Context, expired []Entry) ([]Entry, error) {
 		return nil, err
 	}
 	arr, ok := v.([]any)
-	if !ok {
+	if !ok || len(arr)%2 != 0 {
 		return nil, fmt.Errorf("store: reap: unexpected reply %v", v)
 	}
-	out := make([]Entry, 0, len(arr))
-	for _, x := range arr {
-		m, _ := x.(string)
+	out := make([]Entry, 0, len(arr)/2)
+	for i := 0; i < len(arr); i += 2 {
+		m, _ := arr[i].(string)
+		seq, _ := arr[i+1].(int64)
 		if e, ok := byMember[m]; ok {
+			e.Seq = uint64(seq)
 			out = append(out, e)
 		}
 	}

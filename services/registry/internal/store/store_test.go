@@ -43,7 +43,8 @@ func TestRegisterChanges(t *testing.T) {
 		{"another id", "media", "m-2", "A", Appeared, nil},
 	} {
 		t.Run(tc.step, func(t *testing.T) {
-			got, exp, created, err := s.Register(ctx, tc.name, tc.id, []byte(tc.ciphertext), time.Minute)
+			reg, err := s.Register(ctx, tc.name, tc.id, []byte(tc.ciphertext), time.Minute)
+			got, exp, created := reg.Change, reg.Expiry, reg.Created
 			if !errors.Is(err, tc.err) {
 				t.Fatalf("err = %v, want %v", err, tc.err)
 			}
@@ -60,12 +61,16 @@ func TestRegisterChanges(t *testing.T) {
 			*now = now.Add(time.Second)
 		})
 	}
-	live, _, err := s.Live(ctx)
+	snap, err := s.Live(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// media appeared, changed, then m-2 appeared; meter never registered.
+	if snap.Seqs["media"] != 3 || len(snap.Seqs) != 1 {
+		t.Errorf("seqs = %v, want media at 3", snap.Seqs)
+	}
 	var got []string
-	for _, e := range live {
+	for _, e := range snap.Entries {
 		got = append(got, e.Name+":"+e.ID+"="+string(e.Ciphertext))
 		if e.Created.IsZero() {
 			t.Errorf("%s:%s has no created time", e.Name, e.ID)
@@ -82,7 +87,7 @@ func TestReapOnlyWhatIsGone(t *testing.T) {
 	s, mr, now := newStore(t)
 	ctx := t.Context()
 	for _, id := range []string{"gone", "renewed"} {
-		if _, _, _, err := s.Register(ctx, "media", id, []byte(id), time.Minute); err != nil {
+		if _, err := s.Register(ctx, "media", id, []byte(id), time.Minute); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -93,7 +98,7 @@ func TestReapOnlyWhatIsGone(t *testing.T) {
 	}
 	// The entry keys run out, then "renewed" heartbeats before the reap.
 	mr.FastForward(61 * time.Second)
-	if _, _, _, err := s.Register(ctx, "media", "renewed", []byte("renewed"), time.Minute); err != nil {
+	if _, err := s.Register(ctx, "media", "renewed", []byte("renewed"), time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	reaped, err := s.Reap(ctx, expired)
@@ -116,7 +121,7 @@ func TestScriptsReloadAfterFlush(t *testing.T) {
 	if err := s.rdb.(*redis.Client).ScriptFlush(t.Context()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, _, err := s.Register(t.Context(), "media", "m-1", []byte("A"), time.Minute); err != nil {
+	if _, err := s.Register(t.Context(), "media", "m-1", []byte("A"), time.Minute); err != nil {
 		t.Fatalf("after SCRIPT FLUSH: %v", err)
 	}
 }
@@ -124,7 +129,7 @@ func TestScriptsReloadAfterFlush(t *testing.T) {
 func TestRedisDown(t *testing.T) {
 	s, mr, _ := newStore(t)
 	mr.Close()
-	if _, _, _, err := s.Register(t.Context(), "media", "m-1", []byte("A"), time.Minute); !errors.Is(err, ErrRedis) {
+	if _, err := s.Register(t.Context(), "media", "m-1", []byte("A"), time.Minute); !errors.Is(err, ErrRedis) {
 		t.Errorf("Redis down: %v, want ErrRedis", err)
 	}
 }
