@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"time"
@@ -29,12 +30,17 @@ type ClientOptions struct {
 	// Timeout bounds each request whose context has no earlier deadline
 	// (default 2s).
 	Timeout time.Duration
+	// Log receives what a registry watch does (reloads and why); nil
+	// discards it.
+	Log *slog.Logger
 }
 
 // Client calls allot's request/reply endpoints. It is safe for concurrent
 // use.
 type Client struct {
 	nc      requester
+	conn    *nats.Conn // for subscriptions (registry watches)
+	log     *slog.Logger
 	subj    Subjects
 	timeout time.Duration
 	// Gzipped replies are inflated with readers and into buffers kept
@@ -63,7 +69,10 @@ func NewClient(nc *nats.Conn, opts ClientOptions) (*Client, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = 2 * time.Second
 	}
-	return &Client{nc: nc, subj: opts.Subjects, timeout: opts.Timeout}, nil
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Client{nc: nc, conn: nc, log: opts.Log, subj: opts.Subjects, timeout: opts.Timeout}, nil
 }
 
 // Credit returns uid's credit for one grant metric.
