@@ -32,6 +32,10 @@ var behaviours = []struct {
 	{"KeyRotation", testKeyRotation},
 	{"OneReaper", testOneReaper},
 	{"RefreshReapsAndRebuilds", testRefresh},
+	{"WatchFollowsChanges", testWatchFollowsChanges},
+	{"WatchReloadsOnAGap", testWatchReloadsOnAGap},
+	{"WatchMalformedChange", testWatchMalformedChange},
+	{"WatchKilledInstanceLeavesEveryCache", testWatchKilledInstanceLeavesEveryCache},
 }
 
 func TestBehaviour(t *testing.T) {

@@ -66,8 +66,8 @@ func eventually(t *testing.T, w *events.RegistryWatch, want ...string) {
 	}
 }
 
-func TestWatchFollowsChanges(t *testing.T) {
-	e := newEnv(t, miniBackend)
+func testWatchFollowsChanges(t *testing.T, bf backendFunc) {
+	e := newEnv(t, bf)
 	r := e.start(e.config(testKey), nil)
 	ctx := t.Context()
 	m1 := media("m1", "https://a.example", "albums")
@@ -133,8 +133,8 @@ func TestWatchFollowsChanges(t *testing.T) {
 	}
 }
 
-func TestWatchReloadsOnAGap(t *testing.T) {
-	e := newEnv(t, miniBackend)
+func testWatchReloadsOnAGap(t *testing.T, bf backendFunc) {
+	e := newEnv(t, bf)
 	e.start(e.config(testKey), nil)
 	ctx := t.Context()
 	if _, err := e.client.Register(ctx, media("m1", "")); err != nil {
@@ -169,8 +169,8 @@ func TestWatchReloadsOnAGap(t *testing.T) {
 	}
 }
 
-func TestWatchMalformedChange(t *testing.T) {
-	e := newEnv(t, miniBackend)
+func testWatchMalformedChange(t *testing.T, bf backendFunc) {
+	e := newEnv(t, bf)
 	e.start(e.config(testKey), nil)
 	ctx := t.Context()
 	if _, err := e.client.Register(ctx, media("m1", "")); err != nil {
@@ -207,12 +207,12 @@ func TestWatchMalformedChange(t *testing.T) {
 	}
 }
 
-// TestWatchKilledInstanceLeavesEveryCache: an instance stops its
+// testWatchKilledInstanceLeavesEveryCache: an instance stops its
 // heartbeats, expires and is reaped; three watches (each on its own
 // connection) drop it. The delay is logged; BenchmarkWatchRemoval
 // measures its percentiles.
-func TestWatchKilledInstanceLeavesEveryCache(t *testing.T) {
-	e := newEnv(t, miniBackend)
+func testWatchKilledInstanceLeavesEveryCache(t *testing.T, bf backendFunc) {
+	e := newEnv(t, bf)
 	r := e.start(e.config(testKey), nil)
 	ctx := t.Context()
 	for _, id := range []string{"victim", "keeper"} {
@@ -230,8 +230,10 @@ func TestWatchKilledInstanceLeavesEveryCache(t *testing.T) {
 	}
 	e.elapse(1000 * time.Millisecond)
 	start := time.Now()
-	if n, err := r.ReapOnce(ctx); err != nil || n != 1 {
-		t.Fatalf("reaped %d, %v; want the victim", n, err)
+	// On the real Redis the registry's own reaper (real time) may have
+	// been first; either way the victim is gone from the registry now.
+	if _, err := r.ReapOnce(ctx); err != nil {
+		t.Fatal(err)
 	}
 	for i, w := range ws {
 		eventually(t, w, "keeper")
