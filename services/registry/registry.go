@@ -2,7 +2,9 @@
 // themselves on registry.register with a TTL and renew it by registering
 // again (the heartbeat); registry.find[.<name>] lists the live ones with
 // the URL serving each top-level resource; registry.changed.<name> says
-// when one appears, changes or expires. Its binary (cmd/registry) and
+// when one appears, changes, is deregistered or expires, each change of
+// a name numbered (seq) by the script that makes it, so a client's
+// events.RegistryWatch can tell it missed one. Its binary (cmd/registry) and
 // "allot dev" both run it through Run.
 //
 // # Storage
