@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/keys"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -166,6 +167,23 @@ func testWatchReloadsOnAGap(t *testing.T, bf backendFunc) {
 	eventually(t, w, "m1", "m2")
 	if st := w.Stats(); st.Gaps != 1 || st.Reloads != 2 {
 		t.Errorf("stats %+v: want one gap and a reload", st)
+	}
+
+	// A change whose event never went out: the number moves on in Redis
+	// (as when a publish fails) and the next real change reveals it.
+	if err := e.b.rdb.HIncrBy(ctx, keys.New(e.b.prefix).RegistrySeq(), "media", 1).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.client.Deregister(ctx, "media", "m1"); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(2 * time.Second)
+	for w.Stats().Reloads < 3 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	eventually(t, w, "m2")
+	if st := w.Stats(); st.Gaps != 2 || st.Reloads != 3 {
+		t.Errorf("stats %+v: want a second gap and reload", st)
 	}
 }
 
