@@ -251,14 +251,16 @@ func (w *RegistryWatch) onChange(msg *nats.Msg) {
 		w.invalidateLocked()
 		return
 	}
-	switch {
-	case w.loading:
+	if w.loading {
 		if len(w.buffered) < watchBuffer {
 			w.buffered = append(w.buffered, ch)
 		} else {
 			w.stale = true
 		}
-	case w.ready:
+	}
+	// A resync loads while the watch is current: it keeps applying
+	// changes meanwhile, so a removal is not held up by the load.
+	if w.ready {
 		if w.applyLocked(ch) {
 			w.publishLocked()
 		}

@@ -80,6 +80,13 @@ func TestWatchBuffersDuringALoad(t *testing.T) {
 	if len(w.buffered) != 3 || !w.stale {
 		t.Fatalf("buffered %d, stale %v", len(w.buffered), w.stale)
 	}
+	// A resync loads while current: changes are buffered and applied.
+	w = bareWatch()
+	w.ready, w.loading = true, true
+	w.onChange(changeMsg(t, appeared("a", 1)))
+	if got := w.ids(); len(w.buffered) != 1 || !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("during a resync: buffered %d, answering %v", len(w.buffered), got)
+	}
 }
 
 // FuzzWatchChange: whatever arrives on the subject, the watch neither
