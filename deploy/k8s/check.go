@@ -135,6 +135,7 @@ func (r *Rendered) Check() []error {
 		}
 	}
 	r.checkNATSAuth(&p, ws)
+	r.checkStreamStore(&p, ws)
 	for _, o := range r.Objects {
 		switch v := o.Value.(type) {
 		case *corev1.Service:
