@@ -124,3 +124,28 @@ func get(t *testing.T, url string) string {
 	}
 	return string(b)
 }
+
+// The embedded NATS creates the streams whatever the caps they reserve
+// and the free disk: nats-server sets a stream's max_bytes aside against
+// a store limit that defaults to 75% of the free disk, which would refuse
+// the default 10 GiB on a nearly full laptop, and here refuses 2 TiB.
+func TestStreamsReserveNoMatterTheFreeDisk(t *testing.T) {
+	cfg := service.Default()
+	cfg.Streams.MaxBytes = 2 << 40
+	st, err := Start(t.Context(), Options{Config: cfg, NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", SMTPAddr: "127.0.0.1:0", StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close(context.Background()) })
+	js, err := jetstream.New(st.NATS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(t.Context(), cfg.Streams.Usage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.CachedInfo().Config.MaxBytes; got != 2<<40 {
+		t.Errorf("USAGE max_bytes = %d, want %d", got, int64(2<<40))
+	}
+}

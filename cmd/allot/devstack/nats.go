@@ -55,6 +55,12 @@ func (s *Stack) startNATS(opts Options, callout *auth.ServerConfig, log *slog.Lo
 	}
 	sopts.ServerName, sopts.Host, sopts.Port = "allot-dev", host, port
 	sopts.JetStream, sopts.StoreDir = true, dir
+	// nats-server sets aside every stream's max_bytes against its store
+	// limit when it creates the stream, and that limit defaults to 75% of
+	// the free disk: the default caps (10 GiB) could not be created on a
+	// laptop with less free than about 14 GB. The dev stack writes little;
+	// the disk, not a reservation, is its limit.
+	sopts.JetStreamMaxStore = devMaxStore
 	sopts.NoLog, sopts.NoSigs = true, true
 	ns, err := server.NewServer(sopts)
 	if err != nil {
@@ -73,3 +79,7 @@ func (s *Stack) startNATS(opts Options, callout *auth.ServerConfig, log *slog.Lo
 	log.Debug("embedded nats-server started", "url", ns.ClientURL(), "store", dir)
 	return ns.ClientURL(), nil
 }
+
+// devMaxStore is the embedded server's JetStream file store limit: far
+// past what a laptop's streams reserve (streams: max_bytes and the rest).
+const devMaxStore = 4 << 40 // 4 TiB
