@@ -172,8 +172,16 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, s Subjects, cfg 
 	}
 	for _, sc := range []jetstream.StreamConfig{cfg.UsageStreamConfig(s), cfg.DeadStreamConfig(s), cfg.NotifyStreamConfig(s)} {
 		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+			if apiErr, ok := errors.AsType[*jetstream.APIError](err); ok && apiErr.ErrorCode == errInsufficientResources {
+				return fmt.Errorf("events: ensure stream %s on %v: %w: nats-server sets aside each stream's cap (streams: max_bytes %d, dead_max_bytes %d, notify_max_bytes %d) against its JetStream store limit (max_file_store, or max_memory_store for memory streams) when it creates the stream; raise the limit or lower the caps",
+					sc.Name, sc.Subjects, err, cfg.MaxBytes, cfg.DeadMaxBytes, cfg.NotifyMaxBytes)
+			}
 			return fmt.Errorf("events: ensure stream %s on %v: %w", sc.Name, sc.Subjects, err)
 		}
 	}
 	return nil
 }
+
+// errInsufficientResources is JetStream's error code for a stream whose
+// reservation does not fit the server's (or account's) store limit.
+const errInsufficientResources jetstream.ErrorCode = 10047
