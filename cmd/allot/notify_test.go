@@ -52,7 +52,7 @@ func TestNotifyUsageErrors(t *testing.T) {
 func TestNotifyConfirmAndVerify(t *testing.T) {
 	cfg := service.Default()
 	cfg.Instance = "cli-test"
-	st, err := devstack.Start(t.Context(), devstack.Options{Config: cfg, NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", SMTPAddr: "127.0.0.1:0", StoreDir: t.TempDir()})
+	st, err := devstack.Start(t.Context(), devstack.Options{Config: cfg, NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", SMTPAddr: "127.0.0.1:0", StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -237,7 +237,7 @@ func publishRate(b *testing.B, nc *nats.Conn, d time.Duration) float64 {
 func benchStack(b *testing.B, withAuth bool) (*Stack, string) {
 	cfg := service.Default()
 	cfg.Log.Level = "error"
-	opts := Options{Config: cfg, NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", SMTPAddr: "127.0.0.1:0", Log: slog.New(slog.DiscardHandler)}
+	opts := Options{Config: cfg, NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", SMTPAddr: "127.0.0.1:0", Log: slog.New(slog.DiscardHandler)}
 	if url := os.Getenv("ALLOT_BENCH_REDIS_URL"); url != "" {
 		opts.ExternalRedis = true
 		opts.Config.Redis.URL = service.URL(url)

@@ -21,7 +21,7 @@ import (
 func TestEveryServiceRegistersItself(t *testing.T) {
 	cfg := service.Default()
 	cfg.Instance = "laptop.local"
-	st, err := Start(t.Context(), Options{Config: cfg, NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", StoreDir: t.TempDir()})
+	st, err := Start(t.Context(), Options{Config: cfg, NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func TestEveryServiceRegistersItself(t *testing.T) {
 func TestMailSinkAndAsynqmon(t *testing.T) {
 	cfg := service.Default()
 	cfg.Instance = "laptop"
-	st, err := Start(t.Context(), Options{Config: cfg, NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", SMTPAddr: "127.0.0.1:0", StoreDir: t.TempDir()})
+	st, err := Start(t.Context(), Options{Config: cfg, NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", SMTPAddr: "127.0.0.1:0", StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func get(t *testing.T, url string) string {
 func TestStreamsReserveNoMatterTheFreeDisk(t *testing.T) {
 	cfg := service.Default()
 	cfg.Streams.MaxBytes = 2 << 40
-	st, err := Start(t.Context(), Options{Config: cfg, NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", SMTPAddr: "127.0.0.1:0", StoreDir: t.TempDir()})
+	st, err := Start(t.Context(), Options{Config: cfg, NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", SMTPAddr: "127.0.0.1:0", StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,7 +36,7 @@ func TestMetricsPassPromlint(t *testing.T) {
 			sec := DefaultSections()
 			sec.Meter.ExportPerUID = true
 			sec.Usage.Metrics["queue_depth"] = usage.MetricConfig{Style: usage.StyleGauge, Scope: usage.ScopeInstance, Help: "Jobs waiting"}
-			opts := Options{Config: service.Default(), Sections: &sec, NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", SMTPAddr: "127.0.0.1:0", StoreDir: t.TempDir()}
+			opts := Options{Config: service.Default(), Sections: &sec, NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", SMTPAddr: "127.0.0.1:0", StoreDir: t.TempDir()}
 			opts.Config.Instance = "laptop"
 			if withAuth {
 				opts.Auth = testAuthConfig(t)

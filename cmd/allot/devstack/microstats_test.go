@@ -22,7 +22,7 @@ import (
 // endpoint gets malformed requests (400s) and empty ones (answered or
 // refused, whatever the endpoint makes of them).
 func TestMicroStatsTellTheTruth(t *testing.T) {
-	opts := Options{Config: service.Default(), NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", SMTPAddr: "127.0.0.1:0",
+	opts := Options{Config: service.Default(), NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", SMTPAddr: "127.0.0.1:0",
 		StoreDir: t.TempDir(), Auth: testAuthConfig(t)}
 	opts.Config.Instance = "laptop"
 	st, err := Start(t.Context(), opts)

@@ -17,7 +17,7 @@ func TestRefreshScheduleInAsynqmon(t *testing.T) {
 	cfg.Instance = "laptop"
 	sec := DefaultSections()
 	sec.Notifier.RefreshInterval = time.Second
-	st, err := Start(t.Context(), Options{Config: cfg, Sections: &sec, NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", SMTPAddr: "127.0.0.1:0", StoreDir: t.TempDir()})
+	st, err := Start(t.Context(), Options{Config: cfg, Sections: &sec, NATSAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", SMTPAddr: "127.0.0.1:0", StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
