@@ -15,8 +15,12 @@ limiter's Envoy RLS front would load them, and explains: every error (what
 allot does not support: month and year units, quota_mode, share_threshold,
 unknown fields) and every note (what loads but behaves differently:
 value_to_metric and metadata are ignored, detailed_metric labels metrics
-with the configured path). A file with no error loads unchanged: list it
-under ratelimit.grpc.files. Exits 1 when some file has an error.
+with the configured path, allot_deny_unmatched: true denies descriptors
+that match no limit). A file with no error loads unchanged: list it
+under ratelimit.grpc.files. A descriptor that matches no limit is then
+OK, as in envoyproxy/ratelimit, unless ratelimit.grpc.deny_unmatched is
+on (the file's allot-only allot_deny_unmatched overrides it): then it is
+OVER_LIMIT. Exits 1 when some file has an error.
 
 Examples:
   allot ratelimit import-envoy /etc/ratelimit/config/edge.yaml`

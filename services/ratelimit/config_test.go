@@ -120,6 +120,10 @@ func TestRateLimitSection(t *testing.T) {
 		{"a grant is not hits", "ratelimit:\n  services:\n    upload: {metric: photo_daily_total}\n", "must be a counter of scope user"},
 		{"a global counter is not hits", "metrics:\n  jobs: {style: counter, scope: global}\nratelimit:\n  services:\n    upload: {metric: jobs}\n", "must be a counter of scope user"},
 		{"a bad metric", "metrics:\n  jobs: {style: counter, scope: planet}\n", "metrics.jobs.scope"},
+		{"deny_unmatched not a bool", "ratelimit: {grpc: {deny_unmatched: maybe}}\n", "cannot unmarshal !!str `maybe` into bool"},
+		{"deny_unmatched a number", "ratelimit: {grpc: {deny_unmatched: 1}}\n", "cannot unmarshal !!int `1` into bool"},
+		{"deny_unmatched misspelled", "ratelimit: {grpc: {deny_unmatch: true}}\n", "deny_unmatch: unknown field"},
+		{"a domain's allot_deny_unmatched not a bool", "ratelimit:\n  grpc:\n    domains:\n      - {domain: x, allot_deny_unmatched: [true]}\n", "cannot unmarshal !!seq into bool"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := load(t, tc.body)
@@ -136,6 +140,25 @@ func TestRateLimitSection(t *testing.T) {
 		}
 		if diff := cmp.Diff(map[string][]string{"api_calls_total": {"api", "web"}}, cfg.RateLimit.HitServices()); diff != "" {
 			t.Errorf("hit services (-want +got):\n%s", diff)
+		}
+	})
+
+	t.Run("deny_unmatched, and a domain's own", func(t *testing.T) {
+		cfg, err := load(t, "ratelimit:\n  grpc:\n    deny_unmatched: true\n    domains:\n      - {domain: x, allot_deny_unmatched: false}\n      - {domain: y}\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := cfg.RateLimit.GRPC
+		domains, err := g.AllDomains()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]bool{}
+		for name, d := range compileEnvoy(domains, g.DenyUnmatched) {
+			got[name] = d.denyUnmatched
+		}
+		if diff := cmp.Diff(map[string]bool{"allot": true, "x": false, "y": true}, got); diff != "" {
+			t.Errorf("deny_unmatched by domain (-want +got):\n%s", diff)
 		}
 	})
 

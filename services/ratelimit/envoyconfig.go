@@ -20,6 +20,11 @@ import (
 type EnvoyDomain struct {
 	Domain      string            `yaml:"domain"`
 	Descriptors []EnvoyDescriptor `yaml:"descriptors"`
+	// AllotDenyUnmatched (allot only) overrides
+	// ratelimit.grpc.deny_unmatched for this domain: true answers a
+	// descriptor that matches no limit OVER_LIMIT, false OK (as
+	// envoyproxy/ratelimit does); unset follows the setting.
+	AllotDenyUnmatched *bool `yaml:"allot_deny_unmatched,omitempty"`
 }
 
 // EnvoyDescriptor is one node of a domain's tree: a request descriptor's
@@ -146,6 +151,9 @@ func CheckEnvoy(d EnvoyDomain) []EnvoyNote {
 	}
 	if d.Domain == "" {
 		add("domain", true, "is required")
+	}
+	if d.AllotDenyUnmatched != nil && *d.AllotDenyUnmatched {
+		add("allot_deny_unmatched", false, "a descriptor that matches no limit is OVER_LIMIT, where envoyproxy/ratelimit answers OK (and refuses this field)")
 	}
 	var walk func(path string, ds []EnvoyDescriptor)
 	walk = func(path string, ds []EnvoyDescriptor) {

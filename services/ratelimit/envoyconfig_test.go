@@ -10,6 +10,7 @@ import (
 func TestCheckEnvoyNotes(t *testing.T) {
 	d, err := ReadEnvoyDomain([]byte(`
 domain: d
+allot_deny_unmatched: true
 descriptors:
   - key: a
     rate_limit: {unit: month, requests_per_unit: 1}
@@ -36,6 +37,7 @@ descriptors:
 		got = append(got, n.String())
 	}
 	for _, want := range []string{
+		"note: allot_deny_unmatched: a descriptor that matches no limit is OVER_LIMIT",
 		"error: descriptors[0].rate_limit.unit: month is not supported",
 		"error: descriptors[1].quota_mode: quota mode is not supported",
 		"note: descriptors[1].value_to_metric: ignored",
@@ -52,8 +54,8 @@ descriptors:
 			t.Errorf("missing %q in\n%s", want, strings.Join(got, "\n"))
 		}
 	}
-	if len(got) != 11 {
-		t.Errorf("%d notes, want 11:\n%s", len(got), strings.Join(got, "\n"))
+	if len(got) != 12 {
+		t.Errorf("%d notes, want 12:\n%s", len(got), strings.Join(got, "\n"))
 	}
 }
 
@@ -67,7 +69,7 @@ func containsPrefix(lines []string, prefix string) bool {
 }
 
 func TestReadEnvoyDomainRefuses(t *testing.T) {
-	for _, bad := range []string{"", "domain: d\nfoo: 1\n", "domain: d\n---\ndomain: e\n", "domain: [", "descriptors: {}"} {
+	for _, bad := range []string{"", "domain: d\nfoo: 1\n", "domain: d\n---\ndomain: e\n", "domain: [", "descriptors: {}", "domain: d\nallot_deny_unmatched: maybe\n"} {
 		if _, err := ReadEnvoyDomain([]byte(bad)); err == nil {
 			t.Errorf("ReadEnvoyDomain(%q) = nil error", bad)
 		}
@@ -105,7 +107,7 @@ func TestEnvoyMatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root := compileEnvoy([]EnvoyDomain{d})["edge"]
+	root := compileEnvoy([]EnvoyDomain{d}, false)["edge"].root
 	tests := []struct {
 		entries []envoyEntry
 		want    string // the rule's path, "" for none
@@ -145,6 +147,7 @@ func TestEnvoyMatch(t *testing.T) {
 func FuzzReadEnvoyDomain(f *testing.F) {
 	f.Add([]byte(edgeConfig))
 	f.Add([]byte("domain: allot\ndescriptors:\n  - key: uid\n    allot_uid: true\n"))
+	f.Add([]byte("domain: strict\nallot_deny_unmatched: true\ndescriptors:\n  - key: k\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d, err := ReadEnvoyDomain(data)
 		if err != nil {
@@ -153,7 +156,7 @@ func FuzzReadEnvoyDomain(f *testing.F) {
 		if envoyErrors("f", d) != nil {
 			return
 		}
-		root := compileEnvoy([]EnvoyDomain{d})[d.Domain]
+		root := compileEnvoy([]EnvoyDomain{d}, false)[d.Domain].root
 		root.match([]envoyEntry{{"k", "v"}, {"uid", "u"}})
 	})
 }

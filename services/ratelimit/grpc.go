@@ -47,7 +47,7 @@ func newGRPCMetrics(reg prometheus.Registerer) (*grpcMetrics, error) {
 		}, []string{"domain", "code"}),
 		descriptors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "allot_ratelimit_grpc_descriptors_total",
-			Help: "Descriptors of answered ShouldRateLimit requests, by domain and result: limited (a limit decided it), unmatched (no configured limit), unlimited, replaced (another limit of the request replaced its own).",
+			Help: "Descriptors of answered ShouldRateLimit requests, by domain and result: limited (a limit decided it), unmatched (no configured limit; OK), unmatched_denied (no configured limit, denied by deny_unmatched), unmatched_shadow_denied (would have been unmatched_denied; OK under ratelimit.shadow), unlimited, replaced (another limit of the request replaced its own).",
 		}, []string{"domain", "result"}),
 	}
 	if reg == nil {
@@ -73,7 +73,7 @@ func newGRPCFront(l *Limiter, reg prometheus.Registerer) (*grpcFront, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &grpcFront{l: l, cfg: g, domains: compileEnvoy(domains), metrics: m}, nil
+	return &grpcFront{l: l, cfg: g, domains: compileEnvoy(domains, g.DenyUnmatched), metrics: m}, nil
 }
 
 // start listens on ratelimit.grpc.listen, if set, and serves there.

@@ -50,3 +50,7 @@ func TestIntegrationGRPCEnvoyRequests(t *testing.T) {
 		t.Errorf("the descriptor's window keys: %d exist, %v; want 1", n, err)
 	}
 }
+
+// TestIntegrationGRPCDenyUnmatched is TestGRPCDenyUnmatched on the real
+// Redis.
+func TestIntegrationGRPCDenyUnmatched(t *testing.T) { testGRPCDenyUnmatched(t, startRealEnv) }

@@ -297,3 +297,77 @@ func TestGRPCOff(t *testing.T) {
 		t.Errorf("GRPCAddr = %q, want none", a)
 	}
 }
+
+// TestGRPCDenyUnmatched checks ratelimit.grpc.deny_unmatched and a
+// domain's allot_deny_unmatched on a request with one matched and one
+// unmatched descriptor: the matched one is spent either way.
+func TestGRPCDenyUnmatched(t *testing.T) { testGRPCDenyUnmatched(t, startEnv) }
+
+func testGRPCDenyUnmatched(t *testing.T, start func(*testing.T, Config) *env) {
+	ok, over := rlv3.RateLimitResponse_OK, rlv3.RateLimitResponse_OVER_LIMIT
+	no, yes := false, true
+	tests := []struct {
+		name   string
+		global bool // ratelimit.grpc.deny_unmatched
+		shadow bool // ratelimit.shadow
+		edge   *bool
+		// The answers and counted results of edge and of the default
+		// domain allot, each asked once with an unmatched descriptor.
+		edgeCode, allotCode     rlv3.RateLimitResponse_Code
+		edgeResult, allotResult string
+	}{
+		{"default: OK as envoyproxy/ratelimit", false, false, nil, ok, ok, "unmatched", "unmatched"},
+		{"deny_unmatched", true, false, nil, over, over, "unmatched_denied", "unmatched_denied"},
+		{"deny_unmatched under ratelimit.shadow", true, true, nil, ok, ok, "unmatched_shadow_denied", "unmatched_shadow_denied"},
+		{"a domain allows what the setting denies", true, false, &no, ok, over, "unmatched", "unmatched_denied"},
+		{"a domain denies what the setting allows", false, false, &yes, over, ok, "unmatched_denied", "unmatched"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, rls, _ := grpcEnvOn(t, func(c *Config) {
+				c.RateLimit.GRPC.DenyUnmatched = tt.global
+				c.RateLimit.Shadow = tt.shadow
+				c.RateLimit.GRPC.Domains[0].AllotDenyUnmatched = tt.edge
+			}, start)
+			got, err := rls.ShouldRateLimit(t.Context(), &rlv3.RateLimitRequest{Domain: "edge", Descriptors: []*rlcommon.RateLimitDescriptor{
+				desc("remote_address", "10.0.0.1"), desc("generic_key", "api", "header_match", "user")}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.OverallCode != tt.edgeCode || len(got.Statuses) != 2 {
+				t.Fatalf("edge = %v, want overall %v", got, tt.edgeCode)
+			}
+			if s := got.Statuses[0]; s.Code != ok || s.CurrentLimit.GetRequestsPerUnit() != 2 || s.LimitRemaining != 1 {
+				t.Errorf("the matched descriptor = %v, want OK, spent to 1 of 2", s)
+			}
+			if diff := cmp.Diff(&rlv3.RateLimitResponse_DescriptorStatus{Code: tt.edgeCode}, got.Statuses[1], protocmp.Transform()); diff != "" {
+				t.Errorf("the unmatched descriptor (-want +got):\n%s", diff)
+			}
+			if h := got.ResponseHeadersToAdd; len(h) != 3 || h[0].Value != "2" || h[1].Value != "1" {
+				t.Errorf("headers = %v, want the matched descriptor's", h)
+			}
+			got, err = rls.ShouldRateLimit(t.Context(), &rlv3.RateLimitRequest{Domain: "allot", Descriptors: []*rlcommon.RateLimitDescriptor{desc("user", "u-1")}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := &rlv3.RateLimitResponse{OverallCode: tt.allotCode, Statuses: []*rlv3.RateLimitResponse_DescriptorStatus{{Code: tt.allotCode}}}
+			if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+				t.Errorf("allot (-want +got):\n%s", diff)
+			}
+			m := e.lim.grpc.metrics
+			for _, c := range []struct{ domain, result string }{{"edge", tt.edgeResult}, {"allot", tt.allotResult}} {
+				if n := testutil.ToFloat64(m.descriptors.WithLabelValues(c.domain, c.result)); n != 1 {
+					t.Errorf("%s descriptors counted %s: %v, want 1", c.domain, c.result, n)
+				}
+			}
+			if n := testutil.ToFloat64(m.requests.WithLabelValues("edge", tt.edgeCode.String())); n != 1 {
+				t.Errorf("edge requests counted %v: %v, want 1", tt.edgeCode, n)
+			}
+			// An unknown domain is an error still.
+			_, err = rls.ShouldRateLimit(t.Context(), &rlv3.RateLimitRequest{Domain: "nope", Descriptors: []*rlcommon.RateLimitDescriptor{desc("k", "v")}})
+			if status.Code(err) != codes.NotFound {
+				t.Errorf("unknown domain = %v, want NotFound", err)
+			}
+		})
+	}
+}

@@ -31,6 +31,12 @@ type GRPCSettings struct {
 	// forward (envoyproxy/ratelimit's LIMIT_RESPONSE_HEADERS_ENABLED).
 	// Default true.
 	ResponseHeaders bool `yaml:"response_headers"`
+	// DenyUnmatched answers a descriptor that matches no configured limit
+	// OVER_LIMIT (its status without current_limit) instead of OK without
+	// a status limit, as envoyproxy/ratelimit answers; under
+	// ratelimit.shadow it is counted and answered OK. A domain's
+	// allot_deny_unmatched overrides it. Default false.
+	DenyUnmatched bool `yaml:"deny_unmatched"`
 	// Files are envoyproxy/ratelimit config files, one domain each.
 	Files []string `yaml:"files"`
 	// Domains are domains written inline, in the same format.
@@ -128,16 +134,29 @@ type envoyWildcard struct {
 	node  *envoyNode
 }
 
-// envoyDomains are the compiled domains, by name.
-type envoyDomains map[string]*envoyNode
+// envoyDomain is a compiled domain: its tree and whether a descriptor
+// that matches no limit is denied.
+type envoyDomain struct {
+	root          *envoyNode
+	denyUnmatched bool
+}
 
-// compileEnvoy builds the trees of domains, which Validate has checked.
-func compileEnvoy(domains []EnvoyDomain) envoyDomains {
+// envoyDomains are the compiled domains, by name.
+type envoyDomains map[string]envoyDomain
+
+// compileEnvoy builds the trees of domains, which Validate has checked;
+// denyUnmatched is ratelimit.grpc.deny_unmatched, for the domains that
+// do not set their own.
+func compileEnvoy(domains []EnvoyDomain, denyUnmatched bool) envoyDomains {
 	out := envoyDomains{}
 	for _, d := range domains {
 		root := newEnvoyNode()
 		root.add(d.Domain, "", d.Descriptors)
-		out[d.Domain] = root
+		deny := denyUnmatched
+		if d.AllotDenyUnmatched != nil {
+			deny = *d.AllotDenyUnmatched
+		}
+		out[d.Domain] = envoyDomain{root: root, denyUnmatched: deny}
 	}
 	return out
 }

@@ -31,7 +31,7 @@ const (
 type plan struct {
 	rule    *envoyRule
 	entries []envoyEntry
-	result  string // limited, unmatched, unlimited, replaced
+	result  string // limited, unmatched[_denied|_shadow_denied], unlimited, replaced
 	p       pending
 	op      int // its index in the request's ops, when limited
 }
@@ -40,10 +40,12 @@ type plan struct {
 // each descriptor finds its limit in the request's domain and spends
 // its hits_addend (or the request's; 0 is 1) on that limit's window, all
 // of the request's descriptors in one batch. A descriptor with no limit
-// is OK without a status limit, as envoyproxy/ratelimit answers.
+// is OK without a status limit, as envoyproxy/ratelimit answers, unless
+// its domain denies unmatched descriptors: then it is OVER_LIMIT, still
+// without a status limit.
 func (f *grpcFront) ShouldRateLimit(ctx context.Context, req *rlv3.RateLimitRequest) (*rlv3.RateLimitResponse, error) {
 	domain := req.GetDomain()
-	root, known := f.domains[domain]
+	dom, known := f.domains[domain]
 	label := domain
 	if !known {
 		label = "(unknown)"
@@ -61,7 +63,7 @@ func (f *grpcFront) ShouldRateLimit(ctx context.Context, req *rlv3.RateLimitRequ
 	case int64(req.GetHitsAddend()) > f.cfg.MaxHitsAddend:
 		return nil, f.statusError(label, codes.InvalidArgument, "hits_addend: %d, more than %d", req.GetHitsAddend(), f.cfg.MaxHitsAddend)
 	}
-	plans, ops, err := f.plan(root, req)
+	plans, ops, err := f.plan(dom, req)
 	if err != nil {
 		return nil, f.statusError(label, status.Code(err), "%s", status.Convert(err).Message())
 	}
@@ -81,6 +83,10 @@ func (f *grpcFront) ShouldRateLimit(ctx context.Context, req *rlv3.RateLimitRequ
 		switch pl.result {
 		case "unlimited":
 			st.LimitRemaining = math.MaxUint32
+			continue
+		case "unmatched_denied":
+			st.Code = rlv3.RateLimitResponse_OVER_LIMIT
+			resp.OverallCode = rlv3.RateLimitResponse_OVER_LIMIT
 			continue
 		case "limited":
 		default:
@@ -112,13 +118,22 @@ func (f *grpcFront) ShouldRateLimit(ctx context.Context, req *rlv3.RateLimitRequ
 	return resp, nil
 }
 
-// plan checks the request's descriptors and finds their rules, applying
-// replaces, and returns the checks to make; an error is an
-// InvalidArgument or FailedPrecondition status.
-func (f *grpcFront) plan(root *envoyNode, req *rlv3.RateLimitRequest) ([]plan, []store.CheckOp, error) {
+// plan checks the request's descriptors and finds their rules in dom,
+// applying replaces and dom's deny_unmatched, and returns the checks to
+// make; an error is an InvalidArgument or FailedPrecondition status.
+func (f *grpcFront) plan(dom envoyDomain, req *rlv3.RateLimitRequest) ([]plan, []store.CheckOp, error) {
 	descs := req.GetDescriptors()
 	plans := make([]plan, len(descs))
 	replacing := map[string]bool{}
+	// unmatched is the result of a descriptor no limit matches: a
+	// denial, which ratelimit.shadow only counts, when dom denies them.
+	unmatched := "unmatched"
+	switch {
+	case dom.denyUnmatched && f.l.cfg.RateLimit.Shadow:
+		unmatched = "unmatched_shadow_denied"
+	case dom.denyUnmatched:
+		unmatched = "unmatched_denied"
+	}
 	for i, d := range descs {
 		es := d.GetEntries()
 		if len(es) == 0 {
@@ -131,7 +146,7 @@ func (f *grpcFront) plan(root *envoyNode, req *rlv3.RateLimitRequest) ([]plan, [
 			}
 			entries[j] = envoyEntry{key: e.GetKey(), value: e.GetValue()}
 		}
-		rule := root.match(entries)
+		rule := dom.root.match(entries)
 		if lim := d.GetLimit(); lim != nil {
 			// Envoy's own limit override: it replaces the configured one.
 			unit := lim.GetUnit().String()
@@ -145,7 +160,7 @@ func (f *grpcFront) plan(root *envoyNode, req *rlv3.RateLimitRequest) ([]plan, [
 			}
 			rule = &envoyRule{path: path, label: "(envoy:" + req.GetDomain() + ")", unit: unitOf(interval), rpu: lim.GetRequestsPerUnit(), interval: interval}
 		}
-		plans[i] = plan{rule: rule, entries: entries, result: "unmatched", op: -1}
+		plans[i] = plan{rule: rule, entries: entries, result: unmatched, op: -1}
 		if rule != nil {
 			for _, r := range rule.replaces {
 				replacing[r] = true
