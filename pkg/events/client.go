@@ -33,6 +33,9 @@ type ClientOptions struct {
 	// Log receives what a registry watch does (reloads and why); nil
 	// discards it.
 	Log *slog.Logger
+	// Batch turns on batching of Check, Credit(s) and Authorize calls
+	// made at the same time (coalesce.go); off by default.
+	Batch BatchOptions
 }
 
 // Client calls allot's request/reply endpoints. It is safe for concurrent
@@ -48,6 +51,8 @@ type Client struct {
 	// collect a large body each time.
 	readers sync.Pool // of *gzip.Reader
 	buffers sync.Pool // of *[]byte
+	// coalescer batches calls; nil when batching is off.
+	coalescer *coalescer
 }
 
 // requester is what a Client needs of a NATS connection (*nats.Conn).
@@ -72,7 +77,11 @@ func NewClient(nc *nats.Conn, opts ClientOptions) (*Client, error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{nc: nc, conn: nc, log: opts.Log, subj: opts.Subjects, timeout: opts.Timeout}, nil
+	c := &Client{nc: nc, conn: nc, log: opts.Log, subj: opts.Subjects, timeout: opts.Timeout}
+	if opts.Batch.Enabled {
+		c.coalescer = &coalescer{c: c, opts: opts.Batch.withDefaults(), lanes: map[string]*lane{}}
+	}
+	return c, nil
 }
 
 // Credit returns uid's credit for one grant metric.
@@ -81,14 +90,14 @@ func (c *Client) Credit(ctx context.Context, uid, metric string) (Credit, error)
 	if err := ValidateToken("metric", metric); err != nil {
 		return reply, err
 	}
-	err := c.call(ctx, uid, c.subj.Credit, CreditRequest{Metric: metric}, &reply)
+	err := c.batched(ctx, uid, c.subj.Credit, c.subj.CreditMany, CreditRequest{Metric: metric}, &reply)
 	return reply, err
 }
 
 // Credits returns uid's credit for every grant.
 func (c *Client) Credits(ctx context.Context, uid string) (CreditsReply, error) {
 	var reply CreditsReply
-	err := c.call(ctx, uid, c.subj.Credit, CreditRequest{}, &reply)
+	err := c.batched(ctx, uid, c.subj.Credit, c.subj.CreditMany, CreditRequest{}, &reply)
 	return reply, err
 }
 
@@ -108,7 +117,7 @@ func (c *Client) Authorize(ctx context.Context, uid string, req AuthorizeRequest
 	if err := req.Validate(); err != nil {
 		return reply, err
 	}
-	err := c.call(ctx, uid, c.subj.Authorize, req, &reply)
+	err := c.batched(ctx, uid, c.subj.Authorize, c.subj.AuthorizeMany, req, &reply)
 	return reply, err
 }
 
@@ -130,7 +139,7 @@ func (c *Client) Check(ctx context.Context, uid string, req CheckRequest) (Check
 	if err := req.Validate(); err != nil {
 		return reply, err
 	}
-	err := c.call(ctx, uid, c.subj.Check, req, &reply)
+	err := c.batched(ctx, uid, c.subj.Check, c.subj.CheckMany, req, &reply)
 	return reply, err
 }
 
@@ -215,6 +224,12 @@ func (c *Client) requestWith(ctx context.Context, subject string, header nats.He
 	if err != nil {
 		return fmt.Errorf("events: encode request for %s: %w", subject, err)
 	}
+	return c.exchange(ctx, subject, header, data, reply)
+}
+
+// exchange sends data, a request's JSON, and decodes the reply as
+// requestWith says.
+func (c *Client) exchange(ctx context.Context, subject string, header nats.Header, data []byte, reply any) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)

@@ -90,6 +90,30 @@ func (s Subjects) Grants(uid string) string { return s.Meter + ".grants." + uid 
 // Check returns the rate-limit check subject for uid.
 func (s Subjects) Check(uid string) string { return s.RateLimit + ".check." + uid }
 
+// CreditMany, AuthorizeMany and CheckMany return the batch subjects of
+// credit, authorize and check for scope: [ScopeAll] or a uid (many.go).
+func (s Subjects) CreditMany(scope string) string { return s.Meter + ".credit_many." + scope }
+
+// AuthorizeMany: see CreditMany.
+func (s Subjects) AuthorizeMany(scope string) string { return s.Meter + ".authorize_many." + scope }
+
+// CheckMany: see CreditMany.
+func (s Subjects) CheckMany(scope string) string { return s.RateLimit + ".check_many." + scope }
+
+// ParseScope returns the scope token that follows prefix in a batch
+// subject: [ScopeAll] or a uid.
+func (s Subjects) ParseScope(subject, prefix string) (string, error) {
+	if rest, ok := strings.CutPrefix(subject, prefix+"."); ok && rest == ScopeAll {
+		return rest, nil
+	}
+	scope, err := s.ParseUID(subject, prefix)
+	var v *ValidationError
+	if errors.As(err, &v) {
+		v.Field = "scope"
+	}
+	return scope, err
+}
+
 // Reset returns the rate-limit reset subject for uid.
 func (s Subjects) Reset(uid string) string { return s.RateLimit + ".reset." + uid }
 

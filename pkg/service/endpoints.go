@@ -8,6 +8,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,6 +26,11 @@ type Endpoint struct {
 	// Batch, set instead of Handler, serves the requests that arrive
 	// together in one call (see BatchFunc).
 	Batch BatchFunc
+	// Many, with Batch and a Subject ending in ".*" (the uid), also
+	// serves the endpoint's batch messages on <Many>.<scope> below the
+	// group (e.g. "credit_many"): each request a batch carries joins the
+	// endpoint's own queue as if it had come alone (many.go).
+	Many string
 }
 
 // EndpointsConfig names a service's micro service and sizes it.
@@ -125,6 +131,8 @@ func (e *Endpoints) add(cfg EndpointsConfig, ep Endpoint, handlers, pipelines in
 		return fmt.Errorf("%s: endpoint %s has both a handler and a batch function", cfg.Name, ep.Name)
 	case ep.Batch == nil && ep.Handler == nil:
 		return fmt.Errorf("%s: endpoint %s has neither a handler nor a batch function", cfg.Name, ep.Name)
+	case ep.Many != "" && (ep.Batch == nil || !strings.HasSuffix(ep.Subject, ".*") || !nameRE.MatchString(ep.Many)):
+		return fmt.Errorf("%s: endpoint %s: batch messages (%q) need a batch function, a subject ending in .* and a name", cfg.Name, ep.Name, ep.Many)
 	}
 	subject := ep.Subject
 	if cfg.Group != "" {
@@ -152,14 +160,25 @@ func (e *Endpoints) add(cfg EndpointsConfig, ep Endpoint, handlers, pipelines in
 		})
 	}
 	e.endpoints = append(e.endpoints, p)
+	if err := e.subscribe(cfg, p, handlers); err != nil {
+		return err
+	}
+	if ep.Many == "" {
+		return nil
+	}
+	return e.addMany(cfg, ep, p, handlers, durations)
+}
+
+// subscribe takes p's requests in.
+func (e *Endpoints) subscribe(cfg EndpointsConfig, p *endpoint, handlers int) error {
 	// Handlers subscriptions in the queue group take the requests in, as
 	// many goroutines; they only hand them on, to the workers or the
 	// batcher, whose queue and the subscriptions' pending buffers hold
 	// what waits.
 	for range handlers {
-		sub, err := e.nc.QueueSubscribe(subject, cfg.Name, p.receive)
+		sub, err := e.nc.QueueSubscribe(p.subject, cfg.Name, p.receive)
 		if err != nil {
-			return fmt.Errorf("%s: endpoint %s: %w", cfg.Name, ep.Name, err)
+			return fmt.Errorf("%s: endpoint %s: %w", cfg.Name, p.name, err)
 		}
 		p.subs = append(p.subs, sub)
 	}

@@ -57,7 +57,12 @@ func (p *endpoint) start(n int, work func()) {
 // receive is the subscription's callback: it stamps the request's arrival
 // and queues it for the workers.
 func (p *endpoint) receive(m *nats.Msg) {
-	r := &request{msg: m, ep: p, received: time.Now()}
+	p.enqueue(&request{msg: m, ep: p, received: time.Now()})
+}
+
+// enqueue hands r to the workers, or answers it 503 when the endpoint has
+// stopped.
+func (p *endpoint) enqueue(r *request) {
 	p.inFlight.Add(1)
 	p.mu.RLock()
 	defer p.mu.RUnlock()
@@ -190,6 +195,10 @@ type request struct {
 	ep       *endpoint
 	received time.Time
 	answered atomic.Bool
+	// many, when set, is the batch message r came in: r's answer goes
+	// into its slot of the batch's reply (many.go), not on the wire.
+	many *manyReply
+	slot int
 }
 
 // Respond answers with data.
@@ -242,6 +251,12 @@ func (r *request) Error(code, description string, data []byte, opts ...micro.Res
 // nats.Msg.RespondMsg would take the subscription's lock, which the
 // subscription's delivery holds for every request it takes in.
 func (r *request) send(m *nats.Msg, status int, failure string) error {
+	if r.many != nil {
+		if r.ep.record(r, status, failure) {
+			r.many.fill(r.slot, status, m.Data)
+		}
+		return nil
+	}
 	if r.msg.Reply == "" {
 		err := fmt.Errorf("%w: %w", micro.ErrRespond, nats.ErrMsgNoReply)
 		r.ep.record(r, 500, cmp.Or(failure, err.Error()))

@@ -165,8 +165,8 @@ func (m *Meter) startEndpoints(reg prometheus.Registerer) error {
 			m.metrics.requestBatch.WithLabelValues(endpoint).Observe(float64(n))
 		},
 	}, []service.Endpoint{
-		{Name: "credit", Subject: "credit.*", Batch: m.handleCredits},
-		{Name: "authorize", Subject: "authorize.*", Batch: m.handleAuthorizes},
+		{Name: "credit", Subject: "credit.*", Batch: m.handleCredits, Many: "credit_many"},
+		{Name: "authorize", Subject: "authorize.*", Batch: m.handleAuthorizes, Many: "authorize_many"},
 		{Name: "grants", Subject: "grants.*", Handler: m.handleGrants},
 	}, m.log)
 	if err != nil {

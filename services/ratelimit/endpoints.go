@@ -22,7 +22,7 @@ func (l *Limiter) startEndpoints(reg prometheus.Registerer) error {
 		ObserveBatch: func(_ string, n int) { l.metrics.batchSize.Observe(float64(n)) },
 	}, []service.Endpoint{
 		// Checks are decided in batches, one Redis round trip each.
-		{Name: "check", Subject: "check.*", Batch: l.handleChecks},
+		{Name: "check", Subject: "check.*", Batch: l.handleChecks, Many: "check_many"},
 		{Name: "reset", Subject: "reset.*", Handler: l.handleReset},
 	}, l.log)
 	if err != nil {
