@@ -5,6 +5,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/services/auth/internal/policy"
 
 	"github.com/nats-io/nkeys"
 )
@@ -34,6 +38,42 @@ func TestLoadConfigDefaults(t *testing.T) {
 	if cfg.Backend.Name != "redis" || cfg.Validators[0] != "key_format" || cfg.KeyTTL <= 0 {
 		t.Errorf("defaults: %+v", cfg)
 	}
+}
+
+// Batch subjects: a key for every uid reaches the ~all scope, a key bound
+// to uids only its own uids' scopes, in what nats-server enforces.
+func TestShippedRolesScopeBatches(t *testing.T) {
+	cfg, err := LoadConfig("", env(map[string]string{"ALLOT_AUTH_ISSUER_SEED": seed(t), "ALLOT_AUTH_SYS_PASSWORD": "pw"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for _, role := range []string{"app", "reader", "operator"} {
+		bound, err := policy.Compile(cfg.Roles[role].Grant, []string{"u-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		every, err := policy.Compile(cfg.Roles[role].Grant, []string{"*"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, subj := range []string{"meter.credit_many", "ratelimit.check_many"} {
+			if !pub(bound, subj+".u-1", now) || pub(bound, subj+".u-2", now) || pub(bound, subj+"."+events.ScopeAll, now) {
+				t.Errorf("%s bound to u-1: %s scopes wrong", role, subj)
+			}
+			if !pub(every, subj+"."+events.ScopeAll, now) || !pub(every, subj+".u-2", now) {
+				t.Errorf("%s for every uid: %s.%s refused", role, subj, events.ScopeAll)
+			}
+		}
+		if role == "app" && !pub(bound, "meter.authorize_many.u-1", now) {
+			t.Error("app: authorize_many refused")
+		}
+	}
+}
+
+// pub says whether p lets a connection publish to s at now.
+func pub(p policy.Permissions, s string, now time.Time) bool {
+	return p.Allows(policy.Op{Kind: policy.Pub, Subject: s, Time: now})
 }
 
 // A file's roles add to the shipped ones or replace one by name.

@@ -312,6 +312,7 @@ func testServiceRoleMatrix(t *testing.T, st *stack) {
 		"usage.u-1", "usage.u-2", "usage.dead.u-1",
 		"meter.credit.u-1", "meter.credit.u-2", "meter.authorize.u-1", "meter.authorize.u-2", "meter.grants.u-1", "meter.grants.u-2",
 		"ratelimit.check.u-1", "ratelimit.check.u-2", "ratelimit.reset.u-1", "ratelimit.reset.u-2",
+		"meter.credit_many.u-1", "meter.credit_many.~all", "meter.authorize_many.u-2", "ratelimit.check_many.u-1", "ratelimit.check_many.~all",
 		"registry.register", "registry.deregister", "registry.find", "registry.find.web", "registry.refresh", "registry.changed.web",
 		"notify.usage.u-1", "notify.confirm.u-1", "notify.confirm.u-2", "notify.verify",
 		"auth.keys.create", "auth.keys.list", "auth.changed.AbCd1234",
