@@ -18,6 +18,10 @@
 #                     nats-server and the real Redis; not in CI. LOADTEST_FLAGS
 #                     adds flags, e.g. "-grpc 127.0.0.1:8081 -grpc-domain rl" to
 #                     load an envoyproxy/ratelimit of your own in the same run
+#   make loadtest-batch  ratelimit.check and meter.credit with the client
+#                     batching calls in flight together, beside the same alone
+#                     and the bare responder floor, 15 s, on the pinned
+#                     nats-server and the real Redis; not in CI
 #   make fmt | tidy | build | fuzz
 
 SHELL := /bin/bash
@@ -69,7 +73,7 @@ MODIFIED ?= $(shell test -z "$$(git status --porcelain 2>/dev/null)" && echo fal
 SERVICE_PKG := github.com/allot/allot/pkg/service
 LDFLAGS = -X $(SERVICE_PKG).version=$(VERSION) -X $(SERVICE_PKG).revision=$(REVISION) -X $(SERVICE_PKG).modified=$(MODIFIED)
 
-.PHONY: run test test-unit test-integration test-clock-ahead bench lint fmt tidy build fuzz clean modules loadtest loadtest-quick loadtest-grpc nats-server
+.PHONY: run test test-unit test-integration test-clock-ahead bench lint fmt tidy build fuzz clean modules loadtest loadtest-quick loadtest-grpc loadtest-batch nats-server
 
 # run builds bin/allot, saying how far along it is (cmd/allot/build.sh),
 # then execs it in place of make's shell: Ctrl-C reaches allot dev, which
@@ -122,9 +126,12 @@ loadtest-quick: $(NATS_SERVER)
 loadtest-grpc: $(NATS_SERVER)
 	$(WITH_NATS) bash -c 'cd loadtest && go run . --profile grpc -nats-url "$$ALLOT_TEST_NATS_URL" -redis-url "$(ALLOT_TEST_REDIS_URL)" $(LOADTEST_FLAGS)'
 
+loadtest-batch: $(NATS_SERVER)
+	$(WITH_NATS) bash -c 'cd loadtest && go run . --profile batch -nats-url "$$ALLOT_TEST_NATS_URL" -redis-url "$(ALLOT_TEST_REDIS_URL)" $(LOADTEST_FLAGS)'
+
 # Every fuzz target, as package:Target; each runs for FUZZTIME.
 FUZZ_TARGETS := ./pkg/events:FuzzDecode ./pkg/events:FuzzDecodeMatchesReference ./pkg/events:FuzzParseTimeUTC ./pkg/events:FuzzDecodeReplyBody \
-	./pkg/events:FuzzCheckNumber ./pkg/events:FuzzDecodeRequest ./pkg/events:FuzzWatchChange \
+	./pkg/events:FuzzCheckNumber ./pkg/events:FuzzDecodeRequest ./pkg/events:FuzzWatchChange ./pkg/events:FuzzDecodeBatchRequest \
 	./services/notifier:FuzzDecodeTaskPayload ./services/notifier/internal/token:FuzzCheck \
 	./services/auth:FuzzLoadKeysFile ./services/auth/internal/policy:FuzzCompile ./services/auth/internal/apikey:FuzzParse
 

@@ -26,9 +26,18 @@ import (
 //   - the raw responder: a micro service doing one Redis GET per request,
 //     with as many handlers as the meter has. What a request costs when
 //     the service does the least it could.
+//   - the bare responder: 16 queue subscriptions answering {} at once,
+//     no work at all: the floor of one NATS message per request, which
+//     batching (events.BatchOptions) is measured against.
 //
 // The third baseline, raw nats.go async publish with ids, runs in the
 // harness beside the apps (publish.go).
+
+// bareResponders is how many subscriptions the bare responder answers
+// from; bareBody is its answer.
+const bareResponders = 16
+
+var bareBody = []byte("{}")
 
 // rawKey is where the raw worker counts an event of uid and metric.
 func rawKey(prefix, uid, metric string) string { return prefix + "raw:" + uid + ":" + metric }
@@ -77,6 +86,16 @@ func startBaseline(ctx context.Context, spec childSpec, log *slog.Logger) (func(
 		}
 		svcs = append(svcs, svc)
 	}
+	var bare []*nats.Subscription
+	for range bareResponders {
+		sub, err := nc.QueueSubscribe(spec.BareReply+".*", "loadtestbare", func(m *nats.Msg) { _ = m.Respond(bareBody) })
+		if err != nil {
+			nc.Close()
+			_ = rdb.Close()
+			return nil, childReady{}, fmt.Errorf("baseline: bare responder: %w", err)
+		}
+		bare = append(bare, sub)
+	}
 	if err := nc.Flush(); err != nil {
 		return nil, childReady{}, err
 	}
@@ -86,6 +105,9 @@ func startBaseline(ctx context.Context, spec childSpec, log *slog.Logger) (func(
 	stop := func(context.Context) error {
 		for _, s := range svcs {
 			_ = s.Stop()
+		}
+		for _, s := range bare {
+			_ = s.Unsubscribe()
 		}
 		cancel()
 		wg.Wait()

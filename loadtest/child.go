@@ -49,7 +49,8 @@ type childSpec struct {
 	// Baseline only.
 	RawStream   string `json:"raw_stream,omitempty"`
 	RawConsumer string `json:"raw_consumer,omitempty"`
-	RawReply    string `json:"raw_reply,omitempty"` // subject prefix of the raw responder: <prefix>.<uid>
+	RawReply    string `json:"raw_reply,omitempty"`  // subject prefix of the raw responder: <prefix>.<uid>
+	BareReply   string `json:"bare_reply,omitempty"` // subject prefix of the bare responder, which does no work
 	Handlers    int    `json:"handlers,omitempty"`
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/allot/allot/loadtest/internal/hist"
 	"github.com/allot/allot/loadtest/internal/report"
@@ -93,6 +94,14 @@ func headlines(phases []report.Phase) []report.Headline {
 		latency(name, "p50", "request.raw", raw, lat(p50), nil)
 		latency(name, "p99", "request.raw", raw, lat(p99), lt)
 		latency(name, "p99.9", "request.raw", raw, lat(p999), nil)
+	}
+	bare := "bare request/reply, no work"
+	for _, name := range []string{"ratelimit.batched", "credit.batched"} {
+		rate(name, "req/s", "request.bare", bare, func(_, r float64) (string, bool) { return ">= 1.5x the bare responder", r >= 1.5 })
+		latency(name, "p50", "request.bare", bare, lat(p50), nil)
+		latency(name, "p99", "request.bare", bare, lat(p99), func(v float64) (string, bool) { return "<= 2 ms", v <= 2 })
+		alone := strings.TrimSuffix(name, ".batched")
+		rate(name, "req/s", alone, alone+" alone, same run", nil)
 	}
 	return append(out, grpcHeadlines(by)...)
 }

@@ -308,6 +308,23 @@ func (h *harness) runScenarios(ctx context.Context) {
 			return
 		}
 	}
+	if h.o.has("batch") {
+		batched := func(name, what string, op reqOp) func() report.Phase {
+			return func() report.Phase {
+				s := reqSpec(name, what, op, 1, conc)
+				s.batch = true
+				return h.requests(ctx, s)
+			}
+		}
+		ok := step(func() report.Phase {
+			return h.requests(ctx, reqSpec("request.bare", "bare request/reply: 16 subscriptions answering {} at once, no work", h.opBare(), 1, conc))
+		}) &&
+			step(batched("ratelimit.batched", "ratelimit.check, the client batching calls in flight together", h.opCheck())) &&
+			step(batched("credit.batched", "meter.credit, the client batching calls in flight together", h.opCredit()))
+		if !ok {
+			return
+		}
+	}
 	if h.o.has("grpc") && !h.grpcPhases(ctx, step, unit) {
 		return
 	}

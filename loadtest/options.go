@@ -12,7 +12,7 @@ import (
 )
 
 // Scenarios, in the order a run takes them.
-var allScenarios = []string{"ingest", "credit", "authorize", "ratelimit", "grpc", "registry", "mixed"}
+var allScenarios = []string{"ingest", "credit", "authorize", "ratelimit", "batch", "grpc", "registry", "mixed"}
 
 // Targets.
 const (
@@ -55,6 +55,10 @@ var profiles = map[string]Options{
 	// grpc: the Envoy RLS front beside ratelimit.check over NATS and the
 	// raw responder, random uids over 10,000 (-uids), as issue 20 asks.
 	"grpc": {Scenarios: []string{"ratelimit", "grpc"}, Duration: 15 * time.Second, UIDs: 10_000},
+	// batch: ratelimit.check and meter.credit with the client batching
+	// calls in flight together, beside the same alone and the bare
+	// responder floor, random uids over 10,000, as issue 20 asks.
+	"batch": {Scenarios: []string{"credit", "ratelimit", "batch"}, Duration: 15 * time.Second, UIDs: 10_000},
 }
 
 func baseOptions(getenv func(string) string) Options {
@@ -102,6 +106,10 @@ Scenarios (-scenarios, comma-separated):
              the publisher alone against raw nats.go async publish
   credit     meter.credit request/reply       authorize  meter.authorize
   ratelimit  ratelimit.check decisions        registry   register, heartbeat, find
+  batch      ratelimit.check and meter.credit with the client batching calls in
+             flight together (events.BatchOptions), and the bare responder (no
+             work, one message each way) they are held to (-profile batch: with
+             credit and ratelimit alone, in the same run)
   grpc       Envoy RLS ShouldRateLimit (one descriptor -grpc-descriptor=<random uid>,
              hits_addend 1) on the stack's gRPC front, or on -grpc, e.g. an
              envoyproxy/ratelimit of your own; with -grpc and the inprocess target,
@@ -271,5 +279,5 @@ func (o Options) has(scenario string) bool { return slices.Contains(o.Scenarios,
 // hasRequests says whether a request scenario runs, and so the raw
 // request/reply baseline.
 func (o Options) hasRequests() bool {
-	return o.has("credit") || o.has("authorize") || o.has("ratelimit") || o.has("registry") || o.has("grpc")
+	return o.has("credit") || o.has("authorize") || o.has("ratelimit") || o.has("registry") || o.has("grpc") || o.has("batch")
 }

@@ -25,6 +25,7 @@ type reqSpec struct {
 	rate        float64 // open loop; 0 is closed loop with concurrency clients
 	concurrency int
 	dur         time.Duration
+	batch       bool // the clients batch calls in flight together
 }
 
 // requests runs one request phase. Closed loop: concurrency clients, each
@@ -40,7 +41,8 @@ func (h *harness) requests(ctx context.Context, s reqSpec) report.Phase {
 	}
 	clients := make([]*events.Client, len(h.t.conns))
 	for i, nc := range h.t.conns {
-		c, err := events.NewClient(nc, events.ClientOptions{Subjects: h.t.cfg.Subjects, Timeout: 2 * time.Second})
+		c, err := events.NewClient(nc, events.ClientOptions{Subjects: h.t.cfg.Subjects, Timeout: 2 * time.Second,
+			Batch: events.BatchOptions{Enabled: s.batch}})
 		if err != nil {
 			ph.Incomplete = err.Error()
 			return ph
@@ -151,6 +153,22 @@ func (h *harness) opRaw() reqOp {
 		}
 		if serr := events.DecodeServiceError(msg); serr != nil {
 			return "", serr
+		}
+		return "", nil
+	}
+}
+
+// opBare asks the bare responder, which answers at once: the floor of
+// one NATS message each way per request.
+func (h *harness) opBare() reqOp {
+	nc := h.t.conns
+	var n atomic.Int64
+	return func(ctx context.Context, _ *events.Client, i int64) (string, error) {
+		c := nc[int(n.Add(1))%len(nc)]
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if _, err := c.RequestWithContext(rctx, h.t.bareReply+"."+h.t.uid(int(i%int64(h.o.UIDs))), nil); err != nil {
+			return "", fmt.Errorf("%w: %w", events.ErrTimeout, err)
 		}
 		return "", nil
 	}

@@ -47,6 +47,7 @@ type target struct {
 	rawStream   string
 	rawConsumer string
 	rawReply    string
+	bareReply   string          // the bare responder's subject prefix
 	pubSubjects events.Subjects // the publish-only stream: Usage for the AsyncPublisher
 	pubRaw      string          // ... and the raw publisher's subject prefix
 	pubStream   string
@@ -163,7 +164,7 @@ func setUp(ctx context.Context, o Options, log *slog.Logger) (t *target, err err
 
 	// The baselines' stream and streams of their own.
 	up := strings.ToUpper(tag)
-	t.rawStream, t.rawConsumer, t.rawReply = up+"_RAW", "raw", tag+".rawget"
+	t.rawStream, t.rawConsumer, t.rawReply, t.bareReply = up+"_RAW", "raw", tag+".rawget", tag+".bare"
 	t.rawSubjects = events.DefaultSubjects()
 	t.rawSubjects.Usage = tag + ".raw"
 	t.pubStream = up + "_PUB"
@@ -181,7 +182,7 @@ func setUp(ctx context.Context, o Options, log *slog.Logger) (t *target, err err
 		}
 	}
 	t.baseline, err = spawn(ctx, childSpec{Role: roleBaseline, NATSURL: t.natsURL, RedisURL: t.redisURL, Prefix: t.cfg.Redis.KeyPrefix + tag + ":",
-		Instance: "loadtest-" + t.runID, RawStream: t.rawStream, RawConsumer: t.rawConsumer, RawReply: t.rawReply,
+		Instance: "loadtest-" + t.runID, RawStream: t.rawStream, RawConsumer: t.rawConsumer, RawReply: t.rawReply, BareReply: t.bareReply,
 		Handlers: t.meter.Handlers, Verbose: o.Verbose})
 	if err != nil {
 		return t, err

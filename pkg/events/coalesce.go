@@ -18,10 +18,16 @@ type BatchOptions struct {
 	// a raw NATS user's is.
 	Enabled bool
 	// MaxWait is the longest a call waits for others to join its batch
-	// (default 200µs). A call made while no other of its endpoint is in
-	// flight does not wait: it goes at once, alone, on the endpoint's
-	// own subject.
+	// (default 200µs). A call made while fewer than MaxInFlight messages
+	// of its endpoint are in flight does not wait: it goes at once,
+	// alone, on the endpoint's own subject.
 	MaxWait time.Duration
+	// MaxInFlight is how many messages (calls alone or batches) of one
+	// endpoint may be in flight before calls wait to be batched (default
+	// 2). When one is answered, what waits goes at once, as one batch; so
+	// under load a batch holds what arrived during a round trip, and
+	// batches grow with the load instead of with the wait.
+	MaxInFlight int
 	// MaxSize sends a batch as soon as it holds this many calls
 	// (default 64, at most MaxBatchRequests).
 	MaxSize int
@@ -35,6 +41,8 @@ type BatchOptions struct {
 const (
 	DefaultBatchWait = 200 * time.Microsecond
 	DefaultBatchSize = 64
+	// DefaultBatchInFlight: see BatchOptions.MaxInFlight.
+	DefaultBatchInFlight = 2
 	// batchOffFor is how long a lane sends calls alone after its batch
 	// subject had no responders (a service older than batching).
 	batchOffFor = 30 * time.Second
@@ -46,6 +54,9 @@ func (o BatchOptions) withDefaults() BatchOptions {
 	}
 	if o.MaxSize <= 0 {
 		o.MaxSize = DefaultBatchSize
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = DefaultBatchInFlight
 	}
 	o.MaxSize = min(o.MaxSize, MaxBatchRequests)
 	return o
@@ -84,8 +95,8 @@ type batchCall struct {
 	fallback bool // the batch found no responders: ask alone
 }
 
-// do answers one call: alone when nothing of its lane is in flight,
-// else in the lane's next batch.
+// do answers one call: alone when its lane has room in flight and
+// nothing waiting, else in the lane's next batch.
 func (b *coalescer) do(ctx context.Context, single, batch string, uid string, req, reply any) error {
 	body, err := json.Marshal(req)
 	if err != nil {
@@ -97,13 +108,11 @@ func (b *coalescer) do(ctx context.Context, single, batch string, uid string, re
 		ln = &lane{subject: batch}
 		b.lanes[batch] = ln
 	}
-	if (ln.inFlight == 0 && len(ln.pending) == 0) || time.Now().Before(ln.off) {
+	if (ln.inFlight < b.opts.MaxInFlight && len(ln.pending) == 0) || time.Now().Before(ln.off) {
 		ln.inFlight++
 		b.mu.Unlock()
 		err := b.c.exchange(ctx, single, nil, body, reply)
-		b.mu.Lock()
-		b.settle(ln, true)
-		b.mu.Unlock()
+		b.answered(ln)
 		return err
 	}
 	call := &batchCall{single: single, uid: uid, body: body, done: make(chan struct{})}
@@ -190,6 +199,21 @@ func (b *coalescer) abandon(ln *lane, call *batchCall) {
 	b.settle(ln, false)
 }
 
+// answered notes a message of ln answered, and sends what waits, now
+// that there is room in flight.
+func (b *coalescer) answered(ln *lane) {
+	b.mu.Lock()
+	b.settle(ln, true)
+	var calls []*batchCall
+	if len(ln.pending) > 0 && ln.inFlight < b.opts.MaxInFlight {
+		calls = b.take(ln)
+	}
+	b.mu.Unlock()
+	if len(calls) > 0 {
+		go b.send(ln, calls)
+	}
+}
+
 // settle notes a message of ln answered, when answered, and drops an
 // idle per-uid lane. b.mu is held.
 func (b *coalescer) settle(ln *lane, answered bool) {
@@ -206,12 +230,10 @@ func (b *coalescer) settle(ln *lane, answered bool) {
 // nothing.
 func (b *coalescer) send(ln *lane, calls []*batchCall) {
 	defer func() {
-		b.mu.Lock()
-		b.settle(ln, true)
-		b.mu.Unlock()
 		for _, c := range calls {
 			close(c.done)
 		}
+		b.answered(ln)
 	}()
 	deadline := time.Now().Add(b.c.timeout)
 	if len(calls) == 1 {

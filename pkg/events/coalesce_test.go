@@ -139,6 +139,9 @@ func waitInFlight(t *testing.T, c *Client) {
 func batchingClient(t *testing.T, nc *nats.Conn, opts BatchOptions) *Client {
 	t.Helper()
 	opts.Enabled = true
+	if opts.MaxInFlight == 0 {
+		opts.MaxInFlight = 1 // the first call holds the lane: the rest wait
+	}
 	c, err := NewClient(nc, ClientOptions{Batch: opts, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -179,6 +182,50 @@ func TestBatchingCoalescesCallsInFlightTogether(t *testing.T) {
 	defer f.mu.Unlock()
 	if f.singles != 1 || len(f.batches) != 1 || f.batches[0] != 10 || f.batchScope[0] != ScopeAll {
 		t.Errorf("%d alone, batches %v on %v; want the first alone and one batch of 10 on %s", f.singles, f.batches, f.batchScope, ScopeAll)
+	}
+}
+
+// What waits goes as soon as a message in flight is answered, without
+// waiting out MaxWait: batches follow the round trips.
+func TestBatchingSendsWhenAnswered(t *testing.T) {
+	nc := connect(t, startServer(t, "", 0).ClientURL())
+	f := &fakeLimiter{hold: 100 * time.Millisecond}
+	f.start(t, nc)
+	c := batchingClient(t, nc, BatchOptions{MaxWait: time.Minute, MaxSize: 100})
+	start := time.Now()
+	_, errs := pileUp(t, c, 5, func(int) string { return "u" }, func(int) CheckRequest { return CheckRequest{} })
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("call %d: %v", i, err)
+		}
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("took %v: the batch waited out MaxWait", d)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.singles != 1 || len(f.batches) != 1 || f.batches[0] != 5 {
+		t.Errorf("%d alone, batches %v; want 1 alone, then one batch of 5", f.singles, f.batches)
+	}
+}
+
+// With room for two in flight, two calls go alone at once.
+func TestBatchingMaxInFlight(t *testing.T) {
+	nc := connect(t, startServer(t, "", 0).ClientURL())
+	f := &fakeLimiter{}
+	f.start(t, nc)
+	c := batchingClient(t, nc, BatchOptions{MaxWait: time.Minute, MaxSize: 100, MaxInFlight: 2})
+	c.coalescer.mu.Lock() // hold the lane: nothing is answered meanwhile
+	ln := &lane{subject: c.subj.CheckMany(ScopeAll), inFlight: 1}
+	c.coalescer.lanes[ln.subject] = ln
+	c.coalescer.mu.Unlock()
+	if _, err := c.Check(t.Context(), "u", CheckRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.singles != 1 || len(f.batches) != 0 {
+		t.Errorf("%d alone, batches %v: a call with room in flight waited", f.singles, f.batches)
 	}
 }
 

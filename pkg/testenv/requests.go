@@ -61,6 +61,10 @@ type Load struct {
 	// Check judges a reply: nil is an answer; ErrApart an answer counted
 	// apart; anything else fails the benchmark. Nil accepts every reply.
 	Check func(*nats.Msg) error
+	// Call, when set, makes the i-th request itself (through a client
+	// library, say) instead of a request of Body on Subject(i); its error
+	// is judged as Check's.
+	Call func(i int) error
 }
 
 // ErrApart, from a Load's Check, counts an answer apart.
@@ -82,15 +86,13 @@ func (ld Load) Run(tb testing.TB, nc *nats.Conn) (float64, *Latencies) {
 			mine := &Latencies{}
 			for i := c; time.Now().Before(deadline); i += ld.Clients {
 				t0 := time.Now()
-				msg, err := nc.Request(ld.Subject(i), ld.Body, 2*time.Second)
-				if err == nil && ld.Check != nil {
-					if err = ld.Check(msg); err == ErrApart {
-						mine.apart++
-						err = nil
-					}
+				err := ld.request(nc, i)
+				if err == ErrApart {
+					mine.apart++
+					err = nil
 				}
 				if err != nil {
-					failure.Do(func() { failed = fmt.Errorf("request %s: %w", ld.Subject(i), err) })
+					failure.Do(func() { failed = fmt.Errorf("request %d: %w", i, err) })
 					continue
 				}
 				mine.d = append(mine.d, time.Since(t0))
@@ -103,6 +105,18 @@ func (ld Load) Run(tb testing.TB, nc *nats.Conn) (float64, *Latencies) {
 		tb.Fatal(failed)
 	}
 	return float64(all.Len()) / ld.Duration.Seconds(), all
+}
+
+// request makes the i-th request and judges its reply.
+func (ld Load) request(nc *nats.Conn, i int) error {
+	if ld.Call != nil {
+		return ld.Call(i)
+	}
+	msg, err := nc.Request(ld.Subject(i), ld.Body, 2*time.Second)
+	if err == nil && ld.Check != nil {
+		err = ld.Check(msg)
+	}
+	return err
 }
 
 // RawResponder starts the request benchmarks' baseline on nc: handlers

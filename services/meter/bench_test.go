@@ -196,9 +196,13 @@ func BenchmarkIngest(b *testing.B) {
 // (default 3) of ALLOT_BENCH_DURATION each (default 2s), so a shared
 // machine's noise falls on all of them; it reports each one's median rate
 // and p99 over all rounds, the ratios to the baseline and to the floor,
-// and the mean batch the meter served. It runs once whatever b.N is.
-// ALLOT_BENCH_HANDLERS and ALLOT_BENCH_PIPELINES override the meter's
-// handlers and pipelines, to compare settings.
+// and the mean batch the meter served. credit_batched is the same credit
+// through a client batching the calls in flight together
+// (events.BatchOptions; ALLOT_BENCH_BATCH_WAIT and
+// ALLOT_BENCH_BATCH_INFLIGHT override its MaxWait and MaxInFlight). It
+// runs once whatever b.N is. ALLOT_BENCH_HANDLERS and
+// ALLOT_BENCH_PIPELINES override the meter's handlers and pipelines, to
+// compare settings.
 func BenchmarkCredit(b *testing.B) {
 	nc, rdb, cfg := benchSetup(b)
 	ctx := context.Background()
@@ -234,6 +238,23 @@ func BenchmarkCredit(b *testing.B) {
 				return nil
 			}}
 	}
+	// The same credit through the client with batching on: calls in
+	// flight together travel as one batch message.
+	bopts := events.BatchOptions{Enabled: true}
+	if v, err := time.ParseDuration(os.Getenv("ALLOT_BENCH_BATCH_WAIT")); err == nil {
+		bopts.MaxWait = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("ALLOT_BENCH_BATCH_INFLIGHT")); err == nil {
+		bopts.MaxInFlight = v
+	}
+	bc, err := events.NewClient(cnc, events.ClientOptions{Subjects: cfg.Subjects, Batch: bopts})
+	if err != nil {
+		b.Fatal(err)
+	}
+	batchedLoad := testenv.Load{Clients: 32, Duration: d, Call: func(i int) error {
+		_, err := bc.Credit(ctx, "u-"+strconv.Itoa(i%1000), "photo_daily_total")
+		return err
+	}}
 	var batches, batched float64
 	var before *dto.Histogram
 	b.ResetTimer()
@@ -248,15 +269,17 @@ func BenchmarkCredit(b *testing.B) {
 					batches += float64(after.GetSampleCount() - before.GetSampleCount())
 					batched += after.GetSampleSum() - before.GetSampleSum()
 				}},
+			{Name: "credit_batched", Load: batchedLoad},
 		})
 		b.ReportMetric(0, "ns/op")
-		for _, name := range []string{"floor", "raw", "credit"} {
+		for _, name := range []string{"floor", "raw", "credit", "credit_batched"} {
 			b.ReportMetric(res[name].Rate, name+"_req/s")
 			b.ReportMetric(testenv.Ms(res[name].Latencies.Quantile(0.99)), name+"_p99_ms")
 		}
 		b.ReportMetric(testenv.Ms(res["credit"].Latencies.Quantile(0.5)), "credit_p50_ms")
 		b.ReportMetric(res["credit"].Rate/res["raw"].Rate, "ratio")
 		b.ReportMetric(res["credit"].Rate/res["floor"].Rate, "of_floor")
+		b.ReportMetric(res["credit_batched"].Rate/res["floor"].Rate, "batched_of_floor")
 		if batches > 0 {
 			b.ReportMetric(batched/batches, "req/batch")
 		}

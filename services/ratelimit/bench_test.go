@@ -82,7 +82,9 @@ func benchSetup(b *testing.B) (*nats.Conn, *redis.Client, Config) {
 // (default 2s), so a shared machine's noise falls on all of them; it
 // reports the median rate and the p99 over all rounds of each, the
 // ratios of the medians to the baseline and to the floor, and the mean
-// batch of checks served. It runs once whatever b.N is. The rate
+// batch of checks served; fixed_batched is the fixed check through a
+// client batching the calls in flight together (events.BatchOptions).
+// It runs once whatever b.N is. The rate
 // limiter has the default handlers and pipelines; ALLOT_BENCH_HANDLERS
 // and ALLOT_BENCH_PIPELINES override them, to compare settings.
 func BenchmarkCheck(b *testing.B) {
@@ -144,11 +146,25 @@ func BenchmarkCheck(b *testing.B) {
 		}
 		batches, batched = batches+n1-n0, batched+sum1-sum0
 	}
+	// The fixed check again through the client with batching on: the
+	// calls in flight together travel as one batch message.
+	bc, err := events.NewClient(cnc, events.ClientOptions{Subjects: cfg.Subjects, Batch: events.BatchOptions{Enabled: true}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	batchedLoad := testenv.Load{Clients: clients, Duration: d, Call: func(i int) error {
+		_, err := bc.Check(ctx, "u-"+strconv.Itoa(i%1000), events.CheckRequest{Service: "fixed"})
+		if errors.Is(err, events.ErrUnavailable) {
+			return testenv.ErrApart
+		}
+		return err
+	}}
 	phases := []testenv.Phase{
 		{Name: "floor", Load: load(func(u string) string { return "b.floor." + u }, nil)},
 		{Name: "raw", Load: load(func(u string) string { return "b.raw." + u }, nil)},
 		{Name: "sliding", Load: load(cfg.Subjects.Check, []byte(`{"service":"api"}`)), Before: before, After: after},
 		{Name: "fixed", Load: load(cfg.Subjects.Check, []byte(`{"service":"fixed"}`)), Before: before, After: after},
+		{Name: "fixed_batched", Load: batchedLoad},
 	}
 	b.ResetTimer()
 	for range b.N {
