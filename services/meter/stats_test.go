@@ -51,10 +51,19 @@ func testStatsCountBatchedErrors(t *testing.T, e *env, redisDown func()) {
 		t.Fatal(err)
 	}
 	want["credit"] = sent{want["credit"].requests + 1, want["credit"].errors}
+	// A batch message of three credits (one fine, one 404, one bad uid)
+	// and one refused whole: each credit counts as credit's, the messages
+	// as credit_many's.
+	ask("credit_many", e.cfg.Subjects.CreditMany(events.ScopeAll),
+		`{"requests":[{"uid":"u-1","body":{"metric":"photo_daily_total"}},{"uid":"u-2","body":{"metric":"bogus"}},{"uid":"u 3"}]}`)
+	ask("credit_many", e.cfg.Subjects.CreditMany(events.ScopeAll), `{"requests":[]}`) // 400
+	want["credit"] = sent{want["credit"].requests + 3, want["credit"].errors + 2}
+	want["authorize_many"] = sent{}
 	wantOutcomes := map[string]map[string]int{
-		"credit":    {"ok": 4, "not_found": 3, "bad_request": 3},
-		"authorize": {"ok": 1, "refused": 2},
-		"grants":    {"bad_request": 3},
+		"credit":      {"ok": 5, "not_found": 4, "bad_request": 4},
+		"credit_many": {"ok": 1, "bad_request": 1},
+		"authorize":   {"ok": 1, "refused": 2},
+		"grants":      {"bad_request": 3},
 	}
 	if redisDown != nil {
 		redisDown()
