@@ -1,23 +1,26 @@
 package service
 
 import (
+	"cmp"
 	"strings"
 	"sync/atomic"
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Batch messages (events.BatchRequest) carry many requests of one
-// batched endpoint in one NATS message. The batch endpoint only unpacks
-// them: each request becomes a request of the endpoint itself, with the
-// subject it would have had alone (<group>.credit.<uid>), and joins that
-// endpoint's queue, so it is served in the same Redis batches as the
-// requests that came alone, by the same batch function, and counted in
-// the endpoint's stats and histogram as one of its requests. Its answer
-// fills its slot of the batch's reply, which goes out when the last slot
-// is filled. The batch message itself is a request of the batch endpoint
+// batched endpoint in one NATS message. The batch endpoint unpacks them:
+// each request becomes a request of the endpoint itself, with the subject
+// it would have had alone (<group>.credit.<uid>), and the endpoint's own
+// batch function serves them, in their order, as one batch (of at most
+// MaxBatch; a longer message is served in consecutive batches): one Redis
+// round trip, its requests decided one after the other as the batch
+// function decides any batch. Each is counted in the endpoint's stats and
+// histogram as one of its requests. Its answer fills its slot of the
+// batch's reply, which goes out when the last slot is filled. The batch message itself is a request of the batch endpoint
 // (e.g. credit_many), answered 200 with the results, or with an error
 // when the message as a whole is not one (not JSON, no requests, too
 // many, a bad scope).
@@ -31,7 +34,10 @@ func (e *Endpoints) addMany(cfg EndpointsConfig, ep Endpoint, p *endpoint, handl
 	}
 	m := &endpoint{name: ep.Many, subject: prefix + ".*", queueGroup: cfg.Name, nc: e.nc, durations: observersOf(durations, ep.Many)}
 	m.queue = make(chan *request, handlers)
-	u := unpacker{into: p, prefix: prefix, single: strings.TrimSuffix(p.subject, "*")}
+	u := unpacker{into: p, serve: ep.Batch, max: cmp.Or(cfg.MaxBatch, DefaultMaxBatch), prefix: prefix, single: strings.TrimSuffix(p.subject, "*")}
+	if cfg.ObserveBatch != nil {
+		u.observe = func(n int) { cfg.ObserveBatch(ep.Name, n) }
+	}
 	m.start(handlers, func() {
 		for r := range m.queue {
 			u.unpack(r)
@@ -43,12 +49,15 @@ func (e *Endpoints) addMany(cfg EndpointsConfig, ep Endpoint, p *endpoint, handl
 
 // unpacker turns batch messages into requests of one endpoint.
 type unpacker struct {
-	into   *endpoint
-	prefix string // of the batch subject: <group>.<many>
-	single string // of a request's subject alone: <group>.<name>.
+	into    *endpoint // whose requests they are
+	serve   BatchFunc // into's
+	max     int
+	observe func(n int)
+	prefix  string // of the batch subject: <group>.<many>
+	single  string // of a request's subject alone: <group>.<name>.
 }
 
-// unpack queues the requests env carries, or answers env with the error
+// unpack serves the requests env carries, or answers env with the error
 // that makes it no batch. A request whose uid is not one, or lies outside
 // the batch's scope, is answered 400 at once; its neighbours go on.
 func (u unpacker) unpack(env *request) {
@@ -63,26 +72,36 @@ func (u unpacker) unpack(env *request) {
 	}
 	mr := &manyReply{env: env, results: make([]events.BatchResult, len(b.Requests))}
 	mr.left.Store(int64(len(b.Requests)))
+	batch := make([]micro.Request, 0, min(len(b.Requests), u.max))
 	for i, it := range b.Requests {
 		r := &request{msg: &nats.Msg{Subject: u.single + it.UID, Data: it.Body, Header: env.msg.Header},
 			ep: u.into, received: env.received, many: mr, slot: i}
+		u.into.inFlight.Add(1)
 		switch err := events.ValidateToken("uid", it.UID); {
 		case err != nil:
-			u.refuse(r, err)
+			_ = events.RespondError(r, err)
 		case !events.InScope(scope, it.UID):
-			u.refuse(r, events.NewServiceError(events.CodeBadRequest, "uid",
+			_ = events.RespondError(r, events.NewServiceError(events.CodeBadRequest, "uid",
 				"uid %q is outside this batch's scope %q: a batch on %s.<uid> holds that uid's requests only, one on %s.%s any uid's", it.UID, scope, u.prefix, u.prefix, events.ScopeAll))
 		default:
-			u.into.enqueue(r)
+			if batch = append(batch, r); len(batch) == u.max {
+				u.serveBatch(batch)
+				batch = batch[:0]
+			}
 		}
+	}
+	if len(batch) > 0 {
+		u.serveBatch(batch)
 	}
 }
 
-// refuse answers a request of a batch that never reaches the endpoint's
-// workers, counting it as the endpoint's as any other.
-func (u unpacker) refuse(r *request, err error) {
-	u.into.inFlight.Add(1)
-	_ = events.RespondError(r, err)
+// serveBatch hands requests of a batch message to the endpoint's batch
+// function.
+func (u unpacker) serveBatch(batch []micro.Request) {
+	if u.observe != nil {
+		u.observe(len(batch))
+	}
+	u.serve(batch)
 }
 
 // scopeOf returns the scope token of a batch subject <prefix>.<scope>:
