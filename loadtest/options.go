@@ -46,6 +46,10 @@ type Options struct {
 	GRPC           string
 	GRPCDomain     string
 	GRPCDescriptor string
+	// The batch scenario's client batching (events.BatchOptions; zero:
+	// its defaults).
+	BatchWait     time.Duration
+	BatchInFlight int
 }
 
 // profiles are the named starting points; explicit flags win over them.
@@ -156,6 +160,8 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.BoolVar(&o.Verbose, "v", o.Verbose, "log what the stack and the harness do at debug level")
 	fs.StringVar(&o.GRPC, "grpc", o.GRPC, "grpc scenario: the Envoy RLS front at `host:port` (default: the inprocess stack's own)")
 	fs.StringVar(&o.GRPCDomain, "grpc-domain", o.GRPCDomain, "grpc scenario: the rate limit `domain` of every request")
+	fs.DurationVar(&o.BatchWait, "batch-wait", o.BatchWait, "batch scenario: the client's MaxWait (0: events.DefaultBatchWait)")
+	fs.IntVar(&o.BatchInFlight, "batch-inflight", o.BatchInFlight, "batch scenario: the client's MaxInFlight, messages in flight per endpoint before calls wait to be batched (0: events.DefaultBatchInFlight)")
 	fs.StringVar(&o.GRPCDescriptor, "grpc-descriptor", o.GRPCDescriptor, "grpc scenario: the descriptor `key` whose value is the request's random uid")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -249,6 +255,12 @@ func (o Options) Validate() error {
 	}
 	if !(o.BadRatio >= 0 && o.BadRatio <= 0.5) {
 		bad("bad", "must be between 0 and 0.5 (got %g)", o.BadRatio)
+	}
+	if o.BatchWait < 0 || o.BatchWait > time.Second {
+		bad("batch-wait", "must be between 0 and 1s (got %s)", o.BatchWait)
+	}
+	if o.BatchInFlight < 0 || o.BatchInFlight > 1024 {
+		bad("batch-inflight", "must be between 0 and 1024 (got %d)", o.BatchInFlight)
 	}
 	if o.has("grpc") {
 		if o.GRPC == "" && o.Target == targetExternal {

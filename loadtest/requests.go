@@ -25,7 +25,7 @@ type reqSpec struct {
 	rate        float64 // open loop; 0 is closed loop with concurrency clients
 	concurrency int
 	dur         time.Duration
-	batch       bool // the clients batch calls in flight together
+	batch       bool // one client for all workers, batching the calls in flight together
 }
 
 // requests runs one request phase. Closed loop: concurrency clients, each
@@ -39,10 +39,16 @@ func (h *harness) requests(ctx context.Context, s reqSpec) report.Phase {
 	if s.rate > 0 {
 		ph.Mode, ph.Rate, ph.Concurrency = "open", s.rate, 0
 	}
-	clients := make([]*events.Client, len(h.t.conns))
-	for i, nc := range h.t.conns {
+	conns := h.t.conns
+	if s.batch {
+		// One client for all the workers, as one app process has: its
+		// calls in flight together are what it batches.
+		conns = conns[:1]
+	}
+	clients := make([]*events.Client, len(conns))
+	for i, nc := range conns {
 		c, err := events.NewClient(nc, events.ClientOptions{Subjects: h.t.cfg.Subjects, Timeout: 2 * time.Second,
-			Batch: events.BatchOptions{Enabled: s.batch}})
+			Batch: events.BatchOptions{Enabled: s.batch, MaxWait: h.o.BatchWait, MaxInFlight: h.o.BatchInFlight}})
 		if err != nil {
 			ph.Incomplete = err.Error()
 			return ph
