@@ -22,6 +22,10 @@
 #                     batching calls in flight together, beside the same alone
 #                     and the bare responder floor, 15 s, on the pinned
 #                     nats-server and the real Redis; not in CI
+#   make cluster-up | cluster-down   a 3-node NATS cluster and a Redis Cluster of
+#                     3 masters and 3 replicas on loopback ports (tools/cluster)
+#   make cluster-test    the store suites on that Redis Cluster (every script
+#                     and read on a Cluster client), started and stopped for the run
 #   make fmt | tidy | build | fuzz
 
 SHELL := /bin/bash
@@ -73,7 +77,7 @@ MODIFIED ?= $(shell test -z "$$(git status --porcelain 2>/dev/null)" && echo fal
 SERVICE_PKG := github.com/allot/allot/pkg/service
 LDFLAGS = -X $(SERVICE_PKG).version=$(VERSION) -X $(SERVICE_PKG).revision=$(REVISION) -X $(SERVICE_PKG).modified=$(MODIFIED)
 
-.PHONY: run test test-unit test-integration test-clock-ahead bench lint fmt tidy build fuzz clean modules loadtest loadtest-quick loadtest-grpc loadtest-batch nats-server
+.PHONY: run test test-unit test-integration test-clock-ahead bench lint fmt tidy build fuzz clean modules loadtest loadtest-quick loadtest-grpc loadtest-batch nats-server cluster-up cluster-down cluster-test
 
 # run builds bin/allot, saying how far along it is (cmd/allot/build.sh),
 # then execs it in place of make's shell: Ctrl-C reaches allot dev, which
@@ -102,6 +106,22 @@ test-integration: $(GOTESTSUM) $(NATS_SERVER)
 test-clock-ahead: $(GOTESTSUM) $(NATS_SERVER)
 	@echo "== store suites with the test clock $(CLOCK_AHEAD) ahead (ALLOT_TEST_CLOCK_SHIFT)"
 	ALLOT_TEST_CLOCK_SHIFT=$(CLOCK_AHEAD) $(WITH_NATS) $(GOTESTSUM) --format pkgname-and-test-fails -- $(TESTFLAGS) -tags integration $(STORE_PKGS)
+
+# Loopback clusters (tools/cluster; eval "$$(tools/cluster env)" points
+# allot and the tests at them).
+cluster-up: $(NATS_SERVER)
+	NATS_BIN=$(NATS_SERVER) tools/cluster up
+
+cluster-down:
+	tools/cluster down
+
+# The store suites on a Redis Cluster of its own: each script's keys must
+# hash to one slot, or Redis refuses it (CROSSSLOT).
+cluster-test: $(GOTESTSUM) $(NATS_SERVER)
+	@echo "== the store suites on a Redis Cluster (tools/cluster)"
+	NATS_BIN=$(NATS_SERVER) tools/cluster up
+	trap 'tools/cluster down' EXIT; eval "$$(tools/cluster env)"; \
+	ALLOT_REQUIRE_CLUSTER=1 $(GOTESTSUM) --format pkgname-and-test-fails -- $(TESTFLAGS) -tags integration -run '^TestCluster' $(STORE_PKGS) ./services/registry/...
 
 # The pinned nats-server, built from the module into .bin/.
 nats-server: $(NATS_SERVER)

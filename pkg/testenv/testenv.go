@@ -5,7 +5,10 @@
 // The servers come from ALLOT_TEST_REDIS_URL (default
 // redis://127.0.0.1:6379/0) and ALLOT_TEST_NATS_URL (default
 // nats://127.0.0.1:4222). A server that does not answer skips the test,
-// unless ALLOT_REQUIRE_INTEGRATION=1 (as in CI), which fails it.
+// unless ALLOT_REQUIRE_INTEGRATION=1 (as in CI), which fails it. The Redis
+// Cluster of the cluster tests is ALLOT_TEST_REDIS_CLUSTER, its nodes'
+// addresses (tools/cluster env); unset, those tests are skipped, unless
+// ALLOT_REQUIRE_CLUSTER=1 (make cluster-test).
 package testenv
 
 import (
@@ -13,6 +16,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"os"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -86,10 +91,56 @@ func KeyPrefix(t testing.TB, rdb redis.UniversalClient) string {
 // DeleteKeys deletes every key that starts with prefix.
 func DeleteKeys(rdb redis.UniversalClient, prefix string) {
 	ctx := context.Background()
-	iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-	for iter.Next(ctx) {
-		rdb.Del(ctx, iter.Val())
+	keys, _ := Keys(ctx, rdb, prefix+"*")
+	for _, k := range keys {
+		rdb.Del(ctx, k)
 	}
+}
+
+// Keys lists the keys matching pattern, on every master of a Redis
+// Cluster (a SCAN sees one node's keys only).
+func Keys(ctx context.Context, rdb redis.UniversalClient, pattern string) ([]string, error) {
+	var mu sync.Mutex
+	var out []string
+	scan := func(ctx context.Context, c redis.Cmdable) error {
+		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+		for iter.Next(ctx) {
+			mu.Lock()
+			out = append(out, iter.Val())
+			mu.Unlock()
+		}
+		return iter.Err()
+	}
+	var err error
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return scan(ctx, c) })
+	} else {
+		err = scan(ctx, rdb)
+	}
+	return out, err
+}
+
+// RedisCluster returns a client of the Redis Cluster at
+// ALLOT_TEST_REDIS_CLUSTER and a random key prefix; every key under the
+// prefix is deleted and the client closed at the end of t. Without the
+// variable the test is skipped (failed with ALLOT_REQUIRE_CLUSTER=1).
+func RedisCluster(t testing.TB) (*redis.ClusterClient, string) {
+	t.Helper()
+	addrs := os.Getenv("ALLOT_TEST_REDIS_CLUSTER")
+	if addrs == "" {
+		if os.Getenv("ALLOT_REQUIRE_CLUSTER") == "1" {
+			t.Fatal("ALLOT_TEST_REDIS_CLUSTER is not set (tools/cluster up; eval \"$(tools/cluster env)\")")
+		}
+		t.Skip("no Redis Cluster: ALLOT_TEST_REDIS_CLUSTER is not set (make cluster-test sets it)")
+	}
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(addrs, ",")})
+	t.Cleanup(func() { _ = rdb.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := rdb.ForEachShard(ctx, func(ctx context.Context, c *redis.Client) error { return c.Ping(ctx).Err() }); err != nil {
+		t.Fatalf("the Redis Cluster at %s: %v", addrs, err)
+	}
+	return rdb, KeyPrefix(t, rdb)
 }
 
 // NATS returns a connection to the real NATS, closed at the end of t.

@@ -16,6 +16,22 @@ func realBackend(t *testing.T) backend {
 	return backend{rdb: rdb, prefix: prefix, elapse: time.Sleep}
 }
 
+// clusterBackend is the Redis Cluster of make cluster-test, under a key
+// prefix of its own.
+func clusterBackend(t *testing.T) backend {
+	t.Helper()
+	rdb, prefix := testenv.RedisCluster(t)
+	return backend{rdb: rdb, prefix: prefix, elapse: time.Sleep}
+}
+
+// TestClusterBehaviour runs the behaviours on a Redis Cluster: each
+// script's keys must hash to one slot, or Redis refuses it (CROSSSLOT).
+func TestClusterBehaviour(t *testing.T) {
+	for _, b := range behaviours {
+		t.Run(b.name, func(t *testing.T) { b.fn(t, clusterBackend) })
+	}
+}
+
 func TestIntegrationBehaviour(t *testing.T) {
 	for _, b := range behaviours {
 		t.Run(b.name, func(t *testing.T) { b.fn(t, realBackend) })

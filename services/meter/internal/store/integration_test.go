@@ -30,6 +30,25 @@ func TestIntegrationBehaviour(t *testing.T) {
 	}
 }
 
+// clusterBackend is the Redis Cluster of make cluster-test, under a key
+// prefix of its own: every script and read on a ClusterClient, which
+// also makes the store take one script call per event.
+func clusterBackend(t *testing.T) (redis.UniversalClient, string) {
+	t.Helper()
+	return testenv.RedisCluster(t)
+}
+
+// TestClusterBehaviour runs the behaviours on a Redis Cluster: each
+// script's keys must hash to one slot, or Redis refuses it (CROSSSLOT).
+func TestClusterBehaviour(t *testing.T) {
+	for _, b := range behaviours {
+		if b.name == "ScriptsReloadAfterFlush" {
+			continue
+		}
+		t.Run(b.name, func(t *testing.T) { b.fn(t, clusterBackend) })
+	}
+}
+
 // TestIntegrationMemory measures what one dedup record and one (uid,
 // grant) cost in Redis, for the README.
 func TestIntegrationMemory(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/testenv"
 	"github.com/allot/allot/pkg/usage"
 	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
@@ -21,9 +22,12 @@ func snapshot(t *testing.T, rdb redis.UniversalClient, prefix string) map[string
 	t.Helper()
 	ctx := t.Context()
 	out := map[string]string{}
-	iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-	for iter.Next(ctx) {
-		k := iter.Val()
+	// Every master's keys: a Cluster client's SCAN sees one node's.
+	all, err := testenv.Keys(ctx, rdb, prefix+"*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range all {
 		typ, err := rdb.Type(ctx, k).Result()
 		if err != nil {
 			t.Fatal(err)
@@ -50,9 +54,6 @@ func snapshot(t *testing.T, rdb redis.UniversalClient, prefix string) map[string
 		}
 		ttl, _ := rdb.PTTL(ctx, k).Result()
 		out[k] = fmt.Sprintf("%s %s expires=%v", typ, v, ttl > 0)
-	}
-	if err := iter.Err(); err != nil {
-		t.Fatal(err)
 	}
 	return out
 }

@@ -17,6 +17,25 @@ func realBackend(t *testing.T) (redis.UniversalClient, Options) {
 	return rdb, Options{Keys: keys.New(prefix)}
 }
 
+// clusterBackend is the Redis Cluster of make cluster-test, under a key
+// prefix of its own; the store takes one script call per check there.
+func clusterBackend(t *testing.T) (redis.UniversalClient, Options) {
+	t.Helper()
+	rdb, prefix := testenv.RedisCluster(t)
+	return rdb, Options{Keys: keys.New(prefix)}
+}
+
+// TestClusterBehaviour runs the behaviours on a Redis Cluster: each
+// script's keys must hash to one slot, or Redis refuses it (CROSSSLOT).
+func TestClusterBehaviour(t *testing.T) {
+	for _, b := range behaviours {
+		if b.name == "ScriptReloadsAfterFlush" {
+			continue
+		}
+		t.Run(b.name, func(t *testing.T) { b.fn(t, clusterBackend) })
+	}
+}
+
 func TestIntegrationBehaviour(t *testing.T) {
 	for _, b := range behaviours {
 		if b.name == "ScriptReloadsAfterFlush" {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/allot/allot/pkg/testenv"
 	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
 )
@@ -18,9 +19,12 @@ func keysUnder(t *testing.T, rdb redis.UniversalClient, prefix string) map[strin
 	t.Helper()
 	ctx := t.Context()
 	out := map[string]string{}
-	iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-	for iter.Next(ctx) {
-		k := iter.Val()
+	// Every master's keys: a Cluster client's SCAN sees one node's.
+	all, err := testenv.Keys(ctx, rdb, prefix+"*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range all {
 		if rdb.Type(ctx, k).Val() != "hash" {
 			out[k] = rdb.Type(ctx, k).Val() + " " + rdb.Dump(ctx, k).Val()
 			continue
@@ -32,9 +36,6 @@ func keysUnder(t *testing.T, rdb redis.UniversalClient, prefix string) map[strin
 		}
 		sort.Strings(fields)
 		out[k] = strings.Join(fields, " ")
-	}
-	if err := iter.Err(); err != nil {
-		t.Fatal(err)
 	}
 	return out
 }
