@@ -149,6 +149,12 @@ func (a applier) parse(msg jetstream.Msg) item {
 		return refuse("invalid", "source: must be a token for the instance-scoped metric %s (got %q)", ev.Data.Metric, ev.Source)
 	}
 	limit, _ := m.cfg.Usage.DefaultGrant(ev.Data.Metric)
+	var at time.Time
+	if md, err := msg.Metadata(); err == nil {
+		// The stream's clock: one for every replica, and the same when
+		// the stream is replayed (rebuild.go).
+		at = md.Timestamp
+	}
 	it.op = store.Op{
 		ID:     ev.ID,
 		UID:    uid,
@@ -158,6 +164,7 @@ func (a applier) parse(msg jetstream.Msg) item {
 		Limit:  limit,
 		Value:  ev.Data.Value,
 		Field:  keys.LabelSet(names, ev.Data.Labels),
+		At:     at,
 	}
 	return it
 }

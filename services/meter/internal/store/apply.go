@@ -22,6 +22,10 @@ type Op struct {
 	Limit  float64            // the default grant, for grants
 	Value  float64
 	Field  string // the label set, for counters and gauges
+	// At is the time the event's grant period is judged by: the time the
+	// stream stored it, so that applying the stream again (a rebuild)
+	// rolls the same periods. Zero takes the store's clock (Redis TIME).
+	At time.Time
 }
 
 // GrantState is a grant as a script left it.
@@ -61,7 +65,7 @@ func (s *Store) applyArgs(op Op) (keyList []string, args []any) {
 		state := s.keys.Values(tag, op.Metric)
 		return []string{dedup, state, state}, []any{ttl, op.Config.Style, value, 0, op.Field}
 	}
-	args = []any{ttl, op.Config.Style, value, s.nowArg(), op.Metric,
+	args = []any{ttl, op.Config.Style, value, s.opNow(op), op.Metric,
 		decimal(op.Limit), op.Config.Period, op.Config.Align}
 	for _, t := range op.Config.Notify {
 		args = append(args, strconv.FormatFloat(t, 'g', -1, 64))

@@ -9,7 +9,8 @@
 -- ARGV[1] dedup TTL, ms
 -- ARGV[2] style: grant, counter or gauge
 -- ARGV[3] value
--- ARGV[4] now, ms; 0 takes Redis TIME
+-- ARGV[4] the time the grant period is judged by, ms: the time the stream
+--         stored the event (so a replay rolls the same periods); 0 takes Redis TIME
 -- counter, gauge:
 --   ARGV[5] the field: the event's label set
 -- grant:

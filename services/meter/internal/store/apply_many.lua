@@ -8,9 +8,13 @@
 -- ARGV[1] the number of events; then per event: the count of its
 --         arguments, then its arguments as apply.lua's ARGV
 --
+-- Each grant event is judged by its own time (its ARGV[4]); those with
+-- none share one reading of Redis TIME.
+--
 -- returns one reply per event, as apply.lua's, or {-1, error} for an event
 -- that failed (with nothing of it kept)
 
+-- Redis TIME, read once for the grant events that carry no time of their own
 local now = nil
 local out = {}
 local pos = 2
@@ -19,8 +23,15 @@ for i = 1, tonumber(ARGV[1]) do
   local a = {}
   for j = 1, n do a[j] = ARGV[pos + j] end
   pos = pos + n + 1
-  if a[2] == 'grant' and now == nil then now = now_ms(a[4]) end
-  local ok, res = pcall(apply_event, {KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]}, a, now)
+  local t = nil
+  if a[2] == 'grant' then
+    t = tonumber(a[4])
+    if not t or t <= 0 then
+      if now == nil then now = now_ms(0) end
+      t = now
+    end
+  end
+  local ok, res = pcall(apply_event, {KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]}, a, t)
   if ok then
     out[i] = res
   else

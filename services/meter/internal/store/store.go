@@ -160,6 +160,16 @@ func (s *Store) nowArg() int64 {
 	return s.now().UnixMilli()
 }
 
+// opNow is the time an op's grant period is judged by, in ms (0: Redis
+// TIME): the store's clock when one overrides Redis's (tests), else the
+// op's own time.
+func (s *Store) opNow(op Op) int64 {
+	if s.now != nil || op.At.IsZero() {
+		return s.nowArg()
+	}
+	return op.At.UnixMilli()
+}
+
 func isNoScript(err error) bool {
 	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
 }
