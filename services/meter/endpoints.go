@@ -305,7 +305,7 @@ func (m *Meter) publishNotices(ctx context.Context, batches []noticeBatch) []err
 	for i, b := range batches {
 		for _, n := range b.notices {
 			notice := events.UsageNotice{
-				ID:          fmt.Sprintf("%s.%s.%d.%s", b.uid, b.metric, n.Start.UnixMilli(), formatNumber(n.Threshold)),
+				ID:          noticeID(b.uid, b.metric, n),
 				UID:         b.uid,
 				Metric:      b.metric,
 				Threshold:   n.Threshold,
@@ -349,6 +349,12 @@ func (m *Meter) publishNotices(ctx context.Context, batches []noticeBatch) []err
 		m.log.Warn("notices published but not cleared; they will be published again", "err", err)
 	}
 	return errs
+}
+
+// noticeID is the fixed id of uid's notice n of metric: the stream drops
+// it when it is published again, and a rebuild finds it there.
+func noticeID(uid, metric string, n store.Notice) string {
+	return fmt.Sprintf("%s.%s.%d.%s", uid, metric, n.Start.UnixMilli(), formatNumber(n.Threshold))
 }
 
 // plain writes a number as a decimal, without an exponent: every

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -48,6 +49,19 @@ func ParseNotices(q string) ([]Notice, error) {
 		})
 	}
 	return out, nil
+}
+
+// Pending returns the notices of uid's grant metric that are still
+// waiting to be published.
+func (s *Store) Pending(ctx context.Context, uid, metric string) ([]Notice, error) {
+	q, err := s.rdb.HGet(ctx, s.keys.Grant(uid, metric), "q").Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: read notices: %w", ErrRedis, err)
+	}
+	return ParseNotices(q)
 }
 
 // Confirmation names the published notices of one (uid, metric).

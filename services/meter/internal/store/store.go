@@ -41,6 +41,7 @@ type Redis interface {
 	TxPipeline() redis.Pipeliner
 	Ping(ctx context.Context) *redis.StatusCmd
 	HGetAll(ctx context.Context, key string) *redis.MapStringStringCmd
+	HGet(ctx context.Context, key, field string) *redis.StringCmd
 	SMembers(ctx context.Context, key string) *redis.StringSliceCmd
 	Scan(ctx context.Context, cursor uint64, match string, count int64) *redis.ScanCmd
 }

@@ -1,0 +1,610 @@
+package meter
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/usage"
+	"github.com/allot/allot/services/meter/internal/store"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ErrMetersRunning is returned by a rebuild that would replace the state
+// meters are writing at the same moment: stop them first, or Force.
+var ErrMetersRunning = errors.New("meter: meters are running")
+
+// RebuildOptions says what Rebuild replays and where it writes.
+type RebuildOptions struct {
+	// From is the oldest event replayed, by the time the stream stored
+	// it. Zero: DefaultRebuildFrom.
+	From time.Time
+	// UID restricts the rebuild to one uid's own state (usage.<uid>);
+	// events of global or instance-scoped metrics are then skipped, since
+	// they add to state every uid shares. "": every uid.
+	UID string
+	// DryRun rebuilds into a scratch key space of the same Redis, lists
+	// how it differs from what the meter holds, and deletes it; the
+	// meter's state is not touched.
+	DryRun bool
+	// Force replaces the state even though the meter's consumer has pull
+	// requests waiting (meters seem to be running).
+	Force bool
+	// Progress, when set, is called at most once per ProgressEvery (1 s)
+	// while events are replayed.
+	Progress      func(RebuildProgress)
+	ProgressEvery time.Duration
+	// Now is the clock of the default From and of the age of notices
+	// (nil: time.Now).
+	Now func() time.Time
+	// Log receives what happens; nil discards it.
+	Log *slog.Logger
+}
+
+// RebuildProgress is how far a rebuild has come.
+type RebuildProgress struct {
+	FirstSeq uint64 // the first stream sequence replayed
+	Seq      uint64 // the last sequence applied
+	LastSeq  uint64 // the last sequence the rebuild will replay
+	Events   int64  // events read so far
+	Elapsed  time.Duration
+}
+
+// Rate is the events replayed per second so far.
+func (p RebuildProgress) Rate() float64 {
+	if p.Elapsed <= 0 {
+		return 0
+	}
+	return float64(p.Events) / p.Elapsed.Seconds()
+}
+
+// Percent is how far Seq is from FirstSeq to LastSeq.
+func (p RebuildProgress) Percent() float64 {
+	if p.LastSeq <= p.FirstSeq {
+		return 100
+	}
+	return 100 * float64(p.Seq-p.FirstSeq) / float64(p.LastSeq-p.FirstSeq)
+}
+
+// RebuildReport is what a rebuild did.
+type RebuildReport struct {
+	Stream string
+	UID    string    // "" for every uid
+	From   time.Time // the oldest event asked for; zero: the whole stream
+	// FirstSeq and LastSeq are the stream sequences replayed (0, 0: none).
+	FirstSeq, LastSeq uint64
+	// Missing is set when the stream no longer holds every event asked
+	// for (its oldest were removed by max_age or by hand): state from
+	// before HeldSince cannot be restored.
+	Missing   bool
+	HeldSince time.Time
+	// Events read; of them applied, duplicates (counted once already),
+	// refused (dead-lettered by the meter too, never counted) and skipped
+	// (another scope than -uid's).
+	Events, Applied, Duplicates, Refused, Skipped int64
+	// Cleared is the number of keys of meter state deleted before the
+	// replay (not in a dry run).
+	Cleared int
+	// Notices crossed during the replay: already sent (found in the
+	// notice stream, or older than what it keeps), published now (never
+	// sent), left pending (never sent; a dry run publishes nothing).
+	NoticesSent, NoticesPublished, NoticesPending int
+	Elapsed                                       time.Duration
+	// Diffs lists, for a dry run, where the meter's state differs from
+	// the rebuilt one.
+	Diffs []RebuildDiff
+}
+
+// DefaultRebuildFrom is where a rebuild starts when not told: the start of
+// the oldest grant period still open. For calendar-aligned grants that is
+// the start of the current period. A rolling period starts at the first
+// use after the previous one ended, a chain only the uid's history tells;
+// counters, gauges and indefinite grants have no period at all. With any
+// of those it is the zero time: the whole stream.
+func DefaultRebuildFrom(cat usage.Catalog, now time.Time) time.Time {
+	var from time.Time
+	for _, name := range cat.MetricNames() {
+		mc, _ := cat.Metric(name)
+		if mc.Style != usage.StyleGrant || mc.Align != usage.AlignCalendar || mc.Period == usage.PeriodIndefinite {
+			return time.Time{}
+		}
+		start, _ := store.Bounds(mc.Period, mc.Align, now)
+		if from.IsZero() || start.Before(from) {
+			from = start
+		}
+	}
+	return from
+}
+
+// rebuilder is one rebuild under way.
+type rebuilder struct {
+	cfg    Config
+	deps   Deps
+	opts   RebuildOptions
+	log    *slog.Logger
+	now    time.Time
+	js     jetstream.JetStream
+	live   keys.Keys
+	target keys.Keys // live, or the scratch space of a dry run
+	m      *Meter    // the meter's parse and notices, on target
+	report RebuildReport
+
+	// grants whose notices the replay crossed, and when each notice was
+	// first crossed (the stream time of its event)
+	pending   map[grantRef]usage.MetricConfig
+	crossedAt map[string]time.Time
+}
+
+type grantRef struct{ uid, metric string }
+
+// Rebuild replays the usage stream through the meter's own apply path
+// (the same parse, scripts and dedup records) so that Redis holds what a
+// meter that never lost anything holds. It reads the stream with an
+// ordered consumer of its own, never the meter's durable one.
+//
+// Without DryRun it first deletes the meter state it rebuilds (grant
+// state, counters, gauges and dedup records of every uid, or of UID);
+// grant overrides are kept, since the stream does not hold them. Meters
+// must not apply events meanwhile: it refuses with ErrMetersRunning when
+// the meter's consumer has pull requests waiting, unless Force.
+func Rebuild(ctx context.Context, cfg Config, deps Deps, opts RebuildOptions) (RebuildReport, error) {
+	if deps.NATS == nil || deps.Redis == nil {
+		return RebuildReport{}, errors.New("meter: rebuild: NATS and Redis are required")
+	}
+	if err := cfg.Validate(); err != nil {
+		return RebuildReport{}, fmt.Errorf("meter: rebuild: %w", err)
+	}
+	if opts.UID != "" {
+		if err := cfg.Subjects.ValidateUID("uid", opts.UID); err != nil {
+			return RebuildReport{}, fmt.Errorf("meter: rebuild: %w", err)
+		}
+	}
+	clock := opts.Now
+	if clock == nil {
+		clock = time.Now
+	}
+	r := &rebuilder{cfg: cfg, deps: deps, opts: opts, log: opts.Log, now: clock().UTC(),
+		live: keys.New(cfg.Redis.KeyPrefix), pending: map[grantRef]usage.MetricConfig{}, crossedAt: map[string]time.Time{}}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	if opts.From.After(r.now) {
+		return RebuildReport{}, fmt.Errorf("meter: rebuild: -from %s is in the future", opts.From.UTC().Format(time.RFC3339))
+	}
+	r.report.Stream, r.report.UID, r.report.From = cfg.Streams.Usage, opts.UID, opts.From
+	if opts.From.IsZero() {
+		r.report.From = DefaultRebuildFrom(cfg.Usage, r.now)
+	}
+	start := time.Now()
+	err := r.run(ctx)
+	r.report.Elapsed = time.Since(start)
+	return r.report, err
+}
+
+func (r *rebuilder) run(ctx context.Context) error {
+	var err error
+	if r.js, err = jetstream.New(r.deps.NATS); err != nil {
+		return fmt.Errorf("meter: rebuild: %w", err)
+	}
+	stream, err := r.js.Stream(ctx, r.cfg.Streams.Usage)
+	if err != nil {
+		return fmt.Errorf("meter: rebuild: stream %s: %w", r.cfg.Streams.Usage, err)
+	}
+	r.target = r.live
+	if r.opts.DryRun {
+		var b [4]byte
+		_, _ = rand.Read(b[:])
+		r.target = keys.New(r.cfg.Redis.KeyPrefix + "rebuild-" + hex.EncodeToString(b[:]) + ":")
+		defer func() {
+			// Even when ctx ended: the scratch space must not stay.
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			if err := deleteUnder(cctx, r.deps.Redis, r.target.Prefix()+"*"); err != nil {
+				r.log.Warn("rebuild: scratch keys not deleted", "prefix", r.target.Prefix(), "err", err)
+			}
+		}()
+	}
+	st, err := store.New(ctx, r.deps.Redis, store.Options{Keys: r.target, DedupTTL: r.cfg.Meter.DedupTTL})
+	if err != nil {
+		return fmt.Errorf("meter: rebuild: %w", err)
+	}
+	r.m = &Meter{cfg: r.cfg, subj: r.cfg.Subjects, log: r.log, nc: r.deps.NATS, js: r.js, store: st}
+	if r.m.metrics, err = newMetrics(nil, r.m); err != nil {
+		return fmt.Errorf("meter: rebuild: %w", err)
+	}
+	if r.opts.DryRun {
+		if err := r.copyOverrides(ctx); err != nil {
+			return err
+		}
+	} else {
+		if err := r.checkIdle(ctx); err != nil {
+			return err
+		}
+		if r.report.Cleared, err = r.clear(ctx); err != nil {
+			return err
+		}
+	}
+	if err := r.replay(ctx, stream); err != nil {
+		return err
+	}
+	if err := r.settleNotices(ctx); err != nil {
+		return err
+	}
+	if r.opts.DryRun {
+		if r.report.Diffs, err = r.diff(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkIdle refuses when the meter's durable consumer has pull requests
+// waiting: a meter is running and would write into what is replaced.
+func (r *rebuilder) checkIdle(ctx context.Context) error {
+	if r.opts.Force {
+		return nil
+	}
+	cons, err := r.js.Consumer(ctx, r.cfg.Streams.Usage, r.cfg.Meter.Consumer)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("meter: rebuild: consumer %s: %w", r.cfg.Meter.Consumer, err)
+	}
+	if n := cons.CachedInfo().NumWaiting; n > 0 {
+		return fmt.Errorf("%w: consumer %s of %s has %d pull requests waiting; stop the meters first (a rebuild replaces the state they write), check with -dry-run, or pass -force",
+			ErrMetersRunning, r.cfg.Meter.Consumer, r.cfg.Streams.Usage, n)
+	}
+	return nil
+}
+
+// replay reads the stream from From to the last event it holds now and
+// applies it in chunks, in stream order.
+func (r *rebuilder) replay(ctx context.Context, stream jetstream.Stream) error {
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("meter: rebuild: stream %s: %w", r.cfg.Streams.Usage, err)
+	}
+	state := info.State
+	from := r.report.From
+	if state.FirstSeq > 1 && (from.IsZero() || from.Before(state.FirstTime)) {
+		r.report.Missing, r.report.HeldSince = true, state.FirstTime.UTC()
+	}
+	subject := r.cfg.Subjects.UsageStreamSubject()
+	last, lastTime := state.LastSeq, state.LastTime
+	if r.opts.UID != "" {
+		subject = r.cfg.Subjects.UsageFor(r.opts.UID)
+		msg, err := stream.GetLastMsgForSubject(ctx, subject)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("meter: rebuild: last event of %s: %w", subject, err)
+		}
+		last, lastTime = msg.Sequence, msg.Time
+	}
+	if state.Msgs == 0 || last == 0 || (!from.IsZero() && lastTime.Before(from)) {
+		return nil
+	}
+	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverAllPolicy}
+	if !from.IsZero() {
+		f := from
+		occ.DeliverPolicy, occ.OptStartTime = jetstream.DeliverByStartTimePolicy, &f
+	}
+	cons, err := r.js.OrderedConsumer(ctx, r.cfg.Streams.Usage, occ)
+	if err != nil {
+		return fmt.Errorf("meter: rebuild: consumer on %s: %w", r.cfg.Streams.Usage, err)
+	}
+	batch := r.cfg.Meter.Batch
+	msgs, stop, err := pull(ctx, cons, 4*batch)
+	if err != nil {
+		return fmt.Errorf("meter: rebuild: read %s: %w", r.cfg.Streams.Usage, err)
+	}
+	defer stop()
+
+	every := r.opts.ProgressEvery
+	if every <= 0 {
+		every = time.Second
+	}
+	began, lastReport := time.Now(), time.Now()
+	progress := RebuildProgress{LastSeq: last}
+	chunk := make([]jetstream.Msg, 0, batch)
+	for done := false; !done; {
+		chunk = chunk[:0]
+		// The first message of a chunk is waited for; the rest are what
+		// has arrived already.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case res, ok := <-msgs:
+			if !ok {
+				return fmt.Errorf("meter: rebuild: the stream's reader stopped at sequence %d of %d", progress.Seq, last)
+			}
+			if res.err != nil {
+				return fmt.Errorf("meter: rebuild: read %s: %w", r.cfg.Streams.Usage, res.err)
+			}
+			chunk = append(chunk, res.msg)
+		}
+	fill:
+		for len(chunk) < batch {
+			select {
+			case res, ok := <-msgs:
+				if !ok || res.err != nil {
+					break fill
+				}
+				chunk = append(chunk, res.msg)
+			default:
+				break fill
+			}
+		}
+		// Stop at the last event the stream held when the rebuild began:
+		// later ones are the running meter's (and their dedup records
+		// make a second application harmless anyway).
+		for i, msg := range chunk {
+			md, err := msg.Metadata()
+			if err != nil {
+				return fmt.Errorf("meter: rebuild: %w", err)
+			}
+			if progress.FirstSeq == 0 {
+				progress.FirstSeq = md.Sequence.Stream
+				r.report.FirstSeq = md.Sequence.Stream
+			}
+			if md.Sequence.Stream >= last || md.NumPending == 0 {
+				chunk, done = chunk[:i+1], true
+				break
+			}
+		}
+		if err := r.applyChunk(ctx, chunk); err != nil {
+			return err
+		}
+		md, _ := chunk[len(chunk)-1].Metadata()
+		progress.Seq = md.Sequence.Stream
+		progress.Events = r.report.Events
+		r.report.LastSeq = progress.Seq
+		if r.opts.Progress != nil && (done || time.Since(lastReport) >= every) {
+			lastReport = time.Now()
+			progress.Elapsed = time.Since(began)
+			r.opts.Progress(progress)
+		}
+	}
+	return nil
+}
+
+// pulled is one message, or the error that ended the reading.
+type pulled struct {
+	msg jetstream.Msg
+	err error
+}
+
+// pull reads cons continuously into a channel of up to buffer messages,
+// so that a chunk is applied while the next one arrives.
+func pull(ctx context.Context, cons jetstream.Consumer, buffer int) (<-chan pulled, func(), error) {
+	it, err := cons.Messages(jetstream.PullMaxMessages(buffer))
+	if err != nil {
+		return nil, nil, err
+	}
+	out := make(chan pulled, buffer)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(out)
+		for {
+			msg, err := it.Next()
+			if err != nil {
+				if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+					select {
+					case out <- pulled{err: err}:
+					case <-ctx.Done():
+					}
+				}
+				return
+			}
+			select {
+			case out <- pulled{msg: msg}:
+			case <-ctx.Done():
+				it.Stop()
+				return
+			}
+		}
+	}()
+	stop := func() {
+		it.Stop()
+		// Let the reader see the stop (it may be blocked on a full channel).
+		for range out {
+		}
+		<-done
+	}
+	return out, stop, nil
+}
+
+// applyChunk applies one chunk as the meter's worker does. Refused events
+// are counted, never dead-lettered again: the meter did that when they
+// first came. A Redis failure is retried a few times (the dedup records
+// make it safe), then ends the rebuild.
+func (r *rebuilder) applyChunk(ctx context.Context, chunk []jetstream.Msg) error {
+	a := applier{r.m}
+	ops := make([]store.Op, 0, len(chunk))
+	for _, msg := range chunk {
+		r.report.Events++
+		it := a.parse(msg)
+		switch {
+		case it.refuse != nil:
+			r.report.Refused++
+			continue
+		case r.opts.UID != "" && store.Tag(it.op) != keys.UserTag(r.opts.UID):
+			r.report.Skipped++
+			continue
+		}
+		ops = append(ops, it.op)
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	var results []store.Result
+	var err error
+	for attempt, delay := 0, 100*time.Millisecond; ; attempt, delay = attempt+1, 2*delay {
+		results, err = r.m.store.Apply(ctx, ops)
+		if err == nil || !errors.Is(err, store.ErrRedis) || attempt == 4 {
+			break
+		}
+		r.log.Warn("rebuild: redis failed; retrying the chunk", "err", err, "in", delay)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("meter: rebuild: apply: %w", err)
+	}
+	for i, res := range results {
+		op := ops[i]
+		switch {
+		case res.Err != nil:
+			r.report.Refused++
+		case res.Applied:
+			r.report.Applied++
+		default:
+			r.report.Duplicates++
+		}
+		if len(res.Notices) > 0 {
+			r.pending[grantRef{op.UID, op.Metric}] = op.Config
+			for _, n := range res.Notices {
+				if _, ok := r.crossedAt[n.Raw]; !ok {
+					r.crossedAt[n.Raw] = op.At
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// settleNotices decides, for every notice the replay left pending, whether
+// it was sent before: found in the notice stream by its fixed id, or
+// crossed before the oldest notice that stream still holds (a meter
+// publishes within moments of the crossing). Those are cleared without
+// being sent again. The others were never sent: a rebuild publishes them
+// (and clears them, as the meter does); a dry run leaves them pending, as
+// a meter that could not publish them holds them.
+func (r *rebuilder) settleNotices(ctx context.Context) error {
+	if len(r.pending) == 0 {
+		return nil
+	}
+	sent, coverage, err := r.sentNotices(ctx)
+	if err != nil {
+		return err
+	}
+	var done []store.Confirmation
+	var unsent []noticeBatch
+	for g, mc := range r.pending {
+		ns, err := r.m.store.Pending(ctx, g.uid, g.metric)
+		if err != nil {
+			return fmt.Errorf("meter: rebuild: %w", err)
+		}
+		var was, never []store.Notice
+		for _, n := range ns {
+			at, ok := r.crossedAt[n.Raw]
+			if sent[noticeID(g.uid, g.metric, n)] || (ok && at.Before(coverage)) {
+				was = append(was, n)
+			} else {
+				never = append(never, n)
+			}
+		}
+		if len(was) > 0 {
+			done = append(done, store.Confirmation{UID: g.uid, Metric: g.metric, Notices: was})
+			r.report.NoticesSent += len(was)
+		}
+		if len(never) > 0 {
+			unsent = append(unsent, noticeBatch{g.uid, g.metric, mc, never})
+		}
+	}
+	if err := r.m.store.ConfirmAll(ctx, done); err != nil {
+		return fmt.Errorf("meter: rebuild: %w", err)
+	}
+	for _, b := range unsent {
+		r.report.NoticesPending += len(b.notices)
+	}
+	if r.opts.DryRun || len(unsent) == 0 {
+		return nil
+	}
+	for i, err := range r.m.publishNotices(ctx, unsent) {
+		if err != nil {
+			r.log.Warn("rebuild: notice not published; it stays pending for the meter", "uid", unsent[i].uid, "metric", unsent[i].metric, "err", err)
+			continue
+		}
+		r.report.NoticesPending -= len(unsent[i].notices)
+		r.report.NoticesPublished += len(unsent[i].notices)
+	}
+	return nil
+}
+
+// sentNotices reads the ids of the usage notices the notice stream holds
+// (of UID, or of every uid), and the time before which it holds none
+// any more (zero when it never lost one).
+func (r *rebuilder) sentNotices(ctx context.Context) (map[string]bool, time.Time, error) {
+	sent := map[string]bool{}
+	stream, err := r.js.Stream(ctx, r.cfg.Streams.Notify)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return sent, time.Time{}, nil
+	}
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("meter: rebuild: stream %s: %w", r.cfg.Streams.Notify, err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("meter: rebuild: stream %s: %w", r.cfg.Streams.Notify, err)
+	}
+	var coverage time.Time
+	switch st := info.State; {
+	case st.FirstSeq > 1 && st.Msgs > 0:
+		coverage = st.FirstTime
+	case st.LastSeq > 0 && st.Msgs == 0:
+		// Everything it held is gone: it holds at most its max age.
+		coverage = r.now.Add(-r.cfg.Streams.NotifyMaxAge)
+	}
+	if info.State.Msgs == 0 {
+		return sent, coverage, nil
+	}
+	uid := r.opts.UID
+	if uid == "" {
+		uid = "*"
+	}
+	subject := r.cfg.Subjects.NotifyUsage(uid)
+	cons, err := r.js.OrderedConsumer(ctx, r.cfg.Streams.Notify, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverAllPolicy, HeadersOnly: true,
+	})
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("meter: rebuild: consumer on %s: %w", r.cfg.Streams.Notify, err)
+	}
+	// The ordered consumer's first pull says how many match; none may.
+	last := info.State.LastSeq
+	for {
+		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			return nil, time.Time{}, fmt.Errorf("meter: rebuild: read %s: %w", r.cfg.Streams.Notify, err)
+		}
+		n, end := 0, false
+		for msg := range batch.Messages() {
+			n++
+			if id := msg.Headers().Get(events.MsgIDHeader); id != "" {
+				sent[id] = true
+			}
+			if md, err := msg.Metadata(); err == nil && (md.Sequence.Stream >= last || md.NumPending == 0) {
+				end = true
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
+			return nil, time.Time{}, fmt.Errorf("meter: rebuild: read %s: %w", r.cfg.Streams.Notify, err)
+		}
+		if end || n == 0 {
+			return sent, coverage, nil
+		}
+	}
+}

@@ -1,0 +1,306 @@
+package meter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/usage"
+	"github.com/google/go-cmp/cmp"
+	"github.com/redis/go-redis/v9"
+)
+
+// keyState is one key as a test compares it: its value and its TTL.
+type keyState struct {
+	Value string
+	TTL   time.Duration
+}
+
+// snapshot reads every key of a miniredis whose name has prefix.
+func snapshot(t *testing.T, mr *miniredis.Miniredis, prefix string) map[string]keyState {
+	t.Helper()
+	out := map[string]keyState{}
+	for _, k := range mr.Keys() {
+		if !strings.HasPrefix(k, prefix) {
+			continue
+		}
+		var v string
+		switch mr.Type(k) {
+		case "hash":
+			fields, _ := mr.HKeys(k)
+			sort.Strings(fields)
+			for _, f := range fields {
+				v += fmt.Sprintf("%s=%s;", f, mr.HGet(k, f))
+			}
+		case "set":
+			members, _ := mr.Members(k)
+			v = strings.Join(members, ",")
+		default:
+			v, _ = mr.Get(k)
+		}
+		out[k] = keyState{v, mr.TTL(k)}
+	}
+	return out
+}
+
+// sameState compares snapshots; TTLs set from Redis's clock may differ by
+// the time between the two writes.
+func sameState(t *testing.T, want, got map[string]keyState) {
+	t.Helper()
+	opt := cmp.Comparer(func(a, b time.Duration) bool { return (a - b).Abs() < 5*time.Second })
+	if d := cmp.Diff(want, got, opt); d != "" {
+		t.Errorf("state after rebuild differs (-before +rebuilt):\n%s", d)
+	}
+}
+
+// rebuildEnv is a meter that has applied a mix of events: three uids,
+// duplicates the stream keeps (another Nats-Msg-Id), a bad event, a
+// threshold crossing (notices sent), rolling and calendar grants,
+// labelled global counters and an instance gauge.
+func rebuildEnv(t *testing.T) *env {
+	t.Helper()
+	e := startEnv(t, testConfig())
+	for i := range 3 {
+		e.publish(ev("u-1", "photo_daily_total", 1, fmt.Sprint("p", i)))
+		e.publish(ev("u-2", "photo_daily_total", 2.5, fmt.Sprint("q", i)))
+	}
+	e.publishRaw("usage.u-1", mustEvent(t, "u-1", "photo_daily_total", 1, "p1"), "again-p1") // the meter drops it
+	for i := range 3 {
+		e.publish(ev("u-3", "tiny_daily_total", 1, fmt.Sprint("t", i))) // limit 4: 50% at 2
+	}
+	e.publishRaw("usage.u-3", mustEvent(t, "u-3", "tiny_daily_total", 1, "t0"), "again-t0")
+	jobs := ev("u-1", "jobs_total", 3, "j1")
+	jobs.Data.Labels = map[string]string{"kind": "resize"}
+	e.publish(jobs)
+	e.publish(ev("u-2", "jobs_total", 1, "j2"))
+	e.publish(ev("u-2", "api_calls_total", 7, "a1"))
+	for i, v := range []float64{5, 2, 9} {
+		g := ev("u-1", "queue_depth", v, fmt.Sprint("g", i))
+		g.Source = "worker-1"
+		e.publish(g)
+	}
+	e.publishRaw("usage.u-2", []byte("not json"), "bad-1")
+	e.waitIdle()
+	return e
+}
+
+func (e *env) notices() uint64 {
+	e.t.Helper()
+	st, err := e.js.Stream(e.t.Context(), e.cfg.Streams.Notify)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	info, err := st.Info(e.t.Context())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+func (e *env) stopMeter() {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.meter.Stop(ctx); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) rebuild(opts RebuildOptions) (RebuildReport, error) {
+	e.t.Helper()
+	return Rebuild(e.t.Context(), e.cfg, Deps{NATS: e.nc, Redis: e.rdb}, opts)
+}
+
+func TestRebuildRestoresEveryKey(t *testing.T) {
+	e := rebuildEnv(t)
+	if n := e.notices(); n != 1 {
+		t.Fatalf("NOTIFY holds %d notices before, want 1", n)
+	}
+	before := snapshot(t, e.mr, "allot:")
+	e.stopMeter()
+	e.mr.FlushAll()
+
+	var progress []RebuildProgress
+	rep, err := e.rebuild(RebuildOptions{Force: true, Progress: func(p RebuildProgress) { progress = append(progress, p) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameState(t, before, snapshot(t, e.mr, "allot:"))
+	want := RebuildReport{Stream: "USAGE", FirstSeq: 1, LastSeq: 18, Events: 18, Applied: 15, Duplicates: 2, Refused: 1, NoticesSent: 1}
+	got := rep
+	got.Elapsed, got.Cleared = 0, 0
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("report (-want +got):\n%s", d)
+	}
+	if n := e.notices(); n != 1 {
+		t.Errorf("NOTIFY holds %d notices after the rebuild, want 1: a sent notice went out again", n)
+	}
+	if len(progress) == 0 || progress[len(progress)-1].Seq != 18 || progress[len(progress)-1].Percent() != 100 {
+		t.Errorf("progress = %+v", progress)
+	}
+
+	// Rebuilding again over the rebuilt state replaces it: still equal.
+	if _, err := e.rebuild(RebuildOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	sameState(t, before, snapshot(t, e.mr, "allot:"))
+}
+
+func TestRebuildPublishesOnlyNoticesNeverSent(t *testing.T) {
+	e := rebuildEnv(t)
+	e.stopMeter()
+	// The notice never reached the stream (as if Redis was lost between
+	// the crossing and the publish).
+	st, _ := e.js.Stream(t.Context(), e.cfg.Streams.Notify)
+	if err := st.Purge(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	e.mr.FlushAll()
+	// The stream's duplicate window still knows the id, so watch the
+	// subject itself.
+	sub, err := e.nc.SubscribeSync("notify.usage.u-3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := e.rebuild(RebuildOptions{Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := sub.NextMsg(time.Second); err != nil || msg.Header.Get(events.MsgIDHeader) == "" {
+		t.Errorf("no notice published: %v", err)
+	}
+	if rep.NoticesPublished != 1 || rep.NoticesSent != 0 || rep.NoticesPending != 0 {
+		t.Errorf("notices: %d published, %d sent before, %d pending; want 1, 0, 0", rep.NoticesPublished, rep.NoticesSent, rep.NoticesPending)
+	}
+	if q := e.mr.HGet(keys.New("allot:").Grant("u-3", "tiny_daily_total"), "q"); q != "" {
+		t.Errorf("published notice still pending: %q", q)
+	}
+}
+
+func TestRebuildOneUID(t *testing.T) {
+	e := rebuildEnv(t)
+	before := snapshot(t, e.mr, "allot:{u-1}")
+	e.stopMeter()
+	e.mr.FlushAll()
+	rep, err := e.rebuild(RebuildOptions{UID: "u-1", Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameState(t, before, snapshot(t, e.mr, "allot:{u-1}"))
+	if rest := snapshot(t, e.mr, "allot:"); len(rest) != len(before) {
+		t.Errorf("rebuilt beyond u-1: %v", rest)
+	}
+	// u-1's jobs_total (global) and queue_depth (instance) events are
+	// skipped: they add to state shared with other uids.
+	if rep.Events != 8 || rep.Applied != 3 || rep.Duplicates != 1 || rep.Skipped != 4 {
+		t.Errorf("report = %+v", rep)
+	}
+	if _, err := e.rebuild(RebuildOptions{UID: "nobody", Force: true}); err != nil {
+		t.Errorf("uid without events: %v", err)
+	}
+}
+
+func TestRebuildDryRunAudits(t *testing.T) {
+	e := rebuildEnv(t)
+	// A dry run needs no stopped meter and changes nothing.
+	before := snapshot(t, e.mr, "allot:")
+	rep, err := e.rebuild(RebuildOptions{DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Diffs) != 0 {
+		t.Errorf("diffs on an exact state: %+v", rep.Diffs)
+	}
+	sameState(t, before, snapshot(t, e.mr, "allot:"))
+
+	k := keys.New("allot:")
+	e.mr.HSet(k.Grant("u-1", "photo_daily_total"), "u", "2")
+	e.mr.HDel(k.Values("global", "jobs_total"), "kind=resize")
+	e.mr.HSet(k.Values("u-9", "api_calls_total"), "", "4")
+	rep, err = e.rebuild(RebuildOptions{DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []RebuildDiff{
+		{Tag: "global", Kind: "counter", Metric: "jobs_total", Field: "kind=resize", Held: "", Rebuilt: "3"},
+		{Tag: "u-1", Kind: "grant", Metric: "photo_daily_total", Field: "used", Held: "2", Rebuilt: "3"},
+		{Tag: "u-9", Kind: "counter", Metric: "api_calls_total", Field: "", Held: "4", Rebuilt: ""},
+	}
+	if d := cmp.Diff(want, rep.Diffs); d != "" {
+		t.Errorf("diffs (-want +got):\n%s", d)
+	}
+	// -uid audits one uid.
+	rep, err = e.rebuild(RebuildOptions{DryRun: true, UID: "u-2"})
+	if err != nil || len(rep.Diffs) != 0 {
+		t.Errorf("u-2: %+v, %v", rep.Diffs, err)
+	}
+	// No scratch key stays.
+	for _, key := range e.mr.Keys() {
+		if strings.HasPrefix(key, "allot:rebuild-") {
+			t.Fatalf("scratch key %s left", key)
+		}
+	}
+}
+
+func TestRebuildRefusals(t *testing.T) {
+	e := rebuildEnv(t)
+	// The meter is running: replacing its state under it could lose or
+	// double events.
+	if _, err := e.rebuild(RebuildOptions{}); !errors.Is(err, ErrMetersRunning) {
+		t.Errorf("running meter: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		opts RebuildOptions
+		want string
+	}{
+		{"future from", RebuildOptions{From: time.Now().Add(time.Hour)}, "in the future"},
+		{"bad uid", RebuildOptions{UID: "u 1"}, "uid"},
+		{"reserved uid", RebuildOptions{UID: "dead"}, "reserved"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := e.rebuild(tc.opts); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := Rebuild(t.Context(), e.cfg, Deps{NATS: e.nc}, RebuildOptions{}); err == nil {
+		t.Error("no Redis: no error")
+	}
+	down := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})
+	defer down.Close()
+	if _, err := Rebuild(t.Context(), e.cfg, Deps{NATS: e.nc, Redis: down}, RebuildOptions{DryRun: true}); err == nil || !strings.Contains(err.Error(), "redis") {
+		t.Errorf("unreachable Redis: %v", err)
+	}
+}
+
+func TestRebuildFromAStartTime(t *testing.T) {
+	e := rebuildEnv(t)
+	e.stopMeter()
+	e.mr.FlushAll()
+	rep, err := e.rebuild(RebuildOptions{From: time.Now().Add(-time.Nanosecond), Force: true})
+	if err != nil || rep.Events != 0 || len(e.mr.Keys()) != 0 {
+		t.Errorf("from now: %+v, %v, keys %v", rep, err, e.mr.Keys())
+	}
+}
+
+func TestDefaultRebuildFrom(t *testing.T) {
+	now := time.Date(2030, 5, 15, 13, 30, 0, 0, time.UTC)
+	calendar := usage.Catalog{Metrics: map[string]usage.MetricConfig{
+		"a": {Style: usage.StyleGrant, Period: usage.PeriodDay, Align: usage.AlignCalendar},
+		"b": {Style: usage.StyleGrant, Period: usage.PeriodMonth, Align: usage.AlignCalendar},
+	}}
+	if got, want := DefaultRebuildFrom(calendar, now), time.Date(2030, 5, 1, 0, 0, 0, 0, time.UTC); !got.Equal(want) {
+		t.Errorf("calendar: %v, want %v", got, want)
+	}
+	if got := DefaultRebuildFrom(usage.Default(), now); !got.IsZero() {
+		t.Errorf("rolling grants and counters: %v, want the whole stream", got)
+	}
+}
