@@ -69,6 +69,7 @@ func commands() []command {
 		notifyCommand(),
 		versionCommand(),
 		keysCommand(),
+		rebuildCommand(),
 	}
 }
 
@@ -107,6 +108,12 @@ func run(ctx context.Context, args []string, env *cliEnv) int {
 		if errors.As(err, &uerr) {
 			fmt.Fprintf(env.stderr, "allot %s: %v\nRun 'allot %s -h' for help.\n", c.name, err, c.name)
 			return 2
+		}
+		// A command whose failures have exit statuses of their own.
+		var coded interface{ ExitCode() int }
+		if errors.As(err, &coded) {
+			fmt.Fprintf(env.stderr, "allot %s: %v\n", c.name, oneLine(err))
+			return coded.ExitCode()
 		}
 		fmt.Fprintf(env.stderr, "allot %s: %v\n", c.name, oneLine(err))
 		return 1

@@ -77,6 +77,7 @@ func (p RebuildProgress) Percent() float64 {
 type RebuildReport struct {
 	Stream string
 	UID    string    // "" for every uid
+	DryRun bool
 	From   time.Time // the oldest event asked for; zero: the whole stream
 	// FirstSeq and LastSeq are the stream sequences replayed (0, 0: none).
 	FirstSeq, LastSeq uint64
@@ -178,7 +179,7 @@ func Rebuild(ctx context.Context, cfg Config, deps Deps, opts RebuildOptions) (R
 	if opts.From.After(r.now) {
 		return RebuildReport{}, fmt.Errorf("meter: rebuild: -from %s is in the future", opts.From.UTC().Format(time.RFC3339))
 	}
-	r.report.Stream, r.report.UID, r.report.From = cfg.Streams.Usage, opts.UID, opts.From
+	r.report.Stream, r.report.UID, r.report.From, r.report.DryRun = cfg.Streams.Usage, opts.UID, opts.From, opts.DryRun
 	if opts.From.IsZero() {
 		r.report.From = DefaultRebuildFrom(cfg.Usage, r.now)
 	}
