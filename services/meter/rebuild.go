@@ -76,7 +76,7 @@ func (p RebuildProgress) Percent() float64 {
 // RebuildReport is what a rebuild did.
 type RebuildReport struct {
 	Stream string
-	UID    string    // "" for every uid
+	UID    string // "" for every uid
 	DryRun bool
 	From   time.Time // the oldest event asked for; zero: the whole stream
 	// FirstSeq and LastSeq are the stream sequences replayed (0, 0: none).
