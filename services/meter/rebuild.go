@@ -13,7 +13,6 @@ import (
 	"github.com/allot/allot/pkg/keys"
 	"github.com/allot/allot/pkg/usage"
 	"github.com/allot/allot/services/meter/internal/store"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -570,41 +569,48 @@ func (r *rebuilder) sentNotices(ctx context.Context) (map[string]bool, time.Time
 		// Everything it held is gone: it holds at most its max age.
 		coverage = r.now.Add(-r.cfg.Streams.NotifyMaxAge)
 	}
-	if info.State.Msgs == 0 {
-		return sent, coverage, nil
-	}
 	uid := r.opts.UID
 	if uid == "" {
 		uid = "*"
 	}
 	subject := r.cfg.Subjects.NotifyUsage(uid)
+	// How many notices match: none may (and then no message would come).
+	counted, err := stream.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("meter: rebuild: stream %s: %w", r.cfg.Streams.Notify, err)
+	}
+	var total uint64
+	for _, n := range counted.State.Subjects {
+		total += n
+	}
+	if total == 0 {
+		return sent, coverage, nil
+	}
 	cons, err := r.js.OrderedConsumer(ctx, r.cfg.Streams.Notify, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverAllPolicy, HeadersOnly: true,
 	})
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("meter: rebuild: consumer on %s: %w", r.cfg.Streams.Notify, err)
 	}
-	// The ordered consumer's first pull says how many match; none may.
+	it, err := cons.Messages(jetstream.PullMaxMessages(1000))
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("meter: rebuild: read %s: %w", r.cfg.Streams.Notify, err)
+	}
+	defer it.Stop()
 	last := info.State.LastSeq
 	for {
-		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(time.Second))
+		msg, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil {
 			return nil, time.Time{}, fmt.Errorf("meter: rebuild: read %s: %w", r.cfg.Streams.Notify, err)
 		}
-		n, end := 0, false
-		for msg := range batch.Messages() {
-			n++
-			if id := msg.Headers().Get(events.MsgIDHeader); id != "" {
-				sent[id] = true
-			}
-			if md, err := msg.Metadata(); err == nil && (md.Sequence.Stream >= last || md.NumPending == 0) {
-				end = true
-			}
+		if id := msg.Headers().Get(events.MsgIDHeader); id != "" {
+			sent[id] = true
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
+		md, err := msg.Metadata()
+		if err != nil {
 			return nil, time.Time{}, fmt.Errorf("meter: rebuild: read %s: %w", r.cfg.Streams.Notify, err)
 		}
-		if end || n == 0 {
+		if md.Sequence.Stream >= last || md.NumPending == 0 {
 			return sent, coverage, nil
 		}
 	}

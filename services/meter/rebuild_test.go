@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/testenv"
 	"github.com/allot/allot/pkg/usage"
 	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
@@ -23,32 +23,49 @@ type keyState struct {
 	TTL   time.Duration
 }
 
-// snapshot reads every key of a miniredis whose name has prefix.
-func snapshot(t *testing.T, mr *miniredis.Miniredis, prefix string) map[string]keyState {
+// snapshot reads every key of rdb whose name has prefix (scratch keys
+// of a dry run included, so a test sees one left behind).
+func snapshot(t *testing.T, rdb *redis.Client, prefix string) map[string]keyState {
 	t.Helper()
+	ctx := t.Context()
 	out := map[string]keyState{}
-	for _, k := range mr.Keys() {
-		if !strings.HasPrefix(k, prefix) {
-			continue
-		}
+	iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+	for iter.Next(ctx) {
+		k := iter.Val()
 		var v string
-		switch mr.Type(k) {
+		switch rdb.Type(ctx, k).Val() {
 		case "hash":
-			fields, _ := mr.HKeys(k)
+			h := rdb.HGetAll(ctx, k).Val()
+			fields := make([]string, 0, len(h))
+			for f := range h {
+				fields = append(fields, f)
+			}
 			sort.Strings(fields)
 			for _, f := range fields {
-				v += fmt.Sprintf("%s=%s;", f, mr.HGet(k, f))
+				v += fmt.Sprintf("%s=%s;", f, h[f])
 			}
 		case "set":
-			members, _ := mr.Members(k)
+			members := rdb.SMembers(ctx, k).Val()
+			sort.Strings(members)
 			v = strings.Join(members, ",")
 		default:
-			v, _ = mr.Get(k)
+			v = rdb.Get(ctx, k).Val()
 		}
-		out[k] = keyState{v, mr.TTL(k)}
+		out[k] = keyState{v, rdb.PTTL(ctx, k).Val()}
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
+
+// wipe deletes the meter's whole key space, as a Redis restarted empty.
+func (e *env) wipe() {
+	e.t.Helper()
+	testenv.DeleteKeys(e.rdb, e.cfg.Redis.KeyPrefix)
+}
+
+func (e *env) keys() keys.Keys { return keys.New(e.cfg.Redis.KeyPrefix) }
 
 // sameState compares snapshots; TTLs set from Redis's clock may differ by
 // the time between the two writes.
@@ -66,7 +83,12 @@ func sameState(t *testing.T, want, got map[string]keyState) {
 // labelled global counters and an instance gauge.
 func rebuildEnv(t *testing.T) *env {
 	t.Helper()
-	e := startEnv(t, testConfig())
+	return publishRebuildMix(startEnv(t, testConfig()))
+}
+
+func publishRebuildMix(e *env) *env {
+	t := e.t
+	t.Helper()
 	for i := range 3 {
 		e.publish(ev("u-1", "photo_daily_total", 1, fmt.Sprint("p", i)))
 		e.publish(ev("u-2", "photo_daily_total", 2.5, fmt.Sprint("q", i)))
@@ -118,21 +140,22 @@ func (e *env) rebuild(opts RebuildOptions) (RebuildReport, error) {
 	return Rebuild(e.t.Context(), e.cfg, Deps{NATS: e.nc, Redis: e.rdb}, opts)
 }
 
-func TestRebuildRestoresEveryKey(t *testing.T) {
-	e := rebuildEnv(t)
+func TestRebuildRestoresEveryKey(t *testing.T) { testRebuildRestoresEveryKey(t, rebuildEnv(t)) }
+
+func testRebuildRestoresEveryKey(t *testing.T, e *env) {
 	if n := e.notices(); n != 1 {
 		t.Fatalf("NOTIFY holds %d notices before, want 1", n)
 	}
-	before := snapshot(t, e.mr, "allot:")
+	before := snapshot(t, e.rdb, e.keys().Prefix())
 	e.stopMeter()
-	e.mr.FlushAll()
+	e.wipe()
 
 	var progress []RebuildProgress
 	rep, err := e.rebuild(RebuildOptions{Force: true, Progress: func(p RebuildProgress) { progress = append(progress, p) }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sameState(t, before, snapshot(t, e.mr, "allot:"))
+	sameState(t, before, snapshot(t, e.rdb, e.keys().Prefix()))
 	want := RebuildReport{Stream: "USAGE", FirstSeq: 1, LastSeq: 18, Events: 18, Applied: 15, Duplicates: 2, Refused: 1, NoticesSent: 1}
 	got := rep
 	got.Elapsed, got.Cleared = 0, 0 // Cleared: nothing, FlushAll went first
@@ -150,11 +173,14 @@ func TestRebuildRestoresEveryKey(t *testing.T) {
 	if _, err := e.rebuild(RebuildOptions{Force: true}); err != nil {
 		t.Fatal(err)
 	}
-	sameState(t, before, snapshot(t, e.mr, "allot:"))
+	sameState(t, before, snapshot(t, e.rdb, e.keys().Prefix()))
 }
 
 func TestRebuildPublishesOnlyNoticesNeverSent(t *testing.T) {
-	e := rebuildEnv(t)
+	testRebuildPublishesOnlyNoticesNeverSent(t, rebuildEnv(t))
+}
+
+func testRebuildPublishesOnlyNoticesNeverSent(t *testing.T, e *env) {
 	e.stopMeter()
 	// The notice never reached the stream (as if Redis was lost between
 	// the crossing and the publish).
@@ -162,7 +188,7 @@ func TestRebuildPublishesOnlyNoticesNeverSent(t *testing.T) {
 	if err := st.Purge(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	e.mr.FlushAll()
+	e.wipe()
 	// The stream's duplicate window still knows the id, so watch the
 	// subject itself.
 	sub, err := e.nc.SubscribeSync("notify.usage.u-3")
@@ -179,22 +205,23 @@ func TestRebuildPublishesOnlyNoticesNeverSent(t *testing.T) {
 	if rep.NoticesPublished != 1 || rep.NoticesSent != 0 || rep.NoticesPending != 0 {
 		t.Errorf("notices: %d published, %d sent before, %d pending; want 1, 0, 0", rep.NoticesPublished, rep.NoticesSent, rep.NoticesPending)
 	}
-	if q := e.mr.HGet(keys.New("allot:").Grant("u-3", "tiny_daily_total"), "q"); q != "" {
+	if q := e.rdb.HGet(t.Context(), e.keys().Grant("u-3", "tiny_daily_total"), "q").Val(); q != "" {
 		t.Errorf("published notice still pending: %q", q)
 	}
 }
 
-func TestRebuildOneUID(t *testing.T) {
-	e := rebuildEnv(t)
-	before := snapshot(t, e.mr, "allot:{u-1}")
+func TestRebuildOneUID(t *testing.T) { testRebuildOneUID(t, rebuildEnv(t)) }
+
+func testRebuildOneUID(t *testing.T, e *env) {
+	before := snapshot(t, e.rdb, e.keys().Prefix()+"{u-1}")
 	e.stopMeter()
-	e.mr.FlushAll()
+	e.wipe()
 	rep, err := e.rebuild(RebuildOptions{UID: "u-1", Force: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sameState(t, before, snapshot(t, e.mr, "allot:{u-1}"))
-	if rest := snapshot(t, e.mr, "allot:"); len(rest) != len(before) {
+	sameState(t, before, snapshot(t, e.rdb, e.keys().Prefix()+"{u-1}"))
+	if rest := snapshot(t, e.rdb, e.keys().Prefix()); len(rest) != len(before) {
 		t.Errorf("rebuilt beyond u-1: %v", rest)
 	}
 	// u-1's jobs_total (global) and queue_depth (instance) events are
@@ -207,10 +234,11 @@ func TestRebuildOneUID(t *testing.T) {
 	}
 }
 
-func TestRebuildDryRunAudits(t *testing.T) {
-	e := rebuildEnv(t)
+func TestRebuildDryRunAudits(t *testing.T) { testRebuildDryRunAudits(t, rebuildEnv(t)) }
+
+func testRebuildDryRunAudits(t *testing.T, e *env) {
 	// A dry run needs no stopped meter and changes nothing.
-	before := snapshot(t, e.mr, "allot:")
+	before := snapshot(t, e.rdb, e.keys().Prefix())
 	rep, err := e.rebuild(RebuildOptions{DryRun: true})
 	if err != nil {
 		t.Fatal(err)
@@ -218,12 +246,12 @@ func TestRebuildDryRunAudits(t *testing.T) {
 	if len(rep.Diffs) != 0 {
 		t.Errorf("diffs on an exact state: %+v", rep.Diffs)
 	}
-	sameState(t, before, snapshot(t, e.mr, "allot:"))
+	sameState(t, before, snapshot(t, e.rdb, e.keys().Prefix()))
 
-	k := keys.New("allot:")
-	e.mr.HSet(k.Grant("u-1", "photo_daily_total"), "u", "2")
-	e.mr.HDel(k.Values("global", "jobs_total"), "kind=resize")
-	e.mr.HSet(k.Values("u-9", "api_calls_total"), "", "4")
+	k, ctx := e.keys(), t.Context()
+	e.rdb.HSet(ctx, k.Grant("u-1", "photo_daily_total"), "u", "2")
+	e.rdb.HDel(ctx, k.Values("global", "jobs_total"), "kind=resize")
+	e.rdb.HSet(ctx, k.Values("u-9", "api_calls_total"), "", "4")
 	rep, err = e.rebuild(RebuildOptions{DryRun: true})
 	if err != nil {
 		t.Fatal(err)
@@ -242,10 +270,8 @@ func TestRebuildDryRunAudits(t *testing.T) {
 		t.Errorf("u-2: %+v, %v", rep.Diffs, err)
 	}
 	// No scratch key stays.
-	for _, key := range e.mr.Keys() {
-		if strings.HasPrefix(key, "allot:rebuild-") {
-			t.Fatalf("scratch key %s left", key)
-		}
+	if left := snapshot(t, e.rdb, k.Prefix()+"rebuild-"); len(left) > 0 {
+		t.Errorf("scratch keys left: %v", left)
 	}
 }
 
@@ -284,10 +310,10 @@ func TestRebuildRefusals(t *testing.T) {
 func TestRebuildFromAStartTime(t *testing.T) {
 	e := rebuildEnv(t)
 	e.stopMeter()
-	e.mr.FlushAll()
+	e.wipe()
 	rep, err := e.rebuild(RebuildOptions{From: time.Now().Add(-time.Nanosecond), Force: true})
-	if err != nil || rep.Events != 0 || len(e.mr.Keys()) != 0 {
-		t.Errorf("from now: %+v, %v, keys %v", rep, err, e.mr.Keys())
+	if left := snapshot(t, e.rdb, ""); err != nil || rep.Events != 0 || len(left) != 0 {
+		t.Errorf("from now: %+v, %v, keys %v", rep, err, left)
 	}
 }
 

@@ -1,0 +1,30 @@
+//go:build integration
+
+package meter
+
+import (
+	"testing"
+
+	"github.com/allot/allot/pkg/testenv"
+)
+
+// The rebuild tests on the real Redis, under a key prefix of their own:
+// the same events, the same state, key by key.
+func TestIntegrationRebuild(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		test func(*testing.T, *env)
+	}{
+		{"RestoresEveryKey", testRebuildRestoresEveryKey},
+		{"PublishesOnlyNoticesNeverSent", testRebuildPublishesOnlyNoticesNeverSent},
+		{"OneUID", testRebuildOneUID},
+		{"DryRunAudits", testRebuildDryRunAudits},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rdb, prefix := testenv.Redis(t)
+			cfg := testConfig()
+			cfg.Redis.KeyPrefix = prefix
+			tc.test(t, publishRebuildMix(startEnvOn(t, cfg, rdb, nil)))
+		})
+	}
+}
