@@ -182,6 +182,9 @@ func printRebuildSummary(w io.Writer, r meter.RebuildReport) {
 	}
 	fmt.Fprintf(w, " in %s.\n", r.Elapsed.Round(time.Millisecond))
 	fmt.Fprintf(w, "  events: %d read, %d applied, %d duplicates, %d refused", r.Events, r.Applied, r.Duplicates, r.Refused)
+	if r.GivenUp > 0 {
+		fmt.Fprintf(w, ", %d given up on by the meter (max_deliver)", r.GivenUp)
+	}
 	if r.Skipped > 0 {
 		fmt.Fprintf(w, ", %d skipped (global or instance metrics, shared with other uids)", r.Skipped)
 	}

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/keys"
 	"github.com/allot/allot/pkg/usage"
 	"github.com/allot/allot/services/meter/internal/store"
@@ -86,9 +85,10 @@ type RebuildReport struct {
 	Missing   bool
 	HeldSince time.Time
 	// Events read; of them applied, duplicates (counted once already),
-	// refused (dead-lettered by the meter too, never counted) and skipped
-	// (another scope than -uid's).
-	Events, Applied, Duplicates, Refused, Skipped int64
+	// refused (dead-lettered by the meter too, never counted), given up
+	// (the meter dead-lettered them after max_deliver deliveries, never
+	// counting them) and skipped (another scope than -uid's).
+	Events, Applied, Duplicates, Refused, GivenUp, Skipped int64
 	// Cleared is the number of keys of meter state deleted before the
 	// replay (not in a dry run).
 	Cleared int
@@ -140,6 +140,7 @@ type rebuilder struct {
 	// first crossed (the stream time of its event)
 	pending   map[grantRef]usage.MetricConfig
 	crossedAt map[string]time.Time
+	givenUp   map[uint64]bool // sequences the meter gave up on
 }
 
 type grantRef struct{ uid, metric string }
@@ -293,6 +294,9 @@ func (r *rebuilder) replay(ctx context.Context, stream jetstream.Stream) error {
 	if state.Msgs == 0 || last == 0 || (!from.IsZero() && lastTime.Before(from)) {
 		return nil
 	}
+	if r.givenUp, err = r.gaveUp(ctx); err != nil {
+		return err
+	}
 	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverAllPolicy}
 	if !from.IsZero() {
 		f := from
@@ -433,8 +437,15 @@ func (r *rebuilder) applyChunk(ctx context.Context, chunk []jetstream.Msg) error
 	ops := make([]store.Op, 0, len(chunk))
 	for _, msg := range chunk {
 		r.report.Events++
+		md, err := msg.Metadata()
+		if err != nil {
+			return fmt.Errorf("meter: rebuild: %w", err)
+		}
 		it := a.parse(msg)
 		switch {
+		case r.givenUp[md.Sequence.Stream]:
+			r.report.GivenUp++
+			continue
 		case it.refuse != nil:
 			r.report.Refused++
 			continue
@@ -484,134 +495,4 @@ func (r *rebuilder) applyChunk(ctx context.Context, chunk []jetstream.Msg) error
 		}
 	}
 	return nil
-}
-
-// settleNotices decides, for every notice the replay left pending, whether
-// it was sent before: found in the notice stream by its fixed id, or
-// crossed before the oldest notice that stream still holds (a meter
-// publishes within moments of the crossing). Those are cleared without
-// being sent again. The others were never sent: a rebuild publishes them
-// (and clears them, as the meter does); a dry run leaves them pending, as
-// a meter that could not publish them holds them.
-func (r *rebuilder) settleNotices(ctx context.Context) error {
-	if len(r.pending) == 0 {
-		return nil
-	}
-	sent, coverage, err := r.sentNotices(ctx)
-	if err != nil {
-		return err
-	}
-	var done []store.Confirmation
-	var unsent []noticeBatch
-	for g, mc := range r.pending {
-		ns, err := r.m.store.Pending(ctx, g.uid, g.metric)
-		if err != nil {
-			return fmt.Errorf("meter: rebuild: %w", err)
-		}
-		var was, never []store.Notice
-		for _, n := range ns {
-			at, ok := r.crossedAt[n.Raw]
-			if sent[noticeID(g.uid, g.metric, n)] || (ok && at.Before(coverage)) {
-				was = append(was, n)
-			} else {
-				never = append(never, n)
-			}
-		}
-		if len(was) > 0 {
-			done = append(done, store.Confirmation{UID: g.uid, Metric: g.metric, Notices: was})
-			r.report.NoticesSent += len(was)
-		}
-		if len(never) > 0 {
-			unsent = append(unsent, noticeBatch{g.uid, g.metric, mc, never})
-		}
-	}
-	if err := r.m.store.ConfirmAll(ctx, done); err != nil {
-		return fmt.Errorf("meter: rebuild: %w", err)
-	}
-	for _, b := range unsent {
-		r.report.NoticesPending += len(b.notices)
-	}
-	if r.opts.DryRun || len(unsent) == 0 {
-		return nil
-	}
-	for i, err := range r.m.publishNotices(ctx, unsent) {
-		if err != nil {
-			r.log.Warn("rebuild: notice not published; it stays pending for the meter", "uid", unsent[i].uid, "metric", unsent[i].metric, "err", err)
-			continue
-		}
-		r.report.NoticesPending -= len(unsent[i].notices)
-		r.report.NoticesPublished += len(unsent[i].notices)
-	}
-	return nil
-}
-
-// sentNotices reads the ids of the usage notices the notice stream holds
-// (of UID, or of every uid), and the time before which it holds none
-// any more (zero when it never lost one).
-func (r *rebuilder) sentNotices(ctx context.Context) (map[string]bool, time.Time, error) {
-	sent := map[string]bool{}
-	stream, err := r.js.Stream(ctx, r.cfg.Streams.Notify)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return sent, time.Time{}, nil
-	}
-	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("meter: rebuild: stream %s: %w", r.cfg.Streams.Notify, err)
-	}
-	info, err := stream.Info(ctx)
-	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("meter: rebuild: stream %s: %w", r.cfg.Streams.Notify, err)
-	}
-	var coverage time.Time
-	switch st := info.State; {
-	case st.FirstSeq > 1 && st.Msgs > 0:
-		coverage = st.FirstTime
-	case st.LastSeq > 0 && st.Msgs == 0:
-		// Everything it held is gone: it holds at most its max age.
-		coverage = r.now.Add(-r.cfg.Streams.NotifyMaxAge)
-	}
-	uid := r.opts.UID
-	if uid == "" {
-		uid = "*"
-	}
-	subject := r.cfg.Subjects.NotifyUsage(uid)
-	// How many notices match: none may (and then no message would come).
-	counted, err := stream.Info(ctx, jetstream.WithSubjectFilter(subject))
-	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("meter: rebuild: stream %s: %w", r.cfg.Streams.Notify, err)
-	}
-	var total uint64
-	for _, n := range counted.State.Subjects {
-		total += n
-	}
-	if total == 0 {
-		return sent, coverage, nil
-	}
-	cons, err := r.js.OrderedConsumer(ctx, r.cfg.Streams.Notify, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverAllPolicy, HeadersOnly: true,
-	})
-	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("meter: rebuild: consumer on %s: %w", r.cfg.Streams.Notify, err)
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(1000))
-	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("meter: rebuild: read %s: %w", r.cfg.Streams.Notify, err)
-	}
-	defer it.Stop()
-	last := info.State.LastSeq
-	for {
-		msg, err := it.Next(jetstream.NextContext(ctx))
-		if err != nil {
-			return nil, time.Time{}, fmt.Errorf("meter: rebuild: read %s: %w", r.cfg.Streams.Notify, err)
-		}
-		if id := msg.Headers().Get(events.MsgIDHeader); id != "" {
-			sent[id] = true
-		}
-		md, err := msg.Metadata()
-		if err != nil {
-			return nil, time.Time{}, fmt.Errorf("meter: rebuild: read %s: %w", r.cfg.Streams.Notify, err)
-		}
-		if md.Sequence.Stream >= last || md.NumPending == 0 {
-			return sent, coverage, nil
-		}
-	}
 }

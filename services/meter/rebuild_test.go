@@ -14,6 +14,7 @@ import (
 	"github.com/allot/allot/pkg/testenv"
 	"github.com/allot/allot/pkg/usage"
 	"github.com/google/go-cmp/cmp"
+	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -328,5 +329,29 @@ func TestDefaultRebuildFrom(t *testing.T) {
 	}
 	if got := DefaultRebuildFrom(usage.Default(), now); !got.IsZero() {
 		t.Errorf("rolling grants and counters: %v, want the whole stream", got)
+	}
+}
+
+func TestRebuildSkipsEventsTheMeterGaveUpOn(t *testing.T) {
+	e := rebuildEnv(t)
+	e.stopMeter()
+	// As WatchMaxDeliveries stores an event handed out max_deliver times:
+	// seq 1 is u-1's first photo_daily_total event.
+	msg := nats.NewMsg("usage.dead.u-1")
+	msg.Data = []byte("{}")
+	msg.Header.Set(events.MsgIDHeader, "dead.USAGE.meter.1")
+	if _, err := e.js.PublishMsg(t.Context(), msg); err != nil {
+		t.Fatal(err)
+	}
+	e.wipe()
+	rep, err := e.rebuild(RebuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.GivenUp != 1 || rep.Applied != 14 {
+		t.Errorf("report = %+v", rep)
+	}
+	if used := e.rdb.HGet(t.Context(), e.keys().Grant("u-1", "photo_daily_total"), "u").Val(); used != "2" {
+		t.Errorf("u-1 used %q, want 2: the event given up on was counted", used)
 	}
 }
