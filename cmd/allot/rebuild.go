@@ -34,7 +34,10 @@ The rebuild first deletes the meter state it replaces (grant state,
 counters, gauges and dedup records of every uid, or of -uid), so the
 meters must be stopped meanwhile: it refuses while the meter's consumer
 has pull requests waiting, unless -force. Events published meanwhile wait
-in the stream; the meters apply them when they start again.
+in the stream; the meters apply them when they start again. A whole
+rebuild writes the meter's epoch marker last: meters that found Redis
+empty (and answer 503 rebuilding meanwhile) resume then; they also
+rebuild by themselves, one replica for all (meter.loss_check).
 
 -dry-run rebuilds into a scratch key space of the same Redis instead,
 lists every value where the meter's state differs from the rebuilt one

@@ -16,6 +16,8 @@
 //	allot:{global}:c:<metric>        HASH  global counter or gauge
 //	allot:{global}:e:<event id>      STRING its dedup records
 //	allot:index:instances            SET   sources seen with instance-scoped metrics (for /metrics)
+//	allot:meter:epoch                HASH  the meter's epoch marker: seq, the highest USAGE sequence applied;
+//	                                       missing while the stream has events means Redis lost the state
 //	allot:{u-42}:rl:<service>:0      HASH  rate-limit window of (uid, service) for even window indexes:
 //	allot:{u-42}:rl:<service>:1      HASH  ... and for odd ones; w window index, n count admitted
 //	allot:{u-42}:rlu:0, :1           HASH  the same for the uid's own limit (requests naming no service)
@@ -197,6 +199,10 @@ func (k Keys) SentEmail(uid, taskID string) string { return k.tagged(UserTag(uid
 
 // Instances is the SET of sources that reported instance-scoped metrics.
 func (k Keys) Instances() string { return k.prefix + "index:instances" }
+
+// MeterEpoch is the HASH marking that Redis holds the meter's state: seq,
+// the highest usage stream sequence applied.
+func (k Keys) MeterEpoch() string { return k.prefix + "meter:epoch" }
 
 // GrantPattern matches every uid's state of one grant, for SCAN.
 func (k Keys) GrantPattern(metric string) string { return k.prefix + "{*}:g:" + metric }

@@ -34,6 +34,11 @@ type Settings struct {
 	ExportPerUID bool `yaml:"export_per_uid"`
 	// ExportMaxUIDs caps the uids exported when ExportPerUID is on.
 	ExportMaxUIDs int `yaml:"export_max_uids"`
+	// LossCheck is how often the meter checks that Redis still holds its
+	// state (the epoch marker); when it does not, one replica rebuilds it
+	// from the usage stream while credit and authorize answer 503. 0
+	// turns the check, the marker and the rebuild off.
+	LossCheck time.Duration `yaml:"loss_check"`
 }
 
 // DefaultSettings returns the meter section's defaults.
@@ -44,6 +49,7 @@ func DefaultSettings() Settings {
 		Handlers:       4,
 		Pipelines:      2,
 		ExportMaxUIDs:  1000,
+		LossCheck:      2 * time.Second,
 	}
 }
 
@@ -67,6 +73,9 @@ func (s Settings) Validate(duplicates time.Duration) error {
 	}
 	if s.ExportMaxUIDs < 0 {
 		add("meter.export_max_uids", "must be >= 0")
+	}
+	if s.LossCheck < 0 || (s.LossCheck > 0 && s.LossCheck < 100*time.Millisecond) {
+		add("meter.loss_check", "must be 0 (off) or at least 100ms, got %v", s.LossCheck)
 	}
 	return errors.Join(errs...)
 }

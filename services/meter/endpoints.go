@@ -55,6 +55,12 @@ type creditRequest struct {
 // handleCredits answers the credit requests that arrived together with
 // one Redis round trip.
 func (m *Meter) handleCredits(reqs []micro.Request) {
+	if m.lost.Load() {
+		for _, req := range reqs {
+			m.reply(req, "credit", nil, m.rebuildingError())
+		}
+		return
+	}
 	valid := make([]creditRequest, 0, len(reqs))
 	queries := make([]store.CreditQuery, 0, len(reqs))
 	for _, req := range reqs {
@@ -158,6 +164,12 @@ type overLimitBody struct {
 // with one Redis round trip (each its own atomic script call), then
 // publishes the threshold notices they crossed together.
 func (m *Meter) handleAuthorizes(reqs []micro.Request) {
+	if m.lost.Load() {
+		for _, req := range reqs {
+			m.reply(req, "authorize", nil, m.rebuildingError())
+		}
+		return
+	}
 	valid := make([]micro.Request, 0, len(reqs))
 	ops := make([]store.AuthorizeOp, 0, len(reqs))
 	for _, req := range reqs {

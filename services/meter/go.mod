@@ -6,6 +6,7 @@ require (
 	github.com/alicebob/miniredis/v2 v2.40.0
 	github.com/allot/allot/pkg/events v0.0.0
 	github.com/allot/allot/pkg/keys v0.0.0
+	github.com/allot/allot/pkg/mutex v0.0.0
 	github.com/allot/allot/pkg/service v0.0.0
 	github.com/google/go-cmp v0.7.0
 	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
@@ -41,6 +42,7 @@ require (
 replace (
 	github.com/allot/allot/pkg/events => ../../pkg/events
 	github.com/allot/allot/pkg/keys => ../../pkg/keys
+	github.com/allot/allot/pkg/mutex => ../../pkg/mutex
 	github.com/allot/allot/pkg/service => ../../pkg/service
 	github.com/allot/allot/pkg/testenv => ../../pkg/testenv
 )

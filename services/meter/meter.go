@@ -10,10 +10,12 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/mutex"
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/services/meter/internal/store"
 	"github.com/nats-io/nats.go"
@@ -47,8 +49,13 @@ type Meter struct {
 	replier   service.Replier
 	grants    grantNames // the grants meter.grants may set
 
+	rdb    redis.UniversalClient
+	locker *mutex.Locker // the rebuild lock; nil when meter.loss_check is 0
+	lost   atomic.Bool   // Redis lacks the epoch marker: the state is lost or being rebuilt
+
 	stopConsumer func(context.Context) error
 	stopWatch    func()
+	stopEpoch    func()
 	stopOnce     sync.Once
 }
 
@@ -67,7 +74,8 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("service", "meter")
-	st, err := store.New(ctx, deps.Redis, store.Options{Keys: keys.New(cfg.Redis.KeyPrefix), DedupTTL: cfg.Meter.DedupTTL, Now: deps.Now})
+	guard := cfg.Meter.LossCheck > 0
+	st, err := store.New(ctx, deps.Redis, store.Options{Keys: keys.New(cfg.Redis.KeyPrefix), DedupTTL: cfg.Meter.DedupTTL, Now: deps.Now, Guard: guard})
 	if err != nil {
 		return nil, fmt.Errorf("meter: %w", err)
 	}
@@ -85,10 +93,19 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 		nc:    deps.NATS,
 		js:    js,
 		store: st,
+		rdb:   deps.Redis,
 	}
 	m.grants = newGrantNames(cfg)
 	if m.metrics, err = newMetrics(deps.Registerer, m); err != nil {
 		return nil, fmt.Errorf("meter: %w", err)
+	}
+	if guard {
+		if err := m.checkEpoch(ctx); err != nil {
+			return nil, fmt.Errorf("meter: %w", err)
+		}
+		if m.locker, err = mutex.New(deps.Redis, mutex.Options{Prefix: cfg.Redis.KeyPrefix, Registerer: deps.Registerer}); err != nil {
+			return nil, fmt.Errorf("meter: %w", err)
+		}
 	}
 	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.Streams.Usage, jetstream.ConsumerConfig{
 		Durable:     cfg.Meter.Consumer,
@@ -120,6 +137,9 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 	}
 	cc := cfg.Meter.ConsumerConfig(cfg.Meter.Consumer)
 	cc.Ready, cc.Metrics = st.Ping, cm
+	if guard {
+		cc.Ready = m.rebuildingReady
+	}
 	cc.DeadLetters = &service.DeadLetters{Subject: m.deadSubject, Stream: cfg.Streams.Usage, Counted: m.deadCounted}
 	consumer, err := service.NewConsumer(cons, js, applier{m}, cc, log)
 	if err != nil {
@@ -132,6 +152,13 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 		return nil, fmt.Errorf("meter: %w", err)
 	}
 	m.stopConsumer = consumer.Start(ctx)
+	m.stopEpoch = func() {}
+	if guard {
+		ectx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		done := make(chan struct{})
+		go func() { defer close(done); m.watchEpoch(ectx) }()
+		m.stopEpoch = func() { cancel(); <-done }
+	}
 	log.Info("meter started", "stream", cfg.Streams.Usage, "consumer", cfg.Meter.Consumer,
 		"metrics", len(cfg.Usage.Metrics), "handlers", cfg.Meter.Handlers)
 	return m, nil
@@ -143,6 +170,7 @@ func (m *Meter) Stop(ctx context.Context) error {
 	var err error
 	m.stopOnce.Do(func() {
 		m.stopEndpoints()
+		m.stopEpoch()
 		err = m.stopConsumer(ctx)
 		m.stopWatch()
 		if err == nil {

@@ -22,6 +22,7 @@ type metrics struct {
 	requests     *prometheus.CounterVec
 	authorized   *prometheus.CounterVec
 	requestBatch *prometheus.HistogramVec
+	rebuilding   prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
@@ -60,12 +61,16 @@ func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
 			Help:    "Credit or authorize requests answered per Redis round trip, by endpoint.",
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
 		}, []string{"endpoint"}),
+		rebuilding: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "allot_meter_rebuilding",
+			Help: "1 while Redis lacks the meter's state (no epoch marker): credit and authorize answer 503 until a rebuild from the usage stream puts it back.",
+		}),
 	}
 	if reg == nil {
 		return mt, nil
 	}
 	for _, c := range []prometheus.Collector{mt.events, mt.dead, mt.applySeconds,
-		mt.redisErrors, mt.notices, mt.requests, mt.authorized, mt.requestBatch, newUsageCollector(m)} {
+		mt.redisErrors, mt.notices, mt.requests, mt.authorized, mt.requestBatch, mt.rebuilding, newUsageCollector(m)} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

@@ -229,6 +229,9 @@ func (e *env) snapshot(t *testing.T) map[string]string {
 	iter := e.rdb.Scan(ctx, 0, e.cfg.Redis.KeyPrefix+"*", 1000).Iterator()
 	for iter.Next(ctx) {
 		key := iter.Val()
+		if bookkeeping(key, e.cfg.Redis.KeyPrefix) {
+			continue
+		}
 		var v string
 		switch typ := e.rdb.Type(ctx, key).Val(); typ {
 		case "hash":

@@ -141,6 +141,7 @@ type rebuilder struct {
 	pending   map[grantRef]usage.MetricConfig
 	crossedAt map[string]time.Time
 	givenUp   map[uint64]bool // sequences the meter gave up on
+	upTo      uint64          // the stream's last sequence when the replay began
 }
 
 type grantRef struct{ uid, metric string }
@@ -238,6 +239,12 @@ func (r *rebuilder) run(ctx context.Context) error {
 	if err := r.settleNotices(ctx); err != nil {
 		return err
 	}
+	if !r.opts.DryRun && r.opts.UID == "" {
+		// Last: the marker tells waiting meters that the state is whole.
+		if err := r.m.store.SetEpoch(ctx, max(r.report.LastSeq, r.upTo)); err != nil {
+			return fmt.Errorf("meter: rebuild: %w", err)
+		}
+	}
 	if r.opts.DryRun {
 		if r.report.Diffs, err = r.diff(ctx); err != nil {
 			return err
@@ -274,6 +281,7 @@ func (r *rebuilder) replay(ctx context.Context, stream jetstream.Stream) error {
 		return fmt.Errorf("meter: rebuild: stream %s: %w", r.cfg.Streams.Usage, err)
 	}
 	state := info.State
+	r.upTo = state.LastSeq
 	from := r.report.From
 	if state.FirstSeq > 1 && (from.IsZero() || from.Before(state.FirstTime)) {
 		r.report.Missing, r.report.HeldSince = true, state.FirstTime.UTC()

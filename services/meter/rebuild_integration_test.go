@@ -28,3 +28,12 @@ func TestIntegrationRebuild(t *testing.T) {
 		})
 	}
 }
+
+// TestIntegrationLossIsDetectedAndRebuilt is the loss of every key of
+// the meter's prefix under two replicas, on the real Redis.
+func TestIntegrationLossIsDetectedAndRebuilt(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	cfg := lossConfig()
+	cfg.Redis.KeyPrefix = prefix
+	testLossIsDetectedAndRebuilt(t, startEnvOn(t, cfg, rdb, nil))
+}

@@ -44,6 +44,11 @@ type item struct {
 // until Redis answers.
 func (a applier) HandleChunk(ctx context.Context, msgs []jetstream.Msg) ([]service.Outcome, error) {
 	m := a.m
+	if m.lost.Load() {
+		// Redis lost the state: wait (nak, pause until Ready) for the
+		// rebuild rather than apply into nothing.
+		return make([]service.Outcome, len(msgs)), errRebuilding
+	}
 	items := make([]item, len(msgs))
 	out := make([]service.Outcome, len(msgs))
 	var ops []store.Op
@@ -64,7 +69,11 @@ func (a applier) HandleChunk(ctx context.Context, msgs []jetstream.Msg) ([]servi
 	results, err := m.store.Apply(ctx, ops)
 	m.metrics.applySeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
-		m.metrics.redisErrors.Inc()
+		if isLost(err) {
+			m.setLost(true)
+		} else {
+			m.metrics.redisErrors.Inc()
+		}
 		return out, err
 	}
 	var batches []noticeBatch
@@ -150,10 +159,11 @@ func (a applier) parse(msg jetstream.Msg) item {
 	}
 	limit, _ := m.cfg.Usage.DefaultGrant(ev.Data.Metric)
 	var at time.Time
+	var seq uint64
 	if md, err := msg.Metadata(); err == nil {
 		// The stream's clock: one for every replica, and the same when
 		// the stream is replayed (rebuild.go).
-		at = md.Timestamp
+		at, seq = md.Timestamp, md.Sequence.Stream
 	}
 	it.op = store.Op{
 		ID:     ev.ID,
@@ -165,6 +175,7 @@ func (a applier) parse(msg jetstream.Msg) item {
 		Value:  ev.Data.Value,
 		Field:  keys.LabelSet(names, ev.Data.Labels),
 		At:     at,
+		Seq:    seq,
 	}
 	return it
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/allot/allot/pkg/keys"
@@ -26,6 +27,9 @@ type Op struct {
 	// stream stored it, so that applying the stream again (a rebuild)
 	// rolls the same periods. Zero takes the store's clock (Redis TIME).
 	At time.Time
+	// Seq is the event's usage stream sequence (0: none), which a guarded
+	// store records in the epoch marker.
+	Seq uint64
 }
 
 // GrantState is a grant as a script left it.
@@ -78,7 +82,7 @@ func (s *Store) applyArgs(op Op) (keyList []string, args []any) {
 // nothing can be said of any op, and the caller retries them all, which
 // the dedup records make safe.
 func (s *Store) Apply(ctx context.Context, ops []Op) ([]Result, error) {
-	if !s.perEvent && len(ops) > 1 {
+	if !s.perEvent && (len(ops) > 1 || s.guard) {
 		results, err := s.applyChunk(ctx, ops)
 		if err != nil && isNoScript(err) {
 			if lerr := s.Load(ctx); lerr != nil {
@@ -106,10 +110,11 @@ func (s *Store) Apply(ctx context.Context, ops []Op) ([]Result, error) {
 
 // applyChunk applies ops with one apply_many.lua call.
 func (s *Store) applyChunk(ctx context.Context, ops []Op) ([]Result, error) {
-	keyList := make([]string, 0, 3*len(ops))
-	args := make([]any, 1, 1+10*len(ops))
+	keyList := make([]string, 0, 3*len(ops)+1)
+	args := make([]any, 1, 2+10*len(ops))
 	args[0] = len(ops)
 	var sources []any
+	var seq uint64
 	for _, op := range ops {
 		k, a := s.applyArgs(op)
 		keyList = append(keyList, k...)
@@ -118,6 +123,11 @@ func (s *Store) applyChunk(ctx context.Context, ops []Op) ([]Result, error) {
 		if op.Config.Scope == usage.ScopeInstance {
 			sources = append(sources, op.Source)
 		}
+		seq = max(seq, op.Seq)
+	}
+	if s.guard {
+		keyList = append(keyList, s.keys.MeterEpoch())
+		args = append(args, seq)
 	}
 	pipe := s.rdb.Pipeline()
 	cmd := s.applyMany.EvalSha(ctx, pipe, keyList, args...)
@@ -127,6 +137,9 @@ func (s *Store) applyChunk(ctx context.Context, ops []Op) ([]Result, error) {
 	_, _ = pipe.Exec(ctx)
 	v, err := cmd.Result()
 	if err != nil {
+		if strings.HasPrefix(err.Error(), "LOST") {
+			return nil, fmt.Errorf("%w: %w", ErrRedis, ErrLost)
+		}
 		if isNoScript(err) || isScriptError(err) {
 			return nil, err
 		}

@@ -42,6 +42,8 @@ type Redis interface {
 	Ping(ctx context.Context) *redis.StatusCmd
 	HGetAll(ctx context.Context, key string) *redis.MapStringStringCmd
 	HGet(ctx context.Context, key, field string) *redis.StringCmd
+	HSet(ctx context.Context, key string, values ...any) *redis.IntCmd
+	HSetNX(ctx context.Context, key, field string, value any) *redis.BoolCmd
 	SMembers(ctx context.Context, key string) *redis.StringSliceCmd
 	Scan(ctx context.Context, cursor uint64, match string, count int64) *redis.ScanCmd
 }
@@ -49,6 +51,12 @@ type Redis interface {
 // ErrRedis marks a failure to reach Redis or a Redis that refused to
 // work; retrying later may succeed.
 var ErrRedis = errors.New("store: redis unavailable")
+
+// ErrLost marks an apply refused because the epoch marker is missing:
+// Redis lost the meter's state, and a rebuild puts it back. It comes
+// wrapped with ErrRedis, so a worker retries it later as any Redis
+// failure.
+var ErrLost = errors.New("store: redis lost the meter's state (no epoch marker)")
 
 // ErrOutOfRange is matched by every [RangeError].
 var ErrOutOfRange = errors.New("store: out of range")
@@ -84,6 +92,7 @@ type Store struct {
 	dedupTTL  time.Duration
 	now       func() time.Time // nil: Redis TIME
 	perEvent  bool             // one script call per event (Cluster)
+	guard     bool             // apply only while the epoch marker is there
 	apply     *redis.Script
 	applyMany *redis.Script
 	authorize *redis.Script
@@ -101,6 +110,11 @@ type Options struct {
 	// instead of one apply_many.lua call per chunk. It is forced on for a
 	// Redis Cluster, where the events of a chunk live in many slots.
 	OneScriptPerEvent bool
+	// Guard applies events only while the epoch marker is there, checked
+	// inside the same script call on a single node (Apply fails with
+	// ErrLost otherwise), and raises the marker's seq with each chunk. On
+	// a Cluster, where a chunk spans slots, it is not checked.
+	Guard bool
 }
 
 // New returns a Store and loads its scripts, so pipelines can send them
@@ -118,6 +132,7 @@ func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
 		dedupTTL:  opts.DedupTTL,
 		now:       opts.Now,
 		perEvent:  opts.OneScriptPerEvent,
+		guard:     opts.Guard,
 		apply:     redis.NewScript(numbersLua + periodsLua + applyEventLua + applyLua),
 		applyMany: redis.NewScript(numbersLua + periodsLua + applyEventLua + applyManyLua),
 		authorize: redis.NewScript(numbersLua + periodsLua + authorizeLua),

@@ -1,0 +1,147 @@
+package meter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/mutex"
+	"github.com/allot/allot/services/meter/internal/store"
+)
+
+// errRebuilding is what the worker and the endpoints meet while Redis
+// lacks the epoch marker: the state is lost, or being rebuilt.
+var errRebuilding = fmt.Errorf("meter: rebuilding: %w", store.ErrLost)
+
+// rebuildLock is the pkg/mutex lock the replica that rebuilds holds.
+const rebuildLock = "meter-rebuild"
+
+// rebuildingError is the 503 credit and authorize answer while the state
+// is being rebuilt: retrying after meter.loss_check may find it back.
+func (m *Meter) rebuildingError() error {
+	return events.NewServiceError(events.CodeUnavailable, "",
+		"rebuilding: Redis lost the meter's state and it is being rebuilt from the usage stream; retry after %s",
+		m.cfg.Meter.LossCheck)
+}
+
+// setLost records whether Redis lacks the meter's state, for the worker,
+// the endpoints and allot_meter_rebuilding.
+func (m *Meter) setLost(lost bool) {
+	if m.lost.Swap(lost) != lost {
+		if lost {
+			m.log.Warn("Redis lost the meter's state (no epoch marker): credit and authorize answer 503 until it is rebuilt")
+		} else {
+			m.log.Info("the meter's state is there (epoch marker found)")
+		}
+	}
+	v := 0.0
+	if lost {
+		v = 1
+	}
+	m.metrics.rebuilding.Set(v)
+}
+
+// checkEpoch looks for the epoch marker. Without one, a usage stream
+// holding events means Redis lost the state (or never had it): the meter
+// waits for a rebuild. A stream without events means a new deployment:
+// the marker is written.
+func (m *Meter) checkEpoch(ctx context.Context) error {
+	_, ok, err := m.store.Epoch(ctx)
+	if err != nil {
+		return err
+	}
+	if ok {
+		m.setLost(false)
+		return nil
+	}
+	stream, err := m.js.Stream(ctx, m.cfg.Streams.Usage)
+	if err != nil {
+		return fmt.Errorf("meter: stream %s: %w", m.cfg.Streams.Usage, err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("meter: stream %s: %w", m.cfg.Streams.Usage, err)
+	}
+	if info.State.Msgs == 0 {
+		if _, err := m.store.InitEpoch(ctx, info.State.LastSeq); err != nil {
+			return err
+		}
+		m.setLost(false)
+		return nil
+	}
+	m.setLost(true)
+	return nil
+}
+
+// watchEpoch checks the marker every meter.loss_check, and, in the one
+// replica holding the rebuild lock, rebuilds the state when it is lost.
+// It returns when ctx ends.
+func (m *Meter) watchEpoch(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var held *mutex.Lock // Lead runs the work only in the goroutine that set it
+		m.locker.Lead(ctx, rebuildLock, m.cfg.Meter.LossCheck, mutex.LockOptions{}, mutex.LeadHooks{
+			Acquired: func(l *mutex.Lock) { held = l },
+			Error:    func(err error) { m.log.Warn("rebuild lock", "err", err) },
+		}, func(ctx context.Context) { m.rebuildIfLost(ctx, held) })
+	}()
+	t := time.NewTicker(m.cfg.Meter.LossCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			<-done
+			return
+		case <-t.C:
+			cctx, cancel := context.WithTimeout(ctx, m.cfg.Meter.LossCheck)
+			if err := m.checkEpoch(cctx); err != nil && ctx.Err() == nil {
+				m.log.Warn("epoch marker not checked", "err", err)
+			}
+			cancel()
+		}
+	}
+}
+
+// rebuildIfLost is the work of the replica holding the rebuild lock: when
+// the marker is missing while the stream has events, it rebuilds the
+// state from the stream (Rebuild, which writes the marker last). The
+// other replicas' workers and endpoints wait meanwhile: the apply script
+// refuses without the marker.
+//
+// Redis losing its state loses the lock too: a holder whose lock is gone
+// from Redis does not rebuild (another replica may take the lock now); it
+// tries for the lock again on its next turn.
+func (m *Meter) rebuildIfLost(ctx context.Context, lock *mutex.Lock) {
+	if err := m.checkEpoch(ctx); err != nil || !m.lost.Load() {
+		return
+	}
+	if _, err := lock.TTL(ctx); err != nil {
+		return
+	}
+	m.log.Warn("rebuilding the meter's state from the usage stream")
+	rep, err := Rebuild(ctx, m.cfg, Deps{NATS: m.nc, Redis: m.rdb}, RebuildOptions{Force: true, Log: m.log})
+	if err != nil {
+		if ctx.Err() == nil {
+			m.log.Error("rebuild failed; trying again", "err", err, "in", m.cfg.Meter.LossCheck)
+		}
+		return
+	}
+	m.log.Info("rebuilt the meter's state", "events", rep.Events, "applied", rep.Applied, "duplicates", rep.Duplicates,
+		"last_seq", rep.LastSeq, "missing", rep.Missing, "took", rep.Elapsed)
+	m.setLost(false)
+}
+
+// rebuildingReady is the worker's Ready while the state may be lost: it
+// resumes only once the marker is back and Redis answers.
+func (m *Meter) rebuildingReady(ctx context.Context) error {
+	if m.lost.Load() {
+		return errRebuilding
+	}
+	return m.store.Ping(ctx)
+}
+
+// isLost tells an apply refused for a missing marker.
+func isLost(err error) bool { return errors.Is(err, store.ErrLost) }

@@ -1,0 +1,162 @@
+package meter
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/mutex"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// lockedBuffer is a log sink two replicas write to at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.b.String(), s)
+}
+
+func eventually(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if ok() {
+			return
+		}
+	}
+	t.Fatalf("not within 15s: %s", what)
+}
+
+// Redis loses everything under two running replicas: both stop answering
+// credit and authorize with stale zeros (503 rebuilding) and stop
+// applying; one rebuilds, the other waits; events published meanwhile
+// count once; the state ends as it was.
+func TestLossIsDetectedAndRebuiltByOneReplica(t *testing.T) {
+	testLossIsDetectedAndRebuilt(t, startEnv(t, lossConfig()))
+}
+
+// lossConfig checks for a loss every 100ms.
+func lossConfig() Config {
+	cfg := testConfig()
+	cfg.Meter.LossCheck = 100 * time.Millisecond
+	return cfg
+}
+
+func testLossIsDetectedAndRebuilt(t *testing.T, e *env) {
+	cfg := e.cfg
+	// Applied by one replica, so in stream order: two replicas may set a
+	// gauge out of it, where a rebuild takes the stream's last value.
+	publishRebuildMix(e)
+	var logs lockedBuffer
+	second, err := Start(t.Context(), cfg, Deps{NATS: e.nc, Redis: e.rdb, Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = second.Stop(context.Background()) })
+	before := snapshot(t, e.rdb, e.keys().Prefix())
+
+	// Hold the rebuild lock, so the loss lasts until the test lets go.
+	locker, err := mutex.New(e.rdb, mutex.Options{Prefix: cfg.Redis.KeyPrefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.wipe()
+	lock, err := locker.TryAcquire(t.Context(), rebuildLock, mutex.LockOptions{TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "both replicas see the loss", func() bool {
+		return e.meter.lost.Load() && second.lost.Load()
+	})
+	if got := testutil.ToFloat64(e.meter.metrics.rebuilding); got != 1 {
+		t.Errorf("allot_meter_rebuilding = %v, want 1", got)
+	}
+	_, err = e.client.Credit(t.Context(), "u-1", "photo_daily_total")
+	if !errors.Is(err, events.ErrUnavailable) || !strings.Contains(err.Error(), "rebuilding") {
+		t.Errorf("credit while rebuilding: %v, want 503 rebuilding", err)
+	}
+	_, err = e.client.Authorize(t.Context(), "u-1", events.AuthorizeRequest{ID: "a-1", Metric: "photo_daily_total", Amount: 1})
+	if !errors.Is(err, events.ErrUnavailable) || !strings.Contains(err.Error(), "rebuilding") {
+		t.Errorf("authorize while rebuilding: %v, want 503 rebuilding", err)
+	}
+	// Published meanwhile (one a repeat the stream keeps): waits, then
+	// counts once.
+	e.publish(ev("u-1", "photo_daily_total", 1, "late"))
+	e.publishRaw("usage.u-1", mustEvent(t, "u-1", "photo_daily_total", 1, "late"), "late-again")
+	time.Sleep(300 * time.Millisecond)
+	if n := len(snapshot(t, e.rdb, e.keys().Prefix())); n != 0 {
+		t.Errorf("%d keys written while Redis had no marker", n)
+	}
+
+	if err := lock.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the state is rebuilt and the late events applied", func() bool {
+		c, err := e.client.Credit(t.Context(), "u-1", "photo_daily_total")
+		return err == nil && c.Used == 4
+	})
+	e.waitIdle()
+	if e.meter.lost.Load() || second.lost.Load() || testutil.ToFloat64(e.meter.metrics.rebuilding) != 0 {
+		t.Error("a replica still waits for a rebuild")
+	}
+	after := snapshot(t, e.rdb, e.keys().Prefix())
+	delete(after, e.keys().Dedup("u-1", "late"))
+	after[e.keys().Grant("u-1", "photo_daily_total")] = before[e.keys().Grant("u-1", "photo_daily_total")]
+	sameState(t, before, after)
+	if got := e.rdb.HGet(t.Context(), e.keys().Grant("u-1", "photo_daily_total"), "u").Val(); got != "4" {
+		t.Errorf("u-1 used %s, want 4", got)
+	}
+	// One replica rebuilt: the first took the lock when it was let go,
+	// or the second did; never both.
+	rebuilt := logs.count("rebuilt the meter's state")
+	if rebuilt > 1 {
+		t.Errorf("the second replica rebuilt %d times", rebuilt)
+	}
+	if n := e.notices(); n != 1 {
+		t.Errorf("NOTIFY holds %d notices, want 1", n)
+	}
+}
+
+// A new deployment (no events yet) writes the marker and runs; so does a
+// meter whose check is off, which writes none.
+func TestEpochMarkerOnANewDeployment(t *testing.T) {
+	e := startEnv(t, testConfig())
+	if seq := e.rdb.HGet(t.Context(), e.keys().MeterEpoch(), "seq").Val(); seq != "0" {
+		t.Errorf("marker seq %q on a new deployment, want 0", seq)
+	}
+	e.publish(ev("u-1", "photo_daily_total", 1, "p"))
+	e.waitIdle()
+	if seq := e.rdb.HGet(t.Context(), e.keys().MeterEpoch(), "seq").Val(); seq != "1" {
+		t.Errorf("marker seq %q after one event, want 1", seq)
+	}
+
+	cfg := testConfig()
+	cfg.Meter.LossCheck = 0
+	off := startEnv(t, cfg)
+	off.publish(ev("u-1", "photo_daily_total", 1, "p"))
+	off.waitIdle()
+	if n := off.rdb.Exists(t.Context(), off.keys().MeterEpoch()).Val(); n != 0 {
+		t.Error("a marker with meter.loss_check 0")
+	}
+	bad := testConfig()
+	bad.Meter.LossCheck = time.Millisecond
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "meter.loss_check") {
+		t.Errorf("loss_check 1ms: %v", err)
+	}
+}
