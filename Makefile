@@ -153,7 +153,8 @@ loadtest-batch: $(NATS_SERVER)
 FUZZ_TARGETS := ./pkg/events:FuzzDecode ./pkg/events:FuzzDecodeMatchesReference ./pkg/events:FuzzParseTimeUTC ./pkg/events:FuzzDecodeReplyBody \
 	./pkg/events:FuzzCheckNumber ./pkg/events:FuzzDecodeRequest ./pkg/events:FuzzWatchChange ./pkg/events:FuzzDecodeBatchRequest \
 	./services/notifier:FuzzDecodeTaskPayload ./services/notifier/internal/token:FuzzCheck \
-	./services/auth:FuzzLoadKeysFile ./services/auth/internal/policy:FuzzCompile ./services/auth/internal/apikey:FuzzParse
+	./services/auth:FuzzLoadKeysFile ./services/auth/internal/policy:FuzzCompile ./services/auth/internal/apikey:FuzzParse \
+	./cmd/allot:FuzzParseFrom
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

@@ -157,3 +157,18 @@ func TestRebuildCommandBadInput(t *testing.T) {
 		t.Errorf("help: exit %d\n%s", r.code, r.stderr)
 	}
 }
+
+// FuzzParseFrom: -from never panics, and what it accepts is never after
+// now.
+func FuzzParseFrom(f *testing.F) {
+	for _, s := range []string{"", "36h", "-3h", "0s", "2026-11-01T00:00:00Z", "2999-01-01T00:00:00Z", "yesterday", "1e9h"} {
+		f.Add(s)
+	}
+	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, s string) {
+		got, err := parseFrom(s, now)
+		if err == nil && got.After(now) {
+			t.Errorf("parseFrom(%q) = %v, after now", s, got)
+		}
+	})
+}
