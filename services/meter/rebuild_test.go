@@ -361,3 +361,31 @@ func TestRebuildSkipsEventsTheMeterGaveUpOn(t *testing.T) {
 		t.Errorf("u-1 used %q, want 2: the event given up on was counted", used)
 	}
 }
+
+// A notice NOTIFY no longer holds and that was crossed before what it
+// keeps (streams.notify_max_age) was sent: a meter publishes within
+// moments of the crossing. It is not sent again.
+func TestRebuildPresumesOldNoticesSent(t *testing.T) {
+	e := rebuildEnv(t)
+	e.stopMeter()
+	st, _ := e.js.Stream(t.Context(), e.cfg.Streams.Notify)
+	if err := st.Purge(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	e.wipe()
+	sub, err := e.nc.SubscribeSync("notify.usage.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(e.cfg.Streams.NotifyMaxAge + time.Hour)
+	rep, err := e.rebuild(RebuildOptions{Now: func() time.Time { return later }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.NoticesSent != 1 || rep.NoticesPublished != 0 {
+		t.Errorf("notices: %d sent before, %d published; want 1, 0", rep.NoticesSent, rep.NoticesPublished)
+	}
+	if msg, err := sub.NextMsg(200 * time.Millisecond); err == nil {
+		t.Errorf("notice published again: %s", msg.Data)
+	}
+}
