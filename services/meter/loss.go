@@ -75,6 +75,29 @@ func (m *Meter) checkEpoch(ctx context.Context) error {
 	return nil
 }
 
+// adoptOrCheckEpoch is the check at start. A Redis that holds the meter's
+// state but no marker was written by a meter from before the marker: its
+// state is kept and the marker written (at seq 0), since a rebuild would
+// drop what authorize charged and no event repeats. Only at start: once
+// running, a missing marker is a loss even if authorize has written a
+// key since.
+func (m *Meter) adoptOrCheckEpoch(ctx context.Context) error {
+	if _, ok, err := m.store.Epoch(ctx); err != nil || ok {
+		return m.checkEpoch(ctx)
+	}
+	has, err := m.store.HasState(ctx)
+	if err != nil {
+		return err
+	}
+	if has {
+		if _, err := m.store.InitEpoch(ctx, 0); err != nil {
+			return err
+		}
+		m.log.Info("Redis holds the meter's state without an epoch marker (written before the marker existed): keeping it and writing the marker, no rebuild")
+	}
+	return m.checkEpoch(ctx)
+}
+
 // watchEpoch checks the marker every meter.loss_check, and, in the one
 // replica holding the rebuild lock, rebuilds the state when it is lost.
 // It returns when ctx ends.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/mutex"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -158,5 +159,42 @@ func TestEpochMarkerOnANewDeployment(t *testing.T) {
 	bad.Meter.LossCheck = time.Millisecond
 	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "meter.loss_check") {
 		t.Errorf("loss_check 1ms: %v", err)
+	}
+}
+
+// A meter from before the epoch marker left state in Redis: the first
+// start with the check keeps it (authorize's charges are in no event)
+// and writes the marker, instead of rebuilding over it.
+func TestUpgradeKeepsTheStateWithoutAMarker(t *testing.T) {
+	cfg := testConfig()
+	cfg.Meter.LossCheck = 0 // the meter of before: no marker
+	e := startEnv(t, cfg)
+	ctx := t.Context()
+	e.publish(ev("u-1", "tiny_daily_total", 1, "p1"))
+	e.waitIdle()
+	if _, err := e.client.Authorize(ctx, "u-1", events.AuthorizeRequest{ID: "a1", Metric: "tiny_daily_total", Amount: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.rdb.Exists(ctx, e.keys().MeterEpoch()).Val(); n != 0 {
+		t.Fatal("a marker without the check")
+	}
+	stopCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := e.meter.Stop(stopCtx); err != nil {
+		t.Fatal(err)
+	}
+
+	e.cfg = testConfig() // the check on
+	e.reg = prometheus.NewRegistry()
+	e.start()
+	if seq := e.rdb.HGet(ctx, e.keys().MeterEpoch(), "seq").Val(); seq != "0" {
+		t.Errorf("marker seq %q after the upgrade, want 0 (written, the state kept)", seq)
+	}
+	c, err := e.client.Credit(ctx, "u-1", "tiny_daily_total")
+	if err != nil || c.Used != 3 {
+		t.Errorf("credit after the upgrade: %+v, %v; want 3 used (1 event, 2 authorized): the state kept, not rebuilt", c, err)
+	}
+	if v := testutil.ToFloat64(e.meter.metrics.rebuilding); v != 0 {
+		t.Errorf("allot_meter_rebuilding %v after the upgrade", v)
 	}
 }

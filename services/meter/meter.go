@@ -100,7 +100,7 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 		return nil, fmt.Errorf("meter: %w", err)
 	}
 	if guard {
-		if err := m.checkEpoch(ctx); err != nil {
+		if err := m.adoptOrCheckEpoch(ctx); err != nil {
 			return nil, fmt.Errorf("meter: %w", err)
 		}
 		if m.locker, err = mutex.New(deps.Redis, mutex.Options{Prefix: cfg.Redis.KeyPrefix, Registerer: deps.Registerer}); err != nil {

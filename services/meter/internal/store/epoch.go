@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -43,4 +44,51 @@ func (s *Store) SetEpoch(ctx context.Context, seq uint64) error {
 		return fmt.Errorf("%w: write the epoch marker: %w", ErrRedis, err)
 	}
 	return nil
+}
+
+// HasState reports whether Redis holds any of the meter's state: a grant
+// period, a counter or gauge, or a dedup record. Without an epoch marker
+// that tells a Redis that lost the state (none) from one written by a
+// meter from before the marker (some), whose state must be kept, not
+// rebuilt over: a rebuild cannot restore what authorize charged. It asks
+// every master of a Redis Cluster, and stops at the first key found.
+func (s *Store) HasState(ctx context.Context) (bool, error) {
+	// {tag}:g:<metric>, {tag}:c:<metric>, {tag}:e:<id> (pkg/keys); no
+	// other service's key has one of those letters alone after the tag.
+	pattern := s.keys.Prefix() + "{*}:[gce]:*"
+	any := func(ctx context.Context, c interface {
+		Scan(ctx context.Context, cursor uint64, match string, count int64) *redis.ScanCmd
+	}) (bool, error) {
+		var cursor uint64
+		for {
+			keys, next, err := c.Scan(ctx, cursor, pattern, 1000).Result()
+			if err != nil {
+				return false, err
+			}
+			if len(keys) > 0 {
+				return true, nil
+			}
+			if cursor = next; cursor == 0 {
+				return false, nil
+			}
+		}
+	}
+	var found bool
+	var err error
+	if cc, ok := s.rdb.(*redis.ClusterClient); ok {
+		var mu sync.Mutex
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			f, err := any(ctx, c)
+			mu.Lock()
+			found = found || f
+			mu.Unlock()
+			return err
+		})
+	} else {
+		found, err = any(ctx, s.rdb)
+	}
+	if err != nil {
+		return false, fmt.Errorf("%w: look for the meter's state: %w", ErrRedis, err)
+	}
+	return found, nil
 }
