@@ -146,35 +146,28 @@ func (h *harness) requests(ctx context.Context, s reqSpec) report.Phase {
 
 // The request scenarios' operations.
 
-func (h *harness) opRaw() reqOp {
+// opRaw asks the raw responder: one Redis GET per request.
+func (h *harness) opRaw() reqOp { return h.opPlain(h.t.rawReply) }
+
+// opBare asks the bare responder, which answers at once: the floor of
+// one NATS message each way per request.
+func (h *harness) opBare() reqOp { return h.opPlain(h.t.bareReply) }
+
+// opPlain sends a plain NATS request to <prefix>.<uid>, spread over the
+// apps' connections, and judges the reply's error headers.
+func (h *harness) opPlain(prefix string) reqOp {
 	nc := h.t.conns
 	var n atomic.Int64
 	return func(ctx context.Context, _ *events.Client, i int64) (string, error) {
 		c := nc[int(n.Add(1))%len(nc)]
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
-		msg, err := c.RequestWithContext(rctx, h.t.rawReply+"."+h.t.uid(int(i%int64(h.o.UIDs))), nil)
+		msg, err := c.RequestWithContext(rctx, prefix+"."+h.t.uid(int(i%int64(h.o.UIDs))), nil)
 		if err != nil {
 			return "", fmt.Errorf("%w: %w", events.ErrTimeout, err)
 		}
 		if serr := events.DecodeServiceError(msg); serr != nil {
 			return "", serr
-		}
-		return "", nil
-	}
-}
-
-// opBare asks the bare responder, which answers at once: the floor of
-// one NATS message each way per request.
-func (h *harness) opBare() reqOp {
-	nc := h.t.conns
-	var n atomic.Int64
-	return func(ctx context.Context, _ *events.Client, i int64) (string, error) {
-		c := nc[int(n.Add(1))%len(nc)]
-		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		if _, err := c.RequestWithContext(rctx, h.t.bareReply+"."+h.t.uid(int(i%int64(h.o.UIDs))), nil); err != nil {
-			return "", fmt.Errorf("%w: %w", events.ErrTimeout, err)
 		}
 		return "", nil
 	}

@@ -69,12 +69,7 @@ func startEcho(t *testing.T, nc *nats.Conn) func() []int {
 }
 
 func TestBatchMessages(t *testing.T) {
-	s := runNATS(t, server.Options{})
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := connectNATS(t)
 	sizes := startEcho(t, nc)
 
 	// One of each kind of request, in one batch: each answered in its
@@ -132,12 +127,7 @@ func TestBatchMessages(t *testing.T) {
 }
 
 func TestBatchMessageRefused(t *testing.T) {
-	s := runNATS(t, server.Options{})
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := connectNATS(t)
 	startEcho(t, nc)
 	many := make([]string, events.MaxBatchRequests+1)
 	for i := range many {
@@ -172,12 +162,7 @@ func TestBatchMessageRefused(t *testing.T) {
 }
 
 func TestBatchMessageStats(t *testing.T) {
-	s := runNATS(t, server.Options{})
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := connectNATS(t)
 	startEcho(t, nc)
 	batch(t, nc, "test.echo_many.~all", `{"requests":[{"uid":"u-1"},{"uid":"u-2","body":{"fail":true}},{"uid":"!"}]}`)
 	batch(t, nc, "test.echo_many.~all", `{"requests":[{"uid":"u-1"}]}`)
@@ -208,12 +193,7 @@ func TestBatchMessageStats(t *testing.T) {
 }
 
 func TestBatchNeedsABatchFunction(t *testing.T) {
-	s := runNATS(t, server.Options{})
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := connectNATS(t)
 	for name, ep := range map[string]service.Endpoint{
 		"handler":    {Name: "a", Subject: "a.*", Handler: func(micro.Request) {}, Many: "a_many"},
 		"no uid":     {Name: "a", Subject: "a", Batch: func([]micro.Request) {}, Many: "a_many"},
@@ -225,6 +205,17 @@ func TestBatchNeedsABatchFunction(t *testing.T) {
 			t.Errorf("%s: started", name)
 		}
 	}
+}
+
+// connectNATS connects to an embedded NATS server of the test's own.
+func connectNATS(t *testing.T) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(runNATS(t, server.Options{}).ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
 }
 
 // batch sends a batch message and returns its results.
