@@ -25,7 +25,8 @@
 #   make cluster-up | cluster-down   a 3-node NATS cluster and a Redis Cluster of
 #                     3 masters and 3 replicas on loopback ports (tools/cluster)
 #   make cluster-test    the store suites on that Redis Cluster (every script
-#                     and read on a Cluster client), started and stopped for the run
+#                     and read on a Cluster client), then the integration tests
+#                     on that NATS cluster; both started and stopped for the run
 #   make fmt | tidy | build | fuzz
 
 SHELL := /bin/bash
@@ -105,7 +106,7 @@ test-integration: $(GOTESTSUM) $(NATS_SERVER)
 
 test-clock-ahead: $(GOTESTSUM) $(NATS_SERVER)
 	@echo "== store suites with the test clock $(CLOCK_AHEAD) ahead (ALLOT_TEST_CLOCK_SHIFT)"
-	ALLOT_TEST_CLOCK_SHIFT=$(CLOCK_AHEAD) $(WITH_NATS) $(GOTESTSUM) --format pkgname-and-test-fails -- $(TESTFLAGS) -tags integration $(STORE_PKGS)
+	ALLOT_TEST_CLOCK_SHIFT=$(CLOCK_AHEAD) $(WITH_NATS) $(GOTESTSUM) --format pkgname-and-test-fails -- $(TESTFLAGS) -tags integration -skip '^TestCluster' $(STORE_PKGS)
 
 # Loopback clusters (tools/cluster; eval "$$(tools/cluster env)" points
 # allot and the tests at them).
@@ -115,13 +116,15 @@ cluster-up: $(NATS_SERVER)
 cluster-down:
 	tools/cluster down
 
-# The store suites on a Redis Cluster of its own: each script's keys must
-# hash to one slot, or Redis refuses it (CROSSSLOT).
+# The store suites on a Redis Cluster of its own (each script's keys must
+# hash to one slot, or Redis refuses it: CROSSSLOT), then the integration
+# tests with the 3-node NATS cluster as their NATS (and the real Redis).
 cluster-test: $(GOTESTSUM) $(NATS_SERVER)
-	@echo "== the store suites on a Redis Cluster (tools/cluster)"
+	@echo "== the store suites on a Redis Cluster, the integration tests on a 3-node NATS cluster (tools/cluster)"
 	NATS_BIN=$(NATS_SERVER) tools/cluster up
-	trap 'tools/cluster down' EXIT; eval "$$(tools/cluster env)"; \
-	ALLOT_REQUIRE_CLUSTER=1 $(GOTESTSUM) --format pkgname-and-test-fails -- $(TESTFLAGS) -tags integration -run '^TestCluster' $(STORE_PKGS) ./services/registry/...
+	trap 'tools/cluster down' EXIT; eval "$$(tools/cluster test-env)"; \
+	ALLOT_REQUIRE_CLUSTER=1 $(GOTESTSUM) --format pkgname-and-test-fails -- $(TESTFLAGS) -tags integration -run '^TestCluster' $(STORE_PKGS) ./services/registry/... && \
+	$(GOTESTSUM) --format pkgname-and-test-fails -- -count=1 -tags integration -run '^TestIntegration' $(PKGS)
 
 # The pinned nats-server, built from the module into .bin/.
 nats-server: $(NATS_SERVER)

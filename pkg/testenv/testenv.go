@@ -7,7 +7,7 @@
 // nats://127.0.0.1:4222). A server that does not answer skips the test,
 // unless ALLOT_REQUIRE_INTEGRATION=1 (as in CI), which fails it. The Redis
 // Cluster of the cluster tests is ALLOT_TEST_REDIS_CLUSTER, its nodes'
-// addresses (tools/cluster env); unset, those tests are skipped, unless
+// addresses (tools/cluster test-env); unset, those tests are skipped, unless
 // ALLOT_REQUIRE_CLUSTER=1 (make cluster-test).
 package testenv
 
@@ -129,7 +129,7 @@ func RedisCluster(t testing.TB) (*redis.ClusterClient, string) {
 	addrs := os.Getenv("ALLOT_TEST_REDIS_CLUSTER")
 	if addrs == "" {
 		if os.Getenv("ALLOT_REQUIRE_CLUSTER") == "1" {
-			t.Fatal("ALLOT_TEST_REDIS_CLUSTER is not set (tools/cluster up; eval \"$(tools/cluster env)\")")
+			t.Fatal("ALLOT_TEST_REDIS_CLUSTER is not set (tools/cluster up; eval \"$(tools/cluster test-env)\")")
 		}
 		t.Skip("no Redis Cluster: ALLOT_TEST_REDIS_CLUSTER is not set (make cluster-test sets it)")
 	}
