@@ -50,6 +50,9 @@ type Options struct {
 	// its defaults).
 	BatchWait     time.Duration
 	BatchInFlight int
+	// Replicas is the stream replicas of the inprocess stack and of the
+	// baselines' streams (3 on a NATS cluster: make cluster-test).
+	Replicas int
 }
 
 // profiles are the named starting points; explicit flags win over them.
@@ -76,6 +79,7 @@ func baseOptions(getenv func(string) string) Options {
 		Duration:    60 * time.Second,
 		Grace:       90 * time.Second,
 		Concurrency: 32,
+		Replicas:    1,
 		Apps:        8,
 		UIDs:        1000,
 		DupRatio:    0.05,
@@ -160,6 +164,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.BoolVar(&o.Verbose, "v", o.Verbose, "log what the stack and the harness do at debug level")
 	fs.StringVar(&o.GRPC, "grpc", o.GRPC, "grpc scenario: the Envoy RLS front at `host:port` (default: the inprocess stack's own)")
 	fs.StringVar(&o.GRPCDomain, "grpc-domain", o.GRPCDomain, "grpc scenario: the rate limit `domain` of every request")
+	fs.IntVar(&o.Replicas, "replicas", o.Replicas, "stream `replicas` of the inprocess stack and the baselines, 1 to 5 (3 on a NATS cluster)")
 	fs.DurationVar(&o.BatchWait, "batch-wait", o.BatchWait, "batch scenario: the client's MaxWait (0: events.DefaultBatchWait)")
 	fs.IntVar(&o.BatchInFlight, "batch-inflight", o.BatchInFlight, "batch scenario: the client's MaxInFlight, messages in flight per endpoint before calls wait to be batched (0: events.DefaultBatchInFlight)")
 	fs.StringVar(&o.GRPCDescriptor, "grpc-descriptor", o.GRPCDescriptor, "grpc scenario: the descriptor `key` whose value is the request's random uid")
@@ -255,6 +260,11 @@ func (o Options) Validate() error {
 	}
 	if !(o.BadRatio >= 0 && o.BadRatio <= 0.5) {
 		bad("bad", "must be between 0 and 0.5 (got %g)", o.BadRatio)
+	}
+	if o.Replicas < 1 || o.Replicas > 5 {
+		bad("replicas", "must be between 1 and 5 (got %d)", o.Replicas)
+	} else if o.Replicas != 1 && o.Target == targetExternal {
+		bad("replicas", "is the inprocess stack's; the external target's streams are its own")
 	}
 	if o.BatchWait < 0 || o.BatchWait > time.Second {
 		bad("batch-wait", "must be between 0 and 1s (got %s)", o.BatchWait)

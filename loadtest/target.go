@@ -93,6 +93,7 @@ func setUp(ctx context.Context, o Options, log *slog.Logger) (t *target, err err
 		up := strings.ToUpper(tag)
 		cfg.Streams.Usage, cfg.Streams.Dead, cfg.Streams.Notify = up+"_USAGE", up+"_USAGE_DEAD", up+"_NOTIFY"
 		cfg.Streams.MaxAge, cfg.Streams.DeadMaxAge, cfg.Streams.NotifyMaxAge = 24*time.Hour, 24*time.Hour, 24*time.Hour
+		cfg.Streams.Replicas = o.Replicas
 		spec := childSpec{Role: roleStack, NATSURL: o.NATSURL, RedisURL: o.RedisURL, Prefix: cfg.Redis.KeyPrefix,
 			Subjects: cfg.Subjects, Streams: cfg.Streams, Instance: "loadtest-" + t.runID, Verbose: o.Verbose}
 		where := "embedded NATS and miniredis"
@@ -174,8 +175,8 @@ func setUp(ctx context.Context, o Options, log *slog.Logger) (t *target, err err
 	sc := events.DefaultStreamConfig()
 	sc.MaxAge = 24 * time.Hour
 	for _, s := range []jetstream.StreamConfig{
-		{Name: t.rawStream, Subjects: []string{t.rawSubjects.Usage + ".*"}, Duplicates: sc.Duplicates, MaxAge: sc.MaxAge, Storage: jetstream.FileStorage},
-		{Name: t.pubStream, Subjects: []string{t.pubSubjects.Usage + ".*", t.pubRaw + ".*"}, Duplicates: sc.Duplicates, MaxAge: sc.MaxAge, Storage: jetstream.FileStorage},
+		{Name: t.rawStream, Subjects: []string{t.rawSubjects.Usage + ".*"}, Duplicates: sc.Duplicates, MaxAge: sc.MaxAge, Storage: jetstream.FileStorage, Replicas: o.Replicas},
+		{Name: t.pubStream, Subjects: []string{t.pubSubjects.Usage + ".*", t.pubRaw + ".*"}, Duplicates: sc.Duplicates, MaxAge: sc.MaxAge, Storage: jetstream.FileStorage, Replicas: o.Replicas},
 	} {
 		if _, err := t.js.CreateStream(rctx, s); err != nil {
 			return t, fmt.Errorf("create the baseline stream %s: %w", s.Name, err)
