@@ -47,7 +47,11 @@ func startBaseline(ctx context.Context, spec childSpec, log *slog.Logger) (func(
 	if err != nil {
 		return nil, childReady{}, fmt.Errorf("baseline: connect to NATS %s: %w", spec.NATSURL, err)
 	}
-	rdb, err := service.ConnectRedis(ctx, service.RedisConfig{URL: service.URL(spec.RedisURL), DialTimeout: 5 * time.Second, ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second})
+	rcfg := service.RedisConfig{URL: service.URL(spec.RedisURL), DialTimeout: 5 * time.Second, ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second}
+	if len(spec.RedisAddrs) > 0 {
+		rcfg.URL, rcfg.Addrs = "", spec.RedisAddrs
+	}
+	rdb, err := service.ConnectRedis(ctx, rcfg)
 	if err != nil {
 		nc.Close()
 		return nil, childReady{}, fmt.Errorf("baseline: %w", err)

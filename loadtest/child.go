@@ -38,14 +38,16 @@ const (
 )
 
 type childSpec struct {
-	Role     string              `json:"role"`
-	NATSURL  string              `json:"nats_url,omitempty"`  // empty: embedded (stack only)
-	RedisURL string              `json:"redis_url,omitempty"` // empty: miniredis (stack only)
-	Prefix   string              `json:"key_prefix"`
-	Subjects events.Subjects     `json:"subjects"`
-	Streams  events.StreamConfig `json:"streams"`
-	Instance string              `json:"instance"`
-	Verbose  bool                `json:"verbose,omitempty"`
+	Role     string `json:"role"`
+	NATSURL  string `json:"nats_url,omitempty"`  // empty: embedded (stack only)
+	RedisURL string `json:"redis_url,omitempty"` // empty: miniredis (stack only)
+	// RedisAddrs, instead, names a Redis Cluster's nodes.
+	RedisAddrs []string            `json:"redis_addrs,omitempty"`
+	Prefix     string              `json:"key_prefix"`
+	Subjects   events.Subjects     `json:"subjects"`
+	Streams    events.StreamConfig `json:"streams"`
+	Instance   string              `json:"instance"`
+	Verbose    bool                `json:"verbose,omitempty"`
 	// Baseline only.
 	RawStream   string `json:"raw_stream,omitempty"`
 	RawConsumer string `json:"raw_consumer,omitempty"`
@@ -152,6 +154,9 @@ func stackConfig(spec childSpec) (service.Config, devstack.Sections) {
 	if spec.RedisURL != "" {
 		cfg.Redis.URL = service.URL(spec.RedisURL)
 	}
+	if len(spec.RedisAddrs) > 0 {
+		cfg.Redis.URL, cfg.Redis.Addrs = "", spec.RedisAddrs
+	}
 	return cfg, sec
 }
 
@@ -164,7 +169,7 @@ func startStack(ctx context.Context, spec childSpec, log *slog.Logger) (func(con
 		Config:        cfg,
 		Sections:      &sec,
 		ExternalNATS:  spec.NATSURL != "",
-		ExternalRedis: spec.RedisURL != "",
+		ExternalRedis: spec.RedisURL != "" || len(spec.RedisAddrs) > 0,
 		NATSAddr:      "127.0.0.1:0",
 		HTTPAddr:      "127.0.0.1:0",
 		SMTPAddr:      "127.0.0.1:0",
@@ -175,7 +180,7 @@ func startStack(ctx context.Context, spec childSpec, log *slog.Logger) (func(con
 		return nil, childReady{}, err
 	}
 	redisURL := spec.RedisURL
-	if redisURL == "" {
+	if redisURL == "" && len(spec.RedisAddrs) == 0 {
 		c, ok := st.Redis.(*redis.Client)
 		if !ok {
 			_ = st.Close(context.Background())

@@ -193,7 +193,7 @@ func (h *harness) sampleEnd(r resStart) []report.Resource {
 	defer cancel()
 	if mem, err := redisMemory(ctx, h.t.rdb); err == nil && mem > 0 {
 		out = append(out, report.Resource{What: "redis", MemMiB: float64(mem) / (1 << 20)})
-	} else if h.t.kind == targetInProcess && h.o.RedisURL == "" {
+	} else if h.t.kind == targetInProcess && h.o.RedisURL == "" && len(h.o.RedisAddrs) == 0 {
 		out = append(out, report.Resource{What: "redis", Note: "miniredis, in the stack process: no INFO memory"})
 	}
 	return out

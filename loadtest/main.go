@@ -136,11 +136,18 @@ func describeTarget(o Options, t *target) string {
 	if o.NATSURL != "" {
 		n = "NATS " + o.NATSURL
 	}
-	r := "miniredis"
-	if o.RedisURL != "" {
-		r = "Redis " + redact(o.RedisURL)
+	return fmt.Sprintf("inprocess: cmd/allot/devstack in a child process (%s, Redis %s)", n, redisText(o))
+}
+
+// redisText says which Redis an inprocess run uses.
+func redisText(o Options) string {
+	switch {
+	case len(o.RedisAddrs) > 0:
+		return "Cluster " + strings.Join(o.RedisAddrs, ",")
+	case o.RedisURL != "":
+		return redact(o.RedisURL)
 	}
-	return fmt.Sprintf("inprocess: cmd/allot/devstack in a child process (%s, %s)", n, r)
+	return "miniredis"
 }
 
 func settings(o Options) map[string]string {

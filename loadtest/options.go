@@ -22,10 +22,14 @@ const (
 
 // Options is everything a run is told; flags fill it over a profile.
 type Options struct {
-	Profile     string
-	Target      string
-	NATSURL     string
-	RedisURL    string
+	Profile  string
+	Target   string
+	NATSURL  string
+	RedisURL string
+	// RedisAddrs, instead of RedisURL, names a Redis Cluster's nodes
+	// (inprocess): the stack, the baselines and the checks use a
+	// Cluster client.
+	RedisAddrs  []string
 	Config      string
 	Scenarios   []string
 	Duration    time.Duration
@@ -148,6 +152,10 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.StringVar(&o.Target, "target", o.Target, "inprocess or external")
 	fs.StringVar(&o.NATSURL, "nats-url", o.NATSURL, "NATS `url` (default $NATS_URL); inprocess: use it instead of an embedded server")
 	fs.StringVar(&o.RedisURL, "redis-url", o.RedisURL, "Redis `url` (default $REDIS_URL); inprocess: use it instead of miniredis")
+	fs.Func("redis-addrs", "inprocess: a Redis Cluster's `host:port,...` (e.g. make cluster-up's), instead of -redis-url", func(v string) error {
+		o.RedisAddrs = strings.Split(v, ",")
+		return nil
+	})
 	fs.StringVar(&o.Config, "config", o.Config, "external: the target's allot.yaml `file`, for its subjects, streams and key prefix (default $ALLOT_CONFIG)")
 	fs.StringVar(&scen, "scenarios", scen, "comma-separated `list`: "+strings.Join(allScenarios, ", ")+" (default: the profile's)")
 	fs.DurationVar(&o.Duration, "duration", o.Duration, "measured time of the whole run, shared by its phases, 2s to 1h (default: the profile's)")
@@ -176,6 +184,12 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	switch {
+	case set["redis-addrs"] && set["redis-url"]:
+		return o, errors.New("-redis-addrs: give -redis-url or -redis-addrs, not both")
+	case set["redis-addrs"]:
+		o.RedisURL = "" // $REDIS_URL's default gives way to the Cluster
+	}
 	p, ok := profiles[o.Profile]
 	if !ok {
 		return o, fmt.Errorf("-profile: unknown profile %q (want default, quick or grpc)", o.Profile)
@@ -220,6 +234,16 @@ func (o Options) Validate() error {
 		}
 	default:
 		bad("target", "must be inprocess or external (got %q)", o.Target)
+	}
+	if len(o.RedisAddrs) > 0 {
+		if o.Target != targetInProcess {
+			bad("redis-addrs", "is for the inprocess target")
+		}
+		for _, a := range o.RedisAddrs {
+			if host, port, err := net.SplitHostPort(a); err != nil || host == "" || port == "" {
+				bad("redis-addrs", "%q is not a host:port such as 127.0.0.1:17001", a)
+			}
+		}
 	}
 	for _, u := range []struct{ flag, url, scheme string }{{"nats-url", o.NATSURL, "nats://"}, {"redis-url", o.RedisURL, "redis"}} {
 		if u.url != "" && !strings.HasPrefix(u.url, u.scheme) && !(u.flag == "nats-url" && strings.Contains(u.url, "://")) {

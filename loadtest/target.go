@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/allot/allot/pkg/events"
@@ -94,11 +95,11 @@ func setUp(ctx context.Context, o Options, log *slog.Logger) (t *target, err err
 		cfg.Streams.Usage, cfg.Streams.Dead, cfg.Streams.Notify = up+"_USAGE", up+"_USAGE_DEAD", up+"_NOTIFY"
 		cfg.Streams.MaxAge, cfg.Streams.DeadMaxAge, cfg.Streams.NotifyMaxAge = 24*time.Hour, 24*time.Hour, 24*time.Hour
 		cfg.Streams.Replicas = o.Replicas
-		spec := childSpec{Role: roleStack, NATSURL: o.NATSURL, RedisURL: o.RedisURL, Prefix: cfg.Redis.KeyPrefix,
+		spec := childSpec{Role: roleStack, NATSURL: o.NATSURL, RedisURL: o.RedisURL, RedisAddrs: o.RedisAddrs, Prefix: cfg.Redis.KeyPrefix,
 			Subjects: cfg.Subjects, Streams: cfg.Streams, Instance: "loadtest-" + t.runID, Verbose: o.Verbose}
 		where := "embedded NATS and miniredis"
-		if o.NATSURL != "" || o.RedisURL != "" {
-			where = fmt.Sprintf("NATS %s, Redis %s", orText(o.NATSURL, "embedded"), orText(redact(o.RedisURL), "miniredis"))
+		if o.NATSURL != "" || o.RedisURL != "" || len(o.RedisAddrs) > 0 {
+			where = fmt.Sprintf("NATS %s, Redis %s", orText(o.NATSURL, "embedded"), redisText(o))
 		}
 		log.Info("starting the stack (cmd/allot/devstack) in a child process", "on", where)
 		t.stack, err = spawn(ctx, spec)
@@ -148,6 +149,9 @@ func setUp(ctx context.Context, o Options, log *slog.Logger) (t *target, err err
 	rcfg := t.cfg.Redis
 	if t.kind == targetInProcess {
 		rcfg.URL, rcfg.Addrs, rcfg.MasterName = service.URL(t.redisURL), nil, ""
+		if len(o.RedisAddrs) > 0 {
+			rcfg.URL, rcfg.Addrs = "", o.RedisAddrs
+		}
 	}
 	rcfg.PoolSize = 32
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -182,7 +186,7 @@ func setUp(ctx context.Context, o Options, log *slog.Logger) (t *target, err err
 			return t, fmt.Errorf("create the baseline stream %s: %w", s.Name, err)
 		}
 	}
-	t.baseline, err = spawn(ctx, childSpec{Role: roleBaseline, NATSURL: t.natsURL, RedisURL: t.redisURL, Prefix: t.cfg.Redis.KeyPrefix + tag + ":",
+	t.baseline, err = spawn(ctx, childSpec{Role: roleBaseline, NATSURL: t.natsURL, RedisURL: t.redisURL, RedisAddrs: o.RedisAddrs, Prefix: t.cfg.Redis.KeyPrefix + tag + ":",
 		Instance: "loadtest-" + t.runID, RawStream: t.rawStream, RawConsumer: t.rawConsumer, RawReply: t.rawReply, BareReply: t.bareReply,
 		Handlers: t.meter.Handlers, Verbose: o.Verbose})
 	if err != nil {
@@ -333,7 +337,7 @@ func (t *target) tearDown(o Options, log *slog.Logger) {
 // deleteKeys removes the keys matching patterns, on every master of a
 // Cluster.
 func deleteKeys(ctx context.Context, rdb redis.UniversalClient, patterns []string) (int, error) {
-	n := 0
+	var n atomic.Int64 // ForEachMaster runs del on the masters at once
 	del := func(ctx context.Context, c *redis.Client) error {
 		for _, p := range patterns {
 			iter := c.Scan(ctx, 0, p, 1000).Iterator()
@@ -341,7 +345,7 @@ func deleteKeys(ctx context.Context, rdb redis.UniversalClient, patterns []strin
 			for iter.Next(ctx) {
 				batch = append(batch, iter.Val())
 				if len(batch) == 500 {
-					n += len(batch)
+					n.Add(int64(len(batch)))
 					if err := unlinkEach(ctx, c, batch); err != nil {
 						return err
 					}
@@ -351,7 +355,7 @@ func deleteKeys(ctx context.Context, rdb redis.UniversalClient, patterns []strin
 			if err := iter.Err(); err != nil {
 				return err
 			}
-			n += len(batch)
+			n.Add(int64(len(batch)))
 			if err := unlinkEach(ctx, c, batch); err != nil {
 				return err
 			}
@@ -359,12 +363,14 @@ func deleteKeys(ctx context.Context, rdb redis.UniversalClient, patterns []strin
 		return nil
 	}
 	if cc, ok := rdb.(*redis.ClusterClient); ok {
-		return n, cc.ForEachMaster(ctx, del)
+		err := cc.ForEachMaster(ctx, del)
+		return int(n.Load()), err
 	}
 	if c, ok := rdb.(*redis.Client); ok {
-		return n, del(ctx, c)
+		err := del(ctx, c)
+		return int(n.Load()), err
 	}
-	return n, fmt.Errorf("cannot scan a %T", rdb)
+	return 0, fmt.Errorf("cannot scan a %T", rdb)
 }
 
 // unlinkEach deletes keys one command each, pipelined, so keys of
