@@ -152,6 +152,9 @@ type resStart struct {
 
 func (h *harness) procs() map[string]int {
 	m := map[string]int{"harness (apps and clients)": os.Getpid()}
+	for i, c := range h.t.more {
+		m[fmt.Sprintf("stack process %d", i+2)] = c.pid()
+	}
 	if h.t.stack != nil {
 		m["stack process"] = h.t.stack.pid()
 	}

@@ -57,6 +57,10 @@ type Options struct {
 	// Replicas is the stream replicas of the inprocess stack and of the
 	// baselines' streams (3 on a NATS cluster: make cluster-test).
 	Replicas int
+	// Stacks is how many stack processes the inprocess target starts,
+	// each running every service: N replicas of each, sharing the
+	// consumers, queues and locks (needs -nats-url and a real Redis).
+	Stacks int
 }
 
 // profiles are the named starting points; explicit flags win over them.
@@ -84,6 +88,7 @@ func baseOptions(getenv func(string) string) Options {
 		Grace:       90 * time.Second,
 		Concurrency: 32,
 		Replicas:    1,
+		Stacks:      1,
 		Apps:        8,
 		UIDs:        1000,
 		DupRatio:    0.05,
@@ -172,6 +177,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.BoolVar(&o.Verbose, "v", o.Verbose, "log what the stack and the harness do at debug level")
 	fs.StringVar(&o.GRPC, "grpc", o.GRPC, "grpc scenario: the Envoy RLS front at `host:port` (default: the inprocess stack's own)")
 	fs.StringVar(&o.GRPCDomain, "grpc-domain", o.GRPCDomain, "grpc scenario: the rate limit `domain` of every request")
+	fs.IntVar(&o.Stacks, "stacks", o.Stacks, "inprocess: stack `processes`, each running every service (replicas of each), 1 to 5; more than 1 needs -nats-url and -redis-url or -redis-addrs")
 	fs.IntVar(&o.Replicas, "replicas", o.Replicas, "stream `replicas` of the inprocess stack and the baselines, 1 to 5 (3 on a NATS cluster)")
 	fs.DurationVar(&o.BatchWait, "batch-wait", o.BatchWait, "batch scenario: the client's MaxWait (0: events.DefaultBatchWait)")
 	fs.IntVar(&o.BatchInFlight, "batch-inflight", o.BatchInFlight, "batch scenario: the client's MaxInFlight, messages in flight per endpoint before calls wait to be batched (0: events.DefaultBatchInFlight)")
@@ -284,6 +290,14 @@ func (o Options) Validate() error {
 	}
 	if !(o.BadRatio >= 0 && o.BadRatio <= 0.5) {
 		bad("bad", "must be between 0 and 0.5 (got %g)", o.BadRatio)
+	}
+	switch {
+	case o.Stacks < 1 || o.Stacks > 5:
+		bad("stacks", "must be between 1 and 5 (got %d)", o.Stacks)
+	case o.Stacks > 1 && o.Target != targetInProcess:
+		bad("stacks", "is for the inprocess target")
+	case o.Stacks > 1 && (o.NATSURL == "" || (o.RedisURL == "" && len(o.RedisAddrs) == 0)):
+		bad("stacks", "more than one stack process must share a real NATS and Redis: give -nats-url and -redis-url or -redis-addrs")
 	}
 	if o.Replicas < 1 || o.Replicas > 5 {
 		bad("replicas", "must be between 1 and 5 (got %d)", o.Replicas)

@@ -37,6 +37,8 @@ func TestParseOptionsRefusesBadInput(t *testing.T) {
 		{"redis addrs and url", []string{"-redis-addrs", "127.0.0.1:17001", "-redis-url", "redis://127.0.0.1:6379"}, "-redis-addrs: give -redis-url or -redis-addrs"},
 		{"redis addrs not host:port", []string{"-redis-addrs", "127.0.0.1:17001,nohost"}, `-redis-addrs: "nohost" is not a host:port`},
 		{"redis addrs on external", []string{"-target", "external", "-nats-url", "nats://127.0.0.1:4222", "-redis-url", "redis://127.0.0.1:6379", "-redis-addrs", "127.0.0.1:17001"}, "-redis-addrs"},
+		{"stacks zero", []string{"-stacks", "0"}, "-stacks"},
+		{"stacks without servers", []string{"-stacks", "3"}, "-stacks: more than one stack process must share"},
 		{"replicas zero", []string{"-replicas", "0"}, "-replicas"},
 		{"replicas six", []string{"-replicas", "6"}, "-replicas"},
 		{"replicas on external", []string{"-target", "external", "-nats-url", "nats://127.0.0.1:4222", "-redis-url", "redis://127.0.0.1:6379", "-replicas", "3"}, "-replicas: is the inprocess"},

@@ -39,8 +39,9 @@ type target struct {
 	conns []*nats.Conn // the apps'
 	rdb   redis.UniversalClient
 
-	stack    *child // nil for an external target
-	grpcAddr string // the stack's Envoy RLS front; empty for an external target
+	stack    *child   // nil for an external target
+	more     []*child // the other stack processes (-stacks)
+	grpcAddr string   // the stack's Envoy RLS front; empty for an external target
 	baseline *child
 
 	// The baselines' own names.
@@ -105,6 +106,16 @@ func setUp(ctx context.Context, o Options, log *slog.Logger) (t *target, err err
 		t.stack, err = spawn(ctx, spec)
 		if err != nil {
 			return t, err
+		}
+		for i := 2; i <= o.Stacks; i++ {
+			s := spec
+			s.Instance = fmt.Sprintf("%s-%d", spec.Instance, i)
+			c, err := spawn(ctx, s)
+			if err != nil {
+				return t, fmt.Errorf("stack process %d of %d: %w", i, o.Stacks, err)
+			}
+			t.more = append(t.more, c)
+			log.Info("another stack process ready", "pid", c.pid(), "instance", s.Instance)
 		}
 		for _, n := range t.stack.ready.Notes {
 			log.Info("stack: " + n)
@@ -250,7 +261,7 @@ func connectNATS(ctx context.Context, url, name string) (*nats.Conn, error) {
 // health reports why the target looks gone, or nil: a child process that
 // exited, NATS not connected, Redis not answering.
 func (t *target) health(ctx context.Context) error {
-	for _, c := range []*child{t.stack, t.baseline} {
+	for _, c := range append([]*child{t.stack, t.baseline}, t.more...) {
 		if c == nil {
 			continue
 		}
@@ -281,6 +292,9 @@ func (t *target) tearDown(o Options, log *slog.Logger) {
 	defer cancel()
 	if t.baseline != nil {
 		t.baseline.stop(10 * time.Second)
+	}
+	for _, c := range t.more {
+		c.stop(15 * time.Second)
 	}
 	if t.stack != nil {
 		t.stack.stop(15 * time.Second)
