@@ -45,9 +45,9 @@ type BatchItem struct {
 	Body json.RawMessage `json:"body,omitempty"`
 }
 
-// Validate checks a batch: 1 to MaxBatchRequests requests, each naming a
-// uid token. A body is checked by the endpoint, as a single request's
-// is, and its errors are that request's own.
+// Validate checks a batch: 1 to MaxBatchRequests requests. A request's
+// uid and body are checked by the endpoint, as a single request's are,
+// and their errors are that request's own.
 func (b BatchRequest) Validate() error {
 	switch n := len(b.Requests); {
 	case n == 0:
