@@ -42,12 +42,17 @@ type childSpec struct {
 	NATSURL  string `json:"nats_url,omitempty"`  // empty: embedded (stack only)
 	RedisURL string `json:"redis_url,omitempty"` // empty: miniredis (stack only)
 	// RedisAddrs, instead, names a Redis Cluster's nodes.
-	RedisAddrs []string            `json:"redis_addrs,omitempty"`
-	Prefix     string              `json:"key_prefix"`
-	Subjects   events.Subjects     `json:"subjects"`
-	Streams    events.StreamConfig `json:"streams"`
-	Instance   string              `json:"instance"`
-	Verbose    bool                `json:"verbose,omitempty"`
+	RedisAddrs []string `json:"redis_addrs,omitempty"`
+	// The run's registry key and token secret, the same in every stack
+	// process, as replicas of one deployment share them (the reaper's
+	// lock is named after the key).
+	RegistryKey string              `json:"registry_key,omitempty"`
+	TokenSecret string              `json:"token_secret,omitempty"`
+	Prefix      string              `json:"key_prefix"`
+	Subjects    events.Subjects     `json:"subjects"`
+	Streams     events.StreamConfig `json:"streams"`
+	Instance    string              `json:"instance"`
+	Verbose     bool                `json:"verbose,omitempty"`
 	// Baseline only.
 	RawStream   string `json:"raw_stream,omitempty"`
 	RawConsumer string `json:"raw_consumer,omitempty"`
@@ -156,6 +161,12 @@ func stackConfig(spec childSpec) (service.Config, devstack.Sections) {
 	}
 	if len(spec.RedisAddrs) > 0 {
 		cfg.Redis.URL, cfg.Redis.Addrs = "", spec.RedisAddrs
+	}
+	if spec.RegistryKey != "" {
+		sec.Registry.Keys = []service.Secret{service.Secret(spec.RegistryKey)}
+	}
+	if spec.TokenSecret != "" {
+		sec.Notifier.TokenSecrets = []service.Secret{service.Secret(spec.TokenSecret)}
 	}
 	return cfg, sec
 }

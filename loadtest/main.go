@@ -111,11 +111,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	go h.watchHealth(wctx, abort)
 	go h.progress(wctx, stderr, 2*time.Second)
 
+	var leaders *leaderWatch
+	if len(t.more) > 0 {
+		leaders = h.watchLeaders(wctx, 250*time.Millisecond)
+	}
 	h.runScenarios(ctx)
 	if ctx.Err() != nil {
 		h.incomplete(context.Cause(ctx).Error())
 	}
 	h.rep.Exactness = h.checkExactness(ctx)
+	if leaders != nil {
+		v, ok := leaders.verdict()
+		h.rep.Notes = append(h.rep.Notes, v)
+		h.log.Info(v)
+		if !ok {
+			h.incomplete("two replicas held a one-at-a-time lock at once: " + v)
+		}
+	}
 	stopWatching()
 	h.rep.Headlines = headlines(h.rep.Phases)
 	h.rep.Notes = append(h.rep.Notes,

@@ -96,7 +96,14 @@ func setUp(ctx context.Context, o Options, log *slog.Logger) (t *target, err err
 		cfg.Streams.Usage, cfg.Streams.Dead, cfg.Streams.Notify = up+"_USAGE", up+"_USAGE_DEAD", up+"_NOTIFY"
 		cfg.Streams.MaxAge, cfg.Streams.DeadMaxAge, cfg.Streams.NotifyMaxAge = 24*time.Hour, 24*time.Hour, 24*time.Hour
 		cfg.Streams.Replicas = o.Replicas
+		var secrets [2][32]byte
+		for i := range secrets {
+			if _, err := rand.Read(secrets[i][:]); err != nil {
+				return t, err
+			}
+		}
 		spec := childSpec{Role: roleStack, NATSURL: o.NATSURL, RedisURL: o.RedisURL, RedisAddrs: o.RedisAddrs, Prefix: cfg.Redis.KeyPrefix,
+			RegistryKey: hex.EncodeToString(secrets[0][:]), TokenSecret: hex.EncodeToString(secrets[1][:]),
 			Subjects: cfg.Subjects, Streams: cfg.Streams, Instance: "loadtest-" + t.runID, Verbose: o.Verbose}
 		where := "embedded NATS and miniredis"
 		if o.NATSURL != "" || o.RedisURL != "" || len(o.RedisAddrs) > 0 {

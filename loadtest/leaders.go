@@ -1,0 +1,126 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// With several stack processes (-stacks), some work must run in one
+// replica at a time: the registry's reaper and the notifier's asynq
+// scheduler, each under a pkg/mutex lock whose holder sets a gauge. The
+// leader watch reads those gauges from every stack process's /metrics
+// through the run and fails it if two replicas ever held one lock at
+// once.
+
+// leaderGauges are the one-at-a-time locks' gauges.
+var leaderGauges = []string{"allot_registry_reaper_leader", "allot_notifier_scheduler_leader"}
+
+// leaderWatch is what the watch saw.
+type leaderWatch struct {
+	mu      sync.Mutex
+	samples int
+	max     map[string]int // the most holders seen at once
+	none    map[string]int // samples with no holder (a hand-over)
+	errs    int            // samples a process did not answer
+}
+
+// watchLeaders samples every stack process's gauges every interval
+// until ctx ends.
+func (h *harness) watchLeaders(ctx context.Context, interval time.Duration) *leaderWatch {
+	w := &leaderWatch{max: map[string]int{}, none: map[string]int{}}
+	var urls []string
+	for _, c := range append([]*child{h.t.stack}, h.t.more...) {
+		if c != nil && c.ready.HTTPURL != "" {
+			urls = append(urls, strings.TrimSuffix(c.ready.HTTPURL, "/")+"/metrics")
+		}
+	}
+	client := &http.Client{Timeout: interval}
+	go func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			held := map[string]int{}
+			failed := false
+			for _, u := range urls {
+				vals, err := scrapeGauges(ctx, client, u, leaderGauges)
+				if err != nil {
+					failed = true
+					break
+				}
+				for name, v := range vals {
+					held[name] += int(v)
+				}
+			}
+			w.mu.Lock()
+			if failed {
+				w.errs++
+			} else {
+				w.samples++
+				for _, name := range leaderGauges {
+					w.max[name] = max(w.max[name], held[name])
+					if held[name] == 0 {
+						w.none[name]++
+					}
+				}
+			}
+			w.mu.Unlock()
+		}
+	}()
+	return w
+}
+
+// verdict says what the watch saw, and whether a lock ever had two
+// holders.
+func (w *leaderWatch) verdict() (string, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ok := true
+	var parts []string
+	for _, name := range leaderGauges {
+		parts = append(parts, fmt.Sprintf("%s: at most %d holder(s) at once, none in %d", name, w.max[name], w.none[name]))
+		ok = ok && w.max[name] <= 1
+	}
+	return fmt.Sprintf("one-at-a-time locks over %d samples of every stack process (%d unanswered): %s", w.samples, w.errs, strings.Join(parts, "; ")), ok
+}
+
+// scrapeGauges reads the named unlabelled gauges from a Prometheus text
+// page.
+func scrapeGauges(ctx context.Context, c *http.Client, url string, names []string) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		for _, n := range names {
+			if rest, ok := strings.CutPrefix(line, n+" "); ok {
+				if v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64); err == nil {
+					out[n] += v
+				}
+			}
+		}
+	}
+	return out, sc.Err()
+}
