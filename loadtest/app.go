@@ -140,9 +140,9 @@ func (a *app1) send(ctx context.Context, intended time.Time) {
 	}
 	if probe {
 		if meter {
-			a.probes.add(t.keys.Dedup(keys.UserTag(uid), ev.ID), intended)
+			a.probes.add(t.dedupProbe(uid, ev.ID, intended), intended)
 		} else {
-			a.probes.add(rawKey(t.baselinePrefix(), ev.Subject, ev.Data.Metric), intended)
+			a.probes.add(probeKeys{key: rawKey(t.baselinePrefix(), ev.Subject, ev.Data.Metric)}, intended)
 		}
 	}
 	if meter && a.rng.Float64() < a.s.dup {

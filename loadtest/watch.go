@@ -9,6 +9,7 @@ import (
 
 	"github.com/allot/allot/loadtest/internal/hist"
 	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/keys"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 )
@@ -242,10 +243,10 @@ func (w *floorWatcher) drain(ctx context.Context, js jetstream.JetStream, what, 
 }
 
 // probes measures lag on a sample of the events: the harness polls Redis
-// every 5 ms for a key that exists only once the event is applied (the
-// meter's dedup record of the event, written by the same script that
-// applies it; for the raw worker, the counter of a uid used by that one
-// event). Lag is from the event's intended send time to the first poll
+// every 5 ms for a record that exists only once the event is applied (the
+// meter's dedup record of the event, a member of a dedup SET written by
+// the same script that applies it; for the raw worker, the counter of a
+// uid used by that one event). Lag is from the event's intended send time to the first poll
 // that sees the key, so it is exact to 5 ms plus one Redis round trip.
 type probes struct {
 	rdb  redis.UniversalClient
@@ -257,8 +258,25 @@ type probes struct {
 }
 
 type probe struct {
-	key      string
+	probeKeys
 	intended time.Time
+}
+
+// probeKeys is what a probe polls: key exists, or, with a member, one of
+// the SETs key and next holds it.
+type probeKeys struct {
+	key, next, member string
+}
+
+// dedupProbe is the meter's dedup record of event id of uid sent at
+// intended: in the SET of the bucket of its stream time, which is that
+// bucket or the next.
+func (t *target) dedupProbe(uid, id string, intended time.Time) probeKeys {
+	_, cluster := t.rdb.(*redis.ClusterClient)
+	b := intended.UnixMilli() / t.meter.DedupTTL.Milliseconds()
+	set, member := t.keys.DedupRecord(keys.UserTag(uid), id, b, cluster)
+	next, _ := t.keys.DedupRecord(keys.UserTag(uid), id, b+1, cluster)
+	return probeKeys{key: set, next: next, member: member}
 }
 
 func newProbes(rdb redis.UniversalClient, origin time.Time) *probes {
@@ -276,7 +294,7 @@ func (p *probes) want(now time.Time) bool {
 	return true
 }
 
-func (p *probes) add(key string, intended time.Time) {
+func (p *probes) add(key probeKeys, intended time.Time) {
 	p.mu.Lock()
 	p.open = append(p.open, probe{key, intended})
 	p.mu.Unlock()
@@ -304,18 +322,24 @@ func (p *probes) poll(ctx context.Context) {
 		return
 	}
 	pipe := p.rdb.Pipeline()
-	cmds := make([]*redis.IntCmd, len(batch))
+	seen := make([]func() bool, len(batch))
 	for i, pr := range batch {
-		cmds[i] = pipe.Exists(ctx, pr.key)
+		if pr.member == "" {
+			c := pipe.Exists(ctx, pr.key)
+			seen[i] = func() bool { return c.Val() > 0 }
+			continue
+		}
+		c, n := pipe.SIsMember(ctx, pr.key, pr.member), pipe.SIsMember(ctx, pr.next, pr.member)
+		seen[i] = func() bool { return c.Val() || n.Val() }
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return
 	}
 	now := time.Now()
-	found := map[string]bool{}
-	for i, c := range cmds {
-		if c.Val() > 0 {
-			found[batch[i].key] = true
+	found := map[probeKeys]bool{}
+	for i, applied := range seen {
+		if applied() {
+			found[batch[i].probeKeys] = true
 			p.lag.Record(now, now.Sub(batch[i].intended))
 		}
 	}
@@ -325,7 +349,7 @@ func (p *probes) poll(ctx context.Context) {
 	p.mu.Lock()
 	kept := p.open[:0]
 	for _, pr := range p.open {
-		if !found[pr.key] {
+		if !found[pr.probeKeys] {
 			kept = append(kept, pr)
 		}
 	}

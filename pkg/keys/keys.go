@@ -59,7 +59,10 @@
 // them and every replica sees a change at once.
 package keys
 
-import "strings"
+import (
+	"strconv"
+	"strings"
+)
 
 // Keys builds keys under one prefix. The zero value uses no prefix.
 type Keys struct {
@@ -110,8 +113,30 @@ func (k Keys) Grant(uid, metric string) string { return k.tagged(UserTag(uid), "
 func (k Keys) Values(tag, metric string) string { return k.tagged(tag, "c", metric) }
 
 // Dedup is the record that event or request id was applied to state
-// under tag.
+// under tag (the meter's records before dedup SETs; the rate limiter's).
 func (k Keys) Dedup(tag, id string) string { return k.tagged(tag, "e", id) }
+
+// DedupTag is the hash tag of the meter's dedup SETs on a single Redis,
+// where every uid's records share one SET per time bucket.
+const DedupTag = "dedup"
+
+// DedupSet is the SET of the ids of events and requests applied to state
+// under tag whose time falls in bucket (the time in ms divided by the
+// bucket width, the meter's dedup TTL).
+func (k Keys) DedupSet(tag string, bucket int64) string {
+	return k.tagged(tag, "ids", strconv.FormatInt(bucket, 10))
+}
+
+// DedupRecord returns the SET and the member that record id applied to
+// state under tag in bucket. On a single Redis (perTag false) every tag
+// shares the SET of DedupTag and the member names the tag; on a Cluster
+// each tag has its own SET, in its state's slot.
+func (k Keys) DedupRecord(tag, id string, bucket int64, perTag bool) (set, member string) {
+	if perTag {
+		return k.DedupSet(tag, bucket), id
+	}
+	return k.DedupSet(DedupTag, bucket), tag + " " + id
+}
 
 // RateLimit returns the two window HASHes of uid's limit for service,
 // for even and odd window indexes; service "" is the uid's own limit.

@@ -493,11 +493,19 @@ func (r *rebuilder) applyChunk(ctx context.Context, chunk []jetstream.Msg) error
 		default:
 			r.report.Duplicates++
 		}
+		// When each notice was crossed: by the event that crossed it;
+		// one pending from before the replay, by the chunk it is first
+		// seen in.
+		for _, n := range res.Crossed {
+			if _, ok := r.crossedAt[n.Raw]; !ok {
+				r.crossedAt[n.Raw] = op.At
+			}
+		}
 		if len(res.Notices) > 0 {
 			r.pending[grantRef{op.UID, op.Metric}] = op.Config
 			for _, n := range res.Notices {
 				if _, ok := r.crossedAt[n.Raw]; !ok {
-					r.crossedAt[n.Raw] = op.At
+					r.crossedAt[n.Raw] = ops[0].At
 				}
 			}
 		}

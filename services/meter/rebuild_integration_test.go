@@ -18,6 +18,7 @@ func TestIntegrationRebuild(t *testing.T) {
 		{"RestoresEveryKey", testRebuildRestoresEveryKey},
 		{"PublishesOnlyNoticesNeverSent", testRebuildPublishesOnlyNoticesNeverSent},
 		{"OneUID", testRebuildOneUID},
+		{"OneUIDOverLiveState", testRebuildOneUIDOverLiveState},
 		{"DryRunAudits", testRebuildDryRunAudits},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -113,9 +113,58 @@ func deleteUnder(ctx context.Context, rdb redis.UniversalClient, pattern string)
 
 // isState tells the keys a rebuild replaces: grant state, counters and
 // gauges, dedup records (of events and of authorize ids, which share
-// them). Overrides (grants), rate-limit windows and everything else stay.
+// them: SETs "ids", and the "e" keys of older versions). Overrides
+// (grants), rate-limit windows and everything else stay. On a single
+// Redis the dedup SETs are shared by every uid under the dedup tag: a
+// rebuild of one uid takes its members out of them instead
+// (clearDedupMembers).
 func isState(sk stateKey) bool {
-	return sk.kind == "g" || sk.kind == "c" || sk.kind == "e"
+	return sk.kind == "g" || sk.kind == "c" || sk.kind == "e" || sk.kind == "ids"
+}
+
+// clearDedupMembers removes tag's members from the shared dedup SETs
+// under k, and returns how many it removed.
+func clearDedupMembers(ctx context.Context, rdb redis.UniversalClient, k keys.Keys, tag string) (int, error) {
+	removed := 0
+	var sets []string
+	err := scanKeys(ctx, rdb, k.Prefix()+"{"+keys.DedupTag+"}:ids:*", func(key string) error {
+		sets = append(sets, key)
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, set := range sets {
+		iter := rdb.SScan(ctx, set, 0, globEscape(tag)+" *", 1000).Iterator()
+		var batch []any
+		for iter.Next(ctx) {
+			batch = append(batch, iter.Val())
+		}
+		if err := iter.Err(); err != nil {
+			return removed, err
+		}
+		for len(batch) > 0 {
+			n := min(len(batch), 1000)
+			if err := rdb.SRem(ctx, set, batch[:n]...).Err(); err != nil {
+				return removed, err
+			}
+			removed += n
+			batch = batch[n:]
+		}
+	}
+	return removed, nil
+}
+
+// globEscape escapes the characters a SCAN MATCH pattern treats as glob.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, c := range s {
+		if strings.ContainsRune(`*?[]\`, c) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
 }
 
 // clear deletes the meter state of the rebuild's scope from the live key
@@ -132,10 +181,17 @@ func (r *rebuilder) clear(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("meter: rebuild: redis: scan: %w", err)
 	}
+	total := 0
 	if r.opts.UID == "" {
 		doomed = append(doomed, r.live.Instances())
+	} else if _, cluster := r.deps.Redis.(*redis.ClusterClient); !cluster {
+		n, err := clearDedupMembers(ctx, r.deps.Redis, r.live, keys.UserTag(r.opts.UID))
+		if err != nil {
+			return 0, fmt.Errorf("meter: rebuild: redis: clear dedup records: %w", err)
+		}
+		total += n
 	}
-	total := len(doomed)
+	total += len(doomed)
 	for len(doomed) > 0 {
 		n := min(len(doomed), 1000)
 		pipe := r.deps.Redis.Pipeline()

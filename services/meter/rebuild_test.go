@@ -63,6 +63,35 @@ func snapshot(t *testing.T, rdb *redis.Client, prefix string) map[string]keyStat
 	return out
 }
 
+// uidSnapshot is snapshot of uid's keys, and of its members of the dedup
+// SETs every uid shares on a single Redis (under their SETs' names).
+func uidSnapshot(t *testing.T, e *env, uid string) map[string]keyState {
+	t.Helper()
+	out := snapshot(t, e.rdb, e.keys().Prefix()+"{"+keys.UserTag(uid)+"}")
+	for key, st := range snapshot(t, e.rdb, e.keys().Prefix()+"{"+keys.DedupTag+"}") {
+		var mine []string
+		for _, m := range strings.Split(st.Value, ",") {
+			if strings.HasPrefix(m, keys.UserTag(uid)+" ") {
+				mine = append(mine, m)
+			}
+		}
+		if len(mine) > 0 {
+			out[key] = keyState{strings.Join(mine, ","), st.TTL}
+		}
+	}
+	return out
+}
+
+// forgetDedup removes id's record under tag from the dedup SETs.
+func forgetDedup(t *testing.T, e *env, tag, id string) {
+	t.Helper()
+	for _, pattern := range []string{"{" + keys.DedupTag + "}:ids:*", "{" + tag + "}:ids:*"} {
+		for _, set := range e.rdb.Keys(t.Context(), e.keys().Prefix()+pattern).Val() {
+			e.rdb.SRem(t.Context(), set, tag+" "+id, id)
+		}
+	}
+}
+
 // wipe deletes the meter's whole key space, as a Redis restarted empty.
 func (e *env) wipe() {
 	e.t.Helper()
@@ -220,15 +249,15 @@ func testRebuildPublishesOnlyNoticesNeverSent(t *testing.T, e *env) {
 func TestRebuildOneUID(t *testing.T) { testRebuildOneUID(t, rebuildEnv(t)) }
 
 func testRebuildOneUID(t *testing.T, e *env) {
-	before := snapshot(t, e.rdb, e.keys().Prefix()+"{u-1}")
+	before := uidSnapshot(t, e, "u-1")
 	e.stopMeter()
 	e.wipe()
 	rep, err := e.rebuild(RebuildOptions{UID: "u-1", Force: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sameState(t, before, snapshot(t, e.rdb, e.keys().Prefix()+"{u-1}"))
-	if rest := snapshot(t, e.rdb, e.keys().Prefix()); len(rest) != len(before) {
+	sameState(t, before, uidSnapshot(t, e, "u-1"))
+	if rest := snapshot(t, e.rdb, e.keys().Prefix()); !cmp.Equal(rest, uidSnapshot(t, e, "u-1")) {
 		t.Errorf("rebuilt beyond u-1: %v", rest)
 	}
 	// u-1's jobs_total (global) and queue_depth (instance) events are
@@ -238,6 +267,28 @@ func testRebuildOneUID(t *testing.T, e *env) {
 	}
 	if _, err := e.rebuild(RebuildOptions{UID: "nobody", Force: true}); err != nil {
 		t.Errorf("uid without events: %v", err)
+	}
+}
+
+func TestRebuildOneUIDOverLiveState(t *testing.T) {
+	testRebuildOneUIDOverLiveState(t, rebuildEnv(t))
+}
+
+// testRebuildOneUIDOverLiveState: rebuilding one uid while every other
+// uid's state stays takes only that uid's records out of the dedup SETs
+// the uids share, so its events apply again, and the others' state and
+// records are as they were.
+func testRebuildOneUIDOverLiveState(t *testing.T, e *env) {
+	before := snapshot(t, e.rdb, e.keys().Prefix())
+	e.stopMeter()
+	e.rdb.HSet(t.Context(), e.keys().Grant("u-1", "photo_daily_total"), "u", "99") // damage u-1 only
+	rep, err := e.rebuild(RebuildOptions{UID: "u-1", Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameState(t, before, snapshot(t, e.rdb, e.keys().Prefix()))
+	if rep.Applied != 3 || rep.Cleared == 0 {
+		t.Errorf("report = %+v", rep)
 	}
 }
 

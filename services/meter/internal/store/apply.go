@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -42,14 +41,19 @@ type GrantState struct {
 
 // Result is the outcome of one Op.
 type Result struct {
-	Applied bool        // false: a duplicate, nothing changed
-	Grant   *GrantState // grants, when applied
-	Notices []Notice    // grants: notices to publish (also for duplicates)
-	Err     error       // this op failed inside Redis (not a connection failure)
+	Applied bool // false: a duplicate, nothing changed
+	// Grant is a grant's state after the chunk, and Notices the notices
+	// it holds to publish (also when every event was a duplicate, so
+	// notices lost in a crash are published again): both on the last
+	// event of each grant in a chunk.
+	Grant   *GrantState
+	Notices []Notice
+	Crossed []Notice // the notices this event crossed, when applied
+	Err     error    // this op failed inside Redis (not a connection failure)
 }
 
 // Tag returns the hash tag of the state an op changes, which its dedup
-// record shares.
+// record shares on a Cluster.
 func Tag(op Op) string {
 	switch op.Config.Scope {
 	case usage.ScopeGlobal:
@@ -60,196 +64,344 @@ func Tag(op Op) string {
 	return keys.UserTag(op.UID)
 }
 
-func (s *Store) applyArgs(op Op) (keyList []string, args []any) {
-	tag := Tag(op)
-	dedup := s.keys.Dedup(tag, op.ID)
-	ttl := s.dedupTTL.Milliseconds()
-	value := decimal(op.Value)
-	if op.Config.Style != usage.StyleGrant {
-		state := s.keys.Values(tag, op.Metric)
-		return []string{dedup, state, state}, []any{ttl, op.Config.Style, value, 0, op.Field}
-	}
-	args = []any{ttl, op.Config.Style, value, s.opNow(op), op.Metric,
-		decimal(op.Limit), op.Config.Period, op.Config.Align}
-	for _, t := range op.Config.Notify {
-		args = append(args, strconv.FormatFloat(t, 'g', -1, 64))
-	}
-	return []string{dedup, s.keys.Grant(op.UID, op.Metric), s.keys.Grants(op.UID)}, args
-}
-
-// Apply applies ops in one pipelined round trip. The error is non-nil
-// only when the round trip itself failed (Redis down, a timeout): then
-// nothing can be said of any op, and the caller retries them all, which
-// the dedup records make safe.
+// Apply applies ops in one round trip: on a single Redis one
+// apply_chunk.lua call for the chunk; on a Cluster one call per hash tag,
+// pipelined. The error is non-nil only when the round trip itself failed
+// (Redis down, a timeout): then nothing can be said of any op, and the
+// caller retries them all, which the dedup records make safe.
 func (s *Store) Apply(ctx context.Context, ops []Op) ([]Result, error) {
-	if !s.perEvent && (len(ops) > 1 || s.guard) {
-		results, err := s.applyChunk(ctx, ops)
-		if err != nil && isNoScript(err) {
-			if lerr := s.Load(ctx); lerr != nil {
-				return nil, lerr
-			}
-			results, err = s.applyChunk(ctx, ops)
-		}
-		if err == nil || !isScriptError(err) {
-			return results, err
-		}
-		// The chunk's script failed as a whole (it should not: each event
-		// runs under pcall). What it applied is recorded; send the events
-		// one by one, which the dedup records make safe and which tells
-		// the failing event apart.
+	if len(ops) == 0 {
+		return nil, nil
 	}
-	results, err := s.applyOnce(ctx, ops)
+	parts := [][]int{make([]int, len(ops))}
+	for i := range ops {
+		parts[0][i] = i
+	}
+	if s.cluster {
+		parts = byTag(ops)
+	}
+	results, err := s.applyParts(ctx, ops, parts)
 	if err != nil && isNoScript(err) {
 		if lerr := s.Load(ctx); lerr != nil {
 			return nil, lerr
 		}
-		results, err = s.applyOnce(ctx, ops)
+		results, err = s.applyParts(ctx, ops, parts)
 	}
-	return results, err
-}
-
-// applyChunk applies ops with one apply_many.lua call.
-func (s *Store) applyChunk(ctx context.Context, ops []Op) ([]Result, error) {
-	keyList := make([]string, 0, 3*len(ops)+1)
-	args := make([]any, 1, 2+10*len(ops))
-	args[0] = len(ops)
-	var sources []any
-	var seq uint64
-	for _, op := range ops {
-		k, a := s.applyArgs(op)
-		keyList = append(keyList, k...)
-		args = append(args, len(a))
-		args = append(args, a...)
-		if op.Config.Scope == usage.ScopeInstance {
-			sources = append(sources, op.Source)
-		}
-		seq = max(seq, op.Seq)
+	if err == nil || !isScriptError(err) {
+		return results, err
 	}
-	if s.guard {
-		keyList = append(keyList, s.keys.MeterEpoch())
-		args = append(args, seq)
-	}
-	pipe := s.rdb.Pipeline()
-	cmd := s.applyMany.EvalSha(ctx, pipe, keyList, args...)
-	if len(sources) > 0 {
-		pipe.SAdd(ctx, s.keys.Instances(), sources...)
-	}
-	_, _ = pipe.Exec(ctx)
-	v, err := cmd.Result()
-	if err != nil {
-		if strings.HasPrefix(err.Error(), "LOST") {
-			return nil, fmt.Errorf("%w: %w", ErrRedis, ErrLost)
-		}
-		if isNoScript(err) || isScriptError(err) {
+	// A call failed as a whole (it should not: a key of the wrong type
+	// fails only its own events). What it applied is recorded; send the
+	// events one by one, which the dedup records make safe and which
+	// tells the failing event apart.
+	results = make([]Result, len(ops))
+	for i := range ops {
+		res, err := s.applyParts(ctx, ops, [][]int{{i}})
+		switch {
+		case err == nil:
+			results[i] = res[i]
+		case isScriptError(err):
+			results[i].Err = fmt.Errorf("store: apply event %s: %w", ops[i].ID, err)
+		default:
 			return nil, err
 		}
-		return nil, fmt.Errorf("%w: %w", ErrRedis, err)
-	}
-	replies, ok := v.([]any)
-	if !ok || len(replies) != len(ops) {
-		return nil, fmt.Errorf("store: apply_many: %d replies for %d events", len(replies), len(ops))
-	}
-	results := make([]Result, len(ops))
-	for i, r := range replies {
-		if arr, ok := r.([]any); ok && len(arr) == 2 {
-			if status, _ := arr[0].(int64); status == -1 {
-				results[i].Err = fmt.Errorf("store: apply event %s: %v", ops[i].ID, arr[1])
-				continue
-			}
-		}
-		res, perr := parseGrantReply(r, ops[i])
-		if perr != nil {
-			results[i].Err = fmt.Errorf("store: apply event %s: %w", ops[i].ID, perr)
-			continue
-		}
-		results[i] = res
 	}
 	return results, nil
 }
 
-func (s *Store) applyOnce(ctx context.Context, ops []Op) ([]Result, error) {
-	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, len(ops))
-	var sources []any
+// byTag splits ops by hash tag, each part in stream order.
+func byTag(ops []Op) [][]int {
+	var parts [][]int
+	index := map[string]int{}
 	for i, op := range ops {
-		k, a := s.applyArgs(op)
-		cmds[i] = s.apply.EvalSha(ctx, pipe, k, a...)
-		if op.Config.Scope == usage.ScopeInstance {
-			sources = append(sources, op.Source)
+		tag := Tag(op)
+		p, ok := index[tag]
+		if !ok {
+			p = len(parts)
+			index[tag] = p
+			parts = append(parts, nil)
+		}
+		parts[p] = append(parts[p], i)
+	}
+	return parts
+}
+
+// Dedup bounds: an id is remembered from its time t until at least t +
+// the dedup TTL. It is recorded in the SET of bucket t/TTL and looked for
+// in the buckets from (t-TTL)/TTL to (t+skew)/TTL: the bucket before,
+// its own, and the next one near its end, should the clocks that stamped
+// two records of one id (the stream's, Redis's, a meter's) disagree by
+// up to skew.
+const maxSkew = time.Minute
+
+func (s *Store) skew() int64 {
+	return min(maxSkew, s.dedupTTL/8).Milliseconds()
+}
+
+// DedupRecord returns the SET and the member that record op's id once it
+// is applied.
+func (s *Store) DedupRecord(op Op) (set, member string) {
+	return s.keys.DedupRecord(Tag(op), op.ID, floorDiv(s.opTime(op), s.dedupTTL.Milliseconds()), s.cluster)
+}
+
+// dedupSet is the SET of bucket b for state under tag: one for every tag
+// on a single Redis (one SMISMEMBER checks a whole chunk), the tag's own
+// on a Cluster (a script touches one slot).
+func (s *Store) dedupSet(tag string, b int64) string {
+	set, _ := s.keys.DedupRecord(tag, "", b, s.cluster)
+	return set
+}
+
+func (s *Store) dedupMember(tag, id string) string {
+	_, member := s.keys.DedupRecord(tag, id, 0, s.cluster)
+	return member
+}
+
+// opTime is op's time in ms, as its dedup buckets are chosen: the
+// stream's, else the store's clock.
+func (s *Store) opTime(op Op) int64 {
+	if at := s.opNow(op); at > 0 {
+		return at
+	}
+	return time.Now().UnixMilli()
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && (a < 0) != (b < 0) {
+		q--
+	}
+	return q
+}
+
+// window returns the buckets op's id is looked for in and recorded in,
+// and how long its record must last.
+func (s *Store) window(t int64) (lo, hi, b, ttl int64) {
+	w, skew := s.dedupTTL.Milliseconds(), s.skew()
+	b = floorDiv(t, w)
+	return floorDiv(t-w, w), floorDiv(t+skew, w), b, (b+2)*w + 2*skew - t
+}
+
+type chunkGroup struct {
+	key, over string
+	args      []any
+	last      int // the index in ops of the group's last event
+}
+
+// applyParts applies each part of ops with one apply_chunk.lua call,
+// pipelined; each part's events share a slot on a Cluster.
+func (s *Store) applyParts(ctx context.Context, ops []Op, parts [][]int) ([]Result, error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(parts))
+	groups := make([][]chunkGroup, len(parts))
+	var sources []any
+	for p, part := range parts {
+		var keyList []string
+		var args []any
+		keyList, args, groups[p] = s.chunkArgs(ops, part)
+		cmds[p] = s.applyChunk.EvalSha(ctx, pipe, keyList, args...)
+		for _, i := range part {
+			if ops[i].Config.Scope == usage.ScopeInstance {
+				sources = append(sources, ops[i].Source)
+			}
 		}
 	}
 	if len(sources) > 0 {
 		// The index /metrics reads; idempotent, so outside the scripts.
 		pipe.SAdd(ctx, s.keys.Instances(), sources...)
 	}
-	_, err := pipe.Exec(ctx)
+	_, _ = pipe.Exec(ctx)
 	results := make([]Result, len(ops))
-	for i, cmd := range cmds {
-		cerr := cmd.Err()
-		if cerr != nil {
-			if isNoScript(cerr) {
-				return nil, cerr
+	for p, cmd := range cmds {
+		v, err := cmd.Result()
+		if err != nil {
+			if strings.HasPrefix(err.Error(), "LOST") {
+				return nil, fmt.Errorf("%w: %w", ErrRedis, ErrLost)
 			}
-			if !isScriptError(cerr) {
-				return nil, fmt.Errorf("%w: %w", ErrRedis, cerr)
+			if isNoScript(err) || isScriptError(err) {
+				return nil, err
 			}
-			results[i].Err = fmt.Errorf("store: apply event %s: %w", ops[i].ID, cerr)
-			continue
+			return nil, fmt.Errorf("%w: %w", ErrRedis, err)
 		}
-		res, perr := parseGrantReply(cmd.Val(), ops[i])
-		if perr != nil {
-			results[i].Err = fmt.Errorf("store: apply event %s: %w", ops[i].ID, perr)
-			continue
+		if err := parseChunkReply(v, ops, parts[p], groups[p], results); err != nil {
+			return nil, err
 		}
-		results[i] = res
-	}
-	if err != nil && !errors.Is(err, redis.Nil) && !isScriptError(err) && !isNoScript(err) {
-		return nil, fmt.Errorf("%w: %w", ErrRedis, err)
 	}
 	return results, nil
 }
 
-// parseGrantReply reads op's reply {applied|status, used, limit, start,
-// end, pending}, or {-2, held} for a refusal: a *RangeError.
-func parseGrantReply(v any, op Op) (Result, error) {
+// chunkArgs builds the keys and arguments of one apply_chunk.lua call
+// for ops[part...] (see the script for their layout) and its groups: the
+// distinct states the events change, in order of first use.
+func (s *Store) chunkArgs(ops []Op, part []int) ([]string, []any, []chunkGroup) {
+	// The chunk's dedup SETs: every bucket from the lowest any event looks
+	// in to the highest, so an event's are a run of consecutive indexes.
+	type window struct{ lo, hi, b, ttl int64 }
+	wins := make([]window, len(part))
+	for j, i := range part {
+		w := &wins[j]
+		w.lo, w.hi, w.b, w.ttl = s.window(s.opTime(ops[i]))
+	}
+	first, last := wins[0].lo, wins[0].hi
+	for _, w := range wins {
+		first, last = min(first, w.lo), max(last, w.hi)
+	}
+	setTag := Tag(ops[part[0]]) // a Cluster's calls are one tag each
+	setKeys := make([]string, 0, last-first+1)
+	ttls := make([]int64, last-first+1)
+	for b := first; b <= last; b++ {
+		setKeys = append(setKeys, s.dedupSet(setTag, b))
+	}
+	index := func(b int64) int { return int(b-first) + 1 } // the scripts count from 1
+
+	var groups []chunkGroup
+	groupOf := map[string]int{}
+	evArgs := make([]any, 0, 1+7*len(part))
+	evArgs = append(evArgs, len(part))
+	var seq uint64
+	for j, i := range part {
+		op, w := ops[i], wins[j]
+		tag := Tag(op)
+		var key, over string
+		var x any
+		if op.Config.Style == usage.StyleGrant {
+			key, over, x = s.keys.Grant(op.UID, op.Metric), s.keys.Grants(op.UID), s.opNow(op)
+		} else {
+			key = s.keys.Values(tag, op.Metric)
+			over, x = key, op.Field
+		}
+		g, ok := groupOf[key]
+		if !ok {
+			g = len(groups)
+			groupOf[key] = g
+			groups = append(groups, chunkGroup{key: key, over: over, args: groupArgs(op)})
+		}
+		groups[g].last = i
+		ttls[w.b-first] = max(ttls[w.b-first], w.ttl)
+		evArgs = append(evArgs, g+1, s.dedupMember(tag, op.ID), index(w.lo), index(w.hi), index(w.b), decimal(op.Value), x)
+		seq = max(seq, op.Seq)
+	}
+	keyList := make([]string, 0, len(setKeys)+2*len(groups)+1)
+	keyList = append(keyList, setKeys...)
+	args := make([]any, 0, 2+len(setKeys)+8*len(groups)+len(evArgs)+1)
+	args = append(args, len(setKeys))
+	for _, ttl := range ttls {
+		args = append(args, ttl)
+	}
+	args = append(args, len(groups))
+	for _, g := range groups {
+		keyList = append(keyList, g.key, g.over)
+		args = append(args, g.args[0], len(g.args)-1)
+		args = append(args, g.args[1:]...)
+	}
+	args = append(args, evArgs...)
+	if s.guard && !s.cluster {
+		keyList = append(keyList, s.keys.MeterEpoch())
+		args = append(args, seq)
+	}
+	return keyList, args, groups
+}
+
+// groupArgs are the arguments of the state op changes: its style, and a
+// grant's metric, default limit, period, align and thresholds.
+func groupArgs(op Op) []any {
+	if op.Config.Style != usage.StyleGrant {
+		return []any{op.Config.Style}
+	}
+	args := []any{op.Config.Style, op.Metric, decimal(op.Limit), op.Config.Period, op.Config.Align}
+	for _, t := range op.Config.Notify {
+		args = append(args, strconv.FormatFloat(t, 'g', -1, 64))
+	}
+	return args
+}
+
+// parseChunkReply fills in the results of ops[part...] from one
+// apply_chunk.lua reply: each event's status and, for an applied grant
+// event, the grant after it; each grant's pending notices on the group's
+// last event.
+func parseChunkReply(v any, ops []Op, part []int, groups []chunkGroup, results []Result) error {
+	arr, ok := v.([]any)
+	if !ok || len(arr) != 2 {
+		return fmt.Errorf("store: apply_chunk: unexpected reply %v", v)
+	}
+	evs, _ := arr[0].([]any)
+	states, _ := arr[1].([]any)
+	if len(evs) != len(part) || len(states) != len(groups) {
+		return fmt.Errorf("store: apply_chunk: %d replies for %d events, %d for %d groups", len(evs), len(part), len(states), len(groups))
+	}
+	limits := make(map[int]float64, len(groups)) // by the group's last event
+	for g, st := range states {
+		sa, ok := st.([]any)
+		if !ok {
+			continue // not a grant, or a grant whose state failed to load
+		}
+		if len(sa) != 5 {
+			return fmt.Errorf("store: apply_chunk: unexpected grant state %v", st)
+		}
+		state, err := grantState(append([]any{nil}, sa[:4]...))
+		if err != nil {
+			return fmt.Errorf("store: apply_chunk: %w", err)
+		}
+		limits[groups[g].last] = state.Limit
+		if pending, _ := sa[4].(string); pending != "" {
+			if results[groups[g].last].Notices, err = ParseNotices(pending); err != nil {
+				return fmt.Errorf("store: apply_chunk: %w", err)
+			}
+		}
+	}
+	// An event's grant limit is its group's: walk each group's events
+	// backwards from its last.
+	groupLimit := map[string]float64{}
+	for j := len(part) - 1; j >= 0; j-- {
+		i := part[j]
+		key := ops[i].UID + "\x00" + ops[i].Metric
+		if l, ok := limits[i]; ok {
+			groupLimit[key] = l
+		}
+		notices := results[i].Notices
+		res, err := parseEventReply(evs[j], ops[i], groupLimit[key])
+		if err != nil {
+			res = Result{Err: fmt.Errorf("store: apply event %s: %w", ops[i].ID, err)}
+		}
+		res.Notices = notices
+		results[i] = res
+	}
+	return nil
+}
+
+// parseEventReply reads one event's status: {1}, for a grant {1,
+// crossed, used, start, end}, {0}, {-1, error} or {-2, held} (a
+// *RangeError).
+func parseEventReply(v any, op Op, limit float64) (Result, error) {
 	arr, ok := v.([]any)
 	if !ok || len(arr) == 0 {
 		return Result{}, fmt.Errorf("unexpected script reply %v", v)
 	}
 	status, _ := arr[0].(int64)
-	if status == -2 && len(arr) == 2 {
+	switch {
+	case status == 1 && len(arr) == 1:
+		return Result{Applied: true}, nil
+	case status == 1 && len(arr) == 5:
+		crossed, _ := arr[1].(string)
+		st, err := grantState([]any{nil, arr[2], "0", arr[3], arr[4]})
+		if err != nil {
+			return Result{}, err
+		}
+		st.Limit = limit
+		res := Result{Applied: true, Grant: &st}
+		if res.Crossed, err = ParseNotices(crossed); err != nil {
+			return Result{}, err
+		}
+		return res, nil
+	case status == 0 && len(arr) == 1:
+		return Result{}, nil
+	case status == -2 && len(arr) == 2:
 		held, _ := arr[1].(string)
 		return Result{Err: &RangeError{Value: decimal(op.Value), Held: held}}, nil
+	case status == -1 && len(arr) == 2:
+		return Result{}, fmt.Errorf("%v", arr[1])
 	}
-	res := Result{Applied: status == 1}
-	if op.Config.Style != usage.StyleGrant {
-		return res, nil
-	}
-	if len(arr) < 6 {
-		return Result{}, fmt.Errorf("unexpected grant reply %v", v)
-	}
-	if pending, _ := arr[5].(string); pending != "" {
-		notices, err := ParseNotices(pending)
-		if err != nil {
-			return Result{}, err
-		}
-		res.Notices = notices
-	}
-	// used is a string from HINCRBYFLOAT, an integer from HINCRBY, and ""
-	// for a duplicate.
-	if used, _ := arr[1].(string); used != "" || isInt(arr[1]) {
-		st, err := grantState(arr)
-		if err != nil {
-			return Result{}, err
-		}
-		res.Grant = &st
-	}
-	return res, nil
-}
-
-func isInt(v any) bool {
-	_, ok := v.(int64)
-	return ok
+	return Result{}, fmt.Errorf("unexpected script reply %v", v)
 }
 
 func grantState(arr []any) (GrantState, error) {

@@ -62,12 +62,18 @@ func (s *Store) authorizeSome(ctx context.Context, ops []AuthorizeOp, idx []int,
 	cmds := make([]*redis.Cmd, len(idx))
 	for j, i := range idx {
 		op := ops[i]
-		args := []any{s.dedupTTL.Milliseconds(), decimal(op.Amount), s.nowArg(),
-			op.Metric, decimal(op.Limit), op.Config.Period, op.Config.Align}
+		tag := keys.UserTag(op.UID)
+		lo, hi, b, ttl := s.window(s.opTime(Op{}))
+		args := []any{ttl, decimal(op.Amount), s.nowArg(),
+			op.Metric, decimal(op.Limit), op.Config.Period, op.Config.Align,
+			s.dedupMember(tag, op.ID), b - lo + 1}
 		for _, t := range op.Config.Notify {
 			args = append(args, strconv.FormatFloat(t, 'g', -1, 64))
 		}
-		keyList := []string{s.keys.Dedup(keys.UserTag(op.UID), op.ID), s.keys.Grant(op.UID, op.Metric), s.keys.Grants(op.UID)}
+		keyList := []string{s.keys.Grant(op.UID, op.Metric), s.keys.Grants(op.UID)}
+		for k := lo; k <= hi; k++ {
+			keyList = append(keyList, s.dedupSet(tag, k))
+		}
 		cmds[j] = s.authorize.EvalSha(ctx, pipe, keyList, args...)
 	}
 	_, _ = pipe.Exec(ctx)

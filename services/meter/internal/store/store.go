@@ -22,12 +22,8 @@ var (
 	numbersLua string
 	//go:embed periods.lua
 	periodsLua string
-	//go:embed apply_event.lua
-	applyEventLua string
-	//go:embed apply.lua
-	applyLua string
-	//go:embed apply_many.lua
-	applyManyLua string
+	//go:embed apply_chunk.lua
+	applyChunkLua string
 	//go:embed authorize.lua
 	authorizeLua string
 	//go:embed confirm.lua
@@ -87,16 +83,15 @@ func decimal(v float64) string {
 
 // Store is the meter's Redis state.
 type Store struct {
-	rdb       Redis
-	keys      keys.Keys
-	dedupTTL  time.Duration
-	now       func() time.Time // nil: Redis TIME
-	perEvent  bool             // one script call per event (Cluster)
-	guard     bool             // apply only while the epoch marker is there
-	apply     *redis.Script
-	applyMany *redis.Script
-	authorize *redis.Script
-	confirm   *redis.Script
+	rdb        Redis
+	keys       keys.Keys
+	dedupTTL   time.Duration
+	now        func() time.Time // nil: Redis TIME
+	cluster    bool             // a Redis Cluster: one script call per hash tag
+	guard      bool             // apply only while the epoch marker is there
+	applyChunk *redis.Script
+	authorize  *redis.Script
+	confirm    *redis.Script
 }
 
 // Options configures a Store.
@@ -106,10 +101,12 @@ type Options struct {
 	// Now overrides Redis TIME as the clock of grant periods (tests). Nil
 	// uses Redis TIME, the one clock every replica shares.
 	Now func() time.Time
-	// OneScriptPerEvent sends one apply.lua call per event, pipelined,
-	// instead of one apply_many.lua call per chunk. It is forced on for a
-	// Redis Cluster, where the events of a chunk live in many slots.
-	OneScriptPerEvent bool
+	// Cluster applies a chunk with one apply_chunk.lua call per hash tag,
+	// pipelined, and keeps dedup SETs per tag, as on a Redis Cluster, where
+	// the events of a chunk live in many slots and a script touches one.
+	// It is forced on for a *redis.ClusterClient; tests set it to run the
+	// Cluster's path on a single Redis.
+	Cluster bool
 	// Guard applies events only while the epoch marker is there, checked
 	// inside the same script call on a single node (Apply fails with
 	// ErrLost otherwise), and raises the marker's seq with each chunk. On
@@ -127,19 +124,18 @@ func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
 		return nil, errors.New("store: dedup TTL must be > 0")
 	}
 	s := &Store{
-		rdb:       rdb,
-		keys:      opts.Keys,
-		dedupTTL:  opts.DedupTTL,
-		now:       opts.Now,
-		perEvent:  opts.OneScriptPerEvent,
-		guard:     opts.Guard,
-		apply:     redis.NewScript(numbersLua + periodsLua + applyEventLua + applyLua),
-		applyMany: redis.NewScript(numbersLua + periodsLua + applyEventLua + applyManyLua),
-		authorize: redis.NewScript(numbersLua + periodsLua + authorizeLua),
-		confirm:   redis.NewScript(confirmLua),
+		rdb:        rdb,
+		keys:       opts.Keys,
+		dedupTTL:   opts.DedupTTL,
+		now:        opts.Now,
+		cluster:    opts.Cluster,
+		guard:      opts.Guard,
+		applyChunk: redis.NewScript(numbersLua + periodsLua + applyChunkLua),
+		authorize:  redis.NewScript(numbersLua + periodsLua + authorizeLua),
+		confirm:    redis.NewScript(confirmLua),
 	}
 	if _, ok := rdb.(*redis.ClusterClient); ok {
-		s.perEvent = true
+		s.cluster = true
 	}
 	if err := s.Load(ctx); err != nil {
 		return nil, err
@@ -150,7 +146,7 @@ func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
 // Load loads the scripts into Redis. Apply calls it again after Redis
 // forgot them (a restart or SCRIPT FLUSH).
 func (s *Store) Load(ctx context.Context) error {
-	for _, sc := range []*redis.Script{s.apply, s.applyMany, s.authorize, s.confirm} {
+	for _, sc := range []*redis.Script{s.applyChunk, s.authorize, s.confirm} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return fmt.Errorf("%w: load scripts: %w", ErrRedis, err)
 		}

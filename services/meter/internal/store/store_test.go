@@ -50,7 +50,7 @@ func newStore(t *testing.T, open backend) (*Store, *fakeClock, redis.UniversalCl
 	rdb, prefix := open(t)
 	clock := &fakeClock{t: testenv.Now(t)}
 	s, err := New(t.Context(), rdb, Options{Keys: keys.New(prefix), DedupTTL: time.Hour, Now: clock.Now,
-		OneScriptPerEvent: strings.HasSuffix(prefix, perEventSuffix)})
+		Cluster: strings.HasSuffix(prefix, clusterSuffix)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,21 +136,21 @@ func testSumsAreExact(t *testing.T, open backend) {
 	}
 }
 
-// perEventSuffix on a backend's prefix makes newStore send one script per
-// event, the path a Redis Cluster takes.
-const perEventSuffix = "pe:"
+// clusterSuffix on a backend's prefix makes newStore send one script per
+// hash tag, with dedup SETs per tag: the path a Redis Cluster takes.
+const clusterSuffix = "cl:"
 
-func perEvent(open backend) backend {
+func clusterPath(open backend) backend {
 	return func(t *testing.T) (redis.UniversalClient, string) {
 		rdb, prefix := open(t)
-		return rdb, prefix + perEventSuffix
+		return rdb, prefix + clusterSuffix
 	}
 }
 
 func TestBehaviourMiniredis(t *testing.T) {
 	for _, b := range behaviours {
 		t.Run(b.name, func(t *testing.T) { b.fn(t, miniBackend) })
-		t.Run(b.name+"/OneScriptPerEvent", func(t *testing.T) { b.fn(t, perEvent(miniBackend)) })
+		t.Run(b.name+"/ClusterPath", func(t *testing.T) { b.fn(t, clusterPath(miniBackend)) })
 	}
 }
 
@@ -193,11 +193,20 @@ func testCountersAndGauges(t *testing.T, open backend) {
 			t.Errorf("%s (-want +got):\n%s", key, diff)
 		}
 	}
-	// The dedup record shares the state's hash tag. (One EXISTS each: on
-	// a Cluster the two tags are two slots.)
-	for _, key := range []string{k.Dedup(keys.InstanceTag("web-1"), "e3"), k.Dedup(keys.GlobalTag, "e5")} {
-		if n, err := rdb.Exists(ctx, key).Result(); err != nil || n != 1 {
-			t.Errorf("dedup record %s under the state's tag: %d, %v", key, n, err)
+	// The dedup record is in a SET of the state's hash tag on a Cluster,
+	// of the shared dedup tag on a single Redis.
+	for _, op := range []Op{{ID: "e3", Source: "web-1", Config: counterCfg(usage.StyleGauge, usage.ScopeInstance)},
+		{ID: "e5", Config: counterCfg(usage.StyleCounter, usage.ScopeGlobal)}} {
+		set, member := s.DedupRecord(op)
+		if ok, err := rdb.SIsMember(ctx, set, member).Result(); err != nil || !ok {
+			t.Errorf("dedup record %q in %s: %v, %v", member, set, ok, err)
+		}
+		want := keys.DedupTag
+		if s.cluster {
+			want = Tag(op)
+		}
+		if tag, _ := k.TagOf(set); tag != want {
+			t.Errorf("dedup SET %s has tag %q, want %q", set, tag, want)
 		}
 	}
 }
@@ -415,7 +424,7 @@ func testScriptErrorFailsOnlyItsOp(t *testing.T, open backend) {
 	if res[0].Err == nil || !res[1].Applied || res[1].Err != nil {
 		t.Errorf("results = %+v", res)
 	}
-	if n, _ := rdb.Exists(ctx, s.Keys().Dedup("u-1", "x1")).Result(); n != 0 {
+	if set, member := s.DedupRecord(ops[0]); rdb.SIsMember(ctx, set, member).Val() {
 		t.Errorf("a failed event left its dedup record: it would never be applied")
 	}
 }

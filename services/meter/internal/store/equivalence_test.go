@@ -1,0 +1,254 @@
+package store
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/testenv"
+	"github.com/allot/allot/pkg/usage"
+	"github.com/google/go-cmp/cmp"
+	"github.com/redis/go-redis/v9"
+)
+
+// randomOps are n usage events over 12 uids, in stream order, with times
+// spread over three hours from start, or an hour for every thousand events
+// (so hour-long grant periods roll, inside chunks too), values that cross notice thresholds often, ids repeated (nearby,
+// so inside one chunk too, and far), and values that would take a counter
+// or a grant past 1e15 (refused, changing nothing).
+func randomOps(rng *rand.Rand, n int, start time.Time) []Op {
+	hourly := grantCfg(usage.PeriodHour, usage.AlignRolling, 50, 80, 100)
+	daily := grantCfg(usage.PeriodDay, usage.AlignCalendar, 25, 90)
+	counter := counterCfg(usage.StyleCounter, usage.ScopeUser)
+	global := counterCfg(usage.StyleCounter, usage.ScopeGlobal)
+	gauge := counterCfg(usage.StyleGauge, usage.ScopeInstance)
+	ops := make([]Op, 0, n)
+	at := start
+	span := max(3*time.Hour, time.Duration(n)*3600*time.Millisecond) // an hour for every thousand
+	step := 2 * int64(span) / int64(n)
+	for i := range n {
+		at = at.Add(time.Duration(rng.Int64N(step)))
+		uid := fmt.Sprintf("u-%d", rng.IntN(12))
+		op := Op{ID: fmt.Sprintf("e%d", i), UID: uid, At: at, Seq: uint64(i + 1), Value: float64(1 + rng.IntN(5))}
+		switch k := rng.IntN(10); {
+		case k < 4:
+			op.Metric, op.Config, op.Limit = "hourly", hourly, 40
+		case k < 6:
+			op.Metric, op.Config, op.Limit = "daily", daily, 2000
+		case k < 8:
+			op.Metric, op.Config, op.Field = "c", counter, []string{"", "kind=a", "kind=b"}[rng.IntN(3)]
+		case k < 9:
+			op.Metric, op.Config = "jobs", global
+		default:
+			op.Metric, op.Config, op.Source, op.Value = "depth", gauge, fmt.Sprintf("w%d", rng.IntN(3)), float64(rng.IntN(100))-50
+		}
+		switch r := rng.IntN(100); {
+		case r < 5 && i > 0:
+			op.ID = fmt.Sprintf("e%d", i-1-rng.IntN(min(i, 20))) // nearby: often the same chunk
+		case r < 8 && i > 0:
+			op.ID = fmt.Sprintf("e%d", rng.IntN(i))
+		case r < 9 && op.Config.Style != usage.StyleGauge:
+			op.Value = 1e15 // refused: past the largest number kept
+		}
+		ops = append(ops, op)
+	}
+	return ops
+}
+
+// outcome is what Apply said of one op, comparably.
+func outcome(r Result) string {
+	var b strings.Builder
+	switch {
+	case r.Err != nil:
+		b.WriteString("err")
+		if strings.Contains(r.Err.Error(), "WRONGTYPE") {
+			b.WriteString(" wrongtype")
+		}
+	case r.Applied:
+		b.WriteString("applied")
+	default:
+		b.WriteString("duplicate")
+	}
+	if r.Grant != nil {
+		fmt.Fprintf(&b, " used=%v limit=%v %d-%d", r.Grant.Used, r.Grant.Limit, r.Grant.Start.UnixMilli(), r.Grant.End.UnixMilli())
+	}
+	for _, n := range r.Crossed {
+		b.WriteString(" crossed=" + n.Raw)
+	}
+	return b.String()
+}
+
+// stateWithout is snapshot under prefix with the prefix taken off the
+// keys, so two prefixes compare.
+func stateWithout(t *testing.T, rdb redis.UniversalClient, prefix string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for k, v := range snapshot(t, rdb, prefix) {
+		out[strings.TrimPrefix(k, prefix)] = v
+	}
+	return out
+}
+
+// testAggregatedEqualsPerEvent applies the same random events one call
+// per event and in chunks of random sizes, to two key spaces of one
+// backend, and compares every event's outcome (applied, duplicate,
+// refused, the grant after it, the notices it crossed), every key and
+// value, and the notices left pending.
+func testAggregatedEqualsPerEvent(t *testing.T, open backend, n int) {
+	rdb, prefix := open(t)
+	cluster := strings.HasSuffix(prefix, clusterSuffix)
+	ctx := t.Context()
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 7))
+	ops := randomOps(rng, n, testenv.Now(t)) // ahead, never behind: grant keys expire an hour after their period on the server's clock
+
+	open2 := func(sub string) *Store {
+		// No clock of the test's: each grant event is judged by its own
+		// time, as the stream's.
+		s, err := New(ctx, rdb, Options{Keys: keys.New(prefix + sub), DedupTTL: time.Hour, Cluster: cluster})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// An override for one uid, on both sides.
+		if err := rdb.HSet(ctx, s.Keys().Grants("u-3"), "hourly", "25").Err(); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	one, agg := open2("one:"), open2("agg:")
+
+	var got1, got2 []string
+	for _, op := range ops {
+		res, err := one.Apply(ctx, []Op{op})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got1 = append(got1, outcome(res[0]))
+	}
+	for i := 0; i < len(ops); {
+		size := 1 + rng.IntN(500)
+		chunk := ops[i:min(len(ops), i+size)]
+		res, err := agg.Apply(ctx, chunk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range res {
+			got2 = append(got2, outcome(r))
+		}
+		i += len(chunk)
+	}
+	crossed, applied := 0, 0
+	for i := range got1 {
+		if got1[i] != got2[i] {
+			t.Fatalf("event %d (%+v): one at a time %q, in chunks %q", i, ops[i], got1[i], got2[i])
+		}
+		crossed += strings.Count(got1[i], "crossed=")
+		if strings.HasPrefix(got1[i], "applied") {
+			applied++
+		}
+	}
+	if crossed < n/200 || applied < n/2 {
+		t.Fatalf("the events crossed %d notices and %d applied: not the mix this test needs", crossed, applied)
+	}
+	if d := cmp.Diff(stateWithout(t, rdb, prefix+"one:"), stateWithout(t, rdb, prefix+"agg:")); d != "" {
+		t.Errorf("state (-one at a time +in chunks):\n%s", d)
+	}
+	t.Logf("%d events: %d applied, %d notices crossed", n, applied, crossed)
+}
+
+func TestAggregatedEqualsPerEvent(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		open backend
+	}{{"SingleRedis", miniBackend}, {"ClusterPath", clusterPath(miniBackend)}} {
+		t.Run(tc.name, func(t *testing.T) { testAggregatedEqualsPerEvent(t, tc.open, 3000) })
+	}
+}
+
+// TestPoisonEventsFailOnlyThemselves interleaves events whose state key
+// holds the wrong type at random positions of chunks: each fails alone,
+// with nothing of it kept; every good event around it is applied once,
+// and a redelivery of the whole chunk applies nothing twice.
+func TestPoisonEventsFailOnlyThemselves(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		open backend
+	}{{"SingleRedis", miniBackend}, {"ClusterPath", clusterPath(miniBackend)}} {
+		t.Run(tc.name, func(t *testing.T) { testPoisonEvents(t, tc.open) })
+	}
+}
+
+func testPoisonEvents(t *testing.T, open backend) {
+	s, _, rdb := newStore(t, open)
+	ctx := t.Context()
+	k := s.Keys()
+	// u-bad's counter, grant and gauge keys are strings.
+	counter := counterCfg(usage.StyleCounter, usage.ScopeUser)
+	grant := grantCfg(usage.PeriodDay, usage.AlignCalendar, 50)
+	gauge := counterCfg(usage.StyleGauge, usage.ScopeUser)
+	for _, key := range []string{k.Values(keys.UserTag("u-bad"), "c"), k.Grant("u-bad", "g"), k.Values(keys.UserTag("u-bad"), "q")} {
+		rdb.Set(ctx, key, "not a hash", 0)
+	}
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 3))
+	var ops []Op
+	good := map[string]float64{}
+	for i := range 300 {
+		uid := fmt.Sprintf("u-%d", rng.IntN(4))
+		if rng.IntN(10) == 0 {
+			uid = "u-bad"
+		}
+		op := Op{ID: fmt.Sprintf("p%d", i), UID: uid, Value: 1}
+		switch rng.IntN(3) {
+		case 0:
+			op.Metric, op.Config, op.Field = "c", counter, ""
+		case 1:
+			op.Metric, op.Config, op.Limit = "g", grant, 1000
+		default:
+			op.Metric, op.Config, op.Field = "q", gauge, ""
+		}
+		if uid != "u-bad" && op.Config.Style != usage.StyleGauge {
+			good[uid+" "+op.Metric]++
+		}
+		ops = append(ops, op)
+	}
+	for pass := range 2 {
+		res, err := s.Apply(ctx, ops)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range res {
+			bad := ops[i].UID == "u-bad"
+			switch {
+			case bad && (r.Err == nil || !strings.Contains(r.Err.Error(), "WRONGTYPE")):
+				t.Errorf("pass %d: poison event %d: %+v, want a WRONGTYPE error", pass, i, r)
+			case !bad && r.Err != nil:
+				t.Errorf("pass %d: good event %d failed: %v", pass, i, r.Err)
+			case !bad && r.Applied != (pass == 0):
+				t.Errorf("pass %d: good event %d applied=%v", pass, i, r.Applied)
+			}
+		}
+	}
+	for key, want := range good {
+		uid, metric, _ := strings.Cut(key, " ")
+		var got string
+		if metric == "g" {
+			got = rdb.HGet(ctx, k.Grant(uid, "g"), "u").Val()
+		} else {
+			got = rdb.HGet(ctx, k.Values(keys.UserTag(uid), "c"), "").Val()
+		}
+		if got != fmt.Sprint(want) {
+			t.Errorf("%s holds %q, want %v", key, got, want)
+		}
+	}
+	for i, op := range ops {
+		if op.UID == "u-bad" {
+			if set, member := s.DedupRecord(op); rdb.SIsMember(ctx, set, member).Val() {
+				t.Errorf("poison event %d left a dedup record: it could never be applied once repaired", i)
+			}
+		}
+	}
+}
