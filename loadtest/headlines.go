@@ -73,8 +73,21 @@ func headlines(phases []report.Phase) []report.Headline {
 
 	rate("publish", "ev/s", "publish.raw", "raw nats.go async publish with ids", nil)
 	rate("ingest.max", "ev/s", "ingest.raw.max", "raw fetch+decode+INCRBY+EXPIRE+ack loop", func(_, r float64) (string, bool) {
-		return ">= 0.6x the raw loop", r >= 0.6
+		return ">= 1.0x the raw loop", r >= 1.0
 	})
+	perEvent := func(p report.Phase) float64 {
+		if p.Counts["events"] == 0 {
+			return 0
+		}
+		return float64(p.Counts["redis_commands"]) / float64(p.Counts["events"])
+	}
+	if p, ok := by["ingest.max"]; ok && perEvent(p) > 0 {
+		h := report.Headline{Name: "ingest.max redis commands per event", Value: perEvent(p), Unit: "cmd/ev"}
+		if b, ok := by["ingest.raw.max"]; ok && perEvent(b) > 0 {
+			h.Baseline, h.BaseVal, h.Ratio = "the raw loop", perEvent(b), perEvent(b)/perEvent(p)
+		}
+		out = append(out, h)
+	}
 	if p, ok := by["ingest.rate"]; ok {
 		at := fmt.Sprintf(" (at %s ev/s)", report.Num(p.Rate))
 		base := "raw loop at the same rate"

@@ -11,6 +11,7 @@ import (
 
 	"github.com/allot/allot/loadtest/internal/hist"
 	"github.com/allot/allot/loadtest/internal/report"
+	"github.com/allot/allot/pkg/testenv"
 )
 
 // The metrics the run uses: all in allot's default configuration, so an
@@ -67,6 +68,7 @@ func (h *harness) ingest(ctx context.Context, s ingestSpec) report.Phase {
 	lv := h.live.add(s.name, pubLat, pr.lag, func() uint64 { return w.last().backlog })
 	defer h.live.remove(lv)
 	res := h.sampleStart()
+	calls0, _ := testenv.RedisCallsContext(ctx, t.rdb)
 
 	var wg sync.WaitGroup
 	var sent, copies, bad atomic.Int64
@@ -127,6 +129,12 @@ func (h *harness) ingest(ctx context.Context, s ingestSpec) report.Phase {
 		ph.Counts["bad"] = b
 	}
 	ph.Counts["drain_ms"] = drained.Sub(end).Milliseconds()
+	// Redis commands (scripts' own included) from the phase's start to
+	// its drain: the probes' polls and anything else on that Redis count
+	// too, so this is an upper bound.
+	if calls1, err := testenv.RedisCallsContext(ctx, t.rdb); err == nil && calls0 >= 0 && calls1 >= calls0 {
+		ph.Counts["redis_commands"] = calls1 - calls0
+	}
 	ps, ls := pubLat.Summary(), pr.lag.Summary()
 	ph.Latency, ph.Lag = &ps, &ls
 	ph.Errors = errs.snapshot()

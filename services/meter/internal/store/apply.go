@@ -42,10 +42,10 @@ type GrantState struct {
 // Result is the outcome of one Op.
 type Result struct {
 	Applied bool // false: a duplicate, nothing changed
-	// Grant is a grant's state after the chunk, and Notices the notices
-	// it holds to publish (also when every event was a duplicate, so
-	// notices lost in a crash are published again): both on the last
-	// event of each grant in a chunk.
+	// Grant is a grant's state after the chunk (when its last event did
+	// not fail), and Notices the notices it holds to publish (also when
+	// every event was a duplicate, so notices lost in a crash are
+	// published again): both on the last event of each grant in a chunk.
 	Grant   *GrantState
 	Notices []Notice
 	Crossed []Notice // the notices this event crossed, when applied
@@ -316,9 +316,9 @@ func groupArgs(op Op) []any {
 }
 
 // parseChunkReply fills in the results of ops[part...] from one
-// apply_chunk.lua reply: each event's status and, for an applied grant
-// event, the grant after it; each grant's pending notices on the group's
-// last event.
+// apply_chunk.lua reply: each event's status and the notices it crossed;
+// each grant's state after the chunk and its pending notices on the
+// group's last event.
 func parseChunkReply(v any, ops []Op, part []int, groups []chunkGroup, results []Result) error {
 	arr, ok := v.([]any)
 	if !ok || len(arr) != 2 {
@@ -329,7 +329,14 @@ func parseChunkReply(v any, ops []Op, part []int, groups []chunkGroup, results [
 	if len(evs) != len(part) || len(states) != len(groups) {
 		return fmt.Errorf("store: apply_chunk: %d replies for %d events, %d for %d groups", len(evs), len(part), len(states), len(groups))
 	}
-	limits := make(map[int]float64, len(groups)) // by the group's last event
+	for j, r := range evs {
+		i := part[j]
+		res, err := parseEventReply(r, ops[i])
+		if err != nil {
+			res = Result{Err: fmt.Errorf("store: apply event %s: %w", ops[i].ID, err)}
+		}
+		results[i] = res
+	}
 	for g, st := range states {
 		sa, ok := st.([]any)
 		if !ok {
@@ -342,63 +349,42 @@ func parseChunkReply(v any, ops []Op, part []int, groups []chunkGroup, results [
 		if err != nil {
 			return fmt.Errorf("store: apply_chunk: %w", err)
 		}
-		limits[groups[g].last] = state.Limit
+		res := &results[groups[g].last]
+		if res.Err == nil {
+			res.Grant = &state
+		}
 		if pending, _ := sa[4].(string); pending != "" {
-			if results[groups[g].last].Notices, err = ParseNotices(pending); err != nil {
+			if res.Notices, err = ParseNotices(pending); err != nil {
 				return fmt.Errorf("store: apply_chunk: %w", err)
 			}
 		}
 	}
-	// An event's grant limit is its group's: walk each group's events
-	// backwards from its last.
-	groupLimit := map[string]float64{}
-	for j := len(part) - 1; j >= 0; j-- {
-		i := part[j]
-		key := ops[i].UID + "\x00" + ops[i].Metric
-		if l, ok := limits[i]; ok {
-			groupLimit[key] = l
-		}
-		notices := results[i].Notices
-		res, err := parseEventReply(evs[j], ops[i], groupLimit[key])
-		if err != nil {
-			res = Result{Err: fmt.Errorf("store: apply event %s: %w", ops[i].ID, err)}
-		}
-		res.Notices = notices
-		results[i] = res
-	}
 	return nil
 }
 
-// parseEventReply reads one event's status: {1}, for a grant {1,
-// crossed, used, start, end}, {0}, {-1, error} or {-2, held} (a
-// *RangeError).
-func parseEventReply(v any, op Op, limit float64) (Result, error) {
+// parseEventReply reads one event's status: 1, {1, crossed}, 0,
+// {-1, error} or {-2, held} (a *RangeError).
+func parseEventReply(v any, op Op) (Result, error) {
+	if status, ok := v.(int64); ok && (status == 0 || status == 1) {
+		return Result{Applied: status == 1}, nil
+	}
 	arr, ok := v.([]any)
-	if !ok || len(arr) == 0 {
+	if !ok || len(arr) != 2 {
 		return Result{}, fmt.Errorf("unexpected script reply %v", v)
 	}
 	status, _ := arr[0].(int64)
-	switch {
-	case status == 1 && len(arr) == 1:
-		return Result{Applied: true}, nil
-	case status == 1 && len(arr) == 5:
+	switch status {
+	case 1:
 		crossed, _ := arr[1].(string)
-		st, err := grantState([]any{nil, arr[2], "0", arr[3], arr[4]})
+		ns, err := ParseNotices(crossed)
 		if err != nil {
 			return Result{}, err
 		}
-		st.Limit = limit
-		res := Result{Applied: true, Grant: &st}
-		if res.Crossed, err = ParseNotices(crossed); err != nil {
-			return Result{}, err
-		}
-		return res, nil
-	case status == 0 && len(arr) == 1:
-		return Result{}, nil
-	case status == -2 && len(arr) == 2:
+		return Result{Applied: true, Crossed: ns}, nil
+	case -2:
 		held, _ := arr[1].(string)
 		return Result{Err: &RangeError{Value: decimal(op.Value), Held: held}}, nil
-	case status == -1 && len(arr) == 2:
+	case -1:
 		return Result{}, fmt.Errorf("%v", arr[1])
 	}
 	return Result{}, fmt.Errorf("unexpected script reply %v", v)

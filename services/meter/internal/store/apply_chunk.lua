@@ -26,10 +26,9 @@
 -- back): nothing is applied and the script fails with LOST.
 --
 -- returns {events, groups}
---   events, one per event: {1} applied, for a grant {1, crossed, used,
---   start, end} (crossed: the notices this event crossed, each
---   "percent|start|end|limit|used", joined by ';'); {0} a
---   duplicate, nothing changed; {-1, error} failed (a key of the wrong
+--   events, one per event: 1 applied, or {1, crossed} applied and crossed
+--   notice thresholds (each "percent|start|end|limit|used", joined by
+--   ';'); 0 a duplicate, nothing changed; {-1, error} failed (a key of the wrong
 --   type), nothing of it kept; {-2, held} refused: the value is not a
 --   number the meter takes, or would take the counter or the grant's used
 --   past 1e15 (numbers.lua); held is what it holds
@@ -50,13 +49,14 @@ for g = 1, G do
   pos = pos + n + 2
   groups[g] = grp
 end
+-- The events, as parallel arrays (a table per event costs more).
 local E = tonumber(ARGV[pos])
 pos = pos + 1
-local evs = {}
+local eg, emember, elo, ehi, eadd, evalue, ex = {}, {}, {}, {}, {}, {}, {}
 for e = 1, E do
   local o = pos + 7 * (e - 1)
-  evs[e] = {g = tonumber(ARGV[o]), member = ARGV[o + 1], lo = tonumber(ARGV[o + 2]),
-    hi = tonumber(ARGV[o + 3]), add = tonumber(ARGV[o + 4]), value = ARGV[o + 5], x = ARGV[o + 6]}
+  eg[e], emember[e], elo[e], ehi[e] = tonumber(ARGV[o]), ARGV[o + 1], tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3])
+  eadd[e], evalue[e], ex[e] = tonumber(ARGV[o + 4]), ARGV[o + 5], ARGV[o + 6]
 end
 pos = pos + 7 * E
 
@@ -83,10 +83,9 @@ local seen = {}
 for i = 1, S do
   local idx, members = {}, {}
   for e = 1, E do
-    local ev = evs[e]
-    if ev.lo <= i and i <= ev.hi then
+    if elo[e] <= i and i <= ehi[e] then
       idx[#idx + 1] = e
-      members[#members + 1] = ev.member
+      members[#members + 1] = emember[e]
     end
   end
   if #members > 0 then
@@ -103,48 +102,75 @@ local function failed(r)
   return nil
 end
 
+-- Sums are kept as whole units and millionths (numbers.lua) while the
+-- chunk runs, and written as plain decimals at the end.
+local function add(w, m, vw, vm)
+  w, m = w + vw, m + vm
+  if m >= MICRO then w, m = w + 1, m - MICRO end
+  if w > MAX_WHOLE or (w == MAX_WHOLE and m > 0) then return nil end
+  return w, m
+end
+
+-- notified_all reports whether n marks every one of count thresholds.
+local function notified_all(n, count)
+  local _, ones = string.gsub(n, '1', '')
+  return ones >= count
+end
+
 -- load_grant reads a grant group's state and limit, once.
 local function load_grant(grp)
-  if grp.st or grp.err then return end
+  if grp.loaded or grp.err then return end
   local st = redis.pcall('HMGET', grp.key, 'u', 's', 'e', 'n', 'q')
   grp.err = failed(st)
   if grp.err then return end
   local limit = redis.pcall('HGET', grp.over, grp.args[1])
   grp.err = failed(limit)
   if grp.err then return end
-  grp.st, grp.limit, grp.dirty = st, limit or grp.args[2], {}
-  grp.thresholds = {}
-  for i = 5, #grp.args do grp.thresholds[#grp.thresholds + 1] = grp.args[i] end
+  grp.loaded, grp.limit, grp.dirty = true, limit or grp.args[2], {}
+  grp.limit_n = tonumber(grp.limit)
+  grp.uraw = st[1] or '0'
+  grp.uw, grp.um = dec(st[1]) -- nil: what Redis holds is not a number
+  grp.s, grp.e, grp.n, grp.q = st[2], tonumber(st[3]), st[4] or '', st[5] or ''
+  grp.thresholds, grp.tn = {}, {}
+  for i = 5, #grp.args do
+    grp.thresholds[#grp.thresholds + 1] = grp.args[i]
+    grp.tn[#grp.tn + 1] = tonumber(grp.args[i])
+  end
+  grp.all = notified_all(grp.n, #grp.tn)
 end
 
--- field reads one field of a counter group, once; false when absent.
+-- field reads one field of a counter group, once.
 local function field(grp, f)
-  if not grp.vals then grp.vals, grp.dirty = {}, {} end
-  local v = grp.vals[f]
-  if v == nil then
+  if not grp.w then grp.w, grp.m, grp.raw, grp.dirty = {}, {}, {}, {} end
+  if grp.w[f] == nil then
     local r = redis.pcall('HGET', grp.key, f)
     local err = failed(r)
-    if err then return nil, err end
-    v = r
-    grp.vals[f] = v
+    if err then return err end
+    local w, m = dec(r)
+    grp.w[f], grp.m[f], grp.raw[f] = w or false, m, r or '0'
   end
-  return v
+  return nil
 end
 
 local now = nil
 
--- apply_one decides one new event against its group's state as this
--- chunk has left it.
-local function apply_one(grp, ev)
+-- apply_one decides new event e against its group's state as this chunk
+-- has left it: 1, {1, crossed}, {-1, error} or {-2, held}.
+local function apply_one(grp, e)
+  local f, value = ex[e], evalue[e]
   if grp.style == 'counter' then
-    local held, err = field(grp, ev.x)
+    local err = field(grp, f)
     if err then return {-1, err} end
-    local sum = dec_add(held, ev.value)
-    if not sum then return {-2, held or '0'} end
-    grp.vals[ev.x], grp.dirty[ev.x] = sum, true
-    return {1}
+    local function refused() return {-2, grp.raw[f] or dec_string(grp.w[f], grp.m[f])} end
+    if not grp.w[f] then return refused() end
+    local vw, vm = dec(value, true)
+    if not vw then return refused() end
+    local w, m = add(grp.w[f], grp.m[f], vw, vm)
+    if not w then return refused() end
+    grp.w[f], grp.m[f], grp.raw[f], grp.dirty[f] = w, m, nil, true
+    return 1
   elseif grp.style == 'gauge' then
-    if not dec_signed_ok(ev.value) then return {-2, ''} end
+    if not dec_signed_ok(value) then return {-2, ''} end
     if grp.err == nil and not grp.vals then
       local t = redis.call('TYPE', grp.key)
       t = type(t) == 'table' and t.ok or t
@@ -154,56 +180,88 @@ local function apply_one(grp, ev)
       grp.vals, grp.dirty = {}, {}
     end
     if grp.err then return {-1, grp.err} end
-    grp.vals[ev.x], grp.dirty[ev.x] = ev.value, true
-    return {1}
+    grp.vals[f], grp.dirty[f] = value, true
+    return 1
   end
 
   load_grant(grp)
   if grp.err then return {-1, grp.err} end
-  local t = tonumber(ev.x)
+  if #grp.tn > 0 and not grp.limit_n then
+    return {-1, 'the grant limit ' .. tostring(grp.limit) .. ' is not a number'}
+  end
+  local t = tonumber(f)
   if not t or t <= 0 then
     if now == nil then now = now_ms(0) end
     t = now
   end
-  local a = grp.args
-  local used, s, e, notified, q, fresh = period_of(grp.st, a[3], a[4], t)
-  local sum = dec_add(used, ev.value)
-  if not sum then return {-2, used} end
-  local st, d = grp.st, grp.dirty
+  local a, d = grp.args, grp.dirty
+  local fresh = not (grp.s and grp.e and (grp.e == 0 or t < grp.e))
+  local uw, um, used = grp.uw, grp.um, grp.uraw
+  local s, en, notified = grp.s, grp.e, grp.n
   if fresh then
-    st[2], st[3], st[4] = s, e, ''
-    d.s, d.e, d.n, grp.started = true, true, true, true
+    uw, um, used, notified = 0, 0, '0', ''
+    s, en = period_bounds(a[3], a[4], t)
   end
-  st[1], d.u = sum, true
-  local n, added = cross(sum, grp.limit, grp.thresholds, notified, s, e)
-  if n ~= notified then st[4], d.n = n, true end
-  if #added > 0 then
-    if q ~= '' then q = q .. ';' end
-    st[5], d.q = q .. table.concat(added, ';'), true
+  if not uw then return {-2, used} end
+  local vw, vm = dec(value, true)
+  if not vw then return {-2, used} end
+  local w, m = add(uw, um, vw, vm)
+  if not w then return {-2, used} end
+  if fresh then
+    grp.s, grp.e, grp.n, grp.started = s, en, '', true
+    grp.all = #grp.tn == 0
+    d.s, d.e, d.n = true, true, true
   end
-  return {1, table.concat(added, ';'), sum, s, e}
+  grp.uw, grp.um, grp.uraw, d.u = w, m, nil, true
+  if grp.all then return 1 end
+  -- Below every threshold not yet notified, by a margin no rounding can
+  -- cross: nothing to decide. Otherwise decide as cross() does, on the
+  -- sum as the decimal Redis will hold.
+  local approx, low = w + m / MICRO, nil
+  for i = 1, #grp.tn do
+    if string.sub(notified, i, i) ~= '1' then
+      local b = grp.limit_n * grp.tn[i] / 100
+      if low == nil or b < low then low = b end
+    end
+  end
+  if low ~= nil and approx < low * (1 - 1e-9) then return 1 end
+  local sum = dec_string(w, m)
+  grp.uraw = sum
+  local n, added = cross(sum, grp.limit, grp.thresholds, notified, s, en)
+  if n ~= notified then
+    grp.n, d.n = n, true
+    grp.all = notified_all(n, #grp.tn)
+  end
+  if #added == 0 then return 1 end
+  local q = grp.q
+  if q ~= '' then q = q .. ';' end
+  grp.q, d.q = q .. table.concat(added, ';'), true
+  return {1, table.concat(added, ';')}
 end
 
 local out = {}
 local recorded = {} -- set index -> members applied in this chunk
 local applied = {} -- member -> true: applied in this chunk
 for e = 1, E do
-  local ev = evs[e]
-  local grp = groups[ev.g]
-  if seen[e] or applied[ev.member] then
-    out[e] = {0}
+  local grp = groups[eg[e]]
+  local member = emember[e]
+  if seen[e] or applied[member] then
+    out[e] = 0
     if grp.style == 'grant' then load_grant(grp) end
   else
-    local res = apply_one(grp, ev)
+    -- Every check comes before the first change to the group's state,
+    -- so an event that fails leaves nothing of itself.
+    local ok, res = pcall(apply_one, grp, e)
+    if not ok then res = {-1, type(res) == 'table' and res.err or tostring(res)} end
     out[e] = res
-    if res[1] == 1 then
-      applied[ev.member] = true
-      local r = recorded[ev.add]
+    if res == 1 or (type(res) == 'table' and res[1] == 1) then
+      applied[member] = true
+      local r = recorded[eadd[e]]
       if not r then
         r = {}
-        recorded[ev.add] = r
+        recorded[eadd[e]] = r
       end
-      r[#r + 1] = ev.member
+      r[#r + 1] = member
     end
   end
 end
@@ -213,29 +271,32 @@ local states = {}
 for g = 1, G do
   local grp = groups[g]
   local fields = {}
-  if grp.style == 'grant' and grp.st then
-    local st = grp.st
-    for i, name in ipairs({'u', 's', 'e', 'n', 'q'}) do
-      if grp.dirty[name] then
-        fields[#fields + 1] = name
-        fields[#fields + 1] = st[i]
-      end
+  if grp.style == 'grant' and grp.loaded then
+    local used = grp.uraw or dec_string(grp.uw, grp.um)
+    local d = grp.dirty
+    if d.u then fields[#fields + 1], fields[#fields + 2] = 'u', used end
+    if d.s then fields[#fields + 1], fields[#fields + 2] = 's', grp.s end
+    if d.e then fields[#fields + 1], fields[#fields + 2] = 'e', grp.e end
+    if d.n then fields[#fields + 1], fields[#fields + 2] = 'n', grp.n end
+    if d.q then fields[#fields + 1], fields[#fields + 2] = 'q', grp.q end
+    states[g] = {used, grp.limit, tonumber(grp.s) or 0, grp.e or 0, grp.q}
+  elseif grp.style == 'counter' then
+    states[g] = 0
+    for f in pairs(grp.dirty or {}) do
+      fields[#fields + 1], fields[#fields + 2] = f, dec_string(grp.w[f], grp.m[f])
     end
-    states[g] = {st[1] or '0', grp.limit, tonumber(st[2]) or 0, tonumber(st[3]) or 0, st[5] or ''}
   else
     states[g] = 0
     for f in pairs(grp.dirty or {}) do
-      fields[#fields + 1] = f
-      fields[#fields + 1] = grp.vals[f]
+      fields[#fields + 1], fields[#fields + 2] = f, grp.vals[f]
     end
   end
   if #fields > 0 then many('HSET', grp.key, fields) end
   if grp.started then
     -- Ended state expires an hour after its end, so idle users cost
     -- nothing; an indefinite grant never does.
-    local e = tonumber(grp.st[3])
-    if e > 0 then
-      redis.call('PEXPIREAT', grp.key, e + 3600000)
+    if grp.e > 0 then
+      redis.call('PEXPIREAT', grp.key, grp.e + 3600000)
     else
       redis.call('PERSIST', grp.key)
     end

@@ -72,9 +72,6 @@ func outcome(r Result) string {
 	default:
 		b.WriteString("duplicate")
 	}
-	if r.Grant != nil {
-		fmt.Fprintf(&b, " used=%v limit=%v %d-%d", r.Grant.Used, r.Grant.Limit, r.Grant.Start.UnixMilli(), r.Grant.End.UnixMilli())
-	}
 	for _, n := range r.Crossed {
 		b.WriteString(" crossed=" + n.Raw)
 	}
@@ -95,8 +92,8 @@ func stateWithout(t *testing.T, rdb redis.UniversalClient, prefix string) map[st
 // testAggregatedEqualsPerEvent applies the same random events one call
 // per event and in chunks of random sizes, to two key spaces of one
 // backend, and compares every event's outcome (applied, duplicate,
-// refused, the grant after it, the notices it crossed), every key and
-// value, and the notices left pending.
+// refused, the notices it crossed), every key and value, and the notices
+// left pending.
 func testAggregatedEqualsPerEvent(t *testing.T, open backend, n int) {
 	rdb, prefix := open(t)
 	cluster := strings.HasSuffix(prefix, clusterSuffix)
