@@ -256,7 +256,10 @@ func (s *Store) chunkArgs(ops []Op, part []int) ([]string, []any, []chunkGroup) 
 
 	var groups []chunkGroup
 	groupOf := map[string]int{}
-	evArgs := make([]any, 0, 1+7*len(part))
+	type windowArgs struct{ lo, hi, add int }
+	var windows []windowArgs
+	windowOf := map[windowArgs]int{}
+	evArgs := make([]any, 0, 1+5*len(part))
 	evArgs = append(evArgs, len(part))
 	var seq uint64
 	for j, i := range part {
@@ -278,12 +281,19 @@ func (s *Store) chunkArgs(ops []Op, part []int) ([]string, []any, []chunkGroup) 
 		}
 		groups[g].last = i
 		ttls[w.b-first] = max(ttls[w.b-first], w.ttl)
-		evArgs = append(evArgs, g+1, s.dedupMember(tag, op.ID), index(w.lo), index(w.hi), index(w.b), decimal(op.Value), x)
+		wa := windowArgs{index(w.lo), index(w.hi), index(w.b)}
+		wi, ok := windowOf[wa]
+		if !ok {
+			windows = append(windows, wa)
+			wi = len(windows)
+			windowOf[wa] = wi
+		}
+		evArgs = append(evArgs, g+1, wi, s.dedupMember(tag, op.ID), decimal(op.Value), x)
 		seq = max(seq, op.Seq)
 	}
 	keyList := make([]string, 0, len(setKeys)+2*len(groups)+1)
 	keyList = append(keyList, setKeys...)
-	args := make([]any, 0, 2+len(setKeys)+8*len(groups)+len(evArgs)+1)
+	args := make([]any, 0, 3+len(setKeys)+8*len(groups)+3*len(windows)+len(evArgs)+1)
 	args = append(args, len(setKeys))
 	for _, ttl := range ttls {
 		args = append(args, ttl)
@@ -293,6 +303,10 @@ func (s *Store) chunkArgs(ops []Op, part []int) ([]string, []any, []chunkGroup) 
 		keyList = append(keyList, g.key, g.over)
 		args = append(args, g.args[0], len(g.args)-1)
 		args = append(args, g.args[1:]...)
+	}
+	args = append(args, len(windows))
+	for _, w := range windows {
+		args = append(args, w.lo, w.hi, w.add)
 	}
 	args = append(args, evArgs...)
 	if s.guard && !s.cluster {

@@ -17,9 +17,11 @@
 -- ARGV[1]            S; ARGV[2..S+1]: each set's TTL in ms, set when events are recorded in it
 -- then               G; per group: style, the count of its arguments, then
 --                    for a grant: metric, default limit, period, align, thresholds (percent)...
--- then               E; per event, 7 arguments: group, dedup member, first and last
---                    set to check, set to record in, value, and a grant's time in ms
---                    (0: Redis TIME, read once per chunk) or a counter's or gauge's field
+-- then               W; per window, 3 arguments: the first and last set to check and
+--                    the set to record in (the events of a chunk share a few)
+-- then               E; per event, 5 arguments: group, window, dedup member, value,
+--                    and a grant's time in ms (0: Redis TIME, read once per chunk)
+--                    or a counter's or gauge's field
 -- then               with the marker, the chunk's highest stream sequence
 --
 -- A missing marker means Redis lost the meter's state (a rebuild puts it
@@ -49,16 +51,22 @@ for g = 1, G do
   pos = pos + n + 2
   groups[g] = grp
 end
+local W = tonumber(ARGV[pos])
+pos = pos + 1
+local wlo, whi, wadd = {}, {}, {}
+for w = 1, W do
+  wlo[w], whi[w], wadd[w] = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
+  pos = pos + 3
+end
 -- The events, as parallel arrays (a table per event costs more).
 local E = tonumber(ARGV[pos])
 pos = pos + 1
-local eg, emember, elo, ehi, eadd, evalue, ex = {}, {}, {}, {}, {}, {}, {}
+local eg, ew, emember, evalue, ex = {}, {}, {}, {}, {}
 for e = 1, E do
-  local o = pos + 7 * (e - 1)
-  eg[e], emember[e], elo[e], ehi[e] = tonumber(ARGV[o]), ARGV[o + 1], tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3])
-  eadd[e], evalue[e], ex[e] = tonumber(ARGV[o + 4]), ARGV[o + 5], ARGV[o + 6]
+  local o = pos + 5 * (e - 1)
+  eg[e], ew[e], emember[e], evalue[e], ex[e] = tonumber(ARGV[o]), tonumber(ARGV[o + 1]), ARGV[o + 2], ARGV[o + 3], ARGV[o + 4]
 end
-pos = pos + 7 * E
+pos = pos + 5 * E
 
 local marker = KEYS[S + 2 * G + 1]
 if marker and redis.call('EXISTS', marker) == 0 then
@@ -83,7 +91,8 @@ local seen = {}
 for i = 1, S do
   local idx, members = {}, {}
   for e = 1, E do
-    if elo[e] <= i and i <= ehi[e] then
+    local w = ew[e]
+    if wlo[w] <= i and i <= whi[w] then
       idx[#idx + 1] = e
       members[#members + 1] = emember[e]
     end
@@ -154,6 +163,19 @@ end
 
 local now = nil
 
+-- value_of is dec(v, true), remembered: a chunk's values repeat.
+local vw_of, vm_of = {}, {}
+local function value_of(v)
+  local w = vw_of[v]
+  if w == nil then
+    local m
+    w, m = dec(v, true)
+    vw_of[v], vm_of[v] = w or false, m
+  end
+  if not w then return nil end
+  return w, vm_of[v]
+end
+
 -- apply_one decides new event e against its group's state as this chunk
 -- has left it: 1, {1, crossed}, {-1, error} or {-2, held}.
 local function apply_one(grp, e)
@@ -161,12 +183,12 @@ local function apply_one(grp, e)
   if grp.style == 'counter' then
     local err = field(grp, f)
     if err then return {-1, err} end
-    local function refused() return {-2, grp.raw[f] or dec_string(grp.w[f], grp.m[f])} end
-    if not grp.w[f] then return refused() end
-    local vw, vm = dec(value, true)
-    if not vw then return refused() end
-    local w, m = add(grp.w[f], grp.m[f], vw, vm)
-    if not w then return refused() end
+    local w, m = false, nil
+    if grp.w[f] then
+      local vw, vm = value_of(value)
+      if vw then w, m = add(grp.w[f], grp.m[f], vw, vm) end
+    end
+    if not w then return {-2, grp.raw[f] or dec_string(grp.w[f], grp.m[f])} end
     grp.w[f], grp.m[f], grp.raw[f], grp.dirty[f] = w, m, nil, true
     return 1
   elseif grp.style == 'gauge' then
@@ -203,7 +225,7 @@ local function apply_one(grp, e)
     s, en = period_bounds(a[3], a[4], t)
   end
   if not uw then return {-2, used} end
-  local vw, vm = dec(value, true)
+  local vw, vm = value_of(value)
   if not vw then return {-2, used} end
   local w, m = add(uw, um, vw, vm)
   if not w then return {-2, used} end
@@ -256,10 +278,11 @@ for e = 1, E do
     out[e] = res
     if res == 1 or (type(res) == 'table' and res[1] == 1) then
       applied[member] = true
-      local r = recorded[eadd[e]]
+      local into = wadd[ew[e]]
+      local r = recorded[into]
       if not r then
         r = {}
-        recorded[eadd[e]] = r
+        recorded[into] = r
       end
       r[#r + 1] = member
     end
