@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -65,9 +66,73 @@ func realServers(t *testing.T) (*nats.Conn, *redis.Client, string, string) {
 // Nats-Msg-Id, so only the meter's dedup can catch them), SIGKILLs the
 // meter process several times mid-stream, and then compares every
 // counter and grant in Redis with the expected totals. Nothing may be
-// lost or double-counted.
+// lost or double-counted. TwoReplicasAndARedisRestart runs two meter
+// processes on the shared consumer, kills them in turn, and midway kills
+// a Redis of the test's own and starts it again empty: the meters see the
+// loss, one rebuilds from the stream, and the totals are still exact.
 func TestIntegrationCrashSafety(t *testing.T) {
+	t.Run("OneReplica", func(t *testing.T) { testCrashSafety(t, 1, false) })
+	t.Run("TwoReplicasAndARedisRestart", func(t *testing.T) { testCrashSafety(t, 2, true) })
+}
+
+// ownRedis starts a redis-server of the test's own on a free port, with
+// nothing on disk, and returns its URL and a function that kills it
+// (SIGKILL) and starts it again, empty, on the same port.
+func ownRedis(t *testing.T) (string, func()) {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("ALLOT_REQUIRE_INTEGRATION") == "1" {
+			t.Fatalf("redis-server: %v", err)
+		}
+		t.Skipf("redis-server: %v", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	_ = l.Close()
+	var cmd *exec.Cmd
+	start := func() {
+		cmd = exec.Command(bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--save", "", "--appendonly", "no")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		for range 100 {
+			if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+				_ = c.Close()
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("redis-server did not start on port %d", port)
+	}
+	start()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	restart := func() {
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+		start()
+	}
+	return fmt.Sprintf("redis://127.0.0.1:%d/0", port), restart
+}
+
+func testCrashSafety(t *testing.T, replicas int, redisRestart bool) {
 	nc, rdb, natsURL, redisURL := realServers(t)
+	var restartRedis func()
+	if redisRestart {
+		redisURL, restartRedis = ownRedis(t)
+		opts, err := redis.ParseURL(redisURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rdb = redis.NewClient(opts)
+		t.Cleanup(func() { _ = rdb.Close() })
+	}
 	ctx := t.Context()
 	var r [4]byte
 	_, _ = rand.Read(r[:])
@@ -120,7 +185,10 @@ grants: {photo_daily_total: 1000000000}
 	const n, uids = 20000, 40
 	wantCalls := map[string]float64{}
 	wantPhotos := map[string]float64{}
-	meter := start()
+	meters := make([]*exec.Cmd, replicas)
+	for i := range meters {
+		meters[i] = start()
+	}
 	// The meter creates the streams; wait for them before publishing.
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -132,7 +200,7 @@ grants: {photo_daily_total: 1000000000}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	kills := 0
+	kills, restarted := 0, false
 	nextKill := time.Now().Add(300 * time.Millisecond)
 	for i := range n {
 		uid := "u-" + strconv.Itoa(i%uids)
@@ -169,11 +237,16 @@ grants: {photo_daily_total: 1000000000}
 			}
 		}
 		if time.Now().After(nextKill) && kills < 5 {
-			_ = meter.Process.Signal(syscall.SIGKILL)
-			_ = meter.Wait()
+			m := kills % replicas
+			_ = meters[m].Process.Signal(syscall.SIGKILL)
+			_ = meters[m].Wait()
 			kills++
-			meter = start()
+			meters[m] = start()
 			nextKill = time.Now().Add(400 * time.Millisecond)
+		}
+		if restartRedis != nil && i == n/2 {
+			restartRedis() // empty: every meter must see the loss, one rebuilds
+			restarted = true
 		}
 	}
 	if failed, err := pub.Close(ctx); err != nil || len(failed) > 0 {
@@ -181,14 +254,17 @@ grants: {photo_daily_total: 1000000000}
 	}
 	for kills < 3 { // the publisher may outrun the clock on a fast machine
 		time.Sleep(300 * time.Millisecond)
-		_ = meter.Process.Signal(syscall.SIGKILL)
-		_ = meter.Wait()
+		m := kills % replicas
+		_ = meters[m].Process.Signal(syscall.SIGKILL)
+		_ = meters[m].Wait()
 		kills++
-		meter = start()
+		meters[m] = start()
 	}
 	t.Cleanup(func() {
-		_ = meter.Process.Signal(syscall.SIGTERM)
-		_ = meter.Wait()
+		for _, m := range meters {
+			_ = m.Process.Signal(syscall.SIGTERM)
+			_ = m.Wait()
+		}
 	})
 
 	// Wait for the last meter to catch up.
@@ -208,7 +284,7 @@ grants: {photo_daily_total: 1000000000}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Logf("published %d events plus %d repeats; killed the meter %d times", n, n/10, kills)
+	t.Logf("published %d events plus %d repeats; %d meters, killed %d times; Redis restarted empty: %v", n, n/10, replicas, kills, restarted)
 
 	k := keys.New(prefix)
 	mismatches := 0
