@@ -83,7 +83,7 @@ func dirs(t *testing.T, dir string, named func(string) *regexp.Regexp) []thing {
 
 // TestArchitectureNamesEverything reads the repository and fails, naming
 // what is missing, when ARCHITECTURE.md does not name one of its Lua
-// scripts (by file name, such as apply_many.lua), services (as
+// scripts (by file name, such as apply_chunk.lua), services (as
 // services/<name>) or top-level folders (as <name>/, such as deploy/k8s):
 // a new script, service or folder needs its line in the map.
 func TestArchitectureNamesEverything(t *testing.T) {
