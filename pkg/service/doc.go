@@ -20,7 +20,8 @@
 //   - NewRegistry: a Prometheus registry of the service's own, never the
 //     global one.
 //   - HTTPServer: /metrics, /healthz and /readyz, with NATSCheck and
-//     RedisCheck as readiness checks.
+//     RedisCheck as readiness checks, which /metrics also runs at each
+//     scrape as allot_dependency_up{dependency}.
 //   - NewLogger: log/slog in the configured level and format.
 //   - Stack: stops the parts in reverse order under the shutdown timeout.
 //

@@ -24,7 +24,8 @@ const checkTimeout = 2 * time.Second
 // HTTPServer is the HTTP server every service runs, for Kubernetes probes
 // and Prometheus:
 //
-//   - GET /metrics: the service's registry;
+//   - GET /metrics: the service's registry, and allot_dependency_up
+//     from the readiness checks (Gatherer);
 //   - GET /healthz: liveness, 200 while the process serves;
 //   - GET /readyz: readiness, 200 only once SetReady(true) and while every
 //     check passes within 2s, else 503 with a JSON body naming what fails.
@@ -39,6 +40,10 @@ type HTTPServer struct {
 	// are logged.
 	failing atomic.Bool
 
+	// gatherer is what /metrics serves: the service's registry and own,
+	// which holds allot_dependency_up.
+	gatherer prometheus.Gatherers
+
 	mu     sync.Mutex
 	checks []check
 	ln     net.Listener
@@ -52,11 +57,16 @@ type check struct {
 }
 
 // NewHTTPServer returns a server for addr (host:port; port 0 picks a free
-// one) serving reg on /metrics. It listens only once Start is called, and
-// reports not ready until SetReady(true).
+// one) serving reg on /metrics, with allot_dependency_up beside it. It
+// listens only once Start is called, and reports not ready until
+// SetReady(true).
 func NewHTTPServer(addr string, reg *prometheus.Registry, log *slog.Logger) *HTTPServer {
 	log = orDiscard(log)
 	s := &HTTPServer{log: log, mux: http.NewServeMux()}
+	own := prometheus.NewRegistry()
+	// A fresh registry cannot hold a colliding collector, so this cannot fail.
+	own.MustRegister(newDependencyCollector(s))
+	s.gatherer = prometheus.Gatherers{reg, own}
 	s.srv = &http.Server{
 		Addr:              addr,
 		Handler:           s.mux,
@@ -64,7 +74,7 @@ func NewHTTPServer(addr string, reg *prometheus.Registry, log *slog.Logger) *HTT
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+	metrics := promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{
 		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelError),
 		ErrorHandling: promhttp.ContinueOnError,
 		Registry:      reg,
@@ -74,6 +84,10 @@ func NewHTTPServer(addr string, reg *prometheus.Registry, log *slog.Logger) *HTT
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	return s
 }
+
+// Gatherer is what /metrics serves: the registry NewHTTPServer was given
+// and allot_dependency_up.
+func (s *HTTPServer) Gatherer() prometheus.Gatherer { return s.gatherer }
 
 // Handle adds a route, with a net/http ServeMux pattern such as
 // "GET /debug/info".
@@ -209,6 +223,44 @@ func (s *HTTPServer) readyz(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, readiness{Status: "ready"})
+}
+
+// dependencyCollector runs every readiness check of s at each scrape, at
+// once and within checkTimeout, and exports each result as
+// allot_dependency_up{dependency=<check>}: the outage alerts read it, so
+// a service that has lost Redis or NATS says so on its own /metrics.
+type dependencyCollector struct {
+	s    *HTTPServer
+	desc *prometheus.Desc
+}
+
+func newDependencyCollector(s *HTTPServer) dependencyCollector {
+	return dependencyCollector{s: s, desc: prometheus.NewDesc("allot_dependency_up",
+		"1 when the readiness check of a dependency (nats, redis) passes at this scrape, 0 when it fails or takes over 2s.",
+		[]string{"dependency"}, nil)}
+}
+
+func (c dependencyCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c dependencyCollector) Collect(ch chan<- prometheus.Metric) {
+	c.s.mu.Lock()
+	checks := append([]check(nil), c.s.checks...)
+	c.s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), checkTimeout)
+	defer cancel()
+	up := make([]float64, len(checks))
+	var wg sync.WaitGroup
+	for i, chk := range checks {
+		wg.Go(func() {
+			if runCheck(ctx, chk.fn) == nil {
+				up[i] = 1
+			}
+		})
+	}
+	wg.Wait()
+	for i, chk := range checks {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, up[i], chk.name)
+	}
 }
 
 // runCheck runs fn, giving up when ctx ends even if fn does not return.

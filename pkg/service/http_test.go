@@ -240,3 +240,44 @@ func TestRedisCheck(t *testing.T) {
 		t.Errorf("check with Redis down = %v, want a service: redis: ping: error", err)
 	}
 }
+
+// allot_dependency_up runs the readiness checks at each scrape: 1 for
+// Redis while it answers, 0 once it is gone (what the outage alerts
+// read), whether or not the service is marked ready.
+func TestDependencyUp(t *testing.T) {
+	m := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr(), MaxRetries: -1, DialerRetries: 1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	s := service.NewHTTPServer("127.0.0.1:0", service.NewRegistry(), nil)
+	s.AddCheck("redis", service.RedisCheck(rdb))
+	s.AddCheck("nats", func(context.Context) error { return errors.New("service: nats: CLOSED") })
+	up := func() map[string]float64 {
+		t.Helper()
+		got := map[string]float64{}
+		families, err := s.Gatherer().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range families {
+			if f.GetName() != "allot_dependency_up" {
+				continue
+			}
+			for _, m := range f.GetMetric() {
+				got[m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
+			}
+		}
+		return got
+	}
+	if diff := cmp.Diff(map[string]float64{"redis": 1, "nats": 0}, up()); diff != "" {
+		t.Errorf("allot_dependency_up with Redis up (-want +got):\n%s", diff)
+	}
+	m.Close()
+	if diff := cmp.Diff(map[string]float64{"redis": 0, "nats": 0}, up()); diff != "" {
+		t.Errorf("allot_dependency_up with Redis down (-want +got):\n%s", diff)
+	}
+	// /metrics serves the same.
+	_, _, body := serve(t, s, t.Context(), "GET", "/metrics")
+	if !strings.Contains(body, `allot_dependency_up{dependency="redis"} 0`) {
+		t.Errorf("/metrics lacks allot_dependency_up{dependency=\"redis\"} 0:\n%s", body)
+	}
+}
