@@ -145,13 +145,18 @@ func (m *Meter) rebuildIfLost(ctx context.Context, lock *mutex.Lock) {
 		return
 	}
 	m.log.Warn("rebuilding the meter's state from the usage stream")
-	rep, err := Rebuild(ctx, m.cfg, Deps{NATS: m.nc, Redis: m.rdb}, RebuildOptions{Force: true, Log: m.log})
+	m.metrics.rebuildDone.Set(0)
+	rep, err := Rebuild(ctx, m.cfg, Deps{NATS: m.nc, Redis: m.rdb}, RebuildOptions{Force: true, Log: m.log,
+		Progress: func(p RebuildProgress) { m.metrics.rebuildDone.Set(p.Percent() / 100) }})
 	if err != nil {
-		if ctx.Err() == nil {
+		if ctx.Err() == nil { // a replica shutting down has not failed
+			m.metrics.rebuilds.WithLabelValues("failed").Inc()
 			m.log.Error("rebuild failed; trying again", "err", err, "in", m.cfg.Meter.LossCheck)
 		}
 		return
 	}
+	m.metrics.rebuilds.WithLabelValues("done").Inc()
+	m.metrics.rebuildDone.Set(1)
 	m.log.Info("rebuilt the meter's state", "events", rep.Events, "applied", rep.Applied, "duplicates", rep.Duplicates,
 		"last_seq", rep.LastSeq, "missing", rep.Missing, "took", rep.Elapsed)
 	m.setLost(false)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2/server"
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/mutex"
 	"github.com/prometheus/client_golang/prometheus"
@@ -209,5 +210,56 @@ func TestUpgradeKeepsTheStateWithoutAMarker(t *testing.T) {
 	}
 	if v := testutil.ToFloat64(e.meter.metrics.rebuilding); v != 0 {
 		t.Errorf("allot_meter_rebuilding %v after the upgrade", v)
+	}
+}
+
+// A rebuild that fails is counted, and the replica tries again until one
+// is done: allot_meter_rebuilds_total{result} and
+// allot_meter_rebuild_progress_ratio, which the alerts and the dashboard
+// read. Redis refuses the rebuild's deletes (as a replica that a failover
+// left read-only does) until the test lets them through.
+func TestRebuildFailuresAreCounted(t *testing.T) {
+	e := startEnv(t, lossConfig())
+	publishRebuildMix(e)
+	e.waitIdle()
+	rebuilds := func(result string) float64 {
+		return testutil.ToFloat64(e.meter.metrics.rebuilds.WithLabelValues(result))
+	}
+	if rebuilds("done") != 0 || rebuilds("failed") != 0 {
+		t.Fatalf("rebuilds before any loss: done %v, failed %v", rebuilds("done"), rebuilds("failed"))
+	}
+	e.mr.Server().SetPreHook(func(c *server.Peer, cmd string, _ ...string) bool {
+		if cmd != "UNLINK" {
+			return false
+		}
+		c.WriteError("READONLY You can't write against a read only replica.")
+		return true
+	})
+	e.wipe()
+	eventually(t, "a failed rebuild", func() bool { return rebuilds("failed") >= 1 })
+	if got := testutil.ToFloat64(e.meter.metrics.rebuilding); got != 1 {
+		t.Errorf("allot_meter_rebuilding = %v after a failed rebuild, want 1", got)
+	}
+	if got := rebuilds("done"); got != 0 {
+		t.Errorf("allot_meter_rebuilds_total{result=done} = %v while Redis refuses, want 0", got)
+	}
+	if got := testutil.ToFloat64(e.meter.metrics.rebuildDone); got != 0 {
+		t.Errorf("allot_meter_rebuild_progress_ratio = %v after a rebuild that failed before replaying, want 0", got)
+	}
+
+	e.mr.Server().SetPreHook(nil)
+	eventually(t, "a rebuild done", func() bool { return rebuilds("done") == 1 })
+	eventually(t, "the state back", func() bool { return testutil.ToFloat64(e.meter.metrics.rebuilding) == 0 })
+	if got := testutil.ToFloat64(e.meter.metrics.rebuildDone); got != 1 {
+		t.Errorf("allot_meter_rebuild_progress_ratio = %v after a rebuild, want 1", got)
+	}
+	c, err := e.client.Credit(t.Context(), "u-1", "photo_daily_total")
+	if err != nil || c.Used != 3 {
+		t.Errorf("credit after the rebuild: %+v, %v; want 3 used", c, err)
+	}
+	// The series are exported, with both results from the start.
+	n, err := testutil.GatherAndCount(e.reg, "allot_meter_rebuilds_total", "allot_meter_rebuild_progress_ratio")
+	if err != nil || n != 3 {
+		t.Errorf("gathered %d series of the rebuild metrics (%v), want 3", n, err)
 	}
 }

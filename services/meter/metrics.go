@@ -23,6 +23,8 @@ type metrics struct {
 	authorized   *prometheus.CounterVec
 	requestBatch *prometheus.HistogramVec
 	rebuilding   prometheus.Gauge
+	rebuilds     *prometheus.CounterVec
+	rebuildDone  prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
@@ -65,12 +67,25 @@ func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
 			Name: "allot_meter_rebuilding",
 			Help: "1 while Redis lacks the meter's state (no epoch marker): credit and authorize answer 503 until a rebuild from the usage stream puts it back.",
 		}),
+		rebuilds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "allot_meter_rebuilds_total",
+			Help: "Rebuilds of the lost state from the usage stream this replica ran, by result: done, or failed (tried again after meter.loss_check).",
+		}, []string{"result"}),
+		rebuildDone: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "allot_meter_rebuild_progress_ratio",
+			Help: "How far this replica's last rebuild came, 0 to 1: the share of the usage stream's events it replayed (1: done).",
+		}),
+	}
+	// Both results exist from the start, so the first failure is an
+	// increase, not a new series.
+	for _, r := range []string{"done", "failed"} {
+		mt.rebuilds.WithLabelValues(r)
 	}
 	if reg == nil {
 		return mt, nil
 	}
 	for _, c := range []prometheus.Collector{mt.events, mt.dead, mt.applySeconds,
-		mt.redisErrors, mt.notices, mt.requests, mt.authorized, mt.requestBatch, mt.rebuilding, newUsageCollector(m)} {
+		mt.redisErrors, mt.notices, mt.requests, mt.authorized, mt.requestBatch, mt.rebuilding, mt.rebuilds, mt.rebuildDone, newUsageCollector(m)} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
