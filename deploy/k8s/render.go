@@ -55,6 +55,7 @@ var kinds = map[string]func() any{
 	"networking.k8s.io/v1/NetworkPolicy":      func() any { return new(networkingv1.NetworkPolicy) },
 	"monitoring.coreos.com/v1/ServiceMonitor": func() any { return new(ServiceMonitor) },
 	"monitoring.coreos.com/v1/PodMonitor":     func() any { return new(PodMonitor) },
+	"monitoring.coreos.com/v1/PrometheusRule": func() any { return new(PrometheusRule) },
 }
 
 // Render builds the kustomization in dir on fsys, as `kubectl apply -k`
@@ -192,3 +193,34 @@ type PodMonitorSpec struct {
 // PodMetricsEndpoint is one scraped port of the selected pods: the same
 // fields as a ServiceMonitor's endpoint, but Port names a container port.
 type PodMetricsEndpoint = ServiceMonitorEndpoint
+
+// PrometheusRule is the part of the Prometheus Operator's PrometheusRule
+// (monitoring.coreos.com/v1) that allot uses: its spec is a Prometheus
+// rule file. promcheck checks the rules themselves (monitoring_test.go).
+type PrometheusRule struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              PrometheusRuleSpec `json:"spec"`
+}
+
+// PrometheusRuleSpec holds the rule groups.
+type PrometheusRuleSpec struct {
+	Groups []RuleGroup `json:"groups"`
+}
+
+// RuleGroup is a group of rules evaluated together.
+type RuleGroup struct {
+	Name     string `json:"name"`
+	Interval string `json:"interval,omitempty"`
+	Rules    []Rule `json:"rules"`
+}
+
+// Rule is an alerting or a recording rule.
+type Rule struct {
+	Alert       string            `json:"alert,omitempty"`
+	Record      string            `json:"record,omitempty"`
+	Expr        string            `json:"expr"`
+	For         string            `json:"for,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
