@@ -37,6 +37,12 @@ SHELL := /bin/bash
 MODULES := $(shell go list -m -f '{{.Dir}}' | sed "s|^$(CURDIR)|.|")
 PKGS := $(addsuffix /...,$(MODULES))
 
+# Modules kept out of go.work, so that their dependencies never reach the
+# allot modules, each tested, vetted, tidied and built alone (GOWORK=off):
+# deploy/k8s/promcheck imports the Prometheus module to check the alerts
+# and the dashboard (deploy/k8s's TestMonitoring runs it).
+ALONE_MODULES := ./deploy/k8s/promcheck
+
 BIN := $(CURDIR)/.bin
 GOTESTSUM := $(BIN)/gotestsum
 TESTFLAGS ?= -race -count=1
@@ -100,6 +106,10 @@ test: test-unit test-integration test-clock-ahead
 test-unit: $(GOTESTSUM)
 	@echo "== unit tests ($(words $(MODULES)) modules)"
 	$(GOTESTSUM) --format pkgname-and-test-fails -- $(TESTFLAGS) $(PKGS)
+	@for m in $(ALONE_MODULES); do \
+		echo "== unit tests of $$m (outside go.work)"; \
+		(cd $$m && GOWORK=off $(GOTESTSUM) --format pkgname-and-test-fails -- $(TESTFLAGS) ./...); \
+	done
 
 test-integration: $(GOTESTSUM) $(NATS_SERVER)
 	@echo "== integration tests against nats-server $(NATS_SERVER_VERSION) and Redis $(ALLOT_TEST_REDIS_URL)"
@@ -170,12 +180,18 @@ fuzz:
 		echo "== fuzz $$name in $$pkg ($(FUZZTIME))"; \
 		go test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
 	done
+	@echo "== fuzz FuzzDashboard in ./deploy/k8s/promcheck ($(FUZZTIME))"
+	cd deploy/k8s/promcheck && GOWORK=off go test -run '^$$' -fuzz '^FuzzDashboard$$' -fuzztime $(FUZZTIME) .
 
 lint:
 	@tools/check-nats-pin $(MODULES)
 	@for m in $(MODULES); do \
 		echo "== vet $$m"; \
 		(cd $$m && go vet ./... && go vet -tags integration ./...); \
+	done
+	@for m in $(ALONE_MODULES); do \
+		echo "== vet $$m (outside go.work)"; \
+		(cd $$m && GOWORK=off go vet ./...); \
 	done
 	@unformatted=$$(gofmt -l $(MODULES)); \
 	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
@@ -186,7 +202,7 @@ fmt:
 # pkg/mutex/bench is tidied with -e: redsync's own tests import a module
 # the proxy refuses, which its benchmarks never build.
 tidy:
-	@for m in $(MODULES) ./tools; do \
+	@for m in $(MODULES) $(ALONE_MODULES) ./tools; do \
 		echo "== tidy $$m"; \
 		case $$m in */mutex/bench) flags=-e;; *) flags=;; esac; \
 		(cd $$m && GOWORK=off go mod tidy $$flags); \
@@ -194,7 +210,7 @@ tidy:
 
 # Each module must build alone, without go.work.
 build:
-	@for m in $(MODULES); do echo "== build $$m"; (cd $$m && GOWORK=off go build ./...); done
+	@for m in $(MODULES) $(ALONE_MODULES); do echo "== build $$m"; (cd $$m && GOWORK=off go build ./...); done
 	go build -ldflags '$(LDFLAGS)' -o bin/allot ./cmd/allot
 
 clean:
