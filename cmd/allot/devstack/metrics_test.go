@@ -78,7 +78,8 @@ func TestMetricsPassPromlint(t *testing.T) {
 				"allot_usage_api_calls_total", "allot_usage_queue_depth", "allot_grant_used", "allot_meter_consumer_lag_seconds",
 				"allot_ratelimit_peeks_total", "allot_ratelimit_near_limit_total", "allot_ratelimit_over_limit_total",
 				"allot_registry_instances", "allot_notifier_emails_sent_total", "asynq_queue_tasks",
-				"asynq_tasks_processed_total", "allot_mutex_acquisitions_total", "go_goroutines", "process_start_time_seconds"}
+				"asynq_tasks_processed_total", "allot_mutex_acquisitions_total", "go_goroutines", "process_start_time_seconds",
+				"allot_dependency_up", "allot_meter_rebuilds_total", "allot_meter_rebuild_progress_ratio"}
 			if withAuth {
 				want = append(want, "allot_auth_decisions_total", "allot_auth_requests_total")
 			}
