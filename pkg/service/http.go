@@ -64,8 +64,10 @@ func NewHTTPServer(addr string, reg *prometheus.Registry, log *slog.Logger) *HTT
 	log = orDiscard(log)
 	s := &HTTPServer{log: log, mux: http.NewServeMux()}
 	own := prometheus.NewRegistry()
-	// A fresh registry cannot hold a colliding collector, so this cannot fail.
-	own.MustRegister(newDependencyCollector(s))
+	if err := own.Register(newDependencyCollector(s)); err != nil {
+		// A fresh registry holds no collector to collide with.
+		log.Error("allot_dependency_up not registered", "err", err)
+	}
 	s.gatherer = prometheus.Gatherers{reg, own}
 	s.srv = &http.Server{
 		Addr:              addr,
