@@ -127,6 +127,11 @@ func (k Keys) DedupSet(tag string, bucket int64) string {
 	return k.tagged(tag, "ids", strconv.FormatInt(bucket, 10))
 }
 
+// DedupSeqs is the ZSET of the stream sequences the meter applied to state
+// under tag, as runs "first-last" scored by last (the meter's stream
+// dedup; keys.DedupTag on a single Redis).
+func (k Keys) DedupSeqs(tag string) string { return k.tagged(tag, "seqs") }
+
 // DedupRecord returns the SET and the member that record id applied to
 // state under tag in bucket. On a single Redis (perTag false) every tag
 // shares the SET of DedupTag and the member names the tag; on a Cluster

@@ -155,16 +155,26 @@ func rawWorker(ctx context.Context, b *testing.B, js jetstream.JetStream, rdb *r
 // the Redis commands each ran per event (INFO commandstats, commands run
 // inside scripts included: on a Redis of its own, exact; on a shared one,
 // what else runs meanwhile counts too). Over 1000 uids a chunk holds
-// about one event per (uid, metric); over 5 uids, about fifty. b.N is the
-// number of events.
+// about one event per (uid, metric); over 5 uids, about fifty; dedup=ids
+// records every event's id (meter.dedup_ids, the default), dedup=stream
+// dedups by stream position. b.N is the number of events.
 func BenchmarkIngest(b *testing.B) {
 	for _, uids := range []int{1000, 5} {
-		b.Run("uids="+strconv.Itoa(uids), func(b *testing.B) { benchmarkIngest(b, uids) })
+		for _, ids := range []bool{true, false} {
+			dedup := "ids"
+			if !ids {
+				dedup = "stream"
+			}
+			b.Run("uids="+strconv.Itoa(uids)+"/dedup="+dedup, func(b *testing.B) { benchmarkIngest(b, uids, ids) })
+		}
 	}
 }
 
-func benchmarkIngest(b *testing.B, uids int) {
+// benchmarkIngest is BenchmarkIngest over uids uids, with the meter
+// recording every event's id (ids) or deduplicating by stream position.
+func benchmarkIngest(b *testing.B, uids int, ids bool) {
 	nc, rdb, cfg := benchSetup(b)
+	cfg.Meter.DedupIDs = ids
 	js, _ := jetstream.New(nc)
 	n := max(b.N, 1000)
 	fillUIDs(b, nc, cfg, n, uids)

@@ -39,6 +39,13 @@ type Settings struct {
 	// from the usage stream while credit and authorize answer 503. 0
 	// turns the check, the marker and the rebuild off.
 	LossCheck time.Duration `yaml:"loss_check"`
+	// DedupIDs records the id of every applied event for dedup_ttl, so a
+	// publisher's repeat of an event long after the stream's duplicate
+	// window still counts once. Off, a redelivered event is caught by its
+	// stream position (a record per chunk, not per event, kept until the
+	// consumer's ack floor passes it) and a repeat is the duplicate
+	// window's job alone: faster, and the records take next to no memory.
+	DedupIDs bool `yaml:"dedup_ids"`
 }
 
 // DefaultSettings returns the meter section's defaults.
@@ -48,6 +55,7 @@ func DefaultSettings() Settings {
 		ConsumerTuning: service.DefaultConsumerTuning(),
 		Handlers:       4,
 		Pipelines:      2,
+		DedupIDs:       true,
 		ExportMaxUIDs:  1000,
 		LossCheck:      2 * time.Second,
 	}

@@ -71,8 +71,12 @@ func realServers(t *testing.T) (*nats.Conn, *redis.Client, string, string) {
 // a Redis of the test's own and starts it again empty: the meters see the
 // loss, one rebuilds from the stream, and the totals are still exact.
 func TestIntegrationCrashSafety(t *testing.T) {
-	t.Run("OneReplica", func(t *testing.T) { testCrashSafety(t, 1, false) })
-	t.Run("TwoReplicasAndARedisRestart", func(t *testing.T) { testCrashSafety(t, 2, true) })
+	t.Run("OneReplica", func(t *testing.T) { testCrashSafety(t, 1, false, true) })
+	t.Run("TwoReplicasAndARedisRestart", func(t *testing.T) { testCrashSafety(t, 2, true, true) })
+	// With dedup by stream position (meter.dedup_ids: false) a repeat
+	// the stream keeps is counted, by design: only redeliveries, which the
+	// kills make, are sent.
+	t.Run("StreamDedupTwoReplicasAndARedisRestart", func(t *testing.T) { testCrashSafety(t, 2, true, false) })
 }
 
 // ownRedis starts a redis-server of the test's own on a free port, with
@@ -121,7 +125,7 @@ func ownRedis(t *testing.T) (string, func()) {
 	return fmt.Sprintf("redis://127.0.0.1:%d/0", port), restart
 }
 
-func testCrashSafety(t *testing.T, replicas int, redisRestart bool) {
+func testCrashSafety(t *testing.T, replicas int, redisRestart, dedupIDs bool) {
 	nc, rdb, natsURL, redisURL := realServers(t)
 	var restartRedis func()
 	if redisRestart {
@@ -155,9 +159,9 @@ func testCrashSafety(t *testing.T, replicas int, redisRestart bool) {
 redis: {key_prefix: %q}
 subjects: {usage: crash%s.usage, dead: crash%s.dead, notify: crash%s.notify}
 streams: {usage: CRASH_USAGE_%s, dead: CRASH_DEAD_%s, notify: CRASH_NOTIFY_%s, max_age: 1h, dead_max_age: 1h, notify_max_age: 1h}
-meter: {consumer: crash, batch: 200, ack_wait: 2s, dedup_ttl: 1h, retry_delay: 200ms}
+meter: {consumer: crash, batch: 200, ack_wait: 2s, dedup_ttl: 1h, retry_delay: 200ms, dedup_ids: %v}
 grants: {photo_daily_total: 1000000000}
-`, prefix, tag, tag, tag, tag, tag, tag)
+`, prefix, tag, tag, tag, tag, tag, tag, dedupIDs)
 	if err := os.WriteFile(config, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +222,7 @@ grants: {photo_daily_total: 1000000000}
 		} else {
 			wantPhotos[uid] += ev.Data.Value
 		}
-		if i%10 == 9 {
+		if i%10 == 9 && dedupIDs {
 			// A repeat of an earlier event, without Nats-Msg-Id: the stream
 			// keeps it, the meter must drop it.
 			j := i - 5
@@ -284,7 +288,11 @@ grants: {photo_daily_total: 1000000000}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Logf("published %d events plus %d repeats; %d meters, killed %d times; Redis restarted empty: %v", n, n/10, replicas, kills, restarted)
+	repeats := 0
+	if dedupIDs {
+		repeats = n / 10
+	}
+	t.Logf("published %d events plus %d repeats; %d meters, killed %d times; Redis restarted empty: %v", n, repeats, replicas, kills, restarted)
 
 	k := keys.New(prefix)
 	mismatches := 0

@@ -56,6 +56,7 @@ type Meter struct {
 	stopConsumer func(context.Context) error
 	stopWatch    func()
 	stopEpoch    func()
+	stopFloor    func()
 	stopOnce     sync.Once
 }
 
@@ -75,7 +76,8 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 	}
 	log = log.With("service", "meter")
 	guard := cfg.Meter.LossCheck > 0
-	st, err := store.New(ctx, deps.Redis, store.Options{Keys: keys.New(cfg.Redis.KeyPrefix), DedupTTL: cfg.Meter.DedupTTL, Now: deps.Now, Guard: guard})
+	st, err := store.New(ctx, deps.Redis, store.Options{Keys: keys.New(cfg.Redis.KeyPrefix), DedupTTL: cfg.Meter.DedupTTL, Now: deps.Now, Guard: guard,
+		StreamDedup: !cfg.Meter.DedupIDs})
 	if err != nil {
 		return nil, fmt.Errorf("meter: %w", err)
 	}
@@ -152,6 +154,13 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 		return nil, fmt.Errorf("meter: %w", err)
 	}
 	m.stopConsumer = consumer.Start(ctx)
+	m.stopFloor = func() {}
+	if !cfg.Meter.DedupIDs {
+		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		done := make(chan struct{})
+		go func() { defer close(done); m.followAckFloor(fctx, cons) }()
+		m.stopFloor = func() { cancel(); <-done }
+	}
 	m.stopEpoch = func() {}
 	if guard {
 		ectx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -164,6 +173,32 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 	return m, nil
 }
 
+// ackFloorEvery is how often a meter deduplicating by stream position
+// reads its consumer's ack floor, below which records can go.
+const ackFloorEvery = 2 * time.Second
+
+// followAckFloor tells the store the usage consumer's ack floor until ctx
+// ends. A floor read late only keeps records a little longer.
+func (m *Meter) followAckFloor(ctx context.Context, cons jetstream.Consumer) {
+	t := time.NewTicker(ackFloorEvery)
+	defer t.Stop()
+	for {
+		cctx, cancel := context.WithTimeout(ctx, ackFloorEvery)
+		info, err := cons.Info(cctx)
+		cancel()
+		if err == nil {
+			m.store.SetAckFloor(info.AckFloor.Stream)
+		} else if ctx.Err() == nil {
+			m.log.Debug("reading the consumer's ack floor", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // Stop stops taking requests, lets the worker finish the events it holds
 // (acking them) and returns when it has, or when ctx ends.
 func (m *Meter) Stop(ctx context.Context) error {
@@ -172,6 +207,7 @@ func (m *Meter) Stop(ctx context.Context) error {
 		m.stopEndpoints()
 		m.stopEpoch()
 		err = m.stopConsumer(ctx)
+		m.stopFloor()
 		m.stopWatch()
 		if err == nil {
 			m.log.Info("meter stopped")

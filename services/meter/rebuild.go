@@ -13,6 +13,7 @@ import (
 	"github.com/allot/allot/pkg/usage"
 	"github.com/allot/allot/services/meter/internal/store"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
 )
 
 // ErrMetersRunning is returned by a rebuild that would replace the state
@@ -213,7 +214,23 @@ func (r *rebuilder) run(ctx context.Context) error {
 			}
 		}()
 	}
-	st, err := store.New(ctx, r.deps.Redis, store.Options{Keys: r.target, DedupTTL: r.cfg.Meter.DedupTTL})
+	sopts := store.Options{Keys: r.target, DedupTTL: r.cfg.Meter.DedupTTL, StreamDedup: !r.cfg.Meter.DedupIDs}
+	if _, cluster := r.deps.Redis.(*redis.ClusterClient); sopts.StreamDedup && r.opts.UID != "" && !cluster {
+		// Every uid shares the stream-position records on a single Redis,
+		// and they still say what the live consumer must not apply again:
+		// replay one uid into records of its own.
+		var b [4]byte
+		_, _ = rand.Read(b[:])
+		sopts.SeqKey = r.target.DedupSeqs(keys.DedupTag) + ":rebuild-" + hex.EncodeToString(b[:])
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			if err := r.deps.Redis.Unlink(cctx, sopts.SeqKey).Err(); err != nil {
+				r.log.Warn("rebuild: scratch records not deleted", "key", sopts.SeqKey, "err", err)
+			}
+		}()
+	}
+	st, err := store.New(ctx, r.deps.Redis, sopts)
 	if err != nil {
 		return fmt.Errorf("meter: rebuild: %w", err)
 	}

@@ -38,3 +38,13 @@ func TestIntegrationLossIsDetectedAndRebuilt(t *testing.T) {
 	cfg.Redis.KeyPrefix = prefix
 	testLossIsDetectedAndRebuilt(t, startEnvOn(t, cfg, rdb, nil))
 }
+
+// TestIntegrationRebuildInStreamDedupMode is the stream-position mode's
+// rebuild on the real Redis.
+func TestIntegrationRebuildInStreamDedupMode(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	cfg := testConfig()
+	cfg.Redis.KeyPrefix = prefix
+	cfg.Meter.DedupIDs = false
+	testRebuildInStreamDedupMode(t, publishRebuildMix(startEnvOn(t, cfg, rdb, nil)))
+}

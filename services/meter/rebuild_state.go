@@ -44,8 +44,8 @@ func parseStateKey(k keys.Keys, key string) (stateKey, bool) {
 	if !ok {
 		return stateKey{}, false
 	}
-	kind, rest, ok := strings.Cut(rest, ":")
-	if !ok {
+	kind, rest, _ := strings.Cut(rest, ":") // {tag}:seqs has no rest
+	if kind == "" {
 		return stateKey{}, false
 	}
 	return stateKey{tag, kind, rest}, true
@@ -113,13 +113,20 @@ func deleteUnder(ctx context.Context, rdb redis.UniversalClient, pattern string)
 
 // isState tells the keys a rebuild replaces: grant state, counters and
 // gauges, dedup records (of events and of authorize ids, which share
-// them: SETs "ids", and the "e" keys of older versions). Overrides
+// them: SETs "ids", and the "e" keys of older versions; the ZSETs "seqs"
+// of stream-position records). Overrides
 // (grants), rate-limit windows and everything else stay. On a single
 // Redis the dedup SETs are shared by every uid under the dedup tag: a
 // rebuild of one uid takes its members out of them instead
-// (clearDedupMembers).
+// (clearDedupMembers), and replays into stream-position records of its
+// own, leaving the shared ones (which still say what the live consumer
+// must not apply again).
 func isState(sk stateKey) bool {
-	return sk.kind == "g" || sk.kind == "c" || sk.kind == "e" || sk.kind == "ids"
+	switch sk.kind {
+	case "g", "c", "e", "ids", "seqs":
+		return true
+	}
+	return false
 }
 
 // clearDedupMembers removes tag's members from the shared dedup SETs

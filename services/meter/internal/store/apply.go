@@ -259,7 +259,7 @@ func (s *Store) chunkArgs(ops []Op, part []int) ([]string, []any, []chunkGroup) 
 	type windowArgs struct{ lo, hi, add int }
 	var windows []windowArgs
 	windowOf := map[windowArgs]int{}
-	evArgs := make([]any, 0, 1+5*len(part))
+	evArgs := make([]any, 0, 1+6*len(part))
 	evArgs = append(evArgs, len(part))
 	var seq uint64
 	for j, i := range part {
@@ -288,7 +288,7 @@ func (s *Store) chunkArgs(ops []Op, part []int) ([]string, []any, []chunkGroup) 
 			wi = len(windows)
 			windowOf[wa] = wi
 		}
-		evArgs = append(evArgs, g+1, wi, s.dedupMember(tag, op.ID), decimal(op.Value), x)
+		evArgs = append(evArgs, g+1, wi, s.dedupMember(tag, op.ID), decimal(op.Value), x, op.Seq)
 		seq = max(seq, op.Seq)
 	}
 	keyList := make([]string, 0, len(setKeys)+2*len(groups)+1)
@@ -309,6 +309,12 @@ func (s *Store) chunkArgs(ops []Op, part []int) ([]string, []any, []chunkGroup) 
 		args = append(args, w.lo, w.hi, w.add)
 	}
 	args = append(args, evArgs...)
+	if s.stream {
+		keyList = append(keyList, s.seqsKey(setTag))
+		args = append(args, 1, s.ackFloor.Load(), 2*s.dedupTTL.Milliseconds())
+	} else {
+		args = append(args, 0)
+	}
 	if s.guard && !s.cluster {
 		keyList = append(keyList, s.keys.MeterEpoch())
 		args = append(args, seq)

@@ -13,16 +13,28 @@
 -- KEYS[1..S]         the dedup sets the chunk's events are checked against and recorded in
 -- KEYS[S+2g-1]       group g's state: a grant's hash, or a counter's or gauge's values hash
 -- KEYS[S+2g]         group g's overrides: the uid's grants hash (otherwise the state again)
--- KEYS[S+2G+1]       the epoch marker, when the meter guards its state
+-- KEYS[S+2G+1]       the stream-position records (a ZSET), in stream mode
+-- KEYS[S+2G+1 or +2] the epoch marker, when the meter guards its state
 -- ARGV[1]            S; ARGV[2..S+1]: each set's TTL in ms, set when events are recorded in it
 -- then               G; per group: style, the count of its arguments, then
 --                    for a grant: metric, default limit, period, align, thresholds (percent)...
 -- then               W; per window, 3 arguments: the first and last set to check and
 --                    the set to record in (the events of a chunk share a few)
--- then               E; per event, 5 arguments: group, window, dedup member, value,
---                    and a grant's time in ms (0: Redis TIME, read once per chunk)
---                    or a counter's or gauge's field
+-- then               E; per event, 6 arguments: group, window, dedup member, value,
+--                    a grant's time in ms (0: Redis TIME, read once per chunk)
+--                    or a counter's or gauge's field, and its stream sequence (0: none)
+-- then               stream mode: 1 (0: off, and nothing more here); the ack floor
+--                    (records wholly at or below it are dropped: the consumer never
+--                    hands those messages out again; 0 drops none); the records'
+--                    TTL in ms (a uid idle that long takes its along)
 -- then               with the marker, the chunk's highest stream sequence
+--
+-- Stream mode dedups a redelivered message by its stream sequence, with no
+-- record per event: the sequences a call applies are recorded as runs
+-- "first-last" (scored by last) in a ZSET. The
+-- ids of events are then only looked up (an authorized request's id is
+-- still recorded, and counts an event of the same id as a duplicate), not
+-- recorded: a publisher's repeat is the stream's duplicate window's job.
 --
 -- A missing marker means Redis lost the meter's state (a rebuild puts it
 -- back): nothing is applied and the script fails with LOST.
@@ -61,14 +73,27 @@ end
 -- The events, as parallel arrays (a table per event costs more).
 local E = tonumber(ARGV[pos])
 pos = pos + 1
-local eg, ew, emember, evalue, ex = {}, {}, {}, {}, {}
+local eg, ew, emember, evalue, ex, eseq = {}, {}, {}, {}, {}, {}
 for e = 1, E do
-  local o = pos + 5 * (e - 1)
+  local o = pos + 6 * (e - 1)
   eg[e], ew[e], emember[e], evalue[e], ex[e] = tonumber(ARGV[o]), tonumber(ARGV[o + 1]), ARGV[o + 2], ARGV[o + 3], ARGV[o + 4]
+  eseq[e] = tonumber(ARGV[o + 5])
 end
-pos = pos + 5 * E
-
+pos = pos + 6 * E
+local stream_mode = ARGV[pos] == '1'
+local floor, seqs_ttl = 0, nil
+if stream_mode then
+  floor, seqs_ttl = tonumber(ARGV[pos + 1]), ARGV[pos + 2]
+  pos = pos + 3
+else
+  pos = pos + 1
+end
+local seqs_key = nil
 local marker = KEYS[S + 2 * G + 1]
+if stream_mode then
+  seqs_key = marker
+  marker = KEYS[S + 2 * G + 2]
+end
 if marker and redis.call('EXISTS', marker) == 0 then
   return redis.error_reply('LOST the meter epoch marker is missing: Redis lost the state')
 end
@@ -86,21 +111,73 @@ local function many(cmd, key, list)
   return out
 end
 
--- seen[e]: event e was recorded before this chunk
+-- seen[e]: event e was recorded before this chunk. In stream mode the
+-- SETs hold only authorized requests' ids (and what an older meter
+-- recorded), and most often do not exist: skip those.
 local seen = {}
 for i = 1, S do
-  local idx, members = {}, {}
-  for e = 1, E do
-    local w = ew[e]
-    if wlo[w] <= i and i <= whi[w] then
-      idx[#idx + 1] = e
-      members[#members + 1] = emember[e]
+  if not stream_mode or redis.call('EXISTS', KEYS[i]) == 1 then
+    local idx, members = {}, {}
+    for e = 1, E do
+      local w = ew[e]
+      if wlo[w] <= i and i <= whi[w] then
+        idx[#idx + 1] = e
+        members[#members + 1] = emember[e]
+      end
+    end
+    if #members > 0 then
+      local r = many('SMISMEMBER', KEYS[i], members)
+      for j = 1, #r do
+        if r[j] == 1 then seen[idx[j]] = true end
+      end
     end
   end
-  if #members > 0 then
-    local r = many('SMISMEMBER', KEYS[i], members)
-    for j = 1, #r do
-      if r[j] == 1 then seen[idx[j]] = true end
+end
+
+-- In stream mode, the runs recorded that overlap the chunk's sequences.
+-- Runs are disjoint, so in order of their last sequence they are in order
+-- of their first too: read from the first run ending at or after the
+-- chunk's lowest sequence until one starts past its highest (a chunk of
+-- new messages reads none).
+if stream_mode then
+  local lo, hi = nil, nil
+  for e = 1, E do
+    local q = eseq[e]
+    if q > 0 then
+      if lo == nil or q < lo then lo = q end
+      if hi == nil or q > hi then hi = q end
+    end
+  end
+  if lo then
+    local firsts, lasts = {}, {}
+    local offset, done = 0, false
+    while not done do
+      local page = redis.call('ZRANGEBYSCORE', seqs_key, lo, '+inf', 'LIMIT', offset, 256)
+      done = #page < 256
+      for _, run in ipairs(page) do
+        local a, b = string.match(run, '^(%d+)-(%d+)$')
+        if a and tonumber(a) > hi then
+          done = true
+          break
+        end
+        if a then
+          firsts[#firsts + 1], lasts[#lasts + 1] = tonumber(a), tonumber(b)
+        end
+      end
+      offset = offset + 256
+    end
+    if #firsts > 0 then
+      for e = 1, E do
+        local q = eseq[e]
+        if q > 0 then
+          for r = 1, #firsts do
+            if firsts[r] <= q and q <= lasts[r] then
+              seen[e] = true
+              break
+            end
+          end
+        end
+      end
     end
   end
 end
@@ -264,10 +341,12 @@ end
 local out = {}
 local recorded = {} -- set index -> members applied in this chunk
 local applied = {} -- member -> true: applied in this chunk
+local applied_seq = {} -- stream sequence -> true: applied in this chunk
+local new_seqs = {}
 for e = 1, E do
   local grp = groups[eg[e]]
   local member = emember[e]
-  if seen[e] or applied[member] then
+  if seen[e] or applied[member] or applied_seq[eseq[e]] then
     out[e] = 0
     if grp.style == 'grant' then load_grant(grp) end
   else
@@ -276,7 +355,10 @@ for e = 1, E do
     local ok, res = pcall(apply_one, grp, e)
     if not ok then res = {-1, type(res) == 'table' and res.err or tostring(res)} end
     out[e] = res
-    if res == 1 or (type(res) == 'table' and res[1] == 1) then
+    if (res == 1 or (type(res) == 'table' and res[1] == 1)) and stream_mode and eseq[e] > 0 then
+      applied_seq[eseq[e]] = true
+      new_seqs[#new_seqs + 1] = eseq[e]
+    elseif res == 1 or (type(res) == 'table' and res[1] == 1) then
       applied[member] = true
       local into = wadd[ew[e]]
       local r = recorded[into]
@@ -328,6 +410,31 @@ end
 for i, members in pairs(recorded) do
   many('SADD', KEYS[i], members)
   redis.call('PEXPIRE', KEYS[i], ARGV[1 + i])
+end
+if stream_mode then
+  if #new_seqs > 0 then
+    table.sort(new_seqs)
+    local zargs = {}
+    local a, b = new_seqs[1], new_seqs[1]
+    local function close_run()
+      zargs[#zargs + 1], zargs[#zargs + 2] = b, string.format('%d-%d', a, b)
+    end
+    for i = 2, #new_seqs do
+      local q = new_seqs[i]
+      if q == b + 1 then
+        b = q
+      else
+        close_run()
+        a, b = q, q
+      end
+    end
+    close_run()
+    many('ZADD', seqs_key, zargs)
+    redis.call('PEXPIRE', seqs_key, seqs_ttl)
+  end
+  if floor > 0 then
+    redis.call('ZREMRANGEBYSCORE', seqs_key, '-inf', floor)
+  end
 end
 if marker then
   local seq = tonumber(ARGV[pos])

@@ -95,6 +95,13 @@ func stateWithout(t *testing.T, rdb redis.UniversalClient, prefix string) map[st
 // refused, the notices it crossed), every key and value, and the notices
 // left pending.
 func testAggregatedEqualsPerEvent(t *testing.T, open backend, n int) {
+	t.Helper()
+	testAggregatedEqualsPerEventIn(t, open, n, false)
+}
+
+// testAggregatedEqualsPerEventIn is testAggregatedEqualsPerEvent with the
+// store deduplicating by stream position (stream) or by id.
+func testAggregatedEqualsPerEventIn(t *testing.T, open backend, n int, stream bool) {
 	rdb, prefix := open(t)
 	cluster := strings.HasSuffix(prefix, clusterSuffix)
 	ctx := t.Context()
@@ -106,7 +113,7 @@ func testAggregatedEqualsPerEvent(t *testing.T, open backend, n int) {
 	open2 := func(sub string) *Store {
 		// No clock of the test's: each grant event is judged by its own
 		// time, as the stream's.
-		s, err := New(ctx, rdb, Options{Keys: keys.New(prefix + sub), DedupTTL: time.Hour, Cluster: cluster})
+		s, err := New(ctx, rdb, Options{Keys: keys.New(prefix + sub), DedupTTL: time.Hour, Cluster: cluster, StreamDedup: stream})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -163,6 +170,7 @@ func TestAggregatedEqualsPerEvent(t *testing.T) {
 		open backend
 	}{{"SingleRedis", miniBackend}, {"ClusterPath", clusterPath(miniBackend)}} {
 		t.Run(tc.name, func(t *testing.T) { testAggregatedEqualsPerEvent(t, tc.open, 3000) })
+		t.Run(tc.name+"/StreamDedup", func(t *testing.T) { testAggregatedEqualsPerEventIn(t, tc.open, 3000, true) })
 	}
 }
 
@@ -248,4 +256,113 @@ func testPoisonEvents(t *testing.T, open backend) {
 			}
 		}
 	}
+}
+
+func TestStreamDedup(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		open backend
+	}{{"SingleRedis", miniBackend}, {"ClusterPath", clusterPath(miniBackend)}} {
+		t.Run(tc.name, func(t *testing.T) { testStreamDedup(t, tc.open) })
+	}
+}
+
+// testStreamDedup: with dedup by stream position, a redelivered message
+// counts once however its chunks overlap and in whatever order replicas
+// apply them; records at or below the ack floor go; an event of an
+// authorized request's id is a duplicate; an event without a sequence is
+// recorded by its id.
+func testStreamDedup(t *testing.T, open backend) {
+	rdb, prefix := open(t)
+	ctx := t.Context()
+	s, err := New(ctx, rdb, Options{Keys: keys.New(prefix), DedupTTL: time.Hour, Cluster: strings.HasSuffix(prefix, clusterSuffix), StreamDedup: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	counter := counterCfg(usage.StyleCounter, usage.ScopeUser)
+	var ops []Op
+	want := map[string]float64{}
+	for i := range 1500 {
+		uid := fmt.Sprintf("u-%d", i%7)
+		v := float64(1 + i%4)
+		// Ids repeat: by stream position they are distinct events.
+		ops = append(ops, Op{ID: fmt.Sprintf("r%d", i%1000), UID: uid, Metric: "c", Config: counter, Value: v, Seq: uint64(i + 1)})
+		want[uid] += v
+	}
+	apply := func(chunk []Op) []Result {
+		t.Helper()
+		res, err := s.Apply(ctx, chunk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	// Two replicas: later chunks first, overlapping redeliveries.
+	apply(ops[500:1000])
+	res := apply(ops[0:700]) // 500..699 again
+	for i, r := range res {
+		if r.Applied != (i < 500) {
+			t.Fatalf("seq %d: applied %v", ops[i].Seq, r.Applied)
+		}
+	}
+	apply(ops[1000:1500])
+	for i, r := range apply(ops[900:1200]) {
+		if r.Applied {
+			t.Fatalf("redelivered seq %d applied again", ops[900+i].Seq)
+		}
+	}
+	for uid, w := range want {
+		if got := rdb.HGet(ctx, s.Keys().Values(keys.UserTag(uid), "c"), "").Val(); got != fmt.Sprint(w) {
+			t.Errorf("%s holds %s, want %v", uid, got, w)
+		}
+	}
+	// The ack floor drops what the consumer will never hand out again, from
+	// the records a call touches (on a Cluster, its tag's; an idle tag's
+	// go with their TTL).
+	s.SetAckFloor(1200)
+	late := Op{ID: "late", UID: "u-0", Metric: "c", Config: counter, Value: 1, Seq: 1501}
+	apply([]Op{late})
+	if n := len(seqKeys(t, rdb, s)); s.cluster != (n > 1) {
+		t.Errorf("%d keys of stream-position records: one per tag on a Cluster, one on a single Redis", n)
+	}
+	for _, key := range []string{s.seqsKey(Tag(late))} {
+		runs, err := rdb.ZRangeWithScores(ctx, key, 0, -1).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range runs {
+			if r.Score <= 1200 {
+				t.Errorf("%s: run %v ends at or below the floor and stayed", key, r.Member)
+			}
+		}
+	}
+	// An authorized request's id makes an event of that id a duplicate.
+	grant := grantCfg(usage.PeriodDay, usage.AlignCalendar)
+	if d, err := s.Authorize(ctx, AuthorizeOp{ID: "a1", UID: "u-9", Metric: "g", Config: grant, Limit: 10, Amount: 2}); err != nil || !d.Allowed {
+		t.Fatalf("authorize: %+v, %v", d, err)
+	}
+	if res := apply([]Op{{ID: "a1", UID: "u-9", Metric: "g", Config: grant, Limit: 10, Value: 2, Seq: 1502}}); res[0].Applied {
+		t.Error("the event of an authorized id counted again")
+	}
+	// No sequence: recorded by id.
+	noSeq := Op{ID: "n1", UID: "u-0", Metric: "c", Config: counter, Value: 1}
+	if res := apply([]Op{noSeq}); !res[0].Applied {
+		t.Fatal("first event without a sequence not applied")
+	}
+	if res := apply([]Op{noSeq}); res[0].Applied {
+		t.Error("an event without a sequence applied twice")
+	}
+}
+
+// seqKeys lists the store's stream-position record keys.
+func seqKeys(t *testing.T, rdb redis.UniversalClient, s *Store) []string {
+	t.Helper()
+	all, err := testenv.Keys(t.Context(), rdb, s.Keys().Prefix()+"*:seqs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) == 0 {
+		t.Fatal("no stream-position records")
+	}
+	return all
 }

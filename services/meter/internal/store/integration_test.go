@@ -114,11 +114,17 @@ func TestIntegrationAggregatedEqualsPerEvent(t *testing.T) {
 	t.Run("SingleRedis", func(t *testing.T) { testAggregatedEqualsPerEvent(t, realBackend, 100_000) })
 	t.Run("ClusterPath", func(t *testing.T) { testAggregatedEqualsPerEvent(t, clusterPath(realBackend), 100_000) })
 	t.Run("Poison", func(t *testing.T) { testPoisonEvents(t, realBackend) })
+	t.Run("SingleRedis/StreamDedup", func(t *testing.T) { testAggregatedEqualsPerEventIn(t, realBackend, 30_000, true) })
+	t.Run("ClusterPath/StreamDedup", func(t *testing.T) { testAggregatedEqualsPerEventIn(t, clusterPath(realBackend), 30_000, true) })
+	t.Run("StreamRedeliveries", func(t *testing.T) { testStreamDedup(t, realBackend) })
+	t.Run("StreamRedeliveries/ClusterPath", func(t *testing.T) { testStreamDedup(t, clusterPath(realBackend)) })
 }
 
 // TestClusterAggregatedEqualsPerEvent is the same on the Redis Cluster,
 // where each chunk is one call per hash tag.
 func TestClusterAggregatedEqualsPerEvent(t *testing.T) {
 	testAggregatedEqualsPerEvent(t, clusterBackend, 20_000)
+	testAggregatedEqualsPerEventIn(t, clusterBackend, 10_000, true)
 	testPoisonEvents(t, clusterBackend)
+	testStreamDedup(t, clusterBackend)
 }

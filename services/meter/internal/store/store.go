@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/allot/allot/pkg/keys"
@@ -89,6 +90,9 @@ type Store struct {
 	now        func() time.Time // nil: Redis TIME
 	cluster    bool             // a Redis Cluster: one script call per hash tag
 	guard      bool             // apply only while the epoch marker is there
+	stream     bool             // dedup by stream position (Options.StreamDedup)
+	seqKey     string
+	ackFloor   atomic.Uint64 // the consumer's: records at or below it can go
 	applyChunk *redis.Script
 	authorize  *redis.Script
 	confirm    *redis.Script
@@ -107,6 +111,18 @@ type Options struct {
 	// It is forced on for a *redis.ClusterClient; tests set it to run the
 	// Cluster's path on a single Redis.
 	Cluster bool
+	// StreamDedup dedups a redelivered event by its stream sequence
+	// (Op.Seq), recorded as runs in a ZSET, instead of recording its id:
+	// no record per event. Ids are still looked up (an authorized
+	// request's id, recorded by Authorize, makes an event of the same id a
+	// duplicate), and an event without a sequence is recorded by id. A
+	// publisher's repeat under a new sequence is then the stream's
+	// duplicate window's job alone.
+	StreamDedup bool
+	// SeqKey overrides the key of the stream-position records (a rebuild
+	// of one uid on a single Redis replays into records of its own, since
+	// every uid shares the live ones there). "" is keys.DedupSeqs.
+	SeqKey string
 	// Guard applies events only while the epoch marker is there, checked
 	// inside the same script call on a single node (Apply fails with
 	// ErrLost otherwise), and raises the marker's seq with each chunk. On
@@ -130,6 +146,8 @@ func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
 		now:        opts.Now,
 		cluster:    opts.Cluster,
 		guard:      opts.Guard,
+		stream:     opts.StreamDedup,
+		seqKey:     opts.SeqKey,
 		applyChunk: redis.NewScript(numbersLua + periodsLua + applyChunkLua),
 		authorize:  redis.NewScript(numbersLua + periodsLua + authorizeLua),
 		confirm:    redis.NewScript(confirmLua),
@@ -160,6 +178,22 @@ func (s *Store) Ping(ctx context.Context) error {
 		return fmt.Errorf("%w: %w", ErrRedis, err)
 	}
 	return nil
+}
+
+// SetAckFloor tells the store the usage consumer's ack floor: no message
+// at or below it is handed out again, so its stream-position records can
+// go. 0 keeps them all.
+func (s *Store) SetAckFloor(seq uint64) { s.ackFloor.Store(seq) }
+
+// seqsKey is the key of the stream-position records of state under tag.
+func (s *Store) seqsKey(tag string) string {
+	if s.seqKey != "" {
+		return s.seqKey
+	}
+	if s.cluster {
+		return s.keys.DedupSeqs(tag)
+	}
+	return s.keys.DedupSeqs(keys.DedupTag)
 }
 
 // Keys returns the key builder.
