@@ -36,8 +36,8 @@
 -- still recorded, and counts an event of the same id as a duplicate), not
 -- recorded: a publisher's repeat is the stream's duplicate window's job.
 --
--- A missing marker means Redis lost the meter's state (a rebuild puts it
--- back): nothing is applied and the script fails with LOST.
+-- A missing marker (its seq) means Redis lost the meter's state (a
+-- rebuild puts it back): nothing is applied and the script fails with LOST.
 --
 -- returns {events, groups}
 --   events, one per event: 1 applied, or {1, crossed} applied and crossed
@@ -94,7 +94,9 @@ if stream_mode then
   seqs_key = marker
   marker = KEYS[S + 2 * G + 2]
 end
-if marker and redis.call('EXISTS', marker) == 0 then
+-- The marker's seq, not the key: a rebuild marks the key before it
+-- deletes anything, and state half rebuilt must take no events.
+if marker and redis.call('HEXISTS', marker, 'seq') == 0 then
   return redis.error_reply('LOST the meter epoch marker is missing: Redis lost the state')
 end
 
