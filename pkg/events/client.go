@@ -227,14 +227,22 @@ func (c *Client) requestWith(ctx context.Context, subject string, header nats.He
 	return c.exchange(ctx, subject, header, data, reply)
 }
 
+// bound returns ctx bounded by the client's timeout, unless ctx's own
+// deadline comes first. A caller's later deadline (an asynq task's 30
+// minutes, a whole run's) must not stretch one request: a reply lost
+// with its service would hold the caller until then.
+func (c *Client) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if d, ok := ctx.Deadline(); ok && time.Until(d) <= c.timeout {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, c.timeout)
+}
+
 // exchange sends data, a request's JSON, and decodes the reply as
 // requestWith says.
 func (c *Client) exchange(ctx context.Context, subject string, header nats.Header, data []byte, reply any) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.timeout)
-		defer cancel()
-	}
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	msg, err := c.nc.RequestMsgWithContext(ctx, &nats.Msg{Subject: subject, Header: header, Data: data})
 	switch {
 	case err == nil:

@@ -1,7 +1,9 @@
 package events
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -226,5 +228,42 @@ func TestNilConnections(t *testing.T) {
 	}
 	if _, err := NewAsyncPublisher(nil, AsyncOptions{}); err == nil {
 		t.Error("NewAsyncPublisher(nil) succeeded")
+	}
+}
+
+// A request whose reply never comes ends at the client's Timeout even
+// when the caller's context has a later deadline (an asynq task's 30
+// minutes, say): a service that died holding the request must not hold
+// the caller until then. Plain and batched.
+func TestClientTimeoutBoundsALaterDeadline(t *testing.T) {
+	s := startServer(t, "", 0)
+	nc := connect(t, s.ClientURL())
+	subj := DefaultSubjects()
+	subj.Meter = "mute"
+	// Takes every request in and never answers, as a killed service does.
+	sub, err := nc.Subscribe("mute.>", func(*nats.Msg) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, batch := range []bool{false, true} {
+		t.Run(fmt.Sprintf("batch=%v", batch), func(t *testing.T) {
+			c, err := NewClient(nc, ClientOptions{Subjects: subj, Timeout: 100 * time.Millisecond, Batch: BatchOptions{Enabled: batch}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			_, err = c.Credit(ctx, "u-1", "photo_daily_total")
+			if !errors.Is(err, ErrTimeout) {
+				t.Fatalf("Credit = %v, want ErrTimeout", err)
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("Credit returned only when the caller's deadline passed (%v), not at the client's timeout", ctx.Err())
+			}
+		})
 	}
 }

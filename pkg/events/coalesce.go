@@ -98,6 +98,8 @@ type batchCall struct {
 // do answers one call: alone when its lane has room in flight and
 // nothing waiting, else in the lane's next batch.
 func (b *coalescer) do(ctx context.Context, single, batch string, uid string, req, reply any) error {
+	ctx, cancel := b.c.bound(ctx)
+	defer cancel()
 	body, err := json.Marshal(req)
 	if err != nil {
 		return fmt.Errorf("events: encode request for %s: %w", single, err)

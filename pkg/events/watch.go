@@ -103,12 +103,8 @@ func (c *Client) WatchRegistry(ctx context.Context, name string, opts WatchOptio
 	if err != nil {
 		return nil, fmt.Errorf("events: watch %s: subscribe: %w", name, err)
 	}
-	fctx := ctx
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		fctx, cancel = context.WithTimeout(ctx, c.timeout)
-		defer cancel()
-	}
+	fctx, cancelFlush := c.bound(ctx)
+	defer cancelFlush()
 	if err := c.conn.FlushWithContext(fctx); err != nil {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("events: watch %s: subscribe: %w", name, err)
