@@ -81,8 +81,19 @@ func (m *Meter) checkEpoch(ctx context.Context) error {
 // drop what authorize charged and no event repeats. Only at start: once
 // running, a missing marker is a loss even if authorize has written a
 // key since.
+//
+// State left by a rebuild that was cut short (MarkRebuilding's mark is
+// there) is never kept: the rebuild had not reached every event.
 func (m *Meter) adoptOrCheckEpoch(ctx context.Context) error {
 	if _, ok, err := m.store.Epoch(ctx); err != nil || ok {
+		return m.checkEpoch(ctx)
+	}
+	cut, err := m.store.Rebuilding(ctx)
+	if err != nil {
+		return err
+	}
+	if cut {
+		m.log.Warn("Redis holds the state of a rebuild that did not finish: rebuilding again")
 		return m.checkEpoch(ctx)
 	}
 	has, err := m.store.HasState(ctx)

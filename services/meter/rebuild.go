@@ -246,6 +246,13 @@ func (r *rebuilder) run(ctx context.Context) error {
 		if err := r.checkIdle(ctx); err != nil {
 			return err
 		}
+		if r.opts.UID == "" {
+			// Before the first delete: a rebuild cut short from here on
+			// must be rebuilt again, not taken for a whole state.
+			if err := r.m.store.MarkRebuilding(ctx); err != nil {
+				return fmt.Errorf("meter: rebuild: %w", err)
+			}
+		}
 		if r.report.Cleared, err = r.clear(ctx); err != nil {
 			return err
 		}

@@ -38,12 +38,41 @@ func (s *Store) InitEpoch(ctx context.Context, seq uint64) (bool, error) {
 }
 
 // SetEpoch writes the epoch marker at seq: Redis holds the state applied
-// up to it (a rebuild's last step).
+// up to it (a rebuild's last step). It clears MarkRebuilding's mark in
+// the same step.
 func (s *Store) SetEpoch(ctx context.Context, seq uint64) error {
-	if err := s.rdb.HSet(ctx, s.keys.MeterEpoch(), "seq", seq).Err(); err != nil {
+	tx := s.rdb.TxPipeline()
+	tx.HSet(ctx, s.keys.MeterEpoch(), "seq", seq)
+	tx.HDel(ctx, s.keys.MeterEpoch(), "rebuilding")
+	if _, err := tx.Exec(ctx); err != nil {
 		return fmt.Errorf("%w: write the epoch marker: %w", ErrRedis, err)
 	}
 	return nil
+}
+
+// MarkRebuilding records, beside the epoch marker, that a rebuild is
+// rewriting the state; SetEpoch clears it. State found without a marker
+// but with this mark is a rebuild cut short (its process killed), not
+// the state of a meter from before the marker: it must be rebuilt again,
+// not kept.
+func (s *Store) MarkRebuilding(ctx context.Context) error {
+	if err := s.rdb.HSet(ctx, s.keys.MeterEpoch(), "rebuilding", "1").Err(); err != nil {
+		return fmt.Errorf("%w: mark the rebuild: %w", ErrRedis, err)
+	}
+	return nil
+}
+
+// Rebuilding reports whether MarkRebuilding's mark is there: a rebuild
+// is under way, or was cut short.
+func (s *Store) Rebuilding(ctx context.Context) (bool, error) {
+	err := s.rdb.HGet(ctx, s.keys.MeterEpoch(), "rebuilding").Err()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("%w: read the rebuild mark: %w", ErrRedis, err)
+	}
+	return true, nil
 }
 
 // HasState reports whether Redis holds any of the meter's state: a grant
