@@ -35,6 +35,7 @@ const childEnv = "ALLOT_LOADTEST_CHILD"
 const (
 	roleStack    = "stack"
 	roleBaseline = "baseline"
+	roleService  = "service" // one allot service, as its own binary runs it (the fault suite)
 )
 
 type childSpec struct {
@@ -59,6 +60,12 @@ type childSpec struct {
 	RawReply    string `json:"raw_reply,omitempty"`  // subject prefix of the raw responder: <prefix>.<uid>
 	BareReply   string `json:"bare_reply,omitempty"` // subject prefix of the bare responder, which does no work
 	Handlers    int    `json:"handlers,omitempty"`
+	// Service only: which service, its allot.yaml and where its
+	// /metrics, /healthz and /readyz listen.
+	Service    string `json:"service,omitempty"`
+	ConfigPath string `json:"config_path,omitempty"`
+	HTTPAddr   string `json:"http_addr,omitempty"`
+	LogLevel   string `json:"log_level,omitempty"` // over the config file's`
 }
 
 type childReady struct {
@@ -112,6 +119,8 @@ func runChild(ctx context.Context, spec childSpec, stdout io.Writer, log *slog.L
 		stopFn, r, err = startStack(ctx, spec, log)
 	case roleBaseline:
 		stopFn, r, err = startBaseline(ctx, spec, log)
+	case roleService:
+		stopFn, r, err = startService(ctx, spec)
 	default:
 		err = fmt.Errorf("unknown role %q", spec.Role)
 	}
@@ -215,6 +224,11 @@ type child struct {
 
 // spawn starts a child of this binary and waits (bounded) until it serves.
 func spawn(ctx context.Context, spec childSpec) (*child, error) {
+	return spawnTo(ctx, spec, os.Stderr)
+}
+
+// spawnTo is spawn with the child's stderr going to stderr.
+func spawnTo(ctx context.Context, spec childSpec, stderr io.Writer) (*child, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("start the %s process: %w", spec.Role, err)
@@ -225,7 +239,7 @@ func spawn(ctx context.Context, spec childSpec) (*child, error) {
 	}
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), childEnv+"="+string(b))
-	cmd.Stderr = os.Stderr
+	cmd.Stderr = stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err

@@ -95,7 +95,11 @@ func (h *harness) ingest(ctx context.Context, s ingestSpec) report.Phase {
 	if err := settleAcks(ctx, "publish acks", apps); err != nil {
 		incomplete = append(incomplete, err.Error())
 	}
+	var streamDups int64
 	for _, a := range apps {
+		if a.pub != nil {
+			streamDups += int64(a.pub.Stats().Duplicates)
+		}
 		a.finish()
 		sent.Add(a.sent)
 		copies.Add(a.copies)
@@ -127,6 +131,11 @@ func (h *harness) ingest(ctx context.Context, s ingestSpec) report.Phase {
 	}
 	if b := bad.Load(); b > 0 {
 		ph.Counts["bad"] = b
+	}
+	if streamDups > 0 {
+		// Acked as a repeated id: the copies sent with their id, and
+		// resends of events the stream had stored already.
+		ph.Counts["stream_duplicates"] = streamDups
 	}
 	ph.Counts["drain_ms"] = drained.Sub(end).Milliseconds()
 	// Redis commands (scripts' own included) from the phase's start to

@@ -74,6 +74,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if len(o.Faults) > 0 {
+		return runFaults(ctx, o, log, stdout, stderr)
+	}
 	h := &harness{o: o, log: log, start: time.Now(), ledger: newLedger()}
 	h.rep = &report.Report{Complete: true, Run: report.Run{
 		Started: h.start, Target: o.Target, Profile: o.Profile, Scenarios: o.Scenarios,

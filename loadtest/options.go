@@ -61,6 +61,20 @@ type Options struct {
 	// each running every service: N replicas of each, sharing the
 	// consumers, queues and locks (needs -nats-url and a real Redis).
 	Stacks int
+
+	// The fault suite (-profile faults, faults-quick): the scenarios to
+	// run (faults.go); the nats-server and redis-server binaries it
+	// starts for each; how often each service is killed; how long Redis
+	// is unreachable and a link is cut; the backlog drained and the
+	// malformed messages of the flood.
+	Faults         []string
+	NATSServer     string
+	RedisServer    string
+	FaultKills     int
+	FaultOutage    time.Duration
+	FaultPartition time.Duration
+	FaultBacklog   int
+	FaultFlood     int
 }
 
 // profiles are the named starting points; explicit flags win over them.
@@ -74,6 +88,13 @@ var profiles = map[string]Options{
 	// calls in flight together, beside the same alone and the bare
 	// responder floor, random uids over 10,000, as issue 20 asks.
 	"batch": {Scenarios: []string{"credit", "ratelimit", "batch"}, Duration: 15 * time.Second, UIDs: 10_000},
+	// faults: the fault suite, each scenario in a world of its own with
+	// -duration of traffic (faults.go); faults-quick is its short
+	// profile, as CI runs it.
+	"faults": {Faults: faultNames(), Duration: 30 * time.Second, UIDs: 200, FaultKills: 5, FaultOutage: 10 * time.Second,
+		FaultPartition: 15 * time.Second, FaultBacklog: 1_000_000, FaultFlood: 100_000},
+	"faults-quick": {Faults: faultNames(), Duration: 12 * time.Second, UIDs: 200, FaultKills: 5, FaultOutage: 10 * time.Second,
+		FaultPartition: 5 * time.Second, FaultBacklog: 50_000, FaultFlood: 10_000},
 }
 
 func baseOptions(getenv func(string) string) Options {
@@ -94,6 +115,8 @@ func baseOptions(getenv func(string) string) Options {
 		DupRatio:    0.05,
 		BadRatio:    0.01,
 		Out:         "out",
+		NATSServer:  getenv("ALLOT_TEST_NATS_SERVER"),
+		RedisServer: "redis-server",
 
 		GRPCDomain:     "allot",
 		GRPCDescriptor: "uid",
@@ -182,6 +205,13 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.DurationVar(&o.BatchWait, "batch-wait", o.BatchWait, "batch scenario: the client's MaxWait (0: events.DefaultBatchWait)")
 	fs.IntVar(&o.BatchInFlight, "batch-inflight", o.BatchInFlight, "batch scenario: the client's MaxInFlight, messages in flight per endpoint before calls wait to be batched (0: events.DefaultBatchInFlight)")
 	fs.StringVar(&o.GRPCDescriptor, "grpc-descriptor", o.GRPCDescriptor, "grpc scenario: the descriptor `key` whose value is the request's random uid")
+	faults := ""
+	fs.StringVar(&faults, "faults", "", "fault profiles: comma-separated `list` of the fault scenarios to run: "+strings.Join(faultNames(), ", ")+" (default: all)")
+	fs.StringVar(&o.NATSServer, "nats-server", o.NATSServer, "fault profiles: the nats-server `binary` each scenario starts (default $ALLOT_TEST_NATS_SERVER: make's pinned .bin/nats-server-<version>)")
+	fs.StringVar(&o.RedisServer, "redis-server", o.RedisServer, "fault profiles: the redis-server `binary` each scenario starts")
+	fs.IntVar(&o.FaultKills, "kills", o.FaultKills, "fault profiles: kill -9s of each service in its scenario (default: the profile's)")
+	fs.IntVar(&o.FaultBacklog, "backlog", o.FaultBacklog, "fault profiles: `events` backlogged with the meter stopped (default: the profile's)")
+	fs.IntVar(&o.FaultFlood, "flood", o.FaultFlood, "fault profiles: malformed `messages` of the flood (default: the profile's)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -198,7 +228,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	}
 	p, ok := profiles[o.Profile]
 	if !ok {
-		return o, fmt.Errorf("-profile: unknown profile %q (want default, quick or grpc)", o.Profile)
+		return o, fmt.Errorf("-profile: unknown profile %q (want default, quick, grpc, batch, faults or faults-quick)", o.Profile)
 	}
 	if !set["duration"] {
 		o.Duration = p.Duration
@@ -207,6 +237,30 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 		o.UIDs = p.UIDs
 	}
 	o.Scenarios = p.Scenarios
+	if len(p.Faults) > 0 {
+		o.Faults, o.Scenarios = p.Faults, nil
+		if !set["dup"] {
+			o.DupRatio = 0.1
+		}
+		o.FaultOutage, o.FaultPartition = p.FaultOutage, p.FaultPartition
+		for name, v := range map[string]*int{"kills": &o.FaultKills, "backlog": &o.FaultBacklog, "flood": &o.FaultFlood} {
+			if !set[name] {
+				*v = map[string]int{"kills": p.FaultKills, "backlog": p.FaultBacklog, "flood": p.FaultFlood}[name]
+			}
+		}
+		if set["faults"] {
+			o.Faults = nil
+			for s := range strings.SplitSeq(faults, ",") {
+				if s = strings.TrimSpace(s); s != "" && !slices.Contains(o.Faults, s) {
+					o.Faults = append(o.Faults, s)
+				}
+			}
+		}
+		return o, o.validateFaults(set)
+	}
+	if set["faults"] || set["nats-server"] || set["redis-server"] || set["kills"] || set["backlog"] || set["flood"] {
+		return o, fmt.Errorf("-faults, -nats-server, -redis-server, -kills, -backlog and -flood are for the fault profiles (-profile faults or faults-quick)")
+	}
 	if o.Target == targetExternal && o.GRPC == "" && o.Profile != "grpc" {
 		// An external allot's gRPC front is wherever it listens, if
 		// anywhere: its profile runs without it unless -grpc says.
@@ -340,4 +394,66 @@ func (o Options) has(scenario string) bool { return slices.Contains(o.Scenarios,
 // request/reply baseline.
 func (o Options) hasRequests() bool {
 	return o.has("credit") || o.has("authorize") || o.has("ratelimit") || o.has("registry") || o.has("grpc") || o.has("batch")
+}
+
+// validateFaults checks the settings of a fault profile: it runs its own
+// servers, so a target, servers or stacks of the user's are refused.
+func (o Options) validateFaults(set map[string]bool) error {
+	var errs []error
+	bad := func(flag, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("-%s: %s", flag, fmt.Sprintf(format, args...)))
+	}
+	for _, f := range []string{"target", "nats-url", "redis-url", "redis-addrs", "stacks", "replicas", "scenarios", "config"} {
+		if set[f] {
+			bad(f, "the fault suite starts servers and services of its own for each scenario")
+		}
+	}
+	if len(o.Faults) == 0 {
+		bad("faults", "name at least one of %s", strings.Join(faultNames(), ", "))
+	}
+	for _, s := range o.Faults {
+		if !slices.Contains(faultNames(), s) {
+			bad("faults", "unknown fault scenario %q (want %s)", s, strings.Join(faultNames(), ", "))
+		}
+	}
+	if o.NATSServer == "" {
+		bad("nats-server", "the fault suite needs the pinned nats-server binary (make nats-server builds .bin/nats-server-<version>; make loadtest-faults passes it)")
+	}
+	if o.RedisServer == "" {
+		bad("redis-server", "must name the redis-server binary")
+	}
+	if o.Duration < 5*time.Second || o.Duration > time.Hour {
+		bad("duration", "must be between 5s and 1h for the fault suite (got %v)", o.Duration)
+	}
+	if o.Grace < 10*time.Second || o.Grace > 30*time.Minute {
+		bad("grace", "must be between 10s and 30m (got %v)", o.Grace)
+	}
+	if o.Rate < 0 || o.Rate > 100_000 {
+		bad("rate", "must be between 0 and 100000 events/s for the fault suite (got %g)", o.Rate)
+	}
+	if o.UIDs < 1 || o.UIDs > 100_000 {
+		bad("uids", "must be between 1 and 100000 (got %d)", o.UIDs)
+	}
+	if o.Apps < 1 || o.Apps > 1000 {
+		bad("apps", "must be between 1 and 1000 (got %d)", o.Apps)
+	}
+	if !(o.DupRatio >= 0 && o.DupRatio <= 0.5) {
+		bad("dup", "must be between 0 and 0.5 (got %g)", o.DupRatio)
+	}
+	if !(o.BadRatio >= 0 && o.BadRatio <= 0.5) {
+		bad("bad", "must be between 0 and 0.5 (got %g)", o.BadRatio)
+	}
+	if o.FaultKills < 1 || o.FaultKills > 50 {
+		bad("kills", "must be between 1 and 50 (got %d)", o.FaultKills)
+	}
+	if o.FaultBacklog < 1 || o.FaultBacklog > 10_000_000 {
+		bad("backlog", "must be between 1 and 10000000 (got %d)", o.FaultBacklog)
+	}
+	if o.FaultFlood < 1 || o.FaultFlood > 10_000_000 {
+		bad("flood", "must be between 1 and 10000000 (got %d)", o.FaultFlood)
+	}
+	if o.Out == "" {
+		bad("out", "must name a directory")
+	}
+	return errors.Join(errs...)
 }

@@ -14,6 +14,9 @@ import (
 	"github.com/allot/allot/pkg/events"
 )
 
+// requestTimeout bounds one request of a request phase.
+const requestTimeout = 2 * time.Second
+
 // reqOp makes request number i from client c and returns its outcome
 // (e.g. "allowed", "denied"; "" for plain success) or its error.
 type reqOp func(ctx context.Context, c *events.Client, i int64) (string, error)
@@ -47,7 +50,7 @@ func (h *harness) requests(ctx context.Context, s reqSpec) report.Phase {
 	}
 	clients := make([]*events.Client, len(conns))
 	for i, nc := range conns {
-		c, err := events.NewClient(nc, events.ClientOptions{Subjects: h.t.cfg.Subjects, Timeout: 2 * time.Second,
+		c, err := events.NewClient(nc, events.ClientOptions{Subjects: h.t.cfg.Subjects, Timeout: requestTimeout,
 			Batch: events.BatchOptions{Enabled: s.batch, MaxWait: h.o.BatchWait, MaxInFlight: h.o.BatchInFlight}})
 		if err != nil {
 			ph.Incomplete = err.Error()
@@ -66,7 +69,12 @@ func (h *harness) requests(ctx context.Context, s reqSpec) report.Phase {
 	var ok atomic.Int64
 	do := func(c *events.Client, from time.Time) {
 		i := seq.Add(1) - 1
-		out, err := s.op(ctx, c, i)
+		// The client's own timeout applies only to a context without a
+		// deadline, and the run's has one: a request whose reply is lost
+		// (its service died) would wait for the end of the run.
+		rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		out, err := s.op(rctx, c, i)
+		cancel()
 		now := time.Now()
 		if err != nil {
 			if ctx.Err() != nil {
