@@ -22,6 +22,19 @@
 #                     batching calls in flight together, beside the same alone
 #                     and the bare responder floor, 15 s, on the pinned
 #                     nats-server and the real Redis; not in CI
+#   make loadtest-faults the fault suite (loadtest/README.md): for each scenario
+#                     a nats-server (the pinned one) and a redis-server of its
+#                     own on spare ports, every service in its own process
+#                     behind toxiproxy, faults injected under load (kill -9 of
+#                     each service and of NATS, Redis restarted empty or
+#                     unreachable, partitions, a 1,000,000-event backlog, a
+#                     flood of malformed messages), the exactness check after;
+#                     one table, loadtest/out/faults.md; exits 1 on a row that
+#                     is not 0 lost, 0 double-counted, 0 notices sent twice.
+#                     FAULTS=kill-meter,... runs some scenarios only
+#   make loadtest-faults-quick  its short profile (12 s of traffic a scenario,
+#                     a 50,000-event backlog, 10,000 malformed messages), as
+#                     CI runs it
 #   make cluster-up | cluster-down   a 3-node NATS cluster and a Redis Cluster of
 #                     3 masters and 3 replicas on loopback ports (tools/cluster)
 #   make cluster-test    the store suites on that Redis Cluster (every script
@@ -85,7 +98,7 @@ MODIFIED ?= $(shell test -z "$$(git status --porcelain 2>/dev/null)" && echo fal
 SERVICE_PKG := github.com/allot/allot/pkg/service
 LDFLAGS = -X $(SERVICE_PKG).version=$(VERSION) -X $(SERVICE_PKG).revision=$(REVISION) -X $(SERVICE_PKG).modified=$(MODIFIED)
 
-.PHONY: run test test-unit test-integration test-clock-ahead bench lint fmt tidy build fuzz clean modules loadtest loadtest-quick loadtest-grpc loadtest-batch nats-server cluster-up cluster-down cluster-test
+.PHONY: run test test-unit test-integration test-clock-ahead bench lint fmt tidy build fuzz clean modules loadtest loadtest-quick loadtest-grpc loadtest-batch loadtest-faults loadtest-faults-quick nats-server cluster-up cluster-down cluster-test
 
 # run builds bin/allot, saying how far along it is (cmd/allot/build.sh),
 # then execs it in place of make's shell: Ctrl-C reaches allot dev, which
@@ -166,6 +179,18 @@ loadtest-grpc: $(NATS_SERVER)
 
 loadtest-batch: $(NATS_SERVER)
 	$(WITH_NATS) bash -c 'cd loadtest && go run . --profile batch -nats-url "$$ALLOT_TEST_NATS_URL" -redis-url "$(ALLOT_TEST_REDIS_URL)" $(LOADTEST_FLAGS)'
+
+# The fault suite starts its own servers (never the shared Redis on 6379
+# or the NATS on 4222): the pinned nats-server, and redis-server from the
+# PATH. FAULTS names a subset of its scenarios (default: all).
+FAULTS ?=
+FAULT_FLAGS = -nats-server $(NATS_SERVER) $(if $(FAULTS),-faults $(FAULTS))
+
+loadtest-faults: $(NATS_SERVER)
+	cd loadtest && go run . -profile faults $(FAULT_FLAGS) $(LOADTEST_FLAGS)
+
+loadtest-faults-quick: $(NATS_SERVER)
+	cd loadtest && go run . -profile faults-quick $(FAULT_FLAGS) $(LOADTEST_FLAGS)
 
 # Every fuzz target, as package:Target; each runs for FUZZTIME.
 FUZZ_TARGETS := ./pkg/events:FuzzDecode ./pkg/events:FuzzDecodeMatchesReference ./pkg/events:FuzzParseTimeUTC ./pkg/events:FuzzDecodeReplyBody \
