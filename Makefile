@@ -197,7 +197,7 @@ FUZZ_TARGETS := ./pkg/events:FuzzDecode ./pkg/events:FuzzDecodeMatchesReference 
 	./pkg/events:FuzzCheckNumber ./pkg/events:FuzzDecodeRequest ./pkg/events:FuzzWatchChange ./pkg/events:FuzzDecodeBatchRequest \
 	./services/notifier:FuzzDecodeTaskPayload ./services/notifier/internal/token:FuzzCheck \
 	./services/auth:FuzzLoadKeysFile ./services/auth/internal/policy:FuzzCompile ./services/auth/internal/apikey:FuzzParse \
-	./cmd/allot:FuzzParseFrom
+	./cmd/allot:FuzzParseFrom ./loadtest:FuzzParseNoticeTask
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

@@ -83,7 +83,7 @@ func parseNoticeTask(task string) (noticeKey, error) {
 	rest, ok := strings.CutPrefix(task, "usage:")
 	uid, id, ok2 := strings.Cut(rest, ":")
 	parts := strings.SplitN(id, ".", 4)
-	if !ok || !ok2 || len(parts) != 4 || parts[0] != uid || parts[1] == "" || parts[3] == "" {
+	if !ok || !ok2 || uid == "" || len(parts) != 4 || parts[0] != uid || parts[1] == "" || parts[3] == "" || !digits(parts[2]) {
 		return noticeKey{}, fmt.Errorf("usage email with task id %q, not usage:<uid>:<uid>.<metric>.<start>.<threshold>", task)
 	}
 	return noticeKey{uid: uid, metric: parts[1], threshold: parts[3]}, nil
@@ -144,4 +144,13 @@ func (ss *mailSession) Data(r io.Reader) error {
 	}
 	ss.s.record(data)
 	return nil
+}
+
+func digits(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
 }

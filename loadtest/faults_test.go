@@ -1,0 +1,151 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/usage"
+)
+
+func faultEnvVars(k string) string {
+	if k == "ALLOT_TEST_NATS_SERVER" {
+		return "/bin/nats-server"
+	}
+	return ""
+}
+
+func TestParseFaultOptionsRefusesBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		getenv func(string) string
+		want   string
+	}{
+		{"unknown fault", []string{"-profile", "faults", "-faults", "kill-meter,melt"}, faultEnvVars, `unknown fault scenario "melt"`},
+		{"no fault", []string{"-profile", "faults", "-faults", " , "}, faultEnvVars, "-faults: name at least one"},
+		{"no nats-server", []string{"-profile", "faults-quick"}, noEnv, "-nats-server: the fault suite needs the pinned nats-server"},
+		{"a target of the user's", []string{"-profile", "faults", "-nats-url", "nats://127.0.0.1:4222"}, faultEnvVars, "-nats-url: the fault suite starts servers"},
+		{"a redis of the user's", []string{"-profile", "faults", "-redis-url", "redis://127.0.0.1:6379/0"}, faultEnvVars, "-redis-url: the fault suite starts servers"},
+		{"stacks", []string{"-profile", "faults", "-stacks", "2"}, faultEnvVars, "-stacks"},
+		{"scenarios", []string{"-profile", "faults", "-scenarios", "ingest"}, faultEnvVars, "-scenarios"},
+		{"zero kills", []string{"-profile", "faults", "-kills", "0"}, faultEnvVars, "-kills"},
+		{"zero backlog", []string{"-profile", "faults", "-backlog", "0"}, faultEnvVars, "-backlog"},
+		{"huge flood", []string{"-profile", "faults", "-flood", "20000000"}, faultEnvVars, "-flood"},
+		{"short traffic", []string{"-profile", "faults", "-duration", "2s"}, faultEnvVars, "-duration: must be between 5s and 1h"},
+		{"dup NaN", []string{"-profile", "faults", "-dup", "NaN"}, faultEnvVars, "-dup"},
+		{"fault flags without a fault profile", []string{"-profile", "quick", "-kills", "3"}, faultEnvVars, "are for the fault profiles"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			_, err := parseOptions(tc.args, tc.getenv, &stderr)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("parseOptions(%q) = %v, want an error containing %q", tc.args, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseFaultProfiles(t *testing.T) {
+	o, err := parseOptions([]string{"-profile", "faults-quick"}, faultEnvVars, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(o.Faults, ",") != strings.Join(faultNames(), ",") || o.Duration != 12*time.Second || o.DupRatio != 0.1 ||
+		o.FaultBacklog != 50_000 || o.FaultFlood != 10_000 || o.FaultKills != 5 || o.NATSServer != "/bin/nats-server" || len(o.Scenarios) != 0 {
+		t.Errorf("faults-quick = %+v", o)
+	}
+	o, err = parseOptions([]string{"-profile", "faults", "-faults", "redis-empty, kill-meter", "-backlog", "1000", "-dup", "0.2", "-nats-server", "/x/nats"}, noEnv, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(o.Faults, ",") != "redis-empty,kill-meter" || o.FaultBacklog != 1000 || o.FaultFlood != 100_000 || o.DupRatio != 0.2 || o.NATSServer != "/x/nats" || o.Duration != 30*time.Second {
+		t.Errorf("faults with flags = %+v", o)
+	}
+}
+
+func TestParseNoticeTask(t *testing.T) {
+	k, err := parseNoticeTask("usage:u-1:u-1.photo_daily_total.1796598604651.80")
+	if err != nil || k != (noticeKey{uid: "u-1", metric: "photo_daily_total", threshold: "80"}) {
+		t.Errorf("parseNoticeTask = %+v, %v", k, err)
+	}
+	if k, err := parseNoticeTask("usage:u-1:u-1.m.0.12.5"); err != nil || k.threshold != "12.5" {
+		t.Errorf("a fractional threshold = %+v, %v", k, err)
+	}
+	for _, bad := range []string{"", "usage:", "usage:u-1", "usage:u-1:u-2.m.0.80", "usage:u-1:u-1.m.0", "usage:u-1:u-1..0.80", "confirm:u-1:x", "usage:u-1:u-1.m.0.", "usage::.0..0", "usage:u:u.m.x.80"} {
+		if _, err := parseNoticeTask(bad); err == nil {
+			t.Errorf("parseNoticeTask(%q) = nil error", bad)
+		}
+	}
+}
+
+// Every message of the flood is one the meter refuses: its subject is
+// not a uid's, or its body does not decode, does not match the subject,
+// names a metric allot does not declare, or breaks the metric's rules.
+func TestMalformedMessagesAreAllRefused(t *testing.T) {
+	f := &faultRun{o: Options{UIDs: 3}, h: &harness{t: &target{runID: "r", cfg: service.Default()}}}
+	subj := events.DefaultSubjects()
+	cat := usage.Default()
+	for i := range 2048 {
+		subject, body, onUID := f.malformedMsg(i)
+		uid, err := subj.ParseUsage(subject)
+		if err != nil {
+			if onUID {
+				t.Errorf("message %d: subject %q is not a uid's but onUID is set", i, subject)
+			}
+			continue
+		}
+		if !onUID {
+			t.Errorf("message %d: subject %q is a uid's but onUID is not set", i, subject)
+		}
+		ev, err := events.Decode(body, events.DefaultMaxEventBytes)
+		if err != nil {
+			continue
+		}
+		if ev.CheckSubject(uid) != nil {
+			continue
+		}
+		mc, ok := cat.Metric(ev.Data.Metric)
+		if !ok || (ev.Data.Value < 0 && mc.Style != usage.StyleGauge) {
+			continue
+		}
+		refused := false
+		for name := range ev.Data.Labels {
+			refused = refused || !mc.AllowsLabel(name)
+		}
+		if !refused {
+			t.Errorf("message %d (%d bytes) would be applied: %s", i, len(body), body)
+		}
+	}
+}
+
+func TestFaultTableFlagsFailures(t *testing.T) {
+	rows := []faultRow{
+		{Name: "a", Scenario: "fine", Published: 1200, Applied: 1000, DupsDropped: 190, Dead: 10, Recover: 1500 * time.Millisecond},
+		{Name: "b", Scenario: "broken", Lost: 3, Failures: []string{"3 lost"}},
+	}
+	got := faultTable(rows)
+	for _, want := range []string{"| fine | 1,200 | 1,000 | 190 | 10 | 0 | 0 | 0 | 1.5 s |", "| **FAILED** broken |", "FAILED: 3 lost."} {
+		if !strings.Contains(got, want) {
+			t.Errorf("table lacks %q:\n%s", want, got)
+		}
+	}
+}
+
+func FuzzParseNoticeTask(f *testing.F) {
+	f.Add("usage:u-1:u-1.photo_daily_total.1796598604651.80")
+	f.Add("usage:u-1:u-1.m.0.12.5")
+	f.Add("usage::..")
+	f.Fuzz(func(t *testing.T, task string) {
+		k, err := parseNoticeTask(task)
+		if err != nil {
+			return
+		}
+		if k.uid == "" || k.metric == "" || k.threshold == "" || !strings.HasPrefix(task, "usage:"+k.uid+":"+k.uid+"."+k.metric+".") {
+			t.Errorf("parseNoticeTask(%q) = %+v", task, k)
+		}
+	})
+}
