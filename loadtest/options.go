@@ -156,6 +156,13 @@ Scenarios (-scenarios, comma-separated):
              the stack's front too, in the same run (-profile grpc: with ratelimit)
   mixed      all of them at once
 Request scenarios run -concurrency closed-loop clients, or -req-rate open loop.
+
+Fault profiles (-profile faults, faults-quick; make loadtest-faults): each of
+-faults in a world of its own (a nats-server, -nats-server, and a redis-server
+the run starts on spare ports, every service in its own process behind
+toxiproxy), traffic with duplicates, the fault, the exactness check; one table
+(out/faults.md), exit 1 on a row that is not 0 lost, 0 double-counted, 0
+notices sent twice. See README.md.
 Every headline figure is compared with a raw baseline measured in the same run.
 
 Exit status: 0 all well; 1 exactness failed or the run is incomplete (a partial
@@ -176,7 +183,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 		fs.PrintDefaults()
 	}
 	scen := strings.Join(o.Scenarios, ",")
-	fs.StringVar(&o.Profile, "profile", o.Profile, "`name` of a profile: default (60 s, every scenario), quick (10 s, ingest and credit) or grpc (15 s, ratelimit and grpc over 10,000 uids)")
+	fs.StringVar(&o.Profile, "profile", o.Profile, "`name` of a profile: default (60 s, every scenario), quick (10 s, ingest and credit), grpc (15 s, ratelimit and grpc over 10,000 uids), batch, or the fault suite's faults and faults-quick")
 	fs.StringVar(&o.Target, "target", o.Target, "inprocess or external")
 	fs.StringVar(&o.NATSURL, "nats-url", o.NATSURL, "NATS `url` (default $NATS_URL); inprocess: use it instead of an embedded server")
 	fs.StringVar(&o.RedisURL, "redis-url", o.RedisURL, "Redis `url` (default $REDIS_URL); inprocess: use it instead of miniredis")
