@@ -100,22 +100,63 @@ func (f *faultRun) countDeadLetters(ctx context.Context) (deadCount, error) {
 }
 
 // countApplied counts the events Redis holds: the meter's dedup records
-// of event ids (authorizations share them, under ids of their own).
+// of event ids, members of its dedup SETs ("<tag> <id>" in the SETs of
+// keys.DedupTag on a single Redis, "<id>" in each tag's own on a
+// Cluster); authorizations share them under ids of their own, and are
+// not counted. A meter with meter.dedup_ids off keeps no such record.
 func (f *faultRun) countApplied(ctx context.Context) (int64, error) {
 	t := f.h.t
-	pattern := t.keys.Prefix() + "{*}:e:*"
 	authPrefix := t.uidPrefix() + "a"
-	var n int64
-	iter := t.rdb.Scan(ctx, 0, pattern, 5000).Iterator()
-	for iter.Next(ctx) {
-		k := iter.Val()
-		id := k[strings.LastIndex(k, ":e:")+3:]
-		if strings.HasPrefix(id, authPrefix) || strings.HasPrefix(id, "notify-") {
-			continue
-		}
-		n++
+	sets, err := f.dedupSets(ctx)
+	if err != nil {
+		return 0, err
 	}
-	return n, iter.Err()
+	var n int64
+	for _, set := range sets {
+		iter := t.rdb.SScan(ctx, set, 0, "", 5000).Iterator()
+		for iter.Next(ctx) {
+			m := iter.Val()
+			id := m[strings.LastIndexByte(m, ' ')+1:]
+			if strings.HasPrefix(id, authPrefix) || strings.HasPrefix(id, "notify-") {
+				continue
+			}
+			n++
+		}
+		if err := iter.Err(); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
+}
+
+// dedupSets lists the meter's dedup SETs: keys.DedupSet of any tag and
+// time bucket.
+func (f *faultRun) dedupSets(ctx context.Context) ([]string, error) {
+	t := f.h.t
+	var sets []string
+	iter := t.rdb.Scan(ctx, 0, t.keys.Prefix()+"{*}:ids:*", 1000).Iterator()
+	for iter.Next(ctx) {
+		sets = append(sets, iter.Val())
+	}
+	return sets, iter.Err()
+}
+
+// recordsNow is how many dedup records the meter's SETs hold now, of
+// events and authorizations alike.
+func (f *faultRun) recordsNow(ctx context.Context) (int64, error) {
+	sets, err := f.dedupSets(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, set := range sets {
+		c, err := f.h.t.rdb.SCard(ctx, set).Result()
+		if err != nil {
+			return 0, err
+		}
+		n += c
+	}
+	return n, nil
 }
 
 // check ends a scenario: the authorizations whose answer was lost are

@@ -129,36 +129,32 @@ func redisEmptyScenario(ctx context.Context, f *faultRun) error {
 }
 
 // killMidRebuild waits until the meter's rebuild is writing the state
-// (its "rebuilding" mark beside the missing marker, and Redis holding a
-// tenth of the keys it will write), kills the meter with SIGKILL there
-// and starts it again. A rebuild that ends before that is noted.
+// (its "rebuilding" mark beside the missing marker, and a tenth of the
+// events stored already recorded again), kills the meter with SIGKILL
+// there and starts it again. A rebuild that ends before that is noted.
 func (f *faultRun) killMidRebuild(ctx context.Context, stored uint64) error {
 	k := f.h.t.keys
 	rdb := f.h.t.rdb
 	began := time.Now()
-	base := int64(-1)
 	for {
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
-		pipe := rdb.Pipeline()
-		epoch := pipe.HGetAll(ctx, k.MeterEpoch())
-		size := pipe.DBSize(ctx)
-		if _, err := pipe.Exec(ctx); err == nil {
-			m := epoch.Val()
+		if m, err := rdb.HGetAll(ctx, k.MeterEpoch()).Result(); err == nil {
 			switch {
 			case m["seq"] != "":
 				f.note("the rebuild ended before a kill could land (%.2f s after the restart): the kill mid-rebuild was not tested", time.Since(began).Seconds())
 				return nil
-			case m["rebuilding"] != "" && base < 0:
-				base = size.Val()
-			case base >= 0 && size.Val()-base >= max(50, int64(stored)/10):
-				f.env.kill9("meter")
-				f.note("the meter was killed -9 mid-rebuild, %.2f s after the restart, with %s keys rebuilt", time.Since(began).Seconds(), commas(size.Val()-base))
-				if err := f.env.startService(ctx, "meter"); err != nil {
-					return fmt.Errorf("restart the meter after the kill mid-rebuild: %w", err)
+			case m["rebuilding"] != "":
+				n, err := f.recordsNow(ctx)
+				if err == nil && n >= max(50, int64(stored)/10) {
+					f.env.kill9("meter")
+					f.note("the meter was killed -9 mid-rebuild, %.2f s after the restart, with %s of the %s messages stored replayed", time.Since(began).Seconds(), commas(n), commas(int64(stored)))
+					if err := f.env.startService(ctx, "meter"); err != nil {
+						return fmt.Errorf("restart the meter after the kill mid-rebuild: %w", err)
+					}
+					return nil
 				}
-				return nil
 			}
 		}
 		if time.Since(began) > 60*time.Second {
