@@ -1,9 +1,11 @@
 package service
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -62,6 +64,21 @@ func (b *batcher) run() {
 		b.serve(batch)
 		clear(batch) // let the answered requests go
 	}
+}
+
+// BatchContext returns the context to serve reqs in: it ends budget
+// after the first of them arrived, so a batch that queued behind a slow
+// one (Redis hanging) still answers each request within budget of its
+// arrival, instead of waiting a budget of its own on top. A request that
+// is not this package's (Detached) counts as arriving now.
+func BatchContext(reqs []micro.Request, budget time.Duration) (context.Context, context.CancelFunc) {
+	first := time.Now()
+	for _, r := range reqs {
+		if rr, ok := r.(*request); ok && rr.received.Before(first) {
+			first = rr.received
+		}
+	}
+	return context.WithDeadline(context.Background(), first.Add(budget))
 }
 
 // Detached is a request that answers on the connection directly and

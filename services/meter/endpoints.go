@@ -20,6 +20,14 @@ func (m *Meter) requestContext() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), m.cfg.NATS.RequestTimeout)
 }
 
+// batchContext bounds a batch's Redis work by its first request's
+// arrival: three quarters of nats.request_timeout after it, so a request
+// that queued behind a batch stuck on Redis still gets its 503 before a
+// client with the same timeout gives up.
+func (m *Meter) batchContext(reqs []micro.Request) (context.Context, context.CancelFunc) {
+	return service.BatchContext(reqs, m.cfg.NATS.RequestTimeout*3/4)
+}
+
 // uidOf returns the <uid> token of a request subject <meter>.<endpoint>.<uid>.
 func (m *Meter) uidOf(req micro.Request, endpoint string) (string, error) {
 	return m.subj.ParseUID(req.Subject(), m.subj.Meter+"."+endpoint)
@@ -83,7 +91,7 @@ func (m *Meter) handleCredits(reqs []micro.Request) {
 	if len(valid) == 0 {
 		return
 	}
-	ctx, cancel := m.requestContext()
+	ctx, cancel := m.batchContext(reqs)
 	defer cancel()
 	reads, errs := m.store.ReadCredits(ctx, queries)
 	for i, r := range valid {
@@ -193,7 +201,7 @@ func (m *Meter) handleAuthorizes(reqs []micro.Request) {
 	if len(valid) == 0 {
 		return
 	}
-	ctx, cancel := m.requestContext()
+	ctx, cancel := m.batchContext(reqs)
 	defer cancel()
 	ds, errs := m.store.AuthorizeMany(ctx, ops)
 	// Each decision carries every notice still pending for its grant, so
