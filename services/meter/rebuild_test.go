@@ -102,10 +102,12 @@ func (e *env) keys() keys.Keys { return keys.New(e.cfg.Redis.KeyPrefix) }
 
 // sameState compares snapshots; TTLs set from Redis's clock may differ by
 // the time between the two writes.
+// ttlClose compares TTLs read at two moments of a test.
+var ttlClose = cmp.Comparer(func(a, b time.Duration) bool { return (a - b).Abs() < 5*time.Second })
+
 func sameState(t *testing.T, want, got map[string]keyState) {
 	t.Helper()
-	opt := cmp.Comparer(func(a, b time.Duration) bool { return (a - b).Abs() < 5*time.Second })
-	if d := cmp.Diff(want, got, opt); d != "" {
+	if d := cmp.Diff(want, got, ttlClose); d != "" {
 		t.Errorf("state after rebuild differs (-before +rebuilt):\n%s", d)
 	}
 }
@@ -257,7 +259,7 @@ func testRebuildOneUID(t *testing.T, e *env) {
 		t.Fatal(err)
 	}
 	sameState(t, before, uidSnapshot(t, e, "u-1"))
-	if rest := snapshot(t, e.rdb, e.keys().Prefix()); !cmp.Equal(rest, uidSnapshot(t, e, "u-1")) {
+	if rest := snapshot(t, e.rdb, e.keys().Prefix()); !cmp.Equal(rest, uidSnapshot(t, e, "u-1"), ttlClose) {
 		t.Errorf("rebuilt beyond u-1: %v", rest)
 	}
 	// u-1's jobs_total (global) and queue_depth (instance) events are
