@@ -76,7 +76,11 @@ func (s *Store) Rebuilding(ctx context.Context) (bool, error) {
 }
 
 // HasState reports whether Redis holds any of the meter's state: a grant
-// period, a counter or gauge, or a dedup record. Without an epoch marker
+// period, a counter or gauge, or a dedup record as a key of its own (the
+// versions before the marker kept them so). The dedup SETs and stream
+// records of later versions are not looked for: they never stand without
+// a grant or counter beside them but once those have expired, and a
+// Redis holding only them is rebuilt, which is safe. Without an epoch marker
 // that tells a Redis that lost the state (none) from one written by a
 // meter from before the marker (some), whose state must be kept, not
 // rebuilt over: a rebuild cannot restore what authorize charged. It asks
