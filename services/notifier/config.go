@@ -44,6 +44,14 @@ type Settings struct {
 	// redelivered within it never sends a second email. Default 168h (the
 	// NOTIFY stream's default age).
 	Retention time.Duration `yaml:"retention"`
+	// UnknownOutcome is what a task does with an email whose earlier
+	// attempt ended between the end of its data and the server's answer
+	// (the notifier died, lost Redis or its connection in that moment),
+	// so that nobody knows whether the server took it: "skip" counts it
+	// as sent (at most once: a notice may be missing, never doubled),
+	// "resend" sends it again with the same Message-ID (at least once: a
+	// notice may arrive twice, never be missing). Default skip.
+	UnknownOutcome string `yaml:"unknown_outcome"`
 	// Durable names the notifier's JetStream consumer on the NOTIFY
 	// stream. Default "notifier".
 	Durable string `yaml:"durable"`
@@ -114,6 +122,13 @@ type SMTPConfig struct {
 	Timeout time.Duration `yaml:"timeout"`
 }
 
+// What a task does with an email of unknown outcome
+// (Settings.UnknownOutcome).
+const (
+	UnknownOutcomeSkip   = "skip"
+	UnknownOutcomeResend = "resend"
+)
+
 // MinTokenSecretLen is the shortest token secret accepted.
 const MinTokenSecretLen = 32
 
@@ -130,6 +145,7 @@ func DefaultSettings() Settings {
 		RetryMax:        10 * time.Minute,
 		Poll:            100 * time.Millisecond,
 		Retention:       7 * 24 * time.Hour,
+		UnknownOutcome:  UnknownOutcomeSkip,
 		Durable:         "notifier",
 		MaxDeliver:      service.DefaultMaxDeliver,
 		Handlers:        4,
@@ -196,6 +212,9 @@ func (s Settings) Validate(catalog usage.Catalog) error {
 	}
 	if s.Retention < time.Minute {
 		add("retention", "must be at least 1m, got %v", s.Retention)
+	}
+	if s.UnknownOutcome != UnknownOutcomeSkip && s.UnknownOutcome != UnknownOutcomeResend {
+		add("unknown_outcome", "must be %s (at most once) or %s (at least once), got %q", UnknownOutcomeSkip, UnknownOutcomeResend, s.UnknownOutcome)
 	}
 	if err := events.ValidateToken("durable", s.Durable); err != nil {
 		add("durable", "must be 1 to %d of A-Z a-z 0-9 _ -, got %q", events.MaxTokenLen, s.Durable)

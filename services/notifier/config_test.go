@@ -75,6 +75,7 @@ func TestNotifierSectionBadValues(t *testing.T) {
 		"notifier.retry_max":        func(c *Settings) { c.RetryMax = time.Second },
 		"notifier.poll":             func(c *Settings) { c.Poll = time.Millisecond },
 		"notifier.retention":        func(c *Settings) { c.Retention = time.Second },
+		"notifier.unknown_outcome":  func(c *Settings) { c.UnknownOutcome = "maybe" },
 		"notifier.durable":          func(c *Settings) { c.Durable = "a.b" },
 		"notifier.handlers":         func(c *Settings) { c.Handlers = 0 },
 		"notifier.token_secrets":    func(c *Settings) { c.TokenSecrets = []service.Secret{"short"} },

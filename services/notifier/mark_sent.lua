@@ -1,9 +1,11 @@
--- mark_sent.lua records that a task's email went out, so a rerun of the
--- task (asynq after a crash, before it recorded success) does not send it
--- again.
+-- mark_sent.lua writes a task's sent mark: "claimed" just before the
+-- server can take the email, "1" once it did. A rerun of the task (asynq
+-- after a crash, before it recorded success) finds "1" and does not send
+-- again, or finds "claimed" and knows the outcome is unknown.
 --
 -- KEYS[1] the task's sent mark ({uid}:sent:<task>)
 -- ARGV[1] how long to keep it, ms (notifier.retention)
+-- ARGV[2] the mark: claimed or 1
 --
 -- returns OK
-return redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])

@@ -15,6 +15,7 @@ type metrics struct {
 	transient      *prometheus.CounterVec
 	sent           *prometheus.CounterVec
 	smtpErrors     *prometheus.CounterVec
+	unknown        *prometheus.CounterVec
 	renderFailures *prometheus.CounterVec
 	chargeRefused  prometheus.Counter
 	handled        *prometheus.HistogramVec
@@ -52,6 +53,9 @@ func newMetrics(reg prometheus.Registerer, rdb redis.UniversalClient, queues map
 		smtpErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "allot_notifier_smtp_errors_total", Help: "SMTP failures by kind: transient (down, 4xx) or permanent (5xx).",
 		}, []string{"kind"}),
+		unknown: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "allot_notifier_unknown_outcome_total", Help: "Emails an earlier attempt left between the end of their data and the server's answer, by type and what was done (skipped or resent, notifier.unknown_outcome).",
+		}, []string{"type", "action"}),
 		renderFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "allot_notifier_render_failures_total", Help: "Templates that failed to render, by template.",
 		}, []string{"template"}),
@@ -86,7 +90,7 @@ func newMetrics(reg prometheus.Registerer, rdb redis.UniversalClient, queues map
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.notices, m.tasks, m.dead, m.transient, m.sent, m.smtpErrors, m.renderFailures,
+	for _, c := range []prometheus.Collector{m.notices, m.tasks, m.dead, m.transient, m.sent, m.smtpErrors, m.unknown, m.renderFailures,
 		m.chargeRefused, m.handled, m.endToEnd, m.smtpSeconds, m.requests, m.verified, m.leader, m.scheduled, m.reaped,
 		newQueueCollector(asynq.NewInspectorFromRedisClient(rdb), queues)} {
 		if err := reg.Register(c); err != nil {

@@ -11,10 +11,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/pkg/testenv"
+	"github.com/allot/allot/services/meter"
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 )
 
 // behaviours run on miniredis and an embedded NATS here, and on the real
@@ -30,6 +34,7 @@ var behaviours = []struct {
 	{"UsageNoticeEmail", testUsageNoticeEmail},
 	{"EmailGrantExhausted", testEmailGrantExhausted},
 	{"SMTPFailures", testSMTPFailures},
+	{"UnknownOutcome", testUnknownOutcome},
 	{"Templates", testTemplates},
 	{"RefreshHasOneScheduler", testRefreshHasOneScheduler},
 	{"RefreshSchedulerStopsWithTheLock", testRefreshSchedulerStopsWithTheLock},
@@ -359,6 +364,93 @@ func testSMTPFailures(t *testing.T, newEnv envFunc) {
 	})
 }
 
+// An email whose attempt ended between the end of its data and the
+// server's answer (here the server hangs up after taking it) has an
+// unknown outcome: the rerun finds the claimed mark and skips it, or with
+// unknown_outcome resend sends it again with the same Message-ID. A
+// server that answers no after the claim leaves no claim behind.
+func testUnknownOutcome(t *testing.T, newEnv envFunc) {
+	markOf := func(e *env, id string) string {
+		v, _ := e.rdb.Get(t.Context(), e.keys.SentEmail("u-1", hashID("confirm:u-1:"+id))).Result()
+		return v
+	}
+	waitCounter := func(reg *prometheus.Registry, want float64, name string, labels ...string) {
+		t.Helper()
+		eventually(t, 10*time.Second, func() error {
+			if got := counter(t, reg, name, labels...); got != want {
+				return fmt.Errorf("%s %v = %v, want %v", name, labels, got, want)
+			}
+			return nil
+		})
+	}
+	t.Run("skip", func(t *testing.T) {
+		e := newEnv(t)
+		_, reg := e.start()
+		e.smtp.DropReplyNext(1)
+		e.confirm("u-1", events.ConfirmRequest{ID: "c-1", Email: "a@example.com"})
+		waitCounter(reg, 1, "allot_notifier_unknown_outcome_total", "action", "skipped")
+		if n := len(e.smtp.Messages()); n != 1 {
+			t.Errorf("%d emails, want the one the server took", n)
+		}
+		if m := markOf(e, "c-1"); m != markClaimed {
+			t.Errorf("mark %q, want it left claimed", m)
+		}
+		if n := counter(t, reg, "allot_notifier_unknown_outcome_total", "action", "resent"); n != 0 {
+			t.Errorf("resent %v", n)
+		}
+	})
+	t.Run("resend", func(t *testing.T) {
+		e := newEnv(t)
+		e.cfg.Notifier.UnknownOutcome = UnknownOutcomeResend
+		_, reg := e.start()
+		e.smtp.DropReplyNext(1)
+		e.confirm("u-1", events.ConfirmRequest{ID: "c-1", Email: "a@example.com"})
+		got := e.mails(2)
+		first, second := got[0].MustParse(t), got[1].MustParse(t)
+		if first.Header.Get("Message-ID") == "" || first.Header.Get("Message-ID") != second.Header.Get("Message-ID") {
+			t.Errorf("Message-IDs %q and %q, want the same", first.Header.Get("Message-ID"), second.Header.Get("Message-ID"))
+		}
+		waitCounter(reg, 1, "allot_notifier_unknown_outcome_total", "action", "resent")
+		eventually(t, 5*time.Second, func() error {
+			if m := markOf(e, "c-1"); m != markSent {
+				return fmt.Errorf("mark %q, want sent", m)
+			}
+			return nil
+		})
+		// Charged once: the resend charges the same id.
+		if c, _ := e.client.Credit(t.Context(), "u-1", "email_daily_total"); c.Used != 1 {
+			t.Errorf("charged %v times", c.Used)
+		}
+	})
+	t.Run("refused after the claim", func(t *testing.T) {
+		e := newEnv(t)
+		_, reg := e.start()
+		e.smtp.RefuseDataNext(451, "try again later", 1)
+		e.confirm("u-1", events.ConfirmRequest{ID: "c-1", Email: "a@example.com"})
+		e.mails(1)
+		waitCounter(reg, 1, "allot_notifier_tasks_total", "type", TypeConfirmEmail, "result", "sent")
+		if n := counter(t, reg, "allot_notifier_unknown_outcome_total", "action", "skipped"); n != 0 {
+			t.Errorf("a refusal was taken for an unknown outcome %v times", n)
+		}
+		if m := markOf(e, "c-1"); m != markSent {
+			t.Errorf("mark %q, want sent", m)
+		}
+	})
+	t.Run("claim left by a dead attempt", func(t *testing.T) {
+		e := newEnv(t)
+		_, reg := e.start()
+		mark := e.keys.SentEmail("u-1", hashID("confirm:u-1:c-1"))
+		if err := e.rdb.Set(t.Context(), mark, markClaimed, time.Hour).Err(); err != nil {
+			t.Fatal(err)
+		}
+		e.confirm("u-1", events.ConfirmRequest{ID: "c-1", Email: "a@example.com"})
+		waitCounter(reg, 1, "allot_notifier_unknown_outcome_total", "action", "skipped")
+		if n := len(e.smtp.Messages()); n != 0 {
+			t.Errorf("%d emails sent for an unknown outcome under skip", n)
+		}
+	})
+}
+
 // Templates come from a directory that overrides and adds; one that fails
 // to render is dead-lettered and counted, and the worker goes on.
 func testTemplates(t *testing.T, newEnv envFunc) {
@@ -420,6 +512,41 @@ func TestSentMarkStopsARerun(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Redis away at the moment the server takes an email: the sent mark is
+// written once Redis is back, so asynq's rerun (it could not record the
+// task's success either) finds it sent and sends nothing more.
+func TestSentMarkOutlastsARedisOutage(t *testing.T) {
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	cfg := DefaultConfig()
+	cfg.NATS.URL = service.URL(testenv.EmbeddedNATS(t))
+	e := newEnvOn(t, cfg, meter.DefaultSettings(), rdb)
+	_, reg := e.start()
+	e.smtp.BeforeReplyNext(func() {
+		mr.Close()
+		time.AfterFunc(700*time.Millisecond, func() {
+			if err := mr.Restart(); err != nil {
+				t.Errorf("restart miniredis: %v", err)
+			}
+		})
+	})
+	e.confirm("u-1", events.ConfirmRequest{ID: "c-1", Email: "a@example.com"})
+	eventually(t, 15*time.Second, func() error {
+		v, err := rdb.Get(t.Context(), e.keys.SentEmail("u-1", hashID("confirm:u-1:c-1"))).Result()
+		if v != markSent {
+			return fmt.Errorf("mark %q (%v), want sent", v, err)
+		}
+		return nil
+	})
+	if n := counter(t, reg, "allot_notifier_tasks_total", "type", TypeConfirmEmail, "result", "sent"); n != 1 {
+		t.Errorf("sent %v times", n)
+	}
+	if n := len(e.smtp.Messages()); n != 1 {
+		t.Errorf("%d emails, want 1", n)
+	}
 }
 
 func TestVerifyBadInput(t *testing.T) {

@@ -18,6 +18,7 @@ import (
 	"github.com/allot/allot/services/notifier/internal/mail"
 	"github.com/allot/allot/services/notifier/internal/templates"
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 )
 
 // Task types.
@@ -124,15 +125,40 @@ type email struct {
 	enqueued  time.Time
 }
 
+// The values of a task's sent mark ({uid}:sent:<task>): claimed is
+// written just before the line that ends the email's data, sent once the
+// server took it. A claimed mark that an attempt left behind is an email
+// of unknown outcome (notifier.unknown_outcome).
+const (
+	markClaimed = "claimed"
+	markSent    = "1"
+)
+
 // deliver sends e once: it skips an email already sent, renders it,
-// charges it, sends it and marks it sent.
+// charges it, sends it and marks it sent. The mark is claimed right
+// before the server can take the email and set once it did, so an
+// attempt that dies in between leaves the claim: the next run knows the
+// outcome is unknown and does what notifier.unknown_outcome says, rather
+// than send blindly again.
 func (n *Notifier) deliver(ctx context.Context, e email) error {
 	id := hashID(taskIDOf(ctx))
 	sentKey := n.keys.SentEmail(e.uid, id)
-	switch sent, err := n.rdb.Exists(ctx, sentKey).Result(); {
+	mark, err := n.rdb.Get(ctx, sentKey).Result()
+	switch {
+	case errors.Is(err, redis.Nil):
 	case err != nil:
 		return n.transient(e.typ, "redis", fmt.Errorf("notifier: read sent mark: %w", err))
-	case sent > 0:
+	case mark == markClaimed && n.cfg.Notifier.UnknownOutcome == UnknownOutcomeResend:
+		n.metrics.unknown.WithLabelValues(e.typ, "resent").Inc()
+		n.log.Warn("email of unknown outcome: an earlier attempt ended before the server answered; sending it again with the same Message-ID (notifier.unknown_outcome resend)",
+			"type", e.typ, "uid", e.uid, "task", taskIDOf(ctx))
+	case mark == markClaimed:
+		n.metrics.unknown.WithLabelValues(e.typ, "skipped").Inc()
+		n.metrics.tasks.WithLabelValues(e.typ, "unknown").Inc()
+		n.log.Warn("email of unknown outcome: an earlier attempt ended before the server answered; counting it as sent (notifier.unknown_outcome skip)",
+			"type", e.typ, "uid", e.uid, "task", taskIDOf(ctx))
+		return nil
+	default:
 		n.metrics.tasks.WithLabelValues(e.typ, "duplicate").Inc()
 		n.log.Info("email already sent; not sending again", "type", e.typ, "uid", e.uid, "task", taskIDOf(ctx))
 		return nil
@@ -155,24 +181,45 @@ func (n *Notifier) deliver(ctx context.Context, e email) error {
 	msg := mail.Message{To: e.to, ToName: e.toName, Subject: r.Subject, Text: r.Text, HTML: r.HTML,
 		MessageID: id + "@" + strings.ReplaceAll(n.cfg.Notifier.Product, " ", "-") + ".allot",
 		Headers:   map[string]string{"X-Allot-Task": taskIDOf(ctx)}}
+	retention := n.cfg.Notifier.Retention.Milliseconds()
+	claimed, claimFailed := false, false
 	start := n.now()
-	err = n.sender.Send(ctx, msg)
+	err = n.sender.SendWith(ctx, msg, mail.Steps{
+		BeforeEnd: func() error {
+			if err := n.markSent.Run(ctx, n.rdb, []string{sentKey}, retention, markClaimed).Err(); err != nil {
+				claimFailed = true
+				return fmt.Errorf("notifier: claim sent mark: %w", err)
+			}
+			claimed = true
+			return nil
+		},
+		// Until the mark says sent, a rerun cannot tell this email from
+		// one that died unanswered: keep at it while Redis is away.
+		Accepted: func() {
+			n.settle(ctx, "mark sent", e, func(ctx context.Context) error {
+				return n.markSent.Run(ctx, n.rdb, []string{sentKey}, retention, markSent).Err()
+			})
+		},
+	})
 	n.metrics.smtpSeconds.Observe(n.now().Sub(start).Seconds())
+	if err != nil && claimed && !errors.Is(err, mail.ErrOutcomeUnknown) {
+		// The server answered no: the email is not out, and the claim
+		// must not make a rerun think it might be.
+		n.settle(ctx, "drop claim", e, func(ctx context.Context) error {
+			return n.rdb.Del(ctx, sentKey).Err()
+		})
+	}
 	switch {
 	case errors.Is(err, mail.ErrInvalid):
 		return n.dead(ctx, e.typ, reasonBadInput, err)
 	case mail.IsPermanent(err):
 		n.metrics.smtpErrors.WithLabelValues("permanent").Inc()
 		return n.dead(ctx, e.typ, reasonSMTPRefused, err)
+	case claimFailed:
+		return n.transient(e.typ, "redis", err)
 	case err != nil:
 		n.metrics.smtpErrors.WithLabelValues("transient").Inc()
 		return n.transient(e.typ, "smtp", err)
-	}
-	// Sent. A failure to mark it is logged, not retried: a retry would
-	// send it again.
-	if err := n.markSent.Run(ctx, n.rdb, []string{sentKey}, n.cfg.Notifier.Retention.Milliseconds()).Err(); err != nil {
-		n.log.Error("email sent, but marking it sent failed: a redelivery within the retention could send it again",
-			"type", e.typ, "uid", e.uid, "task", taskIDOf(ctx), "err", err)
 	}
 	now := n.now()
 	n.metrics.tasks.WithLabelValues(e.typ, "sent").Inc()
@@ -185,6 +232,33 @@ func (n *Notifier) deliver(ctx context.Context, e email) error {
 	}
 	n.log.Info("email sent", "type", e.typ, "uid", e.uid, "template", e.template, "task", taskIDOf(ctx))
 	return nil
+}
+
+// settle runs write until it succeeds or ctx ends (the task's deadline,
+// or shutdown), backing off from 50ms to 2s: for the sent mark's writes
+// that must not be lost to a short Redis outage. Giving up is logged: a
+// rerun then finds the mark as it was.
+func (n *Notifier) settle(ctx context.Context, what string, e email, write func(context.Context) error) {
+	delay := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := write(ctx)
+		if err == nil {
+			if attempt > 1 {
+				n.log.Info("sent mark written after Redis came back", "step", what, "type", e.typ, "uid", e.uid, "task", taskIDOf(ctx), "attempts", attempt)
+			}
+			return
+		}
+		if attempt == 1 {
+			n.log.Warn("cannot write the sent mark; retrying until Redis answers", "step", what, "type", e.typ, "uid", e.uid, "task", taskIDOf(ctx), "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			n.log.Error("gave up writing the sent mark: a rerun will find the email's outcome unknown", "step", what, "type", e.typ, "uid", e.uid, "task", taskIDOf(ctx), "err", err)
+			return
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
 }
 
 // markSentScript sets a task's sent mark; mark_sent.lua says how.

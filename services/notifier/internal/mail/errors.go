@@ -14,6 +14,12 @@ import (
 // again will not help.
 var ErrInvalid = errors.New("mail: invalid message")
 
+// ErrOutcomeUnknown marks a delivery whose data went out in full but
+// whose reply never came: the connection broke or the time ran out after
+// the line that ends the data. The server may have taken the message or
+// not; whether to send it again is the caller's choice.
+var ErrOutcomeUnknown = errors.New("mail: no reply to the end of the data, the message may have been taken")
+
 // SendError is a failed delivery attempt, classified for the caller's
 // retry decision.
 type SendError struct {

@@ -6,14 +6,17 @@ package mail
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	netmail "net/mail"
+	"net/textproto"
 	"slices"
 	"strings"
 	"time"
 
 	gomail "github.com/wneessen/go-mail"
+	"github.com/wneessen/go-mail/smtp"
 )
 
 // Message is one email to one recipient.
@@ -101,8 +104,30 @@ func New(cfg Config) (*Sender, error) {
 //
 // A message that cannot be sent as it is returns an error matching
 // ErrInvalid, without connecting. A failed delivery returns a *SendError;
-// IsPermanent tells whether to retry either.
+// IsPermanent tells whether to retry either. When the data was sent in
+// full and no reply came, the error also matches ErrOutcomeUnknown.
 func (s *Sender) Send(ctx context.Context, m Message) error {
+	return s.SendWith(ctx, m, Steps{})
+}
+
+// Steps are a caller's hooks at the two moments that decide whether a
+// message went out, for a caller that records it (the notifier's sent
+// mark). Either may be nil.
+type Steps struct {
+	// BeforeEnd runs when the message has been written but for the line
+	// that ends its data, after which the server takes it or refuses it.
+	// An error abandons the message: the connection is closed without
+	// that line, so the server discards what it got, and Send returns
+	// the error wrapped.
+	BeforeEnd func() error
+	// Accepted runs once the server has taken the message, before the
+	// goodbye (QUIT) and before Send returns.
+	Accepted func()
+}
+
+// SendWith is Send with steps. Once the server has taken the message,
+// SendWith returns nil whatever the goodbye brings.
+func (s *Sender) SendWith(ctx context.Context, m Message, st Steps) error {
 	msg, err := s.build(m)
 	if err != nil {
 		return err
@@ -125,10 +150,68 @@ func (s *Sender) Send(ctx context.Context, m Message) error {
 	if err != nil {
 		return fmt.Errorf("mail: new client: %w", err)
 	}
-	if err := client.DialAndSendWithContext(ctx, msg); err != nil {
+	conn, err := client.DialToSMTPClientWithContext(ctx)
+	if err != nil {
 		return classify(ctx, err)
 	}
+	defer func() { _ = conn.Close() }()
+	if err := s.transmit(ctx, conn, msg, st.BeforeEnd); err != nil {
+		return err
+	}
+	if st.Accepted != nil {
+		st.Accepted()
+	}
+	_ = conn.Quit() // the message is taken: a failed goodbye changes nothing
 	return nil
+}
+
+// transmit is the conversation for one message on conn: MAIL, RCPT, DATA
+// and the data, with beforeEnd run before the data's last line.
+func (s *Sender) transmit(ctx context.Context, conn *smtp.Client, msg *gomail.Msg, beforeEnd func() error) error {
+	if err := conn.UpdateDeadline(s.cfg.timeout()); err != nil {
+		return classify(ctx, err)
+	}
+	from, err := msg.GetSender(false)
+	if err != nil {
+		return fmt.Errorf("%w: sender: %v", ErrInvalid, err)
+	}
+	rcpts, err := msg.GetRecipients()
+	if err != nil {
+		return fmt.Errorf("%w: recipients: %v", ErrInvalid, err)
+	}
+	if err := conn.Mail(from); err != nil {
+		return classify(ctx, err)
+	}
+	for _, rcpt := range rcpts {
+		if err := conn.Rcpt(rcpt); err != nil {
+			return classify(ctx, err)
+		}
+	}
+	w, err := conn.Data()
+	if err != nil {
+		return classify(ctx, err)
+	}
+	if _, err := msg.WriteTo(w); err != nil {
+		return classify(ctx, err)
+	}
+	if beforeEnd != nil {
+		if err := beforeEnd(); err != nil {
+			return fmt.Errorf("mail: not sent: %w", err)
+		}
+	}
+	err = w.Close()
+	var refused *textproto.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &refused):
+		return classify(ctx, err)
+	}
+	// The last line went out (or its write failed unseen, the writer
+	// does not say) and no reply came: taken or not, nobody here knows.
+	se := classify(ctx, err)
+	se.Err = fmt.Errorf("%w: %w", ErrOutcomeUnknown, se.Err)
+	return se
 }
 
 // build checks m and turns it into a go-mail message.

@@ -428,3 +428,91 @@ func TestSendErrorMessage(t *testing.T) {
 		t.Error("IsPermanent is wrong")
 	}
 }
+
+// steps records what SendWith's hooks saw.
+type steps struct {
+	beforeEnd, accepted int
+	kept                int // messages the server held when BeforeEnd ran
+	failBeforeEnd       error
+}
+
+func (s *steps) hooks(srv *smtptest.Server) mail.Steps {
+	return mail.Steps{
+		BeforeEnd: func() error {
+			s.beforeEnd++
+			s.kept = len(srv.Messages())
+			return s.failBeforeEnd
+		},
+		Accepted: func() { s.accepted++ },
+	}
+}
+
+func TestSendWithSteps(t *testing.T) {
+	errClaim := errors.New("claim failed")
+	tests := []struct {
+		name          string
+		arrange       func(*smtptest.Server)
+		failBeforeEnd error
+		wantErr       func(error) bool
+		wantAccepted  int
+		wantKept      int // messages the server holds after the send
+	}{
+		{name: "taken", wantErr: func(err error) bool { return err == nil }, wantAccepted: 1, wantKept: 1},
+		{
+			name: "refused after the data", arrange: func(s *smtptest.Server) { s.RefuseDataNext(554, "content rejected", 1) },
+			wantErr: func(err error) bool { return mail.IsPermanent(err) && !errors.Is(err, mail.ErrOutcomeUnknown) },
+		},
+		{
+			name: "try again after the data", arrange: func(s *smtptest.Server) { s.RefuseDataNext(451, "later", 1) },
+			wantErr: func(err error) bool {
+				return err != nil && !mail.IsPermanent(err) && !errors.Is(err, mail.ErrOutcomeUnknown)
+			},
+		},
+		{
+			name: "hang up without a reply", arrange: func(s *smtptest.Server) { s.DropReplyNext(1) },
+			wantErr: func(err error) bool { return errors.Is(err, mail.ErrOutcomeUnknown) && !mail.IsPermanent(err) },
+			// the server took it, the sender cannot know
+			wantKept: 1,
+		},
+		{
+			name: "hook refuses", failBeforeEnd: errClaim,
+			wantErr: func(err error) bool { return errors.Is(err, errClaim) && !errors.Is(err, mail.ErrOutcomeUnknown) },
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := smtptest.Start(t, smtptest.Options{})
+			if tt.arrange != nil {
+				tt.arrange(srv)
+			}
+			st := &steps{failBeforeEnd: tt.failBeforeEnd}
+			err := newSender(t, config(srv)).SendWith(t.Context(), message(), st.hooks(srv))
+			if !tt.wantErr(err) {
+				t.Errorf("err = %v", err)
+			}
+			if st.beforeEnd != 1 || st.kept != 0 {
+				t.Errorf("BeforeEnd ran %d times with %d messages already kept, want once with none", st.beforeEnd, st.kept)
+			}
+			if st.accepted != tt.wantAccepted {
+				t.Errorf("Accepted ran %d times, want %d", st.accepted, tt.wantAccepted)
+			}
+			// A refused or abandoned message is never kept; give the
+			// server a moment to finish a hung-up session.
+			time.Sleep(20 * time.Millisecond)
+			if n := len(srv.Messages()); n != tt.wantKept {
+				t.Errorf("server kept %d messages, want %d", n, tt.wantKept)
+			}
+		})
+	}
+}
+
+func TestSendWithStallIsUnknown(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{})
+	srv.StallNext(1)
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	err := newSender(t, config(srv)).Send(ctx, message())
+	if !errors.Is(err, mail.ErrOutcomeUnknown) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("err = %v, want ErrOutcomeUnknown and the deadline", err)
+	}
+}

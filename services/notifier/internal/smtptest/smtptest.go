@@ -61,6 +61,8 @@ type Server struct {
 	refuse     refusal // at RCPT TO
 	refuseData refusal // after the data
 	stall      int
+	dropReply  int
+	beforeNext func() // BeforeReplyNext's
 }
 
 type refusal struct {
@@ -175,6 +177,25 @@ func (s *Server) StallNext(n int) {
 	s.stall = n
 }
 
+// DropReplyNext makes the server keep the next n messages and then hang
+// up without answering their data, as a server does that dies, or whose
+// connection breaks, just after it took a message: the client cannot
+// know the message arrived.
+func (s *Server) DropReplyNext(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dropReply = n
+}
+
+// BeforeReplyNext runs f once the next message's data has arrived,
+// before the server answers: a test's hook at the moment the message is
+// out of the client's hands.
+func (s *Server) BeforeReplyNext(f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.beforeNext = f
+}
+
 // Stop closes the listener and every connection, so that connecting is
 // refused until Restart. Stopping a stopped server does nothing.
 func (s *Server) Stop() {
@@ -251,7 +272,7 @@ func (l *countingListener) Accept() (net.Conn, error) {
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	_, isTLS := c.TLSConnectionState()
-	return &session{srv: s, tls: isTLS}, nil
+	return &session{srv: s, tls: isTLS, conn: c.Conn()}, nil
 }
 
 // take uses up one refusal of r, if any is left.
@@ -277,6 +298,17 @@ func (s *Server) takeStall() (<-chan struct{}, bool) {
 	return s.stalled, true
 }
 
+// takeDropReply uses up one DropReplyNext, if any is left.
+func (s *Server) takeDropReply() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dropReply <= 0 {
+		return false
+	}
+	s.dropReply--
+	return true
+}
+
 func (s *Server) deliver(r Received) {
 	s.mu.Lock()
 	s.msgs = append(s.msgs, r)
@@ -291,7 +323,8 @@ func (s *Server) deliver(r Received) {
 type session struct {
 	srv      *Server
 	tls      bool
-	username string // who authenticated; "" before AUTH
+	conn     net.Conn // to hang up on the client (DropReplyNext)
+	username string   // who authenticated; "" before AUTH
 	from     string
 	to       []string
 }
@@ -348,6 +381,13 @@ func (s *session) Data(r io.Reader) error {
 	if err != nil {
 		return err
 	}
+	s.srv.mu.Lock()
+	before := s.srv.beforeNext
+	s.srv.beforeNext = nil
+	s.srv.mu.Unlock()
+	if before != nil {
+		before()
+	}
 	if stalled, ok := s.srv.takeStall(); ok {
 		<-stalled
 		return errors.New("smtptest: stalled message dropped")
@@ -363,6 +403,10 @@ func (s *session) Data(r io.Reader) error {
 		Username: s.username,
 		At:       time.Now(),
 	})
+	if s.srv.takeDropReply() {
+		_ = s.conn.Close()
+		return errors.New("smtptest: hung up after taking the message")
+	}
 	return nil
 }
 

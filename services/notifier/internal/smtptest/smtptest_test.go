@@ -241,3 +241,40 @@ func isCode(err error, code int) bool {
 	var e *smtp.SMTPError
 	return errors.As(err, &e) && e.Code == code
 }
+
+func TestDropReplyNext(t *testing.T) {
+	s := smtptest.Start(t, smtptest.Options{})
+	s.DropReplyNext(1)
+	if err := send(t, dial(t, s), "a@example.com", "b@example.com", "Subject: x\r\n\r\nhi\r\n"); err == nil || isCode(err, 250) {
+		t.Fatalf("err = %v, want the connection to break without a reply", err)
+	}
+	if n := len(s.Messages()); n != 1 {
+		t.Fatalf("%d messages kept, want the dropped reply's message", n)
+	}
+	if err := send(t, dial(t, s), "a@example.com", "b@example.com", "Subject: x\r\n\r\nhi\r\n"); err != nil {
+		t.Errorf("second message: %v", err)
+	}
+	if n := len(s.Messages()); n != 2 {
+		t.Errorf("%d messages kept, want 2", n)
+	}
+}
+
+func TestBeforeReplyNext(t *testing.T) {
+	s := smtptest.Start(t, smtptest.Options{})
+	ran := 0
+	s.BeforeReplyNext(func() {
+		ran++
+		if n := len(s.Messages()); n != 0 {
+			t.Errorf("hook ran with %d messages kept, want it before the message is kept", n)
+		}
+	})
+	c := dial(t, s)
+	for range 2 {
+		if err := send(t, c, "a@example.com", "b@example.com", "Subject: x\r\n\r\nhi\r\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ran != 1 {
+		t.Errorf("hook ran %d times, want once", ran)
+	}
+}
