@@ -9,6 +9,7 @@ import (
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/mutex"
 	"github.com/allot/allot/services/meter/internal/store"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // errRebuilding is what the worker and the endpoints meet while Redis
@@ -47,10 +48,40 @@ func (m *Meter) setLost(lost bool) {
 // holding events means Redis lost the state (or never had it): the meter
 // waits for a rebuild. A stream without events means a new deployment:
 // the marker is written.
+//
+// A marker whose seq is below the usage consumer's ack floor means Redis
+// holds an older state than the meter applied: every event up to the
+// floor was applied before it was acked, and each apply raised the seq
+// (raiseOverRefused covers the events acked without one). That is Redis
+// restored from an older snapshot, or a failover to a replica that
+// lagged: the marker's seq is dropped and the state handled as lost. The
+// floor is read before the marker, so an apply in between only raises
+// the marker further. On a Redis Cluster, where no apply touches the
+// marker, only a missing marker is seen.
 func (m *Meter) checkEpoch(ctx context.Context) error {
-	_, ok, err := m.store.Epoch(ctx)
+	var floor uint64
+	if m.store.TracksSeq() {
+		var err error
+		if floor, err = m.ackFloor(ctx); err != nil {
+			return err
+		}
+	}
+	seq, ok, err := m.store.Epoch(ctx)
 	if err != nil {
 		return err
+	}
+	if ok && seq < floor {
+		dropped, err := m.store.DropEpoch(ctx, seq)
+		if err != nil {
+			return err
+		}
+		if dropped {
+			m.metrics.rollbacks.Inc()
+			m.log.Error("Redis holds an older state than the meter applied (restored from an older snapshot, or a failover to a replica that lagged): dropping the epoch marker so the state is rebuilt from the usage stream",
+				"marker_seq", seq, "ack_floor", floor)
+		}
+		m.setLost(true)
+		return nil
 	}
 	if ok {
 		m.setLost(false)
@@ -75,9 +106,22 @@ func (m *Meter) checkEpoch(ctx context.Context) error {
 	return nil
 }
 
+// ackFloor is the usage consumer's ack floor: every event at or below it
+// was acked. 0 before the consumer exists.
+func (m *Meter) ackFloor(ctx context.Context) (uint64, error) {
+	cons, err := m.js.Consumer(ctx, m.cfg.Streams.Usage, m.cfg.Meter.Consumer)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("meter: consumer %s: %w", m.cfg.Meter.Consumer, err)
+	}
+	return cons.CachedInfo().AckFloor.Stream, nil
+}
+
 // adoptOrCheckEpoch is the check at start. A Redis that holds the meter's
 // state but no marker was written by a meter from before the marker: its
-// state is kept and the marker written (at seq 0), since a rebuild would
+// state is kept and the marker written (at the consumer's ack floor), since a rebuild would
 // drop what authorize charged and no event repeats. Only at start: once
 // running, a missing marker is a loss even if authorize has written a
 // key since.
@@ -101,7 +145,13 @@ func (m *Meter) adoptOrCheckEpoch(ctx context.Context) error {
 		return err
 	}
 	if has {
-		if _, err := m.store.InitEpoch(ctx, 0); err != nil {
+		// At the consumer's ack floor: the state adopted holds what was
+		// acked, and a marker below it would read as an older state.
+		floor, err := m.ackFloor(ctx)
+		if err != nil {
+			return err
+		}
+		if _, err := m.store.InitEpoch(ctx, floor); err != nil {
 			return err
 		}
 		m.log.Info("Redis holds the meter's state without an epoch marker (written before the marker existed): keeping it and writing the marker, no rebuild")

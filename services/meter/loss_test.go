@@ -14,6 +14,7 @@ import (
 	"github.com/alicebob/miniredis/v2/server"
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/mutex"
+	"github.com/allot/allot/pkg/testenv"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -202,8 +203,8 @@ func TestUpgradeKeepsTheStateWithoutAMarker(t *testing.T) {
 	e.cfg = testConfig() // the check on
 	e.reg = prometheus.NewRegistry()
 	e.start()
-	if seq := e.rdb.HGet(ctx, e.keys().MeterEpoch(), "seq").Val(); seq != "0" {
-		t.Errorf("marker seq %q after the upgrade, want 0 (written, the state kept)", seq)
+	if seq := e.rdb.HGet(ctx, e.keys().MeterEpoch(), "seq").Val(); seq != "1" {
+		t.Errorf("marker seq %q after the upgrade, want 1, the consumer's ack floor (written, the state kept)", seq)
 	}
 	c, err := e.client.Credit(ctx, "u-1", "tiny_daily_total")
 	if err != nil || c.Used != 3 {
@@ -212,6 +213,101 @@ func TestUpgradeKeepsTheStateWithoutAMarker(t *testing.T) {
 	if v := testutil.ToFloat64(e.meter.metrics.rebuilding); v != 0 {
 		t.Errorf("allot_meter_rebuilding %v after the upgrade", v)
 	}
+	// Checks later still find the marker at or above the ack floor.
+	time.Sleep(3 * e.cfg.Meter.LossCheck)
+	if v := testutil.ToFloat64(e.meter.metrics.rollbacks); v != 0 || e.meter.lost.Load() {
+		t.Errorf("the adopted state taken for an older one (%v rollbacks)", v)
+	}
+}
+
+// Redis restored from an older snapshot (here: every key of the meter's
+// prefix put back, in one transaction, as it was two events ago): the
+// marker is below the consumer's ack floor, so the meter drops it and
+// rebuilds; the two events the snapshot lacks count again, once.
+func TestOlderStateIsRebuilt(t *testing.T) {
+	testOlderStateIsRebuilt(t, startEnv(t, lossConfig()))
+}
+
+func testOlderStateIsRebuilt(t *testing.T, e *env) {
+	ctx := t.Context()
+	e.publish(ev("u-1", "photo_daily_total", 1, "p1"))
+	e.publish(ev("u-1", "photo_daily_total", 1, "p2"))
+	e.waitIdle()
+	older := copyKeys(t, e)
+	e.publish(ev("u-1", "photo_daily_total", 1, "p3"))
+	e.publish(ev("u-1", "photo_daily_total", 1, "p4"))
+	e.publishRaw("usage.u-1", []byte("not json"), "") // refused, acked: the marker rises over it
+	e.waitIdle()
+
+	tx := e.rdb.TxPipeline()
+	for _, k := range testenvKeys(t, e) {
+		tx.Del(ctx, k)
+	}
+	for _, k := range older {
+		tx.Copy(ctx, "older:"+k, k, 0, true)
+	}
+	if _, err := tx.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the older state is noticed and rebuilt", func() bool {
+		c, err := e.client.Credit(ctx, "u-1", "photo_daily_total")
+		return err == nil && c.Used == 4 && testutil.ToFloat64(e.meter.metrics.rollbacks) == 1
+	})
+	e.waitIdle()
+	if e.meter.lost.Load() {
+		t.Error("the meter still waits for a rebuild")
+	}
+	if got := e.rdb.HGet(ctx, e.keys().Grant("u-1", "photo_daily_total"), "u").Val(); got != "4" {
+		t.Errorf("u-1 used %s, want 4", got)
+	}
+}
+
+// Events refused before the apply script are acked without it: the
+// marker rises over them, so the ack floor never passes it and no check
+// takes the state for an older one.
+func TestRefusedEventsRaiseTheMarker(t *testing.T) {
+	e := startEnv(t, lossConfig())
+	e.publish(ev("u-1", "photo_daily_total", 1, "p1"))
+	e.publishRaw("usage.u-1", []byte("not json"), "")
+	e.publishRaw("usage.u-1", []byte(`{"specversion":"9"}`), "")
+	e.waitIdle()
+	st, err := e.js.Stream(t.Context(), e.cfg.Streams.Usage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := st.CachedInfo().State.LastSeq
+	if seq := e.rdb.HGet(t.Context(), e.keys().MeterEpoch(), "seq").Val(); seq != fmt.Sprint(last) {
+		t.Errorf("marker seq %s, want the last refused event's %d", seq, last)
+	}
+	time.Sleep(5 * e.cfg.Meter.LossCheck)
+	if v := testutil.ToFloat64(e.meter.metrics.rollbacks); v != 0 || e.meter.lost.Load() {
+		t.Errorf("refused events made the state look older (%v rollbacks)", v)
+	}
+}
+
+// copyKeys copies every key of e's prefix under "older:" (the copies
+// outside it, so the meter never reads them) and returns the names: a
+// snapshot to restore later. DUMP would do, but miniredis dumps strings
+// only.
+func copyKeys(t *testing.T, e *env) []string {
+	t.Helper()
+	ks := testenvKeys(t, e)
+	for _, k := range ks {
+		if err := e.rdb.Copy(t.Context(), k, "older:"+k, 0, true).Err(); err != nil {
+			t.Fatalf("copy %s: %v", k, err)
+		}
+		t.Cleanup(func() { e.rdb.Del(context.Background(), "older:"+k) })
+	}
+	return ks
+}
+
+func testenvKeys(t *testing.T, e *env) []string {
+	t.Helper()
+	ks, err := testenv.Keys(t.Context(), e.rdb, e.cfg.Redis.KeyPrefix+"*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ks
 }
 
 // A rebuild that fails is counted, and the replica tries again until one

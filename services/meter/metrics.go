@@ -25,6 +25,7 @@ type metrics struct {
 	rebuilding   prometheus.Gauge
 	rebuilds     *prometheus.CounterVec
 	rebuildDone  prometheus.Gauge
+	rollbacks    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
@@ -75,6 +76,10 @@ func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
 			Name: "allot_meter_rebuild_progress_ratio",
 			Help: "How far this replica's last rebuild came, 0 to 1: the share of the usage stream's events it replayed (1: done).",
 		}),
+		rollbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "allot_meter_state_rollbacks_total",
+			Help: "Times this replica found Redis holding an older state than the meter had applied (the epoch marker below the usage consumer's ack floor: a restore from an older snapshot, a failover to a lagging replica) and dropped the marker, so the state is rebuilt.",
+		}),
 	}
 	// Both results exist from the start, so the first failure is an
 	// increase, not a new series.
@@ -85,7 +90,7 @@ func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
 		return mt, nil
 	}
 	for _, c := range []prometheus.Collector{mt.events, mt.dead, mt.applySeconds,
-		mt.redisErrors, mt.notices, mt.requests, mt.authorized, mt.requestBatch, mt.rebuilding, mt.rebuilds, mt.rebuildDone, newUsageCollector(m)} {
+		mt.redisErrors, mt.notices, mt.requests, mt.authorized, mt.requestBatch, mt.rebuilding, mt.rebuilds, mt.rebuildDone, mt.rollbacks, newUsageCollector(m)} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

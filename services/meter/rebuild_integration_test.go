@@ -39,6 +39,15 @@ func TestIntegrationLossIsDetectedAndRebuilt(t *testing.T) {
 	testLossIsDetectedAndRebuilt(t, startEnvOn(t, cfg, rdb, nil))
 }
 
+// TestIntegrationOlderStateIsRebuilt is a restore from an older snapshot
+// on the real Redis.
+func TestIntegrationOlderStateIsRebuilt(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	cfg := lossConfig()
+	cfg.Redis.KeyPrefix = prefix
+	testOlderStateIsRebuilt(t, startEnvOn(t, cfg, rdb, nil))
+}
+
 // TestIntegrationRebuildInStreamDedupMode is the stream-position mode's
 // rebuild on the real Redis.
 func TestIntegrationRebuildInStreamDedupMode(t *testing.T) {

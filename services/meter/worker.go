@@ -62,6 +62,7 @@ func (a applier) HandleChunk(ctx context.Context, msgs []jetstream.Msg) ([]servi
 		ops = append(ops, items[i].op)
 		opItems = append(opItems, i)
 	}
+	m.raiseOverRefused(ctx, items, out)
 	if len(ops) == 0 {
 		return out, nil
 	}
@@ -107,6 +108,37 @@ func (a applier) HandleChunk(ctx context.Context, msgs []jetstream.Msg) ([]servi
 		}
 	}
 	return out, nil
+}
+
+// raiseOverRefused raises the epoch marker over the chunk's events
+// refused before the apply script, which are acked without it: the marker
+// must never trail what the consumer acked, or the next check would take
+// the state for an older one (checkEpoch). Only chunks with such events
+// pay the round trip. If it fails they are retried, not acked.
+func (m *Meter) raiseOverRefused(ctx context.Context, items []item, out []service.Outcome) {
+	if !m.store.TracksSeq() {
+		return
+	}
+	var top uint64
+	for _, it := range items {
+		if it.refuse == nil {
+			continue
+		}
+		if md, err := it.msg.Metadata(); err == nil {
+			top = max(top, md.Sequence.Stream)
+		}
+	}
+	if top == 0 {
+		return
+	}
+	if err := m.store.RaiseEpoch(ctx, top); err != nil {
+		m.metrics.redisErrors.Inc()
+		for i, it := range items {
+			if it.refuse != nil {
+				out[i] = service.Retry(time.Second, "epoch marker not raised over a refused event")
+			}
+		}
+	}
 }
 
 // deadCounted counts a stored dead letter.

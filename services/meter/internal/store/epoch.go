@@ -125,3 +125,32 @@ func (s *Store) HasState(ctx context.Context) (bool, error) {
 	}
 	return found, nil
 }
+
+// TracksSeq reports whether the epoch marker's seq follows the state: on
+// one Redis every apply raises it to the highest stream sequence it
+// applied; on a Redis Cluster the marker lives in a slot of its own and
+// no apply touches it.
+func (s *Store) TracksSeq() bool { return s.guard && !s.cluster }
+
+// RaiseEpoch raises the marker's seq to seq, if the marker is there and
+// below it: for events the meter acks without applying (refused before
+// the apply script), so that the marker never trails what the consumer
+// acked.
+func (s *Store) RaiseEpoch(ctx context.Context, seq uint64) error {
+	if err := s.raiseEpoch.Run(ctx, s.rdb, []string{s.keys.MeterEpoch()}, seq).Err(); err != nil {
+		return fmt.Errorf("%w: raise the epoch marker: %w", ErrRedis, err)
+	}
+	return nil
+}
+
+// DropEpoch removes the marker's seq, if it is still seq: Redis holds an
+// older state than the meter applied, which is then treated as lost (the
+// apply script refuses, every replica answers 503, one rebuilds). It
+// reports whether it dropped it; a marker that moved meanwhile is kept.
+func (s *Store) DropEpoch(ctx context.Context, seq uint64) (bool, error) {
+	n, err := s.dropEpoch.Run(ctx, s.rdb, []string{s.keys.MeterEpoch()}, seq).Int()
+	if err != nil {
+		return false, fmt.Errorf("%w: drop the epoch marker: %w", ErrRedis, err)
+	}
+	return n == 1, nil
+}

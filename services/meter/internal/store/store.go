@@ -29,6 +29,10 @@ var (
 	authorizeLua string
 	//go:embed confirm.lua
 	confirmLua string
+	//go:embed epoch_raise.lua
+	epochRaiseLua string
+	//go:embed epoch_drop.lua
+	epochDropLua string
 )
 
 // Redis is what the store needs of a go-redis client.
@@ -96,6 +100,8 @@ type Store struct {
 	applyChunk *redis.Script
 	authorize  *redis.Script
 	confirm    *redis.Script
+	raiseEpoch *redis.Script
+	dropEpoch  *redis.Script
 }
 
 // Options configures a Store.
@@ -151,6 +157,8 @@ func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
 		applyChunk: redis.NewScript(numbersLua + periodsLua + applyChunkLua),
 		authorize:  redis.NewScript(numbersLua + periodsLua + authorizeLua),
 		confirm:    redis.NewScript(confirmLua),
+		raiseEpoch: redis.NewScript(epochRaiseLua),
+		dropEpoch:  redis.NewScript(epochDropLua),
 	}
 	if _, ok := rdb.(*redis.ClusterClient); ok {
 		s.cluster = true
