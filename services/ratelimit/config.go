@@ -88,7 +88,8 @@ type Service struct {
 	FailOpen bool `yaml:"fail_open,omitempty"`
 	// Metric, when set, also counts usage events of this metric (a
 	// per-user counter) as hits of the service: each event adds its value
-	// to the uid's current window, once however often it is delivered
+	// to the uid's window of the time the usage stream stored it, once
+	// however often it is delivered
 	// (the meter's rule: a dedup record set in the same script, kept for
 	// ratelimit.hits.dedup_ttl). ratelimit.hits tunes the consumer.
 	Metric string `yaml:"metric,omitempty"`

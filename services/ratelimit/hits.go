@@ -143,10 +143,14 @@ func (w hitCounter) parse(msg jetstream.Msg) ([]store.Hit, string) {
 	if events.CheckNumber("data.value", v, hitRange) != nil {
 		return nil, "invalid"
 	}
+	md, err := msg.Metadata()
+	if err != nil {
+		return nil, "invalid"
+	}
 	hits := make([]store.Hit, 0, len(services))
 	for _, svc := range services {
 		rl, _ := l.cfg.RateLimit.RateLimitFor(svc)
-		hits = append(hits, store.Hit{ID: ev.ID, UID: uid, Service: svc, Interval: rl.Interval, Value: int64(v)})
+		hits = append(hits, store.Hit{ID: ev.ID, UID: uid, Service: svc, Interval: rl.Interval, Value: int64(v), At: md.Timestamp})
 	}
 	return hits, ""
 }

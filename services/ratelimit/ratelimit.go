@@ -65,11 +65,19 @@
 //
 // A service with a `metric` (a per-user counter) also counts that
 // metric's usage events as hits: each adds its value to the uid's window
-// current when it is applied (Redis's clock, not the event's time), once
-// per service however often it is delivered, through a durable consumer
-// of its own (ratelimit.consumer, new events only) and a dedup record set
-// in the same script, as the meter does. Hits may pass the limit (events
-// are facts); checks are then refused until the window lets them in.
+// of the time the usage stream stored it (its JetStream timestamp, as the
+// meter judges grant periods; not the event's own time field, which the
+// app sets), once per service however often it is delivered, through a
+// durable consumer of its own (ratelimit.consumer, new events only) and
+// a dedup record set in the same script, as the meter does. Hits may
+// pass the limit (events are facts); checks are then refused until the
+// window lets them in. The stream's clock, not Redis's at the moment of
+// counting, is what lets a replay of the stream put every event back in
+// its window after Redis lost them (loss.go, rebuild.go); the price is
+// that windows of hits follow the NATS servers' clock, and checks
+// Redis's: a skew between the two moves a hit across a boundary by that
+// much. An event counted more than an interval late lands in a window
+// that may be gone (then it changes nothing).
 //
 // # Batches
 //
