@@ -116,13 +116,16 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/mutex"
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/services/ratelimit/internal/store"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
@@ -163,6 +166,15 @@ type Limiter struct {
 	// The hit worker, when some service counts usage events.
 	stopHits        func(context.Context) error
 	consumerMetrics *service.ConsumerMetrics
+
+	// The loss of the windows of hits (loss.go), when some service counts
+	// hits and ratelimit.loss_check is on.
+	rdb        redis.UniversalClient
+	registerer prometheus.Registerer
+	usage      jetstream.Stream
+	epoch      service.Epoch
+	locker     *mutex.Locker // the rebuild lock
+	lost       atomic.Bool   // Redis lacks the epoch marker: the windows of hits are lost or being rebuilt
 }
 
 // New checks the configuration and loads the script; it starts no
@@ -178,7 +190,8 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Limiter, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	st, err := store.New(ctx, deps.Redis, store.Options{Keys: keys.New(cfg.Redis.KeyPrefix), Now: deps.Now, OneScriptPerCheck: deps.oneScriptPerCheck})
+	st, err := store.New(ctx, deps.Redis, store.Options{Keys: keys.New(cfg.Redis.KeyPrefix), Now: deps.Now, OneScriptPerCheck: deps.oneScriptPerCheck,
+		Guard: guards(cfg)})
 	if err != nil {
 		return nil, fmt.Errorf("ratelimit: %w", err)
 	}
@@ -189,6 +202,9 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Limiter, error) {
 		store: st,
 		cache: newCache(maxCached),
 		clock: deps.Clock,
+		rdb:   deps.Redis,
+
+		registerer: deps.Registerer,
 	}
 	if l.clock == nil {
 		l.clock = time.Now
@@ -334,6 +350,11 @@ func (l *Limiter) checkMany(ctx context.Context, calls []checkCall) []checkResul
 			l.metrics.latency.Observe(time.Since(start).Seconds())
 			continue
 		}
+		if p.rl.Metric != "" && l.lost.Load() {
+			out[i].reply, out[i].err = l.failed(p, l.rebuildingError())
+			l.metrics.latency.Observe(time.Since(start).Seconds())
+			continue
+		}
 		ps[i] = p
 		ops = append(ops, store.CheckOp{UID: p.uid, Limit: p.lim, Cost: p.cost})
 		asked = append(asked, i)
@@ -391,17 +412,7 @@ func (l *Limiter) decided(p pending, d store.Decision, err error) (events.CheckR
 		if !errors.Is(err, store.ErrRedis) {
 			return events.CheckReply{}, err
 		}
-		if p.rl.FailOpen {
-			l.count(p.label, p.cost, "failed_open", false)
-			l.failOpen.note(l.log, l.clock(), p, err)
-			reply := events.CheckReply{Allowed: true}
-			if p.lim.Configured >= 0 {
-				reply.Limit = p.lim.Configured
-			}
-			return reply, nil
-		}
-		l.count(p.label, p.cost, "failed_closed", false)
-		return events.CheckReply{}, events.NewServiceError(events.CodeUnavailable, "", "redis unavailable: %v", err)
+		return l.failed(p, events.NewServiceError(events.CodeUnavailable, "", "redis unavailable: %v", err))
 	}
 	reply := events.CheckReply{
 		Allowed:      d.Allowed,
@@ -428,6 +439,24 @@ func (l *Limiter) decided(p pending, d store.Decision, err error) (events.CheckR
 		l.metrics.nearLimit.WithLabelValues(p.label).Inc()
 	}
 	return reply, nil
+}
+
+// failed answers p when its window cannot be read: Redis did not answer,
+// or lost the windows of hits, which are being rebuilt (closed, the
+// *events.ServiceError closed). A fail_open service allows the call,
+// any other answers closed (a 503).
+func (l *Limiter) failed(p pending, closed error) (events.CheckReply, error) {
+	if p.rl.FailOpen {
+		l.count(p.label, p.cost, "failed_open", false)
+		l.failOpen.note(l.log, l.clock(), p, closed)
+		reply := events.CheckReply{Allowed: true}
+		if p.lim.Configured >= 0 {
+			reply.Limit = p.lim.Configured
+		}
+		return reply, nil
+	}
+	l.count(p.label, p.cost, "failed_closed", false)
+	return events.CheckReply{}, closed
 }
 
 // count records one decision; a peek (cost 0) is counted apart.
