@@ -91,8 +91,7 @@ func DefaultRebuildFrom(s Settings, now time.Time) time.Time {
 // UID) sets the rebuilding mark first and writes the epoch marker last.
 // What checks spent is not in the stream and is neither restored nor
 // removed.
-func Rebuild(ctx context.Context, cfg Config, deps Deps, opts RebuildOptions) (RebuildReport, error) {
-	var rep RebuildReport
+func Rebuild(ctx context.Context, cfg Config, deps Deps, opts RebuildOptions) (rep RebuildReport, err error) {
 	if deps.NATS == nil || deps.Redis == nil {
 		return rep, errors.New("ratelimit: rebuild: NATS and Redis are required")
 	}
