@@ -64,8 +64,11 @@ type lossBackend struct {
 	wipe func(t *testing.T)
 }
 
+// miniLossBackend keeps both on miniredis servers of their own, on the
+// real clock: hits land by the stream's clock, the embedded NATS
+// server's, which testenv's clock shift does not move.
 func miniLossBackend(t *testing.T) lossBackend {
-	live, ref := testenv.Miniredis(t), testenv.Miniredis(t)
+	live, ref := miniredis.RunT(t), miniredis.RunT(t)
 	return lossBackend{live: miniClient(t, live), ref: miniClient(t, ref), livePrefix: "allot:", refPrefix: "allot:",
 		wipe: func(*testing.T) { live.FlushAll() }}
 }

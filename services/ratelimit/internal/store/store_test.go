@@ -603,8 +603,8 @@ func testHitsByStreamTime(t *testing.T, open backend) {
 	}
 	ctx := t.Context()
 	const interval = time.Hour
-	// Windows of the real clock: Redis expires them on it.
-	now := time.Now()
+	// Windows of the test's clock, which Redis expires them on.
+	now := testenv.Now(t)
 	cur := now.Truncate(interval)
 	hit := func(id string, at time.Time, v int64) bool {
 		t.Helper()
@@ -661,7 +661,7 @@ func testHitsGuarded(t *testing.T, open backend) {
 		t.Fatal(err)
 	}
 	ctx := t.Context()
-	h := []Hit{{ID: "e1", UID: "u-1", Service: "api", Interval: time.Minute, Value: 1, At: time.Now()}}
+	h := []Hit{{ID: "e1", UID: "u-1", Service: "api", Interval: time.Minute, Value: 1, At: testenv.Now(t)}}
 	_, _, err = s.Hits(ctx, h, time.Hour)
 	if !errors.Is(err, ErrLost) || !errors.Is(err, ErrRedis) {
 		t.Fatalf("without a marker: %v, want ErrLost and ErrRedis", err)
