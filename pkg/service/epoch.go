@@ -166,11 +166,16 @@ func (e Epoch) Adopt(ctx context.Context, hasState func(context.Context) (bool, 
 	return EpochAdopted, nil
 }
 
+// Scanner is what AnyKey needs of a go-redis client.
+type Scanner interface {
+	Scan(ctx context.Context, cursor uint64, match string, count int64) *redis.ScanCmd
+}
+
 // AnyKey reports whether some key matches pattern, asking every master of
 // a Redis Cluster and stopping at the first key found. It walks the key
 // space with SCAN: a service calls it at start, not per request.
-func AnyKey(ctx context.Context, rdb redis.UniversalClient, pattern string) (bool, error) {
-	scan := func(ctx context.Context, c redis.Cmdable) (bool, error) {
+func AnyKey(ctx context.Context, rdb Scanner, pattern string) (bool, error) {
+	scan := func(ctx context.Context, c Scanner) (bool, error) {
 		var cursor uint64
 		for {
 			keys, next, err := c.Scan(ctx, cursor, pattern, 1000).Result()
