@@ -13,14 +13,17 @@ import (
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/services/meter"
+	"github.com/allot/allot/services/ratelimit"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
 )
 
 func rebuildCommand() command {
 	return command{
 		name:    "rebuild",
-		summary: "rebuild the meter's Redis state from the USAGE stream, or audit it (-dry-run)",
-		usage: `Usage: allot rebuild [-from TIME] [-uid UID] [-dry-run] [-force]
+		summary: "rebuild the meter's Redis state and the rate limiter's windows of hits from the USAGE stream, or audit the meter's (-dry-run)",
+		usage: `Usage: allot rebuild [-from TIME] [-uid UID] [-dry-run] [-force] [-only meter|ratelimit]
 
 Replays the USAGE stream through the meter's own apply path (the same
 checks, Lua scripts and dedup records) so that Redis holds what a meter
@@ -52,6 +55,17 @@ whole stream. State from before -from, or before the oldest event the
 stream still holds (streams.max_age), cannot be restored: the summary
 says so.
 
+Then, unless -dry-run or -only meter, it rebuilds the rate limiter's
+windows of hits: the windows of the services that count a metric's usage
+events as hits (ratelimit.services.<name>.metric), replayed from the
+start of the oldest window a check still reads (-from overrides it)
+through the rate limiter's own hit script and dedup records. It deletes
+nothing and adds only hits the windows lack, so rate limiters may run
+meanwhile and it can be run again at will; what checks spent is not in
+the stream and stays as Redis holds it. A whole rebuild writes the rate
+limiter's epoch marker last. -only ratelimit rebuilds those windows
+alone (the meters may run); -only meter the meter's state alone.
+
 Progress (position, events/s, percentage) goes to stderr at most once a
 second; the summary to stdout.
 
@@ -59,7 +73,8 @@ Examples:
   allot rebuild -dry-run
   allot rebuild -dry-run -uid u-42
   allot rebuild -from 2026-11-01T00:00:00Z
-  allot rebuild -uid u-42 -from 36h`,
+  allot rebuild -uid u-42 -from 36h
+  allot rebuild -only ratelimit`,
 		run: runRebuild,
 	}
 }
@@ -84,8 +99,18 @@ func runRebuild(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []strin
 	uid := fs.String("uid", "", "rebuild only this uid's own state (usage.<uid>)")
 	dryRun := fs.Bool("dry-run", false, "rebuild into a scratch space and list the differences; change nothing")
 	force := fs.Bool("force", false, "replace the state even though meters seem to be running")
+	only := fs.String("only", "", "rebuild only the meter's state (meter) or only the rate limiter's windows of hits (ratelimit); default both")
 	if err := parse(fs, args, false); err != nil {
 		return err
+	}
+	switch *only {
+	case "", "meter":
+	case "ratelimit":
+		if *dryRun {
+			return usagef("-dry-run audits the meter's state only: the rate limiter's windows also hold what checks spent, which the stream does not")
+		}
+	default:
+		return usagef("-only %q: want meter or ratelimit", *only)
 	}
 	now := time.Now().UTC()
 	from, err := parseFrom(*fromFlag, now)
@@ -122,6 +147,9 @@ func runRebuild(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []strin
 	}
 	defer rdb.Close()
 
+	if *only == "ratelimit" {
+		return rebuildRateLimit(ctx, env, &cf, rt, nc, rdb, from, *uid, now, true)
+	}
 	progress := func(p meter.RebuildProgress) {
 		fmt.Fprintf(env.stderr, "rebuild: seq %d of %d (%.1f%%), %d events, %.0f events/s\n",
 			p.Seq, p.LastSeq, p.Percent(), p.Events, p.Rate())
@@ -137,7 +165,10 @@ func runRebuild(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []strin
 	}
 	printRebuildSummary(env.stdout, rep)
 	if !*dryRun {
-		return nil
+		if *only == "meter" {
+			return nil
+		}
+		return rebuildRateLimit(ctx, env, &cf, rt, nc, rdb, from, *uid, now, false)
 	}
 	if len(rep.Diffs) == 0 {
 		fmt.Fprintln(env.stdout, "Redis holds exactly what the stream rebuilds.")
@@ -145,6 +176,62 @@ func runRebuild(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []strin
 	}
 	printDiffs(env.stdout, rep.Diffs)
 	return &rebuildExit{1, fmt.Errorf("%d %s between what Redis holds and what the stream rebuilds", len(rep.Diffs), plural(len(rep.Diffs), "difference", "differences"))}
+}
+
+// rebuildRateLimit rebuilds the rate limiter's windows of hits, with the
+// rate limiter's sections of the same configuration. Without a service
+// counting hits there is nothing to do: asked for alone (-only
+// ratelimit) that is an error, after the meter a line.
+func rebuildRateLimit(ctx context.Context, env *cliEnv, cf *clientFlags, rt service.Config, nc *nats.Conn, rdb redis.UniversalClient,
+	from time.Time, uid string, now time.Time, alone bool) error {
+	fail := func(err error) error { return &rebuildExit{2, err} }
+	cfg, err := ratelimit.LoadConfig(rt, cf.config, env.getenv)
+	if err != nil {
+		return fail(err)
+	}
+	if len(cfg.RateLimit.HitServices()) == 0 {
+		if alone {
+			return fail(errors.New("no rate-limited service counts hits from usage events (ratelimit.services.<name>.metric): nothing to rebuild"))
+		}
+		fmt.Fprintln(env.stdout, "Rate limiter: no service counts hits from usage events; no windows to rebuild.")
+		return nil
+	}
+	progress := func(p service.ReplayProgress) {
+		fmt.Fprintf(env.stderr, "rebuild (rate limiter): seq %d of %d (%.1f%%), %d events, %.0f events/s\n",
+			p.Seq, p.LastSeq, p.Percent(), p.Events, p.Rate())
+	}
+	rep, err := ratelimit.Rebuild(ctx, cfg, ratelimit.Deps{NATS: nc, Redis: rdb}, ratelimit.RebuildOptions{
+		From: from, UID: uid, Progress: progress, Now: func() time.Time { return now },
+	})
+	if err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			err = fmt.Errorf("%w: NATS %s has no %s stream, so there is nothing to rebuild from", err, cf.target, cfg.Streams.Usage)
+		}
+		return fail(err)
+	}
+	printRateLimitSummary(env.stdout, rep)
+	return nil
+}
+
+func printRateLimitSummary(w io.Writer, r ratelimit.RebuildReport) {
+	what := "every uid"
+	if r.UID != "" {
+		what = "uid " + r.UID
+	}
+	fmt.Fprintf(w, "Rebuilt the rate limiter's windows of hits of %s from %s events since %s", what, r.Stream, r.From.UTC().Format(time.RFC3339))
+	if r.FirstSeq > 0 {
+		fmt.Fprintf(w, " (seq %d..%d)", r.FirstSeq, r.LastSeq)
+	}
+	fmt.Fprintf(w, " in %s.\n", r.Elapsed.Round(time.Millisecond))
+	fmt.Fprintf(w, "  events: %d read, %d counted by no service or invalid\n", r.Events, r.Skipped)
+	fmt.Fprintf(w, "  hits: %d counted, %d counted before (duplicates)", r.Hits, r.Duplicates)
+	if r.Refused > 0 || r.Failed > 0 {
+		fmt.Fprintf(w, ", %d refused (past 1e15), %d failed (see the log)", r.Refused, r.Failed)
+	}
+	fmt.Fprintln(w)
+	if r.Missing {
+		fmt.Fprintf(w, "  MISSING: the stream holds events only since %s; hits from before cannot be restored\n", r.HeldSince.Format(time.RFC3339))
+	}
 }
 
 // parseFrom reads -from: an RFC 3339 time or a duration before now.

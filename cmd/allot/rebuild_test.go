@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -143,6 +144,8 @@ func TestRebuildCommandBadInput(t *testing.T) {
 		{"stray argument", env, []string{"now"}, 2, `unexpected argument "now"`},
 		{"unknown flag", env, []string{"-fast"}, 2, "flag provided but not defined"},
 		{"no stream", env, []string{"-dry-run"}, 2, "has no USAGE stream"},
+		{"only what", env, []string{"-only", "notifier"}, 2, `-only "notifier": want meter or ratelimit`},
+		{"dry run of the rate limiter", env, []string{"-only", "ratelimit", "-dry-run"}, 2, "-dry-run audits the meter's state only"},
 		{"unreachable Redis", map[string]string{"NATS_URL": nc, "REDIS_URL": "redis://127.0.0.1:1/0"}, []string{"-timeout", "1s"}, 2, "cannot reach Redis"},
 		{"unreachable NATS", map[string]string{"NATS_URL": "nats://127.0.0.1:1", "REDIS_URL": env["REDIS_URL"]}, []string{"-timeout", "1s"}, 2, "cannot reach NATS"},
 	} {
@@ -171,4 +174,71 @@ func FuzzParseFrom(f *testing.F) {
 			t.Errorf("parseFrom(%q) = %v, after now", s, got)
 		}
 	})
+}
+
+// The rate limiter's windows of hits: rebuilt alone (-only ratelimit)
+// with meters running, counting only what they lack, and after the meter
+// by default.
+func TestRebuildCommandRateLimit(t *testing.T) {
+	s := startMeterStack(t)
+	pub, err := events.NewPublisher(s.nc, events.PublisherOptions{Source: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 3; i++ {
+		if _, err := pub.Publish(t.Context(), events.NewUsage("u-1", "api_calls_total", float64(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.waitApplied(t)
+	conf := t.TempDir() + "/allot.yaml"
+	if err := os.WriteFile(conf, []byte("ratelimit:\n  services:\n    api: {limit: 10, interval: 1h, metric: api_calls_total}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	window := func() string {
+		t.Helper()
+		for _, k := range s.mr.Keys() {
+			if strings.HasPrefix(k, "allot:{u-1}:rl:api:") {
+				return s.mr.HGet(k, "n")
+			}
+		}
+		return ""
+	}
+
+	r := runCLI(t, s.env, "", "rebuild", "-only", "ratelimit", "-config", conf)
+	if r.code != 0 || !strings.Contains(r.stdout, "hits: 3 counted, 0 counted before") || !strings.Contains(r.stdout, "10 counted by no service") {
+		t.Fatalf("rebuild -only ratelimit: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "rebuild (rate limiter): seq 13 of 13 (100.0%)") {
+		t.Errorf("no progress line on stderr: %q", r.stderr)
+	}
+	if got := window(); got != "6" {
+		t.Errorf("u-1's window of api holds %q, want 6", got)
+	}
+	if seq := s.mr.HGet("allot:ratelimit:epoch", "seq"); seq != "13" {
+		t.Errorf("epoch marker seq %q, want 13", seq)
+	}
+	// Again: every hit is there, nothing counts twice.
+	r = runCLI(t, s.env, "", "rebuild", "-only", "ratelimit", "-config", conf)
+	if r.code != 0 || !strings.Contains(r.stdout, "hits: 0 counted, 3 counted before") || window() != "6" {
+		t.Errorf("rebuild run again: exit %d, window %s\n%s%s", r.code, window(), r.stdout, r.stderr)
+	}
+	if r = runCLI(t, s.env, "", "rebuild", "-only", "ratelimit"); r.code != 2 || !strings.Contains(r.stderr, "nothing to rebuild") {
+		t.Errorf("without a service counting hits: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := s.meter.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.mr.FlushAll()
+	r = runCLI(t, s.env, "", "rebuild", "-config", conf)
+	if r.code != 0 || !strings.Contains(r.stdout, "13 applied") || !strings.Contains(r.stdout, "hits: 3 counted") || window() != "6" {
+		t.Errorf("rebuild of both: exit %d, window %s\n%s%s", r.code, window(), r.stdout, r.stderr)
+	}
+	r = runCLI(t, s.env, "", "rebuild", "-only", "meter", "-config", conf)
+	if r.code != 0 || strings.Contains(r.stdout, "rate limiter") {
+		t.Errorf("rebuild -only meter: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
 }

@@ -36,10 +36,10 @@ import (
 
 // wantAlerts are the alerts operators rely on: lag of the meter and of the
 // rate limiter's hits, dead letters and events given up, the meter's
-// state lost and its rebuild failing, Redis or NATS out of reach, checks
+// state lost and its rebuild failing, the same for the rate limiter's windows of hits, Redis or NATS out of reach, checks
 // failing open, the notifier giving up.
 var wantAlerts = []string{"AllotMeterLagging", "AllotMeterStalled", "AllotRateLimitHitsLagging", "AllotRateLimitHitsStalled",
-	"AllotDeadLetters", "AllotEventsGivenUp", "AllotMeterRebuilding", "AllotMeterRebuildFailed", "AllotDependencyDown",
+	"AllotDeadLetters", "AllotEventsGivenUp", "AllotMeterRebuilding", "AllotMeterRebuildFailed", "AllotRateLimitRebuilding", "AllotRateLimitRebuildFailed", "AllotDependencyDown",
 	"AllotRateLimitFailingOpen", "AllotNotifierRetriesExhausted", "AllotNotifierNoticesGivenUp"}
 
 // The prod overlay ships the PrometheusRule allot with every alert

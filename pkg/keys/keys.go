@@ -22,6 +22,9 @@
 //	allot:{u-42}:rl:<service>:1      HASH  ... and for odd ones; w window index, n count admitted
 //	allot:{u-42}:rlu:0, :1           HASH  the same for the uid's own limit (requests naming no service)
 //	allot:{u-42}:rle:<service>:<id>  STRING dedup record of a usage event counted as a hit of a service
+//	allot:ratelimit:epoch            HASH  the rate limiter's epoch marker: seq, the last USAGE sequence its
+//	                                       hits were rebuilt up to (0: none); missing while the stream has
+//	                                       events means Redis lost the hit windows
 //	allot:{d.<descriptor id>}:rld:0, :1  HASH  the same for an Envoy descriptor's limit (gRPC front;
 //	                                       DescriptorID escapes the domain and entries, so ids never collide)
 //	allot:{d.<descriptor id>}:rldo   HASH  reserved for a descriptor's overrides (never written yet)
@@ -158,6 +161,10 @@ func (k Keys) RateLimitDedup(uid, service, id string) string {
 	return k.tagged(UserTag(uid), "rle", service, id)
 }
 
+// RateLimitDedupPattern matches every record of a usage event counted
+// as a hit, of every uid and service, for SCAN.
+func (k Keys) RateLimitDedupPattern() string { return k.prefix + "{*}:rle:*" }
+
 // RegistryTag is the hash tag of every registry key.
 const RegistryTag = "registry"
 
@@ -233,6 +240,11 @@ func (k Keys) Instances() string { return k.prefix + "index:instances" }
 // MeterEpoch is the HASH marking that Redis holds the meter's state: seq,
 // the highest usage stream sequence applied.
 func (k Keys) MeterEpoch() string { return k.prefix + "meter:epoch" }
+
+// RateLimitEpoch is the HASH marking that Redis holds the rate limiter's
+// windows of hits from usage events: seq, the last usage stream sequence
+// a rebuild replayed (0 when none did).
+func (k Keys) RateLimitEpoch() string { return k.prefix + "ratelimit:epoch" }
 
 // GrantPattern matches every uid's state of one grant, for SCAN.
 func (k Keys) GrantPattern(metric string) string { return k.prefix + "{*}:g:" + metric }

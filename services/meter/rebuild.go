@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/pkg/usage"
 	"github.com/allot/allot/services/meter/internal/store"
 	"github.com/nats-io/nats.go/jetstream"
@@ -47,30 +48,9 @@ type RebuildOptions struct {
 	Log *slog.Logger
 }
 
-// RebuildProgress is how far a rebuild has come.
-type RebuildProgress struct {
-	FirstSeq uint64 // the first stream sequence replayed
-	Seq      uint64 // the last sequence applied
-	LastSeq  uint64 // the last sequence the rebuild will replay
-	Events   int64  // events read so far
-	Elapsed  time.Duration
-}
-
-// Rate is the events replayed per second so far.
-func (p RebuildProgress) Rate() float64 {
-	if p.Elapsed <= 0 {
-		return 0
-	}
-	return float64(p.Events) / p.Elapsed.Seconds()
-}
-
-// Percent is how far Seq is from FirstSeq to LastSeq.
-func (p RebuildProgress) Percent() float64 {
-	if p.LastSeq <= p.FirstSeq {
-		return 100
-	}
-	return 100 * float64(p.Seq-p.FirstSeq) / float64(p.LastSeq-p.FirstSeq)
-}
+// RebuildProgress is how far a rebuild has come: the position of its
+// replay of the stream.
+type RebuildProgress = service.ReplayProgress
 
 // RebuildReport is what a rebuild did.
 type RebuildReport struct {
@@ -196,8 +176,7 @@ func (r *rebuilder) run(ctx context.Context) error {
 	if r.js, err = jetstream.New(r.deps.NATS); err != nil {
 		return fmt.Errorf("meter: rebuild: %w", err)
 	}
-	stream, err := r.js.Stream(ctx, r.cfg.Streams.Usage)
-	if err != nil {
+	if _, err := r.js.Stream(ctx, r.cfg.Streams.Usage); err != nil {
 		return fmt.Errorf("meter: rebuild: stream %s: %w", r.cfg.Streams.Usage, err)
 	}
 	r.target = r.live
@@ -257,7 +236,7 @@ func (r *rebuilder) run(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := r.replay(ctx, stream); err != nil {
+	if err := r.replay(ctx); err != nil {
 		return err
 	}
 	if err := r.settleNotices(ctx); err != nil {
@@ -298,166 +277,28 @@ func (r *rebuilder) checkIdle(ctx context.Context) error {
 }
 
 // replay reads the stream from From to the last event it holds now and
-// applies it in chunks, in stream order.
-func (r *rebuilder) replay(ctx context.Context, stream jetstream.Stream) error {
-	info, err := stream.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("meter: rebuild: stream %s: %w", r.cfg.Streams.Usage, err)
-	}
-	state := info.State
-	r.upTo = state.LastSeq
-	from := r.report.From
-	if state.FirstSeq > 1 && (from.IsZero() || from.Before(state.FirstTime)) {
-		r.report.Missing, r.report.HeldSince = true, state.FirstTime.UTC()
-	}
-	subject := r.cfg.Subjects.UsageStreamSubject()
-	last, lastTime := state.LastSeq, state.LastTime
-	if r.opts.UID != "" {
-		subject = r.cfg.Subjects.UsageFor(r.opts.UID)
-		msg, err := stream.GetLastMsgForSubject(ctx, subject)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("meter: rebuild: last event of %s: %w", subject, err)
-		}
-		last, lastTime = msg.Sequence, msg.Time
-	}
-	if state.Msgs == 0 || last == 0 || (!from.IsZero() && lastTime.Before(from)) {
-		return nil
-	}
+// applies it in chunks, in stream order (service.Replay). Later events
+// are the running meter's, and their dedup records make a second
+// application harmless anyway.
+func (r *rebuilder) replay(ctx context.Context) error {
+	var err error
 	if r.givenUp, err = r.gaveUp(ctx); err != nil {
 		return err
 	}
-	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverAllPolicy}
-	if !from.IsZero() {
-		f := from
-		occ.DeliverPolicy, occ.OptStartTime = jetstream.DeliverByStartTimePolicy, &f
+	subject := r.cfg.Subjects.UsageStreamSubject()
+	if r.opts.UID != "" {
+		subject = r.cfg.Subjects.UsageFor(r.opts.UID)
 	}
-	cons, err := r.js.OrderedConsumer(ctx, r.cfg.Streams.Usage, occ)
-	if err != nil {
-		return fmt.Errorf("meter: rebuild: consumer on %s: %w", r.cfg.Streams.Usage, err)
+	res, err := service.Replay(ctx, r.js, r.cfg.Streams.Usage, service.ReplayOptions{
+		Subject: subject, From: r.report.From, Batch: r.cfg.Meter.Batch, Progress: r.opts.Progress, ProgressEvery: r.opts.ProgressEvery,
+	}, r.applyChunk)
+	r.upTo = res.UpTo
+	r.report.FirstSeq, r.report.LastSeq = res.FirstSeq, res.LastSeq
+	r.report.Missing, r.report.HeldSince = res.Missing, res.HeldSince
+	if err != nil && !errors.Is(err, ctx.Err()) {
+		return fmt.Errorf("meter: rebuild: %w", err)
 	}
-	batch := r.cfg.Meter.Batch
-	msgs, stop, err := pull(ctx, cons, 4*batch)
-	if err != nil {
-		return fmt.Errorf("meter: rebuild: read %s: %w", r.cfg.Streams.Usage, err)
-	}
-	defer stop()
-
-	every := r.opts.ProgressEvery
-	if every <= 0 {
-		every = time.Second
-	}
-	began, lastReport := time.Now(), time.Now()
-	progress := RebuildProgress{LastSeq: last}
-	chunk := make([]jetstream.Msg, 0, batch)
-	for done := false; !done; {
-		chunk = chunk[:0]
-		// The first message of a chunk is waited for; the rest are what
-		// has arrived already.
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case res, ok := <-msgs:
-			if !ok {
-				return fmt.Errorf("meter: rebuild: the stream's reader stopped at sequence %d of %d", progress.Seq, last)
-			}
-			if res.err != nil {
-				return fmt.Errorf("meter: rebuild: read %s: %w", r.cfg.Streams.Usage, res.err)
-			}
-			chunk = append(chunk, res.msg)
-		}
-	fill:
-		for len(chunk) < batch {
-			select {
-			case res, ok := <-msgs:
-				if !ok || res.err != nil {
-					break fill
-				}
-				chunk = append(chunk, res.msg)
-			default:
-				break fill
-			}
-		}
-		// Stop at the last event the stream held when the rebuild began:
-		// later ones are the running meter's (and their dedup records
-		// make a second application harmless anyway).
-		for i, msg := range chunk {
-			md, err := msg.Metadata()
-			if err != nil {
-				return fmt.Errorf("meter: rebuild: %w", err)
-			}
-			if progress.FirstSeq == 0 {
-				progress.FirstSeq = md.Sequence.Stream
-				r.report.FirstSeq = md.Sequence.Stream
-			}
-			if md.Sequence.Stream >= last || md.NumPending == 0 {
-				chunk, done = chunk[:i+1], true
-				break
-			}
-		}
-		if err := r.applyChunk(ctx, chunk); err != nil {
-			return err
-		}
-		md, _ := chunk[len(chunk)-1].Metadata()
-		progress.Seq = md.Sequence.Stream
-		progress.Events = r.report.Events
-		r.report.LastSeq = progress.Seq
-		if r.opts.Progress != nil && (done || time.Since(lastReport) >= every) {
-			lastReport = time.Now()
-			progress.Elapsed = time.Since(began)
-			r.opts.Progress(progress)
-		}
-	}
-	return nil
-}
-
-// pulled is one message, or the error that ended the reading.
-type pulled struct {
-	msg jetstream.Msg
-	err error
-}
-
-// pull reads cons continuously into a channel of up to buffer messages,
-// so that a chunk is applied while the next one arrives.
-func pull(ctx context.Context, cons jetstream.Consumer, buffer int) (<-chan pulled, func(), error) {
-	it, err := cons.Messages(jetstream.PullMaxMessages(buffer))
-	if err != nil {
-		return nil, nil, err
-	}
-	out := make(chan pulled, buffer)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer close(out)
-		for {
-			msg, err := it.Next()
-			if err != nil {
-				if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-					select {
-					case out <- pulled{err: err}:
-					case <-ctx.Done():
-					}
-				}
-				return
-			}
-			select {
-			case out <- pulled{msg: msg}:
-			case <-ctx.Done():
-				it.Stop()
-				return
-			}
-		}
-	}()
-	stop := func() {
-		it.Stop()
-		// Let the reader see the stop (it may be blocked on a full channel).
-		for range out {
-		}
-		<-done
-	}
-	return out, stop, nil
+	return err
 }
 
 // applyChunk applies one chunk as the meter's worker does. Refused events

@@ -30,6 +30,12 @@ func benchSetup(b *testing.B) (*nats.Conn, *redis.Client, Config) {
 	if natsURL == "" {
 		natsURL = startNATS(b)
 	}
+	return benchSetupOn(b, natsURL)
+}
+
+// benchSetupOn is benchSetup on the NATS server at natsURL.
+func benchSetupOn(b *testing.B, natsURL string) (*nats.Conn, *redis.Client, Config) {
+	b.Helper()
 	redisURL := os.Getenv("ALLOT_BENCH_REDIS_URL")
 	if redisURL == "" {
 		mr := miniredis.RunT(b)

@@ -65,6 +65,13 @@ type Settings struct {
 	Consumer string `yaml:"consumer"`
 	// Hits tunes that consumer.
 	Hits service.ConsumerTuning `yaml:"hits"`
+	// LossCheck is how often the rate limiter checks that Redis still
+	// holds its windows of hits (the epoch marker ratelimit:epoch), when
+	// some service counts hits; when it does not, one replica replays the
+	// usage stream into them (loss.go) while checks of those services
+	// answer by their fail mode. Default 2s; at least 100ms; 0 turns the
+	// check, the marker and the rebuild off.
+	LossCheck time.Duration `yaml:"loss_check"`
 	// Services are the rate-limited services, by name. A check naming a
 	// service not listed here is a 404.
 	Services map[string]Service `yaml:"services"`
@@ -88,7 +95,8 @@ type Service struct {
 	FailOpen bool `yaml:"fail_open,omitempty"`
 	// Metric, when set, also counts usage events of this metric (a
 	// per-user counter) as hits of the service: each event adds its value
-	// to the uid's current window, once however often it is delivered
+	// to the uid's window of the time the usage stream stored it, once
+	// however often it is delivered
 	// (the meter's rule: a dedup record set in the same script, kept for
 	// ratelimit.hits.dedup_ttl). ratelimit.hits tunes the consumer.
 	Metric string `yaml:"metric,omitempty"`
@@ -108,6 +116,7 @@ func DefaultSettings() Settings {
 		Timeout:   50 * time.Millisecond,
 		Consumer:  "ratelimit",
 		Hits:      service.DefaultConsumerTuning(),
+		LossCheck: 2 * time.Second,
 		GRPC:      DefaultGRPCSettings(),
 	}
 }
@@ -182,6 +191,9 @@ func (s Settings) Validate(catalog usage.Catalog, duplicates time.Duration) erro
 		add("ratelimit.consumer", "must be a token, got %q", s.Consumer)
 	}
 	errs = append(errs, s.Hits.Validate("ratelimit.hits", duplicates))
+	if s.LossCheck < 0 || (s.LossCheck > 0 && s.LossCheck < 100*time.Millisecond) {
+		add("ratelimit.loss_check", "must be 0 (off) or at least 100ms, got %v", s.LossCheck)
+	}
 	interval("ratelimit.interval", s.Interval)
 	if !validMode(s.Mode) {
 		add("ratelimit.mode", "must be fixed or sliding, got %q", s.Mode)

@@ -16,7 +16,7 @@ func TestRateLimitDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Settings{Interval: 300 * time.Second, Mode: ModeFixed, Handlers: 2, Pipelines: 2, Timeout: 50 * time.Millisecond, Consumer: "ratelimit",
+	want := Settings{Interval: 300 * time.Second, Mode: ModeFixed, Handlers: 2, Pipelines: 2, Timeout: 50 * time.Millisecond, Consumer: "ratelimit", LossCheck: 2 * time.Second,
 		Hits: service.DefaultConsumerTuning(), GRPC: GRPCSettings{MaxRecvBytes: 1 << 20, MaxDescriptors: 64, MaxHitsAddend: 1<<31 - 1, ResponseHeaders: true}}
 	if diff := cmp.Diff(want, cfg.RateLimit); diff != "" {
 		t.Errorf("defaults (-want +got):\n%s", diff)
@@ -116,6 +116,8 @@ func TestRateLimitSection(t *testing.T) {
 		{"huge limit", "ratelimit:\n  services:\n    upload: {limit: 10000000000}\n", "ratelimit.services.upload.limit: must be between 0 and"},
 		{"unknown field", "ratelimit:\n  services:\n    upload: {limits: 3}\n", "limits"},
 		{"consumer", "ratelimit: {consumer: 'a.b'}\n", "ratelimit.consumer: must be a token"},
+		{"loss check too often", "ratelimit: {loss_check: 10ms}\n", "ratelimit.loss_check: must be 0 (off) or at least 100ms"},
+		{"loss check negative", "ratelimit: {loss_check: -1s}\n", "ratelimit.loss_check: must be 0 (off) or at least 100ms"},
 		{"unknown metric", "ratelimit:\n  services:\n    upload: {metric: nope}\n", `ratelimit.services.upload.metric: unknown metric "nope"`},
 		{"a grant is not hits", "ratelimit:\n  services:\n    upload: {metric: photo_daily_total}\n", "must be a counter of scope user"},
 		{"a global counter is not hits", "metrics:\n  jobs: {style: counter, scope: global}\nratelimit:\n  services:\n    upload: {metric: jobs}\n", "must be a counter of scope user"},

@@ -28,5 +28,5 @@ func (f *failOpenLog) note(log *slog.Logger, now time.Time, p pending, err error
 	n := f.suppressed
 	f.last, f.suppressed = now, 0
 	f.mu.Unlock()
-	log.Warn("redis unavailable: failing open", "uid", p.uid, "service", p.service, "err", err, "more_since_last_line", n)
+	log.Warn("failing open: the window cannot be read", "uid", p.uid, "service", p.service, "err", err, "more_since_last_line", n)
 }

@@ -51,6 +51,7 @@ require (
 )
 
 require (
+	github.com/allot/allot/pkg/mutex v0.0.0
 	github.com/allot/allot/pkg/testenv v0.0.0
 	github.com/allot/allot/pkg/usage v0.0.0
 	github.com/envoyproxy/go-control-plane/envoy v1.40.0
@@ -60,3 +61,5 @@ require (
 )
 
 replace github.com/allot/allot/pkg/usage => ../../pkg/usage
+
+replace github.com/allot/allot/pkg/mutex => ../../pkg/mutex

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/mutex"
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/services/ratelimit/internal/store"
 	"github.com/nats-io/nats.go/jetstream"
@@ -53,8 +54,13 @@ func (l *Limiter) startHits(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ratelimit: consumer %s on %s: %w", l.cfg.RateLimit.Consumer, l.cfg.Streams.Usage, err)
 	}
+	if guards(l.cfg) {
+		if err := l.startEpoch(ctx, js); err != nil {
+			return err
+		}
+	}
 	cc := h.ConsumerConfig(l.cfg.RateLimit.Consumer)
-	cc.Ready, cc.Metrics = l.store.Ping, l.consumerMetrics
+	cc.Ready, cc.Metrics = l.hitsReady, l.consumerMetrics
 	consumer, err := service.NewConsumer(cons, js, hitCounter{l: l, byMetric: byMetric}, cc, l.log)
 	if err != nil {
 		return fmt.Errorf("ratelimit: %w", err)
@@ -74,50 +80,102 @@ func (l *Limiter) startHits(ctx context.Context) error {
 		return fmt.Errorf("ratelimit: %w", err)
 	}
 	stopConsumer := consumer.Start(ctx)
+	stopEpoch := func() {}
+	if guards(l.cfg) {
+		ectx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		done := make(chan struct{})
+		go func() { defer close(done); l.watchEpoch(ectx) }()
+		stopEpoch = func() { cancel(); <-done }
+	}
 	l.stopHits = func(ctx context.Context) error {
 		defer stopWatch()
+		stopEpoch()
 		return stopConsumer(ctx)
+	}
+	return nil
+}
+
+// startEpoch finds the usage stream and the epoch marker (adopting
+// windows from before the marker) and the rebuild lock, before the hit
+// consumer starts: it must not count into windows Redis has lost.
+func (l *Limiter) startEpoch(ctx context.Context, js jetstream.JetStream) error {
+	var err error
+	if l.usage, err = js.Stream(ctx, l.cfg.Streams.Usage); err != nil {
+		return fmt.Errorf("ratelimit: stream %s: %w", l.cfg.Streams.Usage, err)
+	}
+	l.epoch = service.NewEpoch(l.rdb, l.store.Keys().RateLimitEpoch())
+	if err := l.adoptOrCheckEpoch(ctx); err != nil {
+		return fmt.Errorf("ratelimit: %w", err)
+	}
+	if l.locker, err = mutex.New(l.rdb, mutex.Options{Prefix: l.cfg.Redis.KeyPrefix, Registerer: l.registerer}); err != nil {
+		return fmt.Errorf("ratelimit: %w", err)
 	}
 	return nil
 }
 
 // HandleChunk implements service.ChunkHandler: the chunk's hits in one
 // round trip; a Redis failure returns the error, and the consumer naks
-// the chunk with a growing delay and pauses until Redis answers.
+// the chunk with a growing delay and pauses until Redis answers. While
+// the windows of hits are lost it counts nothing and waits the same way
+// for their rebuild.
 func (w hitCounter) HandleChunk(ctx context.Context, msgs []jetstream.Msg) ([]service.Outcome, error) {
+	out := make([]service.Outcome, len(msgs)) // all acked
+	if w.l.lost.Load() {
+		return out, errRebuilding
+	}
+	_, err := w.count(ctx, msgs)
+	return out, err
+}
+
+// hitTally is what count did with a chunk: events skipped, and hits by
+// result, per (event, service).
+type hitTally struct {
+	skipped, counted, duplicate, refused, failed int64
+}
+
+// count counts the hits of msgs, the live consumer's and a rebuild's
+// path alike, recording them in the metrics. The error is a failed round
+// trip: nothing can be said of any hit, and sending them all again is
+// safe.
+func (w hitCounter) count(ctx context.Context, msgs []jetstream.Msg) (hitTally, error) {
 	l := w.l
+	var t hitTally
 	var hits []store.Hit
 	for _, msg := range msgs {
 		hs, reason := w.parse(msg)
 		if reason != "" {
 			l.metrics.hitEvents.WithLabelValues(reason).Inc()
+			t.skipped++
 			continue
 		}
 		hits = append(hits, hs...)
 	}
-	out := make([]service.Outcome, len(msgs)) // all acked
 	if len(hits) == 0 {
-		return out, nil
+		return t, nil
 	}
 	counted, errs, err := l.store.Hits(ctx, hits, l.cfg.RateLimit.Hits.DedupTTL)
 	if err != nil {
-		return out, err
+		return hitTally{}, err
 	}
 	for i, h := range hits {
 		switch {
 		case errors.Is(errs[i], store.ErrOutOfRange):
+			t.refused++
 			l.metrics.hits.WithLabelValues(h.Service, "refused").Add(float64(h.Value))
 			l.log.Warn("hit not counted", "uid", h.UID, "service", h.Service, "event", h.ID, "err", errs[i])
 		case errs[i] != nil:
+			t.failed++
 			l.metrics.hits.WithLabelValues(h.Service, "failed").Inc()
 			l.log.Error("hit not counted", "uid", h.UID, "service", h.Service, "event", h.ID, "err", errs[i])
 		case counted[i]:
+			t.counted++
 			l.metrics.hits.WithLabelValues(h.Service, "counted").Add(float64(h.Value))
 		default:
+			t.duplicate++
 			l.metrics.hits.WithLabelValues(h.Service, "duplicate").Add(float64(h.Value))
 		}
 	}
-	return out, nil
+	return t, nil
 }
 
 // hitRange is what an event may add to a window: a whole number of hits.
@@ -143,10 +201,14 @@ func (w hitCounter) parse(msg jetstream.Msg) ([]store.Hit, string) {
 	if events.CheckNumber("data.value", v, hitRange) != nil {
 		return nil, "invalid"
 	}
+	md, err := msg.Metadata()
+	if err != nil {
+		return nil, "invalid"
+	}
 	hits := make([]store.Hit, 0, len(services))
 	for _, svc := range services {
 		rl, _ := l.cfg.RateLimit.RateLimitFor(svc)
-		hits = append(hits, store.Hit{ID: ev.ID, UID: uid, Service: svc, Interval: rl.Interval, Value: int64(v)})
+		hits = append(hits, store.Hit{ID: ev.ID, UID: uid, Service: svc, Interval: rl.Interval, Value: int64(v), At: md.Timestamp})
 	}
 	return hits, ""
 }

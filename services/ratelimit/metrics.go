@@ -20,6 +20,10 @@ type metrics struct {
 	requests  *prometheus.CounterVec
 	hits      *prometheus.CounterVec
 	hitEvents *prometheus.CounterVec
+
+	rebuilding  prometheus.Gauge
+	rebuilds    *prometheus.CounterVec
+	rebuildDone prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -66,11 +70,27 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "allot_ratelimit_hit_events_skipped_total",
 			Help: "Usage events the hit consumer skipped, by reason: other_metric (no service counts it) or invalid (the meter dead-letters it).",
 		}, []string{"reason"}),
+		rebuilding: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "allot_ratelimit_rebuilding",
+			Help: "1 while Redis lacks the rate limiter's windows of hits from usage events (no epoch marker): checks of the services that count hits answer by their fail mode until a replay of the usage stream puts them back.",
+		}),
+		rebuilds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "allot_ratelimit_rebuilds_total",
+			Help: "Rebuilds of the lost windows of hits from the usage stream this replica ran, by result: done, or failed (tried again after ratelimit.loss_check).",
+		}, []string{"result"}),
+		rebuildDone: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "allot_ratelimit_rebuild_progress_ratio",
+			Help: "How far this replica's last rebuild of the windows of hits came, 0 to 1: the share of the usage stream's events it replayed (1: done).",
+		}),
+	}
+	for _, r := range []string{"done", "failed"} {
+		mt.rebuilds.WithLabelValues(r)
 	}
 	if reg == nil {
 		return mt, nil
 	}
-	for _, c := range []prometheus.Collector{mt.decisions, mt.nearLimit, mt.overLimit, mt.peeks, mt.cacheHits, mt.latency, mt.batchSize, mt.requests, mt.hits, mt.hitEvents} {
+	for _, c := range []prometheus.Collector{mt.decisions, mt.nearLimit, mt.overLimit, mt.peeks, mt.cacheHits, mt.latency, mt.batchSize, mt.requests, mt.hits, mt.hitEvents,
+		mt.rebuilding, mt.rebuilds, mt.rebuildDone} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

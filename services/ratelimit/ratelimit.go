@@ -65,11 +65,19 @@
 //
 // A service with a `metric` (a per-user counter) also counts that
 // metric's usage events as hits: each adds its value to the uid's window
-// current when it is applied (Redis's clock, not the event's time), once
-// per service however often it is delivered, through a durable consumer
-// of its own (ratelimit.consumer, new events only) and a dedup record set
-// in the same script, as the meter does. Hits may pass the limit (events
-// are facts); checks are then refused until the window lets them in.
+// of the time the usage stream stored it (its JetStream timestamp, as the
+// meter judges grant periods; not the event's own time field, which the
+// app sets), once per service however often it is delivered, through a
+// durable consumer of its own (ratelimit.consumer, new events only) and
+// a dedup record set in the same script, as the meter does. Hits may
+// pass the limit (events are facts); checks are then refused until the
+// window lets them in. The stream's clock, not Redis's at the moment of
+// counting, is what lets a replay of the stream put every event back in
+// its window after Redis lost them (loss.go, rebuild.go); the price is
+// that windows of hits follow the NATS servers' clock, and checks
+// Redis's: a skew between the two moves a hit across a boundary by that
+// much. An event counted more than an interval late lands in a window
+// that may be gone (then it changes nothing).
 //
 // # Batches
 //
@@ -108,13 +116,16 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/mutex"
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/services/ratelimit/internal/store"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
@@ -155,6 +166,15 @@ type Limiter struct {
 	// The hit worker, when some service counts usage events.
 	stopHits        func(context.Context) error
 	consumerMetrics *service.ConsumerMetrics
+
+	// The loss of the windows of hits (loss.go), when some service counts
+	// hits and ratelimit.loss_check is on.
+	rdb        redis.UniversalClient
+	registerer prometheus.Registerer
+	usage      jetstream.Stream
+	epoch      service.Epoch
+	locker     *mutex.Locker // the rebuild lock
+	lost       atomic.Bool   // Redis lacks the epoch marker: the windows of hits are lost or being rebuilt
 }
 
 // New checks the configuration and loads the script; it starts no
@@ -170,7 +190,8 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Limiter, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	st, err := store.New(ctx, deps.Redis, store.Options{Keys: keys.New(cfg.Redis.KeyPrefix), Now: deps.Now, OneScriptPerCheck: deps.oneScriptPerCheck})
+	st, err := store.New(ctx, deps.Redis, store.Options{Keys: keys.New(cfg.Redis.KeyPrefix), Now: deps.Now, OneScriptPerCheck: deps.oneScriptPerCheck,
+		Guard: guards(cfg)})
 	if err != nil {
 		return nil, fmt.Errorf("ratelimit: %w", err)
 	}
@@ -181,6 +202,9 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Limiter, error) {
 		store: st,
 		cache: newCache(maxCached),
 		clock: deps.Clock,
+		rdb:   deps.Redis,
+
+		registerer: deps.Registerer,
 	}
 	if l.clock == nil {
 		l.clock = time.Now
@@ -326,6 +350,11 @@ func (l *Limiter) checkMany(ctx context.Context, calls []checkCall) []checkResul
 			l.metrics.latency.Observe(time.Since(start).Seconds())
 			continue
 		}
+		if p.rl.Metric != "" && l.lost.Load() {
+			out[i].reply, out[i].err = l.failed(p, l.rebuildingError())
+			l.metrics.latency.Observe(time.Since(start).Seconds())
+			continue
+		}
 		ps[i] = p
 		ops = append(ops, store.CheckOp{UID: p.uid, Limit: p.lim, Cost: p.cost})
 		asked = append(asked, i)
@@ -383,17 +412,7 @@ func (l *Limiter) decided(p pending, d store.Decision, err error) (events.CheckR
 		if !errors.Is(err, store.ErrRedis) {
 			return events.CheckReply{}, err
 		}
-		if p.rl.FailOpen {
-			l.count(p.label, p.cost, "failed_open", false)
-			l.failOpen.note(l.log, l.clock(), p, err)
-			reply := events.CheckReply{Allowed: true}
-			if p.lim.Configured >= 0 {
-				reply.Limit = p.lim.Configured
-			}
-			return reply, nil
-		}
-		l.count(p.label, p.cost, "failed_closed", false)
-		return events.CheckReply{}, events.NewServiceError(events.CodeUnavailable, "", "redis unavailable: %v", err)
+		return l.failed(p, events.NewServiceError(events.CodeUnavailable, "", "redis unavailable: %v", err))
 	}
 	reply := events.CheckReply{
 		Allowed:      d.Allowed,
@@ -420,6 +439,24 @@ func (l *Limiter) decided(p pending, d store.Decision, err error) (events.CheckR
 		l.metrics.nearLimit.WithLabelValues(p.label).Inc()
 	}
 	return reply, nil
+}
+
+// failed answers p when its window cannot be read: Redis did not answer,
+// or lost the windows of hits, which are being rebuilt (closed, the
+// *events.ServiceError closed). A fail_open service allows the call,
+// any other answers closed (a 503).
+func (l *Limiter) failed(p pending, closed error) (events.CheckReply, error) {
+	if p.rl.FailOpen {
+		l.count(p.label, p.cost, "failed_open", false)
+		l.failOpen.note(l.log, l.clock(), p, closed)
+		reply := events.CheckReply{Allowed: true}
+		if p.lim.Configured >= 0 {
+			reply.Limit = p.lim.Configured
+		}
+		return reply, nil
+	}
+	l.count(p.label, p.cost, "failed_closed", false)
+	return events.CheckReply{}, closed
 }
 
 // count records one decision; a peek (cost 0) is counted apart.

@@ -4,50 +4,43 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"sync"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/allot/allot/pkg/service"
 )
+
+// The meter's epoch marker (keys.MeterEpoch) is a service.Epoch, the
+// rate limiter's kind too; its seq is the highest usage stream sequence
+// applied, raised by apply_chunk.lua. These wrap its errors in ErrRedis.
+
+func (s *Store) epoch() service.Epoch { return service.NewEpoch(s.rdb, s.keys.MeterEpoch()) }
+
+// redisErr marks a marker that Redis did not read or write as ErrRedis.
+func redisErr(err error) error {
+	if errors.Is(err, service.ErrEpochRedis) {
+		return fmt.Errorf("%w: %w", ErrRedis, err)
+	}
+	return err
+}
 
 // Epoch reads the epoch marker: the highest usage stream sequence
 // applied, and whether the marker is there at all.
 func (s *Store) Epoch(ctx context.Context) (seq uint64, ok bool, err error) {
-	v, err := s.rdb.HGet(ctx, s.keys.MeterEpoch(), "seq").Result()
-	if errors.Is(err, redis.Nil) {
-		return 0, false, nil
-	}
-	if err != nil {
-		return 0, false, fmt.Errorf("%w: read the epoch marker: %w", ErrRedis, err)
-	}
-	seq, err = strconv.ParseUint(v, 10, 64)
-	if err != nil {
-		return 0, true, fmt.Errorf("store: epoch marker seq %q is not a sequence", v)
-	}
-	return seq, true, nil
+	seq, ok, err = s.epoch().Read(ctx)
+	return seq, ok, redisErr(err)
 }
 
 // InitEpoch writes the epoch marker at seq unless one is there, and says
 // whether it wrote it.
 func (s *Store) InitEpoch(ctx context.Context, seq uint64) (bool, error) {
-	ok, err := s.rdb.HSetNX(ctx, s.keys.MeterEpoch(), "seq", seq).Result()
-	if err != nil {
-		return false, fmt.Errorf("%w: write the epoch marker: %w", ErrRedis, err)
-	}
-	return ok, nil
+	ok, err := s.epoch().Init(ctx, seq)
+	return ok, redisErr(err)
 }
 
 // SetEpoch writes the epoch marker at seq: Redis holds the state applied
 // up to it (a rebuild's last step). It clears MarkRebuilding's mark in
 // the same step.
 func (s *Store) SetEpoch(ctx context.Context, seq uint64) error {
-	tx := s.rdb.TxPipeline()
-	tx.HSet(ctx, s.keys.MeterEpoch(), "seq", seq)
-	tx.HDel(ctx, s.keys.MeterEpoch(), "rebuilding")
-	if _, err := tx.Exec(ctx); err != nil {
-		return fmt.Errorf("%w: write the epoch marker: %w", ErrRedis, err)
-	}
-	return nil
+	return redisErr(s.epoch().Set(ctx, seq))
 }
 
 // MarkRebuilding records, beside the epoch marker, that a rebuild is
@@ -56,23 +49,14 @@ func (s *Store) SetEpoch(ctx context.Context, seq uint64) error {
 // the state of a meter from before the marker: it must be rebuilt again,
 // not kept.
 func (s *Store) MarkRebuilding(ctx context.Context) error {
-	if err := s.rdb.HSet(ctx, s.keys.MeterEpoch(), "rebuilding", "1").Err(); err != nil {
-		return fmt.Errorf("%w: mark the rebuild: %w", ErrRedis, err)
-	}
-	return nil
+	return redisErr(s.epoch().MarkRebuilding(ctx))
 }
 
 // Rebuilding reports whether MarkRebuilding's mark is there: a rebuild
 // is under way, or was cut short.
 func (s *Store) Rebuilding(ctx context.Context) (bool, error) {
-	err := s.rdb.HGet(ctx, s.keys.MeterEpoch(), "rebuilding").Err()
-	switch {
-	case errors.Is(err, redis.Nil):
-		return false, nil
-	case err != nil:
-		return false, fmt.Errorf("%w: read the rebuild mark: %w", ErrRedis, err)
-	}
-	return true, nil
+	r, err := s.epoch().Rebuilding(ctx)
+	return r, redisErr(err)
 }
 
 // HasState reports whether Redis holds any of the meter's state: a grant
@@ -88,38 +72,7 @@ func (s *Store) Rebuilding(ctx context.Context) (bool, error) {
 func (s *Store) HasState(ctx context.Context) (bool, error) {
 	// {tag}:g:<metric>, {tag}:c:<metric>, {tag}:e:<id> (pkg/keys); no
 	// other service's key has one of those letters alone after the tag.
-	pattern := s.keys.Prefix() + "{*}:[gce]:*"
-	any := func(ctx context.Context, c interface {
-		Scan(ctx context.Context, cursor uint64, match string, count int64) *redis.ScanCmd
-	}) (bool, error) {
-		var cursor uint64
-		for {
-			keys, next, err := c.Scan(ctx, cursor, pattern, 1000).Result()
-			if err != nil {
-				return false, err
-			}
-			if len(keys) > 0 {
-				return true, nil
-			}
-			if cursor = next; cursor == 0 {
-				return false, nil
-			}
-		}
-	}
-	var found bool
-	var err error
-	if cc, ok := s.rdb.(*redis.ClusterClient); ok {
-		var mu sync.Mutex
-		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
-			f, err := any(ctx, c)
-			mu.Lock()
-			found = found || f
-			mu.Unlock()
-			return err
-		})
-	} else {
-		found, err = any(ctx, s.rdb)
-	}
+	found, err := service.AnyKey(ctx, s.rdb, s.keys.Prefix()+"{*}:[gce]:*")
 	if err != nil {
 		return false, fmt.Errorf("%w: look for the meter's state: %w", ErrRedis, err)
 	}

@@ -42,6 +42,12 @@ type Redis interface {
 // to work; retrying later may succeed.
 var ErrRedis = errors.New("store: redis unavailable")
 
+// ErrLost marks hits refused because the epoch marker is missing: Redis
+// lost the windows, and counting into them before they are rebuilt would
+// hand the rebuild a mix. Always with ErrRedis: retrying after the
+// rebuild succeeds.
+var ErrLost = errors.New("store: redis lost the rate limiter's hit windows (no epoch marker)")
+
 // Modes, as in ratelimit.ModeFixed and ratelimit.ModeSliding.
 const (
 	ModeFixed   = "fixed"
@@ -54,6 +60,7 @@ type Store struct {
 	keys      keys.Keys
 	now       func() time.Time // nil: Redis TIME
 	perCheck  bool             // one script call per check (Cluster)
+	guard     bool             // count hits only while the epoch marker is there (single node)
 	check     *redis.Script
 	checkMany *redis.Script
 	hit       *redis.Script
@@ -70,6 +77,12 @@ type Options struct {
 	// Redis Cluster (or Ring), where the checks of a batch live in many
 	// slots; tests set it to cover that path on a single node.
 	OneScriptPerCheck bool
+	// Guard counts hits only while the rate limiter's epoch marker is
+	// there, checked inside each hit's script call (Hits fails with
+	// ErrLost otherwise). On a Redis Cluster, where the marker lives in
+	// another slot than a hit's windows, it is not checked: the caller
+	// stops counting once it sees the marker gone.
+	Guard bool
 }
 
 // New returns a Store and loads its scripts.
@@ -85,10 +98,11 @@ func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
 		check:     redis.NewScript(checkOneLua + checkLua),
 		checkMany: redis.NewScript(checkOneLua + checkManyLua),
 		hit:       redis.NewScript(hitLua),
+		guard:     opts.Guard,
 	}
 	switch rdb.(type) {
 	case *redis.ClusterClient, *redis.Ring:
-		s.perCheck = true
+		s.perCheck, s.guard = true, false
 	}
 	if err := s.Load(ctx); err != nil {
 		return nil, err
@@ -362,6 +376,10 @@ type Hit struct {
 	Service  string
 	Interval time.Duration
 	Value    int64
+	// At is when the usage stream stored the event: it decides the
+	// event's window (Options.Now overrides it), so a replay counts it
+	// where a live count did.
+	At time.Time
 }
 
 // Ping checks that Redis answers.
@@ -401,9 +419,19 @@ func (s *Store) hitsOnce(ctx context.Context, hits []Hit, dedupTTL time.Duration
 	pipe := s.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(hits))
 	for i, h := range hits {
+		at := now
+		if s.now == nil {
+			if h.At.IsZero() {
+				return nil, nil, fmt.Errorf("store: hit %s of %s/%s has no stream time", h.ID, h.UID, h.Service)
+			}
+			at = h.At.UnixMilli()
+		}
 		even, odd := s.keys.RateLimit(h.UID, h.Service)
-		cmds[i] = s.hit.EvalSha(ctx, pipe, []string{s.keys.RateLimitDedup(h.UID, h.Service, h.ID), even, odd},
-			dedupTTL.Milliseconds(), now, h.Interval.Milliseconds(), h.Value)
+		keyList := []string{s.keys.RateLimitDedup(h.UID, h.Service, h.ID), even, odd}
+		if s.guard {
+			keyList = append(keyList, s.keys.RateLimitEpoch())
+		}
+		cmds[i] = s.hit.EvalSha(ctx, pipe, keyList, dedupTTL.Milliseconds(), at, h.Interval.Milliseconds(), h.Value)
 	}
 	_, _ = pipe.Exec(ctx)
 	counted := make([]bool, len(hits))
@@ -417,6 +445,8 @@ func (s *Store) hitsOnce(ctx context.Context, hits []Hit, dedupTTL time.Duration
 			counted[i] = v == 1
 		case isNoScript(err):
 			return nil, nil, err
+		case strings.HasPrefix(err.Error(), "LOST "):
+			return nil, nil, fmt.Errorf("%w: %w", ErrRedis, ErrLost)
 		case isScriptError(err):
 			errs[i] = fmt.Errorf("store: hit %s of %s/%s: %w", hits[i].ID, hits[i].UID, hits[i].Service, err)
 		default:

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"regexp"
@@ -99,6 +100,8 @@ var behaviours = []struct {
 	{"Reset", testReset},
 	{"RedisTimeIsTheClock", testRedisTime},
 	{"HitsCountOnce", testHits},
+	{"HitsCountInTheirStreamTimesWindow", testHitsByStreamTime},
+	{"HitsWaitForTheEpochMarker", testHitsGuarded},
 	{"ScriptReloadsAfterFlush", testScriptReload},
 	{"CheckManyDecidesInOrder", testCheckMany},
 	{"WrongTypeIsNotARedisOutage", testWrongType},
@@ -585,6 +588,96 @@ func testHits(t *testing.T, open backend) {
 	s.Hits(t.Context(), []Hit{{ID: "e4", UID: "u-1", Service: "api", Interval: time.Minute, Value: 1}}, time.Hour)
 	if d := check(t, s, "u-1", l, 0); d.Used != 1 {
 		t.Errorf("next window: %+v", d)
+	}
+}
+
+// testHitsByStreamTime runs without a test clock: a hit goes to the
+// window of its stream time, not of the moment it is counted, so a replay
+// of old events puts each where a live count did; one whose window a
+// later one has replaced changes nothing.
+func testHitsByStreamTime(t *testing.T, open backend) {
+	rdb, opts := open(t)
+	s, err := New(t.Context(), rdb, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	const interval = time.Hour
+	// Windows of the test's clock, which Redis expires them on.
+	now := testenv.Now(t)
+	cur := now.Truncate(interval)
+	hit := func(id string, at time.Time, v int64) bool {
+		t.Helper()
+		counted, errs, err := s.Hits(ctx, []Hit{{ID: id, UID: "u-1", Service: "api", Interval: interval, Value: v, At: at}}, time.Hour)
+		if err != nil || errs[0] != nil {
+			t.Fatalf("hit %s: %v, %v", id, err, errs[0])
+		}
+		return counted[0]
+	}
+	window := func(at time.Time) map[string]string {
+		even, odd := s.Keys().RateLimit("u-1", "api")
+		key := even
+		if (at.UnixMilli()/interval.Milliseconds())%2 == 1 {
+			key = odd
+		}
+		return rdb.HGetAll(ctx, key).Val()
+	}
+	hit("prev", cur.Add(-time.Minute), 2) // the previous window, counted now
+	hit("cur", cur, 3)
+	idx := func(at time.Time) string { return fmt.Sprint(at.UnixMilli() / interval.Milliseconds()) }
+	if diff := cmp.Diff(map[string]string{"w": idx(cur.Add(-time.Minute)), "n": "2"}, window(cur.Add(-time.Minute))); diff != "" {
+		t.Errorf("previous window (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(map[string]string{"w": idx(cur), "n": "3"}, window(cur)); diff != "" {
+		t.Errorf("current window (-want +got):\n%s", diff)
+	}
+	// Two windows back: its key is the current window's, which it must
+	// not touch; it is recorded all the same, so it counts once.
+	if !hit("old", cur.Add(-interval-time.Minute), 5) {
+		t.Error("a hit of a replaced window was not recorded")
+	}
+	if hit("old", cur.Add(-interval-time.Minute), 5) {
+		t.Error("a hit of a replaced window was recorded twice")
+	}
+	if diff := cmp.Diff(map[string]string{"w": idx(cur), "n": "3"}, window(cur)); diff != "" {
+		t.Errorf("current window after a hit of a replaced one (-want +got):\n%s", diff)
+	}
+	if _, _, err := s.Hits(ctx, []Hit{{ID: "none", UID: "u-1", Service: "api", Interval: interval, Value: 1}}, time.Hour); err == nil {
+		t.Error("a hit without a stream time was counted")
+	}
+}
+
+// testHitsGuarded: a guarding store counts hits only while the epoch
+// marker's seq is there; without it nothing changes and the error says
+// the windows were lost.
+func testHitsGuarded(t *testing.T, open backend) {
+	rdb, opts := open(t)
+	if _, ok := rdb.(*redis.ClusterClient); ok {
+		t.Skip("on a Cluster the marker lives in another slot and is not checked by the script")
+	}
+	opts.Guard = true
+	s, err := New(t.Context(), rdb, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	h := []Hit{{ID: "e1", UID: "u-1", Service: "api", Interval: time.Minute, Value: 1, At: testenv.Now(t)}}
+	_, _, err = s.Hits(ctx, h, time.Hour)
+	if !errors.Is(err, ErrLost) || !errors.Is(err, ErrRedis) {
+		t.Fatalf("without a marker: %v, want ErrLost and ErrRedis", err)
+	}
+	if n := rdb.Exists(ctx, s.Keys().RateLimitDedup("u-1", "api", "e1")).Val(); n != 0 {
+		t.Error("a refused hit left its record")
+	}
+	rdb.HSet(ctx, s.Keys().RateLimitEpoch(), "rebuilding", "1") // a rebuild's mark alone is no marker
+	if _, _, err := s.Hits(ctx, h, time.Hour); !errors.Is(err, ErrLost) {
+		t.Fatalf("with the rebuilding mark alone: %v, want ErrLost", err)
+	}
+	rdb.HSet(ctx, s.Keys().RateLimitEpoch(), "seq", "0")
+	t.Cleanup(func() { rdb.Del(context.WithoutCancel(ctx), s.Keys().RateLimitEpoch()) })
+	counted, errs, err := s.Hits(ctx, h, time.Hour)
+	if err != nil || errs[0] != nil || !counted[0] {
+		t.Fatalf("with the marker: %v, %v, %v", counted, errs, err)
 	}
 }
 

@@ -1,0 +1,215 @@
+package service_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/allot/allot/pkg/service"
+	"github.com/google/go-cmp/cmp"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+)
+
+// epochEnv is a stream on an embedded JetStream and a miniredis.
+type epochEnv struct {
+	mr     *miniredis.Miniredis
+	rdb    *redis.Client
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	epoch  service.Epoch
+}
+
+func newEpochEnv(t *testing.T) *epochEnv {
+	t.Helper()
+	s := runNATS(t, server.Options{JetStream: true, StoreDir: t.TempDir()})
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: "EV", Subjects: []string{"ev.*"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return &epochEnv{mr: mr, rdb: rdb, js: js, stream: stream, epoch: service.NewEpoch(rdb, "x:epoch")}
+}
+
+func (e *epochEnv) publish(t *testing.T, n int) {
+	t.Helper()
+	for i := range n {
+		if _, err := e.js.Publish(t.Context(), fmt.Sprintf("ev.%d", i%3), []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestEpochLost: an empty stream writes the marker (a new deployment);
+// a missing marker beside events is a loss; Set ends it.
+func TestEpochLost(t *testing.T) {
+	e := newEpochEnv(t)
+	ctx := t.Context()
+	if lost, err := e.epoch.Lost(ctx, e.stream); err != nil || lost {
+		t.Fatalf("empty stream: lost %v, %v", lost, err)
+	}
+	if _, ok, _ := e.epoch.Read(ctx); !ok {
+		t.Fatal("the marker was not written for an empty stream")
+	}
+	e.publish(t, 3)
+	if lost, err := e.epoch.Lost(ctx, e.stream); err != nil || lost {
+		t.Fatalf("marker there: lost %v, %v", lost, err)
+	}
+	e.mr.FlushAll()
+	if lost, err := e.epoch.Lost(ctx, e.stream); err != nil || !lost {
+		t.Fatalf("marker gone, events in the stream: lost %v, %v", lost, err)
+	}
+	if err := e.epoch.MarkRebuilding(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if lost, _ := e.epoch.Lost(ctx, e.stream); !lost {
+		t.Fatal("the rebuilding mark alone passed for the marker")
+	}
+	if err := e.epoch.Set(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	seq, ok, err := e.epoch.Read(ctx)
+	if err != nil || !ok || seq != 3 {
+		t.Fatalf("after Set: %d, %v, %v", seq, ok, err)
+	}
+	if r, _ := e.epoch.Rebuilding(ctx); r {
+		t.Error("Set left the rebuilding mark")
+	}
+	e.mr.SetError("LOADING")
+	if _, err := e.epoch.Lost(ctx, e.stream); !errors.Is(err, service.ErrEpochRedis) {
+		t.Errorf("Redis refusing: %v, want ErrEpochRedis", err)
+	}
+}
+
+// TestEpochAdopt: state without a marker is kept, unless a rebuild's mark
+// says it is a rebuild's half; nothing to adopt leaves the marker absent.
+func TestEpochAdopt(t *testing.T) {
+	has := func(v bool) func(context.Context) (bool, error) {
+		return func(context.Context) (bool, error) { return v, nil }
+	}
+	for _, tc := range []struct {
+		name    string
+		setup   func(ctx context.Context, ep service.Epoch)
+		state   bool
+		want    service.EpochAtStart
+		written bool
+	}{
+		{"nothing", func(context.Context, service.Epoch) {}, false, service.EpochThere, false},
+		{"old state", func(context.Context, service.Epoch) {}, true, service.EpochAdopted, true},
+		{"marker there", func(ctx context.Context, ep service.Epoch) { _, _ = ep.Init(ctx, 7) }, true, service.EpochThere, true},
+		{"a rebuild cut short", func(ctx context.Context, ep service.Epoch) { _ = ep.MarkRebuilding(ctx) }, true, service.EpochCut, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEpochEnv(t)
+			ctx := t.Context()
+			tc.setup(ctx, e.epoch)
+			got, err := e.epoch.Adopt(ctx, has(tc.state))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Errorf("Adopt = %v, want %v", got, tc.want)
+			}
+			if _, ok, _ := e.epoch.Read(ctx); ok != tc.written {
+				t.Errorf("marker there: %v, want %v", ok, tc.written)
+			}
+		})
+	}
+}
+
+func TestAnyKey(t *testing.T) {
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	for i := range 3000 {
+		mr.Set(fmt.Sprintf("p:{u%d}:x", i), "1")
+	}
+	for _, tc := range []struct {
+		pattern string
+		want    bool
+	}{{"p:{*}:rle:*", false}, {"p:{*}:x", true}} {
+		if got, err := service.AnyKey(t.Context(), rdb, tc.pattern); err != nil || got != tc.want {
+			t.Errorf("AnyKey(%q) = %v, %v; want %v", tc.pattern, got, err, tc.want)
+		}
+	}
+	mr.Set("p:{u9}:rle:api:e1", "1")
+	if got, _ := service.AnyKey(t.Context(), rdb, "p:{*}:rle:*"); !got {
+		t.Error("one matching key among 3000 not found")
+	}
+}
+
+// TestReplay reads what the stream held when it began, from a time or
+// from the start, in order, on one subject or all, in chunks.
+func TestReplay(t *testing.T) {
+	e := newEpochEnv(t)
+	ctx := t.Context()
+	e.publish(t, 10)
+	mid := time.Now()
+	time.Sleep(10 * time.Millisecond)
+	e.publish(t, 20)
+	late := true // the first replay publishes one more message as it starts
+	read := func(opts service.ReplayOptions) ([]string, service.ReplayResult) {
+		t.Helper()
+		var got []string
+		res, err := service.Replay(ctx, e.js, "EV", opts, func(_ context.Context, chunk []jetstream.Msg) error {
+			if len(chunk) > max(opts.Batch, 1) && opts.Batch > 0 {
+				t.Errorf("chunk of %d, batch %d", len(chunk), opts.Batch)
+			}
+			for _, m := range chunk {
+				got = append(got, m.Subject()+"="+string(m.Data()))
+			}
+			// Published during the replay: not read.
+			if late {
+				late = false
+				if _, err := e.js.Publish(ctx, "ev.9", []byte("late")); err != nil {
+					t.Error(err)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got, res
+	}
+	all, res := read(service.ReplayOptions{Batch: 7})
+	if len(all) != 30 || all[0] != "ev.0=0" || all[29] != "ev.1=19" {
+		t.Errorf("whole stream: %d messages, %v ... ", len(all), all[:min(3, len(all))])
+	}
+	if diff := cmp.Diff(service.ReplayResult{FirstSeq: 1, LastSeq: 30, UpTo: 30, Events: 30}, res); diff != "" {
+		t.Errorf("result (-want +got):\n%s", diff)
+	}
+	later, _ := read(service.ReplayOptions{From: mid})
+	if len(later) != 21 || later[0] != "ev.0=0" || later[1] != "ev.1=1" || later[20] != "ev.9=late" {
+		t.Errorf("from the middle: %d messages, %v", len(later), later)
+	}
+	one, _ := read(service.ReplayOptions{Subject: "ev.1", Batch: 2})
+	for _, m := range one {
+		if m[:4] != "ev.1" {
+			t.Errorf("another subject read: %s", m)
+		}
+	}
+	if len(one) != 10 {
+		t.Errorf("ev.1: %d messages, want 10", len(one))
+	}
+	fail := errors.New("boom")
+	if _, err := service.Replay(ctx, e.js, "EV", service.ReplayOptions{}, func(context.Context, []jetstream.Msg) error { return fail }); !errors.Is(err, fail) {
+		t.Errorf("fn's error: %v", err)
+	}
+}
