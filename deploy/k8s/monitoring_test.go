@@ -86,7 +86,7 @@ func TestMonitoring(t *testing.T) {
 func TestBadMonitoringFixtures(t *testing.T) {
 	cases := map[string]string{
 		"alert-unknown-metric":       "group allot.ingest, alert AllotMeterLagging: unknown metric allot_meter_lag_seconds_bucket: no service exports it",
-		"alert-broken-expr":          `group "allot.state", rule 3, "AllotDependencyDown"`,
+		"alert-broken-expr":          `group "allot.state", rule 5, "AllotDependencyDown"`,
 		"alert-counter-as-histogram": "alert AllotDeadLetters: unknown metric allot_meter_dead_letters_total_bucket: allot_meter_dead_letters_total is a counter, which has no _bucket series",
 		"dashboard-unknown-metric":   `panels[0] "Ingest": panels[0] "Usage events", query A: unknown metric allot_meter_event_total`,
 	}
