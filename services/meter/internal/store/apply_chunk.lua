@@ -24,9 +24,10 @@
 --                    a grant's time in ms (0: Redis TIME, read once per chunk)
 --                    or a counter's or gauge's field, and its stream sequence (0: none)
 -- then               stream mode: 1 (0: off, and nothing more here); the ack floor
---                    (records wholly at or below it are dropped: the consumer never
---                    hands those messages out again; 0 drops none); the records'
---                    TTL in ms (a uid idle that long takes its along)
+--                    (messages at or below it are duplicates: acked, so applied;
+--                    records wholly at or below it are dropped, one run "0-<floor>"
+--                    kept in their place; 0: none); the records' TTL in ms (a uid
+--                    idle that long takes its along)
 -- then               with the marker, the chunk's highest stream sequence
 --
 -- Stream mode dedups a redelivered message by its stream sequence, with no
@@ -136,11 +137,23 @@ for i = 1, S do
   end
 end
 
--- In stream mode, the runs recorded that overlap the chunk's sequences.
--- Runs are disjoint, so in order of their last sequence they are in order
--- of their first too: read from the first run ending at or after the
--- chunk's lowest sequence until one starts past its highest (a chunk of
--- new messages reads none).
+-- In stream mode, every message at or below the consumer's ack floor was
+-- acked, and a meter acks only what it applied (or refused): a delivery
+-- of one that was held past its ack wait while another replica (or a
+-- later delivery) applied and acked it is a duplicate, whatever records
+-- were dropped since. The highest floor any call passed stays as the run
+-- "0-<floor>", so a replica whose own floor is older sees it too.
+-- Then the runs recorded that overlap the chunk's sequences. Runs are
+-- disjoint but for that one, which has the lowest last sequence of all
+-- (nothing else at or below the floor is kept), so in order of their
+-- last sequence they are in order of their first too: read from the
+-- first run ending at or after the chunk's lowest sequence until one
+-- starts past its highest (a chunk of new messages reads none).
+if stream_mode and floor > 0 then
+  for e = 1, E do
+    if eseq[e] > 0 and eseq[e] <= floor then seen[e] = true end
+  end
+end
 if stream_mode then
   local lo, hi = nil, nil
   for e = 1, E do
@@ -435,7 +448,14 @@ if stream_mode then
     redis.call('PEXPIRE', seqs_key, seqs_ttl)
   end
   if floor > 0 then
-    redis.call('ZREMRANGEBYSCORE', seqs_key, '-inf', floor)
+    local low = redis.call('ZRANGE', seqs_key, 0, 0, 'WITHSCORES')
+    local held = 0
+    if low[1] and string.sub(low[1], 1, 2) == '0-' then held = tonumber(low[2]) end
+    if floor > held then
+      redis.call('ZREMRANGEBYSCORE', seqs_key, '-inf', floor)
+      redis.call('ZADD', seqs_key, floor, '0-' .. floor)
+      redis.call('PEXPIRE', seqs_key, seqs_ttl)
+    end
   end
 end
 if marker then

@@ -331,11 +331,41 @@ func testStreamDedup(t *testing.T, open backend) {
 			t.Fatal(err)
 		}
 		for _, r := range runs {
-			if r.Score <= 1200 {
+			if r.Score <= 1200 && r.Member != "0-1200" {
 				t.Errorf("%s: run %v ends at or below the floor and stayed", key, r.Member)
 			}
 		}
+		if runs[0].Member != "0-1200" {
+			t.Errorf("%s: lowest run %v, want the floor's 0-1200", key, runs[0].Member)
+		}
 	}
+	// A delivery held past its ack wait while a later one was applied and
+	// acked: below the floor, its record gone, it is still a duplicate,
+	// for this replica and for one whose floor is older (it reads the
+	// floor's run).
+	stale, err := New(ctx, rdb, Options{Keys: keys.New(prefix), DedupTTL: time.Hour, Cluster: s.cluster, StreamDedup: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := ops[98] // u-0, seq 99
+	for name, st := range map[string]*Store{"the replica that read the floor": s, "a replica with an older floor": stale} {
+		res, err := st.Apply(ctx, []Op{held})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res[0].Applied {
+			t.Errorf("%s applied seq %d, acked and below the floor, again", name, held.Seq)
+		}
+	}
+	// A lower floor passed later keeps the higher one.
+	stale.SetAckFloor(1100)
+	if _, err := stale.Apply(ctx, []Op{{ID: "later", UID: "u-0", Metric: "c", Config: counter, Value: 1, Seq: 1503}}); err != nil {
+		t.Fatal(err)
+	}
+	if lowest := rdb.ZRange(ctx, s.seqsKey(Tag(late)), 0, 0).Val(); len(lowest) != 1 || lowest[0] != "0-1200" {
+		t.Errorf("after a lower floor the lowest run is %v, want 0-1200", lowest)
+	}
+	want["u-0"] += 2 // late and later
 	// An authorized request's id makes an event of that id a duplicate.
 	grant := grantCfg(usage.PeriodDay, usage.AlignCalendar)
 	if d, err := s.Authorize(ctx, AuthorizeOp{ID: "a1", UID: "u-9", Metric: "g", Config: grant, Limit: 10, Amount: 2}); err != nil || !d.Allowed {
@@ -351,6 +381,12 @@ func testStreamDedup(t *testing.T, open backend) {
 	}
 	if res := apply([]Op{noSeq}); res[0].Applied {
 		t.Error("an event without a sequence applied twice")
+	}
+	want["u-0"]++ // n1
+	for uid, w := range want {
+		if got := rdb.HGet(ctx, s.Keys().Values(keys.UserTag(uid), "c"), "").Val(); got != fmt.Sprint(w) {
+			t.Errorf("at the end %s holds %s, want %v", uid, got, w)
+		}
 	}
 }
 
