@@ -3,6 +3,7 @@ package meter
 import (
 	"context"
 	"crypto/rand"
+	_ "embed"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -113,9 +114,11 @@ type rebuilder struct {
 	now    time.Time
 	js     jetstream.JetStream
 	live   keys.Keys
-	target keys.Keys // live, or the scratch space of a dry run
+	target keys.Keys // live, or the scratch space of a dry run or of one uid
 	m      *Meter    // the meter's parse and notices, on target
 	report RebuildReport
+
+	swapScript *redis.Script // rebuild_swap.lua
 
 	// grants whose notices the replay crossed, and when each notice was
 	// first crossed (the stream time of its event)
@@ -126,6 +129,11 @@ type rebuilder struct {
 }
 
 type grantRef struct{ uid, metric string }
+
+// rebuildSwapLua puts a one-uid rebuild in place; the file says how.
+//
+//go:embed rebuild_swap.lua
+var rebuildSwapLua string
 
 // Rebuild replays the usage stream through the meter's own apply path
 // (the same parse, scripts and dedup records) so that Redis holds what a
@@ -153,7 +161,7 @@ func Rebuild(ctx context.Context, cfg Config, deps Deps, opts RebuildOptions) (R
 	if clock == nil {
 		clock = time.Now
 	}
-	r := &rebuilder{cfg: cfg, deps: deps, opts: opts, log: opts.Log, now: clock().UTC(),
+	r := &rebuilder{cfg: cfg, deps: deps, opts: opts, log: opts.Log, now: clock().UTC(), swapScript: redis.NewScript(rebuildSwapLua),
 		live: keys.New(cfg.Redis.KeyPrefix), pending: map[grantRef]usage.MetricConfig{}, crossedAt: map[string]time.Time{}}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
@@ -180,7 +188,11 @@ func (r *rebuilder) run(ctx context.Context) error {
 		return fmt.Errorf("meter: rebuild: stream %s: %w", r.cfg.Streams.Usage, err)
 	}
 	r.target = r.live
-	if r.opts.DryRun {
+	// A dry run, and a rebuild of one uid, replay into a scratch key
+	// space: the one compares it with the live state, the other puts it in
+	// place in one step at the end (swap), so a rebuild cut short leaves
+	// the live state as it was rather than half replaced.
+	if r.opts.DryRun || r.opts.UID != "" {
 		var b [4]byte
 		_, _ = rand.Read(b[:])
 		r.target = keys.New(r.cfg.Redis.KeyPrefix + "rebuild-" + hex.EncodeToString(b[:]) + ":")
@@ -217,20 +229,21 @@ func (r *rebuilder) run(ctx context.Context) error {
 	if r.m.metrics, err = newMetrics(nil, r.m); err != nil {
 		return fmt.Errorf("meter: rebuild: %w", err)
 	}
-	if r.opts.DryRun {
-		if err := r.copyOverrides(ctx); err != nil {
-			return err
-		}
-	} else {
+	if !r.opts.DryRun {
 		if err := r.checkIdle(ctx); err != nil {
 			return err
 		}
-		if r.opts.UID == "" {
-			// Before the first delete: a rebuild cut short from here on
-			// must be rebuilt again, not taken for a whole state.
-			if err := r.m.store.MarkRebuilding(ctx); err != nil {
-				return fmt.Errorf("meter: rebuild: %w", err)
-			}
+	}
+	switch {
+	case r.target != r.live:
+		if err := r.copyOverrides(ctx); err != nil {
+			return err
+		}
+	default:
+		// Before the first delete: a rebuild cut short from here on must
+		// be rebuilt again, not taken for a whole state.
+		if err := r.m.store.MarkRebuilding(ctx); err != nil {
+			return fmt.Errorf("meter: rebuild: %w", err)
 		}
 		if r.report.Cleared, err = r.clear(ctx); err != nil {
 			return err
@@ -242,7 +255,13 @@ func (r *rebuilder) run(ctx context.Context) error {
 	if err := r.settleNotices(ctx); err != nil {
 		return err
 	}
-	if !r.opts.DryRun && r.opts.UID == "" {
+	switch {
+	case r.opts.DryRun:
+	case r.opts.UID != "":
+		if r.report.Cleared, err = r.swap(ctx); err != nil {
+			return err
+		}
+	default:
 		// Last: the marker tells waiting meters that the state is whole.
 		if err := r.m.store.SetEpoch(ctx, max(r.report.LastSeq, r.upTo)); err != nil {
 			return fmt.Errorf("meter: rebuild: %w", err)

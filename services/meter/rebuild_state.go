@@ -3,6 +3,7 @@ package meter
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -114,52 +115,17 @@ func deleteUnder(ctx context.Context, rdb redis.UniversalClient, pattern string)
 // isState tells the keys a rebuild replaces: grant state, counters and
 // gauges, dedup records (of events and of authorize ids, which share
 // them: SETs "ids", and the "e" keys of older versions; the ZSETs "seqs"
-// of stream-position records). Overrides
-// (grants), rate-limit windows and everything else stay. On a single
-// Redis the dedup SETs are shared by every uid under the dedup tag: a
-// rebuild of one uid takes its members out of them instead
-// (clearDedupMembers), and replays into stream-position records of its
-// own, leaving the shared ones (which still say what the live consumer
-// must not apply again).
+// of stream-position records). Overrides (grants), rate-limit windows
+// and everything else stay. A rebuild of one uid replays into a scratch
+// space and swaps it in (swap); on a single Redis it replays into
+// stream-position records of its own, leaving the shared ones (which
+// still say what the live consumer must not apply again).
 func isState(sk stateKey) bool {
 	switch sk.kind {
 	case "g", "c", "e", "ids", "seqs":
 		return true
 	}
 	return false
-}
-
-// clearDedupMembers removes tag's members from the shared dedup SETs
-// under k, and returns how many it removed.
-func clearDedupMembers(ctx context.Context, rdb redis.UniversalClient, k keys.Keys, tag string) (int, error) {
-	removed := 0
-	var sets []string
-	err := scanKeys(ctx, rdb, k.Prefix()+"{"+keys.DedupTag+"}:ids:*", func(key string) error {
-		sets = append(sets, key)
-		return nil
-	})
-	if err != nil {
-		return 0, err
-	}
-	for _, set := range sets {
-		iter := rdb.SScan(ctx, set, 0, globEscape(tag)+" *", 1000).Iterator()
-		var batch []any
-		for iter.Next(ctx) {
-			batch = append(batch, iter.Val())
-		}
-		if err := iter.Err(); err != nil {
-			return removed, err
-		}
-		for len(batch) > 0 {
-			n := min(len(batch), 1000)
-			if err := rdb.SRem(ctx, set, batch[:n]...).Err(); err != nil {
-				return removed, err
-			}
-			removed += n
-			batch = batch[n:]
-		}
-	}
-	return removed, nil
 }
 
 // globEscape escapes the characters a SCAN MATCH pattern treats as glob.
@@ -174,9 +140,9 @@ func globEscape(s string) string {
 	return b.String()
 }
 
-// clear deletes the meter state of the rebuild's scope from the live key
-// space, and the instance index of a whole rebuild, which the replay
-// builds again. It returns how many keys it deleted.
+// clear deletes the meter state from the live key space before a whole
+// rebuild, and the instance index, which the replay builds again. It
+// returns how many keys it deleted.
 func (r *rebuilder) clear(ctx context.Context) (int, error) {
 	var doomed []string
 	err := scanKeys(ctx, r.deps.Redis, r.scopePattern(r.live), func(key string) error {
@@ -188,17 +154,8 @@ func (r *rebuilder) clear(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("meter: rebuild: redis: scan: %w", err)
 	}
-	total := 0
-	if r.opts.UID == "" {
-		doomed = append(doomed, r.live.Instances())
-	} else if _, cluster := r.deps.Redis.(*redis.ClusterClient); !cluster {
-		n, err := clearDedupMembers(ctx, r.deps.Redis, r.live, keys.UserTag(r.opts.UID))
-		if err != nil {
-			return 0, fmt.Errorf("meter: rebuild: redis: clear dedup records: %w", err)
-		}
-		total += n
-	}
-	total += len(doomed)
+	doomed = append(doomed, r.live.Instances())
+	total := len(doomed)
 	for len(doomed) > 0 {
 		n := min(len(doomed), 1000)
 		pipe := r.deps.Redis.Pipeline()
@@ -211,6 +168,59 @@ func (r *rebuilder) clear(ctx context.Context) (int, error) {
 		doomed = doomed[n:]
 	}
 	return total, nil
+}
+
+// swap puts a one-uid rebuild's scratch state (r.target) in place of the
+// uid's live state with one rebuild_swap.lua call, and returns how many
+// live keys it replaced. Grants, counters, gauges and stream-position
+// records move over the live ones; the scratch dedup records join the
+// live ones (which hold what was applied live, and authorize ids): the
+// state then holds every replayed event, and each is recorded. On a
+// single Redis the dedup SETs are shared by every uid: the uid's
+// scratch ones (they hold only its members) join them the same way.
+func (r *rebuilder) swap(ctx context.Context) (int, error) {
+	var del, src, dst, usrc, udst []string
+	err := scanKeys(ctx, r.deps.Redis, r.scopePattern(r.live), func(key string) error {
+		if sk, ok := parseStateKey(r.live, key); ok && isState(sk) && sk.kind != "ids" {
+			del = append(del, key)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("meter: rebuild: redis: scan: %w", err)
+	}
+	liveName := func(key string) string { return r.live.Prefix() + strings.TrimPrefix(key, r.target.Prefix()) }
+	err = scanKeys(ctx, r.deps.Redis, r.scopePattern(r.target), func(key string) error {
+		sk, ok := parseStateKey(r.target, key)
+		switch {
+		case !ok || !isState(sk):
+		case sk.kind == "ids":
+			usrc, udst = append(usrc, key), append(udst, liveName(key))
+		default:
+			src, dst = append(src, key), append(dst, liveName(key))
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("meter: rebuild: redis: scan: %w", err)
+	}
+	if _, cluster := r.deps.Redis.(*redis.ClusterClient); !cluster {
+		err = scanKeys(ctx, r.deps.Redis, r.target.Prefix()+"{"+keys.DedupTag+"}:ids:*", func(key string) error {
+			usrc, udst = append(usrc, key), append(udst, liveName(key))
+			return nil
+		})
+		if err != nil {
+			return 0, fmt.Errorf("meter: rebuild: redis: scan: %w", err)
+		}
+	}
+	if len(del)+len(src)+len(usrc) == 0 {
+		return 0, nil
+	}
+	ks := slices.Concat(del, src, dst, usrc, udst)
+	if err := r.swapScript.Run(ctx, r.deps.Redis, ks, len(del), len(src), len(usrc)).Err(); err != nil {
+		return 0, fmt.Errorf("meter: rebuild: redis: put the rebuilt state in place: %w", err)
+	}
+	return len(del), nil
 }
 
 // copyOverrides copies the grant overrides of the scope into the scratch

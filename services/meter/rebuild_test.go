@@ -294,6 +294,34 @@ func testRebuildOneUIDOverLiveState(t *testing.T, e *env) {
 	}
 }
 
+// A rebuild of one uid cut short (here: its context ends at its first
+// chunk) leaves the live state as it was, its damage included, and no
+// scratch keys; run again, it puts the uid right.
+func TestRebuildOneUIDCutShortChangesNothing(t *testing.T) {
+	e := rebuildEnv(t)
+	want := snapshot(t, e.rdb, e.keys().Prefix())
+	e.stopMeter()
+	e.rdb.HSet(t.Context(), e.keys().Grant("u-1", "photo_daily_total"), "u", "99") // damage u-1 only
+	damaged := snapshot(t, e.rdb, e.keys().Prefix())
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	cfg := e.cfg
+	cfg.Meter.Batch = 2 // several chunks: the end comes in the middle of the replay
+	_, err := Rebuild(ctx, cfg, Deps{NATS: e.nc, Redis: e.rdb}, RebuildOptions{UID: "u-1", Force: true,
+		ProgressEvery: time.Nanosecond, Progress: func(RebuildProgress) { cancel() }})
+	if err == nil {
+		t.Fatal("a rebuild whose context ended at its first chunk succeeded")
+	}
+	sameState(t, damaged, snapshot(t, e.rdb, e.keys().Prefix()))
+	if left, _ := testenv.Keys(t.Context(), e.rdb, e.cfg.Redis.KeyPrefix+"rebuild-*"); len(left) > 0 {
+		t.Errorf("scratch keys left: %v", left)
+	}
+	if _, err := e.rebuild(RebuildOptions{UID: "u-1", Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	sameState(t, want, snapshot(t, e.rdb, e.keys().Prefix()))
+}
+
 func TestRebuildDryRunAudits(t *testing.T) { testRebuildDryRunAudits(t, rebuildEnv(t)) }
 
 func testRebuildDryRunAudits(t *testing.T, e *env) {
