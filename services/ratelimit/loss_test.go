@@ -182,6 +182,36 @@ func publishHits(t *testing.T, pub *events.Publisher, tag string, n int) []strin
 	return ids
 }
 
+// consumed waits until each named consumer of the usage stream has acked
+// everything the stream holds.
+func consumed(t *testing.T, nc *nats.Conn, cfg Config, names ...string) {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		st, err := js.Stream(ctx, cfg.Streams.Usage)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last, done := st.CachedInfo().State.LastSeq, true
+		for _, name := range names {
+			c, err := js.Consumer(ctx, cfg.Streams.Usage, name)
+			if err != nil || c.CachedInfo().AckFloor.Stream < last {
+				done = false
+			}
+		}
+		if done {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("consumers %v did not ack up to seq %d within 20s", names, last)
+		}
+	}
+}
+
 // publishRepeat publishes event id again under another Nats-Msg-Id, so
 // the stream keeps it and only the rate limiter's record can catch it.
 func publishRepeat(t *testing.T, nc *nats.Conn, uid, id string) {
@@ -373,6 +403,9 @@ func TestUpgradeKeepsTheWindowsWithoutAMarker(t *testing.T) {
 		t.Fatal(err)
 	}
 	publishHits(t, pub, "e", 10)
+	// Both counted every hit: equal windows alone may be equally behind,
+	// and the upgraded one would count the rest after "before".
+	consumed(t, nc, cfg, cfg.RateLimit.Consumer, "ratelimit-ref")
 	before := sameWindows(t, b, "before the upgrade")
 	if err := old.Stop(t.Context()); err != nil {
 		t.Fatal(err)
