@@ -93,6 +93,20 @@ func (e Epoch) MarkRebuilding(ctx context.Context) error {
 	return nil
 }
 
+// Withdraw is MarkRebuilding for a rebuild that deletes the state before
+// it replays: it also removes the seq, in the same step, so that until
+// Set the state reads as lost (Read's ok false) to every replica and to
+// a service that starts meanwhile, as the half of a rebuild must.
+func (e Epoch) Withdraw(ctx context.Context) error {
+	tx := e.rdb.TxPipeline()
+	tx.HSet(ctx, e.key, "rebuilding", "1")
+	tx.HDel(ctx, e.key, "seq")
+	if _, err := tx.Exec(ctx); err != nil {
+		return fmt.Errorf("%w: mark the rebuild in %s: %w", ErrEpochRedis, e.key, err)
+	}
+	return nil
+}
+
 // Rebuilding reports whether MarkRebuilding's mark is there: a rebuild
 // is under way, or was cut short.
 func (e Epoch) Rebuilding(ctx context.Context) (bool, error) {

@@ -91,6 +91,19 @@ func TestEpochLost(t *testing.T) {
 	if r, _ := e.epoch.Rebuilding(ctx); r {
 		t.Error("Set left the rebuilding mark")
 	}
+	// Withdraw: the mark and no seq, at once, over a whole state.
+	if err := e.epoch.Withdraw(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := e.epoch.Rebuilding(ctx); !r {
+		t.Error("Withdraw left no rebuilding mark")
+	}
+	if lost, _ := e.epoch.Lost(ctx, e.stream); !lost {
+		t.Error("a withdrawn marker passed for one")
+	}
+	if err := e.epoch.Set(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
 	e.mr.SetError("LOADING")
 	if _, err := e.epoch.Lost(ctx, e.stream); !errors.Is(err, service.ErrEpochRedis) {
 		t.Errorf("Redis refusing: %v, want ErrEpochRedis", err)

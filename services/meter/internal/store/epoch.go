@@ -44,12 +44,15 @@ func (s *Store) SetEpoch(ctx context.Context, seq uint64) error {
 }
 
 // MarkRebuilding records, beside the epoch marker, that a rebuild is
-// rewriting the state; SetEpoch clears it. State found without a marker
-// but with this mark is a rebuild cut short (its process killed), not
-// the state of a meter from before the marker: it must be rebuilt again,
-// not kept.
+// rewriting the state, and removes the marker's seq in the same step;
+// SetEpoch writes both back. State found without a marker but with this
+// mark is a rebuild cut short (its process killed), not the state of a
+// meter from before the marker: it must be rebuilt again, not kept. And
+// without the seq a rebuild an operator started on a whole state (allot
+// rebuild) and that was cut short reads as lost to the meters, which
+// rebuild it, rather than apply into half of it.
 func (s *Store) MarkRebuilding(ctx context.Context) error {
-	return redisErr(s.epoch().MarkRebuilding(ctx))
+	return redisErr(s.epoch().Withdraw(ctx))
 }
 
 // Rebuilding reports whether MarkRebuilding's mark is there: a rebuild
