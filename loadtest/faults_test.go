@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -148,4 +149,28 @@ func FuzzParseNoticeTask(f *testing.F) {
 			t.Errorf("parseNoticeTask(%q) = %+v", task, k)
 		}
 	})
+}
+
+// The kill moments fall in the middle of the traffic, sorted and apart,
+// for every -kills the options allow (a dozen in the short profile once
+// drew forever).
+func TestMoments(t *testing.T) {
+	f := &faultRun{rng: rand.New(rand.NewPCG(1, 2))}
+	for _, d := range []time.Duration{12 * time.Second, 30 * time.Second} {
+		for n := 1; n <= 50; n++ {
+			gap := min(1500*time.Millisecond, time.Duration(0.75*float64(d)/float64(n+1)))
+			out := f.moments(n, d)
+			if len(out) != n {
+				t.Fatalf("%d moments in %v: got %d", n, d, len(out))
+			}
+			for i, m := range out {
+				if m < d/10 || float64(m) > 0.85*float64(d) {
+					t.Errorf("%d in %v: moment %v outside the middle", n, d, m)
+				}
+				if i > 0 && m-out[i-1] < gap-time.Microsecond {
+					t.Errorf("%d in %v: moments %v and %v closer than %v", n, d, out[i-1], m, gap)
+				}
+			}
+		}
+	}
 }
