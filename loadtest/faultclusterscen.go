@@ -37,8 +37,16 @@ type uidErrors struct {
 	mu sync.Mutex
 	// by op ("credit", "check", "authorize"), uid index, error kind
 	m map[string]map[int]map[string]int64
-	// first and last failure, from the traffic's start
-	first, last time.Time
+	// every failure's time and uid, and the moments that split the
+	// fault into phases (mark)
+	at     []time.Time
+	atUID  []int
+	phases []uidPhase
+}
+
+type uidPhase struct {
+	name string
+	from time.Time
 }
 
 func newUIDErrors() *uidErrors { return &uidErrors{m: map[string]map[int]map[string]int64{}} }
@@ -46,11 +54,7 @@ func newUIDErrors() *uidErrors { return &uidErrors{m: map[string]map[int]map[str
 func (u *uidErrors) add(op string, uid int, kind string) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	now := time.Now()
-	if u.first.IsZero() {
-		u.first = now
-	}
-	u.last = now
+	u.at, u.atUID = append(u.at, time.Now()), append(u.atUID, uid)
 	if u.m[op] == nil {
 		u.m[op] = map[int]map[string]int64{}
 	}
@@ -70,6 +74,58 @@ func (u *uidErrors) wrap(name string, uids int, op reqOp) reqOp {
 		}
 		return out, err
 	}
+}
+
+// mark starts a phase of the fault at now: the failures after it are
+// counted under name.
+func (u *uidErrors) mark(name string, at time.Time) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.phases = append(u.phases, uidPhase{name, at})
+}
+
+// phaseText counts the failures of each phase (from its mark to the
+// next), and of the uids among them on the killed node's slots.
+func (u *uidErrors) phaseText(onFault map[int]bool) string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.phases) == 0 {
+		return ""
+	}
+	type count struct {
+		n, on int
+		uids  map[int]bool
+	}
+	counts := make([]count, len(u.phases)+1) // [0]: before the first mark
+	for i := range counts {
+		counts[i].uids = map[int]bool{}
+	}
+	for j, at := range u.at {
+		p := 0
+		for i, ph := range u.phases {
+			if !at.Before(ph.from) {
+				p = i + 1
+			}
+		}
+		counts[p].n++
+		counts[p].uids[u.atUID[j]] = true
+		if onFault[u.atUID[j]] {
+			counts[p].on++
+		}
+	}
+	var parts []string
+	if counts[0].n > 0 {
+		parts = append(parts, fmt.Sprintf("before the fault %d", counts[0].n))
+	}
+	for i, ph := range u.phases {
+		c := counts[i+1]
+		s := fmt.Sprintf("%s: %d failed requests over %d uids", ph.name, c.n, len(c.uids))
+		if onFault != nil {
+			s += fmt.Sprintf(", %d of the requests for uids on the killed master's slots", c.on)
+		}
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, "; ")
 }
 
 // uids returns every uid index that saw an error, sorted.
@@ -275,11 +331,13 @@ func clusterNATSKillScenario(ctx context.Context, f *faultRun) error {
 		}
 		killed := time.Now()
 		f.env.cl.nats[i].kill()
+		f.uidErrs.mark("from the kill until the stream had a new leader", killed)
 		newLeader, _, err := f.streamLeader(ctx, t.cfg.Streams.Usage, t.meter.Consumer)
 		if err != nil {
 			return fmt.Errorf("no new leader for the usage stream: %w", err)
 		}
 		elected := time.Since(killed)
+		f.uidErrs.mark("after the election", time.Now())
 		if err := f.env.cl.nats[i].start(ctx); err != nil {
 			return fmt.Errorf("restart NATS node %s on its store: %w", leader, err)
 		}
@@ -352,10 +410,24 @@ func clusterRedisKillScenario(ctx context.Context, f *faultRun) error {
 		}
 		killed := time.Now()
 		victim.kill()
+		f.uidErrs.mark("from the kill until the Cluster marked the master failed (its slots unreachable, the others served)", killed)
 		// The replica's promotion, then the Cluster's state ok on every
-		// node left.
-		var promoted time.Duration
+		// node left; meanwhile the moment the Cluster marks the master
+		// failed and refuses every slot (cluster_state:fail, as
+		// cluster-require-full-coverage is yes by default) until the
+		// replica takes over.
+		var promoted, down time.Duration
 		err = retryFor(ctx, time.Minute, func(ctx context.Context) error {
+			if down == 0 {
+				if rc := cl.node(heir); rc != nil {
+					info, err := rc.ClusterInfo(ctx).Result()
+					_ = rc.Close()
+					if err == nil && strings.Contains(info, "cluster_state:fail") {
+						down = time.Since(killed)
+						f.uidErrs.mark("while the Cluster was down (cluster_state:fail: every slot refused, CLUSTERDOWN)", time.Now())
+					}
+				}
+			}
 			if promoted == 0 {
 				role, _, err := cl.role(ctx, heir)
 				if err != nil {
@@ -365,6 +437,7 @@ func clusterRedisKillScenario(ctx context.Context, f *faultRun) error {
 					return fmt.Errorf("%s is still a %s", replica.addr, role)
 				}
 				promoted = time.Since(killed)
+				f.uidErrs.mark("after the promotion", time.Now())
 			}
 			return cl.redisOK(ctx, victim)
 		})
@@ -375,8 +448,8 @@ func clusterRedisKillScenario(ctx context.Context, f *faultRun) error {
 		if err := victim.start(ctx); err != nil {
 			return fmt.Errorf("restart redis-server %s: %w", master.addr, err)
 		}
-		f.note("killed Redis master %s (%d slots, the state of %d of the %d uids, and the notifier's usage queue) at %.1f s of the traffic, the usage stream at sequence %s; its replica %s promoted %.2f s after the kill, the Cluster ok on every node at %.2f s; %s restarted empty",
-			master.addr, master.slotCount(), len(onFault), f.o.UIDs, killed.Sub(start).Seconds(), commas(int64(mark)), replica.addr, promoted.Seconds(), clusterOK.Seconds(), master.addr)
+		f.note("killed Redis master %s (%d slots, the state of %d of the %d uids, and the notifier's usage queue) at %.1f s of the traffic, the usage stream at sequence %s; the Cluster down (cluster_state:fail) from %.2f s; its replica %s promoted %.2f s after the kill, the Cluster ok on every node at %.2f s; %s restarted empty",
+			master.addr, master.slotCount(), len(onFault), f.o.UIDs, killed.Sub(start).Seconds(), commas(int64(mark)), down.Seconds(), replica.addr, promoted.Seconds(), clusterOK.Seconds(), master.addr)
 		if err := f.waitAll(ctx, mark); err != nil {
 			return fmt.Errorf("after the failover: %w", err)
 		}

@@ -64,6 +64,7 @@ type envSpec struct {
 	grant             float64 // photo_daily_total's limit, so notices are crossed mid-run
 	keep              bool
 	cluster           bool // a NATS cluster and a Redis Cluster instead of single servers
+	waitReplicas      int  // the meter's meter.wait_replicas (cluster only)
 }
 
 // startEnv starts the servers, the proxies and the mail sink, and
@@ -89,7 +90,7 @@ func startEnv(ctx context.Context, s envSpec, log *slog.Logger) (e *faultEnv, er
 		if e.mail, err = startMailSink(); err != nil {
 			return e, err
 		}
-		return e, e.writeConfig(s.grant)
+		return e, e.writeConfig(s.grant, s.waitReplicas)
 	}
 	natsPort, err := freePort()
 	if err != nil {
@@ -129,7 +130,7 @@ func startEnv(ctx context.Context, s envSpec, log *slog.Logger) (e *faultEnv, er
 	if e.mail, err = startMailSink(); err != nil {
 		return e, err
 	}
-	return e, e.writeConfig(s.grant)
+	return e, e.writeConfig(s.grant, 0)
 }
 
 // startServices starts the processes of svcs at once and waits until
@@ -164,7 +165,7 @@ func (e *faultEnv) redisAddr() string { return "127.0.0.1:" + strconv.Itoa(e.red
 // grants), its tasks retried after 1s doubling up to 10s (default 5s up
 // to 10m: a task whose charge met a killed meter would otherwise wait
 // minutes).
-func (e *faultEnv) writeConfig(grant float64) error {
+func (e *faultEnv) writeConfig(grant float64, waitReplicas int) error {
 	var secrets [2][32]byte
 	for i := range secrets {
 		if _, err := rand.Read(secrets[i][:]); err != nil {
@@ -189,7 +190,10 @@ notifier:
   smtp: {host: %q, port: %d, tls: none, auth: none}
 `, strconv.FormatFloat(grant, 'f', -1, 64), faultAckWait, faultAckWait, hex.EncodeToString(secrets[0][:]), hex.EncodeToString(secrets[1][:]), host, port)
 	if e.cl != nil {
-		yaml += "streams: {replicas: 3}\n"
+		// Streams at R3, and the meter waiting for each write to reach
+		// the master's replica before it acks (meter.wait_replicas).
+		yaml += fmt.Sprintf("streams: {replicas: 3}\nmeter: {ack_wait: %s, wait_replicas: %d}\n", faultAckWait, waitReplicas)
+		yaml = strings.Replace(yaml, fmt.Sprintf("meter: {ack_wait: %s}\n", faultAckWait), "", 1)
 	}
 	e.config = filepath.Join(e.dir, "allot.yaml")
 	return os.WriteFile(e.config, []byte(yaml), 0o600)

@@ -65,11 +65,11 @@ var faultScenarios = []faultScenario{
 	{"malformed-flood", func(o Options) string {
 		return fmt.Sprintf("flood of %s malformed messages on usage.*", commas(int64(o.FaultFlood)))
 	}, floodScenario, false},
-	{"cluster-kill-nats-node", func(Options) string {
-		return "NATS cluster: the usage stream's leader killed -9, restarted on its store"
+	{"cluster-kill-nats-node", func(o Options) string {
+		return fmt.Sprintf("NATS cluster: the usage stream's leader node killed -9, restarted on its store (meter.wait_replicas %d)", o.FaultWaitReplicas)
 	}, clusterNATSKillScenario, true},
-	{"cluster-kill-redis-master", func(Options) string {
-		return "Redis Cluster: a master killed -9, its replica promoted"
+	{"cluster-kill-redis-master", func(o Options) string {
+		return fmt.Sprintf("Redis Cluster: a master killed -9, its replica promoted (meter.wait_replicas %d)", o.FaultWaitReplicas)
 	}, clusterRedisKillScenario, true},
 }
 
@@ -289,7 +289,7 @@ func runFault(ctx context.Context, o Options, sc faultScenario, runID string, lo
 	if sc.name == "backlog" {
 		services = []string{"ratelimit", "registry", "notifier"} // the meter starts once the backlog is there
 	}
-	env, err := startEnv(ctx, envSpec{natsBin: o.NATSServer, redisBin: o.RedisServer, runID: runID, grant: grant, keep: o.Keep, cluster: sc.cluster}, log)
+	env, err := startEnv(ctx, envSpec{natsBin: o.NATSServer, redisBin: o.RedisServer, runID: runID, grant: grant, keep: o.Keep, cluster: sc.cluster, waitReplicas: o.FaultWaitReplicas}, log)
 	if err != nil {
 		row.fail("setup: %v", err)
 		return row
@@ -327,6 +327,9 @@ func runFault(ctx context.Context, o Options, sc faultScenario, runID string, lo
 	f.check(cctx, grant)
 	if f.uidErrs != nil {
 		f.note("requests that failed, by uid (i of lt-%s-<i>): %s", runID, f.uidErrs.text(f.faultUIDs))
+		if p := f.uidErrs.phaseText(f.faultUIDs); p != "" {
+			f.note("failed requests by phase: %s", p)
+		}
 		f.judgeUIDs(cctx)
 	}
 	return row
