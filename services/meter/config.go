@@ -48,7 +48,7 @@ type Settings struct {
 	DedupIDs bool `yaml:"dedup_ids"`
 	// WaitReplicas, above 0, acks a chunk of usage events (and answers an
 	// authorization) only once that many replicas of each Redis master
-	// written to have the writes (WAIT), within WaitTimeout (0: 100ms),
+	// written to have the writes (WAIT), within WaitTimeout (0: 1s),
 	// else retries: Redis replicates asynchronously, and a master that
 	// fails over right after a write loses it, with the event already
 	// acked. 0 (the default) does not wait: a single Redis has no replica
@@ -95,7 +95,7 @@ func (s Settings) Validate(duplicates time.Duration) error {
 		add("meter.wait_replicas", "must be between 0 and 5, got %d", s.WaitReplicas)
 	}
 	if s.WaitTimeout < 0 || s.WaitTimeout > 10*time.Second {
-		add("meter.wait_timeout", "must be between 0 (100ms) and 10s, got %v", s.WaitTimeout)
+		add("meter.wait_timeout", "must be between 0 (1s) and 10s, got %v", s.WaitTimeout)
 	}
 	if s.LossCheck < 0 || (s.LossCheck > 0 && s.LossCheck < 100*time.Millisecond) {
 		add("meter.loss_check", "must be 0 (off) or at least 100ms, got %v", s.LossCheck)

@@ -141,7 +141,7 @@ type Options struct {
 	Guard bool
 	// WaitReplicas, when above 0, makes Apply and Authorize return only
 	// once that many replicas of each master written to have acknowledged
-	// the writes (WAIT, wait.go), within WaitTimeout (default 100ms); else
+	// the writes (WAIT, wait.go), within WaitTimeout (default 1s); else
 	// they fail with ErrNotReplicated, wrapped in ErrRedis. A write
 	// acknowledged so survives its master's failover; one not waited for
 	// can be lost with it. With fewer replicas than WaitReplicas every
@@ -182,7 +182,7 @@ func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
 	}
 	s.waitReplicas, s.waitTimeout = opts.WaitReplicas, opts.WaitTimeout
 	if s.waitTimeout <= 0 {
-		s.waitTimeout = 100 * time.Millisecond
+		s.waitTimeout = time.Second
 	}
 	if err := s.Load(ctx); err != nil {
 		return nil, err

@@ -12,7 +12,7 @@ import (
 )
 
 // waitStore is a store on rdb under prefix that waits for n replicas.
-func waitStore(t *testing.T, rdb redis.UniversalClient, prefix string, n int) *Store {
+func waitStore(t testing.TB, rdb redis.UniversalClient, prefix string, n int) *Store {
 	t.Helper()
 	s, err := New(t.Context(), rdb, Options{Keys: keys.New(prefix), DedupTTL: time.Hour, WaitReplicas: n, WaitTimeout: 20 * time.Millisecond})
 	if err != nil {
