@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -45,7 +47,7 @@ type clusterSet struct {
 // startClusters starts both clusters under dir. On error what was
 // started is left for close.
 func startClusters(ctx context.Context, c *clusterSet, dir, natsBin, redisBin string) error {
-	ports := make([]int, 3*3+6)
+	ports := make([]int, 3*3)
 	for i := range ports {
 		p, err := freePort()
 		if err != nil {
@@ -53,7 +55,11 @@ func startClusters(ctx context.Context, c *clusterSet, dir, natsBin, redisBin st
 		}
 		ports[i] = p
 	}
-	client, route, mon, rport := ports[0:3], ports[3:6], ports[6:9], ports[9:15]
+	client, route, mon := ports[0:3], ports[3:6], ports[6:9]
+	rport, err := redisPorts(6)
+	if err != nil {
+		return err
+	}
 	for i := range 3 {
 		name := "n" + strconv.Itoa(i+1)
 		ndir := filepath.Join(dir, "nats-"+name)
@@ -118,12 +124,53 @@ func startClusters(ctx context.Context, c *clusterSet, dir, natsBin, redisBin st
 	if err := retryFor(ctx, 30*time.Second, func(ctx context.Context) error { return c.redisOK(ctx, nil) }); err != nil {
 		return fmt.Errorf("the Redis Cluster: %w", err)
 	}
+	// Every replica's link to its master up (the initial sync done): a
+	// meter waiting for replicas (meter.wait_replicas) fails every write
+	// before.
+	for _, s := range c.redis {
+		err := retryFor(ctx, 30*time.Second, func(ctx context.Context) error {
+			role, up, err := c.role(ctx, s)
+			if err == nil && role == "slave" && !up {
+				err = errors.New("its link to the master is not up")
+			}
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("Redis :%d: %w", s.port, err)
+		}
+	}
 	for i := range c.nats {
 		if err := retryFor(ctx, 30*time.Second, func(ctx context.Context) error { return c.natsHealthy(ctx, i) }); err != nil {
 			return fmt.Errorf("NATS node %s: %w", c.natsNames[i], err)
 		}
 	}
 	return nil
+}
+
+// redisPorts finds n ports for Redis Cluster nodes: each free, and its
+// cluster bus port (port + 10000) too, so below 55536; from 20000 up,
+// under the kernel's ephemeral range (32768 on), where freePort's come
+// from (the nodes on 20000-22767, their bus ports on 30000-32767).
+func redisPorts(n int) ([]int, error) {
+	free := func(p int) bool {
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			return false
+		}
+		_ = l.Close()
+		return true
+	}
+	var out []int
+	start := 20000 + rand.IntN(2700)
+	for p := start; p < 32768-10000 && len(out) < n; p++ {
+		if free(p) && free(p+10000) {
+			out = append(out, p)
+		}
+	}
+	if len(out) < n {
+		return nil, fmt.Errorf("no %d free port pairs (p, p+10000) from %d for the Redis Cluster", n, start)
+	}
+	return out, nil
 }
 
 func lastLines(s string, n int) string {
@@ -295,6 +342,23 @@ func (c *clusterSet) role(ctx context.Context, s *server) (role string, linkUp b
 		}
 	}
 	return role, linkUp, nil
+}
+
+// replOffset reads a node's replication offset: master_repl_offset of
+// a master, slave_repl_offset of a replica (what it has received).
+func (c *clusterSet) replOffset(ctx context.Context, s *server, field string) (int64, error) {
+	rc := c.node(s)
+	defer rc.Close()
+	info, err := rc.Info(ctx, "replication").Result()
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			return strconv.ParseInt(v, 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("no %s in INFO replication of :%d", field, s.port)
 }
 
 // slots returns the hash slot of each key, asked of the cluster.

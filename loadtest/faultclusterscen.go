@@ -408,8 +408,23 @@ func clusterRedisKillScenario(ctx context.Context, f *faultRun) error {
 		if err != nil {
 			return err
 		}
+		// What the replica lacks of the master's writes when the master
+		// dies: the master's replication offset just before the kill
+		// against what the replica had received just after it. More
+		// writes come between the read and the kill, so a gap of 0 says
+		// nothing of those; a gap above 0 is writes the failover drops.
+		mOff, mErr := cl.replOffset(ctx, victim, "master_repl_offset")
 		killed := time.Now()
 		victim.kill()
+		rOff, rErr := cl.replOffset(ctx, heir, "slave_repl_offset")
+		switch {
+		case mErr != nil || rErr != nil:
+			f.note("replication offsets not read: %v", errors.Join(mErr, rErr))
+		case rOff < mOff:
+			f.note("the replica had received %s bytes fewer of the master's replication stream than the master had written just before the kill: writes the failover drops", commas(mOff-rOff))
+		default:
+			f.note("the replica had received the master's whole replication stream as read just before the kill (offset %s; %s bytes more after it), the writes of the last moment unknown", commas(mOff), commas(rOff-mOff))
+		}
 		f.uidErrs.mark("from the kill until the Cluster marked the master failed (its slots unreachable, the others served)", killed)
 		// The replica's promotion, then the Cluster's state ok on every
 		// node left; meanwhile the moment the Cluster marks the master

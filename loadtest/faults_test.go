@@ -185,11 +185,11 @@ func TestClusterScenariosRunOnlyWhenNamed(t *testing.T) {
 			t.Errorf("the faults profile runs %s by default", s)
 		}
 	}
-	o, err = parseOptions([]string{"-profile", "faults", "-faults", "cluster-kill-nats-node,cluster-kill-redis-master"}, faultEnvVars, &bytes.Buffer{})
+	o, err = parseOptions([]string{"-profile", "faults", "-faults", "cluster-kill-nats-node,cluster-kill-redis-master,cluster-kill-redis-master-wait"}, faultEnvVars, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(o.Faults, ",") != "cluster-kill-nats-node,cluster-kill-redis-master" {
+	if strings.Join(o.Faults, ",") != "cluster-kill-nats-node,cluster-kill-redis-master,cluster-kill-redis-master-wait" {
 		t.Errorf("-faults cluster-... = %v", o.Faults)
 	}
 }
@@ -232,5 +232,19 @@ func TestUIDErrorsText(t *testing.T) {
 	}
 	if ids := u.uids(); len(ids) != 3 || ids[0] != 3 || ids[2] != 9 {
 		t.Errorf("uids = %v", ids)
+	}
+}
+
+func TestRedisPortsLeaveRoomForTheBusPorts(t *testing.T) {
+	ports, err := redisPorts(6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	for _, p := range ports {
+		if p < 20000 || p+10000 >= 32768 || seen[p] {
+			t.Errorf("port %d of %v: want distinct ports from 20000 whose bus port (+10000) is below 32768", p, ports)
+		}
+		seen[p] = true
 	}
 }

@@ -75,9 +75,6 @@ type Options struct {
 	FaultPartition time.Duration
 	FaultBacklog   int
 	FaultFlood     int
-	// FaultWaitReplicas is the meter's meter.wait_replicas in the cluster
-	// scenarios (default 1: every master has one replica).
-	FaultWaitReplicas int
 }
 
 // profiles are the named starting points; explicit flags win over them.
@@ -102,25 +99,24 @@ var profiles = map[string]Options{
 
 func baseOptions(getenv func(string) string) Options {
 	return Options{
-		Profile:           "default",
-		Target:            targetInProcess,
-		NATSURL:           getenv("NATS_URL"),
-		RedisURL:          getenv("REDIS_URL"),
-		Config:            getenv("ALLOT_CONFIG"),
-		Scenarios:         allScenarios,
-		Duration:          60 * time.Second,
-		Grace:             90 * time.Second,
-		Concurrency:       32,
-		Replicas:          1,
-		Stacks:            1,
-		Apps:              8,
-		UIDs:              1000,
-		DupRatio:          0.05,
-		BadRatio:          0.01,
-		Out:               "out",
-		NATSServer:        getenv("ALLOT_TEST_NATS_SERVER"),
-		RedisServer:       "redis-server",
-		FaultWaitReplicas: 1,
+		Profile:     "default",
+		Target:      targetInProcess,
+		NATSURL:     getenv("NATS_URL"),
+		RedisURL:    getenv("REDIS_URL"),
+		Config:      getenv("ALLOT_CONFIG"),
+		Scenarios:   allScenarios,
+		Duration:    60 * time.Second,
+		Grace:       90 * time.Second,
+		Concurrency: 32,
+		Replicas:    1,
+		Stacks:      1,
+		Apps:        8,
+		UIDs:        1000,
+		DupRatio:    0.05,
+		BadRatio:    0.01,
+		Out:         "out",
+		NATSServer:  getenv("ALLOT_TEST_NATS_SERVER"),
+		RedisServer: "redis-server",
 
 		GRPCDomain:     "allot",
 		GRPCDescriptor: "uid",
@@ -223,7 +219,6 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.IntVar(&o.FaultKills, "kills", o.FaultKills, "fault profiles: kill -9s of each service in its scenario (default: the profile's)")
 	fs.IntVar(&o.FaultBacklog, "backlog", o.FaultBacklog, "fault profiles: `events` backlogged with the meter stopped (default: the profile's)")
 	fs.IntVar(&o.FaultFlood, "flood", o.FaultFlood, "fault profiles: malformed `messages` of the flood (default: the profile's)")
-	fs.IntVar(&o.FaultWaitReplicas, "wait-replicas", o.FaultWaitReplicas, "fault profiles, cluster scenarios: the meter's meter.wait_replicas, the Redis replicas each write must reach before the meter acks it, 0 or 1")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -270,8 +265,8 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 		}
 		return o, o.validateFaults(set)
 	}
-	if set["faults"] || set["nats-server"] || set["redis-server"] || set["kills"] || set["backlog"] || set["flood"] || set["wait-replicas"] {
-		return o, fmt.Errorf("-faults, -nats-server, -redis-server, -kills, -backlog, -flood and -wait-replicas are for the fault profiles (-profile faults or faults-quick)")
+	if set["faults"] || set["nats-server"] || set["redis-server"] || set["kills"] || set["backlog"] || set["flood"] {
+		return o, fmt.Errorf("-faults, -nats-server, -redis-server, -kills, -backlog and -flood are for the fault profiles (-profile faults or faults-quick)")
 	}
 	if o.Target == targetExternal && o.GRPC == "" && o.Profile != "grpc" {
 		// An external allot's gRPC front is wherever it listens, if
@@ -460,9 +455,6 @@ func (o Options) validateFaults(set map[string]bool) error {
 	}
 	if o.FaultBacklog < 1 || o.FaultBacklog > 10_000_000 {
 		bad("backlog", "must be between 1 and 10000000 (got %d)", o.FaultBacklog)
-	}
-	if o.FaultWaitReplicas < 0 || o.FaultWaitReplicas > 1 {
-		bad("wait-replicas", "must be 0 or 1: the cluster scenarios' masters have one replica each (got %d)", o.FaultWaitReplicas)
 	}
 	if o.FaultFlood < 1 || o.FaultFlood > 10_000_000 {
 		bad("flood", "must be between 1 and 10000000 (got %d)", o.FaultFlood)
