@@ -202,7 +202,7 @@ loadtest-faults-quick: $(NATS_SERVER)
 # The cluster scenarios start their clusters themselves, on ports the
 # kernel hands out, so they run beside a tools/cluster cluster without
 # touching it (redis-server and redis-cli from the PATH).
-CLUSTER_FAULTS := cluster-kill-nats-node,cluster-kill-redis-master,cluster-kill-redis-master-wait
+CLUSTER_FAULTS := cluster-kill-nats-node,cluster-kill-nats-node-fetch,cluster-kill-redis-master,cluster-kill-redis-master-wait
 
 cluster-faults: $(NATS_SERVER)
 	cd loadtest && go run . -profile faults -faults $(CLUSTER_FAULTS) -nats-server $(NATS_SERVER) -out out/cluster-faults $(LOADTEST_FLAGS)

@@ -275,6 +275,30 @@ func (f *faultRun) streamLeader(ctx context.Context, stream, consumer string) (s
 	return leader, cleader, err
 }
 
+// moveConsumerLeader asks the meter's consumer's raft group to elect
+// node its leader (a leader stepdown with a preferred placement) and
+// waits until it has; it returns the consumer's leader.
+func (f *faultRun) moveConsumerLeader(ctx context.Context, node string) (string, error) {
+	t := f.h.t
+	subj := fmt.Sprintf("$JS.API.CONSUMER.LEADER.STEPDOWN.%s.%s", t.cfg.Streams.Usage, t.meter.Consumer)
+	var cleader string
+	err := retryFor(ctx, 15*time.Second, func(ctx context.Context) error {
+		var err error
+		if _, cleader, err = f.streamLeader(ctx, t.cfg.Streams.Usage, t.meter.Consumer); err != nil {
+			return err
+		}
+		if cleader == node {
+			return nil
+		}
+		if _, err := t.ctl.RequestWithContext(ctx, subj, []byte(`{"placement":{"preferred":"`+node+`"}}`)); err != nil {
+			return err
+		}
+		time.Sleep(500 * time.Millisecond)
+		return fmt.Errorf("the consumer's leader is %s", cleader)
+	})
+	return cleader, err
+}
+
 // waitCurrent waits until node is a current replica of every stream of
 // allot (usage, dead letters, notices), caught up with its leader.
 func (f *faultRun) waitCurrent(ctx context.Context, node string) error {
@@ -321,6 +345,14 @@ func clusterNATSKillScenario(ctx context.Context, f *faultRun) error {
 		if err != nil {
 			return err
 		}
+		if cleader != leader {
+			// The hardest case: the node leads the meter's consumer too,
+			// where the meters' pulls wait. Ask the consumer's leader to
+			// step down in favour of the stream's.
+			if cleader, err = f.moveConsumerLeader(ctx, leader); err != nil {
+				f.note("the consumer's leader stayed on %s: %v", cleader, err)
+			}
+		}
 		i := f.env.cl.natsIndex(leader)
 		if i < 0 {
 			return fmt.Errorf("the usage stream's leader %q is none of the cluster's nodes %v", leader, f.env.cl.natsNames)
@@ -342,7 +374,7 @@ func clusterNATSKillScenario(ctx context.Context, f *faultRun) error {
 			return fmt.Errorf("restart NATS node %s on its store: %w", leader, err)
 		}
 		restarted := time.Since(killed)
-		f.note("killed NATS node %s, the usage stream's leader (its consumer's leader: %s), at %.1f s of the traffic, the stream at sequence %s; %s leads the stream %.2f s after the kill; %s restarted on its store at %.2f s",
+		f.note("killed NATS node %s, the usage stream's leader (the meter's consumer's leader: %s), at %.1f s of the traffic, the stream at sequence %s; %s leads the stream %.2f s after the kill; %s restarted on its store at %.2f s",
 			leader, cleader, killed.Sub(start).Seconds(), commas(int64(mark)), newLeader, elected.Seconds(), leader, restarted.Seconds())
 		if err := f.waitAll(ctx, mark); err != nil {
 			return fmt.Errorf("after the kill: %w", err)

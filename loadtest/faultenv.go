@@ -63,8 +63,8 @@ type envSpec struct {
 	runID             string
 	grant             float64 // photo_daily_total's limit, so notices are crossed mid-run
 	keep              bool
-	cluster           bool // a NATS cluster and a Redis Cluster instead of single servers
-	waitReplicas      int  // the meter's meter.wait_replicas (cluster only)
+	cluster           bool   // a NATS cluster and a Redis Cluster instead of single servers
+	meter             string // more of the meter's section, YAML (cluster only)
 }
 
 // startEnv starts the servers, the proxies and the mail sink, and
@@ -90,7 +90,7 @@ func startEnv(ctx context.Context, s envSpec, log *slog.Logger) (e *faultEnv, er
 		if e.mail, err = startMailSink(); err != nil {
 			return e, err
 		}
-		return e, e.writeConfig(s.grant, s.waitReplicas)
+		return e, e.writeConfig(s.grant, s.meter)
 	}
 	natsPort, err := freePort()
 	if err != nil {
@@ -130,7 +130,7 @@ func startEnv(ctx context.Context, s envSpec, log *slog.Logger) (e *faultEnv, er
 	if e.mail, err = startMailSink(); err != nil {
 		return e, err
 	}
-	return e, e.writeConfig(s.grant, 0)
+	return e, e.writeConfig(s.grant, "")
 }
 
 // startServices starts the processes of svcs at once and waits until
@@ -164,8 +164,9 @@ func (e *faultEnv) redisAddr() string { return "127.0.0.1:" + strconv.Itoa(e.red
 // scenario publishes, so the email charges do not mix with the checked
 // grants), its tasks retried after 1s doubling up to 10s (default 5s up
 // to 10m: a task whose charge met a killed meter would otherwise wait
-// minutes).
-func (e *faultEnv) writeConfig(grant float64, waitReplicas int) error {
+// minutes). In the cluster scenarios, every stream at R3 and the
+// scenario's own meter settings beside the ack wait.
+func (e *faultEnv) writeConfig(grant float64, meterYAML string) error {
 	var secrets [2][32]byte
 	for i := range secrets {
 		if _, err := rand.Read(secrets[i][:]); err != nil {
@@ -190,10 +191,11 @@ notifier:
   smtp: {host: %q, port: %d, tls: none, auth: none}
 `, strconv.FormatFloat(grant, 'f', -1, 64), faultAckWait, faultAckWait, hex.EncodeToString(secrets[0][:]), hex.EncodeToString(secrets[1][:]), host, port)
 	if e.cl != nil {
-		// Streams at R3, and the meter waiting for each write to reach
-		// the master's replica before it acks (meter.wait_replicas).
-		yaml += fmt.Sprintf("streams: {replicas: 3}\nmeter: {ack_wait: %s, wait_replicas: %d}\n", faultAckWait, waitReplicas)
-		yaml = strings.Replace(yaml, fmt.Sprintf("meter: {ack_wait: %s}\n", faultAckWait), "", 1)
+		// Streams at R3, and the scenario's own meter settings.
+		yaml += "streams: {replicas: 3}\n"
+		if meterYAML != "" {
+			yaml = strings.Replace(yaml, fmt.Sprintf("meter: {ack_wait: %s}\n", faultAckWait), fmt.Sprintf("meter: {ack_wait: %s, %s}\n", faultAckWait, meterYAML), 1)
+		}
 	}
 	e.config = filepath.Join(e.dir, "allot.yaml")
 	return os.WriteFile(e.config, []byte(yaml), 0o600)

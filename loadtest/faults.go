@@ -38,44 +38,48 @@ type faultScenario struct {
 	// with two processes of every service (faultclusterscen.go); such
 	// scenarios run only when -faults names them.
 	cluster bool
-	// waitReplicas is the meter's meter.wait_replicas (cluster only).
-	waitReplicas int
+	// meter is more of the meter's settings, YAML of its section
+	// (cluster only).
+	meter string
 }
 
 // faultScenarios, in the order a run takes them.
 var faultScenarios = []faultScenario{
-	{"kill-meter", func(o Options) string { return fmt.Sprintf("kill -9 of the meter, %d times", o.FaultKills) }, killScenario("meter"), false, 0},
-	{"kill-ratelimit", func(o Options) string { return fmt.Sprintf("kill -9 of the rate limiter, %d times", o.FaultKills) }, killScenario("ratelimit"), false, 0},
-	{"kill-registry", func(o Options) string { return fmt.Sprintf("kill -9 of the registry, %d times", o.FaultKills) }, killScenario("registry"), false, 0},
-	{"kill-notifier", func(o Options) string { return fmt.Sprintf("kill -9 of the notifier, %d times", o.FaultKills) }, killScenario("notifier"), false, 0},
-	{"kill-nats", func(Options) string { return "nats-server killed -9, restarted on the same store" }, natsKillScenario, false, 0},
+	{"kill-meter", func(o Options) string { return fmt.Sprintf("kill -9 of the meter, %d times", o.FaultKills) }, killScenario("meter"), false, ""},
+	{"kill-ratelimit", func(o Options) string { return fmt.Sprintf("kill -9 of the rate limiter, %d times", o.FaultKills) }, killScenario("ratelimit"), false, ""},
+	{"kill-registry", func(o Options) string { return fmt.Sprintf("kill -9 of the registry, %d times", o.FaultKills) }, killScenario("registry"), false, ""},
+	{"kill-notifier", func(o Options) string { return fmt.Sprintf("kill -9 of the notifier, %d times", o.FaultKills) }, killScenario("notifier"), false, ""},
+	{"kill-nats", func(Options) string { return "nats-server killed -9, restarted on the same store" }, natsKillScenario, false, ""},
 	{"redis-empty", func(Options) string {
 		return "Redis restarted empty (rebuild), the meter killed -9 mid-rebuild"
-	}, redisEmptyScenario, false, 0},
+	}, redisEmptyScenario, false, ""},
 	{"redis-unreachable", func(o Options) string {
 		return fmt.Sprintf("Redis unreachable for %s (every service)", o.FaultOutage)
-	}, redisUnreachableScenario, false, 0},
+	}, redisUnreachableScenario, false, ""},
 	{"partition-meter-redis", func(o Options) string {
 		return fmt.Sprintf("partition meter ↔ Redis for %s", o.FaultPartition)
-	}, partitionScenario("meter-redis"), false, 0},
+	}, partitionScenario("meter-redis"), false, ""},
 	{"partition-meter-nats", func(o Options) string {
 		return fmt.Sprintf("partition meter ↔ NATS for %s", o.FaultPartition)
-	}, partitionScenario("meter-nats"), false, 0},
+	}, partitionScenario("meter-nats"), false, ""},
 	{"backlog", func(o Options) string {
 		return fmt.Sprintf("%s events backlogged with the meter stopped, then drained", commas(int64(o.FaultBacklog)))
-	}, backlogScenario, false, 0},
+	}, backlogScenario, false, ""},
 	{"malformed-flood", func(o Options) string {
 		return fmt.Sprintf("flood of %s malformed messages on usage.*", commas(int64(o.FaultFlood)))
-	}, floodScenario, false, 0},
+	}, floodScenario, false, ""},
 	{"cluster-kill-nats-node", func(Options) string {
-		return "NATS cluster: the usage stream's leader node killed -9, restarted on its store"
-	}, clusterNATSKillScenario, true, 0},
+		return "NATS cluster: the node leading the usage stream and the meter's consumer killed -9, restarted on its store"
+	}, clusterNATSKillScenario, true, ""},
+	{"cluster-kill-nats-node-fetch", func(Options) string {
+		return "the same with meter.fetch_wait 5s"
+	}, clusterNATSKillScenario, true, "fetch_wait: 5s"},
 	{"cluster-kill-redis-master", func(Options) string {
 		return "Redis Cluster: a master killed -9, its replica promoted (meter.wait_replicas 0, the default)"
-	}, clusterRedisKillScenario, true, 0},
+	}, clusterRedisKillScenario, true, ""},
 	{"cluster-kill-redis-master-wait", func(Options) string {
 		return "the same with meter.wait_replicas 1"
-	}, clusterRedisKillScenario, true, 1},
+	}, clusterRedisKillScenario, true, "wait_replicas: 1"},
 }
 
 // faultNames is the scenarios a fault profile runs unless -faults says:
@@ -294,7 +298,7 @@ func runFault(ctx context.Context, o Options, sc faultScenario, runID string, lo
 	if sc.name == "backlog" {
 		services = []string{"ratelimit", "registry", "notifier"} // the meter starts once the backlog is there
 	}
-	env, err := startEnv(ctx, envSpec{natsBin: o.NATSServer, redisBin: o.RedisServer, runID: runID, grant: grant, keep: o.Keep, cluster: sc.cluster, waitReplicas: sc.waitReplicas}, log)
+	env, err := startEnv(ctx, envSpec{natsBin: o.NATSServer, redisBin: o.RedisServer, runID: runID, grant: grant, keep: o.Keep, cluster: sc.cluster, meter: sc.meter}, log)
 	if err != nil {
 		row.fail("setup: %v", err)
 		return row

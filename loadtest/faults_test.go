@@ -185,11 +185,11 @@ func TestClusterScenariosRunOnlyWhenNamed(t *testing.T) {
 			t.Errorf("the faults profile runs %s by default", s)
 		}
 	}
-	o, err = parseOptions([]string{"-profile", "faults", "-faults", "cluster-kill-nats-node,cluster-kill-redis-master,cluster-kill-redis-master-wait"}, faultEnvVars, &bytes.Buffer{})
+	o, err = parseOptions([]string{"-profile", "faults", "-faults", "cluster-kill-nats-node,cluster-kill-nats-node-fetch,cluster-kill-redis-master,cluster-kill-redis-master-wait"}, faultEnvVars, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(o.Faults, ",") != "cluster-kill-nats-node,cluster-kill-redis-master,cluster-kill-redis-master-wait" {
+	if strings.Join(o.Faults, ",") != "cluster-kill-nats-node,cluster-kill-nats-node-fetch,cluster-kill-redis-master,cluster-kill-redis-master-wait" {
 		t.Errorf("-faults cluster-... = %v", o.Faults)
 	}
 }
