@@ -220,7 +220,15 @@ func (f *faultRun) check(ctx context.Context, grant float64) {
 		row.fail("count the applied events: %v", err)
 		return
 	}
-	dc, err := f.countDeadLetters(rctx)
+	// Read again on a failure: a JetStream API request can meet "no
+	// responders" for a moment on a cluster (a raft group between
+	// leaders), which says nothing of what the stream holds.
+	var dc deadCount
+	err = retryFor(rctx, 30*time.Second, func(context.Context) error {
+		var err error
+		dc, err = f.countDeadLetters(rctx)
+		return err
+	})
 	if err != nil {
 		row.fail("read the dead letters: %v", err)
 		return
