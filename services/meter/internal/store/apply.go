@@ -208,9 +208,13 @@ func (s *Store) applyParts(ctx context.Context, ops []Op, parts [][]int) ([]Resu
 			}
 		}
 	}
-	if pipe := pipes.pipe(ctx, s.keys.Instances()); len(sources) > 0 && pipe != nil {
+	if len(sources) > 0 {
 		// The index /metrics reads; idempotent, so outside the scripts.
-		pipe.SAdd(ctx, s.keys.Instances(), sources...)
+		// (Asked for only then: with WaitReplicas on a Cluster, a master
+		// asked for a pipeline is waited for.)
+		if pipe := pipes.pipe(ctx, s.keys.Instances()); pipe != nil {
+			pipe.SAdd(ctx, s.keys.Instances(), sources...)
+		}
 	}
 	if err := pipes.exec(ctx); err != nil {
 		for _, cmd := range cmds {
