@@ -44,9 +44,11 @@
 #   make cluster-faults  the fault suite's cluster scenarios: on a 3-node NATS
 #                     cluster and a Redis Cluster of 3 masters and 3 replicas
 #                     of their own (spare ports, never tools/cluster's), two
-#                     processes of every service, the usage stream's leader
-#                     node and then a Redis master killed -9 under load;
-#                     exactness checked, the uids that saw errors named
+#                     processes of every service, the NATS node leading the
+#                     usage stream and the meter's consumer killed -9 under
+#                     load (meter.fetch_wait 30s, then 5s), then a Redis
+#                     master (meter.wait_replicas 0, then 1); exactness
+#                     checked, the uids that saw errors named
 #                     (loadtest/out/cluster-faults/faults.md); not in CI
 #   make fmt | tidy | build | fuzz
 
