@@ -134,12 +134,20 @@ func startEnv(ctx context.Context, s envSpec, log *slog.Logger) (e *faultEnv, er
 }
 
 // startServices starts the processes of svcs at once and waits until
-// each is ready.
+// each is ready. One that fails is started once more: eight processes
+// starting at once on a fresh NATS cluster can meet a JetStream request
+// that times out (seen once: "ensure stream USAGE: context deadline
+// exceeded").
 func (e *faultEnv) startServices(ctx context.Context, svcs []string) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(svcs))
 	for i, svc := range svcs {
-		wg.Go(func() { errs[i] = e.startService(ctx, svc) })
+		wg.Go(func() {
+			if errs[i] = e.startService(ctx, svc); errs[i] != nil && ctx.Err() == nil {
+				e.log.Warn("a service did not start; starting it again", "service", svc, "err", errs[i])
+				errs[i] = e.startService(ctx, svc)
+			}
+		})
 	}
 	wg.Wait()
 	return errors.Join(errs...)
