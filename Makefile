@@ -41,6 +41,15 @@
 #                     and read on a Cluster client), then the integration tests
 #                     on that NATS cluster, and the quick load test on both
 #                     (streams at R3); started and stopped for the run
+#   make cluster-faults  the fault suite's cluster scenarios: on a 3-node NATS
+#                     cluster and a Redis Cluster of 3 masters and 3 replicas
+#                     of their own (spare ports, never tools/cluster's), two
+#                     processes of every service, the NATS node leading the
+#                     usage stream and the meter's consumer killed -9 under
+#                     load (meter.fetch_wait 30s, then 5s), then a Redis
+#                     master (meter.wait_replicas 0, then 1); exactness
+#                     checked, the uids that saw errors named
+#                     (loadtest/out/cluster-faults/faults.md); not in CI
 #   make fmt | tidy | build | fuzz
 
 SHELL := /bin/bash
@@ -98,7 +107,7 @@ MODIFIED ?= $(shell test -z "$$(git status --porcelain 2>/dev/null)" && echo fal
 SERVICE_PKG := github.com/allot/allot/pkg/service
 LDFLAGS = -X $(SERVICE_PKG).version=$(VERSION) -X $(SERVICE_PKG).revision=$(REVISION) -X $(SERVICE_PKG).modified=$(MODIFIED)
 
-.PHONY: run test test-unit test-integration test-clock-ahead bench lint fmt tidy build fuzz clean modules loadtest loadtest-quick loadtest-grpc loadtest-batch loadtest-faults loadtest-faults-quick nats-server cluster-up cluster-down cluster-test
+.PHONY: run test test-unit test-integration test-clock-ahead bench lint fmt tidy build fuzz clean modules loadtest loadtest-quick loadtest-grpc loadtest-batch loadtest-faults loadtest-faults-quick nats-server cluster-up cluster-down cluster-test cluster-faults
 
 # run builds bin/allot, saying how far along it is (cmd/allot/build.sh),
 # then execs it in place of make's shell: Ctrl-C reaches allot dev, which
@@ -191,6 +200,14 @@ loadtest-faults: $(NATS_SERVER)
 
 loadtest-faults-quick: $(NATS_SERVER)
 	cd loadtest && go run . -profile faults-quick $(FAULT_FLAGS) $(LOADTEST_FLAGS)
+
+# The cluster scenarios start their clusters themselves, on ports the
+# kernel hands out, so they run beside a tools/cluster cluster without
+# touching it (redis-server and redis-cli from the PATH).
+CLUSTER_FAULTS := cluster-kill-nats-node,cluster-kill-nats-node-fetch,cluster-kill-redis-master,cluster-kill-redis-master-wait
+
+cluster-faults: $(NATS_SERVER)
+	cd loadtest && go run . -profile faults -faults $(CLUSTER_FAULTS) -nats-server $(NATS_SERVER) -out out/cluster-faults $(LOADTEST_FLAGS)
 
 # Every fuzz target, as package:Target; each runs for FUZZTIME.
 FUZZ_TARGETS := ./pkg/events:FuzzDecode ./pkg/events:FuzzDecodeMatchesReference ./pkg/events:FuzzParseTimeUTC ./pkg/events:FuzzDecodeReplyBody \

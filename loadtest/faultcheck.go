@@ -135,12 +135,30 @@ func (f *faultRun) countApplied(ctx context.Context) (int64, error) {
 // time bucket.
 func (f *faultRun) dedupSets(ctx context.Context) ([]string, error) {
 	t := f.h.t
-	var sets []string
-	iter := t.rdb.Scan(ctx, 0, t.keys.Prefix()+"{*}:ids:*", 1000).Iterator()
-	for iter.Next(ctx) {
-		sets = append(sets, iter.Val())
+	pattern := t.keys.Prefix() + "{*}:ids:*"
+	scan := func(ctx context.Context, c redis.UniversalClient) ([]string, error) {
+		var sets []string
+		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+		for iter.Next(ctx) {
+			sets = append(sets, iter.Val())
+		}
+		return sets, iter.Err()
 	}
-	return sets, iter.Err()
+	cc, ok := t.rdb.(*redis.ClusterClient)
+	if !ok {
+		return scan(ctx, t.rdb)
+	}
+	// A Cluster's SCAN sees one node: ask every master.
+	var mu sync.Mutex
+	var sets []string
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		s, err := scan(ctx, c)
+		mu.Lock()
+		sets = append(sets, s...)
+		mu.Unlock()
+		return err
+	})
+	return sets, err
 }
 
 // recordsNow is how many dedup records the meter's SETs hold now, of
@@ -202,7 +220,15 @@ func (f *faultRun) check(ctx context.Context, grant float64) {
 		row.fail("count the applied events: %v", err)
 		return
 	}
-	dc, err := f.countDeadLetters(rctx)
+	// Read again on a failure: a JetStream API request can meet "no
+	// responders" for a moment on a cluster (a raft group between
+	// leaders), which says nothing of what the stream holds.
+	var dc deadCount
+	err = retryFor(rctx, 30*time.Second, func(context.Context) error {
+		var err error
+		dc, err = f.countDeadLetters(rctx)
+		return err
+	})
 	if err != nil {
 		row.fail("read the dead letters: %v", err)
 		return

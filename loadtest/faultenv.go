@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,6 +40,10 @@ type faultEnv struct {
 	dir   string
 	nats  *server
 	redis *server
+	// cl, instead of nats and redis, is a cluster scenario's NATS cluster
+	// and Redis Cluster (faultcluster.go); its services reach them
+	// directly, through no proxy.
+	cl    *clusterSet
 	tox   *toxiproxy.ApiServer
 	links map[string]*link // "<service>-nats", "<service>-redis"
 	mail  *mailSink
@@ -58,6 +63,8 @@ type envSpec struct {
 	runID             string
 	grant             float64 // photo_daily_total's limit, so notices are crossed mid-run
 	keep              bool
+	cluster           bool   // a NATS cluster and a Redis Cluster instead of single servers
+	meter             string // more of the meter's section, YAML (cluster only)
 }
 
 // startEnv starts the servers, the proxies and the mail sink, and
@@ -75,6 +82,16 @@ func startEnv(ctx context.Context, s envSpec, log *slog.Logger) (e *faultEnv, er
 			e.close(s.keep)
 		}
 	}()
+	if s.cluster {
+		e.cl = &clusterSet{log: log}
+		if err := startClusters(ctx, e.cl, dir, s.natsBin, s.redisBin); err != nil {
+			return e, err
+		}
+		if e.mail, err = startMailSink(); err != nil {
+			return e, err
+		}
+		return e, e.writeConfig(s.grant, s.meter)
+	}
 	natsPort, err := freePort()
 	if err != nil {
 		return e, err
@@ -113,22 +130,39 @@ func startEnv(ctx context.Context, s envSpec, log *slog.Logger) (e *faultEnv, er
 	if e.mail, err = startMailSink(); err != nil {
 		return e, err
 	}
-	return e, e.writeConfig(s.grant)
+	return e, e.writeConfig(s.grant, "")
 }
 
 // startServices starts the processes of svcs at once and waits until
-// each is ready.
+// each is ready. One that fails is started once more: eight processes
+// starting at once on a fresh NATS cluster can meet a JetStream request
+// that times out (seen once: "ensure stream USAGE: context deadline
+// exceeded").
 func (e *faultEnv) startServices(ctx context.Context, svcs []string) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(svcs))
 	for i, svc := range svcs {
-		wg.Go(func() { errs[i] = e.startService(ctx, svc) })
+		wg.Go(func() {
+			if errs[i] = e.startService(ctx, svc); errs[i] != nil && ctx.Err() == nil {
+				e.log.Warn("a service did not start; starting it again", "service", svc, "err", errs[i])
+				errs[i] = e.startService(ctx, svc)
+			}
+		})
 	}
 	wg.Wait()
 	return errors.Join(errs...)
 }
 
-func (e *faultEnv) natsAddr() string  { return "127.0.0.1:" + strconv.Itoa(e.nats.port) }
+func (e *faultEnv) natsAddr() string { return "127.0.0.1:" + strconv.Itoa(e.nats.port) }
+
+// natsURL is where the harness reaches NATS: the server, or every node of
+// the cluster.
+func (e *faultEnv) natsURL() string {
+	if e.cl != nil {
+		return e.cl.natsURLs()
+	}
+	return "nats://" + e.natsAddr()
+}
 func (e *faultEnv) redisAddr() string { return "127.0.0.1:" + strconv.Itoa(e.redis.port) }
 
 // writeConfig writes the allot.yaml every service reads: the defaults,
@@ -138,8 +172,9 @@ func (e *faultEnv) redisAddr() string { return "127.0.0.1:" + strconv.Itoa(e.red
 // scenario publishes, so the email charges do not mix with the checked
 // grants), its tasks retried after 1s doubling up to 10s (default 5s up
 // to 10m: a task whose charge met a killed meter would otherwise wait
-// minutes).
-func (e *faultEnv) writeConfig(grant float64) error {
+// minutes). In the cluster scenarios, every stream at R3 and the
+// scenario's own meter settings beside the ack wait.
+func (e *faultEnv) writeConfig(grant float64, meterYAML string) error {
 	var secrets [2][32]byte
 	for i := range secrets {
 		if _, err := rand.Read(secrets[i][:]); err != nil {
@@ -163,6 +198,13 @@ notifier:
   retry_max: 10s
   smtp: {host: %q, port: %d, tls: none, auth: none}
 `, strconv.FormatFloat(grant, 'f', -1, 64), faultAckWait, faultAckWait, hex.EncodeToString(secrets[0][:]), hex.EncodeToString(secrets[1][:]), host, port)
+	if e.cl != nil {
+		// Streams at R3, and the scenario's own meter settings.
+		yaml += "streams: {replicas: 3}\n"
+		if meterYAML != "" {
+			yaml = strings.Replace(yaml, fmt.Sprintf("meter: {ack_wait: %s}\n", faultAckWait), fmt.Sprintf("meter: {ack_wait: %s, %s}\n", faultAckWait, meterYAML), 1)
+		}
+	}
 	e.config = filepath.Join(e.dir, "allot.yaml")
 	return os.WriteFile(e.config, []byte(yaml), 0o600)
 }
@@ -187,9 +229,16 @@ func (e *faultEnv) startService(ctx context.Context, svc string) error {
 		if err != nil {
 			return err
 		}
-		spec = childSpec{Role: roleService, Service: svc, ConfigPath: e.config, Instance: "faults-" + svc,
-			NATSURL: "nats://" + e.links[svc+"-nats"].addr(), RedisURL: "redis://" + e.links[svc+"-redis"].addr() + "/0",
+		// svc is the service's name, or "<service>.<n>" for another
+		// replica of it (the cluster scenarios).
+		name, _, _ := strings.Cut(svc, ".")
+		spec = childSpec{Role: roleService, Service: name, ConfigPath: e.config, Instance: "faults-" + svc,
 			HTTPAddr: "127.0.0.1:" + strconv.Itoa(port)}
+		if e.cl != nil {
+			spec.NATSURL, spec.RedisAddrs = e.cl.natsURLs(), e.cl.redisAddrs()
+		} else {
+			spec.NATSURL, spec.RedisURL = "nats://"+e.links[svc+"-nats"].addr(), "redis://"+e.links[svc+"-redis"].addr()+"/0"
+		}
 		spec.LogLevel = "info" // every email sent, notice crossed, message refused, in the service's log
 	}
 	logf, err := os.OpenFile(filepath.Join(e.dir, svc+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -254,6 +303,9 @@ func (e *faultEnv) close(keep bool) {
 	if e.nats != nil {
 		e.nats.close()
 	}
+	if e.cl != nil {
+		e.cl.close()
+	}
 	if keep {
 		e.log.Info("kept the scenario's directory (logs, store, config)", "dir", e.dir)
 		return
@@ -266,8 +318,17 @@ func (e *faultEnv) close(keep bool) {
 // exactness machinery works on: allot's default subjects, streams and
 // key prefix, on servers of the scenario's own.
 func (e *faultEnv) target(ctx context.Context, log *slog.Logger) (*target, error) {
-	t := &target{runID: e.runID, kind: "faults", log: log, natsURL: "nats://" + e.natsAddr(), redisURL: "redis://" + e.redisAddr() + "/0"}
+	t := &target{runID: e.runID, kind: "faults", log: log, natsURL: e.natsURL()}
 	t.cfg = service.Default()
+	rcfg := t.cfg.Redis
+	if e.cl != nil {
+		t.cfg.Streams.Replicas = 3
+		rcfg.URL, rcfg.Addrs = "", e.cl.redisAddrs()
+		t.redisURL = "cluster " + strings.Join(rcfg.Addrs, ",")
+	} else {
+		t.redisURL = "redis://" + e.redisAddr() + "/0"
+		rcfg.URL = service.URL(t.redisURL)
+	}
 	t.meter = meter.DefaultSettings()
 	t.meter.AckWait = faultAckWait
 	t.keys = keys.New(t.cfg.Redis.KeyPrefix)
@@ -282,8 +343,7 @@ func (e *faultEnv) target(ctx context.Context, log *slog.Logger) (*target, error
 		}
 		t.conns = append(t.conns, nc)
 	}
-	rcfg := t.cfg.Redis
-	rcfg.URL, rcfg.PoolSize = service.URL(t.redisURL), 32
+	rcfg.PoolSize = 32
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if t.rdb, err = service.ConnectRedis(rctx, rcfg); err != nil {

@@ -55,7 +55,8 @@ func startService(ctx context.Context, spec childSpec) (func(context.Context) er
 	default:
 		return nil, childReady{}, fmt.Errorf("unknown service %q (want %s)", spec.Service, strings.Join(faultServices, ", "))
 	}
-	env := map[string]string{"NATS_URL": spec.NATSURL, "REDIS_URL": spec.RedisURL, "ALLOT_INSTANCE": spec.Instance, "ALLOT_HTTP_ADDR": spec.HTTPAddr, "ALLOT_LOG_LEVEL": spec.LogLevel}
+	env := map[string]string{"NATS_URL": spec.NATSURL, "REDIS_URL": spec.RedisURL, "REDIS_ADDRS": strings.Join(spec.RedisAddrs, ","),
+		"ALLOT_INSTANCE": spec.Instance, "ALLOT_HTTP_ADDR": spec.HTTPAddr, "ALLOT_LOG_LEVEL": spec.LogLevel}
 	getenv := func(k string) string { return env[k] } // nothing of the harness's environment leaks in
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)

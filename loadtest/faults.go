@@ -34,36 +34,68 @@ type faultScenario struct {
 	// title is the row's label; it may name the profile's sizes.
 	title func(o Options) string
 	run   func(ctx context.Context, f *faultRun) error
+	// cluster runs the scenario on a NATS cluster and a Redis Cluster
+	// with two processes of every service (faultclusterscen.go); such
+	// scenarios run only when -faults names them.
+	cluster bool
+	// meter is more of the meter's settings, YAML of its section
+	// (cluster only).
+	meter string
 }
 
 // faultScenarios, in the order a run takes them.
 var faultScenarios = []faultScenario{
-	{"kill-meter", func(o Options) string { return fmt.Sprintf("kill -9 of the meter, %d times", o.FaultKills) }, killScenario("meter")},
-	{"kill-ratelimit", func(o Options) string { return fmt.Sprintf("kill -9 of the rate limiter, %d times", o.FaultKills) }, killScenario("ratelimit")},
-	{"kill-registry", func(o Options) string { return fmt.Sprintf("kill -9 of the registry, %d times", o.FaultKills) }, killScenario("registry")},
-	{"kill-notifier", func(o Options) string { return fmt.Sprintf("kill -9 of the notifier, %d times", o.FaultKills) }, killScenario("notifier")},
-	{"kill-nats", func(Options) string { return "nats-server killed -9, restarted on the same store" }, natsKillScenario},
+	{"kill-meter", func(o Options) string { return fmt.Sprintf("kill -9 of the meter, %d times", o.FaultKills) }, killScenario("meter"), false, ""},
+	{"kill-ratelimit", func(o Options) string { return fmt.Sprintf("kill -9 of the rate limiter, %d times", o.FaultKills) }, killScenario("ratelimit"), false, ""},
+	{"kill-registry", func(o Options) string { return fmt.Sprintf("kill -9 of the registry, %d times", o.FaultKills) }, killScenario("registry"), false, ""},
+	{"kill-notifier", func(o Options) string { return fmt.Sprintf("kill -9 of the notifier, %d times", o.FaultKills) }, killScenario("notifier"), false, ""},
+	{"kill-nats", func(Options) string { return "nats-server killed -9, restarted on the same store" }, natsKillScenario, false, ""},
 	{"redis-empty", func(Options) string {
 		return "Redis restarted empty (rebuild), the meter killed -9 mid-rebuild"
-	}, redisEmptyScenario},
+	}, redisEmptyScenario, false, ""},
 	{"redis-unreachable", func(o Options) string {
 		return fmt.Sprintf("Redis unreachable for %s (every service)", o.FaultOutage)
-	}, redisUnreachableScenario},
+	}, redisUnreachableScenario, false, ""},
 	{"partition-meter-redis", func(o Options) string {
 		return fmt.Sprintf("partition meter ↔ Redis for %s", o.FaultPartition)
-	}, partitionScenario("meter-redis")},
+	}, partitionScenario("meter-redis"), false, ""},
 	{"partition-meter-nats", func(o Options) string {
 		return fmt.Sprintf("partition meter ↔ NATS for %s", o.FaultPartition)
-	}, partitionScenario("meter-nats")},
+	}, partitionScenario("meter-nats"), false, ""},
 	{"backlog", func(o Options) string {
 		return fmt.Sprintf("%s events backlogged with the meter stopped, then drained", commas(int64(o.FaultBacklog)))
-	}, backlogScenario},
+	}, backlogScenario, false, ""},
 	{"malformed-flood", func(o Options) string {
 		return fmt.Sprintf("flood of %s malformed messages on usage.*", commas(int64(o.FaultFlood)))
-	}, floodScenario},
+	}, floodScenario, false, ""},
+	{"cluster-kill-nats-node", func(Options) string {
+		return "NATS cluster: the node leading the usage stream and the meter's consumer killed -9, restarted on its store"
+	}, clusterNATSKillScenario, true, ""},
+	{"cluster-kill-nats-node-fetch", func(Options) string {
+		return "the same with meter.fetch_wait 5s"
+	}, clusterNATSKillScenario, true, "fetch_wait: 5s"},
+	{"cluster-kill-redis-master", func(Options) string {
+		return "Redis Cluster: a master killed -9, its replica promoted (meter.wait_replicas 0, the default)"
+	}, clusterRedisKillScenario, true, ""},
+	{"cluster-kill-redis-master-wait", func(Options) string {
+		return "the same with meter.wait_replicas 1"
+	}, clusterRedisKillScenario, true, "wait_replicas: 1"},
 }
 
+// faultNames is the scenarios a fault profile runs unless -faults says:
+// all but the cluster ones.
 func faultNames() []string {
+	var out []string
+	for _, s := range faultScenarios {
+		if !s.cluster {
+			out = append(out, s.name)
+		}
+	}
+	return out
+}
+
+// allFaultNames is every scenario -faults may name.
+func allFaultNames() []string {
 	out := make([]string, len(faultScenarios))
 	for i, s := range faultScenarios {
 		out[i] = s.name
@@ -144,6 +176,12 @@ type faultRun struct {
 	// trafficStart is when the traffic began: the times in the notes
 	// count from it.
 	trafficStart time.Time
+	// uidErrs, in the cluster scenarios, books every failed credit,
+	// check and authorize request by uid; faultUIDs are the uids whose
+	// state lives on the node the scenario killed (when that says
+	// anything: a Redis master's slots).
+	uidErrs   *uidErrors
+	faultUIDs map[int]bool
 }
 
 func (f *faultRun) fail(format string, args ...any) {
@@ -254,10 +292,13 @@ func runFault(ctx context.Context, o Options, sc faultScenario, runID string, lo
 		grant = max(10, float64(int(0.6*float64(o.FaultBacklog)/float64(o.UIDs))))
 	}
 	services := faultServices
+	if sc.cluster {
+		services = clusterServices
+	}
 	if sc.name == "backlog" {
 		services = []string{"ratelimit", "registry", "notifier"} // the meter starts once the backlog is there
 	}
-	env, err := startEnv(ctx, envSpec{natsBin: o.NATSServer, redisBin: o.RedisServer, runID: runID, grant: grant, keep: o.Keep}, log)
+	env, err := startEnv(ctx, envSpec{natsBin: o.NATSServer, redisBin: o.RedisServer, runID: runID, grant: grant, keep: o.Keep, cluster: sc.cluster, meter: sc.meter}, log)
 	if err != nil {
 		row.fail("setup: %v", err)
 		return row
@@ -274,6 +315,9 @@ func runFault(ctx context.Context, o Options, sc faultScenario, runID string, lo
 	}
 	h := &harness{o: o, t: t, log: log, start: time.Now(), ledger: newLedger(), rep: &report.Report{Complete: true}}
 	f := &faultRun{o: o, h: h, env: env, row: &row, rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}
+	if sc.cluster {
+		f.uidErrs = newUIDErrors()
+	}
 	if err := f.confirmAddresses(ctx); err != nil {
 		row.fail("setup: %v", err)
 		return row
@@ -290,6 +334,13 @@ func runFault(ctx context.Context, o Options, sc faultScenario, runID string, lo
 	cctx, cancelCheck := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Minute)
 	defer cancelCheck()
 	f.check(cctx, grant)
+	if f.uidErrs != nil {
+		f.note("requests that failed, by uid (i of lt-%s-<i>): %s", runID, f.uidErrs.text(f.faultUIDs))
+		if p := f.uidErrs.phaseText(f.faultUIDs); p != "" {
+			f.note("failed requests by phase: %s", p)
+		}
+		f.judgeUIDs(cctx)
+	}
 	return row
 }
 

@@ -174,3 +174,77 @@ func TestMoments(t *testing.T) {
 		}
 	}
 }
+
+func TestClusterScenariosRunOnlyWhenNamed(t *testing.T) {
+	o, err := parseOptions([]string{"-profile", "faults"}, faultEnvVars, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range o.Faults {
+		if strings.HasPrefix(s, "cluster-") {
+			t.Errorf("the faults profile runs %s by default", s)
+		}
+	}
+	o, err = parseOptions([]string{"-profile", "faults", "-faults", "cluster-kill-nats-node,cluster-kill-nats-node-fetch,cluster-kill-redis-master,cluster-kill-redis-master-wait"}, faultEnvVars, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(o.Faults, ",") != "cluster-kill-nats-node,cluster-kill-nats-node-fetch,cluster-kill-redis-master,cluster-kill-redis-master-wait" {
+		t.Errorf("-faults cluster-... = %v", o.Faults)
+	}
+}
+
+func TestParseClusterNodes(t *testing.T) {
+	text := "07c3 127.0.0.1:30004@40004 slave e7d1 0 1426238317239 4 connected\n" +
+		"67ed 127.0.0.1:30002@40002 master - 0 1426238316232 2 connected 5461-10922\n" +
+		"e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460 10923 [5461->-67ed]\n" +
+		"6ec2 127.0.0.1:30005@40005 master,fail - 1426238316232 1426238316232 5 disconnected\n"
+	nodes := parseClusterNodes(text)
+	if len(nodes) != 4 {
+		t.Fatalf("%d nodes, want 4: %+v", len(nodes), nodes)
+	}
+	r, m := nodes[0], nodes[2]
+	if r.isMaster || r.master != "e7d1" || r.port != 30004 || r.addr != "127.0.0.1:30004" {
+		t.Errorf("replica = %+v", r)
+	}
+	if !m.isMaster || !m.serves(0) || !m.serves(5460) || !m.serves(10923) || m.serves(5461) || m.slotCount() != 5462 {
+		t.Errorf("master = %+v (slots %d)", m, m.slotCount())
+	}
+	if !nodes[3].failed || nodes[1].failed {
+		t.Errorf("fail flags: %+v", nodes)
+	}
+}
+
+func TestUIDErrorsText(t *testing.T) {
+	u := newUIDErrors()
+	if got := u.text(nil); got != "no credit, check or authorize request failed" {
+		t.Errorf("empty: %q", got)
+	}
+	u.add("credit", 7, "unavailable")
+	u.add("credit", 3, "unavailable")
+	u.add("credit", 7, "timeout")
+	u.add("authorize", 9, "unavailable")
+	got := u.text(map[int]bool{7: true})
+	for _, want := range []string{"credit: 3 failed (unavailable 2, timeout 1) for 2 uids [3 7], 1 of them on the killed master's slots", "check: none failed", "authorize: 1 failed (unavailable 1) for 1 uids [9], 0 of them"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("text = %q, want it to contain %q", got, want)
+		}
+	}
+	if ids := u.uids(); len(ids) != 3 || ids[0] != 3 || ids[2] != 9 {
+		t.Errorf("uids = %v", ids)
+	}
+}
+
+func TestRedisPortsLeaveRoomForTheBusPorts(t *testing.T) {
+	ports, err := redisPorts(6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	for _, p := range ports {
+		if p < 20000 || p+10000 >= 32768 || seen[p] {
+			t.Errorf("port %d of %v: want distinct ports from 20000 whose bus port (+10000) is below 32768", p, ports)
+		}
+		seen[p] = true
+	}
+}

@@ -44,6 +44,13 @@ func (f *faultRun) traffic(ctx context.Context, d time.Duration, authorize bool,
 	if authorize {
 		specs = append(specs, reqSpec{name: "authorize", op: f.opAuthorize(), rate: 10})
 	}
+	if u := f.uidErrs; u != nil {
+		for i := range specs {
+			if name := map[string]string{"credit": "credit", "ratelimit": "check", "authorize": "authorize"}[specs[i].name]; name != "" {
+				specs[i].op = u.wrap(name, f.o.UIDs, specs[i].op)
+			}
+		}
+	}
 	phases := make([]report.Phase, len(specs))
 	for i, s := range specs {
 		s.concurrency, s.dur = 1, d

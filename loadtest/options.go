@@ -213,7 +213,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.IntVar(&o.BatchInFlight, "batch-inflight", o.BatchInFlight, "batch scenario: the client's MaxInFlight, messages in flight per endpoint before calls wait to be batched (0: events.DefaultBatchInFlight)")
 	fs.StringVar(&o.GRPCDescriptor, "grpc-descriptor", o.GRPCDescriptor, "grpc scenario: the descriptor `key` whose value is the request's random uid")
 	faults := ""
-	fs.StringVar(&faults, "faults", "", "fault profiles: comma-separated `list` of the fault scenarios to run: "+strings.Join(faultNames(), ", ")+" (default: all)")
+	fs.StringVar(&faults, "faults", "", "fault profiles: comma-separated `list` of the fault scenarios to run: "+strings.Join(allFaultNames(), ", ")+" (default: all but the cluster- ones)")
 	fs.StringVar(&o.NATSServer, "nats-server", o.NATSServer, "fault profiles: the nats-server `binary` each scenario starts (default $ALLOT_TEST_NATS_SERVER: make's pinned .bin/nats-server-<version>)")
 	fs.StringVar(&o.RedisServer, "redis-server", o.RedisServer, "fault profiles: the redis-server `binary` each scenario starts")
 	fs.IntVar(&o.FaultKills, "kills", o.FaultKills, "fault profiles: kill -9s of each service in its scenario (default: the profile's)")
@@ -419,8 +419,8 @@ func (o Options) validateFaults(set map[string]bool) error {
 		bad("faults", "name at least one of %s", strings.Join(faultNames(), ", "))
 	}
 	for _, s := range o.Faults {
-		if !slices.Contains(faultNames(), s) {
-			bad("faults", "unknown fault scenario %q (want %s)", s, strings.Join(faultNames(), ", "))
+		if !slices.Contains(allFaultNames(), s) {
+			bad("faults", "unknown fault scenario %q (want %s)", s, strings.Join(allFaultNames(), ", "))
 		}
 	}
 	if o.NATSServer == "" {

@@ -46,6 +46,15 @@ type Settings struct {
 	// consumer's ack floor passes it) and a repeat is the duplicate
 	// window's job alone: faster, and the records take next to no memory.
 	DedupIDs bool `yaml:"dedup_ids"`
+	// WaitReplicas, above 0, acks a chunk of usage events (and answers an
+	// authorization) only once that many replicas of each Redis master
+	// written to have the writes (WAIT), within WaitTimeout (0: 1s),
+	// else retries: Redis replicates asynchronously, and a master that
+	// fails over right after a write loses it, with the event already
+	// acked. 0 (the default) does not wait: a single Redis has no replica
+	// to wait for, and with fewer replicas than this up every write fails.
+	WaitReplicas int           `yaml:"wait_replicas"`
+	WaitTimeout  time.Duration `yaml:"wait_timeout"`
 }
 
 // DefaultSettings returns the meter section's defaults.
@@ -81,6 +90,12 @@ func (s Settings) Validate(duplicates time.Duration) error {
 	}
 	if s.ExportMaxUIDs < 0 {
 		add("meter.export_max_uids", "must be >= 0")
+	}
+	if s.WaitReplicas < 0 || s.WaitReplicas > 5 {
+		add("meter.wait_replicas", "must be between 0 and 5, got %d", s.WaitReplicas)
+	}
+	if s.WaitTimeout < 0 || s.WaitTimeout > 10*time.Second {
+		add("meter.wait_timeout", "must be between 0 (1s) and 10s, got %v", s.WaitTimeout)
 	}
 	if s.LossCheck < 0 || (s.LossCheck > 0 && s.LossCheck < 100*time.Millisecond) {
 		add("meter.loss_check", "must be 0 (off) or at least 100ms, got %v", s.LossCheck)

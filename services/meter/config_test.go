@@ -78,6 +78,8 @@ func TestMeteringSection(t *testing.T) {
 		"meter:\n  export_max_uids: -1\n":                "meter.export_max_uids",
 		"meter:\n  bacth: 10\n":                          "meter.bacth: unknown field",
 		"meter:\n  dedup_ids: sometimes\n":               "meter.dedup_ids",
+		"meter:\n  wait_replicas: -1\n":                  "meter.wait_replicas",
+		"meter:\n  wait_timeout: 1m\n":                   "meter.wait_timeout",
 		"streams:\n  duplicates: 48h\n":                  "meter.dedup_ttl: must be at least 48h0m0s",
 	} {
 		if _, err := loadFile(t, body, nil); err == nil || !strings.Contains(err.Error(), want) {

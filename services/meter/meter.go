@@ -77,7 +77,7 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 	log = log.With("service", "meter")
 	guard := cfg.Meter.LossCheck > 0
 	st, err := store.New(ctx, deps.Redis, store.Options{Keys: keys.New(cfg.Redis.KeyPrefix), DedupTTL: cfg.Meter.DedupTTL, Now: deps.Now, Guard: guard,
-		StreamDedup: !cfg.Meter.DedupIDs})
+		StreamDedup: !cfg.Meter.DedupIDs, WaitReplicas: cfg.Meter.WaitReplicas, WaitTimeout: cfg.Meter.WaitTimeout})
 	if err != nil {
 		return nil, fmt.Errorf("meter: %w", err)
 	}

@@ -191,7 +191,7 @@ type chunkGroup struct {
 // applyParts applies each part of ops with one apply_chunk.lua call,
 // pipelined; each part's events share a slot on a Cluster.
 func (s *Store) applyParts(ctx context.Context, ops []Op, parts [][]int) ([]Result, error) {
-	pipe := s.rdb.Pipeline()
+	pipes := s.newPipes()
 	cmds := make([]*redis.Cmd, len(parts))
 	groups := make([][]chunkGroup, len(parts))
 	var sources []any
@@ -199,7 +199,9 @@ func (s *Store) applyParts(ctx context.Context, ops []Op, parts [][]int) ([]Resu
 		var keyList []string
 		var args []any
 		keyList, args, groups[p] = s.chunkArgs(ops, part)
-		cmds[p] = s.applyChunk.EvalSha(ctx, pipe, keyList, args...)
+		if pipe := pipes.pipe(ctx, keyList[0]); pipe != nil {
+			cmds[p] = s.applyChunk.EvalSha(ctx, pipe, keyList, args...)
+		}
 		for _, i := range part {
 			if ops[i].Config.Scope == usage.ScopeInstance {
 				sources = append(sources, ops[i].Source)
@@ -208,9 +210,20 @@ func (s *Store) applyParts(ctx context.Context, ops []Op, parts [][]int) ([]Resu
 	}
 	if len(sources) > 0 {
 		// The index /metrics reads; idempotent, so outside the scripts.
-		pipe.SAdd(ctx, s.keys.Instances(), sources...)
+		// (Asked for only then: with WaitReplicas on a Cluster, a master
+		// asked for a pipeline is waited for.)
+		if pipe := pipes.pipe(ctx, s.keys.Instances()); pipe != nil {
+			pipe.SAdd(ctx, s.keys.Instances(), sources...)
+		}
 	}
-	_, _ = pipe.Exec(ctx)
+	if err := pipes.exec(ctx); err != nil {
+		for _, cmd := range cmds {
+			if cmd != nil && isNoScript(cmd.Err()) {
+				return nil, cmd.Err() // load the scripts, then try again
+			}
+		}
+		return nil, err
+	}
 	results := make([]Result, len(ops))
 	for p, cmd := range cmds {
 		v, err := cmd.Result()

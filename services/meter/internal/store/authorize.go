@@ -58,7 +58,7 @@ func (s *Store) AuthorizeMany(ctx context.Context, ops []AuthorizeOp) ([]Decisio
 // authorizeSome sends ops[idx...] in one pipeline, fills in their
 // decisions or errors, and returns the ops Redis had no script for.
 func (s *Store) authorizeSome(ctx context.Context, ops []AuthorizeOp, idx []int, ds []Decision, errs []error) (noScript []int) {
-	pipe := s.rdb.Pipeline()
+	pipes := s.newPipes()
 	cmds := make([]*redis.Cmd, len(idx))
 	for j, i := range idx {
 		op := ops[i]
@@ -74,10 +74,18 @@ func (s *Store) authorizeSome(ctx context.Context, ops []AuthorizeOp, idx []int,
 		for k := lo; k <= hi; k++ {
 			keyList = append(keyList, s.dedupSet(tag, k))
 		}
-		cmds[j] = s.authorize.EvalSha(ctx, pipe, keyList, args...)
+		if pipe := pipes.pipe(ctx, keyList[0]); pipe != nil {
+			cmds[j] = s.authorize.EvalSha(ctx, pipe, keyList, args...)
+		}
 	}
-	_, _ = pipe.Exec(ctx)
+	// A WAIT that came short fails every op of the round trip: each
+	// may be lost with its master (the client retries under its id).
+	werr := pipes.exec(ctx)
 	for j, i := range idx {
+		if cmds[j] == nil {
+			errs[i] = werr
+			continue
+		}
 		v, err := cmds[j].Result()
 		switch {
 		case isNoScript(err):
@@ -86,6 +94,8 @@ func (s *Store) authorizeSome(ctx context.Context, ops []AuthorizeOp, idx []int,
 			errs[i] = fmt.Errorf("store: authorize %s: %w", ops[i].ID, err)
 		case err != nil:
 			errs[i] = fmt.Errorf("%w: authorize: %w", ErrRedis, err)
+		case werr != nil:
+			errs[i] = werr
 		default:
 			ds[i], errs[i] = parseDecision(v)
 		}

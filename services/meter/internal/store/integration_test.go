@@ -4,6 +4,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"github.com/allot/allot/pkg/testenv"
 	"testing"
@@ -127,4 +128,32 @@ func TestClusterAggregatedEqualsPerEvent(t *testing.T) {
 	testAggregatedEqualsPerEventIn(t, clusterBackend, 10_000, true)
 	testPoisonEvents(t, clusterBackend)
 	testStreamDedup(t, clusterBackend)
+}
+
+// TestClusterWaitReplicas: on a Redis Cluster with one replica per
+// master (make cluster-test's), WaitReplicas 1 applies a chunk spanning
+// every master and authorizes, each master's writes waited for on its
+// own connection; WaitReplicas 2 asks for more replicas than there are
+// and fails.
+func TestClusterWaitReplicas(t *testing.T) {
+	rdb, prefix := clusterBackend(t)
+	ctx := t.Context()
+	one := waitStore(t, rdb, prefix, 1)
+	one.waitTimeout = 2 * time.Second // a loaded machine's replication
+	ops := manyTagOps(60)
+	res := apply(t, one, ops...)
+	for i, r := range res {
+		if !r.Applied {
+			t.Errorf("event %d not applied", i)
+		}
+	}
+	grant := grantCfg(usage.PeriodDay, usage.AlignCalendar)
+	d, err := one.Authorize(ctx, AuthorizeOp{ID: "a1", UID: "u-1", Metric: "photo_daily_total", Config: grant, Limit: 1e6, Amount: 1})
+	if err != nil || !d.Allowed || d.Grant.Used != 2 {
+		t.Errorf("Authorize = %+v, %v; want allowed, used 2", d, err)
+	}
+	two := waitStore(t, rdb, prefix, 2)
+	if _, err := two.Apply(ctx, manyTagOps(3)); !errors.Is(err, ErrNotReplicated) {
+		t.Errorf("Apply waiting for 2 replicas of 1 = %v, want ErrNotReplicated", err)
+	}
 }

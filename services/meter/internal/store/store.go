@@ -88,20 +88,25 @@ func decimal(v float64) string {
 
 // Store is the meter's Redis state.
 type Store struct {
-	rdb        Redis
-	keys       keys.Keys
-	dedupTTL   time.Duration
-	now        func() time.Time // nil: Redis TIME
-	cluster    bool             // a Redis Cluster: one script call per hash tag
-	guard      bool             // apply only while the epoch marker is there
-	stream     bool             // dedup by stream position (Options.StreamDedup)
-	seqKey     string
-	ackFloor   atomic.Uint64 // the consumer's: records at or below it can go
-	applyChunk *redis.Script
-	authorize  *redis.Script
-	confirm    *redis.Script
-	raiseEpoch *redis.Script
-	dropEpoch  *redis.Script
+	rdb      Redis
+	keys     keys.Keys
+	dedupTTL time.Duration
+	now      func() time.Time // nil: Redis TIME
+	cluster  bool             // a Redis Cluster: one script call per hash tag
+	guard    bool             // apply only while the epoch marker is there
+	stream   bool             // dedup by stream position (Options.StreamDedup)
+	seqKey   string
+	ackFloor atomic.Uint64 // the consumer's: records at or below it can go
+	// waitReplicas and waitTimeout: Options.WaitReplicas (wait.go); cc
+	// is the client when it is a Cluster's.
+	waitReplicas int
+	waitTimeout  time.Duration
+	cc           *redis.ClusterClient
+	applyChunk   *redis.Script
+	authorize    *redis.Script
+	confirm      *redis.Script
+	raiseEpoch   *redis.Script
+	dropEpoch    *redis.Script
 }
 
 // Options configures a Store.
@@ -134,6 +139,15 @@ type Options struct {
 	// ErrLost otherwise), and raises the marker's seq with each chunk. On
 	// a Cluster, where a chunk spans slots, it is not checked.
 	Guard bool
+	// WaitReplicas, when above 0, makes Apply and Authorize return only
+	// once that many replicas of each master written to have acknowledged
+	// the writes (WAIT, wait.go), within WaitTimeout (default 1s); else
+	// they fail with ErrNotReplicated, wrapped in ErrRedis. A write
+	// acknowledged so survives its master's failover; one not waited for
+	// can be lost with it. With fewer replicas than WaitReplicas every
+	// write fails.
+	WaitReplicas int
+	WaitTimeout  time.Duration
 }
 
 // New returns a Store and loads its scripts, so pipelines can send them
@@ -160,8 +174,15 @@ func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
 		raiseEpoch: redis.NewScript(epochRaiseLua),
 		dropEpoch:  redis.NewScript(epochDropLua),
 	}
-	if _, ok := rdb.(*redis.ClusterClient); ok {
-		s.cluster = true
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		s.cluster, s.cc = true, cc
+	}
+	if opts.WaitReplicas < 0 {
+		return nil, errors.New("store: wait replicas must be >= 0")
+	}
+	s.waitReplicas, s.waitTimeout = opts.WaitReplicas, opts.WaitTimeout
+	if s.waitTimeout <= 0 {
+		s.waitTimeout = time.Second
 	}
 	if err := s.Load(ctx); err != nil {
 		return nil, err
