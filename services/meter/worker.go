@@ -62,13 +62,24 @@ func (a applier) HandleChunk(ctx context.Context, msgs []jetstream.Msg) ([]servi
 		ops = append(ops, items[i].op)
 		opItems = append(opItems, i)
 	}
-	m.raiseOverRefused(ctx, items, out)
+	covered := m.refusedTop(items)
 	if len(ops) == 0 {
+		m.raiseOverRefused(ctx, covered, items, out)
 		return out, nil
 	}
 	start := time.Now()
-	results, err := m.store.Apply(ctx, ops)
+	// The apply call raises the marker over the refused events too.
+	results, err := m.store.ApplyCovering(ctx, ops, covered)
 	m.metrics.applySeconds.Observe(time.Since(start).Seconds())
+	if err != nil && covered > 0 {
+		// The marker was not raised over them: redeliver them, do not
+		// ack them now.
+		for i, it := range items {
+			if it.refuse != nil {
+				out[i] = service.Retry(time.Second, "epoch marker not raised over a refused event")
+			}
+		}
+	}
 	if err != nil {
 		if isLost(err) {
 			m.setLost(true)
@@ -110,14 +121,14 @@ func (a applier) HandleChunk(ctx context.Context, msgs []jetstream.Msg) ([]servi
 	return out, nil
 }
 
-// raiseOverRefused raises the epoch marker over the chunk's events
-// refused before the apply script, which are acked without it: the marker
-// must never trail what the consumer acked, or the next check would take
-// the state for an older one (checkEpoch). Only chunks with such events
-// pay the round trip. If it fails they are retried, not acked.
-func (m *Meter) raiseOverRefused(ctx context.Context, items []item, out []service.Outcome) {
+// refusedTop is the highest stream sequence of the chunk's events
+// refused before the apply script, which are acked without it: the epoch
+// marker must cover them, or the next check would take the state for an
+// older one (checkEpoch). 0 when none is, or the marker does not follow
+// the state.
+func (m *Meter) refusedTop(items []item) uint64 {
 	if !m.store.TracksSeq() {
-		return
+		return 0
 	}
 	var top uint64
 	for _, it := range items {
@@ -128,6 +139,13 @@ func (m *Meter) raiseOverRefused(ctx context.Context, items []item, out []servic
 			top = max(top, md.Sequence.Stream)
 		}
 	}
+	return top
+}
+
+// raiseOverRefused raises the marker over a chunk of refused events only
+// (a chunk with events to apply does it in the same call). If it fails
+// they are retried, not acked.
+func (m *Meter) raiseOverRefused(ctx context.Context, top uint64, items []item, out []service.Outcome) {
 	if top == 0 {
 		return
 	}

@@ -70,6 +70,14 @@ func Tag(op Op) string {
 // (Redis down, a timeout): then nothing can be said of any op, and the
 // caller retries them all, which the dedup records make safe.
 func (s *Store) Apply(ctx context.Context, ops []Op) ([]Result, error) {
+	return s.ApplyCovering(ctx, ops, 0)
+}
+
+// ApplyCovering is Apply for a chunk whose events up to stream sequence
+// covered are acked without an op (refused before the script): the same
+// call raises the epoch marker over them too (RaiseEpoch's job, without
+// its round trip).
+func (s *Store) ApplyCovering(ctx context.Context, ops []Op, covered uint64) ([]Result, error) {
 	if len(ops) == 0 {
 		return nil, nil
 	}
@@ -80,12 +88,12 @@ func (s *Store) Apply(ctx context.Context, ops []Op) ([]Result, error) {
 	if s.cluster {
 		parts = byTag(ops)
 	}
-	results, err := s.applyParts(ctx, ops, parts)
+	results, err := s.applyParts(ctx, ops, parts, covered)
 	if err != nil && isNoScript(err) {
 		if lerr := s.Load(ctx); lerr != nil {
 			return nil, lerr
 		}
-		results, err = s.applyParts(ctx, ops, parts)
+		results, err = s.applyParts(ctx, ops, parts, covered)
 	}
 	if err == nil || !isScriptError(err) {
 		return results, err
@@ -96,7 +104,7 @@ func (s *Store) Apply(ctx context.Context, ops []Op) ([]Result, error) {
 	// tells the failing event apart.
 	results = make([]Result, len(ops))
 	for i := range ops {
-		res, err := s.applyParts(ctx, ops, [][]int{{i}})
+		res, err := s.applyParts(ctx, ops, [][]int{{i}}, covered)
 		switch {
 		case err == nil:
 			results[i] = res[i]
@@ -190,7 +198,7 @@ type chunkGroup struct {
 
 // applyParts applies each part of ops with one apply_chunk.lua call,
 // pipelined; each part's events share a slot on a Cluster.
-func (s *Store) applyParts(ctx context.Context, ops []Op, parts [][]int) ([]Result, error) {
+func (s *Store) applyParts(ctx context.Context, ops []Op, parts [][]int, covered uint64) ([]Result, error) {
 	pipes := s.newPipes()
 	cmds := make([]*redis.Cmd, len(parts))
 	groups := make([][]chunkGroup, len(parts))
@@ -198,7 +206,7 @@ func (s *Store) applyParts(ctx context.Context, ops []Op, parts [][]int) ([]Resu
 	for p, part := range parts {
 		var keyList []string
 		var args []any
-		keyList, args, groups[p] = s.chunkArgs(ops, part)
+		keyList, args, groups[p] = s.chunkArgs(ops, part, covered)
 		if pipe := pipes.pipe(ctx, keyList[0]); pipe != nil {
 			cmds[p] = s.applyChunk.EvalSha(ctx, pipe, keyList, args...)
 		}
@@ -246,7 +254,7 @@ func (s *Store) applyParts(ctx context.Context, ops []Op, parts [][]int) ([]Resu
 // chunkArgs builds the keys and arguments of one apply_chunk.lua call
 // for ops[part...] (see the script for their layout) and its groups: the
 // distinct states the events change, in order of first use.
-func (s *Store) chunkArgs(ops []Op, part []int) ([]string, []any, []chunkGroup) {
+func (s *Store) chunkArgs(ops []Op, part []int, covered uint64) ([]string, []any, []chunkGroup) {
 	// The chunk's dedup SETs: every bucket from the lowest any event looks
 	// in to the highest, so an event's are a run of consecutive indexes.
 	type window struct{ lo, hi, b, ttl int64 }
@@ -330,7 +338,7 @@ func (s *Store) chunkArgs(ops []Op, part []int) ([]string, []any, []chunkGroup) 
 	}
 	if s.guard && !s.cluster {
 		keyList = append(keyList, s.keys.MeterEpoch())
-		args = append(args, seq)
+		args = append(args, max(seq, covered))
 	}
 	return keyList, args, groups
 }

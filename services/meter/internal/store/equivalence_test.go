@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -401,4 +402,64 @@ func seqKeys(t *testing.T, rdb redis.UniversalClient, s *Store) []string {
 		t.Fatal("no stream-position records")
 	}
 	return all
+}
+
+// The epoch marker follows the chunk's highest sequence, and with
+// ApplyCovering the refused events' too, in the same call; RaiseEpoch
+// never lowers it and never writes a missing one; DropEpoch drops only
+// the seq it was given.
+func TestEpochMarkerFollowsTheChunk(t *testing.T) {
+	rdb, prefix := miniBackend(t)
+	ctx := t.Context()
+	s, err := New(ctx, rdb, Options{Keys: keys.New(prefix), DedupTTL: time.Hour, Guard: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.TracksSeq() {
+		t.Fatal("a guarded store on one Redis does not track the seq")
+	}
+	if err := s.RaiseEpoch(ctx, 3); err != nil {
+		t.Fatalf("raise without a marker: %v", err)
+	}
+	if _, ok, _ := s.Epoch(ctx); ok {
+		t.Fatal("RaiseEpoch wrote a missing marker")
+	}
+	if _, err := s.InitEpoch(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	seqIs := func(want uint64) {
+		t.Helper()
+		if got, ok, err := s.Epoch(ctx); err != nil || !ok || got != want {
+			t.Fatalf("marker seq %d (%v, %v), want %d", got, ok, err, want)
+		}
+	}
+	counter := counterCfg(usage.StyleCounter, usage.ScopeUser)
+	op := func(id string, seq uint64) Op {
+		return Op{ID: id, UID: "u-1", Metric: "c", Config: counter, Value: 1, Seq: seq}
+	}
+	if _, err := s.Apply(ctx, []Op{op("a", 4), op("b", 2)}); err != nil {
+		t.Fatal(err)
+	}
+	seqIs(4)
+	if _, err := s.ApplyCovering(ctx, []Op{op("c", 5)}, 9); err != nil {
+		t.Fatal(err)
+	}
+	seqIs(9)
+	if err := s.RaiseEpoch(ctx, 7); err != nil {
+		t.Fatal(err)
+	}
+	seqIs(9)
+	if err := s.RaiseEpoch(ctx, 12); err != nil {
+		t.Fatal(err)
+	}
+	seqIs(12)
+	if dropped, err := s.DropEpoch(ctx, 11); err != nil || dropped {
+		t.Fatalf("dropped a marker that moved: %v, %v", dropped, err)
+	}
+	if dropped, err := s.DropEpoch(ctx, 12); err != nil || !dropped {
+		t.Fatalf("drop: %v, %v", dropped, err)
+	}
+	if _, err := s.Apply(ctx, []Op{op("d", 13)}); !errors.Is(err, ErrLost) {
+		t.Errorf("apply after the drop: %v, want ErrLost", err)
+	}
 }
