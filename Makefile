@@ -159,7 +159,7 @@ cluster-test: $(GOTESTSUM) $(NATS_SERVER)
 	@echo "== the store suites on a Redis Cluster, the integration tests on a 3-node NATS cluster (tools/cluster)"
 	NATS_BIN=$(NATS_SERVER) tools/cluster up
 	trap 'tools/cluster down' EXIT; eval "$$(tools/cluster test-env)"; \
-	ALLOT_REQUIRE_CLUSTER=1 $(GOTESTSUM) --format pkgname-and-test-fails -- $(TESTFLAGS) -tags integration -run '^TestCluster' $(STORE_PKGS) ./services/registry/... && \
+	ALLOT_REQUIRE_CLUSTER=1 $(GOTESTSUM) --format pkgname-and-test-fails -- $(TESTFLAGS) -tags integration -run '^TestCluster' $(STORE_PKGS) ./services/registry/... ./services/meter && \
 	$(GOTESTSUM) --format pkgname-and-test-fails -- -count=1 -tags integration -run '^TestIntegration' $(PKGS) && \
 	(cd loadtest && go run . --profile quick -stacks 3 -replicas 3 -nats-url "$$ALLOT_TEST_NATS_URL" -redis-addrs "$$ALLOT_TEST_REDIS_CLUSTER" -out out/cluster)
 

@@ -18,6 +18,8 @@
 //	allot:index:instances            SET   sources seen with instance-scoped metrics (for /metrics)
 //	allot:meter:epoch                HASH  the meter's epoch marker: seq, the highest USAGE sequence applied;
 //	                                       missing while the stream has events means Redis lost the state
+//	allot:{s.<n>}:meter:epoch        HASH  on a Redis Cluster, one more marker per hash slot (s.<n> a tag of that
+//	                                       slot, SlotTags): seq, the highest sequence applied in the slot
 //	allot:{u-42}:rl:<service>:0      HASH  rate-limit window of (uid, service) for even window indexes:
 //	allot:{u-42}:rl:<service>:1      HASH  ... and for odd ones; w window index, n count admitted
 //	allot:{u-42}:rlu:0, :1           HASH  the same for the uid's own limit (requests naming no service)
@@ -25,6 +27,7 @@
 //	allot:ratelimit:epoch            HASH  the rate limiter's epoch marker: seq, the last USAGE sequence its
 //	                                       hits were rebuilt up to (0: none); missing while the stream has
 //	                                       events means Redis lost the hit windows
+//	allot:{s.<n>}:ratelimit:epoch    HASH  on a Redis Cluster, one more marker per hash slot
 //	allot:{d.<descriptor id>}:rld:0, :1  HASH  the same for an Envoy descriptor's limit (gRPC front;
 //	                                       DescriptorID escapes the domain and entries, so ids never collide)
 //	allot:{d.<descriptor id>}:rldo   HASH  reserved for a descriptor's overrides (never written yet)

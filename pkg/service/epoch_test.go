@@ -132,7 +132,7 @@ func TestEpochAdopt(t *testing.T) {
 			e := newEpochEnv(t)
 			ctx := t.Context()
 			tc.setup(ctx, e.epoch)
-			got, err := e.epoch.Adopt(ctx, has(tc.state))
+			got, err := e.epoch.Adopt(ctx, 0, has(tc.state))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -143,6 +143,124 @@ func TestEpochAdopt(t *testing.T) {
 				t.Errorf("marker there: %v, want %v", ok, tc.written)
 			}
 		})
+	}
+}
+
+// TestSlottedEpoch: with a marker per hash slot, the state is whole only
+// while every one holds its seq; one slot's gone (its master came back
+// empty) is a loss; Init writes the missing ones for an empty stream; Set
+// and Withdraw write and remove them all; Adopt keeps a marker from
+// before the slots' (writing them) but never a partial one.
+func TestSlottedEpoch(t *testing.T) {
+	e := newEpochEnv(t)
+	ctx := t.Context()
+	slots := []string{"x:{a}:epoch", "x:{b}:epoch", "x:{c}:epoch", "x:{d}:epoch"}
+	ep := service.NewSlottedEpoch(e.rdb, "x:epoch", slots)
+	if !ep.Slotted() || e.epoch.Slotted() {
+		t.Fatal("Slotted is wrong")
+	}
+	if lost, err := ep.Lost(ctx, e.stream); err != nil || lost {
+		t.Fatalf("empty stream: lost %v, %v", lost, err)
+	}
+	m, err := ep.ReadAll(ctx)
+	if err != nil || !m.Whole() || !m.SlotsWritten || len(m.Slots) != 4 {
+		t.Fatalf("after Init: %+v, %v", m, err)
+	}
+	e.publish(t, 3)
+	e.mr.HDel("x:{b}:epoch", "seq")
+	e.mr.HDel("x:{c}:epoch", "seq")
+	// Each read reads a share of the slots' markers: within SlotShares
+	// reads every one, once.
+	seen, lostIn := map[int]int{}, 0
+	for range service.SlotShares {
+		m, err := ep.ReadShare(ctx)
+		if err != nil || !m.OK {
+			t.Fatal(m, err)
+		}
+		for slot := range slots {
+			if m.WasRead(slot) {
+				seen[slot]++
+			}
+		}
+	}
+	for range service.SlotShares {
+		if lost, err := ep.Lost(ctx, e.stream); err != nil {
+			t.Fatal(err)
+		} else if lost {
+			lostIn++
+		}
+	}
+	if fmt.Sprint(seen) != "map[0:1 1:1 2:1 3:1]" {
+		t.Errorf("slots read over %d reads: %v, want each once", service.SlotShares, seen)
+	}
+	if lostIn != 2 {
+		t.Fatalf("two slots' markers gone: lost in %d of %d checks, want 2", lostIn, service.SlotShares)
+	}
+	if m, _ := ep.ReadAll(ctx); !m.OK || fmt.Sprint(m.Missing) != "[1 2]" {
+		t.Fatalf("missing %v (marker %v), want [1 2]", m.Missing, m.OK)
+	}
+	// At start, a partial loss is not adopted.
+	if at, err := ep.Adopt(ctx, 0, func(context.Context) (bool, error) { return true, nil }); err != nil || at != service.EpochThere {
+		t.Fatalf("Adopt over a partial loss: %v, %v", at, err)
+	}
+	if m, _ := ep.ReadAll(ctx); m.Whole() {
+		t.Fatal("a partial loss was adopted")
+	}
+	if err := ep.Set(ctx, 9); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := ep.ReadAll(ctx); !m.Whole() || m.Seq != 9 || fmt.Sprint(m.Slots) != "[9 9 9 9]" {
+		t.Fatalf("after Set(9): %+v", m)
+	}
+	if err := ep.Withdraw(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := ep.ReadAll(ctx); m.OK || len(m.Missing) != 4 {
+		t.Fatalf("after Withdraw: %+v", m)
+	}
+	if r, _ := ep.Rebuilding(ctx); !r {
+		t.Error("Withdraw left no rebuilding mark")
+	}
+
+	// A marker from before the slots' gets them, at its seq.
+	e.mr.FlushAll()
+	e.mr.HSet("x:epoch", "seq", "5")
+	if at, err := ep.Adopt(ctx, 0, func(context.Context) (bool, error) { return true, nil }); err != nil || at != service.EpochSlotsAdopted {
+		t.Fatalf("Adopt of a marker without the slots': %v, %v", at, err)
+	}
+	if m, _ := ep.ReadAll(ctx); !m.Whole() || fmt.Sprint(m.Slots) != "[5 5 5 5]" {
+		t.Fatalf("after adopting the slots: %+v", m)
+	}
+	// No marker at all beside state: adopted, as on one Redis.
+	e.mr.FlushAll()
+	if at, err := ep.Adopt(ctx, 4, func(context.Context) (bool, error) { return true, nil }); err != nil || at != service.EpochAdopted {
+		t.Fatalf("Adopt of state without markers: %v, %v", at, err)
+	}
+	if m, _ := ep.ReadAll(ctx); !m.Whole() || m.Seq != 4 {
+		t.Fatalf("after adopting: %+v", m)
+	}
+	e.mr.Del("x:{d}:epoch")
+	if err := e.mr.Set("x:{d}:epoch", "not a hash"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ep.ReadAll(ctx); !errors.Is(err, service.ErrEpochRedis) {
+		t.Errorf("a slot marker of the wrong type: %v, want ErrEpochRedis", err)
+	}
+	e.mr.HSet("x:{a}:epoch", "seq", "x")
+	e.mr.Del("x:{d}:epoch")
+	if _, err := ep.ReadAll(ctx); err == nil {
+		t.Error("a slot marker holding no sequence was read")
+	}
+}
+
+func TestSlotRanges(t *testing.T) {
+	for _, c := range []struct {
+		in   []int
+		want string
+	}{{nil, ""}, {[]int{3}, "3"}, {[]int{0, 1, 2, 5, 7, 8}, "0-2 5 7-8"}} {
+		if got := service.SlotRanges(c.in); got != c.want {
+			t.Errorf("SlotRanges(%v) = %q, want %q", c.in, got, c.want)
+		}
 	}
 }
 

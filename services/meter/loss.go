@@ -8,6 +8,7 @@ import (
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/mutex"
+	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/services/meter/internal/store"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -56,34 +57,18 @@ func (m *Meter) setLost(lost bool) {
 // restored from an older snapshot, or a failover to a replica that
 // lagged: the marker's seq is dropped and the state handled as lost. The
 // floor is read before the marker, so an apply in between only raises
-// the marker further. On a Redis Cluster, where no apply touches the
-// marker, only a missing marker is seen.
+// the marker further.
+//
+// On a Redis Cluster the marker of every hash slot is read too
+// (checkSlots): one missing is a master that lost the data of its slots.
 func (m *Meter) checkEpoch(ctx context.Context) error {
-	var floor uint64
-	if m.store.TracksSeq() {
-		var err error
-		if floor, err = m.ackFloor(ctx); err != nil {
-			return err
-		}
-	}
-	seq, ok, err := m.store.Epoch(ctx)
-	if err != nil {
+	m.checking.Lock()
+	defer m.checking.Unlock()
+	whole, err := m.epochWhole(ctx)
+	if err != nil || whole < 0 {
 		return err
 	}
-	if ok && seq < floor {
-		dropped, err := m.store.DropEpoch(ctx, seq)
-		if err != nil {
-			return err
-		}
-		if dropped {
-			m.metrics.rollbacks.Inc()
-			m.log.Error("Redis holds an older state than the meter applied (restored from an older snapshot, or a failover to a replica that lagged): dropping the epoch marker so the state is rebuilt from the usage stream",
-				"marker_seq", seq, "ack_floor", floor)
-		}
-		m.setLost(true)
-		return nil
-	}
-	if ok {
+	if whole > 0 {
 		m.setLost(false)
 		return nil
 	}
@@ -106,6 +91,96 @@ func (m *Meter) checkEpoch(ctx context.Context) error {
 	return nil
 }
 
+// epochWhole reads the markers: 1 whole, 0 some missing, -1 an older
+// state found, its marker dropped and the meter set lost.
+func (m *Meter) epochWhole(ctx context.Context) (int, error) {
+	if m.store.Slotted() {
+		return m.checkSlots(ctx)
+	}
+	var floor uint64
+	if m.store.TracksSeq() {
+		var err error
+		if floor, err = m.ackFloor(ctx); err != nil {
+			return 0, err
+		}
+	}
+	seq, ok, err := m.store.Epoch(ctx)
+	switch {
+	case err != nil:
+		return 0, err
+	case !ok:
+		return 0, nil
+	case seq >= floor:
+		return 1, nil
+	}
+	dropped, err := m.store.DropEpoch(ctx, seq)
+	if err != nil {
+		return 0, err
+	}
+	if dropped {
+		m.rolledBack("the epoch marker", seq, floor)
+	}
+	m.setLost(true)
+	return -1, nil
+}
+
+// checkSlots is epochWhole on a Redis Cluster: the marker and the marker
+// of every hash slot must be there (a master that came back empty, or a
+// failover to an empty replica, loses those of its slots), a share of
+// them read each time (service.SlotShares: every master's slots in each,
+// every slot within 8 checks; an apply into a slot whose marker is gone
+// is refused at once, by the script). A slot's
+// marker below the highest sequence this replica applied in the slot
+// (read before the markers) is an older state of that slot: a replica
+// promoted without the write. Only this replica's writes are known here
+// (another meter's, since overwritten by a later one in the same slot,
+// are not): meter.wait_replicas is what keeps a failover from losing
+// writes; this sees the loss it did not prevent.
+func (m *Meter) checkSlots(ctx context.Context) (int, error) {
+	applied := m.store.AppliedSlots()
+	marks, err := m.store.EpochShare(ctx)
+	if err != nil {
+		return 0, err
+	}
+	missing := make([]bool, len(marks.Slots))
+	for _, s := range marks.Missing {
+		missing[s] = true
+	}
+	older := 0
+	for s, seq := range marks.Slots {
+		if !marks.WasRead(s) || missing[s] || s >= len(applied) || seq >= applied[s] {
+			continue
+		}
+		dropped, err := m.store.DropSlotEpoch(ctx, s, seq)
+		if err != nil {
+			return 0, err
+		}
+		if dropped {
+			older++
+			m.rolledBack(fmt.Sprintf("the epoch marker of hash slot %d", s), seq, applied[s])
+		}
+	}
+	if older > 0 {
+		m.setLost(true)
+		return -1, nil
+	}
+	if marks.OK && len(marks.Missing) > 0 && !m.lost.Load() {
+		m.log.Warn("Redis Cluster slots lost the meter's state (their epoch markers are gone: a master restarted empty, or a failover to an empty replica)",
+			"slots", service.SlotRanges(marks.Missing))
+	}
+	if marks.Whole() {
+		return 1, nil
+	}
+	return 0, nil
+}
+
+// rolledBack counts and logs an older state found, its marker dropped.
+func (m *Meter) rolledBack(what string, seq, applied uint64) {
+	m.metrics.rollbacks.Inc()
+	m.log.Error("Redis holds an older state than the meter applied (restored from an older snapshot, or a failover to a replica that lagged): dropping "+what+" so the state is rebuilt from the usage stream",
+		"marker_seq", seq, "applied", applied)
+}
+
 // ackFloor is the usage consumer's ack floor: every event at or below it
 // was acked. 0 before the consumer exists.
 func (m *Meter) ackFloor(ctx context.Context) (uint64, error) {
@@ -119,42 +194,32 @@ func (m *Meter) ackFloor(ctx context.Context) (uint64, error) {
 	return cons.CachedInfo().AckFloor.Stream, nil
 }
 
-// adoptOrCheckEpoch is the check at start. A Redis that holds the meter's
-// state but no marker was written by a meter from before the marker: its
-// state is kept and the marker written (at the consumer's ack floor), since a rebuild would
-// drop what authorize charged and no event repeats. Only at start: once
-// running, a missing marker is a loss even if authorize has written a
-// key since.
-//
-// State left by a rebuild that was cut short (MarkRebuilding's mark is
-// there) is never kept: the rebuild had not reached every event.
+// adoptOrCheckEpoch is the check at start (service.Epoch.Adopt). A Redis
+// that holds the meter's state but no marker was written by a meter from
+// before the marker: its state is kept and the marker written at the
+// consumer's ack floor (a marker below it would read as an older state),
+// since a rebuild would drop what authorize charged and no event
+// repeats. Only at start: once running, a missing marker is a loss even
+// if authorize has written a key since. State left by a rebuild that was
+// cut short (MarkRebuilding's mark is there) is never kept: the rebuild
+// had not reached every event. On a Redis Cluster, a marker written
+// before the markers per hash slot gets them.
 func (m *Meter) adoptOrCheckEpoch(ctx context.Context) error {
-	if _, ok, err := m.store.Epoch(ctx); err != nil || ok {
-		return m.checkEpoch(ctx)
-	}
-	cut, err := m.store.Rebuilding(ctx)
+	floor, err := m.ackFloor(ctx)
 	if err != nil {
 		return err
 	}
-	if cut {
+	at, err := m.store.AdoptEpoch(ctx, floor)
+	if err != nil {
+		return err
+	}
+	switch at {
+	case service.EpochCut:
 		m.log.Warn("Redis holds the state of a rebuild that did not finish: rebuilding again")
-		return m.checkEpoch(ctx)
-	}
-	has, err := m.store.HasState(ctx)
-	if err != nil {
-		return err
-	}
-	if has {
-		// At the consumer's ack floor: the state adopted holds what was
-		// acked, and a marker below it would read as an older state.
-		floor, err := m.ackFloor(ctx)
-		if err != nil {
-			return err
-		}
-		if _, err := m.store.InitEpoch(ctx, floor); err != nil {
-			return err
-		}
+	case service.EpochAdopted:
 		m.log.Info("Redis holds the meter's state without an epoch marker (written before the marker existed): keeping it and writing the marker, no rebuild")
+	case service.EpochSlotsAdopted:
+		m.log.Info("the Redis Cluster's epoch marker has no markers per hash slot (written before they existed): writing them, no rebuild")
 	}
 	return m.checkEpoch(ctx)
 }

@@ -52,6 +52,11 @@ type Meter struct {
 	rdb    redis.UniversalClient
 	locker *mutex.Locker // the rebuild lock; nil when meter.loss_check is 0
 	lost   atomic.Bool   // Redis lacks the epoch marker: the state is lost or being rebuilt
+	// checking serializes checkEpoch: the watcher's tick and the rebuild
+	// lock holder's check run in goroutines of their own, and a check
+	// that read the markers before another dropped one must not set lost
+	// back to false after it.
+	checking sync.Mutex
 
 	stopConsumer func(context.Context) error
 	stopWatch    func()

@@ -33,7 +33,7 @@ type env struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	mr     *miniredis.Miniredis
-	rdb    *redis.Client
+	rdb    redis.UniversalClient
 	reg    *prometheus.Registry
 	meter  *Meter
 	pub    *events.Publisher
@@ -65,7 +65,7 @@ func startEnv(t *testing.T, cfg Config) *env {
 
 // startEnvOn starts a meter on an embedded NATS and rdb, under
 // cfg.Redis.KeyPrefix; mr is rdb's miniredis, or nil for a real Redis.
-func startEnvOn(t *testing.T, cfg Config, rdb *redis.Client, mr *miniredis.Miniredis) *env {
+func startEnvOn(t *testing.T, cfg Config, rdb redis.UniversalClient, mr *miniredis.Miniredis) *env {
 	t.Helper()
 	nc, err := nats.Connect(testenv.EmbeddedNATS(t))
 	if err != nil {

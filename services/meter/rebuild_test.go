@@ -26,7 +26,7 @@ type keyState struct {
 
 // snapshot reads every key of rdb whose name has prefix (scratch keys
 // of a dry run included, so a test sees one left behind).
-func snapshot(t *testing.T, rdb *redis.Client, prefix string) map[string]keyState {
+func snapshot(t *testing.T, rdb redis.UniversalClient, prefix string) map[string]keyState {
 	t.Helper()
 	ctx := t.Context()
 	out := map[string]keyState{}

@@ -103,7 +103,7 @@ func (l *Limiter) startEpoch(ctx context.Context, js jetstream.JetStream) error 
 	if l.usage, err = js.Stream(ctx, l.cfg.Streams.Usage); err != nil {
 		return fmt.Errorf("ratelimit: stream %s: %w", l.cfg.Streams.Usage, err)
 	}
-	l.epoch = service.NewEpoch(l.rdb, l.store.Keys().RateLimitEpoch())
+	l.epoch = newEpoch(l.rdb, l.store.Keys())
 	if err := l.adoptOrCheckEpoch(ctx); err != nil {
 		return fmt.Errorf("ratelimit: %w", err)
 	}

@@ -6,9 +6,11 @@ import (
 	"time"
 
 	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/keys"
 	"github.com/allot/allot/pkg/mutex"
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/services/ratelimit/internal/store"
+	"github.com/redis/go-redis/v9"
 )
 
 // The loss of the windows of hits, as the meter handles the loss of its
@@ -16,8 +18,8 @@ import (
 // the epoch marker ratelimit:epoch says Redis holds the windows of hits
 // from usage events. Every ratelimit.loss_check each replica looks for
 // it; gone while the usage stream holds events, the windows are lost:
-// hits stop being counted (hit.lua refuses without the marker on a single
-// node, the consumer waits everywhere), checks of the services that count
+// hits stop being counted (hit.lua refuses without the marker, on a
+// Redis Cluster without its hash slot's; the consumer waits), checks of the services that count
 // hits answer by their fail mode, and the replica holding the rebuild
 // lock replays the stream into the windows (Rebuild) and writes the
 // marker last.
@@ -61,6 +63,16 @@ func (l *Limiter) setLost(lost bool) {
 	l.metrics.rebuilding.Set(v)
 }
 
+// newEpoch returns the rate limiter's epoch marker; on a Redis Cluster
+// with one more per hash slot, so that a master losing its data is seen
+// whichever master holds ratelimit:epoch.
+func newEpoch(rdb redis.UniversalClient, k keys.Keys) service.Epoch {
+	if _, ok := rdb.(*redis.ClusterClient); ok {
+		return service.NewSlottedEpoch(rdb, k.RateLimitEpoch(), k.RateLimitEpochSlots())
+	}
+	return service.NewEpoch(rdb, k.RateLimitEpoch())
+}
+
 // checkEpoch looks for the marker (service.Epoch.Lost: a stream without
 // events writes it).
 func (l *Limiter) checkEpoch(ctx context.Context) error {
@@ -76,7 +88,7 @@ func (l *Limiter) checkEpoch(ctx context.Context) error {
 // hits (written by a rate limiter from before the marker) but no marker
 // is kept, unless a rebuild's mark says it is a rebuild's half.
 func (l *Limiter) adoptOrCheckEpoch(ctx context.Context) error {
-	at, err := l.epoch.Adopt(ctx, func(ctx context.Context) (bool, error) {
+	at, err := l.epoch.Adopt(ctx, 0, func(ctx context.Context) (bool, error) {
 		return service.AnyKey(ctx, l.rdb, l.store.Keys().RateLimitDedupPattern())
 	})
 	if err != nil {
@@ -87,6 +99,8 @@ func (l *Limiter) adoptOrCheckEpoch(ctx context.Context) error {
 		l.log.Warn("Redis holds the windows of a rebuild that did not finish: rebuilding again")
 	case service.EpochAdopted:
 		l.log.Info("Redis holds windows of hits without an epoch marker (written before the marker existed): keeping them and writing the marker, no rebuild")
+	case service.EpochSlotsAdopted:
+		l.log.Info("the Redis Cluster's epoch marker has no markers per hash slot (written before they existed): writing them, no rebuild")
 	}
 	return l.checkEpoch(ctx)
 }

@@ -137,7 +137,7 @@ func Rebuild(ctx context.Context, cfg Config, deps Deps, opts RebuildOptions) (r
 	}
 	mt, _ := newMetrics(nil)
 	w := hitCounter{l: &Limiter{cfg: cfg, log: log, store: st, metrics: mt}, byMetric: byMetric}
-	epoch := service.NewEpoch(deps.Redis, k.RateLimitEpoch())
+	epoch := newEpoch(deps.Redis, k)
 	if opts.UID == "" {
 		// Before the first hit: a rebuild cut short from here on must be
 		// run again, not taken for whole windows.

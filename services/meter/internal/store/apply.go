@@ -248,7 +248,27 @@ func (s *Store) applyParts(ctx context.Context, ops []Op, parts [][]int, covered
 			return nil, err
 		}
 	}
+	s.noteApplied(ops, parts)
 	return results, nil
+}
+
+// noteApplied records, on a Cluster with Guard, the highest sequence of
+// each part applied in its slot: the slot's marker is at least that now,
+// and found below it later, the slot's master went back in time
+// (AppliedSlots).
+func (s *Store) noteApplied(ops []Op, parts [][]int) {
+	if s.applied == nil {
+		return
+	}
+	for _, part := range parts {
+		var seq uint64
+		for _, i := range part {
+			seq = max(seq, ops[i].Seq)
+		}
+		a := &s.applied[keys.Slot(Tag(ops[part[0]]))]
+		for old := a.Load(); seq > old && !a.CompareAndSwap(old, seq); old = a.Load() {
+		}
+	}
 }
 
 // chunkArgs builds the keys and arguments of one apply_chunk.lua call
@@ -336,7 +356,13 @@ func (s *Store) chunkArgs(ops []Op, part []int, covered uint64) ([]string, []any
 	} else {
 		args = append(args, 0)
 	}
-	if s.guard && !s.cluster {
+	switch {
+	case s.guard && s.cluster:
+		// The marker of the call's own slot; the events refused before
+		// the script changed no state in it.
+		keyList = append(keyList, s.slotEpochs[keys.Slot(setTag)])
+		args = append(args, seq)
+	case s.guard:
 		keyList = append(keyList, s.keys.MeterEpoch())
 		args = append(args, max(seq, covered))
 	}

@@ -14,7 +14,8 @@
 -- KEYS[S+2g-1]       group g's state: a grant's hash, or a counter's or gauge's values hash
 -- KEYS[S+2g]         group g's overrides: the uid's grants hash (otherwise the state again)
 -- KEYS[S+2G+1]       the stream-position records (a ZSET), in stream mode
--- KEYS[S+2G+1 or +2] the epoch marker, when the meter guards its state
+-- KEYS[S+2G+1 or +2] the epoch marker, when the meter guards its state (on a Redis
+--                    Cluster the marker of the call's own hash slot)
 -- ARGV[1]            S; ARGV[2..S+1]: each set's TTL in ms, set when events are recorded in it
 -- then               G; per group: style, the count of its arguments, then
 --                    for a grant: metric, default limit, period, align, thresholds (percent)...

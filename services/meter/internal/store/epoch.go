@@ -12,7 +12,7 @@ import (
 // rate limiter's kind too; its seq is the highest usage stream sequence
 // applied, raised by apply_chunk.lua. These wrap its errors in ErrRedis.
 
-func (s *Store) epoch() service.Epoch { return service.NewEpoch(s.rdb, s.keys.MeterEpoch()) }
+func (s *Store) epoch() service.Epoch { return s.epochs }
 
 // redisErr marks a marker that Redis did not read or write as ErrRedis.
 func redisErr(err error) error {
@@ -27,6 +27,51 @@ func redisErr(err error) error {
 func (s *Store) Epoch(ctx context.Context) (seq uint64, ok bool, err error) {
 	seq, ok, err = s.epoch().Read(ctx)
 	return seq, ok, redisErr(err)
+}
+
+// Slotted reports whether the store keeps an epoch marker per hash slot
+// (a Cluster), which EpochMarks reads.
+func (s *Store) Slotted() bool { return s.slotEpochs != nil }
+
+// EpochMarks reads the marker and, when Slotted, every slot's.
+func (s *Store) EpochMarks(ctx context.Context) (service.Marks, error) {
+	m, err := s.epoch().ReadAll(ctx)
+	return m, redisErr(err)
+}
+
+// EpochShare reads the marker and, when Slotted, the next share of the
+// slots' markers (service.SlotShares): the periodic check's read.
+func (s *Store) EpochShare(ctx context.Context) (service.Marks, error) {
+	m, err := s.epoch().ReadShare(ctx)
+	return m, redisErr(err)
+}
+
+// AppliedSlots returns, when Slotted, the highest stream sequence this
+// Store applied in each hash slot: that slot's marker was raised to at
+// least it, and one found below it (read after this call) means the
+// slot's master went back in time, a replica promoted without the write.
+func (s *Store) AppliedSlots() []uint64 {
+	out := make([]uint64, len(s.applied))
+	for i := range s.applied {
+		out[i] = s.applied[i].Load()
+	}
+	return out
+}
+
+// DropSlotEpoch is DropEpoch for the marker of one hash slot.
+func (s *Store) DropSlotEpoch(ctx context.Context, slot int, seq uint64) (bool, error) {
+	n, err := s.dropEpoch.Run(ctx, s.rdb, []string{s.slotEpochs[slot]}, seq).Int()
+	if err != nil {
+		return false, fmt.Errorf("%w: drop the epoch marker of slot %d: %w", ErrRedis, slot, err)
+	}
+	return n == 1, nil
+}
+
+// AdoptEpoch is service.Epoch.Adopt on the meter's marker, with HasState
+// telling a Redis written before the marker; seq is what to write then.
+func (s *Store) AdoptEpoch(ctx context.Context, seq uint64) (service.EpochAtStart, error) {
+	at, err := s.epoch().Adopt(ctx, seq, s.HasState)
+	return at, redisErr(err)
 }
 
 // InitEpoch writes the epoch marker at seq unless one is there, and says
@@ -84,8 +129,8 @@ func (s *Store) HasState(ctx context.Context) (bool, error) {
 
 // TracksSeq reports whether the epoch marker's seq follows the state: on
 // one Redis every apply raises it to the highest stream sequence it
-// applied; on a Redis Cluster the marker lives in a slot of its own and
-// no apply touches it.
+// applied; on a Redis Cluster each apply raises its own slot's marker
+// (Slotted) and none the marker itself.
 func (s *Store) TracksSeq() bool { return s.guard && !s.cluster }
 
 // RaiseEpoch raises the marker's seq to seq, if the marker is there and

@@ -50,6 +50,14 @@ func TestClusterBehaviour(t *testing.T) {
 	}
 }
 
+// TestIntegrationSlotMarkers runs the markers per hash slot on the real
+// Redis, through the Cluster's path.
+func TestIntegrationSlotMarkers(t *testing.T) { testSlotMarkers(t, realBackend) }
+
+// TestClusterSlotMarkers runs them on the Redis Cluster, where each
+// marker lives in its own slot and each apply call touches its slot's.
+func TestClusterSlotMarkers(t *testing.T) { testSlotMarkers(t, clusterBackend) }
+
 // TestIntegrationMemory measures what one dedup record and one (uid,
 // grant) cost in Redis, for the README.
 func TestIntegrationMemory(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/service"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -107,6 +108,13 @@ type Store struct {
 	confirm      *redis.Script
 	raiseEpoch   *redis.Script
 	dropEpoch    *redis.Script
+	// On a Cluster, the epoch marker of every hash slot
+	// (keys.MeterEpochSlots), which each apply call checks and raises in
+	// its own slot with Guard, and then the highest sequence this Store
+	// applied in each slot (AppliedSlots).
+	slotEpochs []string
+	applied    []atomic.Uint64
+	epochs     service.Epoch
 }
 
 // Options configures a Store.
@@ -135,9 +143,11 @@ type Options struct {
 	// every uid shares the live ones there). "" is keys.DedupSeqs.
 	SeqKey string
 	// Guard applies events only while the epoch marker is there, checked
-	// inside the same script call on a single node (Apply fails with
-	// ErrLost otherwise), and raises the marker's seq with each chunk. On
-	// a Cluster, where a chunk spans slots, it is not checked.
+	// inside the same script call (Apply fails with ErrLost otherwise),
+	// and raises the marker's seq with each chunk. On a Cluster, where a
+	// chunk spans slots, each call checks and raises the marker of its own
+	// slot (keys.MeterEpochSlots): a master that lost its data refuses
+	// the events of its slots, and only those.
 	Guard bool
 	// WaitReplicas, when above 0, makes Apply and Authorize return only
 	// once that many replicas of each master written to have acknowledged
@@ -176,6 +186,15 @@ func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
 	}
 	if cc, ok := rdb.(*redis.ClusterClient); ok {
 		s.cluster, s.cc = true, cc
+	}
+	s.epochs = service.NewEpoch(rdb, s.keys.MeterEpoch())
+	if s.cluster {
+		// A rebuild's store writes them (SetEpoch) without applying under them.
+		s.slotEpochs = s.keys.MeterEpochSlots()
+		s.epochs = service.NewSlottedEpoch(rdb, s.keys.MeterEpoch(), s.slotEpochs)
+	}
+	if s.cluster && s.guard {
+		s.applied = make([]atomic.Uint64, keys.Slots)
 	}
 	if opts.WaitReplicas < 0 {
 		return nil, errors.New("store: wait replicas must be >= 0")

@@ -4,7 +4,7 @@
 -- KEYS[2]  the window HASH of even window indexes (w index, n count)
 -- KEYS[3]  the window HASH of odd window indexes
 -- KEYS[4]  the rate limiter's epoch marker, when it guards its windows
---          (single node only: on a Cluster it lives in another slot)
+--          (on a Redis Cluster the marker of the uid's hash slot)
 -- ARGV[1]  the dedup record's lifetime in ms
 -- ARGV[2]  the event's time in ms: when the usage stream stored it, so
 --          a replay puts it in the window a live count did

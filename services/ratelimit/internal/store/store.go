@@ -56,14 +56,17 @@ const (
 
 // Store is the rate limiter's Redis state.
 type Store struct {
-	rdb       Redis
-	keys      keys.Keys
-	now       func() time.Time // nil: Redis TIME
-	perCheck  bool             // one script call per check (Cluster)
-	guard     bool             // count hits only while the epoch marker is there (single node)
-	check     *redis.Script
-	checkMany *redis.Script
-	hit       *redis.Script
+	rdb      Redis
+	keys     keys.Keys
+	now      func() time.Time // nil: Redis TIME
+	perCheck bool             // one script call per check (Cluster)
+	guard    bool             // count hits only while the epoch marker is there
+	// slotEpochs: on a Cluster, the marker of every hash slot
+	// (keys.RateLimitEpochSlots), each hit checking its own slot's.
+	slotEpochs []string
+	check      *redis.Script
+	checkMany  *redis.Script
+	hit        *redis.Script
 }
 
 // Options configures a Store.
@@ -80,9 +83,15 @@ type Options struct {
 	// Guard counts hits only while the rate limiter's epoch marker is
 	// there, checked inside each hit's script call (Hits fails with
 	// ErrLost otherwise). On a Redis Cluster, where the marker lives in
-	// another slot than a hit's windows, it is not checked: the caller
-	// stops counting once it sees the marker gone.
+	// another slot than a hit's windows, each hit checks the marker of its
+	// own slot (keys.RateLimitEpochSlots, service.NewSlottedEpoch): a
+	// master that lost its data refuses the hits of its slots, and only
+	// those. A Ring has no slots: there the caller stops counting once it
+	// sees the marker gone.
 	Guard bool
+	// SlotMarkers checks the markers per hash slot, as on a Redis Cluster,
+	// where it is forced on; tests set it on a single node.
+	SlotMarkers bool
 }
 
 // New returns a Store and loads its scripts.
@@ -101,8 +110,13 @@ func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
 		guard:     opts.Guard,
 	}
 	switch rdb.(type) {
-	case *redis.ClusterClient, *redis.Ring:
+	case *redis.ClusterClient:
+		s.perCheck, opts.SlotMarkers = true, true
+	case *redis.Ring:
 		s.perCheck, s.guard = true, false
+	}
+	if s.guard && opts.SlotMarkers {
+		s.slotEpochs = s.keys.RateLimitEpochSlots()
 	}
 	if err := s.Load(ctx); err != nil {
 		return nil, err
@@ -428,7 +442,10 @@ func (s *Store) hitsOnce(ctx context.Context, hits []Hit, dedupTTL time.Duration
 		}
 		even, odd := s.keys.RateLimit(h.UID, h.Service)
 		keyList := []string{s.keys.RateLimitDedup(h.UID, h.Service, h.ID), even, odd}
-		if s.guard {
+		switch {
+		case s.slotEpochs != nil:
+			keyList = append(keyList, s.slotEpochs[keys.Slot(keys.UserTag(h.UID))])
+		case s.guard:
 			keyList = append(keyList, s.keys.RateLimitEpoch())
 		}
 		cmds[i] = s.hit.EvalSha(ctx, pipe, keyList, dedupTTL.Milliseconds(), at, h.Interval.Milliseconds(), h.Value)

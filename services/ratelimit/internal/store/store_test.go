@@ -102,6 +102,7 @@ var behaviours = []struct {
 	{"HitsCountOnce", testHits},
 	{"HitsCountInTheirStreamTimesWindow", testHitsByStreamTime},
 	{"HitsWaitForTheEpochMarker", testHitsGuarded},
+	{"HitsWaitForTheirSlotsMarker", testHitsGuardedBySlot},
 	{"ScriptReloadsAfterFlush", testScriptReload},
 	{"CheckManyDecidesInOrder", testCheckMany},
 	{"WrongTypeIsNotARedisOutage", testWrongType},
@@ -649,16 +650,25 @@ func testHitsByStreamTime(t *testing.T, open backend) {
 
 // testHitsGuarded: a guarding store counts hits only while the epoch
 // marker's seq is there; without it nothing changes and the error says
-// the windows were lost.
-func testHitsGuarded(t *testing.T, open backend) {
+// the windows were lost. On a Redis Cluster the marker is the one of the
+// hit's hash slot.
+func testHitsGuarded(t *testing.T, open backend) { testHitsGuardedBy(t, open, false) }
+
+// testHitsGuardedBySlot is testHitsGuarded with the markers per hash slot
+// of a Redis Cluster: a hit in another slot than a marker's is refused
+// without its own.
+func testHitsGuardedBySlot(t *testing.T, open backend) { testHitsGuardedBy(t, open, true) }
+
+func testHitsGuardedBy(t *testing.T, open backend, slots bool) {
 	rdb, opts := open(t)
-	if _, ok := rdb.(*redis.ClusterClient); ok {
-		t.Skip("on a Cluster the marker lives in another slot and is not checked by the script")
-	}
-	opts.Guard = true
+	opts.Guard, opts.SlotMarkers = true, slots
 	s, err := New(t.Context(), rdb, opts)
 	if err != nil {
 		t.Fatal(err)
+	}
+	marker := s.Keys().RateLimitEpoch()
+	if s.slotEpochs != nil {
+		marker = s.slotEpochs[keys.Slot(keys.UserTag("u-1"))]
 	}
 	ctx := t.Context()
 	h := []Hit{{ID: "e1", UID: "u-1", Service: "api", Interval: time.Minute, Value: 1, At: testenv.Now(t)}}
@@ -669,15 +679,22 @@ func testHitsGuarded(t *testing.T, open backend) {
 	if n := rdb.Exists(ctx, s.Keys().RateLimitDedup("u-1", "api", "e1")).Val(); n != 0 {
 		t.Error("a refused hit left its record")
 	}
-	rdb.HSet(ctx, s.Keys().RateLimitEpoch(), "rebuilding", "1") // a rebuild's mark alone is no marker
+	rdb.HSet(ctx, marker, "rebuilding", "1") // a rebuild's mark alone is no marker
 	if _, _, err := s.Hits(ctx, h, time.Hour); !errors.Is(err, ErrLost) {
 		t.Fatalf("with the rebuilding mark alone: %v, want ErrLost", err)
 	}
-	rdb.HSet(ctx, s.Keys().RateLimitEpoch(), "seq", "0")
-	t.Cleanup(func() { rdb.Del(context.WithoutCancel(ctx), s.Keys().RateLimitEpoch()) })
+	rdb.HSet(ctx, marker, "seq", "0")
+	t.Cleanup(func() { rdb.Del(context.WithoutCancel(ctx), marker) })
 	counted, errs, err := s.Hits(ctx, h, time.Hour)
 	if err != nil || errs[0] != nil || !counted[0] {
 		t.Fatalf("with the marker: %v, %v, %v", counted, errs, err)
+	}
+	if s.slotEpochs == nil {
+		return
+	}
+	other := []Hit{{ID: "e2", UID: "u-2", Service: "api", Interval: time.Minute, Value: 1, At: testenv.Now(t)}}
+	if _, _, err := s.Hits(ctx, other, time.Hour); !errors.Is(err, ErrLost) {
+		t.Fatalf("a hit in a slot without its marker: %v, want ErrLost", err)
 	}
 }
 
