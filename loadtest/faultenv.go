@@ -65,6 +65,7 @@ type envSpec struct {
 	keep              bool
 	cluster           bool   // a NATS cluster and a Redis Cluster instead of single servers
 	meter             string // more of the meter's section, YAML (cluster only)
+	hits              bool   // the rate limiter counts hitService's hits (countsHits)
 }
 
 // startEnv starts the servers, the proxies and the mail sink, and
@@ -90,7 +91,7 @@ func startEnv(ctx context.Context, s envSpec, log *slog.Logger) (e *faultEnv, er
 		if e.mail, err = startMailSink(); err != nil {
 			return e, err
 		}
-		return e, e.writeConfig(s.grant, s.meter)
+		return e, e.writeConfig(s.grant, s.meter, s.hits)
 	}
 	natsPort, err := freePort()
 	if err != nil {
@@ -130,7 +131,7 @@ func startEnv(ctx context.Context, s envSpec, log *slog.Logger) (e *faultEnv, er
 	if e.mail, err = startMailSink(); err != nil {
 		return e, err
 	}
-	return e, e.writeConfig(s.grant, "")
+	return e, e.writeConfig(s.grant, "", s.hits)
 }
 
 // startServices starts the processes of svcs at once and waits until
@@ -173,8 +174,9 @@ func (e *faultEnv) redisAddr() string { return "127.0.0.1:" + strconv.Itoa(e.red
 // grants), its tasks retried after 1s doubling up to 10s (default 5s up
 // to 10m: a task whose charge met a killed meter would otherwise wait
 // minutes). In the cluster scenarios, every stream at R3 and the
-// scenario's own meter settings beside the ack wait.
-func (e *faultEnv) writeConfig(grant float64, meterYAML string) error {
+// scenario's own meter settings beside the ack wait; with hits, the rate
+// limiter counts hitService from metricCounter's events (checkHits).
+func (e *faultEnv) writeConfig(grant float64, meterYAML string, hits bool) error {
 	var secrets [2][32]byte
 	for i := range secrets {
 		if _, err := rand.Read(secrets[i][:]); err != nil {
@@ -198,6 +200,10 @@ notifier:
   retry_max: 10s
   smtp: {host: %q, port: %d, tls: none, auth: none}
 `, strconv.FormatFloat(grant, 'f', -1, 64), faultAckWait, faultAckWait, hex.EncodeToString(secrets[0][:]), hex.EncodeToString(secrets[1][:]), host, port)
+	if hits {
+		yaml = strings.Replace(yaml, fmt.Sprintf("ratelimit: {hits: {ack_wait: %s}}\n", faultAckWait),
+			fmt.Sprintf("ratelimit: {hits: {ack_wait: %s}, services: {%s: {metric: %s, interval: %s}}}\n", faultAckWait, hitService, metricCounter, hitInterval), 1)
+	}
 	if e.cl != nil {
 		// Streams at R3, and the scenario's own meter settings.
 		yaml += "streams: {replicas: 3}\n"

@@ -298,7 +298,7 @@ func runFault(ctx context.Context, o Options, sc faultScenario, runID string, lo
 	if sc.name == "backlog" {
 		services = []string{"ratelimit", "registry", "notifier"} // the meter starts once the backlog is there
 	}
-	env, err := startEnv(ctx, envSpec{natsBin: o.NATSServer, redisBin: o.RedisServer, runID: runID, grant: grant, keep: o.Keep, cluster: sc.cluster, meter: sc.meter}, log)
+	env, err := startEnv(ctx, envSpec{natsBin: o.NATSServer, redisBin: o.RedisServer, runID: runID, grant: grant, keep: o.Keep, cluster: sc.cluster, meter: sc.meter, hits: countsHits(sc.name)}, log)
 	if err != nil {
 		row.fail("setup: %v", err)
 		return row
@@ -334,6 +334,9 @@ func runFault(ctx context.Context, o Options, sc faultScenario, runID string, lo
 	cctx, cancelCheck := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Minute)
 	defer cancelCheck()
 	f.check(cctx, grant)
+	if countsHits(sc.name) {
+		f.checkHits(cctx)
+	}
 	if f.uidErrs != nil {
 		f.note("requests that failed, by uid (i of lt-%s-<i>): %s", runID, f.uidErrs.text(f.faultUIDs))
 		if p := f.uidErrs.phaseText(f.faultUIDs); p != "" {

@@ -90,10 +90,12 @@ func natsKillScenario(ctx context.Context, f *faultRun) error {
 // empty: the meter finds its epoch marker gone, answers 503 and rebuilds
 // the state from the usage stream. As soon as the rebuild has written a
 // part of it, the meter is killed with SIGKILL and started again: the
-// rebuild must resume and still end exact. The notifier's confirmed
-// addresses are written again right after the restart (as apps would
-// confirm them again); what else other services kept in Redis (rate-limit
-// windows, registrations, queued emails) is gone, as it would be.
+// rebuild must resume and still end exact. The rate limiter rebuilds its
+// windows of hits from the stream too (checkHits compares them with the
+// meter's counters). The notifier's confirmed addresses are written again
+// right after the restart (as apps would confirm them again); what else
+// other services kept in Redis (windows of checks, registrations, queued
+// emails) is gone, as it would be.
 func redisEmptyScenario(ctx context.Context, f *faultRun) error {
 	f.row.RecoverNote = "from the restart until meter.credit answers again (not 503 rebuilding) and the meter has applied every event stored before the restart"
 	d := f.o.Duration
