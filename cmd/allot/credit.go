@@ -78,5 +78,15 @@ func printCredits(w io.Writer, credits []events.Credit) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cr.Metric, number(cr.Used), number(cr.Limit),
 			number(cr.Remaining), number(cr.Overage), period, timestamp(cr.ResetsAt))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// Below the table: a used figure that may be low says so.
+	for _, cr := range credits {
+		if !cr.CountedSince.IsZero() {
+			fmt.Fprintf(w, "note: %s counts usage only since %s (Redis lost the state; the stream no longer held older events)\n",
+				cr.Metric, timestamp(cr.CountedSince))
+		}
+	}
+	return nil
 }

@@ -27,6 +27,12 @@ type Credit struct {
 	Overage   float64   `json:"overage"`
 	Period    string    `json:"period"`
 	ResetsAt  time.Time `json:"resets_at,omitzero"` // zero for an indefinite period
+	// CountedSince, when set, says Used counts only the usage since this
+	// time: Redis lost the meter's state and the stream it was rebuilt
+	// from no longer held older events (its retention), while this
+	// grant's period may have begun before. Used may be low; it is never
+	// set for a period begun after it.
+	CountedSince time.Time `json:"counted_since,omitzero"`
 }
 
 // CreditsReply answers a CreditRequest without a metric.

@@ -17,7 +17,8 @@
 //	allot:{global}:e:<event id>      STRING its dedup records
 //	allot:index:instances            SET   sources seen with instance-scoped metrics (for /metrics)
 //	allot:meter:epoch                HASH  the meter's epoch marker: seq, the highest USAGE sequence applied;
-//	                                       missing while the stream has events means Redis lost the state
+//	                                       missing while the stream has events means Redis lost the state;
+//	                                       held_since (ms), when a rebuild found the stream without its oldest events
 //	allot:{s.<n>}:meter:epoch        HASH  on a Redis Cluster, one more marker per hash slot (s.<n> a tag of that
 //	                                       slot, SlotTags): seq, the highest sequence applied in the slot
 //	allot:{u-42}:rl:<service>:0      HASH  rate-limit window of (uid, service) for even window indexes:

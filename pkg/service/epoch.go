@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
@@ -84,6 +85,10 @@ type Marks struct {
 	// slotted Epoch's Init or Set); without it, a marker from before the
 	// slots' (AdoptSlots).
 	SlotsWritten bool
+	// HeldSince is set when the rebuild that wrote the marker found the
+	// stream without its oldest events (removed by its max_age, or by
+	// hand): state from before it could not be restored. Zero: whole.
+	HeldSince    time.Time
 	Slots        []uint64 // each slot's seq (a slotted Epoch), for the slots read
 	Missing      []int    // the slots read whose marker holds no seq, in order
 	// The slots read: those whose index modulo Step is From (Step 1:
@@ -102,7 +107,7 @@ func (m Marks) Whole() bool { return m.OK && len(m.Missing) == 0 }
 func (e Epoch) ReadAll(ctx context.Context) (Marks, error) { return e.read(ctx, 0, 1) }
 
 // ReadShare reads the marker and, for a slotted Epoch, the next share of
-// the slots' markers (SlotShares), in one pipeline.
+// the slots' markers (SlotShares), in one pipeline: a loss check's read.
 func (e Epoch) ReadShare(ctx context.Context) (Marks, error) {
 	if e.slots == nil {
 		return e.read(ctx, 0, 1)
@@ -112,13 +117,8 @@ func (e Epoch) ReadShare(ctx context.Context) (Marks, error) {
 
 func (e Epoch) read(ctx context.Context, from, step int) (Marks, error) {
 	m := Marks{From: from, Step: step}
-	if e.slots == nil {
-		seq, ok, err := e.readMain(ctx)
-		m.Seq, m.OK = seq, ok
-		return m, err
-	}
 	pipe := e.rdb.Pipeline()
-	main := pipe.HMGet(ctx, e.key, "seq", "slots")
+	main := pipe.HMGet(ctx, e.key, "seq", "slots", "held_since")
 	cmds := make([]*redis.StringCmd, len(e.slots))
 	for i := from; i < len(e.slots); i += step {
 		cmds[i] = pipe.HGet(ctx, e.slots[i], "seq")
@@ -135,6 +135,16 @@ func (e Epoch) read(ctx context.Context, from, step int) (Marks, error) {
 		m.Seq, m.OK = seq, true
 	}
 	m.SlotsWritten = vals[1] != nil
+	if v, ok := vals[2].(string); ok {
+		ms, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return m, fmt.Errorf("service: epoch marker %s: held_since %q is not a time in ms", e.key, v)
+		}
+		m.HeldSince = time.UnixMilli(ms).UTC()
+	}
+	if e.slots == nil {
+		return m, nil
+	}
 	m.Slots = make([]uint64, len(e.slots))
 	for i, cmd := range cmds {
 		if cmd == nil {
@@ -232,14 +242,21 @@ func (e Epoch) AdoptSlots(ctx context.Context) (bool, error) {
 }
 
 // Set writes the marker at seq: Redis holds the state up to it (a
-// rebuild's last step). It clears MarkRebuilding's mark in the same step.
-// A slotted Epoch writes every slot's marker first.
-func (e Epoch) Set(ctx context.Context, seq uint64) error {
+// rebuild's last step), and from heldSince on when that is not zero (the
+// stream had lost its oldest events: Marks.HeldSince). It clears
+// MarkRebuilding's mark in the same step. A slotted Epoch writes every
+// slot's marker first.
+func (e Epoch) Set(ctx context.Context, seq uint64, heldSince time.Time) error {
 	if err := e.setSlots(ctx, "write", func(p redis.Pipeliner, k string) { p.HSet(ctx, k, "seq", seq) }); err != nil {
 		return err
 	}
 	tx := e.rdb.TxPipeline()
 	tx.HSet(ctx, e.key, "seq", seq)
+	if heldSince.IsZero() {
+		tx.HDel(ctx, e.key, "held_since")
+	} else {
+		tx.HSet(ctx, e.key, "held_since", heldSince.UnixMilli())
+	}
 	if e.slots != nil {
 		tx.HSet(ctx, e.key, "slots", "1")
 	}

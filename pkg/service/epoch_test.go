@@ -81,13 +81,33 @@ func TestEpochLost(t *testing.T) {
 	if lost, _ := e.epoch.Lost(ctx, e.stream); !lost {
 		t.Fatal("the rebuilding mark alone passed for the marker")
 	}
-	if err := e.epoch.Set(ctx, 3); err != nil {
+	if err := e.epoch.Set(ctx, 3, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	seq, ok, err := e.epoch.Read(ctx)
 	if err != nil || !ok || seq != 3 {
 		t.Fatalf("after Set: %d, %v, %v", seq, ok, err)
 	}
+	// A rebuild that found the stream without its oldest events says
+	// since when it holds the state; a whole one clears that.
+	since := time.Now().Add(-time.Hour).Truncate(time.Millisecond).UTC()
+	if err := e.epoch.Set(ctx, 3, since); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := e.epoch.ReadShare(ctx); err != nil || !m.HeldSince.Equal(since) {
+		t.Fatalf("held since %v (%v), want %v", m.HeldSince, err, since)
+	}
+	if err := e.epoch.Set(ctx, 3, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := e.epoch.ReadAll(ctx); err != nil || !m.HeldSince.IsZero() {
+		t.Fatalf("held since %v (%v) after a whole rebuild, want none", m.HeldSince, err)
+	}
+	e.mr.HSet("x:epoch", "held_since", "soon")
+	if _, err := e.epoch.ReadAll(ctx); err == nil {
+		t.Error("a held_since that is no time was read")
+	}
+	e.mr.HDel("x:epoch", "held_since")
 	if r, _ := e.epoch.Rebuilding(ctx); r {
 		t.Error("Set left the rebuilding mark")
 	}
@@ -101,7 +121,7 @@ func TestEpochLost(t *testing.T) {
 	if lost, _ := e.epoch.Lost(ctx, e.stream); !lost {
 		t.Error("a withdrawn marker passed for one")
 	}
-	if err := e.epoch.Set(ctx, 3); err != nil {
+	if err := e.epoch.Set(ctx, 3, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	e.mr.SetError("LOADING")
@@ -206,7 +226,7 @@ func TestSlottedEpoch(t *testing.T) {
 	if m, _ := ep.ReadAll(ctx); m.Whole() {
 		t.Fatal("a partial loss was adopted")
 	}
-	if err := ep.Set(ctx, 9); err != nil {
+	if err := ep.Set(ctx, 9, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	if m, _ := ep.ReadAll(ctx); !m.Whole() || m.Seq != 9 || fmt.Sprint(m.Slots) != "[9 9 9 9]" {

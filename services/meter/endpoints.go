@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"time"
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/service"
@@ -157,9 +158,45 @@ func (m *Meter) creditsOf(uid string, names []string, read store.CreditRead) []e
 		}
 		c.Remaining = math.Max(0, limit-c.Used)
 		c.Overage = math.Max(0, c.Used-limit)
+		c.CountedSince = m.countedSince(mc, raw, read.Now)
 		out = append(out, c)
 	}
 	return out
+}
+
+// countedSince is the marker's held_since (noteHeldSince) when usage the
+// rebuild could not restore (before that time) may count in the grant's
+// current period; zero otherwise, and when the state is whole. A
+// calendar period counts it when it began before; a rolling one when it
+// began (or, none running, now is) less than a period after it, since a
+// lost event up to a period earlier would have opened it; an indefinite
+// one always.
+func (m *Meter) countedSince(mc usage.MetricConfig, raw store.RawGrant, now time.Time) time.Time {
+	ms := m.heldSince.Load()
+	if ms == 0 {
+		return time.Time{}
+	}
+	held := time.UnixMilli(ms).UTC()
+	running := raw.Started && (raw.End.IsZero() || now.Before(raw.End))
+	var earliest time.Time // zero: the beginning of time
+	switch {
+	case mc.Period == usage.PeriodIndefinite:
+	case mc.Align == usage.AlignCalendar && running:
+		earliest = raw.Start
+	case mc.Align == usage.AlignCalendar:
+		earliest, _ = store.Bounds(mc.Period, mc.Align, now)
+	default:
+		from := now
+		if running {
+			from = raw.Start
+		}
+		start, end := store.Bounds(mc.Period, mc.Align, from)
+		earliest = from.Add(-end.Sub(start))
+	}
+	if earliest.Before(held) {
+		return held
+	}
+	return time.Time{}
 }
 
 // overLimitBody is the 429 body of authorize: the error and the decision.

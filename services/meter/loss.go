@@ -104,11 +104,14 @@ func (m *Meter) epochWhole(ctx context.Context) (int, error) {
 			return 0, err
 		}
 	}
-	seq, ok, err := m.store.Epoch(ctx)
-	switch {
-	case err != nil:
+	marks, err := m.store.EpochShare(ctx)
+	if err != nil {
 		return 0, err
-	case !ok:
+	}
+	m.noteHeldSince(marks)
+	seq := marks.Seq
+	switch {
+	case !marks.OK:
 		return 0, nil
 	case seq >= floor:
 		return 1, nil
@@ -142,6 +145,7 @@ func (m *Meter) checkSlots(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	m.noteHeldSince(marks)
 	missing := make([]bool, len(marks.Slots))
 	for _, s := range marks.Missing {
 		missing[s] = true
@@ -172,6 +176,20 @@ func (m *Meter) checkSlots(ctx context.Context) (int, error) {
 		return 1, nil
 	}
 	return 0, nil
+}
+
+// noteHeldSince keeps what the marker says of the state's start: since
+// when the last rebuild could restore it (credit replies say so for the
+// grant periods that began before), or nothing (whole).
+func (m *Meter) noteHeldSince(marks service.Marks) {
+	var ms int64
+	if !marks.HeldSince.IsZero() {
+		ms = marks.HeldSince.UnixMilli()
+	}
+	if m.heldSince.Swap(ms) != ms && ms != 0 {
+		m.log.Warn("the meter's state was rebuilt from a stream that had lost its oldest events: credit replies of grant periods begun before that say so (counted_since)",
+			"held_since", marks.HeldSince.Format(time.RFC3339))
+	}
 }
 
 // rolledBack counts and logs an older state found, its marker dropped.
@@ -283,6 +301,7 @@ func (m *Meter) rebuildIfLost(ctx context.Context, lock *mutex.Lock) {
 	}
 	m.metrics.rebuilds.WithLabelValues("done").Inc()
 	m.metrics.rebuildDone.Set(1)
+	m.noteHeldSince(service.Marks{HeldSince: rep.HeldSince})
 	m.log.Info("rebuilt the meter's state", "events", rep.Events, "applied", rep.Applied, "duplicates", rep.Duplicates,
 		"last_seq", rep.LastSeq, "missing", rep.Missing, "took", rep.Elapsed)
 	m.setLost(false)

@@ -52,6 +52,10 @@ type Meter struct {
 	rdb    redis.UniversalClient
 	locker *mutex.Locker // the rebuild lock; nil when meter.loss_check is 0
 	lost   atomic.Bool   // Redis lacks the epoch marker: the state is lost or being rebuilt
+	// heldSince is the marker's held_since in ms (0: none): the state
+	// holds usage only since then (a rebuild from a stream that had lost
+	// its oldest events); credit replies say so (countedSince).
+	heldSince atomic.Int64
 	// checking serializes checkEpoch: the watcher's tick and the rebuild
 	// lock holder's check run in goroutines of their own, and a check
 	// that read the markers before another dropped one must not set lost

@@ -263,7 +263,7 @@ func (r *rebuilder) run(ctx context.Context) error {
 		}
 	default:
 		// Last: the marker tells waiting meters that the state is whole.
-		if err := r.m.store.SetEpoch(ctx, max(r.report.LastSeq, r.upTo)); err != nil {
+		if err := r.m.store.SetEpoch(ctx, max(r.report.LastSeq, r.upTo), r.report.HeldSince); err != nil {
 			return fmt.Errorf("meter: rebuild: %w", err)
 		}
 	}

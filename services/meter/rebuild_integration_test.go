@@ -48,6 +48,15 @@ func TestIntegrationOlderStateIsRebuilt(t *testing.T) {
 	testOlderStateIsRebuilt(t, startEnvOn(t, cfg, rdb, nil))
 }
 
+// TestIntegrationRebuildFromAShortStreamSaysSo is the same on the real
+// Redis.
+func TestIntegrationRebuildFromAShortStreamSaysSo(t *testing.T) {
+	rdb, prefix := testenv.Redis(t)
+	cfg := lossConfig()
+	cfg.Redis.KeyPrefix = prefix
+	testRebuildFromAShortStreamSaysSo(t, startEnvOn(t, cfg, rdb, nil))
+}
+
 // TestIntegrationRebuildInStreamDedupMode is the stream-position mode's
 // rebuild on the real Redis.
 func TestIntegrationRebuildInStreamDedupMode(t *testing.T) {

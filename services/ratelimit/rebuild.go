@@ -167,7 +167,7 @@ func Rebuild(ctx context.Context, cfg Config, deps Deps, opts RebuildOptions) (r
 	}
 	if opts.UID == "" {
 		// Last: the marker tells waiting rate limiters the windows are whole.
-		if err := epoch.Set(ctx, max(res.LastSeq, res.UpTo)); err != nil {
+		if err := epoch.Set(ctx, max(res.LastSeq, res.UpTo), res.HeldSince); err != nil {
 			return rep, fmt.Errorf("ratelimit: rebuild: %w", err)
 		}
 	}

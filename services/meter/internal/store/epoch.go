@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/allot/allot/pkg/service"
 )
@@ -82,10 +83,11 @@ func (s *Store) InitEpoch(ctx context.Context, seq uint64) (bool, error) {
 }
 
 // SetEpoch writes the epoch marker at seq: Redis holds the state applied
-// up to it (a rebuild's last step). It clears MarkRebuilding's mark in
-// the same step.
-func (s *Store) SetEpoch(ctx context.Context, seq uint64) error {
-	return redisErr(s.epoch().Set(ctx, seq))
+// up to it (a rebuild's last step), and only from heldSince on when that
+// is not zero (the stream had lost its oldest events). It clears
+// MarkRebuilding's mark in the same step.
+func (s *Store) SetEpoch(ctx context.Context, seq uint64, heldSince time.Time) error {
+	return redisErr(s.epoch().Set(ctx, seq, heldSince))
 }
 
 // MarkRebuilding records, beside the epoch marker, that a rebuild is

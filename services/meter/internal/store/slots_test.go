@@ -111,7 +111,7 @@ func testSlotMarkers(t *testing.T, open backend) {
 	if m, err := s.EpochMarks(ctx); err != nil || m.OK || len(m.Missing) != keys.Slots {
 		t.Fatalf("after MarkRebuilding: marker %v, %d slots missing, %v", m.OK, len(m.Missing), err)
 	}
-	if err := s.SetEpoch(ctx, 20); err != nil {
+	if err := s.SetEpoch(ctx, 20, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	m, err := s.EpochMarks(ctx)
