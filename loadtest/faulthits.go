@@ -25,7 +25,9 @@ const (
 // countsHits tells the scenarios whose rate limiter counts hitService:
 // its process killed, or its Redis wiped (the windows rebuilt from the
 // usage stream).
-func countsHits(scenario string) bool { return scenario == "kill-ratelimit" || scenario == "redis-empty" }
+func countsHits(scenario string) bool {
+	return scenario == "kill-ratelimit" || scenario == "redis-empty"
+}
 
 // checkHits compares, uid by uid, the hits the rate limiter's windows of
 // hitService hold with the meter's counter of the same events, which the

@@ -88,9 +88,9 @@ type Marks struct {
 	// HeldSince is set when the rebuild that wrote the marker found the
 	// stream without its oldest events (removed by its max_age, or by
 	// hand): state from before it could not be restored. Zero: whole.
-	HeldSince    time.Time
-	Slots        []uint64 // each slot's seq (a slotted Epoch), for the slots read
-	Missing      []int    // the slots read whose marker holds no seq, in order
+	HeldSince time.Time
+	Slots     []uint64 // each slot's seq (a slotted Epoch), for the slots read
+	Missing   []int    // the slots read whose marker holds no seq, in order
 	// The slots read: those whose index modulo Step is From (Step 1:
 	// every one).
 	From, Step int
