@@ -25,11 +25,18 @@ type AsyncOptions struct {
 	// retried (default 5s).
 	AckTimeout time.Duration
 	// MaxRetries is how often an event that timed out, stalled or found no
-	// stream is sent again before it counts as failed (default 3). Resending
+	// stream is sent again before it counts as failed (default 12). Resending
 	// is safe: the stream drops the copy by its id.
 	MaxRetries int
-	// RetryWait is the pause before a resend (default 250ms).
-	RetryWait time.Duration
+	// RetryWait is the pause before the first resend (default 250ms); it
+	// doubles with each resend of the event, up to RetryMaxWait (default
+	// 2s). With the defaults an event that meets "no responders" at once
+	// (a stream between leaders on a NATS cluster, the server restarting)
+	// is tried for about 20 s before it fails: longer than a JetStream
+	// leader election (6-17 s when a node of a 3-node cluster is killed,
+	// README "Faults on the clusters").
+	RetryWait    time.Duration
+	RetryMaxWait time.Duration
 }
 
 func (o AsyncOptions) withDefaults() AsyncOptions {
@@ -43,12 +50,25 @@ func (o AsyncOptions) withDefaults() AsyncOptions {
 	if o.MaxRetries < 0 {
 		o.MaxRetries = 0
 	} else if o.MaxRetries == 0 {
-		o.MaxRetries = 3
+		o.MaxRetries = 12
 	}
 	if o.RetryWait <= 0 {
 		o.RetryWait = 250 * time.Millisecond
 	}
+	if o.RetryMaxWait <= 0 {
+		o.RetryMaxWait = 2 * time.Second
+	}
+	o.RetryMaxWait = max(o.RetryMaxWait, o.RetryWait)
 	return o
+}
+
+// retryWait is the pause before resend n (1: the first).
+func (o AsyncOptions) retryWait(n int) time.Duration {
+	w := o.RetryWait
+	for i := 1; i < n && w < o.RetryMaxWait; i++ {
+		w *= 2
+	}
+	return min(w, o.RetryMaxWait)
 }
 
 // Failure is an event that could not be published, and why.
@@ -210,7 +230,7 @@ func (p *AsyncPublisher) onErr(_ jetstream.JetStream, msg *nats.Msg, err error) 
 	case pd == nil:
 	case retry:
 		p.retries.Add(1)
-		time.AfterFunc(p.opts.RetryWait, func() { p.send(pd) })
+		time.AfterFunc(p.opts.retryWait(pd.attempts), func() { p.send(pd) })
 	default:
 		p.finish(&Failure{Event: pd.ev, Err: publishError(msg.Subject, err)})
 	}

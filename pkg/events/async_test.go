@@ -56,6 +56,67 @@ func TestAsyncPublisherAcksEverything(t *testing.T) {
 	}
 }
 
+// With the default retries, events published while their stream has no
+// leader to answer (here: no stream at all for two and a half seconds, as
+// a stream between leaders on a NATS cluster answers) are all stored once
+// it is back: resends back off up to 2s and outlast an election.
+func TestAsyncPublisherOutlastsAStreamAway(t *testing.T) {
+	s := startServer(t, "", 0)
+	nc := connect(t, s.ClientURL())
+	js, _ := jetstream.New(nc)
+	pub, err := NewAsyncPublisher(nc, AsyncOptions{Window: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		ev := NewUsage("a", "m", 1)
+		ev.ID = fmt.Sprintf("id-%02d", i)
+		if err := pub.Publish(t.Context(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(2500 * time.Millisecond)
+	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: "USAGE", Subjects: []string{"usage.*"}}); err != nil {
+		t.Fatal(err)
+	}
+	failed, err := pub.Flush(t.Context())
+	if err != nil || len(failed) != 0 {
+		t.Fatalf("Flush: %d failed (%v)", len(failed), err)
+	}
+	if got := streamMsgs(t, js, "USAGE"); got != 20 {
+		t.Errorf("USAGE holds %d, want 20", got)
+	}
+	if st := pub.Stats(); st.Retries == 0 {
+		t.Errorf("no resends counted: %+v", st)
+	}
+	if _, err := pub.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAsyncRetryWaits(t *testing.T) {
+	o := AsyncOptions{}.withDefaults()
+	var got []time.Duration
+	var total time.Duration
+	for n := 1; n <= o.MaxRetries; n++ {
+		got = append(got, o.retryWait(n))
+		total += o.retryWait(n)
+	}
+	want := []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second}
+	for range 9 {
+		want = append(want, 2*time.Second)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("waits (-want +got):\n%s", diff)
+	}
+	if total < 19*time.Second {
+		t.Errorf("the default resends wait %v in all, shorter than an election may take", total)
+	}
+	if w := (AsyncOptions{RetryWait: 3 * time.Second}).withDefaults(); w.retryWait(1) != 3*time.Second || w.retryWait(4) != 3*time.Second {
+		t.Errorf("a RetryWait above the default RetryMaxWait: %v, %v", w.retryWait(1), w.retryWait(4))
+	}
+}
+
 // Flush returns exactly the events that found no stream; the others land.
 func TestAsyncPublisherReturnsExactlyTheFailures(t *testing.T) {
 	s := startServer(t, "", 0)
