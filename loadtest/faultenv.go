@@ -194,12 +194,13 @@ meter: {ack_wait: %s}
 ratelimit: {hits: {ack_wait: %s}}
 registry: {keys: [%q]}
 notifier:
+  ack_wait: %s
   token_secrets: [%q]
   charge_metric: sms_daily_total
   retry_base: 1s
   retry_max: 10s
   smtp: {host: %q, port: %d, tls: none, auth: none}
-`, strconv.FormatFloat(grant, 'f', -1, 64), faultAckWait, faultAckWait, hex.EncodeToString(secrets[0][:]), hex.EncodeToString(secrets[1][:]), host, port)
+`, strconv.FormatFloat(grant, 'f', -1, 64), faultAckWait, faultAckWait, hex.EncodeToString(secrets[0][:]), faultAckWait, hex.EncodeToString(secrets[1][:]), host, port)
 	if hits {
 		yaml = strings.Replace(yaml, fmt.Sprintf("ratelimit: {hits: {ack_wait: %s}}\n", faultAckWait),
 			fmt.Sprintf("ratelimit: {hits: {ack_wait: %s}, services: {%s: {metric: %s, interval: %s}}}\n", faultAckWait, hitService, metricCounter, hitInterval), 1)

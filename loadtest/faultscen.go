@@ -24,7 +24,7 @@ func killScenario(svc string) func(ctx context.Context, f *faultRun) error {
 			"meter":     "from the kill until the restarted meter has applied every event stored before it (a message the killed process held comes back after the ack wait, 5 s here)",
 			"ratelimit": "from the kill until ratelimit.check answers again",
 			"registry":  "from the kill until registry.find answers again",
-			"notifier":  "from the kill until the restarted notifier has taken every notice published before it",
+			"notifier":  "from the kill until the restarted notifier has taken every notice published before it (a notice the killed process held comes back after notifier.ack_wait, 5 s here)",
 		}[svc]
 		d := f.o.Duration
 		return f.traffic(ctx, d, true, func(ctx context.Context, start time.Time) error {

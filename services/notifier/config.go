@@ -62,6 +62,11 @@ type Settings struct {
 	// that doubles from 1s to 1m, so the default, 500, outlasts about four
 	// hours of the notifier's Redis being away.
 	MaxDeliver int `yaml:"max_deliver"`
+	// AckWait is how long the NOTIFY consumer waits for the notifier to
+	// take a notice (store its task) before handing it out again: after a
+	// notifier dies holding notices, the next one gets them this much
+	// later. Default 30s; 1s to 1h.
+	AckWait time.Duration `yaml:"ack_wait"`
 	// Handlers is how many notify.verify requests are served at once.
 	// Default 4.
 	Handlers int `yaml:"handlers"`
@@ -148,6 +153,7 @@ func DefaultSettings() Settings {
 		UnknownOutcome:  UnknownOutcomeSkip,
 		Durable:         "notifier",
 		MaxDeliver:      service.DefaultMaxDeliver,
+		AckWait:         30 * time.Second,
 		Handlers:        4,
 		TokenTTL:        12 * time.Hour,
 		ConfirmURL:      "http://localhost:8080/confirm",
@@ -221,6 +227,9 @@ func (s Settings) Validate(catalog usage.Catalog) error {
 	}
 	if s.MaxDeliver < 2 || s.MaxDeliver > 1_000_000 {
 		add("max_deliver", "must be between 2 and 1000000 (a notice is dead-lettered after that many deliveries), got %d", s.MaxDeliver)
+	}
+	if s.AckWait < time.Second || s.AckWait > time.Hour {
+		add("ack_wait", "must be between 1s and 1h (how long a notice handed out waits to be taken), got %v", s.AckWait)
 	}
 	if s.Handlers < 1 || s.Handlers > 256 {
 		add("handlers", "must be between 1 and 256, got %d", s.Handlers)

@@ -77,6 +77,7 @@ func TestNotifierSectionBadValues(t *testing.T) {
 		"notifier.retention":        func(c *Settings) { c.Retention = time.Second },
 		"notifier.unknown_outcome":  func(c *Settings) { c.UnknownOutcome = "maybe" },
 		"notifier.durable":          func(c *Settings) { c.Durable = "a.b" },
+		"notifier.ack_wait":         func(c *Settings) { c.AckWait = 500 * time.Millisecond },
 		"notifier.handlers":         func(c *Settings) { c.Handlers = 0 },
 		"notifier.token_secrets":    func(c *Settings) { c.TokenSecrets = []service.Secret{"short"} },
 		"notifier.token_ttl":        func(c *Settings) { c.TokenTTL = 0 },

@@ -34,7 +34,7 @@ func startConsumer(ctx context.Context, n *Notifier) (*consumer, error) {
 		Durable:     cfg.Notifier.Durable,
 		Description: "allot notifier: turns notices into asynq tasks",
 		AckPolicy:   jetstream.AckExplicitPolicy,
-		AckWait:     30 * time.Second,
+		AckWait:     cfg.Notifier.AckWait,
 		// Past it the server gives up on a notice; the watcher below
 		// dead-letters it, so none is dropped silently.
 		MaxDeliver:    cfg.Notifier.MaxDeliver,
