@@ -39,15 +39,12 @@ type CreditQuery struct {
 }
 
 // ReadCredits runs ReadCredit for each query in one pipelined round
-// trip, with one reading of Redis's clock for all; errs[i] is query i's
-// own failure.
+// trip, with one reading of Redis's clock for all (on a Redis Cluster,
+// one per master: clocks); errs[i] is query i's own failure.
 func (s *Store) ReadCredits(ctx context.Context, qs []CreditQuery) ([]CreditRead, []error) {
 	reads, errs := make([]CreditRead, len(qs)), make([]error, len(qs))
 	pipe := s.rdb.Pipeline()
-	var timeCmd *redis.TimeCmd
-	if s.now == nil {
-		timeCmd = pipe.Time(ctx)
-	}
+	clock := s.clocks(ctx, pipe, qs)
 	overs := make([]*redis.MapStringStringCmd, len(qs))
 	states := make([][]*redis.SliceCmd, len(qs))
 	for i, q := range qs {
@@ -58,22 +55,77 @@ func (s *Store) ReadCredits(ctx context.Context, qs []CreditQuery) ([]CreditRead
 		}
 	}
 	_, _ = pipe.Exec(ctx)
-	var now time.Time
-	if timeCmd != nil {
-		if err := timeCmd.Err(); err != nil {
-			for i := range errs {
-				errs[i] = fmt.Errorf("%w: read credit: %w", ErrRedis, err)
-			}
-			return reads, errs
-		}
-		now = timeCmd.Val().UTC()
-	} else {
-		now = s.now().UTC()
-	}
 	for i, q := range qs {
+		now, err := clock(i)
+		if err != nil {
+			errs[i] = fmt.Errorf("%w: read credit: %w", ErrRedis, err)
+			continue
+		}
 		reads[i], errs[i] = readCredit(now, q, overs[i], states[i])
 	}
 	return reads, errs
+}
+
+// clockLua reads Redis's clock in a script called on a key, so that on a
+// Redis Cluster it runs on the master of that key's slot.
+const clockLua = "return redis.call('TIME')"
+
+// clocks queues the readings of Redis's clock that qs need on pipe and
+// returns, after Exec, query i's time. One TIME on a single Redis. On a
+// Cluster a keyless TIME goes to any node, and one that is down (a
+// master failing over) would fail every credit of the batch: there each
+// master serving a query's uid reads its own, a script on that uid's
+// key, so a master that is down fails only its own uids' credits.
+func (s *Store) clocks(ctx context.Context, pipe redis.Pipeliner, qs []CreditQuery) func(i int) (time.Time, error) {
+	if s.now != nil {
+		now := s.now().UTC()
+		return func(int) (time.Time, error) { return now, nil }
+	}
+	if !s.cluster {
+		cmd := pipe.Time(ctx)
+		return func(int) (time.Time, error) { return cmd.Val().UTC(), cmd.Err() }
+	}
+	byNode := map[any]*redis.Cmd{}
+	of := make([]*redis.Cmd, len(qs))
+	for i, q := range qs {
+		key := s.keys.Grants(q.UID)
+		var node any = true // the Cluster's path on one Redis (tests): one clock
+		if s.cc != nil {
+			if n, err := s.cc.MasterForKey(ctx, key); err == nil {
+				node = n
+			} else {
+				node = key // no master known: its own reading, which fails alone
+			}
+		}
+		cmd, ok := byNode[node]
+		if !ok {
+			cmd = pipe.Eval(ctx, clockLua, []string{key})
+			byNode[node] = cmd
+		}
+		of[i] = cmd
+	}
+	return func(i int) (time.Time, error) { return redisTime(of[i]) }
+}
+
+// redisTime parses what clockLua returns: seconds and microseconds.
+func redisTime(cmd *redis.Cmd) (time.Time, error) {
+	v, err := cmd.Slice()
+	if err != nil {
+		return time.Time{}, err
+	}
+	if len(v) != 2 {
+		return time.Time{}, fmt.Errorf("store: TIME replied %v", v)
+	}
+	var parts [2]int64
+	for i, x := range v {
+		s, _ := x.(string)
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("store: TIME replied %v", v)
+		}
+		parts[i] = n
+	}
+	return time.Unix(parts[0], parts[1]*1000).UTC(), nil
 }
 
 // readCredit puts together one query's replies.

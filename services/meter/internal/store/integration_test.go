@@ -54,6 +54,17 @@ func TestClusterBehaviour(t *testing.T) {
 // Redis, through the Cluster's path.
 func TestIntegrationSlotMarkers(t *testing.T) { testSlotMarkers(t, realBackend) }
 
+// TestIntegrationCreditsOnRedisClock is TestCreditsOnRedisClock on the
+// real Redis, both paths.
+func TestIntegrationCreditsOnRedisClock(t *testing.T) {
+	testCreditsOnRedisClock(t, realBackend)
+	testCreditsOnRedisClock(t, clusterPath(realBackend))
+}
+
+// TestClusterCreditsOnRedisClock is the same on the Redis Cluster: a
+// reading of the clock on each master serving a uid of the batch.
+func TestClusterCreditsOnRedisClock(t *testing.T) { testCreditsOnRedisClock(t, clusterBackend) }
+
 // TestClusterSlotMarkers runs them on the Redis Cluster, where each
 // marker lives in its own slot and each apply call touches its slot's.
 func TestClusterSlotMarkers(t *testing.T) { testSlotMarkers(t, clusterBackend) }

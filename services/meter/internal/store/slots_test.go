@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -171,5 +172,44 @@ func flushPrefix(t *testing.T, rdb redis.UniversalClient, prefix string) {
 	}
 	if err := iter.Err(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Credits read on Redis's own clock: on a Cluster each master serving a
+// uid of the batch is asked for it (a script on that uid's key), on one
+// Redis one TIME. Either way every read's time is Redis's now and the
+// state read is the uids' own. On miniredis and the real Redis through
+// both paths, and on the real Redis Cluster.
+func TestCreditsOnRedisClock(t *testing.T) {
+	testCreditsOnRedisClock(t, miniBackend)
+	testCreditsOnRedisClock(t, clusterPath(miniBackend))
+}
+
+func testCreditsOnRedisClock(t *testing.T, open backend) {
+	rdb, prefix := open(t)
+	ctx := t.Context()
+	s, err := New(ctx, rdb, Options{Keys: keys.New(prefix), DedupTTL: time.Hour, Cluster: strings.HasSuffix(prefix, clusterSuffix)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	grant := grantCfg(usage.PeriodDay, usage.AlignRolling)
+	var qs []CreditQuery
+	for i := range 12 {
+		uid := fmt.Sprintf("u-%d", i)
+		apply(t, s, Op{ID: "e" + uid, UID: uid, Metric: "photo_daily_total", Config: grant, Limit: 200, Value: float64(i + 1)})
+		qs = append(qs, CreditQuery{UID: uid, Metrics: []string{"photo_daily_total"}})
+	}
+	before := time.Now()
+	reads, errs := s.ReadCredits(ctx, qs)
+	for i, r := range reads {
+		if errs[i] != nil {
+			t.Fatalf("query %d: %v", i, errs[i])
+		}
+		if d := r.Now.Sub(before); d < -5*time.Second || d > 5*time.Second {
+			t.Errorf("query %d read at %v, %v from the test's clock", i, r.Now, d)
+		}
+		if g := r.Grants["photo_daily_total"]; !g.Started || g.Used != float64(i+1) {
+			t.Errorf("query %d: %+v, want used %d", i, g, i+1)
+		}
 	}
 }
