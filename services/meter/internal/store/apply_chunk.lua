@@ -97,9 +97,15 @@ if stream_mode then
   marker = KEYS[S + 2 * G + 2]
 end
 -- The marker's seq, not the key: a rebuild marks the key before it
--- deletes anything, and state half rebuilt must take no events.
-if marker and redis.call('HEXISTS', marker, 'seq') == 0 then
-  return redis.error_reply('LOST the meter epoch marker is missing: Redis lost the state')
+-- deletes anything, and state half rebuilt must take no events. Read
+-- once: the raise at the end compares with it (nothing else in the call
+-- writes the marker).
+local marker_seq = nil
+if marker then
+  marker_seq = redis.call('HGET', marker, 'seq')
+  if not marker_seq then
+    return redis.error_reply('LOST the meter epoch marker is missing: Redis lost the state')
+  end
 end
 
 -- many calls cmd on key with the values of list, a thousand at a time
@@ -461,7 +467,7 @@ if stream_mode then
 end
 if marker then
   local seq = tonumber(ARGV[pos])
-  local held = tonumber(redis.call('HGET', marker, 'seq')) or 0
+  local held = tonumber(marker_seq) or 0
   if seq and seq > held then redis.call('HSET', marker, 'seq', ARGV[pos]) end
 end
 return {out, states}
