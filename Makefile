@@ -47,7 +47,8 @@
 #                     processes of every service, the NATS node leading the
 #                     usage stream and the meter's consumer killed -9 under
 #                     load (meter.fetch_wait 30s, then 5s), then a Redis
-#                     master (meter.wait_replicas 0, then 1); exactness
+#                     master (meter.wait_replicas 0, then 1), then one
+#                     master emptied (FLUSHALL: the slots rebuilt); exactness
 #                     checked, the uids that saw errors named
 #                     (loadtest/out/cluster-faults/faults.md); not in CI
 #   make fmt | tidy | build | fuzz
@@ -204,7 +205,7 @@ loadtest-faults-quick: $(NATS_SERVER)
 # The cluster scenarios start their clusters themselves, on ports the
 # kernel hands out, so they run beside a tools/cluster cluster without
 # touching it (redis-server and redis-cli from the PATH).
-CLUSTER_FAULTS := cluster-kill-nats-node,cluster-kill-nats-node-fetch,cluster-kill-redis-master,cluster-kill-redis-master-wait
+CLUSTER_FAULTS := cluster-kill-nats-node,cluster-kill-nats-node-fetch,cluster-kill-redis-master,cluster-kill-redis-master-wait,cluster-redis-master-empty
 
 cluster-faults: $(NATS_SERVER)
 	cd loadtest && go run . -profile faults -faults $(CLUSTER_FAULTS) -nats-server $(NATS_SERVER) -out out/cluster-faults $(LOADTEST_FLAGS)

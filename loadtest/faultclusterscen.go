@@ -13,6 +13,7 @@ import (
 
 	"github.com/allot/allot/loadtest/internal/report"
 	"github.com/allot/allot/pkg/events"
+	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/services/notifier"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -121,7 +122,7 @@ func (u *uidErrors) phaseText(onFault map[int]bool) string {
 		c := counts[i+1]
 		s := fmt.Sprintf("%s: %d failed requests over %d uids", ph.name, c.n, len(c.uids))
 		if onFault != nil {
-			s += fmt.Sprintf(", %d of the requests for uids on the killed master's slots", c.on)
+			s += fmt.Sprintf(", %d of the requests for uids on the faulty master's slots", c.on)
 		}
 		parts = append(parts, s)
 	}
@@ -179,7 +180,7 @@ func (u *uidErrors) text(onFault map[int]bool) string {
 		sort.Ints(idx)
 		s := fmt.Sprintf("%s: %s failed (%s) for %d uids [%s]", op, commas(n), kindsText(kinds), len(idx), intsText(idx))
 		if onFault != nil {
-			s += fmt.Sprintf(", %d of them on the killed master's slots", on)
+			s += fmt.Sprintf(", %d of them on the faulty master's slots", on)
 		}
 		parts = append(parts, s)
 	}
@@ -531,6 +532,96 @@ func clusterRedisKillScenario(ctx context.Context, f *faultRun) error {
 		f.note("every service answered and the meter had applied everything stored until the Cluster was ok %.2f s after the kill; %s was a replica of %s, in sync, at %.2f s",
 			served.Seconds(), master.addr, replica.addr, inSync.Seconds())
 		f.recovered(served)
+		return nil
+	})
+}
+
+// clusterRedisFlushScenario empties one master of the Redis Cluster
+// (FLUSHALL there, which its replica follows: a master that lost its
+// data while the others kept theirs) half way through the traffic. The
+// meter and the rate limiter see the markers of that master's hash slots
+// gone, answer 503 (the rate limiter's services that count hits by their
+// fail mode) and rebuild from the usage stream; the exactness check then
+// covers every uid, those of the emptied slots too. No authorize load: a
+// rebuild cannot restore what meter.authorize charged. The notifier's
+// tasks on that master are gone with it; its uids' confirmed addresses
+// are written back at once.
+func clusterRedisFlushScenario(ctx context.Context, f *faultRun) error {
+	f.row.RecoverNote = "from the flush until meter.credit answers again (not 503 rebuilding), the meter has applied every event stored before it and every service answers"
+	d := f.o.Duration
+	t := f.h.t
+	cl := f.env.cl
+	return f.traffic(ctx, d, false, func(ctx context.Context, start time.Time) error {
+		if err := sleepUntil(ctx, start.Add(f.between(0.35, 0.5, d))); err != nil {
+			return err
+		}
+		queueKey := "asynq:{" + notifier.DefaultSettings().UsageQueue + "}:pending"
+		uidKeys := make([]string, f.o.UIDs)
+		for i := range uidKeys {
+			uidKeys[i] = t.keys.Grant(t.uid(i), metricGrant)
+		}
+		slots, err := cl.slots(ctx, append(uidKeys, queueKey))
+		if err != nil {
+			return err
+		}
+		nodes, err := cl.topology(ctx, nil)
+		if err != nil {
+			return err
+		}
+		mi := slices.IndexFunc(nodes, func(n redisNode) bool { return n.isMaster && n.serves(slots[0]) })
+		if mi < 0 {
+			return errors.New("no master serves the first uid's slot")
+		}
+		master := nodes[mi]
+		onFault := map[int]bool{}
+		for i := range f.o.UIDs {
+			if master.serves(slots[i]) {
+				onFault[i] = true
+			}
+		}
+		f.faultUIDs = onFault
+		if master.serves(slots[len(slots)-1]) {
+			f.noticesLost = "the notifier's queued tasks lived on the master that was emptied"
+		}
+		mark, err := f.lastSeq(ctx, t.cfg.Streams.Usage)
+		if err != nil {
+			return err
+		}
+		// The confirmed addresses of its uids are written back in the
+		// same pipeline (as apps would confirm them again).
+		rc := cl.node(cl.redisByPort(master.port))
+		flushed := time.Now()
+		pipe := rc.Pipeline()
+		pipe.FlushAll(ctx)
+		for i := range onFault {
+			uid := t.uid(i)
+			pipe.Set(ctx, t.keys.ConfirmedAddress(uid), uid+"@loadtest.invalid", 0)
+		}
+		_, err = pipe.Exec(ctx)
+		_ = rc.Close()
+		if err != nil {
+			return fmt.Errorf("FLUSHALL on master %s: %w", master.addr, err)
+		}
+		f.uidErrs.mark("from the flush until the state was rebuilt", flushed)
+		f.note("emptied Redis master %s (FLUSHALL, its replica following: %d slots, the state of %d of the %d uids) at %.1f s of the traffic, the usage stream at sequence %s",
+			master.addr, master.slotCount(), len(onFault), f.o.UIDs, flushed.Sub(start).Seconds(), commas(int64(mark)))
+		// Recovered once the meter's markers are all back (its rebuild
+		// writes them last), then as after any fault.
+		markers := service.NewSlottedEpoch(t.rdb, t.keys.MeterEpoch(), t.keys.MeterEpochSlots())
+		err = retryFor(ctx, 2*time.Minute, func(ctx context.Context) error {
+			m, err := markers.ReadAll(ctx)
+			if err == nil && !m.Whole() {
+				err = fmt.Errorf("the meter's epoch markers of %d slots are missing", len(m.Missing))
+			}
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("after the flush: %w", err)
+		}
+		if err := f.waitAll(ctx, mark); err != nil {
+			return fmt.Errorf("after the flush: %w", err)
+		}
+		f.recovered(time.Since(flushed))
 		return nil
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/services/ratelimit"
 	"github.com/redis/go-redis/v9"
 )
@@ -23,10 +24,10 @@ const (
 )
 
 // countsHits tells the scenarios whose rate limiter counts hitService:
-// its process killed, or its Redis wiped (the windows rebuilt from the
-// usage stream).
+// its process killed, or its Redis (or one master of the Cluster) wiped,
+// the windows rebuilt from the usage stream.
 func countsHits(scenario string) bool {
-	return scenario == "kill-ratelimit" || scenario == "redis-empty"
+	return scenario == "kill-ratelimit" || scenario == "redis-empty" || scenario == "cluster-redis-master-empty"
 }
 
 // checkHits compares, uid by uid, the hits the rate limiter's windows of
@@ -54,13 +55,21 @@ func (f *faultRun) checkHits(ctx context.Context) {
 	}
 	var meter map[stateKey]float64
 	var hits map[string]int64
-	// The windows are whole once the marker is back (a rebuild writes it
-	// last): until then they may still be replayed into.
+	// The windows are whole once the markers are back (a rebuild writes
+	// them last; on a Cluster one per hash slot too): until then they may
+	// still be replayed into.
+	epoch := service.NewEpoch(t.rdb, t.keys.RateLimitEpoch())
+	if _, ok := t.rdb.(*redis.ClusterClient); ok {
+		epoch = service.NewSlottedEpoch(t.rdb, t.keys.RateLimitEpoch(), t.keys.RateLimitEpochSlots())
+	}
 	err = retryFor(ctx, 60*time.Second, func(ctx context.Context) error {
-		if err := t.rdb.HGet(ctx, t.keys.RateLimitEpoch(), "seq").Err(); err != nil {
-			return fmt.Errorf("the rate limiter's epoch marker: %w", err)
+		m, err := epoch.ReadAll(ctx)
+		if err != nil {
+			return fmt.Errorf("the rate limiter's epoch markers: %w", err)
 		}
-		var err error
+		if !m.Whole() {
+			return fmt.Errorf("the rate limiter's epoch markers are not all there (%d slots' missing): its windows are being rebuilt", len(m.Missing))
+		}
 		if meter, err = readState(ctx, t.rdb, t.keys, uids, []string{metricCounter}, nil); err != nil {
 			return err
 		}

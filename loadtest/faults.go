@@ -80,6 +80,9 @@ var faultScenarios = []faultScenario{
 	{"cluster-kill-redis-master-wait", func(Options) string {
 		return "the same with meter.wait_replicas 1"
 	}, clusterRedisKillScenario, true, "wait_replicas: 1"},
+	{"cluster-redis-master-empty", func(Options) string {
+		return "Redis Cluster: one master emptied (FLUSHALL, its replica following), the others whole: the lost slots rebuilt"
+	}, clusterRedisFlushScenario, true, ""},
 }
 
 // faultNames is the scenarios a fault profile runs unless -faults says:

@@ -225,7 +225,7 @@ func TestUIDErrorsText(t *testing.T) {
 	u.add("credit", 7, "timeout")
 	u.add("authorize", 9, "unavailable")
 	got := u.text(map[int]bool{7: true})
-	for _, want := range []string{"credit: 3 failed (unavailable 2, timeout 1) for 2 uids [3 7], 1 of them on the killed master's slots", "check: none failed", "authorize: 1 failed (unavailable 1) for 1 uids [9], 0 of them"} {
+	for _, want := range []string{"credit: 3 failed (unavailable 2, timeout 1) for 2 uids [3 7], 1 of them on the faulty master's slots", "check: none failed", "authorize: 1 failed (unavailable 1) for 1 uids [9], 0 of them"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("text = %q, want it to contain %q", got, want)
 		}
