@@ -232,10 +232,12 @@ func (b *coalescer) settle(ln *lane, answered bool) {
 // nothing.
 func (b *coalescer) send(ln *lane, calls []*batchCall) {
 	defer func() {
+		// The lane first: a caller that has its answer finds the lane
+		// settled (its room in flight back, an idle per-uid lane gone).
+		b.answered(ln)
 		for _, c := range calls {
 			close(c.done)
 		}
-		b.answered(ln)
 	}()
 	deadline := time.Now().Add(b.c.timeout)
 	if len(calls) == 1 {
