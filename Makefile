@@ -51,6 +51,7 @@
 #                     master emptied (FLUSHALL: the slots rebuilt); exactness
 #                     checked, the uids that saw errors named
 #                     (loadtest/out/cluster-faults/faults.md); not in CI
+#   make cluster-faults-quick  the emptied master alone, short profile (CI)
 #   make fmt | tidy | build | fuzz
 
 SHELL := /bin/bash
@@ -108,7 +109,7 @@ MODIFIED ?= $(shell test -z "$$(git status --porcelain 2>/dev/null)" && echo fal
 SERVICE_PKG := github.com/allot/allot/pkg/service
 LDFLAGS = -X $(SERVICE_PKG).version=$(VERSION) -X $(SERVICE_PKG).revision=$(REVISION) -X $(SERVICE_PKG).modified=$(MODIFIED)
 
-.PHONY: run test test-unit test-integration test-clock-ahead bench lint fmt tidy build fuzz clean modules loadtest loadtest-quick loadtest-grpc loadtest-batch loadtest-faults loadtest-faults-quick nats-server cluster-up cluster-down cluster-test cluster-faults
+.PHONY: run test test-unit test-integration test-clock-ahead bench lint fmt tidy build fuzz clean modules loadtest loadtest-quick loadtest-grpc loadtest-batch loadtest-faults loadtest-faults-quick nats-server cluster-up cluster-down cluster-test cluster-faults cluster-faults-quick
 
 # run builds bin/allot, saying how far along it is (cmd/allot/build.sh),
 # then execs it in place of make's shell: Ctrl-C reaches allot dev, which
@@ -209,6 +210,11 @@ CLUSTER_FAULTS := cluster-kill-nats-node,cluster-kill-nats-node-fetch,cluster-ki
 
 cluster-faults: $(NATS_SERVER)
 	cd loadtest && go run . -profile faults -faults $(CLUSTER_FAULTS) -nats-server $(NATS_SERVER) -out out/cluster-faults $(LOADTEST_FLAGS)
+
+# The emptied master alone, in the short profile (about 90 s): the loss
+# only the epoch markers per hash slot see, which CI runs.
+cluster-faults-quick: $(NATS_SERVER)
+	cd loadtest && go run . -profile faults-quick -faults cluster-redis-master-empty -nats-server $(NATS_SERVER) -out out/cluster-faults-quick $(LOADTEST_FLAGS)
 
 # Every fuzz target, as package:Target; each runs for FUZZTIME.
 FUZZ_TARGETS := ./pkg/events:FuzzDecode ./pkg/events:FuzzDecodeMatchesReference ./pkg/events:FuzzParseTimeUTC ./pkg/events:FuzzDecodeReplyBody \
