@@ -406,37 +406,18 @@ func clusterRedisKillScenario(ctx context.Context, f *faultRun) error {
 		if err := sleepUntil(ctx, start.Add(f.between(0.35, 0.5, d))); err != nil {
 			return err
 		}
-		queueKey := "asynq:{" + notifier.DefaultSettings().UsageQueue + "}:pending"
-		uidKeys := make([]string, f.o.UIDs)
-		for i := range uidKeys {
-			uidKeys[i] = t.keys.Grant(t.uid(i), metricGrant)
-		}
-		slots, err := cl.slots(ctx, append(uidKeys, queueKey))
+		pick, err := f.pickMaster(ctx, true)
 		if err != nil {
 			return err
 		}
-		nodes, err := cl.topology(ctx, nil)
-		if err != nil {
-			return err
-		}
-		mi := slices.IndexFunc(nodes, func(n redisNode) bool { return n.isMaster && n.serves(slots[len(slots)-1]) })
-		if mi < 0 {
-			return errors.New("no master serves the notifier's usage queue")
-		}
-		master := nodes[mi]
+		master, nodes := pick.master, pick.nodes
 		ri := slices.IndexFunc(nodes, func(n redisNode) bool { return !n.isMaster && n.master == master.id })
 		if ri < 0 {
 			return fmt.Errorf("master %s has no replica", master.addr)
 		}
 		replica := nodes[ri]
 		victim, heir := cl.redisByPort(master.port), cl.redisByPort(replica.port)
-		onFault := map[int]bool{}
-		for i := range f.o.UIDs {
-			if master.serves(slots[i]) {
-				onFault[i] = true
-			}
-		}
-		f.faultUIDs = onFault
+		onFault := pick.onFault
 		mark, err := f.lastSeq(ctx, t.cfg.Streams.Usage)
 		if err != nil {
 			return err
@@ -555,32 +536,12 @@ func clusterRedisFlushScenario(ctx context.Context, f *faultRun) error {
 		if err := sleepUntil(ctx, start.Add(f.between(0.35, 0.5, d))); err != nil {
 			return err
 		}
-		queueKey := "asynq:{" + notifier.DefaultSettings().UsageQueue + "}:pending"
-		uidKeys := make([]string, f.o.UIDs)
-		for i := range uidKeys {
-			uidKeys[i] = t.keys.Grant(t.uid(i), metricGrant)
-		}
-		slots, err := cl.slots(ctx, append(uidKeys, queueKey))
+		pick, err := f.pickMaster(ctx, false)
 		if err != nil {
 			return err
 		}
-		nodes, err := cl.topology(ctx, nil)
-		if err != nil {
-			return err
-		}
-		mi := slices.IndexFunc(nodes, func(n redisNode) bool { return n.isMaster && n.serves(slots[0]) })
-		if mi < 0 {
-			return errors.New("no master serves the first uid's slot")
-		}
-		master := nodes[mi]
-		onFault := map[int]bool{}
-		for i := range f.o.UIDs {
-			if master.serves(slots[i]) {
-				onFault[i] = true
-			}
-		}
-		f.faultUIDs = onFault
-		if master.serves(slots[len(slots)-1]) {
+		master, onFault := pick.master, pick.onFault
+		if pick.servesQueue {
 			f.noticesLost = "the notifier's queued tasks lived on the master that was emptied"
 		}
 		mark, err := f.lastSeq(ctx, t.cfg.Streams.Usage)
@@ -624,4 +585,49 @@ func clusterRedisFlushScenario(ctx context.Context, f *faultRun) error {
 		f.recovered(time.Since(flushed))
 		return nil
 	})
+}
+
+// pickedMaster is the Redis Cluster master a scenario faults.
+type pickedMaster struct {
+	master      redisNode
+	nodes       []redisNode  // the topology it was picked from
+	onFault     map[int]bool // the uids (i of t.uid) whose state it serves
+	servesQueue bool         // it serves the notifier's usage queue too
+}
+
+// pickMaster picks the master serving the notifier's usage queue
+// (byQueue) or the first uid's state, and the uids whose state it
+// serves, which it books as the scenario's (f.faultUIDs).
+func (f *faultRun) pickMaster(ctx context.Context, byQueue bool) (pickedMaster, error) {
+	t, cl := f.h.t, f.env.cl
+	queueKey := "asynq:{" + notifier.DefaultSettings().UsageQueue + "}:pending"
+	uidKeys := make([]string, f.o.UIDs)
+	for i := range uidKeys {
+		uidKeys[i] = t.keys.Grant(t.uid(i), metricGrant)
+	}
+	slots, err := cl.slots(ctx, append(uidKeys, queueKey))
+	if err != nil {
+		return pickedMaster{}, err
+	}
+	nodes, err := cl.topology(ctx, nil)
+	if err != nil {
+		return pickedMaster{}, err
+	}
+	want, what := slots[0], "the first uid's state"
+	if byQueue {
+		want, what = slots[len(slots)-1], "the notifier's usage queue"
+	}
+	mi := slices.IndexFunc(nodes, func(n redisNode) bool { return n.isMaster && n.serves(want) })
+	if mi < 0 {
+		return pickedMaster{}, fmt.Errorf("no master serves %s", what)
+	}
+	p := pickedMaster{master: nodes[mi], nodes: nodes, onFault: map[int]bool{}}
+	for i := range f.o.UIDs {
+		if p.master.serves(slots[i]) {
+			p.onFault[i] = true
+		}
+	}
+	p.servesQueue = p.master.serves(slots[len(slots)-1])
+	f.faultUIDs = p.onFault
+	return p, nil
 }
