@@ -83,7 +83,7 @@ type Marks struct {
 	OK  bool   // the marker holds a seq
 	// SlotsWritten: the marker says the slots' markers were written (a
 	// slotted Epoch's Init or Set); without it, a marker from before the
-	// slots' (AdoptSlots).
+	// slots' (Adopt writes them).
 	SlotsWritten bool
 	// HeldSince is set when the rebuild that wrote the marker found the
 	// stream without its oldest events (removed by its max_age, or by
@@ -223,17 +223,14 @@ func (e Epoch) Init(ctx context.Context, seq uint64) (bool, error) {
 	return ok, nil
 }
 
-// AdoptSlots writes the slots' markers of a slotted Epoch whose marker
+// adoptSlots writes the slots' markers of a slotted Epoch whose marker
 // was written before them (by a version without them), at the marker's
-// seq, and reports whether it did. Only at a service's start, as Adopt:
-// once the slots' markers were written, one missing is a loss.
-func (e Epoch) AdoptSlots(ctx context.Context) (bool, error) {
-	if e.slots == nil {
+// seq, and reports whether it did; m is what ReadAll found. Only at a
+// service's start, from Adopt: once the slots' markers were written, one
+// missing is a loss.
+func (e Epoch) adoptSlots(ctx context.Context, m Marks) (bool, error) {
+	if e.slots == nil || !m.OK || m.SlotsWritten {
 		return false, nil
-	}
-	m, err := e.ReadAll(ctx)
-	if err != nil || !m.OK || m.SlotsWritten {
-		return false, err
 	}
 	if _, err := e.Init(ctx, m.Seq); err != nil {
 		return false, err
@@ -373,15 +370,18 @@ const (
 // is there: one slot's marker there says they were written, and the
 // others missing is a loss.
 func (e Epoch) Adopt(ctx context.Context, seq uint64, hasState func(context.Context) (bool, error)) (EpochAtStart, error) {
-	if adopted, err := e.AdoptSlots(ctx); err != nil || adopted {
+	m, err := e.ReadAll(ctx)
+	if err != nil {
+		return EpochThere, err
+	}
+	if adopted, err := e.adoptSlots(ctx, m); err != nil || adopted {
 		if adopted {
 			return EpochSlotsAdopted, nil
 		}
 		return EpochThere, err
 	}
-	m, err := e.ReadAll(ctx)
-	if err != nil || m.OK || len(m.Missing) < len(e.slots) {
-		return EpochThere, err
+	if m.OK || len(m.Missing) < len(e.slots) {
+		return EpochThere, nil
 	}
 	cut, err := e.Rebuilding(ctx)
 	if err != nil {
