@@ -43,8 +43,9 @@ type GrantState struct {
 type Result struct {
 	Applied bool // false: a duplicate, nothing changed
 	// Grant is a grant's state after the chunk (when its last event did
-	// not fail), and Notices the notices it holds to publish (also when
-	// every event was a duplicate, so notices lost in a crash are
+	// not fail, and the store was opened with GrantStates or the grant
+	// holds notices), and Notices the notices it holds to publish (also
+	// when every event was a duplicate, so notices lost in a crash are
 	// published again): both on the last event of each grant in a chunk.
 	Grant   *GrantState
 	Notices []Notice
@@ -78,22 +79,56 @@ func (s *Store) Apply(ctx context.Context, ops []Op) ([]Result, error) {
 // call raises the epoch marker over them too (RaiseEpoch's job, without
 // its round trip).
 func (s *Store) ApplyCovering(ctx context.Context, ops []Op, covered uint64) ([]Result, error) {
+	return s.ApplyPrepared(ctx, s.PrepareApply(ops, covered))
+}
+
+// Chunk is a chunk of ops with its script calls built, by PrepareApply,
+// to apply later with ApplyPrepared: the building, which needs no Redis,
+// can then run while the chunk before is applied.
+type Chunk struct {
+	ops     []Op
+	covered uint64
+	parts   [][]int
+	calls   []chunkCall
+}
+
+// chunkCall is one apply_chunk.lua call of a chunk.
+type chunkCall struct {
+	keys   []string
+	args   []any
+	groups []chunkGroup
+}
+
+// PrepareApply builds the script calls that apply ops, as
+// ApplyCovering(ctx, ops, covered) would.
+func (s *Store) PrepareApply(ops []Op, covered uint64) *Chunk {
+	c := &Chunk{ops: ops, covered: covered}
+	if len(ops) == 0 {
+		return c
+	}
+	c.parts = [][]int{make([]int, len(ops))}
+	for i := range ops {
+		c.parts[0][i] = i
+	}
+	if s.cluster {
+		c.parts = byTag(ops)
+	}
+	c.calls = s.chunkCalls(ops, c.parts, covered)
+	return c
+}
+
+// ApplyPrepared applies a chunk PrepareApply built: Apply's round trip.
+func (s *Store) ApplyPrepared(ctx context.Context, c *Chunk) ([]Result, error) {
+	ops, covered := c.ops, c.covered
 	if len(ops) == 0 {
 		return nil, nil
 	}
-	parts := [][]int{make([]int, len(ops))}
-	for i := range ops {
-		parts[0][i] = i
-	}
-	if s.cluster {
-		parts = byTag(ops)
-	}
-	results, err := s.applyParts(ctx, ops, parts, covered)
+	results, err := s.applyCalls(ctx, ops, c.parts, c.calls)
 	if err != nil && isNoScript(err) {
 		if lerr := s.Load(ctx); lerr != nil {
 			return nil, lerr
 		}
-		results, err = s.applyParts(ctx, ops, parts, covered)
+		results, err = s.applyCalls(ctx, ops, c.parts, c.calls)
 	}
 	if err == nil || !isScriptError(err) {
 		return results, err
@@ -104,7 +139,8 @@ func (s *Store) ApplyCovering(ctx context.Context, ops []Op, covered uint64) ([]
 	// tells the failing event apart.
 	results = make([]Result, len(ops))
 	for i := range ops {
-		res, err := s.applyParts(ctx, ops, [][]int{{i}}, covered)
+		part := [][]int{{i}}
+		res, err := s.applyCalls(ctx, ops, part, s.chunkCalls(ops, part, covered))
 		switch {
 		case err == nil:
 			results[i] = res[i]
@@ -192,23 +228,29 @@ func (s *Store) window(t int64) (lo, hi, b, ttl int64) {
 
 type chunkGroup struct {
 	key, over string
-	args      []any
+	kind      any // the style of a counter or gauge, a grant's configuration (from 1)
 	last      int // the index in ops of the group's last event
 }
 
-// applyParts applies each part of ops with one apply_chunk.lua call,
-// pipelined; each part's events share a slot on a Cluster.
-func (s *Store) applyParts(ctx context.Context, ops []Op, parts [][]int, covered uint64) ([]Result, error) {
+// chunkCalls builds the apply_chunk.lua call of each part of ops.
+func (s *Store) chunkCalls(ops []Op, parts [][]int, covered uint64) []chunkCall {
+	calls := make([]chunkCall, len(parts))
+	for p, part := range parts {
+		c := &calls[p]
+		c.keys, c.args, c.groups = s.chunkArgs(ops, part, covered)
+	}
+	return calls
+}
+
+// applyCalls makes each part's call, pipelined; each part's events share
+// a slot on a Cluster.
+func (s *Store) applyCalls(ctx context.Context, ops []Op, parts [][]int, calls []chunkCall) ([]Result, error) {
 	pipes := s.newPipes()
 	cmds := make([]*redis.Cmd, len(parts))
-	groups := make([][]chunkGroup, len(parts))
 	var sources []any
 	for p, part := range parts {
-		var keyList []string
-		var args []any
-		keyList, args, groups[p] = s.chunkArgs(ops, part, covered)
-		if pipe := pipes.pipe(ctx, keyList[0]); pipe != nil {
-			cmds[p] = s.applyChunk.EvalSha(ctx, pipe, keyList, args...)
+		if pipe := pipes.pipe(ctx, calls[p].keys[0]); pipe != nil {
+			cmds[p] = s.applyChunk.EvalSha(ctx, pipe, calls[p].keys, calls[p].args...)
 		}
 		for _, i := range part {
 			if ops[i].Config.Scope == usage.ScopeInstance {
@@ -244,7 +286,7 @@ func (s *Store) applyParts(ctx context.Context, ops []Op, parts [][]int, covered
 			}
 			return nil, fmt.Errorf("%w: %w", ErrRedis, err)
 		}
-		if err := parseChunkReply(v, ops, parts[p], groups[p], results); err != nil {
+		if err := parseChunkReply(v, ops, parts[p], calls[p].groups, results); err != nil {
 			return nil, err
 		}
 	}
@@ -297,6 +339,10 @@ func (s *Store) chunkArgs(ops []Op, part []int, covered uint64) ([]string, []any
 
 	var groups []chunkGroup
 	groupOf := map[string]int{}
+	// A grant's configuration is sent once per chunk, however many uids'
+	// grants of the metric it holds.
+	var configs [][]any
+	configOf := map[string]int{}
 	type windowArgs struct{ lo, hi, add int }
 	var windows []windowArgs
 	windowOf := map[windowArgs]int{}
@@ -318,7 +364,19 @@ func (s *Store) chunkArgs(ops []Op, part []int, covered uint64) ([]string, []any
 		if !ok {
 			g = len(groups)
 			groupOf[key] = g
-			groups = append(groups, chunkGroup{key: key, over: over, args: groupArgs(op)})
+			var kind any = op.Config.Style
+			if op.Config.Style == usage.StyleGrant {
+				cfg := grantArgs(op)
+				id := fmt.Sprint(cfg...)
+				c, ok := configOf[id]
+				if !ok {
+					configs = append(configs, cfg)
+					c = len(configs)
+					configOf[id] = c
+				}
+				kind = c
+			}
+			groups = append(groups, chunkGroup{key: key, over: over, kind: kind})
 		}
 		groups[g].last = i
 		ttls[w.b-first] = max(ttls[w.b-first], w.ttl)
@@ -334,22 +392,27 @@ func (s *Store) chunkArgs(ops []Op, part []int, covered uint64) ([]string, []any
 	}
 	keyList := make([]string, 0, len(setKeys)+2*len(groups)+1)
 	keyList = append(keyList, setKeys...)
-	args := make([]any, 0, 3+len(setKeys)+8*len(groups)+3*len(windows)+len(evArgs)+1)
+	args := make([]any, 0, 4+len(setKeys)+8*len(configs)+len(groups)+3*len(windows)+len(evArgs)+1)
 	args = append(args, len(setKeys))
 	for _, ttl := range ttls {
 		args = append(args, ttl)
 	}
+	args = append(args, len(configs))
+	for _, c := range configs {
+		args = append(args, len(c))
+		args = append(args, c...)
+	}
 	args = append(args, len(groups))
 	for _, g := range groups {
 		keyList = append(keyList, g.key, g.over)
-		args = append(args, g.args[0], len(g.args)-1)
-		args = append(args, g.args[1:]...)
+		args = append(args, g.kind)
 	}
 	args = append(args, len(windows))
 	for _, w := range windows {
 		args = append(args, w.lo, w.hi, w.add)
 	}
 	args = append(args, evArgs...)
+	args = append(args, boolArg(s.grantStates))
 	if s.stream {
 		keyList = append(keyList, s.seqsKey(setTag))
 		args = append(args, 1, s.ackFloor.Load(), 2*s.dedupTTL.Milliseconds())
@@ -369,13 +432,17 @@ func (s *Store) chunkArgs(ops []Op, part []int, covered uint64) ([]string, []any
 	return keyList, args, groups
 }
 
-// groupArgs are the arguments of the state op changes: its style, and a
-// grant's metric, default limit, period, align and thresholds.
-func groupArgs(op Op) []any {
-	if op.Config.Style != usage.StyleGrant {
-		return []any{op.Config.Style}
+func boolArg(b bool) int {
+	if b {
+		return 1
 	}
-	args := []any{op.Config.Style, op.Metric, decimal(op.Limit), op.Config.Period, op.Config.Align}
+	return 0
+}
+
+// grantArgs are the arguments of a grant's configuration: its metric,
+// default limit, period, align and thresholds.
+func grantArgs(op Op) []any {
+	args := []any{op.Metric, decimal(op.Limit), op.Config.Period, op.Config.Align}
 	for _, t := range op.Config.Notify {
 		args = append(args, strconv.FormatFloat(t, 'g', -1, 64))
 	}

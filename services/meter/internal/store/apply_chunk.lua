@@ -17,13 +17,16 @@
 -- KEYS[S+2G+1 or +2] the epoch marker, when the meter guards its state (on a Redis
 --                    Cluster the marker of the call's own hash slot)
 -- ARGV[1]            S; ARGV[2..S+1]: each set's TTL in ms, set when events are recorded in it
--- then               G; per group: style, the count of its arguments, then
---                    for a grant: metric, default limit, period, align, thresholds (percent)...
+-- then               C; per grant configuration, the count of its arguments, then
+--                    metric, default limit, period, align, thresholds (percent)...
+--                    (sent once, however many uids' grants of the metric the chunk holds)
+-- then               G; per group: 'counter', 'gauge', or a grant's configuration (1..C)
 -- then               W; per window, 3 arguments: the first and last set to check and
 --                    the set to record in (the events of a chunk share a few)
 -- then               E; per event, 6 arguments: group, window, dedup member, value,
 --                    a grant's time in ms (0: Redis TIME, read once per chunk)
 --                    or a counter's or gauge's field, and its stream sequence (0: none)
+-- then               1: return every grant's state; 0: only those with notices pending
 -- then               stream mode: 1 (0: off, and nothing more here); the ack floor
 --                    (messages at or below it are duplicates: acked, so applied;
 --                    records wholly at or below it are dropped, one run "0-<floor>"
@@ -51,20 +54,37 @@
 --   groups, one per group: a grant's {used, limit, start, end, pending}
 --   (start and end in ms, end 0: indefinite; pending: the notices not yet
 --   confirmed, also when every event was a duplicate, so notices lost in a
---   crash are published again), or 0
+--   crash are published again), when asked for every grant or when
+--   notices are pending; otherwise 0
 
 local S = tonumber(ARGV[1])
 local pos = S + 2
+local C = tonumber(ARGV[pos])
+pos = pos + 1
+local configs = {}
+for c = 1, C do
+  local n = tonumber(ARGV[pos])
+  local cfg = {metric = ARGV[pos + 1], limit = ARGV[pos + 2], period = ARGV[pos + 3], align = ARGV[pos + 4],
+    thresholds = {}, tn = {}}
+  for j = 5, n do
+    cfg.thresholds[#cfg.thresholds + 1] = ARGV[pos + j]
+    cfg.tn[#cfg.tn + 1] = tonumber(ARGV[pos + j])
+  end
+  pos = pos + n + 1
+  configs[c] = cfg
+end
 local G = tonumber(ARGV[pos])
 pos = pos + 1
 local groups = {}
 for g = 1, G do
-  local n = tonumber(ARGV[pos + 1])
-  local grp = {style = ARGV[pos], key = KEYS[S + 2 * g - 1], over = KEYS[S + 2 * g], args = {}}
-  for j = 1, n do grp.args[j] = ARGV[pos + 1 + j] end
-  pos = pos + n + 2
+  local kind = ARGV[pos + g - 1]
+  local grp = {style = kind, key = KEYS[S + 2 * g - 1], over = KEYS[S + 2 * g]}
+  if kind ~= 'counter' and kind ~= 'gauge' then
+    grp.style, grp.cfg = 'grant', configs[tonumber(kind)]
+  end
   groups[g] = grp
 end
+pos = pos + G
 local W = tonumber(ARGV[pos])
 pos = pos + 1
 local wlo, whi, wadd = {}, {}, {}
@@ -82,6 +102,8 @@ for e = 1, E do
   eseq[e] = tonumber(ARGV[o + 5])
 end
 pos = pos + 6 * E
+local all_states = ARGV[pos] == '1'
+pos = pos + 1
 local stream_mode = ARGV[pos] == '1'
 local floor, seqs_ttl = 0, nil
 if stream_mode then
@@ -221,6 +243,8 @@ end
 
 -- notified_all reports whether n marks every one of count thresholds.
 local function notified_all(n, count)
+  if count == 0 then return true end
+  if n == '' then return false end
   local _, ones = string.gsub(n, '1', '')
   return ones >= count
 end
@@ -231,19 +255,16 @@ local function load_grant(grp)
   local st = redis.pcall('HMGET', grp.key, 'u', 's', 'e', 'n', 'q')
   grp.err = failed(st)
   if grp.err then return end
-  local limit = redis.pcall('HGET', grp.over, grp.args[1])
+  local cfg = grp.cfg
+  local limit = redis.pcall('HGET', grp.over, cfg.metric)
   grp.err = failed(limit)
   if grp.err then return end
-  grp.loaded, grp.limit, grp.dirty = true, limit or grp.args[2], {}
+  grp.loaded, grp.limit, grp.dirty = true, limit or cfg.limit, {}
   grp.limit_n = tonumber(grp.limit)
   grp.uraw = st[1] or '0'
   grp.uw, grp.um = dec(st[1]) -- nil: what Redis holds is not a number
   grp.s, grp.e, grp.n, grp.q = st[2], tonumber(st[3]), st[4] or '', st[5] or ''
-  grp.thresholds, grp.tn = {}, {}
-  for i = 5, #grp.args do
-    grp.thresholds[#grp.thresholds + 1] = grp.args[i]
-    grp.tn[#grp.tn + 1] = tonumber(grp.args[i])
-  end
+  grp.thresholds, grp.tn = cfg.thresholds, cfg.tn -- shared, never changed
   grp.all = notified_all(grp.n, #grp.tn)
 end
 
@@ -315,13 +336,13 @@ local function apply_one(grp, e)
     if now == nil then now = now_ms(0) end
     t = now
   end
-  local a, d = grp.args, grp.dirty
+  local cfg, d = grp.cfg, grp.dirty
   local fresh = not (grp.s and grp.e and (grp.e == 0 or t < grp.e))
   local uw, um, used = grp.uw, grp.um, grp.uraw
   local s, en, notified = grp.s, grp.e, grp.n
   if fresh then
     uw, um, used, notified = 0, 0, '0', ''
-    s, en = period_bounds(a[3], a[4], t)
+    s, en = period_bounds(cfg.period, cfg.align, t)
   end
   if not uw then return {-2, used} end
   local vw, vm = value_of(value)
@@ -360,6 +381,62 @@ local function apply_one(grp, e)
   return {1, table.concat(added, ';')}
 end
 
+-- A counter's field whose events in this chunk all add whole numbers
+-- takes one HINCRBY of their sum, with no read: every one of them is
+-- applied, as one at a time would, when what the field held was a whole
+-- number from 0 and the sum stays within 1e15 (a value is never
+-- negative, so no partial sum passes the last). Otherwise (a fraction,
+-- something else held, the sum too large: the increment is undone) the
+-- field's events take the way below, one by one. An event found below to
+-- repeat one applied earlier in the chunk is taken back out.
+do
+  local list = {}
+  for e = 1, E do
+    local grp = groups[eg[e]]
+    if grp.style == 'counter' and not seen[e] then
+      local f = ex[e]
+      if not grp.fast then grp.fast = {} end
+      local st = grp.fast[f]
+      if st == nil then
+        st = {sum = 0}
+        grp.fast[f] = st
+        list[#list + 1] = {grp, f, st}
+      end
+      if st.sum then
+        local w, m = value_of(evalue[e])
+        if not w or m ~= 0 or st.sum + w > MAX_WHOLE then
+          st.sum = false
+        else
+          st.sum = st.sum + w
+        end
+      end
+    end
+  end
+  for _, it in ipairs(list) do
+    local grp, f, st = it[1], it[2], it[3]
+    if st.sum then
+      local sum = string.format('%d', st.sum)
+      local r = redis.pcall('HINCRBY', grp.key, f, sum)
+      if type(r) == 'number' then
+        if r <= MAX_WHOLE and r - st.sum >= 0 then
+          st.ok, st.back = true, 0
+        else
+          redis.call('HINCRBY', grp.key, f, '-' .. sum)
+        end
+      end
+    end
+  end
+end
+
+-- fast_of is the state of event e's counter field when it was applied
+-- by the HINCRBY above, or nil.
+local function fast_of(grp, e)
+  if grp.fast == nil then return nil end
+  local st = grp.fast[ex[e]]
+  if st and st.ok then return st end
+  return nil
+end
+
 local out = {}
 local recorded = {} -- set index -> members applied in this chunk
 local applied = {} -- member -> true: applied in this chunk
@@ -371,11 +448,16 @@ for e = 1, E do
   if seen[e] or applied[member] or applied_seq[eseq[e]] then
     out[e] = 0
     if grp.style == 'grant' then load_grant(grp) end
+    local st = not seen[e] and fast_of(grp, e)
+    if st then st.back = st.back + value_of(evalue[e]) end
   else
     -- Every check comes before the first change to the group's state,
     -- so an event that fails leaves nothing of itself.
-    local ok, res = pcall(apply_one, grp, e)
-    if not ok then res = {-1, type(res) == 'table' and res.err or tostring(res)} end
+    local ok, res = true, 1
+    if not fast_of(grp, e) then
+      ok, res = pcall(apply_one, grp, e)
+      if not ok then res = {-1, type(res) == 'table' and res.err or tostring(res)} end
+    end
     out[e] = res
     if (res == 1 or (type(res) == 'table' and res[1] == 1)) and stream_mode and eseq[e] > 0 then
       applied_seq[eseq[e]] = true
@@ -406,7 +488,10 @@ for g = 1, G do
     if d.e then fields[#fields + 1], fields[#fields + 2] = 'e', grp.e end
     if d.n then fields[#fields + 1], fields[#fields + 2] = 'n', grp.n end
     if d.q then fields[#fields + 1], fields[#fields + 2] = 'q', grp.q end
-    states[g] = {used, grp.limit, tonumber(grp.s) or 0, grp.e or 0, grp.q}
+    states[g] = 0
+    if all_states or grp.q ~= '' then
+      states[g] = {used, grp.limit, tonumber(grp.s) or 0, grp.e or 0, grp.q}
+    end
   elseif grp.style == 'counter' then
     states[g] = 0
     for f in pairs(grp.dirty or {}) do
@@ -419,6 +504,9 @@ for g = 1, G do
     end
   end
   if #fields > 0 then many('HSET', grp.key, fields) end
+  for f, st in pairs(grp.fast or {}) do
+    if st.ok and st.back > 0 then redis.call('HINCRBY', grp.key, f, string.format('-%d', st.back)) end
+  end
   if grp.started then
     -- Ended state expires an hour after its end, so idle users cost
     -- nothing; an indefinite grant never does.

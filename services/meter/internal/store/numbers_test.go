@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/allot/allot/pkg/events"
 	"github.com/allot/allot/pkg/keys"
@@ -264,5 +266,112 @@ func testOlderStateIsRead(t *testing.T, open backend) {
 		if err != nil || !errors.Is(res[0].Err, ErrOutOfRange) {
 			t.Errorf("adding to %s: %+v, %v", field, res, err)
 		}
+	}
+}
+
+// A counter's field whose chunk events all add whole numbers takes one
+// HINCRBY of their sum, without reading it first; whatever it held, the
+// outcome of each event and what the field holds after are those of
+// applying the events one at a time (the way a fraction, or a duplicate
+// in the chunk, takes).
+func testCounterWholeNumbers(t *testing.T, open backend) {
+	s, _, rdb := newStore(t, open)
+	ctx := t.Context()
+	k := s.Keys()
+	counter := counterCfg(usage.StyleCounter, usage.ScopeUser)
+	const held = "" // no field
+	for i, tc := range []struct {
+		held   string
+		values []float64
+		ids    []string
+		want   string // what the field holds after
+		status string // per event: a applied, d duplicate, r refused (range)
+	}{
+		{held, []float64{1, 2, 3}, nil, "6", "aaa"},
+		{"7", []float64{1, 1, 1}, nil, "10", "aaa"},
+		{"12.5", []float64{1, 1}, nil, "14.5", "aa"},
+		{"7", []float64{1, 0.5, 1}, nil, "9.5", "aaa"},
+		{"-3", []float64{1, 1}, nil, "-3", "rr"},
+		{"999999999999998", []float64{1, 1, 1}, nil, "1000000000000000", "aar"},
+		{"0", []float64{1e15}, nil, "1000000000000000", "a"},
+		{"1", []float64{1e15, 0}, nil, "1", "ra"},
+		{"abc", []float64{1}, nil, "abc", "r"},
+		{"7", []float64{1, 1, 1}, []string{"x", "y", "x"}, "9", "aad"},
+		{"9223372036854775800", []float64{10}, nil, "9223372036854775800", "r"},
+	} {
+		uid := "u-w" + strconv.Itoa(i)
+		key := k.Values(keys.UserTag(uid), "c")
+		if tc.held != held {
+			rdb.HSet(ctx, key, "f", tc.held)
+		}
+		ops := make([]Op, len(tc.values))
+		for j, v := range tc.values {
+			id := uid + "-" + strconv.Itoa(j)
+			if tc.ids != nil {
+				id = uid + "-" + tc.ids[j]
+			}
+			ops[j] = Op{ID: id, UID: uid, Metric: "c", Config: counter, Value: v, Field: "f"}
+		}
+		res, err := s.Apply(ctx, ops)
+		if err != nil {
+			t.Fatalf("%d: %v", i, err)
+		}
+		status := ""
+		for _, r := range res {
+			switch {
+			case errors.Is(r.Err, ErrOutOfRange):
+				status += "r"
+			case r.Err != nil:
+				t.Errorf("%d: %v", i, r.Err)
+				status += "?"
+			case r.Applied:
+				status += "a"
+			default:
+				status += "d"
+			}
+		}
+		if got := rdb.HGet(ctx, key, "f").Val(); got != tc.want || status != tc.status {
+			t.Errorf("%d: held %q, adding %v: holds %q, events %s; want %q, %s", i, tc.held, tc.values, got, status, tc.want, tc.status)
+		}
+	}
+	// An id applied by another metric's event earlier in the chunk is a
+	// duplicate on the counter too.
+	grant := grantCfg(usage.PeriodDay, usage.AlignCalendar)
+	res, err := s.Apply(ctx, []Op{{ID: "same", UID: "u-ws", Metric: "g", Config: grant, Limit: 10, Value: 1},
+		{ID: "same", UID: "u-ws", Metric: "c", Config: counter, Value: 5, Field: "f"},
+		{ID: "other", UID: "u-ws", Metric: "c", Config: counter, Value: 2, Field: "f"}})
+	if err != nil || !res[0].Applied || res[1].Applied || !res[2].Applied {
+		t.Errorf("an id twice in a chunk: %+v, %v", res, err)
+	}
+	if got := rdb.HGet(ctx, k.Values(keys.UserTag("u-ws"), "c"), "f").Val(); got != "2" {
+		t.Errorf("an id twice in a chunk: the counter holds %q, want 2", got)
+	}
+	// A key of the wrong type fails the events, with nothing changed.
+	rdb.Set(ctx, k.Values(keys.UserTag("u-wt"), "c"), "x", 0)
+	res, err = s.Apply(ctx, []Op{{ID: "wt", UID: "u-wt", Metric: "c", Config: counter, Value: 1, Field: "f"}})
+	if err != nil || res[0].Err == nil || res[0].Applied {
+		t.Errorf("wrong type: %+v, %v", res, err)
+	}
+}
+
+// Without Options.GrantStates a chunk's reply carries the state of a
+// grant only while it holds notices to publish (the meter reads nothing
+// else of it); the state itself is the same.
+func testGrantStatesOnlyWhenAsked(t *testing.T, open backend) {
+	rdb, prefix := open(t)
+	ctx := t.Context()
+	s, err := New(ctx, rdb, Options{Keys: keys.New(prefix), DedupTTL: time.Hour, Cluster: strings.HasSuffix(prefix, clusterSuffix)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	grant := grantCfg(usage.PeriodDay, usage.AlignCalendar, 50)
+	g := func(id string) Op { return Op{ID: id, UID: "u-1", Metric: "g", Config: grant, Limit: 4, Value: 1} }
+	res, err := s.Apply(ctx, []Op{g("a")})
+	if err != nil || !res[0].Applied || res[0].Grant != nil || len(res[0].Notices) != 0 {
+		t.Fatalf("below the threshold: %+v, %v", res, err)
+	}
+	res, err = s.Apply(ctx, []Op{g("b")})
+	if err != nil || !res[0].Applied || res[0].Grant == nil || res[0].Grant.Used != 2 || len(res[0].Notices) != 1 {
+		t.Fatalf("at the threshold: %+v, %v", res, err)
 	}
 }

@@ -98,6 +98,8 @@ type Store struct {
 	stream   bool             // dedup by stream position (Options.StreamDedup)
 	seqKey   string
 	ackFloor atomic.Uint64 // the consumer's: records at or below it can go
+	// grantStates: Options.GrantStates.
+	grantStates bool
 	// waitReplicas and waitTimeout: Options.WaitReplicas (wait.go); cc
 	// is the client when it is a Cluster's.
 	waitReplicas int
@@ -158,6 +160,11 @@ type Options struct {
 	// write fails.
 	WaitReplicas int
 	WaitTimeout  time.Duration
+	// GrantStates has Apply return every grant's state after the chunk
+	// (Result.Grant); otherwise only those of grants holding notices come
+	// back, which spares Redis a reply of five values per grant that the
+	// meter does not read.
+	GrantStates bool
 }
 
 // New returns a Store and loads its scripts, so pipelines can send them
@@ -170,19 +177,20 @@ func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
 		return nil, errors.New("store: dedup TTL must be > 0")
 	}
 	s := &Store{
-		rdb:        rdb,
-		keys:       opts.Keys,
-		dedupTTL:   opts.DedupTTL,
-		now:        opts.Now,
-		cluster:    opts.Cluster,
-		guard:      opts.Guard,
-		stream:     opts.StreamDedup,
-		seqKey:     opts.SeqKey,
-		applyChunk: redis.NewScript(numbersLua + periodsLua + applyChunkLua),
-		authorize:  redis.NewScript(numbersLua + periodsLua + authorizeLua),
-		confirm:    redis.NewScript(confirmLua),
-		raiseEpoch: redis.NewScript(epochRaiseLua),
-		dropEpoch:  redis.NewScript(epochDropLua),
+		rdb:         rdb,
+		keys:        opts.Keys,
+		dedupTTL:    opts.DedupTTL,
+		now:         opts.Now,
+		cluster:     opts.Cluster,
+		guard:       opts.Guard,
+		stream:      opts.StreamDedup,
+		seqKey:      opts.SeqKey,
+		grantStates: opts.GrantStates,
+		applyChunk:  redis.NewScript(numbersLua + periodsLua + applyChunkLua),
+		authorize:   redis.NewScript(numbersLua + periodsLua + authorizeLua),
+		confirm:     redis.NewScript(confirmLua),
+		raiseEpoch:  redis.NewScript(epochRaiseLua),
+		dropEpoch:   redis.NewScript(epochDropLua),
 	}
 	if cc, ok := rdb.(*redis.ClusterClient); ok {
 		s.cluster, s.cc = true, cc

@@ -49,7 +49,7 @@ func newStore(t *testing.T, open backend) (*Store, *fakeClock, redis.UniversalCl
 	t.Helper()
 	rdb, prefix := open(t)
 	clock := &fakeClock{t: testenv.Now(t)}
-	s, err := New(t.Context(), rdb, Options{Keys: keys.New(prefix), DedupTTL: time.Hour, Now: clock.Now,
+	s, err := New(t.Context(), rdb, Options{Keys: keys.New(prefix), DedupTTL: time.Hour, Now: clock.Now, GrantStates: true,
 		Cluster: strings.HasSuffix(prefix, clusterSuffix)})
 	if err != nil {
 		t.Fatal(err)
@@ -96,6 +96,8 @@ var behaviours = []struct {
 	{"NumbersAtTheEdges", testNumbersAtTheEdges},
 	{"SumsStopAtTheLargestNumber", testSumsStopAtTheLargestNumber},
 	{"OlderStateIsRead", testOlderStateIsRead},
+	{"CounterWholeNumbers", testCounterWholeNumbers},
+	{"GrantStatesOnlyWhenAsked", testGrantStatesOnlyWhenAsked},
 }
 
 // Sums are exact decimals, whatever the order of integers and fractions,

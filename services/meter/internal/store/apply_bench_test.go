@@ -1,0 +1,130 @@
+package store
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/allot/allot/pkg/keys"
+	"github.com/allot/allot/pkg/testenv"
+	"github.com/allot/allot/pkg/usage"
+	"github.com/redis/go-redis/v9"
+)
+
+// BenchmarkApplyChunk applies chunks of 500 events, half to a counter
+// and half to a daily grant notifying at 80 and 100 % (the default
+// catalog's shape), with the chunk's events spread over uids uids: at
+// 500, about one event per key per chunk (a busy stream of many users);
+// at 5, fifty. On ALLOT_BENCH_REDIS_URL (a real Redis) it reports the
+// script's own time per event from INFO commandstats (redis_us/ev: what
+// binds a single Redis), beside the wall time per event; on miniredis
+// only the latter. b.N counts events.
+func BenchmarkApplyChunk(b *testing.B) {
+	for _, uids := range []int{500, 5} {
+		for _, stream := range []bool{false, true} {
+			dedup := "ids"
+			if stream {
+				dedup = "stream"
+			}
+			b.Run("uids="+strconv.Itoa(uids)+"/dedup="+dedup, func(b *testing.B) { benchmarkApplyChunk(b, uids, stream) })
+		}
+	}
+}
+
+func benchmarkApplyChunk(b *testing.B, uids int, stream bool) {
+	ctx := context.Background()
+	var rdb redis.UniversalClient
+	if url := os.Getenv("ALLOT_BENCH_REDIS_URL"); url != "" {
+		opts, err := redis.ParseURL(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		rdb = redis.NewClient(opts)
+	} else {
+		rdb = redis.NewClient(&redis.Options{Addr: testenv.Miniredis(b).Addr()})
+	}
+	defer rdb.Close()
+	prefix := "bapply" + strconv.FormatInt(time.Now().UnixNano()%1e9, 36) + ":"
+	defer func() {
+		iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+		for iter.Next(ctx) {
+			rdb.Del(ctx, iter.Val())
+		}
+	}()
+	s, err := New(ctx, rdb, Options{Keys: keys.New(prefix), DedupTTL: 24 * time.Hour, StreamDedup: stream, Guard: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := rdb.HSet(ctx, s.keys.MeterEpoch(), "seq", 0).Err(); err != nil {
+		b.Fatal(err)
+	}
+	grant := usage.MetricConfig{Style: usage.StyleGrant, Period: usage.PeriodDay, Notify: []float64{80, 100}}.Normalized()
+	counter := usage.MetricConfig{Style: usage.StyleCounter, Scope: usage.ScopeUser, Labels: []string{"resource"}}.Normalized()
+	const chunk = 500
+	// Fresh ids and sequences every chunk, a grant big enough that the
+	// run crosses no threshold: the steady state of a busy stream.
+	var seq uint64
+	chunkOf := func() []Op {
+		ops := make([]Op, chunk)
+		for i := range ops {
+			seq++
+			uid := "u-" + strconv.Itoa(int(seq)%uids)
+			ops[i] = Op{ID: "e-" + strconv.FormatUint(seq, 10), UID: uid, Value: 1, Seq: seq}
+			if i%2 == 0 {
+				ops[i].Metric, ops[i].Config, ops[i].Limit = "photo_daily_total", grant, 1e12
+			} else {
+				ops[i].Metric, ops[i].Config, ops[i].Field = "api_calls_total", counter, "resource=photo"
+			}
+		}
+		return ops
+	}
+	usec0 := scriptUsec(b, rdb)
+	b.ResetTimer()
+	events := 0
+	for events < b.N {
+		b.StopTimer()
+		ops := chunkOf()
+		b.StartTimer()
+		res, err := s.Apply(ctx, ops)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for i, r := range res {
+			if r.Err != nil || !r.Applied {
+				b.Fatalf("op %d: applied %v, %v", i, r.Applied, r.Err)
+			}
+		}
+		events += chunk
+	}
+	b.StopTimer()
+	if usec0 >= 0 {
+		b.ReportMetric(float64(scriptUsec(b, rdb)-usec0)/float64(events), "redis_us/ev")
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(events), "ns/ev")
+}
+
+// scriptUsec is the time Redis has spent in EVALSHA, from INFO
+// commandstats, or -1 where it is not kept (miniredis).
+func scriptUsec(b *testing.B, rdb redis.UniversalClient) int64 {
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil || !strings.Contains(info, "cmdstat_") {
+		return -1
+	}
+	for _, line := range strings.Split(info, "\n") {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_evalsha:")
+		if !ok {
+			continue
+		}
+		_, usec, _ := strings.Cut(rest, "usec=")
+		usec, _, _ = strings.Cut(usec, ",")
+		n, err := strconv.ParseInt(usec, 10, 64)
+		if err != nil {
+			b.Fatalf("commandstats %q: %v", line, err)
+		}
+		return n
+	}
+	return 0
+}
