@@ -68,6 +68,18 @@ func (f ChunkHandlerFunc) HandleChunk(ctx context.Context, msgs []jetstream.Msg)
 	return f(ctx, msgs)
 }
 
+// ChunkPreparer is a ChunkHandler that can do the part of a chunk's work
+// that depends on no earlier chunk (decoding, checking against its
+// configuration) ahead of time. The consumer then prepares the next chunk
+// in a goroutine of its own while the one before is handled, so that
+// work overlaps the backend's, and runs what PrepareChunk returns, in
+// stream order, in place of HandleChunk: with the same contract (one
+// outcome per message, an error when the backend is away).
+type ChunkPreparer interface {
+	ChunkHandler
+	PrepareChunk(msgs []jetstream.Msg) func(ctx context.Context) ([]Outcome, error)
+}
+
 // DeadLetters says where a consumer stores the messages it refuses.
 type DeadLetters struct {
 	// Subject names the dead letter of a message that came on subject.
@@ -239,32 +251,70 @@ func (c *Consumer) Run(ctx context.Context) {
 }
 
 // chunks hands msgs over in chunks of whatever has arrived, up to a
-// batch, pausing while the backend is away.
+// batch, pausing while the backend is away. A ChunkPreparer's next chunk
+// is collected and prepared while the one before is handled.
 func (c *Consumer) chunks(ctx context.Context, msgs <-chan jetstream.Msg) {
+	if p, ok := c.h.(ChunkPreparer); ok {
+		c.prepared(ctx, msgs, p)
+		return
+	}
 	chunk := make([]jetstream.Msg, 0, c.cfg.Batch)
 	for msg := range msgs {
 		for c.backoff > 0 && ctx.Err() == nil {
 			c.waitForBackend(ctx)
 		}
-		chunk = append(chunk[:0], msg)
-	more:
-		for len(chunk) < cap(chunk) {
-			select {
-			case next, ok := <-msgs:
-				if !ok {
-					break more
-				}
-				chunk = append(chunk, next)
-			default:
-				break more
-			}
-		}
-		c.handle(chunk)
+		chunk = c.collect(append(chunk[:0], msg), msgs)
+		c.handle(chunk, func(ctx context.Context) ([]Outcome, error) { return c.h.HandleChunk(ctx, chunk) })
 	}
 }
 
-// handle gives one chunk to the handler and settles every message.
-func (c *Consumer) handle(msgs []jetstream.Msg) {
+// collect adds to chunk what has arrived on msgs, up to a batch, without
+// waiting.
+func (c *Consumer) collect(chunk []jetstream.Msg, msgs <-chan jetstream.Msg) []jetstream.Msg {
+	for len(chunk) < c.cfg.Batch {
+		select {
+		case next, ok := <-msgs:
+			if !ok {
+				return chunk
+			}
+			chunk = append(chunk, next)
+		default:
+			return chunk
+		}
+	}
+	return chunk
+}
+
+// preparedChunk is a chunk and the rest of its handling.
+type preparedChunk struct {
+	msgs []jetstream.Msg
+	run  func(ctx context.Context) ([]Outcome, error)
+}
+
+// prepared is chunks for a ChunkPreparer: one goroutine collects and
+// prepares each chunk, at most one ahead of the chunk being handled,
+// while this one handles them in order. It returns when msgs is closed
+// and every chunk taken from it is settled.
+func (c *Consumer) prepared(ctx context.Context, msgs <-chan jetstream.Msg, p ChunkPreparer) {
+	ready := make(chan preparedChunk)
+	go func() {
+		defer close(ready)
+		for msg := range msgs {
+			chunk := c.collect(append(make([]jetstream.Msg, 0, c.cfg.Batch), msg), msgs)
+			ready <- preparedChunk{chunk, p.PrepareChunk(chunk)}
+		}
+	}()
+	for pc := range ready {
+		for c.backoff > 0 && ctx.Err() == nil {
+			c.waitForBackend(ctx)
+		}
+		c.handle(pc.msgs, pc.run)
+	}
+}
+
+// handle has one chunk handled (run is HandleChunk, or what PrepareChunk
+// returned) and settles every message.
+func (c *Consumer) handle(msgs []jetstream.Msg, run func(ctx context.Context) ([]Outcome, error)) {
 	if m := c.cfg.Metrics; m != nil {
 		m.batchSize.Observe(float64(len(msgs)))
 		if meta, err := msgs[len(msgs)-1].Metadata(); err == nil {
@@ -274,7 +324,7 @@ func (c *Consumer) handle(msgs []jetstream.Msg) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.AckWait/2)
 	defer cancel()
-	outcomes, err := c.h.HandleChunk(ctx, msgs)
+	outcomes, err := run(ctx)
 	switch {
 	case err != nil:
 		c.backoff = c.nextBackoff()

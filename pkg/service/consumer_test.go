@@ -443,3 +443,86 @@ func TestNewConsumerRefusesBadUse(t *testing.T) {
 		t.Error("a second consumer's metrics under the same prefix were accepted")
 	}
 }
+
+// preparer records when each chunk was prepared and handled.
+type preparer struct {
+	mu       sync.Mutex
+	prepared []string // first body of each chunk, as prepared
+	handled  []string // every body, as handled
+	ahead    int      // chunks prepared while the one before was being handled
+	busy     bool
+	decide   func(body string) service.Outcome
+}
+
+func (p *preparer) HandleChunk(ctx context.Context, msgs []jetstream.Msg) ([]service.Outcome, error) {
+	return p.PrepareChunk(msgs)(ctx)
+}
+
+func (p *preparer) PrepareChunk(msgs []jetstream.Msg) func(context.Context) ([]service.Outcome, error) {
+	p.mu.Lock()
+	p.prepared = append(p.prepared, string(msgs[0].Data()))
+	if p.busy {
+		p.ahead++
+	}
+	p.mu.Unlock()
+	bodies := make([]string, len(msgs))
+	for i, m := range msgs {
+		bodies[i] = string(m.Data())
+	}
+	return func(context.Context) ([]service.Outcome, error) {
+		p.mu.Lock()
+		p.busy = true
+		p.mu.Unlock()
+		time.Sleep(5 * time.Millisecond) // the backend's round trip
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.busy = false
+		out := make([]service.Outcome, len(bodies))
+		for i, b := range bodies {
+			p.handled = append(p.handled, b)
+			if p.decide != nil {
+				out[i] = p.decide(b)
+			}
+		}
+		return out, nil
+	}
+}
+
+// A ChunkPreparer's next chunk is prepared while the one before is
+// handled; chunks are still handled once each, in stream order, and
+// settled as the handler says.
+func TestConsumerPreparesTheNextChunkAhead(t *testing.T) {
+	e := newConsumerEnv(t)
+	e.publish(t, 600)
+	p := &preparer{decide: func(body string) service.Outcome {
+		if body == "7" {
+			return service.Dead("invalid", "seven")
+		}
+		return service.Ack()
+	}}
+	c, err := service.NewConsumer(e.cons, e.js, p, service.ConsumerConfig{Name: "t", Batch: 20,
+		DeadLetters: &service.DeadLetters{Subject: func(string) string { return "dead.t" }, Stream: "IN"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := c.Start(t.Context())
+	e.settled(t)
+	if err := stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if diff := cmp.Diff(seq(600), p.handled); diff != "" {
+		t.Errorf("handled (-want +got):\n%s", diff)
+	}
+	if p.ahead == 0 {
+		t.Errorf("no chunk of %d was prepared while the one before was handled", len(p.prepared))
+	}
+	dead, err := e.js.Stream(t.Context(), "DEAD")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := dead.Info(t.Context()); err != nil || info.State.Msgs != 1 {
+		t.Errorf("dead letters: %+v, %v; want 1", info, err)
+	}
+}

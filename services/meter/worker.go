@@ -43,12 +43,14 @@ type item struct {
 // not depend on Redis), naks the rest with a growing delay and pauses
 // until Redis answers.
 func (a applier) HandleChunk(ctx context.Context, msgs []jetstream.Msg) ([]service.Outcome, error) {
+	return a.PrepareChunk(msgs)(ctx)
+}
+
+// PrepareChunk implements service.ChunkPreparer: the decoding and checking
+// of a chunk's events, which needs neither Redis nor the chunks before,
+// runs while the chunk before is applied; what it returns applies them.
+func (a applier) PrepareChunk(msgs []jetstream.Msg) func(ctx context.Context) ([]service.Outcome, error) {
 	m := a.m
-	if m.lost.Load() {
-		// Redis lost the state: wait (nak, pause until Ready) for the
-		// rebuild rather than apply into nothing.
-		return make([]service.Outcome, len(msgs)), errRebuilding
-	}
 	items := make([]item, len(msgs))
 	out := make([]service.Outcome, len(msgs))
 	var ops []store.Op
@@ -63,13 +65,33 @@ func (a applier) HandleChunk(ctx context.Context, msgs []jetstream.Msg) ([]servi
 		opItems = append(opItems, i)
 	}
 	covered := m.refusedTop(items)
-	if len(ops) == 0 {
+	var chunk *store.Chunk
+	if len(ops) > 0 {
+		chunk = m.store.PrepareApply(ops, covered)
+	}
+	return func(ctx context.Context) ([]service.Outcome, error) {
+		return a.apply(ctx, items, out, chunk, opItems, covered)
+	}
+}
+
+// apply applies a prepared chunk (items[opItems[j]] holds its op j; nil
+// when every event was refused) in one round trip, publishes the chunk's
+// threshold notices together and fills in out, which holds the refusals
+// already.
+func (a applier) apply(ctx context.Context, items []item, out []service.Outcome, chunk *store.Chunk, opItems []int, covered uint64) ([]service.Outcome, error) {
+	m := a.m
+	if m.lost.Load() {
+		// Redis lost the state: wait (nak, pause until Ready) for the
+		// rebuild rather than apply into nothing.
+		return make([]service.Outcome, len(items)), errRebuilding
+	}
+	if chunk == nil {
 		m.raiseOverRefused(ctx, covered, items, out)
 		return out, nil
 	}
 	start := time.Now()
 	// The apply call raises the marker over the refused events too.
-	results, err := m.store.ApplyCovering(ctx, ops, covered)
+	results, err := m.store.ApplyPrepared(ctx, chunk)
 	m.metrics.applySeconds.Observe(time.Since(start).Seconds())
 	if err != nil && covered > 0 {
 		// The marker was not raised over them: redeliver them, do not
@@ -90,6 +112,7 @@ func (a applier) HandleChunk(ctx context.Context, msgs []jetstream.Msg) ([]servi
 	}
 	var batches []noticeBatch
 	var batchItems []int
+	var applied, duplicates int
 	for j, res := range results {
 		i := opItems[j]
 		switch {
@@ -97,9 +120,9 @@ func (a applier) HandleChunk(ctx context.Context, msgs []jetstream.Msg) ([]servi
 			r := applyRefusal(items[i].op, res.Err)
 			out[i] = service.Dead(r.kind, r.reason)
 		case res.Applied:
-			m.metrics.events.WithLabelValues("applied").Inc()
+			applied++
 		default:
-			m.metrics.events.WithLabelValues("duplicate").Inc()
+			duplicates++
 		}
 		if len(res.Notices) > 0 {
 			it := &items[i]
@@ -107,6 +130,8 @@ func (a applier) HandleChunk(ctx context.Context, msgs []jetstream.Msg) ([]servi
 			batchItems = append(batchItems, i)
 		}
 	}
+	m.metrics.events.WithLabelValues("applied").Add(float64(applied))
+	m.metrics.events.WithLabelValues("duplicate").Add(float64(duplicates))
 	// Every notice of the chunk at once: one wait for the acks, one round
 	// trip to clear them.
 	for j, err := range m.publishNotices(ctx, batches) {
