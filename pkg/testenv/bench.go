@@ -3,7 +3,10 @@ package testenv
 import (
 	"os"
 	"strconv"
+	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // BenchTurns is how long each phase of an interleaved benchmark runs
@@ -21,4 +24,24 @@ func BenchTurns() (d time.Duration, rounds int) {
 		rounds = v
 	}
 	return d, rounds
+}
+
+// BenchRedis returns a client of the Redis a benchmark's figures come
+// from: the real one at ALLOT_BENCH_REDIS_URL, else a miniredis of its
+// own; and a random key prefix whose keys are deleted, and the client
+// closed, at the end of tb.
+func BenchRedis(tb testing.TB) (*redis.Client, string) {
+	tb.Helper()
+	var rdb *redis.Client
+	if url := os.Getenv("ALLOT_BENCH_REDIS_URL"); url != "" {
+		opts, err := redis.ParseURL(url)
+		if err != nil {
+			tb.Fatalf("ALLOT_BENCH_REDIS_URL: %v", err)
+		}
+		rdb = redis.NewClient(opts)
+	} else {
+		rdb = redis.NewClient(&redis.Options{Addr: Miniredis(tb).Addr()})
+	}
+	tb.Cleanup(func() { _ = rdb.Close() })
+	return rdb, KeyPrefix(tb, rdb)
 }
