@@ -412,7 +412,14 @@ func (s *Store) chunkArgs(ops []Op, part []int, covered uint64) ([]string, []any
 		args = append(args, w.lo, w.hi, w.add)
 	}
 	args = append(args, evArgs...)
-	args = append(args, boolArg(s.grantStates))
+	flags := 0
+	if s.grantStates {
+		flags++
+	}
+	if s.oneByOne {
+		flags += 2
+	}
+	args = append(args, flags)
 	if s.stream {
 		keyList = append(keyList, s.seqsKey(setTag))
 		args = append(args, 1, s.ackFloor.Load(), 2*s.dedupTTL.Milliseconds())
@@ -430,13 +437,6 @@ func (s *Store) chunkArgs(ops []Op, part []int, covered uint64) ([]string, []any
 		args = append(args, max(seq, covered))
 	}
 	return keyList, args, groups
-}
-
-func boolArg(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // grantArgs are the arguments of a grant's configuration: its metric,

@@ -26,7 +26,9 @@
 -- then               E; per event, 6 arguments: group, window, dedup member, value,
 --                    a grant's time in ms (0: Redis TIME, read once per chunk)
 --                    or a counter's or gauge's field, and its stream sequence (0: none)
--- then               1: return every grant's state; 0: only those with notices pending
+-- then               flags, summed: 1 return every grant's state (else only those with
+--                    notices pending); 2 decide every counter event one by one (no
+--                    HINCRBY of whole numbers: the tests' reference)
 -- then               stream mode: 1 (0: off, and nothing more here); the ack floor
 --                    (messages at or below it are duplicates: acked, so applied;
 --                    records wholly at or below it are dropped, one run "0-<floor>"
@@ -102,7 +104,8 @@ for e = 1, E do
   eseq[e] = tonumber(ARGV[o + 5])
 end
 pos = pos + 6 * E
-local all_states = ARGV[pos] == '1'
+local flags = tonumber(ARGV[pos])
+local all_states, one_by_one = flags % 2 == 1, flags >= 2
 pos = pos + 1
 local stream_mode = ARGV[pos] == '1'
 local floor, seqs_ttl = 0, nil
@@ -393,7 +396,7 @@ do
   local list = {}
   for e = 1, E do
     local grp = groups[eg[e]]
-    if grp.style == 'counter' and not seen[e] then
+    if grp.style == 'counter' and not seen[e] and not one_by_one then
       local f = ex[e]
       if not grp.fast then grp.fast = {} end
       local st = grp.fast[f]

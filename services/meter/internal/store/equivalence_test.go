@@ -53,6 +53,8 @@ func randomOps(rng *rand.Rand, n int, start time.Time) []Op {
 			op.ID = fmt.Sprintf("e%d", rng.IntN(i))
 		case r < 9 && op.Config.Style != usage.StyleGauge:
 			op.Value = 1e15 // refused: past the largest number kept
+		case r < 14 && op.Config.Style != usage.StyleGauge:
+			op.Value = 0.25 // a fraction: a counter's chunk takes the one-by-one way
 		}
 		ops = append(ops, op)
 	}
@@ -125,6 +127,9 @@ func testAggregatedEqualsPerEventIn(t *testing.T, open backend, n int, stream bo
 		return s
 	}
 	one, agg := open2("one:"), open2("agg:")
+	// One at a time, every counter event is read and decided alone: the
+	// reference for the chunks' HINCRBY of whole numbers.
+	one.oneByOne = true
 
 	var got1, got2 []string
 	for _, op := range ops {

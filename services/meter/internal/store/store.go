@@ -98,8 +98,10 @@ type Store struct {
 	stream   bool             // dedup by stream position (Options.StreamDedup)
 	seqKey   string
 	ackFloor atomic.Uint64 // the consumer's: records at or below it can go
-	// grantStates: Options.GrantStates.
-	grantStates bool
+	// grantStates: Options.GrantStates. oneByOne decides every counter
+	// event one at a time, reading the field, as before the HINCRBY of
+	// whole numbers: the reference the tests hold that path to.
+	grantStates, oneByOne bool
 	// waitReplicas and waitTimeout: Options.WaitReplicas (wait.go); cc
 	// is the client when it is a Cluster's.
 	waitReplicas int
