@@ -119,12 +119,21 @@ func (l *Limiter) startEpoch(ctx context.Context, js jetstream.JetStream) error 
 // the windows of hits are lost it counts nothing and waits the same way
 // for their rebuild.
 func (w hitCounter) HandleChunk(ctx context.Context, msgs []jetstream.Msg) ([]service.Outcome, error) {
-	out := make([]service.Outcome, len(msgs)) // all acked
-	if w.l.lost.Load() {
-		return out, errRebuilding
+	return w.PrepareChunk(msgs)(ctx)
+}
+
+// PrepareChunk implements service.ChunkPreparer: the chunk's events are
+// decoded into hits while the chunk before is counted.
+func (w hitCounter) PrepareChunk(msgs []jetstream.Msg) func(context.Context) ([]service.Outcome, error) {
+	p := w.parseAll(msgs)
+	return func(ctx context.Context) ([]service.Outcome, error) {
+		out := make([]service.Outcome, len(msgs)) // all acked
+		if w.l.lost.Load() {
+			return out, errRebuilding
+		}
+		_, err := w.countParsed(ctx, p)
+		return out, err
 	}
-	_, err := w.count(ctx, msgs)
-	return out, err
 }
 
 // hitTally is what count did with a chunk: events skipped, and hits by
@@ -133,23 +142,43 @@ type hitTally struct {
 	skipped, counted, duplicate, refused, failed int64
 }
 
+// parsedHits are a chunk's hits, and why each event skipped was.
+type parsedHits struct {
+	hits    []store.Hit
+	skipped []string // the reason of each event skipped
+}
+
 // count counts the hits of msgs, the live consumer's and a rebuild's
 // path alike, recording them in the metrics. The error is a failed round
 // trip: nothing can be said of any hit, and sending them all again is
 // safe.
 func (w hitCounter) count(ctx context.Context, msgs []jetstream.Msg) (hitTally, error) {
-	l := w.l
-	var t hitTally
-	var hits []store.Hit
+	return w.countParsed(ctx, w.parseAll(msgs))
+}
+
+// parseAll parses every event of a chunk.
+func (w hitCounter) parseAll(msgs []jetstream.Msg) parsedHits {
+	var p parsedHits
 	for _, msg := range msgs {
 		hs, reason := w.parse(msg)
 		if reason != "" {
-			l.metrics.hitEvents.WithLabelValues(reason).Inc()
-			t.skipped++
+			p.skipped = append(p.skipped, reason)
 			continue
 		}
-		hits = append(hits, hs...)
+		p.hits = append(p.hits, hs...)
 	}
+	return p
+}
+
+// countParsed is count of a parsed chunk.
+func (w hitCounter) countParsed(ctx context.Context, p parsedHits) (hitTally, error) {
+	l := w.l
+	var t hitTally
+	for _, reason := range p.skipped {
+		l.metrics.hitEvents.WithLabelValues(reason).Inc()
+		t.skipped++
+	}
+	hits := p.hits
 	if len(hits) == 0 {
 		return t, nil
 	}
