@@ -444,6 +444,10 @@ func TestRedisOutage(t *testing.T) {
 	if got := testutil.ToFloat64(e.meter.metrics.redisErrors); got < 1 {
 		t.Errorf("redis errors not counted")
 	}
+	// The events naked during the outage came again, and were counted so.
+	if got := testutil.ToFloat64(e.meter.metrics.redelivered); got < 1 {
+		t.Errorf("redeliveries = %v, want the naked events", got)
+	}
 }
 
 // Two replicas share the durable consumer; each event counts once.

@@ -15,6 +15,7 @@ import (
 // metrics are the meter's own series.
 type metrics struct {
 	events       *prometheus.CounterVec
+	redelivered  prometheus.Counter
 	dead         *prometheus.CounterVec
 	applySeconds prometheus.Histogram
 	redisErrors  prometheus.Counter
@@ -34,6 +35,10 @@ func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
 			Name: "allot_meter_events_total",
 			Help: "Usage events handled, by result: applied, duplicate (already counted) or dead (refused, in the dead-letter stream).",
 		}, []string{"result"}),
+		redelivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "allot_meter_redeliveries_total",
+			Help: "Usage events handed to this meter that the server had delivered before: after a nak (Redis away, a rebuild), an ack wait run out (a chunk slower than it, a replica that stopped holding them) or deliveries lost on their way to the chunks.",
+		}),
 		dead: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "allot_meter_dead_letters_total",
 			Help: "Usage events refused, by reason: invalid, subject, oversized, unknown_metric, value, label, range (a sum past 1e15), apply.",
@@ -89,7 +94,7 @@ func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
 	if reg == nil {
 		return mt, nil
 	}
-	for _, c := range []prometheus.Collector{mt.events, mt.dead, mt.applySeconds,
+	for _, c := range []prometheus.Collector{mt.events, mt.redelivered, mt.dead, mt.applySeconds,
 		mt.redisErrors, mt.notices, mt.requests, mt.authorized, mt.requestBatch, mt.rebuilding, mt.rebuilds, mt.rebuildDone, mt.rollbacks, newUsageCollector(m)} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)

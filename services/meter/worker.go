@@ -32,10 +32,11 @@ type refusal struct {
 
 // item is one message on its way through a chunk.
 type item struct {
-	msg    jetstream.Msg
-	uid    string
-	op     store.Op
-	refuse *refusal
+	msg         jetstream.Msg
+	uid         string
+	op          store.Op
+	refuse      *refusal
+	redelivered bool // the server had delivered it before
 }
 
 // HandleChunk implements service.ChunkHandler. A Redis failure returns
@@ -55,8 +56,12 @@ func (a applier) PrepareChunk(msgs []jetstream.Msg) func(ctx context.Context) ([
 	out := make([]service.Outcome, len(msgs))
 	var ops []store.Op
 	var opItems []int
+	redelivered := 0
 	for i, msg := range msgs {
 		items[i] = a.parse(msg)
+		if items[i].redelivered {
+			redelivered++
+		}
 		if r := items[i].refuse; r != nil {
 			out[i] = service.Dead(r.kind, r.reason)
 			continue
@@ -64,6 +69,7 @@ func (a applier) PrepareChunk(msgs []jetstream.Msg) func(ctx context.Context) ([
 		ops = append(ops, items[i].op)
 		opItems = append(opItems, i)
 	}
+	m.metrics.redelivered.Add(float64(redelivered))
 	covered := m.refusedTop(items)
 	var chunk *store.Chunk
 	if len(ops) > 0 {
@@ -195,6 +201,10 @@ func (m *Meter) deadCounted(kind string) {
 func (a applier) parse(msg jetstream.Msg) item {
 	m := a.m
 	it := item{msg: msg}
+	md, mdErr := msg.Metadata()
+	if mdErr == nil {
+		it.redelivered = md.NumDelivered > 1
+	}
 	refuse := func(kind, format string, args ...any) item {
 		it.refuse = &refusal{kind, fmt.Sprintf(format, args...)}
 		return it
@@ -235,7 +245,7 @@ func (a applier) parse(msg jetstream.Msg) item {
 	limit, _ := m.cfg.Usage.DefaultGrant(ev.Data.Metric)
 	var at time.Time
 	var seq uint64
-	if md, err := msg.Metadata(); err == nil {
+	if mdErr == nil {
 		// The stream's clock: one for every replica, and the same when
 		// the stream is replayed (rebuild.go).
 		at, seq = md.Timestamp, md.Sequence.Stream
