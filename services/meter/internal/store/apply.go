@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -340,9 +341,16 @@ func (s *Store) chunkArgs(ops []Op, part []int, covered uint64) ([]string, []any
 	var groups []chunkGroup
 	groupOf := map[string]int{}
 	// A grant's configuration is sent once per chunk, however many uids'
-	// grants of the metric it holds.
+	// grants of the metric it holds: found by its metric, limit, period
+	// and align, then its thresholds compared (they differ only in tests).
+	type grantKey struct {
+		metric        string
+		limit         float64
+		period, align string
+	}
 	var configs [][]any
-	configOf := map[string]int{}
+	var thresholds [][]float64
+	configOf := map[grantKey][]int{}
 	type windowArgs struct{ lo, hi, add int }
 	var windows []windowArgs
 	windowOf := map[windowArgs]int{}
@@ -366,13 +374,19 @@ func (s *Store) chunkArgs(ops []Op, part []int, covered uint64) ([]string, []any
 			groupOf[key] = g
 			var kind any = op.Config.Style
 			if op.Config.Style == usage.StyleGrant {
-				cfg := grantArgs(op)
-				id := fmt.Sprint(cfg...)
-				c, ok := configOf[id]
-				if !ok {
-					configs = append(configs, cfg)
+				k := grantKey{op.Metric, op.Limit, op.Config.Period, op.Config.Align}
+				c := 0
+				for _, i := range configOf[k] {
+					if slices.Equal(thresholds[i-1], op.Config.Notify) {
+						c = i
+						break
+					}
+				}
+				if c == 0 {
+					configs = append(configs, grantArgs(op))
+					thresholds = append(thresholds, op.Config.Notify)
 					c = len(configs)
-					configOf[id] = c
+					configOf[k] = append(configOf[k], c)
 				}
 				kind = c
 			}
