@@ -83,6 +83,17 @@ func (e consumerEnv) settled(t *testing.T) {
 	}
 }
 
+// runUntilSettled runs c until the consumer has nothing pending or
+// unacked, then stops it (the drain included).
+func (e consumerEnv) runUntilSettled(t *testing.T, c *service.Consumer) {
+	t.Helper()
+	stop := c.Start(t.Context())
+	e.settled(t)
+	if err := stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // recorder is a handler that records what it was handed.
 type recorder struct {
 	mu     sync.Mutex
@@ -159,11 +170,7 @@ func TestConsumerHandsOverInOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stop := c.Start(t.Context())
-	e.settled(t)
-	if err := stop(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	e.runUntilSettled(t, c)
 	if diff := cmp.Diff(seq(1000), rec.bodies()); diff != "" {
 		t.Errorf("handed over (-want +got):\n%s", diff)
 	}
@@ -352,11 +359,7 @@ func TestConsumerWrongOutcomeCountRedelivers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stop := c.Start(t.Context())
-	e.settled(t)
-	if err := stop(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	e.runUntilSettled(t, c)
 	if calls.Load() < 2 {
 		t.Errorf("%d calls: the chunk was not redelivered", calls.Load())
 	}
@@ -505,11 +508,7 @@ func TestConsumerPreparesTheNextChunkAhead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stop := c.Start(t.Context())
-	e.settled(t)
-	if err := stop(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	e.runUntilSettled(t, c)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if diff := cmp.Diff(seq(600), p.handled); diff != "" {
