@@ -193,7 +193,10 @@ func drive(t *testing.T, st *Stack, cfg service.Config) {
 	}
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		credit, err := c.Credit(ctx, "u-1", "photo_daily_total")
-		if err == nil && credit.Used >= 2 && strings.Contains(get(t, st.HTTPURL+"/dev/mail"), "to ada@example.com") {
+		// The notifier counts a sent email after the SMTP server has it:
+		// wait for the count too, not only the mail.
+		if err == nil && credit.Used >= 2 && strings.Contains(get(t, st.HTTPURL+"/dev/mail"), "to ada@example.com") &&
+			strings.Contains(get(t, st.HTTPURL+"/metrics"), "allot_notifier_emails_sent_total{") {
 			return
 		}
 		if time.Now().After(deadline) {
