@@ -123,7 +123,10 @@ func TestDrainOutlastsARedeliveryAfterTheAckWait(t *testing.T) {
 		return script(t, clk, func(sec int) (progress, error) { return consumerProgress(sample(sec), from, seq), nil })
 	}
 
-	stall, why := drainStall(30 * time.Second)
+	if stall, why := drainStall(5*time.Second, 35*time.Second); stall != 45*time.Second || !strings.Contains(why, "pinned TTL of 35s") {
+		t.Errorf("drainStall(5s, 35s) = %v, %q", stall, why)
+	}
+	stall, why := drainStall(30*time.Second, 0)
 	if stall != 40*time.Second || !strings.Contains(why, "ack wait of 30s") {
 		t.Errorf("drainStall(30s) = %v, %q", stall, why)
 	}

@@ -23,6 +23,7 @@ type floorWatcher struct {
 	cons    jetstream.Consumer
 	sends   *sends        // what the phase puts into the stream; nil if nothing
 	ackWait time.Duration // the consumer's: how long before an unacked message is redelivered
+	pinTTL  time.Duration // the consumer's pinned TTL (0: not pinned): how long a dead reader keeps the pin
 	mu      sync.Mutex
 	samp    []floorSample
 	err     error // the last poll's
@@ -116,7 +117,10 @@ func (w *floorWatcher) poll(ctx context.Context) error {
 		return w.err
 	}
 	w.err = nil
-	w.ackWait = info.Config.AckWait
+	w.ackWait, w.pinTTL = info.Config.AckWait, 0
+	if info.Config.PriorityPolicy == jetstream.PriorityPolicyPinned {
+		w.pinTTL = info.Config.PinnedTTL
+	}
 	w.samp = append(w.samp, floorSample{at: time.Now(), floor: info.AckFloor.Stream,
 		backlog: info.NumPending + uint64(info.NumAckPending), pending: info.NumPending,
 		ackPending: uint64(info.NumAckPending), redelivered: uint64(info.NumRedelivered), acked: acked})
@@ -182,9 +186,15 @@ func (w *floorWatcher) rate(from, to time.Time) (float64, float64) {
 // dropped it, or its worker lost it) comes back only after the consumer's
 // ack wait; until then the ack floor cannot pass it, however fast the rest
 // is applied. So the budget is the ack wait plus a margin for the server
-// to redeliver and the worker to apply.
-func drainStall(ackWait time.Duration) (time.Duration, string) {
+// to redeliver and the worker to apply. A pinned consumer (the ordered
+// meter) gives nothing to anyone until a dead reader's pin runs out: then
+// the budget is its pinned TTL (which outlasts the ack wait) plus the
+// margin.
+func drainStall(ackWait, pinTTL time.Duration) (time.Duration, string) {
 	const margin = 10 * time.Second
+	if pinTTL > ackWait {
+		return pinTTL + margin, fmt.Sprintf("the consumer's pinned TTL of %v, after which a killed reader's pin passes to another (and what it held has been redelivered), plus 10s", pinTTL)
+	}
 	if ackWait <= 0 {
 		return 30*time.Second + margin, "the consumer's ack wait is unknown: 30s, plus 10s"
 	}
@@ -217,7 +227,7 @@ func (w *floorWatcher) drain(ctx context.Context, js jetstream.JetStream, what, 
 	known := false
 	from := w.at(time.Time{}).floor
 	w.mu.Lock()
-	stall, why := drainStall(w.ackWait)
+	stall, why := drainStall(w.ackWait, w.pinTTL)
 	w.mu.Unlock()
 	return waitFor(ctx, realClock{}, waitSpec{What: what, Unit: "messages applied", Stall: stall, StallWhy: why, Every: 100 * time.Millisecond},
 		func(ctx context.Context) (progress, error) {

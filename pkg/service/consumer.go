@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/allot/allot/pkg/events"
@@ -52,10 +53,13 @@ func (o Outcome) IsDead() bool { return o.verdict == verdictDead }
 
 // ChunkHandler handles the messages of one chunk, in stream order, and
 // returns one outcome per message. An error says the backend is away and
-// the whole chunk could not be handled: the consumer dead-letters the
-// messages marked Dead (they do not depend on the backend), naks the rest
-// with a delay that grows up to MaxRetryDelay, and pauses until Ready
-// answers. ctx ends half an AckWait after the chunk was handed over.
+// the whole chunk could not be handled: the consumer holds the chunk
+// (nothing after it is handled meanwhile), pauses until Ready answers and
+// hands the same chunk over again, up to HeldTries times in all; only
+// then does it dead-letter the messages marked Dead (they do not depend
+// on the backend), nak the rest with a delay that grows up to
+// MaxRetryDelay, and go on. ctx ends half an AckWait after the chunk was
+// handed over.
 type ChunkHandler interface {
 	HandleChunk(ctx context.Context, msgs []jetstream.Msg) ([]Outcome, error)
 }
@@ -122,6 +126,34 @@ type ConsumerConfig struct {
 	DeadLetters *DeadLetters
 	// Metrics, when set, is where the consumer's series are counted.
 	Metrics *ConsumerMetrics
+	// PriorityGroup, when set, pulls as a member of that group of a pinned
+	// consumer (jetstream.PriorityPolicyPinned, see PinnedConsumer): the
+	// server hands messages to one client at a time, so of several
+	// replicas one handles chunks, in stream order, and the others stand
+	// by until it stops pulling for the consumer's PinnedTTL. Stopped, the
+	// consumer gives its pin up once it has drained, so a standby takes
+	// over at once.
+	PriorityGroup string
+}
+
+// HeldTries is how often a chunk that meets a backend error is handed to
+// the handler, each time once Ready has answered, before the consumer
+// naks it and goes on: enough to ride out an outage of any length in
+// stream order (the pause waits for Ready), not so many that a chunk
+// failing with the backend up blocks the stream.
+const HeldTries = 3
+
+// PinnedConsumer sets cfg up as a pinned consumer of one priority group,
+// group: one client at a time gets its messages. A client that stops
+// pulling loses the pin after ttl; ttl at least the pull expiry plus the
+// ack wait lets what a crashed client held be redelivered before anything
+// after it goes to the next one, so a uid's events stay in stream order
+// across the handover.
+func PinnedConsumer(cfg jetstream.ConsumerConfig, group string, ttl time.Duration) jetstream.ConsumerConfig {
+	cfg.PriorityPolicy = jetstream.PriorityPolicyPinned
+	cfg.PriorityGroups = []string{group}
+	cfg.PinnedTTL = ttl
+	return cfg
 }
 
 func (c ConsumerConfig) withDefaults() ConsumerConfig {
@@ -162,7 +194,8 @@ type Consumer struct {
 	h       ChunkHandler
 	cfg     ConsumerConfig
 	log     *slog.Logger
-	backoff time.Duration // current pause after a handler error
+	backoff time.Duration          // current pause after a handler error
+	pin     atomic.Pointer[string] // the pin id of this client's pulls (PriorityGroup)
 }
 
 // NewConsumer returns a consumer of cons for h. js is the JetStream
@@ -203,7 +236,11 @@ func (c *Consumer) Start(ctx context.Context) (stop func(context.Context) error)
 // Run pulls and handles chunks until ctx ends, then drains and returns.
 func (c *Consumer) Run(ctx context.Context) {
 	for ctx.Err() == nil {
-		it, err := c.cons.Messages(jetstream.PullMaxMessages(2*c.cfg.Batch), jetstream.PullExpiry(c.cfg.PullExpiry))
+		opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(2 * c.cfg.Batch), jetstream.PullExpiry(c.cfg.PullExpiry)}
+		if c.cfg.PriorityGroup != "" {
+			opts = append(opts, jetstream.PullPriorityGroup(c.cfg.PriorityGroup))
+		}
+		it, err := c.cons.Messages(opts...)
 		if err != nil {
 			c.log.Warn("cannot consume; retrying", "err", err)
 			sleep(ctx, time.Second)
@@ -231,6 +268,9 @@ func (c *Consumer) Run(ctx context.Context) {
 					time.Sleep(100 * time.Millisecond)
 					continue
 				}
+				if c.cfg.PriorityGroup != "" {
+					c.notePin(msg)
+				}
 				msgs <- msg
 			}
 		})
@@ -248,6 +288,50 @@ func (c *Consumer) Run(ctx context.Context) {
 	if err := c.js.Conn().FlushWithContext(fctx); err != nil {
 		c.log.Warn("flushing the last acks; those not sent will be redelivered", "err", err)
 	}
+	if c.cfg.PriorityGroup != "" {
+		c.unpin(fctx)
+	}
+}
+
+// notePin remembers the pin id the server gave this client's pulls.
+func (c *Consumer) notePin(msg jetstream.Msg) {
+	if id := msg.Headers().Get(pinIDHeader); id != "" {
+		c.pin.Store(&id)
+	}
+}
+
+// pinIDHeader carries, on each message of a pinned consumer, the id of
+// the pin it was delivered under.
+const pinIDHeader = "Nats-Pin-Id"
+
+// unpin gives up the consumer's pin when this client still holds it, so a
+// standby replica takes over now, not after the pinned TTL. Another
+// client's pin is left alone: unpinning it would let a third client start
+// while it still handles what it holds.
+func (c *Consumer) unpin(ctx context.Context) {
+	mine := c.pin.Load()
+	if mine == nil {
+		return
+	}
+	info, err := c.cons.Info(ctx)
+	if err != nil {
+		c.log.Warn("reading the consumer to give up its pin; a standby takes over after the pinned TTL", "err", err)
+		return
+	}
+	for _, g := range info.PriorityGroups {
+		if g.Group != c.cfg.PriorityGroup || g.PinnedClientID != *mine {
+			continue
+		}
+		stream, err := c.js.Stream(ctx, info.Stream)
+		if err == nil {
+			err = stream.UnpinConsumer(ctx, info.Name, g.Group)
+		}
+		if err != nil {
+			c.log.Warn("giving up the consumer's pin; a standby takes over after the pinned TTL", "err", err)
+			return
+		}
+		c.log.Info("gave up the consumer's pin to a standby", "group", g.Group)
+	}
 }
 
 // chunks hands msgs over in chunks of whatever has arrived, up to a
@@ -264,7 +348,7 @@ func (c *Consumer) chunks(ctx context.Context, msgs <-chan jetstream.Msg) {
 			c.waitForBackend(ctx)
 		}
 		chunk = c.collect(append(chunk[:0], msg), msgs)
-		c.handle(chunk, func(ctx context.Context) ([]Outcome, error) { return c.h.HandleChunk(ctx, chunk) })
+		c.handle(ctx, chunk, func(ctx context.Context) ([]Outcome, error) { return c.h.HandleChunk(ctx, chunk) })
 	}
 }
 
@@ -308,13 +392,17 @@ func (c *Consumer) prepared(ctx context.Context, msgs <-chan jetstream.Msg, p Ch
 		for c.backoff > 0 && ctx.Err() == nil {
 			c.waitForBackend(ctx)
 		}
-		c.handle(pc.msgs, pc.run)
+		c.handle(ctx, pc.msgs, pc.run)
 	}
 }
 
 // handle has one chunk handled (run is HandleChunk, or what PrepareChunk
-// returned) and settles every message.
-func (c *Consumer) handle(msgs []jetstream.Msg, run func(ctx context.Context) ([]Outcome, error)) {
+// returned) and settles every message. A chunk that meets a backend
+// error is held (kept from redelivery) while the consumer waits for the
+// backend, and handled again in place, up to HeldTries times: so an
+// outage leaves the events in stream order, which a nak would not (the
+// chunks after it would go first). Once ctx ends it is settled as it is.
+func (c *Consumer) handle(ctx context.Context, msgs []jetstream.Msg, run func(ctx context.Context) ([]Outcome, error)) {
 	if m := c.cfg.Metrics; m != nil {
 		m.batchSize.Observe(float64(len(msgs)))
 		if meta, err := msgs[len(msgs)-1].Metadata(); err == nil {
@@ -322,9 +410,55 @@ func (c *Consumer) handle(msgs []jetstream.Msg, run func(ctx context.Context) ([
 			m.lag.Observe(max(time.Since(meta.Timestamp), 0).Seconds())
 		}
 	}
+	outcomes, err := c.attempt(run)
+	for tries := 1; err != nil && tries < HeldTries && ctx.Err() == nil; tries++ {
+		c.backoff = c.nextBackoff()
+		c.log.Warn("backend unavailable; holding the chunk to handle it again", "messages", len(msgs), "retry_in", c.backoff, "err", err)
+		if c.hold(ctx, msgs); ctx.Err() != nil {
+			break
+		}
+		outcomes, err = c.attempt(run)
+	}
+	c.settle(msgs, outcomes, err)
+}
+
+// attempt runs a chunk's handling with half an ack wait to do it in.
+func (c *Consumer) attempt(run func(ctx context.Context) ([]Outcome, error)) ([]Outcome, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.AckWait/2)
 	defer cancel()
-	outcomes, err := run(ctx)
+	return run(ctx)
+}
+
+// hold keeps msgs from being redelivered (in progress now, then every
+// third of the ack wait) while it waits for the backend: the pause, then
+// Ready, again until Ready answers or ctx ends.
+func (c *Consumer) hold(ctx context.Context, msgs []jetstream.Msg) {
+	hctx, cancel := context.WithCancel(ctx)
+	var keep sync.WaitGroup
+	keep.Go(func() {
+		t := time.NewTicker(c.cfg.AckWait / 3)
+		defer t.Stop()
+		for {
+			for _, m := range msgs {
+				_ = m.InProgress() // one not sent is redelivered: a duplicate, caught as any other
+			}
+			select {
+			case <-hctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	})
+	for c.backoff > 0 && ctx.Err() == nil {
+		c.waitForBackend(ctx)
+	}
+	cancel()
+	keep.Wait()
+}
+
+// settle acks, naks or dead-letters each message of a chunk as its
+// handling said; err (the backend still away) naks all but the refusals.
+func (c *Consumer) settle(msgs []jetstream.Msg, outcomes []Outcome, err error) {
 	switch {
 	case err != nil:
 		c.backoff = c.nextBackoff()
@@ -348,11 +482,13 @@ func (c *Consumer) handle(msgs []jetstream.Msg, run func(ctx context.Context) ([
 				outcomes[i] = Retry(c.backoff, "backend unavailable")
 			}
 		}
-		// The pause must not eat into the dead letters' time.
-		var cancel2 context.CancelFunc
-		ctx, cancel2 = context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel2()
 	}
+	wait := c.cfg.AckWait / 2
+	if err != nil {
+		wait = 5 * time.Second // the pause must not eat into the dead letters' time
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
 	c.deadLetter(ctx, msgs, outcomes)
 	for i, msg := range msgs {
 		o := outcomes[i]

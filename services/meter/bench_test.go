@@ -120,7 +120,7 @@ func rawWorker(ctx context.Context, b *testing.B, js jetstream.JetStream, rdb *r
 	start := time.Now()
 	done := 0
 	for done < n {
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(time.Second))
+		batch, err := cons.Fetch(cfg.Meter.Batch, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -158,6 +158,7 @@ func rawWorker(ctx context.Context, b *testing.B, js jetstream.JetStream, rdb *r
 // about one event per (uid, metric); over 5 uids, about fifty; dedup=ids
 // records every event's id (meter.dedup_ids, the default), dedup=stream
 // dedups by stream position. b.N is the number of events.
+// ALLOT_BENCH_BATCH sets meter.batch, and the raw loop's fetch, to it.
 func BenchmarkIngest(b *testing.B) {
 	for _, uids := range []int{1000, 5} {
 		for _, ids := range []bool{true, false} {
@@ -175,6 +176,9 @@ func BenchmarkIngest(b *testing.B) {
 func benchmarkIngest(b *testing.B, uids int, ids bool) {
 	nc, rdb, cfg := benchSetup(b)
 	cfg.Meter.DedupIDs = ids
+	if v, err := strconv.Atoi(os.Getenv("ALLOT_BENCH_BATCH")); err == nil {
+		cfg.Meter.Batch = v
+	}
 	js, _ := jetstream.New(nc)
 	n := max(b.N, 1000)
 	fillUIDs(b, nc, cfg, n, uids)

@@ -55,6 +55,30 @@ type Settings struct {
 	// to wait for, and with fewer replicas than this up every write fails.
 	WaitReplicas int           `yaml:"wait_replicas"`
 	WaitTimeout  time.Duration `yaml:"wait_timeout"`
+	// Ordered (the default) pins the usage consumer to one meter at a
+	// time (a NATS priority group): of several replicas one applies the
+	// events, in stream order, and the others stand by, taking over when
+	// it stops (at once when it stops gracefully, after PinTTL when it
+	// dies). Off, every replica pulls chunks at once: ingest grows with
+	// replicas, but a uid's events in chunks applied side by side can be
+	// applied out of stream order (a gauge's older value can end last; an
+	// event of a period that ended can count in the next).
+	Ordered bool `yaml:"ordered"`
+	// PinTTL is how long a pinned meter may go without pulling before the
+	// pin passes on (0: fetch_wait + ack_wait, the shortest that lets what
+	// a dead meter held be redelivered before anything after it).
+	PinTTL time.Duration `yaml:"pin_ttl"`
+}
+
+// PriorityGroup is the priority group the meters pull from when Ordered.
+const PriorityGroup = "meter"
+
+// EffectivePinTTL is PinTTL, or its default of fetch_wait + ack_wait.
+func (s Settings) EffectivePinTTL() time.Duration {
+	if s.PinTTL > 0 {
+		return s.PinTTL
+	}
+	return s.FetchWait + s.AckWait
 }
 
 // DefaultSettings returns the meter section's defaults.
@@ -65,6 +89,7 @@ func DefaultSettings() Settings {
 		Handlers:       4,
 		Pipelines:      2,
 		DedupIDs:       true,
+		Ordered:        true,
 		ExportMaxUIDs:  1000,
 		LossCheck:      2 * time.Second,
 	}
@@ -96,6 +121,9 @@ func (s Settings) Validate(duplicates time.Duration) error {
 	}
 	if s.WaitTimeout < 0 || s.WaitTimeout > 10*time.Second {
 		add("meter.wait_timeout", "must be between 0 (1s) and 10s, got %v", s.WaitTimeout)
+	}
+	if s.PinTTL < 0 || (s.PinTTL > 0 && s.PinTTL <= s.FetchWait) {
+		add("meter.pin_ttl", "must be 0 (fetch_wait + ack_wait) or longer than fetch_wait (%v): a meter waiting on an open pull would lose its pin, got %v", s.FetchWait, s.PinTTL)
 	}
 	if s.LossCheck < 0 || (s.LossCheck > 0 && s.LossCheck < 100*time.Millisecond) {
 		add("meter.loss_check", "must be 0 (off) or at least 100ms, got %v", s.LossCheck)

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/allot/allot/pkg/service"
 	"github.com/allot/allot/pkg/usage"
@@ -80,6 +81,9 @@ func TestMeteringSection(t *testing.T) {
 		"meter:\n  dedup_ids: sometimes\n":               "meter.dedup_ids",
 		"meter:\n  wait_replicas: -1\n":                  "meter.wait_replicas",
 		"meter:\n  wait_timeout: 1m\n":                   "meter.wait_timeout",
+		"meter:\n  pin_ttl: 10s\n":                       "meter.pin_ttl: must be 0 (fetch_wait + ack_wait) or longer than fetch_wait (30s)",
+		"meter:\n  pin_ttl: -1s\n":                       "meter.pin_ttl",
+		"meter:\n  ordered: maybe\n":                     "meter.ordered",
 		"streams:\n  duplicates: 48h\n":                  "meter.dedup_ttl: must be at least 48h0m0s",
 	} {
 		if _, err := loadFile(t, body, nil); err == nil || !strings.Contains(err.Error(), want) {
@@ -123,5 +127,24 @@ func TestSection(t *testing.T) {
 		if strings.Contains(out, not) {
 			t.Errorf("Section printed %q:\n%s", not, out)
 		}
+	}
+}
+
+// Ordered is the default, and the pin passes on after fetch_wait +
+// ack_wait unless pin_ttl says otherwise.
+func TestOrderedAndPinTTL(t *testing.T) {
+	cfg, err := loadFile(t, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Meter.Ordered || cfg.Meter.EffectivePinTTL() != cfg.Meter.FetchWait+cfg.Meter.AckWait {
+		t.Errorf("defaults: ordered %v, pin TTL %v; want ordered, fetch_wait + ack_wait", cfg.Meter.Ordered, cfg.Meter.EffectivePinTTL())
+	}
+	cfg, err = loadFile(t, "meter:\n  ordered: false\n  pin_ttl: 45s\n", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Meter.Ordered || cfg.Meter.EffectivePinTTL() != 45*time.Second {
+		t.Errorf("ordered %v, pin TTL %v; want false, 45s", cfg.Meter.Ordered, cfg.Meter.EffectivePinTTL())
 	}
 }

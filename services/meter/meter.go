@@ -118,7 +118,7 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 			return nil, fmt.Errorf("meter: %w", err)
 		}
 	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.Streams.Usage, jetstream.ConsumerConfig{
+	ccfg := jetstream.ConsumerConfig{
 		Durable:     cfg.Meter.Consumer,
 		Description: "allot meter: applies usage events to Redis",
 		AckPolicy:   jetstream.AckExplicitPolicy,
@@ -129,7 +129,11 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 		MaxAckPending: cfg.Meter.MaxAckPending,
 		FilterSubject: cfg.Subjects.UsageStreamSubject(),
 		DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
+	}
+	if cfg.Meter.Ordered {
+		ccfg = service.PinnedConsumer(ccfg, PriorityGroup, cfg.Meter.EffectivePinTTL())
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.Streams.Usage, ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("meter: consumer %s on %s: %w", cfg.Meter.Consumer, cfg.Streams.Usage, err)
 	}
@@ -148,6 +152,9 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 	}
 	cc := cfg.Meter.ConsumerConfig(cfg.Meter.Consumer)
 	cc.Ready, cc.Metrics = st.Ping, cm
+	if cfg.Meter.Ordered {
+		cc.PriorityGroup = PriorityGroup
+	}
 	if guard {
 		cc.Ready = m.rebuildingReady
 	}
@@ -177,7 +184,7 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 		go func() { defer close(done); m.watchEpoch(ectx) }()
 		m.stopEpoch = func() { cancel(); <-done }
 	}
-	log.Info("meter started", "stream", cfg.Streams.Usage, "consumer", cfg.Meter.Consumer,
+	log.Info("meter started", "stream", cfg.Streams.Usage, "consumer", cfg.Meter.Consumer, "ordered", cfg.Meter.Ordered,
 		"metrics", len(cfg.Usage.Metrics), "handlers", cfg.Meter.Handlers)
 	return m, nil
 }

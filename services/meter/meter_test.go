@@ -423,8 +423,11 @@ func TestRedisOutage(t *testing.T) {
 	}
 	for i := range 20 {
 		e.publish(ev("u-1", "photo_daily_total", 1, fmt.Sprint("during", i)))
+		depth := ev("u-1", "queue_depth", float64(i), fmt.Sprint("depth", i))
+		depth.Source = "web-1"
+		e.publish(depth)
 	}
-	// The worker meets the outage, naks the events and pauses.
+	// The worker meets the outage, holds the chunk and pauses.
 	deadline := time.Now().Add(10 * time.Second)
 	for testutil.ToFloat64(e.meter.metrics.redisErrors) < 1 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
@@ -444,15 +447,79 @@ func TestRedisOutage(t *testing.T) {
 	if got := testutil.ToFloat64(e.meter.metrics.redisErrors); got < 1 {
 		t.Errorf("redis errors not counted")
 	}
-	// The events naked during the outage came again, and were counted so.
-	if got := testutil.ToFloat64(e.meter.metrics.redelivered); got < 1 {
-		t.Errorf("redeliveries = %v, want the naked events", got)
+	// The chunk that met the outage was held and applied in place, before
+	// the events after it: the gauge's last value is the last published.
+	if got, _ := e.rdb.HGet(t.Context(), keys.New("allot:").Values(keys.InstanceTag("web-1"), "queue_depth"), "").Result(); got != "19" {
+		t.Errorf("queue_depth after the outage = %q, want the last value published, 19", got)
+	}
+	if got := testutil.ToFloat64(e.meter.metrics.redelivered); got != 0 {
+		t.Errorf("redeliveries = %v, want none: the chunk is held, not nak'ed", got)
 	}
 }
 
-// Two replicas share the durable consumer; each event counts once.
-func TestReplicasShareTheConsumer(t *testing.T) {
+// Ordered (the default): of two replicas sharing the consumer, one
+// applies the events, in stream order, and the other stands by; stopped,
+// the first hands over at once and the second applies the rest. A
+// gauge's value is each time the last one published.
+func TestOrderedReplicasTakeTurns(t *testing.T) {
 	e := startEnv(t, testConfig())
+	second, err := Start(t.Context(), e.cfg, Deps{NATS: e.nc, Redis: e.rdb, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = second.Stop(context.Background()) })
+	depthKey := keys.New("allot:").Values(keys.InstanceTag("web-1"), "queue_depth")
+	publish := func(from, to int) {
+		apub, _ := events.NewAsyncPublisher(e.nc, events.AsyncOptions{})
+		for i := from; i < to; i++ {
+			depth := ev("u-1", "queue_depth", float64(i), fmt.Sprint("d", i))
+			depth.Source = "web-1"
+			for _, x := range []events.Event{depth, ev(fmt.Sprint("u-", i%7), "api_calls_total", 1, fmt.Sprint("r", i))} {
+				if err := apub.Publish(t.Context(), x); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if failed, err := apub.Close(t.Context()); err != nil || len(failed) > 0 {
+			t.Fatal(failed, err)
+		}
+		e.waitIdle()
+		if got, _ := e.rdb.HGet(t.Context(), depthKey, "").Result(); got != fmt.Sprint(to-1) {
+			t.Errorf("queue_depth = %q, want the last value published, %d", got, to-1)
+		}
+	}
+	publish(0, 1000)
+	applied := func(m *Meter) float64 { return testutil.ToFloat64(m.metrics.events.WithLabelValues("applied")) }
+	first, standby := e.meter, second
+	if applied(second) > 0 {
+		first, standby = second, e.meter
+	}
+	if applied(standby) != 0 || applied(first) != 2000 {
+		t.Fatalf("applied %v and %v, want 2000 by one replica and none by the other", applied(first), applied(standby))
+	}
+	if err := first.Stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	publish(1000, 1500)
+	if applied(standby) != 1000 {
+		t.Errorf("the standby applied %v after the first stopped, want 1000", applied(standby))
+	}
+	total := 0.0
+	for i := range 7 {
+		v, _ := e.rdb.HGet(t.Context(), keys.New("allot:").Values(fmt.Sprint("u-", i), "api_calls_total"), "").Float64()
+		total += v
+	}
+	if total != 1500 {
+		t.Errorf("total = %v, want 1500", total)
+	}
+}
+
+// Unordered, two replicas pull from the durable consumer at once; each
+// event counts once.
+func TestReplicasShareTheConsumer(t *testing.T) {
+	cfg := testConfig()
+	cfg.Meter.Ordered = false
+	e := startEnv(t, cfg)
 	second, err := Start(t.Context(), e.cfg, Deps{NATS: e.nc, Redis: e.rdb, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
