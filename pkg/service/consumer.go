@@ -194,8 +194,9 @@ type Consumer struct {
 	h       ChunkHandler
 	cfg     ConsumerConfig
 	log     *slog.Logger
-	backoff time.Duration          // current pause after a handler error
-	pin     atomic.Pointer[string] // the pin id of this client's pulls (PriorityGroup)
+	backoff time.Duration                   // current pause after a handler error
+	pin     atomic.Pointer[string]          // the pin id of this client's pulls (PriorityGroup)
+	ahead   atomic.Pointer[[]jetstream.Msg] // the chunk prepared, not yet handed over
 }
 
 // NewConsumer returns a consumer of cons for h. js is the JetStream
@@ -247,15 +248,10 @@ func (c *Consumer) Run(ctx context.Context) {
 			continue
 		}
 		stop := context.AfterFunc(ctx, it.Drain)
-		// The reader must never wait on a slow chunk: while it waits, the
-		// client's own buffer (two batches) fills, and a re-pull then
-		// drops what arrives, to be redelivered only after the ack wait.
-		// The server hands out at most MaxAckPending unacked messages, so
-		// a buffer that size is never full.
-		msgs := make(chan jetstream.Msg, c.cfg.MaxAckPending)
+		in := newInbox()
 		var reader sync.WaitGroup
 		reader.Go(func() {
-			defer close(msgs)
+			defer in.close()
 			for {
 				msg, err := it.Next()
 				if err != nil {
@@ -271,14 +267,12 @@ func (c *Consumer) Run(ctx context.Context) {
 				if c.cfg.PriorityGroup != "" {
 					c.notePin(msg)
 				}
-				msgs <- msg
+				in.push(msg)
 			}
 		})
-		c.chunks(ctx, msgs)
+		c.chunks(ctx, in)
 		stop()
 		it.Stop()
-		for range msgs { // only when chunks returned early: let the reader end
-		}
 		reader.Wait()
 	}
 	// Acks are sent without waiting for the server: make sure the last
@@ -337,62 +331,72 @@ func (c *Consumer) unpin(ctx context.Context) {
 // chunks hands msgs over in chunks of whatever has arrived, up to a
 // batch, pausing while the backend is away. A ChunkPreparer's next chunk
 // is collected and prepared while the one before is handled.
-func (c *Consumer) chunks(ctx context.Context, msgs <-chan jetstream.Msg) {
+func (c *Consumer) chunks(ctx context.Context, in *inbox) {
 	if p, ok := c.h.(ChunkPreparer); ok {
-		c.prepared(ctx, msgs, p)
+		c.prepared(ctx, in, p)
 		return
 	}
 	chunk := make([]jetstream.Msg, 0, c.cfg.Batch)
-	for msg := range msgs {
+	for {
+		msg, ok := in.next()
+		if !ok {
+			return
+		}
 		for c.backoff > 0 && ctx.Err() == nil {
 			c.waitForBackend(ctx)
 		}
-		chunk = c.collect(append(chunk[:0], msg), msgs)
-		c.handle(ctx, chunk, func(ctx context.Context) ([]Outcome, error) { return c.h.HandleChunk(ctx, chunk) })
+		chunk = c.collect(append(chunk[:0], msg), in)
+		c.handle(ctx, in, chunk, func(ctx context.Context) ([]Outcome, error) { return c.h.HandleChunk(ctx, chunk) })
 	}
 }
 
-// collect adds to chunk what has arrived on msgs, up to a batch, without
+// collect adds to chunk what has arrived in in, up to a batch, without
 // waiting.
-func (c *Consumer) collect(chunk []jetstream.Msg, msgs <-chan jetstream.Msg) []jetstream.Msg {
+func (c *Consumer) collect(chunk []jetstream.Msg, in *inbox) []jetstream.Msg {
 	for len(chunk) < c.cfg.Batch {
-		select {
-		case next, ok := <-msgs:
-			if !ok {
-				return chunk
-			}
-			chunk = append(chunk, next)
-		default:
-			return chunk
+		next, ok := in.tryNext()
+		if !ok {
+			break
 		}
+		chunk = append(chunk, next)
 	}
 	return chunk
 }
 
 // preparedChunk is a chunk and the rest of its handling.
 type preparedChunk struct {
-	msgs []jetstream.Msg
-	run  func(ctx context.Context) ([]Outcome, error)
+	msgs  []jetstream.Msg
+	run   func(ctx context.Context) ([]Outcome, error)
+	ahead *[]jetstream.Msg // what Consumer.ahead held while it waited
 }
 
 // prepared is chunks for a ChunkPreparer: one goroutine collects and
 // prepares each chunk, at most one ahead of the chunk being handled,
 // while this one handles them in order. It returns when msgs is closed
 // and every chunk taken from it is settled.
-func (c *Consumer) prepared(ctx context.Context, msgs <-chan jetstream.Msg, p ChunkPreparer) {
+func (c *Consumer) prepared(ctx context.Context, in *inbox, p ChunkPreparer) {
 	ready := make(chan preparedChunk)
 	go func() {
 		defer close(ready)
-		for msg := range msgs {
-			chunk := c.collect(append(make([]jetstream.Msg, 0, c.cfg.Batch), msg), msgs)
-			ready <- preparedChunk{chunk, p.PrepareChunk(chunk)}
+		for {
+			msg, ok := in.next()
+			if !ok {
+				return
+			}
+			chunk := c.collect(append(make([]jetstream.Msg, 0, c.cfg.Batch), msg), in)
+			// Taken from the inbox, not yet handed over: a held chunk's
+			// wait keeps it in progress too.
+			c.ahead.Store(&chunk)
+			ready <- preparedChunk{chunk, p.PrepareChunk(chunk), &chunk}
 		}
 	}()
 	for pc := range ready {
+		// The preparer may have stored the next one already.
+		c.ahead.CompareAndSwap(pc.ahead, nil)
 		for c.backoff > 0 && ctx.Err() == nil {
 			c.waitForBackend(ctx)
 		}
-		c.handle(ctx, pc.msgs, pc.run)
+		c.handle(ctx, in, pc.msgs, pc.run)
 	}
 }
 
@@ -402,7 +406,7 @@ func (c *Consumer) prepared(ctx context.Context, msgs <-chan jetstream.Msg, p Ch
 // backend, and handled again in place, up to HeldTries times: so an
 // outage leaves the events in stream order, which a nak would not (the
 // chunks after it would go first). Once ctx ends it is settled as it is.
-func (c *Consumer) handle(ctx context.Context, msgs []jetstream.Msg, run func(ctx context.Context) ([]Outcome, error)) {
+func (c *Consumer) handle(ctx context.Context, in *inbox, msgs []jetstream.Msg, run func(ctx context.Context) ([]Outcome, error)) {
 	if m := c.cfg.Metrics; m != nil {
 		m.batchSize.Observe(float64(len(msgs)))
 		if meta, err := msgs[len(msgs)-1].Metadata(); err == nil {
@@ -414,7 +418,7 @@ func (c *Consumer) handle(ctx context.Context, msgs []jetstream.Msg, run func(ct
 	for tries := 1; err != nil && tries < HeldTries && ctx.Err() == nil; tries++ {
 		c.backoff = c.nextBackoff()
 		c.log.Warn("backend unavailable; holding the chunk to handle it again", "messages", len(msgs), "retry_in", c.backoff, "err", err)
-		if c.hold(ctx, msgs); ctx.Err() != nil {
+		if c.hold(ctx, in, msgs); ctx.Err() != nil {
 			break
 		}
 		outcomes, err = c.attempt(run)
@@ -429,18 +433,30 @@ func (c *Consumer) attempt(run func(ctx context.Context) ([]Outcome, error)) ([]
 	return run(ctx)
 }
 
-// hold keeps msgs from being redelivered (in progress now, then every
-// third of the ack wait) while it waits for the backend: the pause, then
-// Ready, again until Ready answers or ctx ends.
-func (c *Consumer) hold(ctx context.Context, msgs []jetstream.Msg) {
+// hold keeps msgs, the chunk prepared after it and everything in the
+// inbox from being redelivered (in progress now, then every third of the
+// ack wait) while it waits for the backend: the pause, then Ready, again
+// until Ready answers or ctx ends. So an outage of any length ends with
+// nothing redelivered: the messages are handled in the order they came.
+func (c *Consumer) hold(ctx context.Context, in *inbox, msgs []jetstream.Msg) {
 	hctx, cancel := context.WithCancel(ctx)
 	var keep sync.WaitGroup
 	keep.Go(func() {
 		t := time.NewTicker(c.cfg.AckWait / 3)
 		defer t.Stop()
+		// One not sent is redelivered: a duplicate, caught as any other.
+		inProgress := func(m jetstream.Msg) { _ = m.InProgress() }
 		for {
 			for _, m := range msgs {
-				_ = m.InProgress() // one not sent is redelivered: a duplicate, caught as any other
+				inProgress(m)
+			}
+			if ahead := c.ahead.Load(); ahead != nil {
+				for _, m := range *ahead {
+					inProgress(m)
+				}
+			}
+			for _, m := range in.snapshot() {
+				inProgress(m)
 			}
 			select {
 			case <-hctx.Done():

@@ -33,10 +33,13 @@ type ConsumerTuning struct {
 	RetryDelay time.Duration `yaml:"retry_delay"`
 	// MaxDeliver is how often the server hands one message out before it
 	// gives up on it; the service then dead-letters it with the reason
-	// (WatchMaxDeliveries). While the backend is away a message is handed
-	// out at most about once per ack wait (or per retry delay, when that
-	// is longer), so the default, 500, outlasts an outage of about four
-	// hours with the default ack wait of 30s: see MaxDeliverOutlasts.
+	// (WatchMaxDeliveries). While the backend is away the consumer holds
+	// what it has taken in (in progress), so an outage uses no deliveries;
+	// a chunk that still fails once the backend answers is nak'ed, and
+	// from then on (or when the worker restarts mid-outage) a message is
+	// handed out at most about once per ack wait (or per retry delay, when
+	// that is longer), so the default, 500, outlasts about four hours of
+	// that with the default ack wait of 30s: see MaxDeliverOutlasts.
 	MaxDeliver int `yaml:"max_deliver"`
 }
 

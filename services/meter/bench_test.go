@@ -158,7 +158,8 @@ func rawWorker(ctx context.Context, b *testing.B, js jetstream.JetStream, rdb *r
 // about one event per (uid, metric); over 5 uids, about fifty; dedup=ids
 // records every event's id (meter.dedup_ids, the default), dedup=stream
 // dedups by stream position. b.N is the number of events.
-// ALLOT_BENCH_BATCH sets meter.batch, and the raw loop's fetch, to it.
+// ALLOT_BENCH_BATCH sets meter.batch, and the raw loop's fetch, to it;
+// ALLOT_BENCH_UNORDERED (any value) turns meter.ordered off.
 func BenchmarkIngest(b *testing.B) {
 	for _, uids := range []int{1000, 5} {
 		for _, ids := range []bool{true, false} {
@@ -178,6 +179,9 @@ func benchmarkIngest(b *testing.B, uids int, ids bool) {
 	cfg.Meter.DedupIDs = ids
 	if v, err := strconv.Atoi(os.Getenv("ALLOT_BENCH_BATCH")); err == nil {
 		cfg.Meter.Batch = v
+	}
+	if os.Getenv("ALLOT_BENCH_UNORDERED") != "" {
+		cfg.Meter.Ordered = false
 	}
 	js, _ := jetstream.New(nc)
 	n := max(b.N, 1000)
