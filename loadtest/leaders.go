@@ -18,8 +18,16 @@ import (
 // through the run and fails it if two replicas ever held one lock at
 // once.
 
+// The meters take turns too (meter.ordered, the default: one pulls the
+// usage consumer at a time, so a uid's events apply in stream order):
+// the watch also reads each process's count of applied events and counts
+// the intervals in which more than one of them rose.
+
 // leaderGauges are the one-at-a-time locks' gauges.
 var leaderGauges = []string{"allot_registry_reaper_leader", "allot_notifier_scheduler_leader"}
+
+// appliedSeries is the meter's count of events applied.
+const appliedSeries = `allot_meter_events_total{result="applied"}`
 
 // leaderWatch is what the watch saw.
 type leaderWatch struct {
@@ -28,6 +36,9 @@ type leaderWatch struct {
 	max     map[string]int // the most holders seen at once
 	none    map[string]int // samples with no holder (a hand-over)
 	errs    int            // samples a process did not answer
+	// Intervals between two answered samples in which one meter applied
+	// events, and in which more than one did.
+	applyingOne, applyingMany int
 }
 
 // watchLeaders samples every stack process's gauges every interval
@@ -41,9 +52,11 @@ func (h *harness) watchLeaders(ctx context.Context, interval time.Duration) *lea
 		}
 	}
 	client := &http.Client{Timeout: interval}
+	series := append([]string{appliedSeries}, leaderGauges...)
 	go func() {
 		t := time.NewTicker(interval)
 		defer t.Stop()
+		var before []float64 // each process's applied count at the last answered sample
 		for {
 			select {
 			case <-ctx.Done():
@@ -51,20 +64,23 @@ func (h *harness) watchLeaders(ctx context.Context, interval time.Duration) *lea
 			case <-t.C:
 			}
 			held := map[string]int{}
+			applied := make([]float64, len(urls))
 			failed := false
-			for _, u := range urls {
-				vals, err := scrapeGauges(ctx, client, u, leaderGauges)
+			for i, u := range urls {
+				vals, err := scrapeGauges(ctx, client, u, series)
 				if err != nil {
 					failed = true
 					break
 				}
-				for name, v := range vals {
-					held[name] += int(v)
+				for _, name := range leaderGauges {
+					held[name] += int(vals[name])
 				}
+				applied[i] = vals[appliedSeries]
 			}
 			w.mu.Lock()
 			if failed {
 				w.errs++
+				before = nil
 			} else {
 				w.samples++
 				for _, name := range leaderGauges {
@@ -73,6 +89,8 @@ func (h *harness) watchLeaders(ctx context.Context, interval time.Duration) *lea
 						w.none[name]++
 					}
 				}
+				w.countApplying(before, applied)
+				before = applied
 			}
 			w.mu.Unlock()
 		}
@@ -80,9 +98,29 @@ func (h *harness) watchLeaders(ctx context.Context, interval time.Duration) *lea
 	return w
 }
 
+// countApplying counts the interval from before to now by how many
+// meters applied events in it; w.mu is held.
+func (w *leaderWatch) countApplying(before, now []float64) {
+	if before == nil {
+		return
+	}
+	rose := 0
+	for i := range now {
+		if now[i] > before[i] {
+			rose++
+		}
+	}
+	switch {
+	case rose == 1:
+		w.applyingOne++
+	case rose > 1:
+		w.applyingMany++
+	}
+}
+
 // verdict says what the watch saw, and whether a lock ever had two
-// holders.
-func (w *leaderWatch) verdict() (string, bool) {
+// holders, or (ordered) two meters applied events in one interval.
+func (w *leaderWatch) verdict(ordered bool) (string, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	ok := true
@@ -91,7 +129,11 @@ func (w *leaderWatch) verdict() (string, bool) {
 		parts = append(parts, fmt.Sprintf("%s: at most %d holder(s) at once, none in %d", name, w.max[name], w.none[name]))
 		ok = ok && w.max[name] <= 1
 	}
-	return fmt.Sprintf("one-at-a-time locks over %d samples of every stack process (%d unanswered): %s", w.samples, w.errs, strings.Join(parts, "; ")), ok
+	parts = append(parts, fmt.Sprintf("meters applying events: one in %d intervals, more than one in %d", w.applyingOne, w.applyingMany))
+	if ordered {
+		ok = ok && w.applyingMany == 0
+	}
+	return fmt.Sprintf("one-at-a-time work over %d samples of every stack process (%d unanswered): %s", w.samples, w.errs, strings.Join(parts, "; ")), ok
 }
 
 // scrapeGauges reads the named unlabelled gauges from a Prometheus text

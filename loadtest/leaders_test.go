@@ -3,6 +3,7 @@ package main
 import (
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 )
@@ -34,11 +35,36 @@ func TestScrapeGauges(t *testing.T) {
 
 func TestLeaderVerdict(t *testing.T) {
 	w := &leaderWatch{samples: 10, max: map[string]int{"allot_registry_reaper_leader": 1, "allot_notifier_scheduler_leader": 2}, none: map[string]int{}}
-	if v, ok := w.verdict(); ok {
+	if v, ok := w.verdict(true); ok {
 		t.Errorf("two holders at once passed: %s", v)
 	}
 	w.max["allot_notifier_scheduler_leader"] = 1
-	if v, ok := w.verdict(); !ok {
+	if v, ok := w.verdict(true); !ok {
 		t.Errorf("one holder each failed: %s", v)
+	}
+	// Two meters applying in one interval fails an ordered run only.
+	w.countApplying(nil, []float64{5, 5}) // the first sample: no interval yet
+	w.countApplying([]float64{5, 5}, []float64{9, 5})
+	w.countApplying([]float64{9, 5}, []float64{9, 5}) // idle
+	if v, ok := w.verdict(true); !ok || w.applyingOne != 1 || w.applyingMany != 0 {
+		t.Errorf("one meter applying: %v, %s", ok, v)
+	}
+	w.countApplying([]float64{9, 5}, []float64{12, 6})
+	if v, ok := w.verdict(true); ok || w.applyingMany != 1 || !strings.Contains(v, "more than one in 1") {
+		t.Errorf("two meters applying, ordered, passed: %s", v)
+	}
+	if v, ok := w.verdict(false); !ok {
+		t.Errorf("two meters applying, unordered, failed: %s", v)
+	}
+}
+
+// The applied count is read from its labelled series.
+func TestScrapeApplied(t *testing.T) {
+	page := "allot_meter_events_total{result=\"applied\"} 42\nallot_meter_events_total{result=\"duplicate\"} 3\n"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(page)) }))
+	defer srv.Close()
+	got, err := scrapeGauges(t.Context(), &http.Client{Timeout: time.Second}, srv.URL, []string{appliedSeries})
+	if err != nil || got[appliedSeries] != 42 {
+		t.Errorf("applied = %v, %v; want 42", got, err)
 	}
 }

@@ -124,11 +124,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	}
 	h.rep.Exactness = h.checkExactness(ctx)
 	if leaders != nil {
-		v, ok := leaders.verdict()
+		v, ok := leaders.verdict(t.meter.Ordered)
 		h.rep.Notes = append(h.rep.Notes, v)
 		h.log.Info(v)
 		if !ok {
-			h.incomplete("two replicas held a one-at-a-time lock at once: " + v)
+			h.incomplete("two replicas did one-at-a-time work at once: " + v)
 		}
 	}
 	stopWatching()
