@@ -287,6 +287,22 @@ func (c *Consumer) Run(ctx context.Context) {
 	}
 }
 
+// HoldsPin reports whether this client holds the pin of its priority
+// group, as info (the consumer's, read lately) shows it: false before the
+// first message handed to it under a pin, and without a PriorityGroup.
+func (c *Consumer) HoldsPin(info *jetstream.ConsumerInfo) bool {
+	mine := c.pin.Load()
+	if mine == nil || info == nil || c.cfg.PriorityGroup == "" {
+		return false
+	}
+	for _, g := range info.PriorityGroups {
+		if g.Group == c.cfg.PriorityGroup {
+			return g.PinnedClientID == *mine
+		}
+	}
+	return false
+}
+
 // notePin remembers the pin id the server gave this client's pulls.
 func (c *Consumer) notePin(msg jetstream.Msg) {
 	if id := msg.Headers().Get(pinIDHeader); id != "" {

@@ -65,7 +65,7 @@ type Meter struct {
 	stopConsumer func(context.Context) error
 	stopWatch    func()
 	stopEpoch    func()
-	stopFloor    func()
+	stopFollow   func()
 	stopOnce     sync.Once
 }
 
@@ -170,12 +170,12 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 		return nil, fmt.Errorf("meter: %w", err)
 	}
 	m.stopConsumer = consumer.Start(ctx)
-	m.stopFloor = func() {}
-	if !cfg.Meter.DedupIDs {
+	m.stopFollow = func() {}
+	if !cfg.Meter.DedupIDs || cfg.Meter.Ordered {
 		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		done := make(chan struct{})
-		go func() { defer close(done); m.followAckFloor(fctx, cons) }()
-		m.stopFloor = func() { cancel(); <-done }
+		go func() { defer close(done); m.followConsumer(fctx, cons, consumer) }()
+		m.stopFollow = func() { cancel(); <-done }
 	}
 	m.stopEpoch = func() {}
 	if guard {
@@ -189,23 +189,31 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 	return m, nil
 }
 
-// ackFloorEvery is how often a meter deduplicating by stream position
-// reads its consumer's ack floor, below which records can go.
-const ackFloorEvery = 2 * time.Second
+// followEvery is how often a meter reads its consumer's state: the ack
+// floor, below which a meter deduplicating by stream position can drop
+// records, and who holds the pin (meter.ordered).
+const followEvery = 2 * time.Second
 
-// followAckFloor tells the store the usage consumer's ack floor until ctx
-// ends. A floor read late only keeps records a little longer.
-func (m *Meter) followAckFloor(ctx context.Context, cons jetstream.Consumer) {
-	t := time.NewTicker(ackFloorEvery)
+// followConsumer tells the store the usage consumer's ack floor (when
+// deduplicating by stream position) and sets the pinned gauge (when
+// ordered) until ctx ends. A floor read late only keeps records a little
+// longer.
+func (m *Meter) followConsumer(ctx context.Context, cons jetstream.Consumer, consumer *service.Consumer) {
+	t := time.NewTicker(followEvery)
 	defer t.Stop()
 	for {
-		cctx, cancel := context.WithTimeout(ctx, ackFloorEvery)
+		cctx, cancel := context.WithTimeout(ctx, followEvery)
 		info, err := cons.Info(cctx)
 		cancel()
 		if err == nil {
-			m.store.SetAckFloor(info.AckFloor.Stream)
+			if !m.cfg.Meter.DedupIDs {
+				m.store.SetAckFloor(info.AckFloor.Stream)
+			}
+			if m.cfg.Meter.Ordered {
+				m.metrics.pinned.Set(boolGauge(consumer.HoldsPin(info)))
+			}
 		} else if ctx.Err() == nil {
-			m.log.Debug("reading the consumer's ack floor", "err", err)
+			m.log.Debug("reading the usage consumer's state", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -213,6 +221,14 @@ func (m *Meter) followAckFloor(ctx context.Context, cons jetstream.Consumer) {
 		case <-t.C:
 		}
 	}
+}
+
+// boolGauge is a gauge's value for b: 1 or 0.
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Stop stops taking requests, lets the worker finish the events it holds
@@ -223,7 +239,8 @@ func (m *Meter) Stop(ctx context.Context) error {
 		m.stopEndpoints()
 		m.stopEpoch()
 		err = m.stopConsumer(ctx)
-		m.stopFloor()
+		m.stopFollow()
+		m.metrics.pinned.Set(0)
 		m.stopWatch()
 		if err == nil {
 			m.log.Info("meter stopped")

@@ -498,6 +498,7 @@ func TestOrderedReplicasTakeTurns(t *testing.T) {
 	if applied(standby) != 0 || applied(first) != 2000 {
 		t.Fatalf("applied %v and %v, want 2000 by one replica and none by the other", applied(first), applied(standby))
 	}
+	waitPinned(t, first, standby)
 	if err := first.Stop(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -505,8 +506,26 @@ func TestOrderedReplicasTakeTurns(t *testing.T) {
 	if applied(standby) != 1000 {
 		t.Errorf("the standby applied %v after the first stopped, want 1000", applied(standby))
 	}
+	waitPinned(t, standby, first)
 	if total := e.callsTotal(); total != 1500 {
 		t.Errorf("total = %v, want 1500", total)
+	}
+}
+
+// waitPinned waits until allot_meter_consumer_pinned says pinned holds
+// the pin and other does not (read every followEvery).
+func waitPinned(t *testing.T, pinned, other *Meter) {
+	t.Helper()
+	deadline := time.Now().Add(3 * followEvery)
+	for {
+		p, o := testutil.ToFloat64(pinned.metrics.pinned), testutil.ToFloat64(other.metrics.pinned)
+		if p == 1 && o == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("allot_meter_consumer_pinned: %v for the meter applying, %v for the other; want 1 and 0", p, o)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

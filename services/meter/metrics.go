@@ -27,6 +27,7 @@ type metrics struct {
 	rebuilds     *prometheus.CounterVec
 	rebuildDone  prometheus.Gauge
 	rollbacks    prometheus.Counter
+	pinned       prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
@@ -37,7 +38,7 @@ func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
 		}, []string{"result"}),
 		redelivered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "allot_meter_redeliveries_total",
-			Help: "Usage events handed to this meter that the server had delivered before: after a nak (Redis away, a rebuild), an ack wait run out (a chunk slower than it, a replica that stopped holding them) or deliveries lost on their way to the chunks.",
+			Help: "Usage events handed to this meter that the server had delivered before: after a nak (a chunk still failing with Redis up, a rebuild), an ack wait run out (a chunk slower than it, a replica that stopped holding them) or deliveries lost on their way to the chunks.",
 		}),
 		dead: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "allot_meter_dead_letters_total",
@@ -50,7 +51,7 @@ func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
 		}),
 		redisErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "allot_meter_redis_errors_total",
-			Help: "Batches that met a Redis failure and were redelivered later.",
+			Help: "Attempts to apply a batch that met a Redis failure (the batch is held and applied again once Redis answers).",
 		}),
 		notices: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "allot_meter_notices_total",
@@ -85,6 +86,10 @@ func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
 			Name: "allot_meter_state_rollbacks_total",
 			Help: "Times this replica found Redis holding an older state than the meter had applied (the epoch marker below the usage consumer's ack floor: a restore from an older snapshot, a failover to a lagging replica) and dropped the marker, so the state is rebuilt.",
 		}),
+		pinned: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "allot_meter_consumer_pinned",
+			Help: "1 while this replica holds the usage consumer's pin (meter.ordered): it applies the events, the others stand by. Known from the events it is handed, so 0 until the first; read every 2s.",
+		}),
 	}
 	// Both results exist from the start, so the first failure is an
 	// increase, not a new series.
@@ -95,7 +100,7 @@ func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
 		return mt, nil
 	}
 	for _, c := range []prometheus.Collector{mt.events, mt.redelivered, mt.dead, mt.applySeconds,
-		mt.redisErrors, mt.notices, mt.requests, mt.authorized, mt.requestBatch, mt.rebuilding, mt.rebuilds, mt.rebuildDone, mt.rollbacks, newUsageCollector(m)} {
+		mt.redisErrors, mt.notices, mt.requests, mt.authorized, mt.requestBatch, mt.rebuilding, mt.rebuilds, mt.rebuildDone, mt.rollbacks, mt.pinned, newUsageCollector(m)} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
