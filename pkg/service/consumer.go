@@ -344,7 +344,7 @@ func (c *Consumer) unpin(ctx context.Context) {
 	}
 }
 
-// chunks hands msgs over in chunks of whatever has arrived, up to a
+// chunks hands what comes into in over in chunks of whatever has arrived, up to a
 // batch, pausing while the backend is away. A ChunkPreparer's next chunk
 // is collected and prepared while the one before is handled.
 func (c *Consumer) chunks(ctx context.Context, in *inbox) {
@@ -388,8 +388,8 @@ type preparedChunk struct {
 
 // prepared is chunks for a ChunkPreparer: one goroutine collects and
 // prepares each chunk, at most one ahead of the chunk being handled,
-// while this one handles them in order. It returns when msgs is closed
-// and every chunk taken from it is settled.
+// while this one handles them in order. It returns when the inbox is closed
+// and empty and every chunk taken from it is settled.
 func (c *Consumer) prepared(ctx context.Context, in *inbox, p ChunkPreparer) {
 	ready := make(chan preparedChunk)
 	go func() {
