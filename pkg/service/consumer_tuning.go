@@ -137,6 +137,13 @@ func (m *ConsumerMetrics) MaxDeliveryCounted(outcome string) {
 	m.maxDeliveries.WithLabelValues(outcome).Inc()
 }
 
+// SetPending sets <prefix>_consumer_pending from the consumer's info. A
+// replica standing by on a pinned consumer handles no chunk, so without
+// it its value would stay at its last chunk's.
+func (m *ConsumerMetrics) SetPending(n uint64) {
+	m.pending.Set(float64(n))
+}
+
 // NewConsumerMetrics registers a consumer's series under prefix with reg
 // (nil registers none) and returns them.
 func NewConsumerMetrics(reg prometheus.Registerer, prefix, what string) (*ConsumerMetrics, error) {

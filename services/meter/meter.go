@@ -174,7 +174,7 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 	if !cfg.Meter.DedupIDs || cfg.Meter.Ordered {
 		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		done := make(chan struct{})
-		go func() { defer close(done); m.followConsumer(fctx, cons, consumer) }()
+		go func() { defer close(done); m.followConsumer(fctx, cons, consumer, cm) }()
 		m.stopFollow = func() { cancel(); <-done }
 	}
 	m.stopEpoch = func() {}
@@ -195,10 +195,10 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 const followEvery = 2 * time.Second
 
 // followConsumer tells the store the usage consumer's ack floor (when
-// deduplicating by stream position) and sets the pinned gauge (when
-// ordered) until ctx ends. A floor read late only keeps records a little
+// deduplicating by stream position) and sets the pinned and pending
+// gauges (when ordered) until ctx ends. A floor read late only keeps records a little
 // longer.
-func (m *Meter) followConsumer(ctx context.Context, cons jetstream.Consumer, consumer *service.Consumer) {
+func (m *Meter) followConsumer(ctx context.Context, cons jetstream.Consumer, consumer *service.Consumer, cm *service.ConsumerMetrics) {
 	t := time.NewTicker(followEvery)
 	defer t.Stop()
 	for {
@@ -211,6 +211,7 @@ func (m *Meter) followConsumer(ctx context.Context, cons jetstream.Consumer, con
 			}
 			if m.cfg.Meter.Ordered {
 				m.metrics.pinned.Set(boolGauge(consumer.HoldsPin(info)))
+				cm.SetPending(info.NumPending) // a standby's would stay at its last chunk's
 			}
 		} else if ctx.Err() == nil {
 			m.log.Debug("reading the usage consumer's state", "err", err)
