@@ -31,6 +31,12 @@ func (m *Meter) rebuildingError() error {
 // setLost records whether Redis lacks the meter's state, for the worker,
 // the endpoints and allot_meter_rebuilding.
 func (m *Meter) setLost(lost bool) {
+	// The gauge first: whoever sees the flag change sees the gauge agree.
+	v := 0.0
+	if lost {
+		v = 1
+	}
+	m.metrics.rebuilding.Set(v)
 	if m.lost.Swap(lost) != lost {
 		if lost {
 			m.log.Warn("Redis lost the meter's state (no epoch marker): credit and authorize answer 503 until it is rebuilt")
@@ -38,11 +44,6 @@ func (m *Meter) setLost(lost bool) {
 			m.log.Info("the meter's state is there (epoch marker found)")
 		}
 	}
-	v := 0.0
-	if lost {
-		v = 1
-	}
-	m.metrics.rebuilding.Set(v)
 }
 
 // checkEpoch looks for the epoch marker. Without one, a usage stream

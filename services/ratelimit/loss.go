@@ -49,6 +49,12 @@ func (l *Limiter) rebuildingError() error {
 // setLost records whether Redis lacks the windows of hits, for the hit
 // consumer, the checks and allot_ratelimit_rebuilding.
 func (l *Limiter) setLost(lost bool) {
+	// The gauge first: whoever sees the flag change sees the gauge agree.
+	v := 0.0
+	if lost {
+		v = 1
+	}
+	l.metrics.rebuilding.Set(v)
 	if l.lost.Swap(lost) != lost {
 		if lost {
 			l.log.Warn("Redis lost the rate limiter's windows of hits (no epoch marker): checks of services that count hits answer by their fail mode until they are rebuilt")
@@ -56,11 +62,6 @@ func (l *Limiter) setLost(lost bool) {
 			l.log.Info("the rate limiter's windows of hits are there (epoch marker found)")
 		}
 	}
-	v := 0.0
-	if lost {
-		v = 1
-	}
-	l.metrics.rebuilding.Set(v)
 }
 
 // newEpoch returns the rate limiter's epoch marker; on a Redis Cluster
