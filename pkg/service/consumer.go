@@ -305,7 +305,11 @@ func (c *Consumer) HoldsPin(info *jetstream.ConsumerInfo) bool {
 
 // notePin remembers the pin id the server gave this client's pulls.
 func (c *Consumer) notePin(msg jetstream.Msg) {
-	if id := msg.Headers().Get(pinIDHeader); id != "" {
+	id := msg.Headers().Get(pinIDHeader)
+	if id == "" {
+		return
+	}
+	if mine := c.pin.Load(); mine == nil || *mine != id { // once per pin, not per message
 		c.pin.Store(&id)
 	}
 }
@@ -319,8 +323,7 @@ const pinIDHeader = "Nats-Pin-Id"
 // client's pin is left alone: unpinning it would let a third client start
 // while it still handles what it holds.
 func (c *Consumer) unpin(ctx context.Context) {
-	mine := c.pin.Load()
-	if mine == nil {
+	if c.pin.Load() == nil {
 		return
 	}
 	info, err := c.cons.Info(ctx)
@@ -328,20 +331,18 @@ func (c *Consumer) unpin(ctx context.Context) {
 		c.log.Warn("reading the consumer to give up its pin; a standby takes over after the pinned TTL", "err", err)
 		return
 	}
-	for _, g := range info.PriorityGroups {
-		if g.Group != c.cfg.PriorityGroup || g.PinnedClientID != *mine {
-			continue
-		}
-		stream, err := c.js.Stream(ctx, info.Stream)
-		if err == nil {
-			err = stream.UnpinConsumer(ctx, info.Name, g.Group)
-		}
-		if err != nil {
-			c.log.Warn("giving up the consumer's pin; a standby takes over after the pinned TTL", "err", err)
-			return
-		}
-		c.log.Info("gave up the consumer's pin to a standby", "group", g.Group)
+	if !c.HoldsPin(info) {
+		return
 	}
+	stream, err := c.js.Stream(ctx, info.Stream)
+	if err == nil {
+		err = stream.UnpinConsumer(ctx, info.Name, c.cfg.PriorityGroup)
+	}
+	if err != nil {
+		c.log.Warn("giving up the consumer's pin; a standby takes over after the pinned TTL", "err", err)
+		return
+	}
+	c.log.Info("gave up the consumer's pin to a standby", "group", c.cfg.PriorityGroup)
 }
 
 // chunks hands what comes into in over in chunks of whatever has arrived, up to a
