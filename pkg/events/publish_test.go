@@ -100,6 +100,9 @@ func TestEnsureStreamsBadConfig(t *testing.T) {
 		{"max bytes", func(c *StreamConfig) { c.MaxBytes = 0 }, "streams.max_bytes"},
 		{"dead max bytes", func(c *StreamConfig) { c.DeadMaxBytes = -2 }, "streams.dead_max_bytes"},
 		{"notify max bytes", func(c *StreamConfig) { c.NotifyMaxBytes = 0 }, "streams.notify_max_bytes"},
+		{"one partition", func(c *StreamConfig) { c.Partitions = 1 }, "streams.partitions"},
+		{"negative partitions", func(c *StreamConfig) { c.Partitions = -2 }, "streams.partitions"},
+		{"too many partitions", func(c *StreamConfig) { c.Partitions = MaxPartitions + 1 }, "streams.partitions"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := DefaultStreamConfig()

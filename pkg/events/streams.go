@@ -48,7 +48,19 @@ type StreamConfig struct {
 	NotifyMaxBytes int64 `yaml:"notify_max_bytes"`
 	// Memory keeps the streams in memory instead of on disk (tests).
 	Memory bool `yaml:"memory"`
+	// Partitions splits the usage stream's subjects by uid (default 0:
+	// not partitioned). With P of 2 to MaxPartitions the stream stores
+	// an event published on <usage>.<uid> as <usage>.<p>.<uid>, p a hash
+	// of the uid below P (the server's subject transform), so every
+	// event of a uid is in one partition, and the meter runs one durable
+	// consumer per partition, each applied by one replica at a time.
+	// It is fixed once the stream holds events: EnsureStreams refuses to
+	// change it then.
+	Partitions int `yaml:"partitions"`
 }
+
+// MaxPartitions bounds streams.partitions.
+const MaxPartitions = 1024
 
 // DefaultStreamConfig returns the defaults described on StreamConfig.
 func DefaultStreamConfig() StreamConfig {
@@ -108,13 +120,45 @@ func (c StreamConfig) Validate() error {
 			errs = append(errs, invalid(b.field, "must be -1 (unlimited) or > 0 (got %d)", b.v))
 		}
 	}
+	if c.Partitions != 0 && (c.Partitions < 2 || c.Partitions > MaxPartitions) {
+		errs = append(errs, invalid("streams.partitions", "must be 0 (not partitioned) or 2 to %d (got %d)", MaxPartitions, c.Partitions))
+	}
 	return errors.Join(errs...)
 }
 
 // UsageStreamConfig returns the JetStream configuration of the usage
-// stream.
+// stream: partitioned, it maps <usage>.<uid> to <usage>.<p>.<uid>.
 func (c StreamConfig) UsageStreamConfig(s Subjects) jetstream.StreamConfig {
-	return c.stream(c.Usage, "allot usage events", c.MaxAge, c.MaxBytes, s.UsageStreamSubject())
+	sc := c.stream(c.Usage, "allot usage events", c.MaxAge, c.MaxBytes, s.UsageStreamSubject())
+	if c.Partitions > 0 {
+		sc.SubjectTransform = &jetstream.SubjectTransformConfig{
+			Source:      s.UsageStreamSubject(),
+			Destination: fmt.Sprintf("%s.{{partition(%d,1)}}.{{wildcard(1)}}", s.Usage, c.Partitions),
+		}
+	}
+	return sc
+}
+
+// UsageFilter is the consumer filter of every event in the usage stream,
+// as stored: <usage>.* or, partitioned, <usage>.*.*.
+func (c StreamConfig) UsageFilter(s Subjects) string {
+	if c.Partitions > 0 {
+		return s.Usage + ".*.*"
+	}
+	return s.UsageStreamSubject()
+}
+
+// UsageFilterFor is the consumer filter of uid's events, as stored.
+func (c StreamConfig) UsageFilterFor(s Subjects, uid string) string {
+	if c.Partitions > 0 {
+		return s.Usage + ".*." + uid
+	}
+	return s.UsageFor(uid)
+}
+
+// PartitionFilter is the consumer filter of partition p's events.
+func (c StreamConfig) PartitionFilter(s Subjects, p int) string {
+	return fmt.Sprintf("%s.%d.*", s.Usage, p)
 }
 
 // DeadStreamConfig returns the JetStream configuration of the
@@ -170,6 +214,9 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, s Subjects, cfg 
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("events: ensure streams: %w", err)
 	}
+	if err := samePartitions(ctx, js, cfg.UsageStreamConfig(s)); err != nil {
+		return err
+	}
 	for _, sc := range []jetstream.StreamConfig{cfg.UsageStreamConfig(s), cfg.DeadStreamConfig(s), cfg.NotifyStreamConfig(s)} {
 		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 			if apiErr, ok := errors.AsType[*jetstream.APIError](err); ok && apiErr.ErrorCode == errInsufficientResources {
@@ -180,6 +227,36 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, s Subjects, cfg 
 		}
 	}
 	return nil
+}
+
+// samePartitions refuses to change how an existing usage stream that
+// holds events maps subjects: the events stored under the old subjects
+// would be out of every new consumer's filter, so they would never be
+// applied, or their uid's events would be split across partitions.
+func samePartitions(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) error {
+	st, err := js.Stream(ctx, want.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("events: ensure stream %s: %w", want.Name, err)
+	}
+	info := st.CachedInfo()
+	if transformOf(info.Config.SubjectTransform) == transformOf(want.SubjectTransform) || info.State.Msgs == 0 {
+		return nil
+	}
+	return fmt.Errorf("events: ensure stream %s: %w: streams.partitions would change the stream's subject mapping from %s to %s, and it holds %d events stored the old way; "+
+		"keep the old setting, or start the new one on a stream of another name (streams.usage) once the meters have applied everything in this one",
+		want.Name, ErrInvalid, transformOf(info.Config.SubjectTransform), transformOf(want.SubjectTransform), info.State.Msgs)
+}
+
+// transformOf describes a stream's subject transform, for comparison and
+// for the error that shows it.
+func transformOf(t *jetstream.SubjectTransformConfig) string {
+	if t == nil {
+		return "none"
+	}
+	return t.Source + " -> " + t.Destination
 }
 
 // errInsufficientResources is JetStream's error code for a stream whose

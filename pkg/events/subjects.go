@@ -65,8 +65,10 @@ func validPrefix(field, p string) error {
 	return nil
 }
 
-// UsageStreamSubject is the filter of the usage stream: one token after
-// the prefix, so usage.dead.<uid> is never captured by it.
+// UsageStreamSubject is what the usage stream captures: one token after
+// the prefix, so usage.dead.<uid> is never captured by it. A partitioned
+// stream stores these as <usage>.<partition>.<uid>
+// ([StreamConfig.UsageFilter]).
 func (s Subjects) UsageStreamSubject() string { return s.Usage + ".*" }
 
 // DeadStreamSubject is the filter of the dead-letter stream.
@@ -210,14 +212,36 @@ func (s Subjects) reserved(field, uid string) error {
 	return invalid(field, "%q is reserved, never a uid: %s.%s starts other subjects", uid, s.Usage, uid)
 }
 
-// ParseUsage returns the uid of a usage event subject; a reserved token
-// (usage.dead) is refused as no uid.
+// ParseUsage returns the uid of a usage event subject as the usage
+// stream stores it: <usage>.<uid>, or <usage>.<partition>.<uid> in a
+// partitioned stream (streams.partitions), the partition a decimal
+// number. A reserved token (usage.dead) is refused as no uid.
 func (s Subjects) ParseUsage(subject string) (string, error) {
+	if rest, ok := strings.CutPrefix(subject, s.Usage+"."); ok {
+		if p, uid, ok := strings.Cut(rest, "."); ok && isPartition(p) {
+			subject = s.Usage + "." + uid
+		}
+	}
 	uid, err := parseTail(subject, s.Usage)
 	if err != nil {
 		return "", err
 	}
 	return uid, s.reserved("subject", uid)
+}
+
+// isPartition reports whether tok is a partition number as the usage
+// stream's subject transform writes it: decimal digits, no sign, no
+// leading zero but for 0 itself.
+func isPartition(tok string) bool {
+	if tok == "" || len(tok) > 4 || len(tok) > 1 && tok[0] == '0' {
+		return false
+	}
+	for i := 0; i < len(tok); i++ {
+		if tok[i] < '0' || tok[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // ParseUID returns the <uid> token that follows prefix in a request
