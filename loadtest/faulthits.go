@@ -41,7 +41,7 @@ func (f *faultRun) checkHits(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
 	stream, consumer := t.cfg.Streams.Usage, ratelimit.DefaultSettings().Consumer
-	w, err := watchFloor(ctx, t.js, stream, consumer, nil)
+	w, err := watchFloor(ctx, t.js, stream, []string{consumer}, nil)
 	if err == nil {
 		err = w.drain(ctx, t.js, "the rate limiter's hits", stream)
 	}

@@ -44,9 +44,9 @@ type ingestSpec struct {
 // the consumer has applied everything and the lag probes are seen.
 func (h *harness) ingest(ctx context.Context, s ingestSpec) report.Phase {
 	t := h.t
-	stream, consumer, subjects := t.cfg.Streams.Usage, t.meter.Consumer, t.cfg.Subjects
+	stream, consumers, subjects := t.cfg.Streams.Usage, t.meterConsumers(), t.cfg.Subjects
 	if s.raw {
-		stream, consumer, subjects = t.rawStream, t.rawConsumer, t.rawSubjects
+		stream, consumers, subjects = t.rawStream, []string{t.rawConsumer}, t.rawSubjects
 	}
 	ph := report.Phase{Name: s.name, What: s.what, Mode: "closed", Concurrency: h.o.Apps, Start: time.Since(h.start).Seconds()}
 	if s.rate > 0 {
@@ -55,7 +55,7 @@ func (h *harness) ingest(ctx context.Context, s ingestSpec) report.Phase {
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	out := &sends{} // what the apps put into the stream, for the bound on the backlog
-	w, err := watchFloor(wctx, t.js, stream, consumer, out)
+	w, err := watchFloor(wctx, t.js, stream, consumers, out)
 	if err != nil {
 		ph.Incomplete = err.Error()
 		return ph

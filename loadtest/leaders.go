@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,13 +22,29 @@ import (
 // The meters take turns too (meter.ordered, the default: one pulls the
 // usage consumer at a time, so a uid's events apply in stream order):
 // the watch also reads each process's count of applied events and counts
-// the intervals in which more than one of them rose.
+// the intervals in which more than one of them rose. With a partitioned
+// usage stream (streams.partitions) each partition is its own turn: it
+// reads the count of each partition and counts an interval in which two
+// processes applied events of one partition.
 
 // leaderGauges are the one-at-a-time locks' gauges.
 var leaderGauges = []string{"allot_registry_reaper_leader", "allot_notifier_scheduler_leader"}
 
 // appliedSeries is the meter's count of events applied.
 const appliedSeries = `allot_meter_events_total{result="applied"}`
+
+// appliedSeriesOf are the counts of applied events whose rises the watch
+// compares across processes: the whole stream's, or each partition's.
+func appliedSeriesOf(partitions int) []string {
+	if partitions == 0 {
+		return []string{appliedSeries}
+	}
+	out := make([]string, partitions)
+	for p := range out {
+		out[p] = fmt.Sprintf(`allot_meter_partition_applied_total{partition="%d"}`, p)
+	}
+	return out
+}
 
 // leaderWatch is what the watch saw.
 type leaderWatch struct {
@@ -37,13 +54,14 @@ type leaderWatch struct {
 	none    map[string]int // samples with no holder (a hand-over)
 	errs    int            // samples a process did not answer
 	// Intervals between two answered samples in which one meter applied
-	// events, and in which more than one did.
+	// events (of each partition), and in which more than one did (of one
+	// partition).
 	applyingOne, applyingMany int
 }
 
 // watchLeaders samples every stack process's gauges every interval
 // until ctx ends.
-func (h *harness) watchLeaders(ctx context.Context, interval time.Duration) *leaderWatch {
+func (h *harness) watchLeaders(ctx context.Context, interval time.Duration, partitions int) *leaderWatch {
 	w := &leaderWatch{max: map[string]int{}, none: map[string]int{}}
 	var urls []string
 	for _, c := range append([]*child{h.t.stack}, h.t.more...) {
@@ -52,11 +70,12 @@ func (h *harness) watchLeaders(ctx context.Context, interval time.Duration) *lea
 		}
 	}
 	client := &http.Client{Timeout: interval}
-	series := append([]string{appliedSeries}, leaderGauges...)
+	appliedOf := appliedSeriesOf(partitions)
+	series := append(slices.Clone(appliedOf), leaderGauges...)
 	go func() {
 		t := time.NewTicker(interval)
 		defer t.Stop()
-		var before []float64 // each process's applied count at the last answered sample
+		var before [][]float64 // each process's applied counts at the last answered sample
 		for {
 			select {
 			case <-ctx.Done():
@@ -64,7 +83,7 @@ func (h *harness) watchLeaders(ctx context.Context, interval time.Duration) *lea
 			case <-t.C:
 			}
 			held := map[string]int{}
-			applied := make([]float64, len(urls))
+			applied := make([][]float64, len(urls))
 			failed := false
 			for i, u := range urls {
 				vals, err := scrapeGauges(ctx, client, u, series)
@@ -75,7 +94,9 @@ func (h *harness) watchLeaders(ctx context.Context, interval time.Duration) *lea
 				for _, name := range leaderGauges {
 					held[name] += int(vals[name])
 				}
-				applied[i] = vals[appliedSeries]
+				for _, name := range appliedOf {
+					applied[i] = append(applied[i], vals[name])
+				}
 			}
 			w.mu.Lock()
 			if failed {
@@ -98,22 +119,28 @@ func (h *harness) watchLeaders(ctx context.Context, interval time.Duration) *lea
 	return w
 }
 
-// countApplying counts the interval from before to now by how many
-// meters applied events in it; w.mu is held.
-func (w *leaderWatch) countApplying(before, now []float64) {
+// countApplying counts the interval from before to now (each process's
+// counts: of the stream, or of each partition) by how many meters
+// applied events of one partition in it: more than one of any counts the
+// interval as many; w.mu is held.
+func (w *leaderWatch) countApplying(before, now [][]float64) {
 	if before == nil {
 		return
 	}
-	rose := 0
-	for i := range now {
-		if now[i] > before[i] {
-			rose++
+	most := 0
+	for p := range now[0] {
+		rose := 0
+		for i := range now {
+			if now[i][p] > before[i][p] {
+				rose++
+			}
 		}
+		most = max(most, rose)
 	}
 	switch {
-	case rose == 1:
+	case most == 1:
 		w.applyingOne++
-	case rose > 1:
+	case most > 1:
 		w.applyingMany++
 	}
 }

@@ -43,13 +43,13 @@ func TestLeaderVerdict(t *testing.T) {
 		t.Errorf("one holder each failed: %s", v)
 	}
 	// Two meters applying in one interval fails an ordered run only.
-	w.countApplying(nil, []float64{5, 5}) // the first sample: no interval yet
-	w.countApplying([]float64{5, 5}, []float64{9, 5})
-	w.countApplying([]float64{9, 5}, []float64{9, 5}) // idle
+	w.countApplying(nil, [][]float64{{5}, {5}}) // the first sample: no interval yet
+	w.countApplying([][]float64{{5}, {5}}, [][]float64{{9}, {5}})
+	w.countApplying([][]float64{{9}, {5}}, [][]float64{{9}, {5}}) // idle
 	if v, ok := w.verdict(true); !ok || w.applyingOne != 1 || w.applyingMany != 0 {
 		t.Errorf("one meter applying: %v, %s", ok, v)
 	}
-	w.countApplying([]float64{9, 5}, []float64{12, 6})
+	w.countApplying([][]float64{{9}, {5}}, [][]float64{{12}, {6}})
 	if v, ok := w.verdict(true); ok || w.applyingMany != 1 || !strings.Contains(v, "more than one in 1") {
 		t.Errorf("two meters applying, ordered, passed: %s", v)
 	}
@@ -66,5 +66,29 @@ func TestScrapeApplied(t *testing.T) {
 	got, err := scrapeGauges(t.Context(), &http.Client{Timeout: time.Second}, srv.URL, []string{appliedSeries})
 	if err != nil || got[appliedSeries] != 42 {
 		t.Errorf("applied = %v, %v; want 42", got, err)
+	}
+}
+
+// With partitions, two meters applying events of different partitions in
+// one interval is their turns; two applying one partition's is not.
+func TestLeaderWatchByPartition(t *testing.T) {
+	w := &leaderWatch{max: map[string]int{}, none: map[string]int{}}
+	w.countApplying([][]float64{{1, 1, 0}, {0, 0, 1}}, [][]float64{{4, 2, 0}, {0, 0, 5}})
+	if w.applyingOne != 1 || w.applyingMany != 0 {
+		t.Errorf("two meters on partitions of their own: one %d, many %d; want one interval of one", w.applyingOne, w.applyingMany)
+	}
+	w.countApplying([][]float64{{4, 2, 0}, {0, 0, 5}}, [][]float64{{4, 3, 0}, {0, 1, 5}})
+	if w.applyingMany != 1 {
+		t.Errorf("two meters on partition 1 in one interval: many %d, want 1", w.applyingMany)
+	}
+	if got := appliedSeriesOf(2); len(got) != 2 || got[1] != `allot_meter_partition_applied_total{partition="1"}` {
+		t.Errorf("appliedSeriesOf(2) = %v", got)
+	}
+	page := "allot_meter_partition_applied_total{partition=\"0\"} 7\nallot_meter_partition_applied_total{partition=\"1\"} 9\n"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(page)) }))
+	defer srv.Close()
+	got, err := scrapeGauges(t.Context(), &http.Client{Timeout: time.Second}, srv.URL, appliedSeriesOf(2))
+	if err != nil || got[appliedSeriesOf(2)[0]] != 7 || got[appliedSeriesOf(2)[1]] != 9 {
+		t.Errorf("partition counts = %v, %v; want 7 and 9", got, err)
 	}
 }

@@ -116,7 +116,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 
 	var leaders *leaderWatch
 	if len(t.more) > 0 {
-		leaders = h.watchLeaders(wctx, 250*time.Millisecond)
+		leaders = h.watchLeaders(wctx, 250*time.Millisecond, h.t.cfg.Streams.Partitions)
 	}
 	h.runScenarios(ctx)
 	if ctx.Err() != nil {
@@ -415,7 +415,7 @@ func (h *harness) checkExactness(ctx context.Context) report.Exactness {
 	}
 	var note string
 	stream := h.t.cfg.Streams.Usage
-	if w, err := watchFloor(wctx, h.t.js, stream, h.t.meter.Consumer, nil); err != nil {
+	if w, err := watchFloor(wctx, h.t.js, stream, h.t.meterConsumers(), nil); err != nil {
 		note = "exactness check, the meter's progress: " + err.Error()
 	} else if err := w.drain(wctx, h.t.js, "exactness check, the meter's drain", stream); err != nil {
 		note = err.Error() + "; what the meter had not applied counts as lost in the comparison"

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/allot/allot/pkg/events"
 )
 
 // Scenarios, in the order a run takes them.
@@ -57,6 +59,9 @@ type Options struct {
 	// Replicas is the stream replicas of the inprocess stack and of the
 	// baselines' streams (3 on a NATS cluster: make cluster-test).
 	Replicas int
+	// Partitions is the inprocess stack's streams.partitions: the usage
+	// stream split by uid, a meter consumer per partition (0: one).
+	Partitions int
 	// Stacks is how many stack processes the inprocess target starts,
 	// each running every service: N replicas of each, sharing the
 	// consumers, queues and locks (needs -nats-url and a real Redis).
@@ -208,6 +213,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.StringVar(&o.GRPC, "grpc", o.GRPC, "grpc scenario: the Envoy RLS front at `host:port` (default: the inprocess stack's own)")
 	fs.StringVar(&o.GRPCDomain, "grpc-domain", o.GRPCDomain, "grpc scenario: the rate limit `domain` of every request")
 	fs.IntVar(&o.Stacks, "stacks", o.Stacks, "inprocess: stack `processes`, each running every service (replicas of each), 1 to 5; more than 1 needs -nats-url and -redis-url or -redis-addrs")
+	fs.IntVar(&o.Partitions, "partitions", o.Partitions, "inprocess: the usage stream's `partitions` (streams.partitions: 0, or 2 to 1024), each with its meter consumer, shared out among the stacks' meters")
 	fs.IntVar(&o.Replicas, "replicas", o.Replicas, "stream `replicas` of the inprocess stack and the baselines, 1 to 5 (3 on a NATS cluster)")
 	fs.DurationVar(&o.BatchWait, "batch-wait", o.BatchWait, "batch scenario: the client's MaxWait (0: events.DefaultBatchWait)")
 	fs.IntVar(&o.BatchInFlight, "batch-inflight", o.BatchInFlight, "batch scenario: the client's MaxInFlight, messages in flight per endpoint before calls wait to be batched (0: events.DefaultBatchInFlight)")
@@ -360,6 +366,12 @@ func (o Options) Validate() error {
 	case o.Stacks > 1 && (o.NATSURL == "" || (o.RedisURL == "" && len(o.RedisAddrs) == 0)):
 		bad("stacks", "more than one stack process must share a real NATS and Redis: give -nats-url and -redis-url or -redis-addrs")
 	}
+	switch {
+	case o.Partitions != 0 && (o.Partitions < 2 || o.Partitions > events.MaxPartitions):
+		bad("partitions", "must be 0 or 2 to %d (got %d)", events.MaxPartitions, o.Partitions)
+	case o.Partitions != 0 && o.Target != targetInProcess:
+		bad("partitions", "is the inprocess stack's; the external target's streams are its own")
+	}
 	if o.Replicas < 1 || o.Replicas > 5 {
 		bad("replicas", "must be between 1 and 5 (got %d)", o.Replicas)
 	} else if o.Replicas != 1 && o.Target == targetExternal {
@@ -410,7 +422,7 @@ func (o Options) validateFaults(set map[string]bool) error {
 	bad := func(flag, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("-%s: %s", flag, fmt.Sprintf(format, args...)))
 	}
-	for _, f := range []string{"target", "nats-url", "redis-url", "redis-addrs", "stacks", "replicas", "scenarios", "config"} {
+	for _, f := range []string{"target", "nats-url", "redis-url", "redis-addrs", "stacks", "replicas", "partitions", "scenarios", "config"} {
 		if set[f] {
 			bad(f, "the fault suite starts servers and services of its own for each scenario")
 		}

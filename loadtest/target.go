@@ -68,6 +68,12 @@ func (t *target) uid(i int) string { return fmt.Sprintf("lt-%s-%d", t.runID, i) 
 
 func (t *target) uidPrefix() string { return "lt-" + t.runID + "-" }
 
+// meterConsumers are the meter's durable consumers of the usage stream:
+// one, or one per partition.
+func (t *target) meterConsumers() []string {
+	return meter.ConsumerNames(t.meter.Consumer, t.cfg.Streams.Partitions)
+}
+
 // setUp starts or reaches the target and the baseline process. On error
 // what was started is torn down.
 func setUp(ctx context.Context, o Options, log *slog.Logger) (t *target, err error) {
@@ -96,6 +102,7 @@ func setUp(ctx context.Context, o Options, log *slog.Logger) (t *target, err err
 		cfg.Streams.Usage, cfg.Streams.Dead, cfg.Streams.Notify = up+"_USAGE", up+"_USAGE_DEAD", up+"_NOTIFY"
 		cfg.Streams.MaxAge, cfg.Streams.DeadMaxAge, cfg.Streams.NotifyMaxAge = 24*time.Hour, 24*time.Hour, 24*time.Hour
 		cfg.Streams.Replicas = o.Replicas
+		cfg.Streams.Partitions = o.Partitions
 		var secrets [2][32]byte
 		for i := range secrets {
 			if _, err := rand.Read(secrets[i][:]); err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,10 +21,15 @@ import (
 // is the stream's "applied up to here". It is polled every 50 ms, which
 // costs the server little.
 type floorWatcher struct {
-	cons    jetstream.Consumer
-	sends   *sends        // what the phase puts into the stream; nil if nothing
-	ackWait time.Duration // the consumer's: how long before an unacked message is redelivered
-	pinTTL  time.Duration // the consumer's pinned TTL (0: not pinned): how long a dead reader keeps the pin
+	// conses are the consumers followed: one, or one per partition of a
+	// partitioned usage stream (streams.partitions), whose floors are
+	// each their partition's; with several, the floor is the stream's
+	// last sequence less their backlogs (what is stored and not applied).
+	conses  []jetstream.Consumer
+	stream  jetstream.Stream // with several consumers
+	sends   *sends           // what the phase puts into the stream; nil if nothing
+	ackWait time.Duration    // the consumer's: how long before an unacked message is redelivered
+	pinTTL  time.Duration    // the consumer's pinned TTL (0: not pinned): how long a dead reader keeps the pin
 	mu      sync.Mutex
 	samp    []floorSample
 	err     error // the last poll's
@@ -64,23 +70,30 @@ func (s *sends) acked() int64 {
 	return n
 }
 
-// watchFloor starts watching consumer on stream until ctx ends. sends, if
-// not nil, counts what the caller puts into the stream; see backlogNow.
-// The first look may take a while on a busy server: it is retried until
-// it has failed for 15 s.
-func watchFloor(ctx context.Context, js jetstream.JetStream, stream, consumer string, sends *sends) (*floorWatcher, error) {
+// watchFloor starts watching consumers (one, or a partitioned stream's)
+// on stream until ctx ends. sends, if not nil, counts what the caller puts
+// into the stream; see backlogNow. The first look may take a while on a
+// busy server: it is retried until it has failed for 15 s.
+func watchFloor(ctx context.Context, js jetstream.JetStream, stream string, consumers []string, sends *sends) (*floorWatcher, error) {
 	w := &floorWatcher{sends: sends}
-	err := waitFor(ctx, realClock{}, waitSpec{What: "consumer " + consumer + " on " + stream, Unit: "looks",
+	err := waitFor(ctx, realClock{}, waitSpec{What: "consumer " + strings.Join(consumers, ", ") + " on " + stream, Unit: "looks",
 		Stall: 15 * time.Second, StallWhy: "a busy server's time to answer", Every: 250 * time.Millisecond},
 		func(ctx context.Context) (progress, error) {
-			if w.cons == nil {
-				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-				defer cancel()
-				cons, err := js.Consumer(cctx, stream, consumer)
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			for len(w.conses) < len(consumers) {
+				cons, err := js.Consumer(cctx, stream, consumers[len(w.conses)])
 				if err != nil {
 					return progress{}, err
 				}
-				w.cons = cons
+				w.conses = append(w.conses, cons)
+			}
+			if len(consumers) > 1 && w.stream == nil {
+				st, err := js.Stream(cctx, stream)
+				if err != nil {
+					return progress{}, err
+				}
+				w.stream = st
 			}
 			return progress{Complete: true}, w.poll(ctx)
 		})
@@ -109,22 +122,50 @@ func (w *floorWatcher) poll(ctx context.Context) error {
 	}
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	info, err := w.cons.Info(pctx)
+	var last uint64
+	if w.stream != nil {
+		// Before the consumers: what is stored after this read is in no
+		// backlog yet, and must not count as applied.
+		info, err := w.stream.Info(pctx)
+		if err != nil {
+			return w.failed(fmt.Errorf("stream info: %w", err))
+		}
+		last = info.State.LastSeq
+	}
+	s := floorSample{at: time.Now(), acked: acked}
+	var ackWait, pinTTL time.Duration
+	for _, cons := range w.conses {
+		info, err := cons.Info(pctx)
+		if err != nil {
+			return w.failed(fmt.Errorf("consumer info: %w", err))
+		}
+		ackWait = info.Config.AckWait
+		if info.Config.PriorityPolicy == jetstream.PriorityPolicyPinned {
+			pinTTL = info.Config.PinnedTTL
+		}
+		s.floor = info.AckFloor.Stream
+		s.pending += info.NumPending
+		s.ackPending += uint64(info.NumAckPending)
+		s.redelivered += uint64(info.NumRedelivered)
+	}
+	s.backlog = s.pending + s.ackPending
+	if w.stream != nil {
+		s.floor = last - min(last, s.backlog)
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if err != nil {
-		w.err = fmt.Errorf("consumer info: %w", err)
-		return w.err
-	}
 	w.err = nil
-	w.ackWait, w.pinTTL = info.Config.AckWait, 0
-	if info.Config.PriorityPolicy == jetstream.PriorityPolicyPinned {
-		w.pinTTL = info.Config.PinnedTTL
-	}
-	w.samp = append(w.samp, floorSample{at: time.Now(), floor: info.AckFloor.Stream,
-		backlog: info.NumPending + uint64(info.NumAckPending), pending: info.NumPending,
-		ackPending: uint64(info.NumAckPending), redelivered: uint64(info.NumRedelivered), acked: acked})
+	w.ackWait, w.pinTTL = ackWait, pinTTL
+	w.samp = append(w.samp, s)
 	return nil
+}
+
+// failed records a poll's error and returns it.
+func (w *floorWatcher) failed(err error) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.err = err
+	return err
 }
 
 func (w *floorWatcher) last() floorSample {

@@ -127,6 +127,12 @@ func TestParsePartitionedUsage(t *testing.T) {
 			t.Errorf("ParseUsage(%q) = %q, %v; want %q", tc.subject, got, err, tc.want)
 		}
 	}
+	for subject, want := range map[string]int{"usage.0.u": 0, "usage.15.u-42": 15, "usage.1023.a": 1023, "usage.u-1": -1, "usage.01.u": -1, "usage.x.u": -1, "meter.1.u": -1} {
+		p, ok := s.UsagePartition(subject)
+		if want < 0 && ok || want >= 0 && (!ok || p != want) {
+			t.Errorf("UsagePartition(%q) = %d, %v; want %d", subject, p, ok, want)
+		}
+	}
 	for _, bad := range []string{"usage.01.u", "usage.-1.u", "usage.12345.u", "usage.x.u", "usage.1.", "usage.1.dead", "usage.1.a.b"} {
 		if got, err := s.ParseUsage(bad); !errors.Is(err, ErrInvalid) {
 			t.Errorf("ParseUsage(%q) = %q, %v; want ErrInvalid", bad, got, err)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -227,6 +228,22 @@ func (s Subjects) ParseUsage(subject string) (string, error) {
 		return "", err
 	}
 	return uid, s.reserved("subject", uid)
+}
+
+// UsagePartition returns the partition of a usage event subject as a
+// partitioned stream stores it (<usage>.<partition>.<uid>); ok is false
+// for any other subject.
+func (s Subjects) UsagePartition(subject string) (p int, ok bool) {
+	rest, ok := strings.CutPrefix(subject, s.Usage+".")
+	if !ok {
+		return 0, false
+	}
+	tok, _, ok := strings.Cut(rest, ".")
+	if !ok || !isPartition(tok) {
+		return 0, false
+	}
+	p, err := strconv.Atoi(tok)
+	return p, err == nil
 }
 
 // isPartition reports whether tok is a partition number as the usage

@@ -245,6 +245,11 @@ func (k Keys) Instances() string { return k.prefix + "index:instances" }
 // the highest usage stream sequence applied.
 func (k Keys) MeterEpoch() string { return k.prefix + "meter:epoch" }
 
+// MeterReplicas is the ZSET of the running meters of a partitioned
+// usage stream, each scored by its last heartbeat in ms of Redis TIME:
+// how many share the partitions.
+func (k Keys) MeterReplicas() string { return k.prefix + "meter:replicas" }
+
 // RateLimitEpoch is the HASH marking that Redis holds the rate limiter's
 // windows of hits from usage events: seq, the last usage stream sequence
 // a rebuild replayed (0 when none did).

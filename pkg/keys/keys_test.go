@@ -21,6 +21,7 @@ func TestKeys(t *testing.T) {
 		k.RateLimitDedupPattern():               "allot:{*}:rle:*",
 		k.RateLimitEpoch():                      "allot:ratelimit:epoch",
 		k.MeterEpoch():                          "allot:meter:epoch",
+		k.MeterReplicas():                       "allot:meter:replicas",
 		k.RegistryEntry("media", "pod-1"):       "allot:{registry}:inst:media:pod-1",
 		k.RegistryExpiry():                      "allot:{registry}:expiry",
 		k.RegistryIDs():                         "allot:{registry}:ids",

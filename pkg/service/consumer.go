@@ -134,6 +134,10 @@ type ConsumerConfig struct {
 	// consumer gives its pin up once it has drained, so a standby takes
 	// over at once.
 	PriorityGroup string
+	// PendingFromInfo leaves <prefix>_consumer_pending to the caller
+	// (ConsumerMetrics.SetPending), as when several consumers share the
+	// metrics and the gauge is their sum; otherwise each chunk sets it.
+	PendingFromInfo bool
 }
 
 // HeldTries is how often a chunk that meets a backend error is handed to
@@ -427,7 +431,9 @@ func (c *Consumer) handle(ctx context.Context, in *inbox, msgs []jetstream.Msg, 
 	if m := c.cfg.Metrics; m != nil {
 		m.batchSize.Observe(float64(len(msgs)))
 		if meta, err := msgs[len(msgs)-1].Metadata(); err == nil {
-			m.pending.Set(float64(meta.NumPending))
+			if !c.cfg.PendingFromInfo {
+				m.pending.Set(float64(meta.NumPending))
+			}
 			m.lag.Observe(max(time.Since(meta.Timestamp), 0).Seconds())
 		}
 	}

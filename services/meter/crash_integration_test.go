@@ -74,12 +74,16 @@ func realServers(t *testing.T) (*nats.Conn, *redis.Client, string, string) {
 // on after meter.pin_ttl, 4s here) but in the last run, where both pull at
 // once.
 func TestIntegrationCrashSafety(t *testing.T) {
-	t.Run("OneReplica", func(t *testing.T) { testCrashSafety(t, 1, false, true, true) })
-	t.Run("TwoReplicasAndARedisRestart", func(t *testing.T) { testCrashSafety(t, 2, true, true, true) })
+	t.Run("OneReplica", func(t *testing.T) { testCrashSafety(t, 1, false, true, true, 0) })
+	t.Run("TwoReplicasAndARedisRestart", func(t *testing.T) { testCrashSafety(t, 2, true, true, true, 0) })
 	// With dedup by stream position (meter.dedup_ids: false) a repeat
 	// the stream keeps is counted, by design: only redeliveries, which the
 	// kills make, are sent.
-	t.Run("StreamDedupTwoUnorderedReplicasAndARedisRestart", func(t *testing.T) { testCrashSafety(t, 2, true, false, false) })
+	t.Run("StreamDedupTwoUnorderedReplicasAndARedisRestart", func(t *testing.T) { testCrashSafety(t, 2, true, false, false, 0) })
+	// Four partitions, each pinned to one of the two meters, shared out
+	// between them as they are killed and come back; stream positions are
+	// recorded per partition, as runs of consecutive deliveries.
+	t.Run("PartitionedStreamDedupTwoReplicasAndARedisRestart", func(t *testing.T) { testCrashSafety(t, 2, true, false, true, 4) })
 }
 
 // ownRedis starts a redis-server of the test's own on a free port, with
@@ -128,7 +132,7 @@ func ownRedis(t *testing.T) (string, func()) {
 	return fmt.Sprintf("redis://127.0.0.1:%d/0", port), restart
 }
 
-func testCrashSafety(t *testing.T, replicas int, redisRestart, dedupIDs, ordered bool) {
+func testCrashSafety(t *testing.T, replicas int, redisRestart, dedupIDs, ordered bool, partitions int) {
 	nc, rdb, natsURL, redisURL := realServers(t)
 	var restartRedis func()
 	if redisRestart {
@@ -161,10 +165,10 @@ func testCrashSafety(t *testing.T, replicas int, redisRestart, dedupIDs, ordered
 	yaml := fmt.Sprintf(`http: {addr: "127.0.0.1:0"}
 redis: {key_prefix: %q}
 subjects: {usage: crash%s.usage, dead: crash%s.dead, notify: crash%s.notify}
-streams: {usage: CRASH_USAGE_%s, dead: CRASH_DEAD_%s, notify: CRASH_NOTIFY_%s, max_age: 1h, dead_max_age: 1h, notify_max_age: 1h}
+streams: {usage: CRASH_USAGE_%s, dead: CRASH_DEAD_%s, notify: CRASH_NOTIFY_%s, max_age: 1h, dead_max_age: 1h, notify_max_age: 1h, partitions: %d}
 meter: {consumer: crash, batch: 200, ack_wait: 2s, fetch_wait: 2s, pin_ttl: 4s, dedup_ttl: 1h, retry_delay: 200ms, dedup_ids: %v, ordered: %v}
 grants: {photo_daily_total: 1000000000}
-`, prefix, tag, tag, tag, tag, tag, tag, dedupIDs, ordered)
+`, prefix, tag, tag, tag, tag, tag, tag, partitions, dedupIDs, ordered)
 	if err := os.WriteFile(config, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -279,12 +283,30 @@ grants: {photo_daily_total: 1000000000}
 	for {
 		st, _ := js.Stream(ctx, "CRASH_USAGE_"+tag)
 		sinfo, _ := st.Info(ctx)
-		c, err := js.Consumer(ctx, "CRASH_USAGE_"+tag, "crash")
-		if err == nil {
-			info, err := c.Info(ctx)
-			if err == nil && info.AckFloor.Stream >= sinfo.State.LastSeq && info.NumAckPending == 0 {
+		names := []string{"crash"}
+		if partitions > 0 {
+			names = names[:0]
+			for p := range partitions {
+				names = append(names, fmt.Sprintf("crash-%d", p))
+			}
+		}
+		caughtUp := true
+		for _, name := range names {
+			c, err := js.Consumer(ctx, "CRASH_USAGE_"+tag, name)
+			if err != nil {
+				caughtUp = false
 				break
 			}
+			info, err := c.Info(ctx)
+			// A partition's floor is its own last event: nothing pending
+			// and nothing unacked says it is done.
+			if err != nil || info.NumAckPending != 0 || info.AckFloor.Stream < sinfo.State.LastSeq && (partitions == 0 || info.NumPending != 0) {
+				caughtUp = false
+				break
+			}
+		}
+		if caughtUp {
+			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("the meter did not catch up within 90s")
@@ -295,7 +317,7 @@ grants: {photo_daily_total: 1000000000}
 	if dedupIDs {
 		repeats = n / 10
 	}
-	t.Logf("published %d events plus %d repeats; %d meters (ordered: %v), killed %d times; Redis restarted empty: %v", n, repeats, replicas, ordered, kills, restarted)
+	t.Logf("published %d events plus %d repeats; %d meters (ordered: %v, partitions: %d), killed %d times; Redis restarted empty: %v", n, repeats, replicas, ordered, partitions, kills, restarted)
 
 	k := keys.New(prefix)
 	mismatches := 0

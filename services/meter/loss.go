@@ -201,16 +201,34 @@ func (m *Meter) rolledBack(what string, seq, applied uint64) {
 }
 
 // ackFloor is the usage consumer's ack floor: every event at or below it
-// was acked. 0 before the consumer exists.
+// was acked, so applied (or refused), and the epoch marker, raised by
+// each apply, is at least the highest applied. 0 before the consumer
+// exists.
+//
+// A partitioned stream has a consumer per partition, and a partition's
+// floor is not an event of its own: the server moves it to just below
+// the partition's next unacked event, past events of other partitions
+// that may not be applied yet. So the floor is the lowest of theirs:
+// below the lowest event not yet applied, whose partition's floor is
+// below it, and every event before that one is applied, so the marker
+// is at least it. (The highest of them read above the marker under load
+// here, with nothing lost.)
 func (m *Meter) ackFloor(ctx context.Context) (uint64, error) {
-	cons, err := m.js.Consumer(ctx, m.cfg.Streams.Usage, m.cfg.Meter.Consumer)
-	if errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return 0, nil
+	var floor uint64
+	for i, name := range m.cfg.consumerNames() {
+		cons, err := m.js.Consumer(ctx, m.cfg.Streams.Usage, name)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return 0, nil
+		}
+		if err != nil {
+			return 0, fmt.Errorf("meter: consumer %s: %w", name, err)
+		}
+		f := cons.CachedInfo().AckFloor.Stream
+		if i == 0 || f < floor {
+			floor = f
+		}
 	}
-	if err != nil {
-		return 0, fmt.Errorf("meter: consumer %s: %w", m.cfg.Meter.Consumer, err)
-	}
-	return cons.CachedInfo().AckFloor.Stream, nil
+	return floor, nil
 }
 
 // adoptOrCheckEpoch is the check at start (service.Epoch.Adopt). A Redis

@@ -62,11 +62,17 @@ type Meter struct {
 	// back to false after it.
 	checking sync.Mutex
 
-	stopConsumer func(context.Context) error
-	stopWatch    func()
-	stopEpoch    func()
-	stopFollow   func()
-	stopOnce     sync.Once
+	// consumers are the usage stream's durable consumers: one, or one per
+	// partition (partitions.go); runCtx is the one they run under.
+	consumers []*usageConsumer
+	runCtx    context.Context
+	replicaID string         // this meter among the partitioned replicas
+	stopping  sync.WaitGroup // partitions being given up (balance)
+
+	stopWatch  func()
+	stopEpoch  func()
+	stopFollow func()
+	stopOnce   sync.Once
 }
 
 // Start checks the configuration, creates the streams and the durable
@@ -86,7 +92,7 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 	log = log.With("service", "meter")
 	guard := cfg.Meter.LossCheck > 0
 	st, err := store.New(ctx, deps.Redis, store.Options{Keys: keys.New(cfg.Redis.KeyPrefix), DedupTTL: cfg.Meter.DedupTTL, Now: deps.Now, Guard: guard,
-		StreamDedup: !cfg.Meter.DedupIDs, WaitReplicas: cfg.Meter.WaitReplicas, WaitTimeout: cfg.Meter.WaitTimeout})
+		StreamDedup: !cfg.Meter.DedupIDs, Partitions: cfg.Streams.Partitions, WaitReplicas: cfg.Meter.WaitReplicas, WaitTimeout: cfg.Meter.WaitTimeout})
 	if err != nil {
 		return nil, fmt.Errorf("meter: %w", err)
 	}
@@ -107,6 +113,7 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 		rdb:   deps.Redis,
 	}
 	m.grants = newGrantNames(cfg)
+	m.replicaID = newReplicaID(cfg.Instance)
 	if m.metrics, err = newMetrics(deps.Registerer, m); err != nil {
 		return nil, fmt.Errorf("meter: %w", err)
 	}
@@ -118,24 +125,8 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 			return nil, fmt.Errorf("meter: %w", err)
 		}
 	}
-	ccfg := jetstream.ConsumerConfig{
-		Durable:     cfg.Meter.Consumer,
-		Description: "allot meter: applies usage events to Redis",
-		AckPolicy:   jetstream.AckExplicitPolicy,
-		AckWait:     cfg.Meter.AckWait,
-		// Past it the server gives up on an event; WatchMaxDeliveries
-		// dead-letters it (service.MaxDeliverOutlasts: hours of Redis away).
-		MaxDeliver:    cfg.Meter.MaxDeliver,
-		MaxAckPending: cfg.Meter.MaxAckPending,
-		FilterSubject: cfg.Subjects.UsageStreamSubject(),
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	}
-	if cfg.Meter.Ordered {
-		ccfg = service.PinnedConsumer(ccfg, PriorityGroup, cfg.Meter.EffectivePinTTL())
-	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.Streams.Usage, ccfg)
-	if err != nil {
-		return nil, fmt.Errorf("meter: consumer %s on %s: %w", cfg.Meter.Consumer, cfg.Streams.Usage, err)
+	if err := m.createConsumers(ctx); err != nil {
+		return nil, err
 	}
 	m.replier = service.Replier{Requests: m.metrics.requests, Log: log, Classify: func(err error) *events.ServiceError {
 		if errors.Is(err, store.ErrRedis) {
@@ -150,31 +141,48 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("meter: %w", err)
 	}
-	cc := cfg.Meter.ConsumerConfig(cfg.Meter.Consumer)
-	cc.Ready, cc.Metrics = st.Ping, cm
-	if cfg.Meter.Ordered {
-		cc.PriorityGroup = PriorityGroup
+	var stopWatches []func()
+	m.stopWatch = func() {
+		for _, stop := range stopWatches {
+			stop()
+		}
 	}
-	if guard {
-		cc.Ready = m.rebuildingReady
+	for _, uc := range m.consumers {
+		cc := cfg.Meter.ConsumerConfig(uc.name)
+		cc.Ready, cc.Metrics = st.Ping, cm
+		if cfg.Meter.Ordered {
+			cc.PriorityGroup = PriorityGroup
+		}
+		if guard {
+			cc.Ready = m.rebuildingReady
+		}
+		cc.PendingFromInfo = cfg.Streams.Partitions > 0 // the sum, set by followConsumers
+		cc.DeadLetters = &service.DeadLetters{Subject: m.deadSubject, Stream: cfg.Streams.Usage, Counted: m.deadCounted}
+		uc.cc = cc
+		stop, err := service.WatchMaxDeliveries(js, service.MaxDeliveries{
+			Stream: cfg.Streams.Usage, Consumer: uc.name, DeadLetters: cc.DeadLetters, Counted: cm.MaxDeliveryCounted,
+		}, log)
+		if err != nil {
+			m.stopWatch()
+			m.stopEndpoints()
+			return nil, fmt.Errorf("meter: %w", err)
+		}
+		stopWatches = append(stopWatches, stop)
 	}
-	cc.DeadLetters = &service.DeadLetters{Subject: m.deadSubject, Stream: cfg.Streams.Usage, Counted: m.deadCounted}
-	consumer, err := service.NewConsumer(cons, js, applier{m}, cc, log)
-	if err != nil {
-		return nil, fmt.Errorf("meter: %w", err)
+	m.runCtx = ctx
+	for _, uc := range m.consumers {
+		if err := m.pull(uc); err != nil {
+			m.stopConsumers(ctx)
+			m.stopWatch()
+			m.stopEndpoints()
+			return nil, fmt.Errorf("meter: %w", err)
+		}
 	}
-	m.stopWatch, err = service.WatchMaxDeliveries(js, service.MaxDeliveries{
-		Stream: cfg.Streams.Usage, Consumer: cfg.Meter.Consumer, DeadLetters: cc.DeadLetters, Counted: cm.MaxDeliveryCounted,
-	}, log)
-	if err != nil {
-		return nil, fmt.Errorf("meter: %w", err)
-	}
-	m.stopConsumer = consumer.Start(ctx)
 	m.stopFollow = func() {}
-	if !cfg.Meter.DedupIDs || cfg.Meter.Ordered {
+	if !cfg.Meter.DedupIDs || cfg.Meter.Ordered || cfg.Streams.Partitions > 0 {
 		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		done := make(chan struct{})
-		go func() { defer close(done); m.followConsumer(fctx, cons, consumer, cm) }()
+		go func() { defer close(done); m.followConsumers(fctx, cm) }()
 		m.stopFollow = func() { cancel(); <-done }
 	}
 	m.stopEpoch = func() {}
@@ -184,37 +192,70 @@ func Start(ctx context.Context, cfg Config, deps Deps) (*Meter, error) {
 		go func() { defer close(done); m.watchEpoch(ectx) }()
 		m.stopEpoch = func() { cancel(); <-done }
 	}
-	log.Info("meter started", "stream", cfg.Streams.Usage, "consumer", cfg.Meter.Consumer, "ordered", cfg.Meter.Ordered,
+	log.Info("meter started", "stream", cfg.Streams.Usage, "consumer", cfg.Meter.Consumer, "partitions", cfg.Streams.Partitions, "ordered", cfg.Meter.Ordered,
 		"metrics", len(cfg.Usage.Metrics), "handlers", cfg.Meter.Handlers)
 	return m, nil
 }
 
-// followEvery is how often a meter reads its consumer's state: the ack
-// floor, below which a meter deduplicating by stream position can drop
-// records, and who holds the pin (meter.ordered).
+// followEvery is how often a meter reads its consumers' state: the ack
+// floors, below which a meter deduplicating by stream position can drop
+// records, who holds each pin (meter.ordered), and, partitioned and
+// ordered, how many meters share the partitions.
 const followEvery = 2 * time.Second
 
-// followConsumer tells the store the usage consumer's ack floor (when
-// deduplicating by stream position) and sets the pinned and pending
-// gauges (when ordered) until ctx ends. A floor read late only keeps records a little
-// longer.
-func (m *Meter) followConsumer(ctx context.Context, cons jetstream.Consumer, consumer *service.Consumer, cm *service.ConsumerMetrics) {
+// followConsumers tells the store each usage consumer's ack floor (when
+// deduplicating by stream position), sets the pinned and pending gauges,
+// and with partitions and meter.ordered shares them out among the
+// replicas (balance), until ctx ends. A floor read late only keeps
+// records a little longer.
+func (m *Meter) followConsumers(ctx context.Context, cm *service.ConsumerMetrics) {
 	t := time.NewTicker(followEvery)
 	defer t.Stop()
+	held := make([]bool, len(m.consumers))
+	balancing := m.cfg.Meter.Ordered && m.cfg.Streams.Partitions > 0
+	last := ""
 	for {
-		cctx, cancel := context.WithTimeout(ctx, followEvery)
-		info, err := cons.Info(cctx)
-		cancel()
-		if err == nil {
+		var pending uint64
+		known := true
+		for i, uc := range m.consumers {
+			cctx, cancel := context.WithTimeout(ctx, followEvery)
+			info, err := uc.cons.Info(cctx)
+			cancel()
+			if err != nil {
+				if ctx.Err() == nil {
+					m.log.Debug("reading a usage consumer's state", "consumer", uc.name, "err", err)
+				}
+				known = false
+				continue
+			}
 			if !m.cfg.Meter.DedupIDs {
-				m.store.SetAckFloor(info.AckFloor.Stream)
+				m.store.SetAckFloor(uc.index, info.AckFloor.Stream)
 			}
-			if m.cfg.Meter.Ordered {
-				m.metrics.pinned.Set(boolGauge(consumer.HoldsPin(info)))
-				cm.SetPending(info.NumPending) // a standby's would stay at its last chunk's
+			held[i] = uc.holds(info)
+			pending += info.NumPending
+		}
+		n := 0
+		for _, h := range held {
+			if h {
+				n++
 			}
-		} else if ctx.Err() == nil {
-			m.log.Debug("reading the usage consumer's state", "err", err)
+		}
+		if m.cfg.Meter.Ordered {
+			m.metrics.pinned.Set(float64(n))
+		}
+		if m.cfg.Meter.Ordered || m.cfg.Streams.Partitions > 0 {
+			cm.SetPending(pending) // a standby's would stay at its last chunk's
+		}
+		if balancing && known {
+			if replicas, err := m.heartbeat(ctx); err == nil {
+				if now := fmt.Sprint(partitionsHeld(held)); now != last {
+					m.log.Info("usage partitions held", "partitions", now, "replicas", replicas, "share", fairShare(len(m.consumers), replicas))
+					last = now
+				}
+				m.balance(ctx, held, replicas)
+			} else if ctx.Err() == nil {
+				m.log.Debug("meters' heartbeat", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -222,6 +263,19 @@ func (m *Meter) followConsumer(ctx context.Context, cons jetstream.Consumer, con
 		case <-t.C:
 		}
 	}
+}
+
+// stopConsumers stops every usage consumer gracefully, the ones being
+// given up included, and returns the first error.
+func (m *Meter) stopConsumers(ctx context.Context) error {
+	var first error
+	for _, uc := range m.consumers {
+		if err := m.stopPulling(ctx, uc, 0); err != nil && first == nil {
+			first = err
+		}
+	}
+	m.stopping.Wait()
+	return first
 }
 
 // boolGauge is a gauge's value for b: 1 or 0.
@@ -239,8 +293,11 @@ func (m *Meter) Stop(ctx context.Context) error {
 	m.stopOnce.Do(func() {
 		m.stopEndpoints()
 		m.stopEpoch()
-		err = m.stopConsumer(ctx)
-		m.stopFollow()
+		m.stopFollow() // no balancing once the consumers stop
+		err = m.stopConsumers(ctx)
+		if m.cfg.Meter.Ordered && m.cfg.Streams.Partitions > 0 {
+			m.leave(context.WithoutCancel(ctx))
+		}
 		m.metrics.pinned.Set(0)
 		m.stopWatch()
 		if err == nil {

@@ -130,12 +130,25 @@ func (e *env) waitIdle() {
 		if err != nil {
 			e.t.Fatal(err)
 		}
-		c, err := e.js.Consumer(ctx, e.cfg.Streams.Usage, e.cfg.Meter.Consumer)
-		if err == nil {
-			info, err := c.Info(ctx)
-			if err == nil && info.AckFloor.Stream >= sinfo.State.LastSeq && info.NumAckPending == 0 {
-				return
+		caughtUp := true
+		for _, name := range e.cfg.consumerNames() {
+			c, err := e.js.Consumer(ctx, e.cfg.Streams.Usage, name)
+			if err != nil {
+				caughtUp = false
+				break
 			}
+			info, err := c.Info(ctx)
+			// Partitioned, a consumer's floor is its partition's last
+			// event: nothing pending and nothing unacked says it is done.
+			done := err == nil && info.NumAckPending == 0 &&
+				(info.AckFloor.Stream >= sinfo.State.LastSeq || e.cfg.Streams.Partitions > 0 && info.NumPending == 0)
+			if !done {
+				caughtUp = false
+				break
+			}
+		}
+		if caughtUp {
+			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -371,7 +384,7 @@ func TestBadRequests(t *testing.T) {
 // bookkeeping tells the meter's own keys, which say nothing of usage:
 // the epoch marker and the rebuild lock.
 func bookkeeping(key, prefix string) bool {
-	return key == prefix+"meter:epoch" || strings.HasPrefix(key, prefix+"lock:")
+	return key == prefix+"meter:epoch" || key == prefix+"meter:replicas" || strings.HasPrefix(key, prefix+"lock:")
 }
 
 func TestNoticesExactlyOncePerThreshold(t *testing.T) {

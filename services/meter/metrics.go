@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/allot/allot/pkg/keys"
@@ -28,6 +29,10 @@ type metrics struct {
 	rebuildDone  prometheus.Gauge
 	rollbacks    prometheus.Counter
 	pinned       prometheus.Gauge
+	// partitionApplied counts applied events per partition
+	// (streams.partitions); nil when not partitioned.
+	partitionApplied []prometheus.Counter
+	partitionVec     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
@@ -88,8 +93,18 @@ func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
 		}),
 		pinned: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "allot_meter_consumer_pinned",
-			Help: "1 while this replica holds the usage consumer's pin (meter.ordered): it applies the events, the others stand by. Known from the events it is handed, so 0 until the first; read every 2s.",
+			Help: "How many usage consumers' pins this replica holds (meter.ordered): 1 while it applies the events of an unpartitioned stream and the others stand by; with streams.partitions, the partitions it applies. Known from the events it is handed, so 0 until the first; read every 2s.",
 		}),
+	}
+	if n := m.cfg.Streams.Partitions; n > 0 {
+		vec := prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "allot_meter_partition_applied_total",
+			Help: "Usage events this replica applied, by partition of the usage stream (streams.partitions): with meter.ordered one replica at a time applies each.",
+		}, []string{"partition"})
+		for p := range n {
+			mt.partitionApplied = append(mt.partitionApplied, vec.WithLabelValues(strconv.Itoa(p)))
+		}
+		mt.partitionVec = vec
 	}
 	// Both results exist from the start, so the first failure is an
 	// increase, not a new series.
@@ -102,6 +117,11 @@ func newMetrics(reg prometheus.Registerer, m *Meter) (*metrics, error) {
 	for _, c := range []prometheus.Collector{mt.events, mt.redelivered, mt.dead, mt.applySeconds,
 		mt.redisErrors, mt.notices, mt.requests, mt.authorized, mt.requestBatch, mt.rebuilding, mt.rebuilds, mt.rebuildDone, mt.rollbacks, mt.pinned, newUsageCollector(m)} {
 		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	if mt.partitionVec != nil {
+		if err := reg.Register(mt.partitionVec); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
 	}

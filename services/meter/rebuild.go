@@ -205,7 +205,7 @@ func (r *rebuilder) run(ctx context.Context) error {
 			}
 		}()
 	}
-	sopts := store.Options{Keys: r.target, DedupTTL: r.cfg.Meter.DedupTTL, StreamDedup: !r.cfg.Meter.DedupIDs}
+	sopts := store.Options{Keys: r.target, DedupTTL: r.cfg.Meter.DedupTTL, StreamDedup: !r.cfg.Meter.DedupIDs, Partitions: r.cfg.Streams.Partitions}
 	if _, cluster := r.deps.Redis.(*redis.ClusterClient); sopts.StreamDedup && r.opts.UID != "" && !cluster {
 		// Every uid shares the stream-position records on a single Redis,
 		// and they still say what the live consumer must not apply again:
@@ -281,16 +281,18 @@ func (r *rebuilder) checkIdle(ctx context.Context) error {
 	if r.opts.Force {
 		return nil
 	}
-	cons, err := r.js.Consumer(ctx, r.cfg.Streams.Usage, r.cfg.Meter.Consumer)
-	if errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("meter: rebuild: consumer %s: %w", r.cfg.Meter.Consumer, err)
-	}
-	if n := cons.CachedInfo().NumWaiting; n > 0 {
-		return fmt.Errorf("%w: consumer %s of %s has %d pull requests waiting; stop the meters first (a rebuild replaces the state they write), check with -dry-run, or pass -force",
-			ErrMetersRunning, r.cfg.Meter.Consumer, r.cfg.Streams.Usage, n)
+	for _, name := range r.cfg.consumerNames() {
+		cons, err := r.js.Consumer(ctx, r.cfg.Streams.Usage, name)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("meter: rebuild: consumer %s: %w", name, err)
+		}
+		if n := cons.CachedInfo().NumWaiting; n > 0 {
+			return fmt.Errorf("%w: consumer %s of %s has %d pull requests waiting; stop the meters first (a rebuild replaces the state they write), check with -dry-run, or pass -force",
+				ErrMetersRunning, name, r.cfg.Streams.Usage, n)
+		}
 	}
 	return nil
 }
@@ -304,9 +306,9 @@ func (r *rebuilder) replay(ctx context.Context) error {
 	if r.givenUp, err = r.gaveUp(ctx); err != nil {
 		return err
 	}
-	subject := r.cfg.Subjects.UsageStreamSubject()
+	subject := r.cfg.Streams.UsageFilter(r.cfg.Subjects)
 	if r.opts.UID != "" {
-		subject = r.cfg.Subjects.UsageFor(r.opts.UID)
+		subject = r.cfg.Streams.UsageFilterFor(r.cfg.Subjects, r.opts.UID)
 	}
 	res, err := service.Replay(ctx, r.js, r.cfg.Streams.Usage, service.ReplayOptions{
 		Subject: subject, From: r.report.From, Batch: r.cfg.Meter.Batch, Progress: r.opts.Progress, ProgressEvery: r.opts.ProgressEvery,
@@ -325,8 +327,9 @@ func (r *rebuilder) replay(ctx context.Context) error {
 // first came. A Redis failure is retried a few times (the dedup records
 // make it safe), then ends the rebuild.
 func (r *rebuilder) applyChunk(ctx context.Context, chunk []jetstream.Msg) error {
-	a := applier{r.m}
+	a := applier{m: r.m, partition: -1}
 	ops := make([]store.Op, 0, len(chunk))
+	lastWasOp := map[int]bool{} // by partition: the last message read of it became an op
 	for _, msg := range chunk {
 		r.report.Events++
 		md, err := msg.Metadata()
@@ -334,17 +337,27 @@ func (r *rebuilder) applyChunk(ctx context.Context, chunk []jetstream.Msg) error
 			return fmt.Errorf("meter: rebuild: %w", err)
 		}
 		it := a.parse(msg)
+		part, _ := r.cfg.Subjects.UsagePartition(msg.Subject())
 		switch {
 		case r.givenUp[md.Sequence.Stream]:
 			r.report.GivenUp++
+			lastWasOp[part] = false
 			continue
 		case it.refuse != nil:
 			r.report.Refused++
+			lastWasOp[part] = false
 			continue
 		case r.opts.UID != "" && store.Tag(it.op) != keys.UserTag(r.opts.UID):
 			r.report.Skipped++
+			lastWasOp[part] = false
 			continue
 		}
+		// The whole stream comes in order: the message before this one in
+		// its partition is the last one of it read here, so when that was
+		// applied too, the two are one run of stream positions. (One uid's
+		// replay reads only its events: not so.)
+		it.op.Follows = r.opts.UID == "" && lastWasOp[part]
+		lastWasOp[part] = true
 		ops = append(ops, it.op)
 	}
 	if len(ops) == 0 {

@@ -123,11 +123,16 @@ func (r *rebuilder) gaveUp(ctx context.Context) (map[uint64]bool, error) {
 	if r.opts.UID != "" {
 		subject = r.cfg.Subjects.DeadFor(r.opts.UID)
 	}
-	prefix := "dead." + r.cfg.Streams.Usage + "." + r.cfg.Meter.Consumer + "."
+	var prefixes []string
+	for _, name := range r.cfg.consumerNames() {
+		prefixes = append(prefixes, "dead."+r.cfg.Streams.Usage+"."+name+".")
+	}
 	err = r.msgIDs(ctx, stream, r.cfg.Streams.Dead, subject, func(id string) {
-		if rest, ok := strings.CutPrefix(id, prefix); ok {
-			if seq, err := strconv.ParseUint(rest, 10, 64); err == nil {
-				out[seq] = true
+		for _, prefix := range prefixes {
+			if rest, ok := strings.CutPrefix(id, prefix); ok {
+				if seq, err := strconv.ParseUint(rest, 10, 64); err == nil {
+					out[seq] = true
+				}
 			}
 		}
 	})

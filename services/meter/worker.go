@@ -21,7 +21,8 @@ import (
 // event, applies the good ones in one round trip, publishes the chunk's
 // threshold notices together, and says what becomes of each message.
 type applier struct {
-	m *Meter
+	m         *Meter
+	partition int // of the usage stream the chunks come from (0: not partitioned)
 }
 
 // refusal is why an event is dead-lettered, with a bounded metric label.
@@ -36,7 +37,8 @@ type item struct {
 	uid         string
 	op          store.Op
 	refuse      *refusal
-	redelivered bool // the server had delivered it before
+	redelivered bool   // the server had delivered it before
+	delivery    uint64 // the consumer's delivery sequence (0: unknown)
 }
 
 // HandleChunk implements service.ChunkHandler. A Redis failure returns
@@ -66,7 +68,12 @@ func (a applier) PrepareChunk(msgs []jetstream.Msg) func(ctx context.Context) ([
 			out[i] = service.Dead(r.kind, r.reason)
 			continue
 		}
-		ops = append(ops, items[i].op)
+		op := items[i].op
+		// Delivered right after the op before (a chunk is of one
+		// partition), both for the first time: no message of the
+		// partition lies between them.
+		op.Follows = len(opItems) > 0 && opItems[len(opItems)-1] == i-1 && follows(items[i-1], items[i])
+		ops = append(ops, op)
 		opItems = append(opItems, i)
 	}
 	m.metrics.redelivered.Add(float64(redelivered))
@@ -137,6 +144,9 @@ func (a applier) apply(ctx context.Context, items []item, out []service.Outcome,
 		}
 	}
 	m.metrics.events.WithLabelValues("applied").Add(float64(applied))
+	if a.partition >= 0 && a.partition < len(m.metrics.partitionApplied) {
+		m.metrics.partitionApplied[a.partition].Add(float64(applied))
+	}
 	m.metrics.events.WithLabelValues("duplicate").Add(float64(duplicates))
 	// Every notice of the chunk at once: one wait for the acks, one round
 	// trip to clear them.
@@ -204,6 +214,7 @@ func (a applier) parse(msg jetstream.Msg) item {
 	md, mdErr := msg.Metadata()
 	if mdErr == nil {
 		it.redelivered = md.NumDelivered > 1
+		it.delivery = md.Sequence.Consumer
 	}
 	refuse := func(kind, format string, args ...any) item {
 		it.refuse = &refusal{kind, fmt.Sprintf(format, args...)}
@@ -262,7 +273,17 @@ func (a applier) parse(msg jetstream.Msg) item {
 		At:     at,
 		Seq:    seq,
 	}
+	if p, ok := m.subj.UsagePartition(msg.Subject()); ok {
+		it.op.Partition = p // a.partition's, or a rebuild's, which reads them all
+	}
 	return it
+}
+
+// follows reports whether b is the message of its partition right after
+// a's: both first deliveries, one after the other (the consumer delivers
+// new messages in stream order). A redelivery may come from anywhere.
+func follows(a, b item) bool {
+	return !a.redelivered && !b.redelivered && a.delivery > 0 && b.delivery == a.delivery+1
 }
 
 // applyRefusal is why the store refused op: a sum past the largest

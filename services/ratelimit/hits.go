@@ -47,7 +47,7 @@ func (l *Limiter) startHits(ctx context.Context) error {
 		// dead-letters it, naming this consumer.
 		MaxDeliver:    h.MaxDeliver,
 		MaxAckPending: h.MaxAckPending,
-		FilterSubject: l.cfg.Subjects.UsageStreamSubject(),
+		FilterSubject: l.cfg.Streams.UsageFilter(l.cfg.Subjects),
 		// Old events belong to windows long gone: start from now.
 		DeliverPolicy: jetstream.DeliverNewPolicy,
 	})

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -16,9 +17,18 @@ import (
 )
 
 // TestHitsFromUsageEvents: events of a service's metric count as its
-// hits, once each, however often they are delivered.
+// hits, once each, however often they are delivered, from a partitioned
+// usage stream too.
 func TestHitsFromUsageEvents(t *testing.T) {
-	l, nc, _, cfg := startHits(t)
+	for _, parts := range []int{0, 3} {
+		t.Run(fmt.Sprintf("partitions=%d", parts), func(t *testing.T) {
+			l, nc, _, cfg := startHitsWith(t, func(c *Config) { c.Streams.Partitions = parts })
+			testHitsFromUsageEvents(t, l, nc, cfg)
+		})
+	}
+}
+
+func testHitsFromUsageEvents(t *testing.T, l *Limiter, nc *nats.Conn, cfg Config) {
 	ctx := t.Context()
 	pub, err := events.NewPublisher(nc, events.PublisherOptions{Source: "test"})
 	if err != nil {
@@ -83,6 +93,12 @@ func TestHitsFromUsageEvents(t *testing.T) {
 // api_calls_total events, on an embedded JetStream and miniredis.
 func startHits(t *testing.T) (*Limiter, *nats.Conn, *miniredis.Miniredis, Config) {
 	t.Helper()
+	return startHitsWith(t, func(*Config) {})
+}
+
+// startHitsWith is startHits with the configuration changed by mod.
+func startHitsWith(t *testing.T, mod func(*Config)) (*Limiter, *nats.Conn, *miniredis.Miniredis, Config) {
+	t.Helper()
 	nc, err := nats.Connect(testenv.EmbeddedNATS(t))
 	if err != nil {
 		t.Fatal(err)
@@ -102,6 +118,7 @@ func startHits(t *testing.T) (*Limiter, *nats.Conn, *miniredis.Miniredis, Config
 		"api": {Limit: &limit, Interval: time.Hour, Metric: "api_calls_total"},
 		"web": {Limit: &limit, Interval: time.Hour, Metric: "api_calls_total", Mode: ModeSliding},
 	}
+	mod(&cfg)
 	clock := &fakeClock{t: windowStart(time.Hour)}
 	l, err := Start(t.Context(), cfg, Deps{NATS: nc, Redis: rdb, Registerer: prometheus.NewRegistry(), Log: testLog(), Now: clock.Now})
 	if err != nil {

@@ -145,9 +145,9 @@ func Rebuild(ctx context.Context, cfg Config, deps Deps, opts RebuildOptions) (r
 			return rep, fmt.Errorf("ratelimit: rebuild: %w", err)
 		}
 	}
-	subject := cfg.Subjects.UsageStreamSubject()
+	subject := cfg.Streams.UsageFilter(cfg.Subjects)
 	if opts.UID != "" {
-		subject = cfg.Subjects.UsageFor(opts.UID)
+		subject = cfg.Streams.UsageFilterFor(cfg.Subjects, opts.UID)
 	}
 	res, err := service.Replay(ctx, js, cfg.Streams.Usage, service.ReplayOptions{
 		Subject: subject, From: rep.From, Batch: cfg.RateLimit.Hits.Batch, Progress: opts.Progress, ProgressEvery: opts.ProgressEvery,

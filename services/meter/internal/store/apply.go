@@ -30,6 +30,16 @@ type Op struct {
 	// Seq is the event's usage stream sequence (0: none), which a guarded
 	// store records in the epoch marker.
 	Seq uint64
+	// Partition is the usage stream partition the event is stored in
+	// (streams.partitions; 0 when not partitioned): with StreamDedup its
+	// stream-position records and ack floor are the partition's own.
+	Partition int
+	// Follows says the op before this one of the same partition in the
+	// chunk is the message right before it in the partition (delivered
+	// first, one after the other; or read one after the other by a
+	// rebuild): with StreamDedup and partitions the two are recorded as
+	// one run although their stream sequences are apart.
+	Follows bool
 }
 
 // GrantState is a grant as a script left it.
@@ -114,6 +124,9 @@ func (s *Store) PrepareApply(ops []Op, covered uint64) *Chunk {
 	if s.cluster {
 		c.parts = byTag(ops)
 	}
+	if s.stream && s.partitions > 0 {
+		c.parts = byPartition(ops, c.parts)
+	}
 	c.calls = s.chunkCalls(ops, c.parts, covered)
 	return c
 }
@@ -169,6 +182,26 @@ func byTag(ops []Op) [][]int {
 		parts[p] = append(parts[p], i)
 	}
 	return parts
+}
+
+// byPartition splits each part by the ops' partition: a call records
+// stream positions in one partition's records.
+func byPartition(ops []Op, parts [][]int) [][]int {
+	var out [][]int
+	for _, part := range parts {
+		index := map[int]int{}
+		first := len(out)
+		for _, i := range part {
+			p, ok := index[ops[i].Partition]
+			if !ok {
+				p = len(out) - first
+				index[ops[i].Partition] = p
+				out = append(out, nil)
+			}
+			out[first+p] = append(out[first+p], i)
+		}
+	}
+	return out
 }
 
 // Dedup bounds: an id is remembered from its time t until at least t +
@@ -236,11 +269,30 @@ type chunkGroup struct {
 // chunkCalls builds the apply_chunk.lua call of each part of ops.
 func (s *Store) chunkCalls(ops []Op, parts [][]int, covered uint64) []chunkCall {
 	calls := make([]chunkCall, len(parts))
+	var prev []int
+	if s.stream && s.partitions > 0 {
+		prev = prevInPartition(ops)
+	}
 	for p, part := range parts {
 		c := &calls[p]
-		c.keys, c.args, c.groups = s.chunkArgs(ops, part, covered)
+		c.keys, c.args, c.groups = s.chunkArgs(ops, part, covered, prev)
 	}
 	return calls
+}
+
+// prevInPartition is, for each op, the index of the op before it of the
+// same partition (-1: none).
+func prevInPartition(ops []Op) []int {
+	prev := make([]int, len(ops))
+	last := map[int]int{}
+	for i, op := range ops {
+		j, ok := last[op.Partition]
+		if !ok {
+			j = -1
+		}
+		prev[i], last[op.Partition] = j, i
+	}
+	return prev
 }
 
 // applyCalls makes each part's call, pipelined; each part's events share
@@ -317,7 +369,7 @@ func (s *Store) noteApplied(ops []Op, parts [][]int) {
 // chunkArgs builds the keys and arguments of one apply_chunk.lua call
 // for ops[part...] (see the script for their layout) and its groups: the
 // distinct states the events change, in order of first use.
-func (s *Store) chunkArgs(ops []Op, part []int, covered uint64) ([]string, []any, []chunkGroup) {
+func (s *Store) chunkArgs(ops []Op, part []int, covered uint64, prev []int) ([]string, []any, []chunkGroup) {
 	// The chunk's dedup SETs: every bucket from the lowest any event looks
 	// in to the highest, so an event's are a run of consecutive indexes.
 	type window struct{ lo, hi, b, ttl int64 }
@@ -401,7 +453,11 @@ func (s *Store) chunkArgs(ops []Op, part []int, covered uint64) ([]string, []any
 			wi = len(windows)
 			windowOf[wa] = wi
 		}
-		evArgs = append(evArgs, g+1, wi, s.dedupMember(tag, op.ID), decimal(op.Value), x, op.Seq)
+		seqArg := int64(op.Seq)
+		if op.Follows && prev != nil && j > 0 && part[j-1] == prev[i] {
+			seqArg = -seqArg // the script joins it to the run of the op before
+		}
+		evArgs = append(evArgs, g+1, wi, s.dedupMember(tag, op.ID), decimal(op.Value), x, seqArg)
 		seq = max(seq, op.Seq)
 	}
 	keyList := make([]string, 0, len(setKeys)+2*len(groups)+1)
@@ -435,8 +491,9 @@ func (s *Store) chunkArgs(ops []Op, part []int, covered uint64) ([]string, []any
 	}
 	args = append(args, flags)
 	if s.stream {
-		keyList = append(keyList, s.seqsKey(setTag))
-		args = append(args, 1, s.ackFloor.Load(), 2*s.dedupTTL.Milliseconds())
+		p := ops[part[0]].Partition
+		keyList = append(keyList, s.seqsKey(setTag, p))
+		args = append(args, 1, s.ackFloor(p), 2*s.dedupTTL.Milliseconds())
 	} else {
 		args = append(args, 0)
 	}

@@ -25,7 +25,9 @@
 --                    the set to record in (the events of a chunk share a few)
 -- then               E; per event, 6 arguments: group, window, dedup member, value,
 --                    a grant's time in ms (0: Redis TIME, read once per chunk)
---                    or a counter's or gauge's field, and its stream sequence (0: none)
+--                    or a counter's or gauge's field, and its stream sequence (0: none;
+--                    negative: the message right after event e-1's in their stream
+--                    partition, so the two make one run though their sequences are apart)
 -- then               flags, summed: 1 return every grant's state (else only those with
 --                    notices pending); 2 decide every counter event one by one (no
 --                    HINCRBY of whole numbers: the tests' reference)
@@ -97,11 +99,17 @@ end
 -- The events, as parallel arrays (a table per event costs more).
 local E = tonumber(ARGV[pos])
 pos = pos + 1
-local eg, ew, emember, evalue, ex, eseq = {}, {}, {}, {}, {}, {}
+local eg, ew, emember, evalue, ex, eseq, follows = {}, {}, {}, {}, {}, {}, {}
 for e = 1, E do
   local o = pos + 6 * (e - 1)
   eg[e], ew[e], emember[e], evalue[e], ex[e] = tonumber(ARGV[o]), tonumber(ARGV[o + 1]), ARGV[o + 2], ARGV[o + 3], ARGV[o + 4]
-  eseq[e] = tonumber(ARGV[o + 5])
+  local q = tonumber(ARGV[o + 5])
+  if q < 0 then
+    -- The message right after event e-1's in their partition: one run.
+    q = -q
+    follows[e] = true
+  end
+  eseq[e] = q
 end
 pos = pos + 6 * E
 local flags = tonumber(ARGV[pos])
@@ -445,6 +453,7 @@ local recorded = {} -- set index -> members applied in this chunk
 local applied = {} -- member -> true: applied in this chunk
 local applied_seq = {} -- stream sequence -> true: applied in this chunk
 local new_seqs = {}
+local joins = {} -- stream sequence -> the one before it in its partition (Follows)
 for e = 1, E do
   local grp = groups[eg[e]]
   local member = emember[e]
@@ -465,6 +474,7 @@ for e = 1, E do
     if (res == 1 or (type(res) == 'table' and res[1] == 1)) and stream_mode and eseq[e] > 0 then
       applied_seq[eseq[e]] = true
       new_seqs[#new_seqs + 1] = eseq[e]
+      if follows[e] then joins[eseq[e]] = eseq[e - 1] end
     elseif res == 1 or (type(res) == 'table' and res[1] == 1) then
       applied[member] = true
       local into = wadd[ew[e]]
@@ -534,7 +544,7 @@ if stream_mode then
     end
     for i = 2, #new_seqs do
       local q = new_seqs[i]
-      if q == b + 1 then
+      if q == b + 1 or joins[q] == b then
         b = q
       else
         close_run()

@@ -325,13 +325,13 @@ func testStreamDedup(t *testing.T, open backend) {
 	// The ack floor drops what the consumer will never hand out again, from
 	// the records a call touches (on a Cluster, its tag's; an idle tag's
 	// go with their TTL).
-	s.SetAckFloor(1200)
+	s.SetAckFloor(0, 1200)
 	late := Op{ID: "late", UID: "u-0", Metric: "c", Config: counter, Value: 1, Seq: 1501}
 	apply([]Op{late})
 	if n := len(seqKeys(t, rdb, s)); s.cluster != (n > 1) {
 		t.Errorf("%d keys of stream-position records: one per tag on a Cluster, one on a single Redis", n)
 	}
-	for _, key := range []string{s.seqsKey(Tag(late))} {
+	for _, key := range []string{s.seqsKey(Tag(late), 0)} {
 		runs, err := rdb.ZRangeWithScores(ctx, key, 0, -1).Result()
 		if err != nil {
 			t.Fatal(err)
@@ -364,11 +364,11 @@ func testStreamDedup(t *testing.T, open backend) {
 		}
 	}
 	// A lower floor passed later keeps the higher one.
-	stale.SetAckFloor(1100)
+	stale.SetAckFloor(0, 1100)
 	if _, err := stale.Apply(ctx, []Op{{ID: "later", UID: "u-0", Metric: "c", Config: counter, Value: 1, Seq: 1503}}); err != nil {
 		t.Fatal(err)
 	}
-	if lowest := rdb.ZRange(ctx, s.seqsKey(Tag(late)), 0, 0).Val(); len(lowest) != 1 || lowest[0] != "0-1200" {
+	if lowest := rdb.ZRange(ctx, s.seqsKey(Tag(late), 0), 0, 0).Val(); len(lowest) != 1 || lowest[0] != "0-1200" {
 		t.Errorf("after a lower floor the lowest run is %v, want 0-1200", lowest)
 	}
 	want["u-0"] += 2 // late and later

@@ -138,6 +138,8 @@ func TestIntegrationAggregatedEqualsPerEvent(t *testing.T) {
 	t.Run("ClusterPath/StreamDedup", func(t *testing.T) { testAggregatedEqualsPerEventIn(t, clusterPath(realBackend), 30_000, true) })
 	t.Run("StreamRedeliveries", func(t *testing.T) { testStreamDedup(t, realBackend) })
 	t.Run("StreamRedeliveries/ClusterPath", func(t *testing.T) { testStreamDedup(t, clusterPath(realBackend)) })
+	t.Run("StreamRedeliveries/Partitioned", func(t *testing.T) { testPartitionedStreamDedup(t, realBackend) })
+	t.Run("StreamRedeliveries/Partitioned/ClusterPath", func(t *testing.T) { testPartitionedStreamDedup(t, clusterPath(realBackend)) })
 }
 
 // TestClusterAggregatedEqualsPerEvent is the same on the Redis Cluster,
@@ -147,6 +149,7 @@ func TestClusterAggregatedEqualsPerEvent(t *testing.T) {
 	testAggregatedEqualsPerEventIn(t, clusterBackend, 10_000, true)
 	testPoisonEvents(t, clusterBackend)
 	testStreamDedup(t, clusterBackend)
+	testPartitionedStreamDedup(t, clusterBackend)
 }
 
 // TestClusterWaitReplicas: on a Redis Cluster with one replica per

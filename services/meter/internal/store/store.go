@@ -97,7 +97,10 @@ type Store struct {
 	guard    bool             // apply only while the epoch marker is there
 	stream   bool             // dedup by stream position (Options.StreamDedup)
 	seqKey   string
-	ackFloor atomic.Uint64 // the consumer's: records at or below it can go
+	// floors are the consumers' ack floors, one per partition (one when
+	// not partitioned): records at or below a partition's can go.
+	floors     []atomic.Uint64
+	partitions int
 	// grantStates: Options.GrantStates. oneByOne decides every counter
 	// event one at a time, reading the field, as before the HINCRBY of
 	// whole numbers: the reference the tests hold that path to.
@@ -146,6 +149,11 @@ type Options struct {
 	// of one uid on a single Redis replays into records of its own, since
 	// every uid shares the live ones there). "" is keys.DedupSeqs.
 	SeqKey string
+	// Partitions is the usage stream's streams.partitions: with
+	// StreamDedup each partition has its stream-position records and its
+	// ack floor (SetAckFloor), and a chunk spanning partitions (a
+	// rebuild's) is applied with a call per partition.
+	Partitions int
 	// Guard applies events only while the epoch marker is there, checked
 	// inside the same script call (Apply fails with ErrLost otherwise),
 	// and raises the marker's seq with each chunk. On a Cluster, where a
@@ -187,6 +195,8 @@ func New(ctx context.Context, rdb Redis, opts Options) (*Store, error) {
 		guard:       opts.Guard,
 		stream:      opts.StreamDedup,
 		seqKey:      opts.SeqKey,
+		partitions:  opts.Partitions,
+		floors:      make([]atomic.Uint64, max(opts.Partitions, 1)),
 		grantStates: opts.GrantStates,
 		applyChunk:  redis.NewScript(numbersLua + periodsLua + applyChunkLua),
 		authorize:   redis.NewScript(numbersLua + periodsLua + authorizeLua),
@@ -238,20 +248,39 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
-// SetAckFloor tells the store the usage consumer's ack floor: no message
-// at or below it is handed out again, so its stream-position records can
-// go. 0 keeps them all.
-func (s *Store) SetAckFloor(seq uint64) { s.ackFloor.Store(seq) }
+// SetAckFloor tells the store the ack floor of the usage consumer of
+// partition (0 when not partitioned): no message of it at or below the
+// floor is handed out again, so its stream-position records can go. 0
+// keeps them all; a partition out of range is ignored.
+func (s *Store) SetAckFloor(partition int, seq uint64) {
+	if partition >= 0 && partition < len(s.floors) {
+		s.floors[partition].Store(seq)
+	}
+}
 
-// seqsKey is the key of the stream-position records of state under tag.
-func (s *Store) seqsKey(tag string) string {
-	if s.seqKey != "" {
-		return s.seqKey
+// ackFloor is partition's ack floor (0: unknown).
+func (s *Store) ackFloor(partition int) uint64 {
+	if partition < 0 || partition >= len(s.floors) {
+		return 0
 	}
-	if s.cluster {
-		return s.keys.DedupSeqs(tag)
+	return s.floors[partition].Load()
+}
+
+// seqsKey is the key of the stream-position records of state under tag
+// in partition: {tag}:seqs, or {tag}:seqs:<partition> when partitioned.
+func (s *Store) seqsKey(tag string, partition int) string {
+	key := s.seqKey
+	switch {
+	case key != "":
+	case s.cluster:
+		key = s.keys.DedupSeqs(tag)
+	default:
+		key = s.keys.DedupSeqs(keys.DedupTag)
 	}
-	return s.keys.DedupSeqs(keys.DedupTag)
+	if s.partitions > 0 {
+		key += ":" + strconv.Itoa(partition)
+	}
+	return key
 }
 
 // Keys returns the key builder.
