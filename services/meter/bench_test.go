@@ -59,6 +59,9 @@ func benchSetup(b *testing.B) (*nats.Conn, *redis.Client, Config) {
 	cfg.Subjects.Usage, cfg.Subjects.Dead, cfg.Subjects.Notify, cfg.Subjects.Meter = "b"+tag+".usage", "b"+tag+".dead", "b"+tag+".notify", "b"+tag+".meter"
 	cfg.Streams.Usage, cfg.Streams.Dead, cfg.Streams.Notify = "BU_"+tag, "BD_"+tag, "BN_"+tag
 	cfg.Streams.MaxAge, cfg.Streams.DeadMaxAge, cfg.Streams.NotifyMaxAge = time.Hour, time.Hour, time.Hour
+	if v, err := strconv.Atoi(os.Getenv("ALLOT_BENCH_PARTITIONS")); err == nil {
+		cfg.Streams.Partitions = v // the meter's ordered consumers, one per partition
+	}
 	js, _ := jetstream.New(nc)
 	if err := events.EnsureStreams(context.Background(), js, cfg.Subjects, cfg.Streams); err != nil {
 		b.Fatal(err)
@@ -159,7 +162,9 @@ func rawWorker(ctx context.Context, b *testing.B, js jetstream.JetStream, rdb *r
 // records every event's id (meter.dedup_ids, the default), dedup=stream
 // dedups by stream position. b.N is the number of events.
 // ALLOT_BENCH_BATCH sets meter.batch, and the raw loop's fetch, to it;
-// ALLOT_BENCH_UNORDERED (any value) turns meter.ordered off.
+// ALLOT_BENCH_UNORDERED (any value) turns meter.ordered off;
+// ALLOT_BENCH_PARTITIONS sets streams.partitions (the raw loop still
+// reads the whole stream with one consumer).
 func BenchmarkIngest(b *testing.B) {
 	for _, uids := range []int{1000, 5} {
 		for _, ids := range []bool{true, false} {
