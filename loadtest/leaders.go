@@ -22,7 +22,9 @@ import (
 // The meters take turns too (meter.ordered, the default: one pulls the
 // usage consumer at a time, so a uid's events apply in stream order):
 // the watch also reads each process's count of applied events and counts
-// the intervals in which more than one of them rose. With a partitioned
+// the intervals in which more than one of them rose: in two intervals
+// running, a failure; in one alone, a handover (the meter giving a pin up
+// drains first, and the next may start within the same interval). With a partitioned
 // usage stream (streams.partitions) each partition is its own turn: it
 // reads the count of each partition and counts an interval in which two
 // processes applied events of one partition.
@@ -54,9 +56,15 @@ type leaderWatch struct {
 	none    map[string]int // samples with no holder (a hand-over)
 	errs    int            // samples a process did not answer
 	// Intervals between two answered samples in which one meter applied
-	// events (of each partition), and in which more than one did (of one
-	// partition).
-	applyingOne, applyingMany int
+	// events (of each partition), in which more than one did (of one
+	// partition) in this interval and the one before, and handovers: one
+	// interval alone in which two did, as when a meter drains its last
+	// chunk of a partition and gives the pin up, and the next applies
+	// the partition's following events within the same 250 ms.
+	applyingOne, applyingMany, handovers int
+	// sharedLast marks the partitions two meters applied in the
+	// interval before.
+	sharedLast map[int]bool
 }
 
 // watchLeaders samples every stack process's gauges every interval
@@ -125,9 +133,11 @@ func (h *harness) watchLeaders(ctx context.Context, interval time.Duration, part
 // interval as many; w.mu is held.
 func (w *leaderWatch) countApplying(before, now [][]float64) {
 	if before == nil {
+		w.sharedLast = nil
 		return
 	}
-	most := 0
+	shared := map[int]bool{}
+	any, twice := false, false
 	for p := range now[0] {
 		rose := 0
 		for i := range now {
@@ -135,14 +145,21 @@ func (w *leaderWatch) countApplying(before, now [][]float64) {
 				rose++
 			}
 		}
-		most = max(most, rose)
+		any = any || rose > 0
+		if rose > 1 {
+			shared[p] = true
+			twice = twice || w.sharedLast[p]
+		}
 	}
 	switch {
-	case most == 1:
-		w.applyingOne++
-	case most > 1:
+	case twice:
 		w.applyingMany++
+	case len(shared) > 0:
+		w.handovers++
+	case any:
+		w.applyingOne++
 	}
+	w.sharedLast = shared
 }
 
 // verdict says what the watch saw, and whether a lock ever had two
@@ -156,7 +173,7 @@ func (w *leaderWatch) verdict(ordered bool) (string, bool) {
 		parts = append(parts, fmt.Sprintf("%s: at most %d holder(s) at once, none in %d", name, w.max[name], w.none[name]))
 		ok = ok && w.max[name] <= 1
 	}
-	parts = append(parts, fmt.Sprintf("meters applying events: one in %d intervals, more than one in %d", w.applyingOne, w.applyingMany))
+	parts = append(parts, fmt.Sprintf("meters applying events: one in %d intervals, two in one interval alone (a handover) in %d, more than one in two intervals running in %d", w.applyingOne, w.handovers, w.applyingMany))
 	if ordered {
 		ok = ok && w.applyingMany == 0
 	}

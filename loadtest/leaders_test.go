@@ -50,8 +50,12 @@ func TestLeaderVerdict(t *testing.T) {
 		t.Errorf("one meter applying: %v, %s", ok, v)
 	}
 	w.countApplying([][]float64{{9}, {5}}, [][]float64{{12}, {6}})
-	if v, ok := w.verdict(true); ok || w.applyingMany != 1 || !strings.Contains(v, "more than one in 1") {
-		t.Errorf("two meters applying, ordered, passed: %s", v)
+	if v, ok := w.verdict(true); !ok || w.handovers != 1 {
+		t.Errorf("two meters applying in one interval alone (a handover) failed: %s", v)
+	}
+	w.countApplying([][]float64{{12}, {6}}, [][]float64{{13}, {8}})
+	if v, ok := w.verdict(true); ok || w.applyingMany != 1 || !strings.Contains(v, "two intervals running in 1") {
+		t.Errorf("two meters applying in two intervals running, ordered, passed: %s", v)
 	}
 	if v, ok := w.verdict(false); !ok {
 		t.Errorf("two meters applying, unordered, failed: %s", v)
@@ -70,7 +74,8 @@ func TestScrapeApplied(t *testing.T) {
 }
 
 // With partitions, two meters applying events of different partitions in
-// one interval is their turns; two applying one partition's is not.
+// one interval is their turns; two applying one partition's in one
+// interval alone is a handover, in two running a failure.
 func TestLeaderWatchByPartition(t *testing.T) {
 	w := &leaderWatch{max: map[string]int{}, none: map[string]int{}}
 	w.countApplying([][]float64{{1, 1, 0}, {0, 0, 1}}, [][]float64{{4, 2, 0}, {0, 0, 5}})
@@ -78,8 +83,17 @@ func TestLeaderWatchByPartition(t *testing.T) {
 		t.Errorf("two meters on partitions of their own: one %d, many %d; want one interval of one", w.applyingOne, w.applyingMany)
 	}
 	w.countApplying([][]float64{{4, 2, 0}, {0, 0, 5}}, [][]float64{{4, 3, 0}, {0, 1, 5}})
+	if w.handovers != 1 || w.applyingMany != 0 {
+		t.Errorf("two meters on partition 1 in one interval: handovers %d, many %d; want a handover", w.handovers, w.applyingMany)
+	}
+	w.countApplying([][]float64{{4, 3, 0}, {0, 1, 5}}, [][]float64{{5, 3, 0}, {0, 1, 6}})
+	if w.applyingMany != 0 || w.applyingOne != 2 {
+		t.Errorf("after the handover, partitions of their own again: one %d, many %d", w.applyingOne, w.applyingMany)
+	}
+	w.countApplying([][]float64{{5, 3, 0}, {0, 1, 6}}, [][]float64{{5, 4, 0}, {0, 2, 6}})
+	w.countApplying([][]float64{{5, 4, 0}, {0, 2, 6}}, [][]float64{{5, 5, 0}, {0, 3, 6}})
 	if w.applyingMany != 1 {
-		t.Errorf("two meters on partition 1 in one interval: many %d, want 1", w.applyingMany)
+		t.Errorf("two meters on partition 1 in two intervals running: many %d, want 1", w.applyingMany)
 	}
 	if got := appliedSeriesOf(2); len(got) != 2 || got[1] != `allot_meter_partition_applied_total{partition="1"}` {
 		t.Errorf("appliedSeriesOf(2) = %v", got)

@@ -143,11 +143,18 @@ func fairShare(parts, replicas int) int {
 
 // balance shares the pinned partitions out among the replicas, from what
 // this one holds (held[p]) and how many run: above its fair share it gives
-// the highest of its partitions up (they rest here while another replica
-// takes them); at its share it stops standing by for the others', so it
-// cannot win more; below it, it stands by for every partition it does not
-// hold. The server pins a partition to one of the replicas pulling it, so
-// the shares settle within a few rounds, each a graceful handover.
+// the highest of its partitions up (they rest here, no pull of this
+// replica waiting on them, while another replica takes them); otherwise
+// it stands by for every partition it does not hold. The server pins a
+// partition to one of the replicas pulling it, so the shares settle
+// within a few rounds, each a graceful handover.
+//
+// A replica at its share still stands by. Stopping a standby's pull is
+// not safe: the server may have just pinned the partition to it, with
+// the message that says so still on its way, and a replica that never
+// learnt the pin cannot give it up, so the partition would wait out the
+// pinned TTL. A replica given one partition too many gives it up again,
+// knowing the pin, and rests on it.
 func (m *Meter) balance(ctx context.Context, held []bool, replicas int) {
 	share := fairShare(len(m.consumers), replicas)
 	n := 0
@@ -163,10 +170,6 @@ func (m *Meter) balance(ctx context.Context, held []bool, replicas int) {
 			n--
 			m.log.Info("giving a partition up to another replica", "partition", p, "consumer", uc.name, "held", n+1, "share", share, "replicas", replicas)
 			m.stopAsync(ctx, uc, balanceRest)
-		case !held[p] && n >= share:
-			if uc.isRunning() {
-				m.stopAsync(ctx, uc, 0)
-			}
 		case !held[p]:
 			uc.mu.Lock()
 			rested := time.Now().After(uc.restUntil)
@@ -196,12 +199,6 @@ func (m *Meter) stopAsync(ctx context.Context, uc *usageConsumer, rest time.Dura
 			m.log.Warn("stopping a partition's consumer", "partition", uc.index, "err", err)
 		}
 	}()
-}
-
-func (uc *usageConsumer) isRunning() bool {
-	uc.mu.Lock()
-	defer uc.mu.Unlock()
-	return uc.running != nil
 }
 
 // replicaTTL is how long a meter counts among the replicas after its last
