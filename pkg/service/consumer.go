@@ -132,7 +132,9 @@ type ConsumerConfig struct {
 	// replicas one handles chunks, in stream order, and the others stand
 	// by until it stops pulling for the consumer's PinnedTTL. Stopped, the
 	// consumer gives its pin up once it has drained, so a standby takes
-	// over at once.
+	// over at once; unless messages handed to it never arrived (still
+	// unacked): then it keeps the pin, so they are redelivered to the next
+	// client, before anything after them, once the PinnedTTL has run out.
 	PriorityGroup string
 	// PendingFromInfo leaves <prefix>_consumer_pending to the caller
 	// (ConsumerMetrics.SetPending), as when several consumers share the
@@ -330,12 +332,24 @@ func (c *Consumer) unpin(ctx context.Context) {
 	if c.pin.Load() == nil {
 		return
 	}
-	info, err := c.cons.Info(ctx)
+	info, err := c.settledInfo(ctx)
 	if err != nil {
 		c.log.Warn("reading the consumer to give up its pin; a standby takes over after the pinned TTL", "err", err)
 		return
 	}
 	if !c.HoldsPin(info) {
+		return
+	}
+	if info.NumAckPending > 0 {
+		// Handed out and never received: the server sent them to a pull
+		// of this client after it stopped (on a NATS cluster the node
+		// leading the consumer learns late that the pull is gone). They
+		// come back only after their ack wait, and a standby pinned now
+		// would apply what follows them first. Keeping the pin, they go
+		// to the next meter before anything after them, once the pinned
+		// TTL (fetch_wait + ack_wait by default) has run out.
+		c.log.Warn("events still on their way to this client: keeping the pin, so a standby takes over after the pinned TTL, with them first",
+			"unacked", info.NumAckPending)
 		return
 	}
 	stream, err := c.js.Stream(ctx, info.Stream)
@@ -347,6 +361,19 @@ func (c *Consumer) unpin(ctx context.Context) {
 		return
 	}
 	c.log.Info("gave up the consumer's pin to a standby", "group", c.cfg.PriorityGroup)
+}
+
+// settledInfo reads the consumer's info once the acks this client sent
+// have landed: until its unacked count is 0, or for up to a second.
+func (c *Consumer) settledInfo(ctx context.Context) (*jetstream.ConsumerInfo, error) {
+	deadline := time.Now().Add(time.Second)
+	for {
+		info, err := c.cons.Info(ctx)
+		if err != nil || info.NumAckPending == 0 || time.Now().After(deadline) {
+			return info, err
+		}
+		sleep(ctx, 50*time.Millisecond)
+	}
 }
 
 // chunks hands what comes into in over in chunks of whatever has arrived, up to a

@@ -270,6 +270,7 @@ func TestStreamDedup(t *testing.T) {
 		open backend
 	}{{"SingleRedis", miniBackend}, {"ClusterPath", clusterPath(miniBackend)}} {
 		t.Run(tc.name, func(t *testing.T) { testStreamDedup(t, tc.open) })
+		t.Run(tc.name+"/Partitioned", func(t *testing.T) { testPartitionedStreamDedup(t, tc.open) })
 	}
 }
 

@@ -10,15 +10,6 @@ import (
 	"github.com/allot/allot/pkg/usage"
 )
 
-func TestPartitionedStreamDedup(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		open backend
-	}{{"SingleRedis", miniBackend}, {"ClusterPath", clusterPath(miniBackend)}} {
-		t.Run(tc.name, func(t *testing.T) { testPartitionedStreamDedup(t, tc.open) })
-	}
-}
-
 // testPartitionedStreamDedup: with a partitioned stream, a partition's
 // chunk of consecutive deliveries is recorded as few runs although its
 // stream sequences are apart; a redelivery counts once in any chunk
