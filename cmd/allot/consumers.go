@@ -7,6 +7,7 @@ import (
 
 	"github.com/allot/allot/cmd/allot/devstack"
 	"github.com/allot/allot/pkg/service"
+	"github.com/allot/allot/services/meter"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -27,11 +28,14 @@ func checkConsumers(ctx context.Context, env *cliEnv, path string, cfg service.C
 		return nil, err
 	}
 	var bad []string
-	for _, want := range []wantConsumer{
-		{"meter", cfg.Streams.Usage, s.Meter.Consumer, s.Meter.MaxDeliver},
-		{"ratelimit.hits", cfg.Streams.Usage, s.RateLimit.Consumer, s.RateLimit.Hits.MaxDeliver},
-		{"notifier", cfg.Streams.Notify, s.Notifier.Durable, s.Notifier.MaxDeliver},
-	} {
+	var wants []wantConsumer
+	for _, name := range meter.ConsumerNames(s.Meter.Consumer, cfg.Streams.Partitions) {
+		wants = append(wants, wantConsumer{"meter", cfg.Streams.Usage, name, s.Meter.MaxDeliver})
+	}
+	wants = append(wants,
+		wantConsumer{"ratelimit.hits", cfg.Streams.Usage, s.RateLimit.Consumer, s.RateLimit.Hits.MaxDeliver},
+		wantConsumer{"notifier", cfg.Streams.Notify, s.Notifier.Durable, s.Notifier.MaxDeliver})
+	for _, want := range wants {
 		label := want.stream + "/" + want.name
 		cons, err := js.Consumer(ctx, want.stream, want.name)
 		switch {

@@ -21,8 +21,9 @@ func streamsCommand() command {
 
 Creates the usage, dead-letter and notice streams, or updates them to the
 configuration (retention, size cap and discard policy, duplicate window,
-replicas), then prints how many events each holds, and the services'
-consumers with their max_deliver. 'allot dev' and the services do this at
+replicas, the usage stream's partitions), then prints how many events
+each holds, and the services' consumers with their max_deliver (the
+meter's, one per partition). 'allot dev' and the services do this at
 start; run it by hand against a NATS you manage. With -check nothing is
 changed, and the command exits 1 when a stream is missing or differs from
 the configuration, or a consumer's max_deliver differs from its section's.
@@ -77,6 +78,9 @@ func runStreams(ctx context.Context, env *cliEnv, fs *flag.FlagSet, args []strin
 			want.Name, info.Config.Subjects, info.State.Msgs, plural(int(info.State.Msgs), "event", "events"), info.State.Bytes,
 			info.State.FirstSeq, info.State.LastSeq, info.Config.MaxAge, info.Config.Duplicates,
 			info.Config.Replicas, plural(info.Config.Replicas, "replica", "replicas"))
+		if t := info.Config.SubjectTransform; t != nil {
+			fmt.Fprintf(env.stdout, "%-12s stored as %s (streams.partitions)\n", "", t.Destination)
+		}
 		if diffs := streamDiffs(want, info.Config); len(diffs) > 0 {
 			fmt.Fprintf(env.stdout, "%-12s differs from the configuration: %s\n", "", strings.Join(diffs, "; "))
 			bad = append(bad, want.Name+" differs from the configuration")
@@ -122,6 +126,7 @@ func streamDiffs(want, got jetstream.StreamConfig) []string {
 	differ("duplicate window", want.Duplicates, got.Duplicates)
 	differ("replicas", want.Replicas, got.Replicas)
 	differ("storage", want.Storage, got.Storage)
+	differ("subject mapping (streams.partitions)", events.TransformOf(want.SubjectTransform), events.TransformOf(got.SubjectTransform))
 	return diffs
 }
 

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -91,5 +93,34 @@ func TestStreamsCheck(t *testing.T) {
 	r = runCLI(t, env, "", "streams", "-check")
 	if r.code != 1 || !strings.Contains(r.stderr, "consumer USAGE/meter differs from the configuration") || !strings.Contains(r.stderr, "restart the services named") {
 		t.Errorf("-check with a consumer that differs: %+v", r)
+	}
+}
+
+// A partitioned usage stream: 'allot streams' shows how it stores events
+// and the meter's consumer of each partition; -check with another
+// partitions setting names the difference.
+func TestStreamsPartitioned(t *testing.T) {
+	url := startNATS(t)
+	env := map[string]string{"NATS_URL": url}
+	dir := t.TempDir()
+	four, none := filepath.Join(dir, "four.yaml"), filepath.Join(dir, "none.yaml")
+	if err := os.WriteFile(four, []byte("streams:\n  partitions: 4\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(none, []byte("streams:\n  partitions: 0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := runCLI(t, env, "", "streams", "-config", four)
+	if r.code != 0 {
+		t.Fatalf("streams with 4 partitions: %+v", r)
+	}
+	for _, want := range []string{"stored as usage.{{partition(4,1)}}.{{wildcard(1)}} (streams.partitions)", "USAGE/meter-0", "USAGE/meter-3"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	r = runCLI(t, env, "", "streams", "-check", "-config", none)
+	if r.code != 1 || !strings.Contains(r.stdout, "subject mapping (streams.partitions) is usage.* -> usage.{{partition(4,1)}}.{{wildcard(1)}}, want none") {
+		t.Errorf("-check with partitions 0 against 4: %+v", r)
 	}
 }

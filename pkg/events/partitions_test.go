@@ -106,7 +106,7 @@ func TestEnsureStreamsKeepsPartitionsOfAStreamWithEvents(t *testing.T) {
 		}
 	}
 	st, _ := js.Stream(ctx, cfg.Usage)
-	if got := transformOf(st.CachedInfo().Config.SubjectTransform); !strings.Contains(got, "partition(8,1)") {
+	if got := TransformOf(st.CachedInfo().Config.SubjectTransform); !strings.Contains(got, "partition(8,1)") {
 		t.Errorf("the stream's mapping is %s after the refusals, want the 8 partitions", got)
 	}
 	cfg.Partitions = 8

@@ -242,17 +242,18 @@ func samePartitions(ctx context.Context, js jetstream.JetStream, want jetstream.
 		return fmt.Errorf("events: ensure stream %s: %w", want.Name, err)
 	}
 	info := st.CachedInfo()
-	if transformOf(info.Config.SubjectTransform) == transformOf(want.SubjectTransform) || info.State.Msgs == 0 {
+	if TransformOf(info.Config.SubjectTransform) == TransformOf(want.SubjectTransform) || info.State.Msgs == 0 {
 		return nil
 	}
 	return fmt.Errorf("events: ensure stream %s: %w: streams.partitions would change the stream's subject mapping from %s to %s, and it holds %d events stored the old way; "+
 		"keep the old setting, or start the new one on a stream of another name (streams.usage) once the meters have applied everything in this one",
-		want.Name, ErrInvalid, transformOf(info.Config.SubjectTransform), transformOf(want.SubjectTransform), info.State.Msgs)
+		want.Name, ErrInvalid, TransformOf(info.Config.SubjectTransform), TransformOf(want.SubjectTransform), info.State.Msgs)
 }
 
-// transformOf describes a stream's subject transform, for comparison and
-// for the error that shows it.
-func transformOf(t *jetstream.SubjectTransformConfig) string {
+// TransformOf describes a stream's subject transform ("none", or
+// "source -> destination"), for comparison and for the messages that show
+// it.
+func TransformOf(t *jetstream.SubjectTransformConfig) string {
 	if t == nil {
 		return "none"
 	}
