@@ -296,14 +296,7 @@ func testStreamDedup(t *testing.T, open backend) {
 		ops = append(ops, Op{ID: fmt.Sprintf("r%d", i%1000), UID: uid, Metric: "c", Config: counter, Value: v, Seq: uint64(i + 1)})
 		want[uid] += v
 	}
-	apply := func(chunk []Op) []Result {
-		t.Helper()
-		res, err := s.Apply(ctx, chunk)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return res
-	}
+	apply := applier(t, s)
 	// Two replicas: later chunks first, overlapping redeliveries.
 	apply(ops[500:1000])
 	res := apply(ops[0:700]) // 500..699 again
@@ -394,6 +387,19 @@ func testStreamDedup(t *testing.T, open backend) {
 		if got := rdb.HGet(ctx, s.Keys().Values(keys.UserTag(uid), "c"), "").Val(); got != fmt.Sprint(w) {
 			t.Errorf("at the end %s holds %s, want %v", uid, got, w)
 		}
+	}
+}
+
+// applier returns a function that applies a chunk with s and fails the
+// test when the round trip fails.
+func applier(t *testing.T, s *Store) func([]Op) []Result {
+	return func(chunk []Op) []Result {
+		t.Helper()
+		res, err := s.Apply(t.Context(), chunk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
 	}
 }
 

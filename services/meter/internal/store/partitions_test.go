@@ -44,14 +44,7 @@ func testPartitionedStreamDedup(t *testing.T, open backend) {
 		}
 		return out
 	}
-	apply := func(chunk []Op) []Result {
-		t.Helper()
-		res, err := s.Apply(ctx, chunk)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return res
-	}
+	apply := applier(t, s)
 	applied := func(res []Result) (n int) {
 		for _, r := range res {
 			if r.Applied {
