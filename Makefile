@@ -166,7 +166,7 @@ cluster-test: $(GOTESTSUM) $(NATS_SERVER)
 	trap 'tools/cluster down' EXIT; eval "$$(tools/cluster test-env)"; \
 	ALLOT_REQUIRE_CLUSTER=1 $(GOTESTSUM) --format pkgname-and-test-fails -- $(TESTFLAGS) -tags integration -run '^TestCluster' $(STORE_PKGS) ./services/registry/... ./services/meter && \
 	$(GOTESTSUM) --format pkgname-and-test-fails -- -count=1 -tags integration -run '^TestIntegration' $(PKGS) && \
-	(cd loadtest && go run . --profile quick -stacks 3 -replicas 3 -nats-url "$$ALLOT_TEST_NATS_URL" -redis-addrs "$$ALLOT_TEST_REDIS_CLUSTER" -out out/cluster)
+	(cd loadtest && go run . --profile quick -stacks 3 -partitions 6 -replicas 3 -nats-url "$$ALLOT_TEST_NATS_URL" -redis-addrs "$$ALLOT_TEST_REDIS_CLUSTER" -out out/cluster)
 
 # The pinned nats-server, built from the module into .bin/.
 nats-server: $(NATS_SERVER)

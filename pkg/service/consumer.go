@@ -242,12 +242,29 @@ func (c *Consumer) Start(ctx context.Context) (stop func(context.Context) error)
 
 // Run pulls and handles chunks until ctx ends, then drains and returns.
 func (c *Consumer) Run(ctx context.Context) {
+	if c.cfg.PriorityGroup != "" {
+		c.runFetching(ctx)
+	} else {
+		c.runIterating(ctx)
+	}
+	// Acks are sent without waiting for the server: make sure the last
+	// ones are out before saying the drain is done.
+	fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.js.Conn().FlushWithContext(fctx); err != nil {
+		c.log.Warn("flushing the last acks; those not sent will be redelivered", "err", err)
+	}
+	if c.cfg.PriorityGroup != "" {
+		c.unpin(fctx)
+	}
+}
+
+// runIterating pulls continuously with the client's message iterator
+// (overlapping pulls, re-pulled before they run out), and on ctx's end
+// drains it: what arrived is handled, then the subscription goes.
+func (c *Consumer) runIterating(ctx context.Context) {
 	for ctx.Err() == nil {
-		opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(2 * c.cfg.Batch), jetstream.PullExpiry(c.cfg.PullExpiry)}
-		if c.cfg.PriorityGroup != "" {
-			opts = append(opts, jetstream.PullPriorityGroup(c.cfg.PriorityGroup))
-		}
-		it, err := c.cons.Messages(opts...)
+		it, err := c.cons.Messages(jetstream.PullMaxMessages(2*c.cfg.Batch), jetstream.PullExpiry(c.cfg.PullExpiry))
 		if err != nil {
 			c.log.Warn("cannot consume; retrying", "err", err)
 			sleep(ctx, time.Second)
@@ -270,9 +287,6 @@ func (c *Consumer) Run(ctx context.Context) {
 					time.Sleep(100 * time.Millisecond)
 					continue
 				}
-				if c.cfg.PriorityGroup != "" {
-					c.notePin(msg)
-				}
 				in.push(msg)
 			}
 		})
@@ -281,16 +295,51 @@ func (c *Consumer) Run(ctx context.Context) {
 		it.Stop()
 		reader.Wait()
 	}
-	// Acks are sent without waiting for the server: make sure the last
-	// ones are out before saying the drain is done.
-	fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := c.js.Conn().FlushWithContext(fctx); err != nil {
-		c.log.Warn("flushing the last acks; those not sent will be redelivered", "err", err)
-	}
-	if c.cfg.PriorityGroup != "" {
-		c.unpin(fctx)
-	}
+}
+
+// pinnedPull bounds how long one pull of a pinned consumer stays open at
+// the server: a stopping client waits that long at most for its last
+// pull to end on an idle stream.
+const pinnedPull = time.Second
+
+// runFetching pulls a pinned consumer one bounded request at a time, and
+// on ctx's end sends no more but waits for the one open to end (its
+// batch filled or its expiry) and handles what it brought. So when the
+// client gives its pin up no pull of its is left open: an iterator's
+// drain ends the subscription with its pull still open, and on a NATS
+// cluster the node leading the consumer, which learns late that the
+// subscription is gone, goes on handing it messages that never arrive
+// and come back only after their ack wait (the next client would have
+// applied later ones by then). One request at a time also keeps the
+// deliveries in order: the server cycles between a client's open
+// requests.
+func (c *Consumer) runFetching(ctx context.Context) {
+	in := newInbox()
+	var reader sync.WaitGroup
+	reader.Go(func() {
+		defer in.close()
+		opts := []jetstream.FetchOpt{jetstream.FetchMaxWait(min(c.cfg.PullExpiry, pinnedPull)), jetstream.FetchPriorityGroup(c.cfg.PriorityGroup)}
+		for ctx.Err() == nil {
+			batch, err := c.cons.Fetch(2*c.cfg.Batch, opts...)
+			if err != nil {
+				c.log.Warn("cannot pull; retrying", "err", err)
+				sleep(ctx, 100*time.Millisecond)
+				continue
+			}
+			for msg := range batch.Messages() {
+				c.notePin(msg)
+				in.push(msg)
+			}
+			if err := batch.Error(); err != nil {
+				// The pin went elsewhere, the consumer was deleted or
+				// the connection is down: don't spin while that lasts.
+				c.log.Warn("pulling", "err", err)
+				sleep(ctx, 100*time.Millisecond)
+			}
+		}
+	})
+	c.chunks(ctx, in)
+	reader.Wait()
 }
 
 // HoldsPin reports whether this client holds the pin of its priority

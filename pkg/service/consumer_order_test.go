@@ -3,6 +3,7 @@ package service_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -190,5 +191,102 @@ func TestPinnedConsumerHasOneReaderAtATime(t *testing.T) {
 	}
 	if diff := cmp.Diff(seq(600), all.bodies()); diff != "" {
 		t.Errorf("handled (-want +got), want stream order, each once:\n%s", diff)
+	}
+}
+
+// A pinned consumer stopped while messages keep coming leaves no pull of
+// its open: it sends no more and waits for the last one to end, handling
+// what that brings. An open pull would go on being handed messages on a
+// NATS cluster, where the node leading the consumer learns late that the
+// client is gone; they would come back only after their ack wait, after
+// the next client had applied later ones. So once it has stopped, the
+// server waits on no request of its, nothing is handed out unacked, and
+// the pin is free for a standby at once. On one server and on a 3-node
+// cluster with the client on a node that does not lead the consumer (the
+// case that needs it).
+func TestPinnedConsumerStopsWithNoPullOpen(t *testing.T) {
+	t.Run("OneServer", func(t *testing.T) {
+		e := newConsumerEnv(t)
+		testPinnedStop(t, e.js, e.js)
+	})
+	t.Run("Cluster", func(t *testing.T) {
+		servers := runNATSCluster(t, 3)
+		admin := jsOf(t, servers[0].ClientURL())
+		ctx := t.Context()
+		st, err := admin.CreateStream(ctx, jetstream.StreamConfig{Name: "IN", Subjects: []string{"in.*"}, Replicas: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		leader := st.CachedInfo().Cluster.Leader
+		for _, s := range servers {
+			if s.Name() != leader {
+				testPinnedStop(t, admin, jsOf(t, s.ClientURL()))
+				return
+			}
+		}
+		t.Fatalf("no server but the stream's leader %q", leader)
+	})
+}
+
+// testPinnedStop runs a pinned consumer of stream IN on js under a
+// stream of messages published through admin, stops it, and checks what
+// it left at the server.
+func testPinnedStop(t *testing.T, admin, js jetstream.JetStream) {
+	ctx := t.Context()
+	cfg := service.PinnedConsumer(jetstream.ConsumerConfig{Durable: "pinned", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute}, "workers", time.Minute)
+	if _, err := admin.CreateOrUpdateConsumer(ctx, "IN", cfg); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.Consumer(ctx, "IN", "pinned")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec recorder
+	rec.decide = func(string, uint64) service.Outcome { return service.Ack() }
+	c, err := service.NewConsumer(cons, js, &rec, service.ConsumerConfig{Name: "t", Batch: 50, PullExpiry: 30 * time.Second, PriorityGroup: "workers"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := c.Start(ctx)
+	// Publish until the consumer has been stopped, a message at a time so
+	// that its pulls are open and waiting when it stops.
+	pctx, stopPublishing := context.WithCancel(ctx)
+	var published sync.WaitGroup
+	published.Go(func() {
+		for i := 0; pctx.Err() == nil; i++ {
+			if _, err := admin.Publish(pctx, "in.x", []byte(strconv.Itoa(i))); err != nil && pctx.Err() == nil {
+				t.Error(err)
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	})
+	rec.waitSeen(t, 200)
+	began := time.Now()
+	if err := stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(began)
+	stopPublishing()
+	published.Wait()
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumWaiting != 0 {
+		t.Errorf("%d pull requests still open at the server after the stop", info.NumWaiting)
+	}
+	if info.NumAckPending != 0 {
+		t.Errorf("%d messages handed out and not acked after the stop", info.NumAckPending)
+	}
+	for _, g := range info.PriorityGroups {
+		if g.PinnedClientID != "" {
+			t.Errorf("group %s still pinned to %s after the stop", g.Group, g.PinnedClientID)
+		}
+	}
+	// The last pull is bounded: a stop waits a second for it, not the
+	// 30 s PullExpiry.
+	if took > 5*time.Second {
+		t.Errorf("the stop took %v", took)
 	}
 }

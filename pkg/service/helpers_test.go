@@ -6,11 +6,14 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // runNATS starts an embedded NATS server on a free port of 127.0.0.1
@@ -121,4 +124,54 @@ func (r *logRecorder) waitFor(t *testing.T, msg string) logRecord {
 	}
 	t.Fatalf("no %q logged; got %+v", msg, r.all())
 	return logRecord{}
+}
+
+// runNATSCluster starts n embedded NATS servers with JetStream, routed
+// into one cluster on free ports of 127.0.0.1, and returns them once
+// JetStream answers through each.
+func runNATSCluster(t *testing.T, n int) []*server.Server {
+	t.Helper()
+	ports := make([]int, n)
+	urls := make([]string, n)
+	for i := range ports {
+		ports[i] = portOf(t, closedPort(t))
+		urls[i] = "nats-route://127.0.0.1:" + strconv.Itoa(ports[i])
+	}
+	servers := make([]*server.Server, n)
+	for i := range servers {
+		servers[i] = runNATS(t, server.Options{ServerName: "n" + strconv.Itoa(i), JetStream: true, StoreDir: t.TempDir(),
+			Cluster: server.ClusterOpts{Name: "t", Host: "127.0.0.1", Port: ports[i]}, Routes: server.RoutesFromStr(strings.Join(urls, ","))})
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, s := range servers {
+		js := jsOf(t, s.ClientURL())
+		for {
+			ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+			_, err := js.AccountInfo(ctx)
+			cancel()
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("JetStream not ready on the cluster: %v", err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return servers
+}
+
+// jsOf connects to url for the test and returns its JetStream context.
+func jsOf(t *testing.T, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
 }
