@@ -151,7 +151,14 @@ func describeTarget(o Options, t *target) string {
 	if o.NATSURL != "" {
 		n = "NATS " + o.NATSURL
 	}
-	return fmt.Sprintf("inprocess: cmd/allot/devstack in a child process (%s, Redis %s)", n, redisText(o))
+	s := fmt.Sprintf("inprocess: cmd/allot/devstack in a child process (%s, Redis %s)", n, redisText(o))
+	if o.Stacks > 1 {
+		s += fmt.Sprintf(", %d stack processes", o.Stacks)
+	}
+	if o.StackCPU > 0 {
+		s += fmt.Sprintf(", each capped at %g cores", o.StackCPU)
+	}
+	return s
 }
 
 // redisText says which Redis an inprocess run uses.

@@ -66,6 +66,11 @@ type Options struct {
 	// each running every service: N replicas of each, sharing the
 	// consumers, queues and locks (needs -nats-url and a real Redis).
 	Stacks int
+	// StackCPU caps each stack process at this many cores (a cgroup of
+	// its own, as a Kubernetes CPU limit; 0: no cap), so the replicas
+	// bind and not the servers they share: how throughput grows with
+	// Stacks.
+	StackCPU float64
 
 	// The fault suite (-profile faults, faults-quick): the scenarios to
 	// run (faults.go); the nats-server and redis-server binaries it
@@ -213,6 +218,7 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.StringVar(&o.GRPC, "grpc", o.GRPC, "grpc scenario: the Envoy RLS front at `host:port` (default: the inprocess stack's own)")
 	fs.StringVar(&o.GRPCDomain, "grpc-domain", o.GRPCDomain, "grpc scenario: the rate limit `domain` of every request")
 	fs.IntVar(&o.Stacks, "stacks", o.Stacks, "inprocess: stack `processes`, each running every service (replicas of each), 1 to 5; more than 1 needs -nats-url and -redis-url or -redis-addrs")
+	fs.Float64Var(&o.StackCPU, "stack-cpu", o.StackCPU, "inprocess: cap each stack process at this many `cores` (a cgroup of its own, as a Kubernetes CPU limit; Linux, with the right to write /sys/fs/cgroup), so the replicas and not the servers they share bind: to measure how throughput grows with -stacks; 0 no cap")
 	fs.IntVar(&o.Partitions, "partitions", o.Partitions, "inprocess: the usage stream's `partitions` (streams.partitions: 0, or 2 to 1024), each with its meter consumer, shared out among the stacks' meters")
 	fs.IntVar(&o.Replicas, "replicas", o.Replicas, "stream `replicas` of the inprocess stack and the baselines, 1 to 5 (3 on a NATS cluster)")
 	fs.DurationVar(&o.BatchWait, "batch-wait", o.BatchWait, "batch scenario: the client's MaxWait (0: events.DefaultBatchWait)")
@@ -367,6 +373,12 @@ func (o Options) Validate() error {
 		bad("stacks", "more than one stack process must share a real NATS and Redis: give -nats-url and -redis-url or -redis-addrs")
 	}
 	switch {
+	case !(o.StackCPU == 0 || (o.StackCPU >= 0.05 && o.StackCPU <= 64)): // also refuses NaN
+		bad("stack-cpu", "must be 0 (no cap) or 0.05 to 64 cores (got %g)", o.StackCPU)
+	case o.StackCPU != 0 && o.Target != targetInProcess:
+		bad("stack-cpu", "is for the inprocess target's stack processes")
+	}
+	switch {
 	case o.Partitions != 0 && (o.Partitions < 2 || o.Partitions > events.MaxPartitions):
 		bad("partitions", "must be 0 or 2 to %d (got %d)", events.MaxPartitions, o.Partitions)
 	case o.Partitions != 0 && o.Target != targetInProcess:
@@ -422,7 +434,7 @@ func (o Options) validateFaults(set map[string]bool) error {
 	bad := func(flag, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("-%s: %s", flag, fmt.Sprintf(format, args...)))
 	}
-	for _, f := range []string{"target", "nats-url", "redis-url", "redis-addrs", "stacks", "replicas", "partitions", "scenarios", "config"} {
+	for _, f := range []string{"target", "nats-url", "redis-url", "redis-addrs", "stacks", "stack-cpu", "replicas", "partitions", "scenarios", "config"} {
 		if set[f] {
 			bad(f, "the fault suite starts servers and services of its own for each scenario")
 		}

@@ -39,9 +39,10 @@ type target struct {
 	conns []*nats.Conn // the apps'
 	rdb   redis.UniversalClient
 
-	stack    *child   // nil for an external target
-	more     []*child // the other stack processes (-stacks)
-	grpcAddr string   // the stack's Envoy RLS front; empty for an external target
+	stack    *child    // nil for an external target
+	more     []*child  // the other stack processes (-stacks)
+	caps     []*cpuCap // the stack processes' CPU caps (-stack-cpu), removed at the end
+	grpcAddr string    // the stack's Envoy RLS front; empty for an external target
 	baseline *child
 
 	// The baselines' own names.
@@ -121,6 +122,9 @@ func setUp(ctx context.Context, o Options, log *slog.Logger) (t *target, err err
 		if err != nil {
 			return t, err
 		}
+		if err := t.capStack(o, t.stack, 1, log); err != nil {
+			return t, err
+		}
 		for i := 2; i <= o.Stacks; i++ {
 			s := spec
 			s.Instance = fmt.Sprintf("%s-%d", spec.Instance, i)
@@ -129,6 +133,9 @@ func setUp(ctx context.Context, o Options, log *slog.Logger) (t *target, err err
 				return t, fmt.Errorf("stack process %d of %d: %w", i, o.Stacks, err)
 			}
 			t.more = append(t.more, c)
+			if err := t.capStack(o, c, i, log); err != nil {
+				return t, err
+			}
 			log.Info("another stack process ready", "pid", c.pid(), "instance", s.Instance)
 		}
 		for _, n := range t.stack.ready.Notes {
@@ -313,6 +320,11 @@ func (t *target) tearDown(o Options, log *slog.Logger) {
 	if t.stack != nil {
 		t.stack.stop(15 * time.Second)
 	}
+	for _, c := range t.caps {
+		if err := c.remove(); err != nil {
+			log.Warn("stack CPU cap left behind", "err", err)
+		}
+	}
 	if !o.Keep && t.js != nil {
 		streams := []string{t.rawStream, t.pubStream}
 		if t.kind == targetInProcess && t.stack != nil && o.NATSURL != "" {
@@ -432,3 +444,17 @@ func redact(u string) string {
 
 // baselinePrefix is where the baseline process writes its keys.
 func (t *target) baselinePrefix() string { return t.cfg.Redis.KeyPrefix + "lt" + t.runID + ":" }
+
+// capStack caps stack process number i at -stack-cpu cores, if set.
+func (t *target) capStack(o Options, c *child, i int, log *slog.Logger) error {
+	if o.StackCPU == 0 {
+		return nil
+	}
+	cc, err := capCPU(cgroupRoot, c.pid(), o.StackCPU, fmt.Sprintf("allot-loadtest-%s-%d", t.runID, i))
+	if err != nil {
+		return fmt.Errorf("-stack-cpu: capping stack process %d: %w", i, err)
+	}
+	t.caps = append(t.caps, cc)
+	log.Info("stack process capped", "pid", c.pid(), "cores", o.StackCPU, "cgroup", cc.dir)
+	return nil
+}
