@@ -43,17 +43,17 @@ func TestLeaderVerdict(t *testing.T) {
 		t.Errorf("one holder each failed: %s", v)
 	}
 	// Two meters applying in one interval fails an ordered run only.
-	w.countApplying(nil, [][]float64{{5}, {5}}) // the first sample: no interval yet
-	w.countApplying([][]float64{{5}, {5}}, [][]float64{{9}, {5}})
-	w.countApplying([][]float64{{9}, {5}}, [][]float64{{9}, {5}}) // idle
+	w.countApplying(nil, [][]float64{{5}, {5}}, true) // the first sample: no interval yet
+	w.countApplying([][]float64{{5}, {5}}, [][]float64{{9}, {5}}, true)
+	w.countApplying([][]float64{{9}, {5}}, [][]float64{{9}, {5}}, true) // idle
 	if v, ok := w.verdict(true); !ok || w.applyingOne != 1 || w.applyingMany != 0 {
 		t.Errorf("one meter applying: %v, %s", ok, v)
 	}
-	w.countApplying([][]float64{{9}, {5}}, [][]float64{{12}, {6}})
+	w.countApplying([][]float64{{9}, {5}}, [][]float64{{12}, {6}}, true)
 	if v, ok := w.verdict(true); !ok || w.handovers != 1 {
 		t.Errorf("two meters applying in one interval alone (a handover) failed: %s", v)
 	}
-	w.countApplying([][]float64{{12}, {6}}, [][]float64{{13}, {8}})
+	w.countApplying([][]float64{{12}, {6}}, [][]float64{{13}, {8}}, true)
 	if v, ok := w.verdict(true); ok || w.applyingMany != 1 || !strings.Contains(v, "two intervals running in 1") {
 		t.Errorf("two meters applying in two intervals running, ordered, passed: %s", v)
 	}
@@ -78,22 +78,33 @@ func TestScrapeApplied(t *testing.T) {
 // interval alone is a handover, in two running a failure.
 func TestLeaderWatchByPartition(t *testing.T) {
 	w := &leaderWatch{max: map[string]int{}, none: map[string]int{}}
-	w.countApplying([][]float64{{1, 1, 0}, {0, 0, 1}}, [][]float64{{4, 2, 0}, {0, 0, 5}})
+	w.countApplying([][]float64{{1, 1, 0}, {0, 0, 1}}, [][]float64{{4, 2, 0}, {0, 0, 5}}, true)
 	if w.applyingOne != 1 || w.applyingMany != 0 {
 		t.Errorf("two meters on partitions of their own: one %d, many %d; want one interval of one", w.applyingOne, w.applyingMany)
 	}
-	w.countApplying([][]float64{{4, 2, 0}, {0, 0, 5}}, [][]float64{{4, 3, 0}, {0, 1, 5}})
+	w.countApplying([][]float64{{4, 2, 0}, {0, 0, 5}}, [][]float64{{4, 3, 0}, {0, 1, 5}}, true)
 	if w.handovers != 1 || w.applyingMany != 0 {
 		t.Errorf("two meters on partition 1 in one interval: handovers %d, many %d; want a handover", w.handovers, w.applyingMany)
 	}
-	w.countApplying([][]float64{{4, 3, 0}, {0, 1, 5}}, [][]float64{{5, 3, 0}, {0, 1, 6}})
+	w.countApplying([][]float64{{4, 3, 0}, {0, 1, 5}}, [][]float64{{5, 3, 0}, {0, 1, 6}}, true)
 	if w.applyingMany != 0 || w.applyingOne != 2 {
 		t.Errorf("after the handover, partitions of their own again: one %d, many %d", w.applyingOne, w.applyingMany)
 	}
-	w.countApplying([][]float64{{5, 3, 0}, {0, 1, 6}}, [][]float64{{5, 4, 0}, {0, 2, 6}})
-	w.countApplying([][]float64{{5, 4, 0}, {0, 2, 6}}, [][]float64{{5, 5, 0}, {0, 3, 6}})
+	w.countApplying([][]float64{{5, 3, 0}, {0, 1, 6}}, [][]float64{{5, 4, 0}, {0, 2, 6}}, true)
+	w.countApplying([][]float64{{5, 4, 0}, {0, 2, 6}}, [][]float64{{5, 5, 0}, {0, 3, 6}}, true)
 	if w.applyingMany != 1 {
 		t.Errorf("two meters on partition 1 in two intervals running: many %d, want 1", w.applyingMany)
+	}
+	// The same, but a round read over more than maxSpread (a process
+	// answering late): not one moment, so unsure, and not a failure.
+	w.countApplying([][]float64{{5, 5, 0}, {0, 3, 6}}, [][]float64{{5, 5, 0}, {0, 3, 6}}, true) // idle
+	w.countApplying([][]float64{{5, 5, 0}, {0, 3, 6}}, [][]float64{{5, 6, 0}, {0, 4, 6}}, true)
+	w.countApplying([][]float64{{5, 6, 0}, {0, 4, 6}}, [][]float64{{5, 7, 0}, {0, 5, 6}}, false)
+	if w.applyingMany != 1 || w.unsure != 1 {
+		t.Errorf("two meters on partition 1 in two intervals running, the second read late: many %d (want still 1), unsure %d (want 1)", w.applyingMany, w.unsure)
+	}
+	if v, _ := w.verdict(true); !strings.Contains(v, "1 more whose samples took over") {
+		t.Errorf("the verdict does not say what was unsure: %s", v)
 	}
 	if got := appliedSeriesOf(2); len(got) != 2 || got[1] != `allot_meter_partition_applied_total{partition="1"}` {
 		t.Errorf("appliedSeriesOf(2) = %v", got)

@@ -281,6 +281,10 @@ func (h *harness) runScenarios(ctx context.Context) {
 		h.addPhase(cutShort(ctx, f()))
 		return ctx.Err() == nil
 	}
+	if h.t.cfg.Streams.Partitions > 0 && len(h.t.more) > 0 && (h.o.has("ingest") || h.o.has("mixed")) {
+		settled, held := h.settlePartitions(ctx)
+		h.rep.Notes = append(h.rep.Notes, settleNote(settled, held, h.t.cfg.Streams.Partitions))
+	}
 	if h.o.has("ingest") {
 		ok := step(func() report.Phase { return h.publishOnly(ctx, "publish.raw", true, unit) }) &&
 			step(func() report.Phase { return h.publishOnly(ctx, "publish", false, unit) }) &&

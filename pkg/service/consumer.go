@@ -330,9 +330,14 @@ func (c *Consumer) runFetching(ctx context.Context) {
 				c.notePin(msg)
 				in.push(msg)
 			}
-			if err := batch.Error(); err != nil {
-				// The pin went elsewhere, the consumer was deleted or
-				// the connection is down: don't spin while that lasts.
+			switch err := batch.Error(); {
+			case errors.Is(err, jetstream.ErrPinIDMismatch):
+				// The pull named a pin this client held before and has
+				// given up (or lost): the next one, without it, stands by.
+				c.log.Debug("the pin has moved on; standing by", "err", err)
+			case err != nil:
+				// The consumer was deleted or the connection is down:
+				// don't spin while that lasts.
 				c.log.Warn("pulling", "err", err)
 				sleep(ctx, 100*time.Millisecond)
 			}
