@@ -109,7 +109,7 @@ MODIFIED ?= $(shell test -z "$$(git status --porcelain 2>/dev/null)" && echo fal
 SERVICE_PKG := github.com/allot/allot/pkg/service
 LDFLAGS = -X $(SERVICE_PKG).version=$(VERSION) -X $(SERVICE_PKG).revision=$(REVISION) -X $(SERVICE_PKG).modified=$(MODIFIED)
 
-.PHONY: run test test-unit test-integration test-clock-ahead bench lint fmt tidy build fuzz clean modules loadtest loadtest-quick loadtest-grpc loadtest-batch loadtest-faults loadtest-faults-quick nats-server cluster-up cluster-down cluster-test cluster-faults cluster-faults-quick
+.PHONY: run test test-unit test-integration test-clock-ahead bench lint fmt tidy build fuzz clean modules loadtest loadtest-quick loadtest-grpc loadtest-batch loadtest-faults loadtest-faults-quick nats-server cluster-up cluster-down cluster-test cluster-growth cluster-faults cluster-faults-quick
 
 # run builds bin/allot, saying how far along it is (cmd/allot/build.sh),
 # then execs it in place of make's shell: Ctrl-C reaches allot dev, which
@@ -167,6 +167,22 @@ cluster-test: $(GOTESTSUM) $(NATS_SERVER)
 	ALLOT_REQUIRE_CLUSTER=1 $(GOTESTSUM) --format pkgname-and-test-fails -- $(TESTFLAGS) -tags integration -run '^TestCluster' $(STORE_PKGS) ./services/registry/... ./services/meter && \
 	$(GOTESTSUM) --format pkgname-and-test-fails -- -count=1 -tags integration -run '^TestIntegration' $(PKGS) && \
 	(cd loadtest && go run . --profile quick -stacks 3 -partitions 6 -replicas 3 -nats-url "$$ALLOT_TEST_NATS_URL" -redis-addrs "$$ALLOT_TEST_REDIS_CLUSTER" -out out/cluster)
+
+# How throughput grows with replicas (README, "Running on clusters"):
+# 1, 2 and 3 stack processes, each capped at STACK_CPU cores in a cgroup
+# of its own (Linux, root), on the single servers and on the loopback
+# clusters, taking turns; about 5 minutes. Not in CI: it needs the right
+# to write /sys/fs/cgroup.
+STACK_CPU ?= 0.15
+GROWTH_FLAGS = --profile quick -duration 20s -concurrency 96 -scenarios ingest,credit,ratelimit -partitions 6 -stack-cpu $(STACK_CPU)
+
+cluster-growth: $(NATS_SERVER)
+	NATS_BIN=$(NATS_SERVER) tools/cluster up
+	trap 'tools/cluster down' EXIT; eval "$$(tools/cluster test-env)"; \
+	$(WITH_NATS) bash -c 'cd loadtest && for n in 1 2 3; do \
+	  go run . $(GROWTH_FLAGS) -stacks $$n -nats-url "$$ALLOT_TEST_NATS_URL" -redis-url "$(ALLOT_TEST_REDIS_URL)" -out out/growth-single-$$n || exit 1; \
+	  go run . $(GROWTH_FLAGS) -stacks $$n -replicas 3 -nats-url "'"$$ALLOT_TEST_NATS_URL"'" -redis-addrs "'"$$ALLOT_TEST_REDIS_CLUSTER"'" -out out/growth-cluster-$$n || exit 1; \
+	done'
 
 # The pinned nats-server, built from the module into .bin/.
 nats-server: $(NATS_SERVER)

@@ -11,7 +11,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -31,15 +30,7 @@ func newConsumerEnv(t *testing.T) consumerEnv { return newConsumerEnvAckWait(t, 
 func newConsumerEnvAckWait(t *testing.T, ackWait time.Duration) consumerEnv {
 	t.Helper()
 	s := runNATS(t, server.Options{JetStream: true, StoreDir: t.TempDir()})
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jsOf(t, s.ClientURL())
 	ctx := t.Context()
 	for name, subj := range map[string]string{"IN": "in.*", "DEAD": "dead.*"} {
 		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{subj}}); err != nil {

@@ -11,7 +11,6 @@ import (
 	"github.com/allot/allot/pkg/service"
 	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 )
@@ -28,15 +27,7 @@ type epochEnv struct {
 func newEpochEnv(t *testing.T) *epochEnv {
 	t.Helper()
 	s := runNATS(t, server.Options{JetStream: true, StoreDir: t.TempDir()})
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jsOf(t, s.ClientURL())
 	stream, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: "EV", Subjects: []string{"ev.*"}})
 	if err != nil {
 		t.Fatal(err)
