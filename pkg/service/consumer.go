@@ -323,7 +323,7 @@ func (c *Consumer) runFetching(ctx context.Context) {
 			batch, err := c.cons.Fetch(2*c.cfg.Batch, opts...)
 			if err != nil {
 				c.log.Warn("cannot pull; retrying", "err", err)
-				sleep(ctx, 100*time.Millisecond)
+				sleep(ctx, time.Second)
 				continue
 			}
 			for msg := range batch.Messages() {
