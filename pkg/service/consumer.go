@@ -104,7 +104,8 @@ type ConsumerConfig struct {
 	// The client keeps up to two batches coming while a chunk is handled.
 	Batch int
 	// PullExpiry is how long one pull request stays open at the server
-	// (at least 1s, default 30s); its heartbeat is half of it. A short one
+	// (at least 1s, default 30s; with a PriorityGroup at most 1s); its
+	// heartbeat is half of it. A short one
 	// on a busy machine misses heartbeats, and each miss re-pulls while
 	// the last pull's messages still arrive.
 	PullExpiry time.Duration
@@ -130,10 +131,11 @@ type ConsumerConfig struct {
 	// consumer (jetstream.PriorityPolicyPinned, see PinnedConsumer): the
 	// server hands messages to one client at a time, so of several
 	// replicas one handles chunks, in stream order, and the others stand
-	// by until it stops pulling for the consumer's PinnedTTL. Stopped, the
-	// consumer gives its pin up once it has drained, so a standby takes
-	// over at once; unless messages handed to it never arrived (still
-	// unacked): then it keeps the pin, so they are redelivered to the next
+	// by until it stops pulling for the consumer's PinnedTTL. Such a
+	// consumer pulls one request at a time, so stopped, it sends no more,
+	// waits for the open one to end, drains, and gives its pin up, and a
+	// standby takes over at once; unless messages handed to it are still
+	// unacked: then it keeps the pin, so they are redelivered to the next
 	// client, before anything after them, once the PinnedTTL has run out.
 	PriorityGroup string
 	// PendingFromInfo leaves <prefix>_consumer_pending to the caller
