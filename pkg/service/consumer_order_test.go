@@ -300,15 +300,7 @@ func TestPinnedConsumerPullsOnAfterNATSRestarts(t *testing.T) {
 	dir := t.TempDir()
 	s := runNATS(t, server.Options{JetStream: true, StoreDir: dir})
 	port := portOf(t, s.Addr().String())
-	nc, err := nats.Connect(s.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jsOf(t, s.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	ctx := t.Context()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "IN", Subjects: []string{"in.*"}}); err != nil {
 		t.Fatal(err)

@@ -161,10 +161,11 @@ func runNATSCluster(t *testing.T, n int) []*server.Server {
 	return servers
 }
 
-// jsOf connects to url for the test and returns its JetStream context.
-func jsOf(t *testing.T, url string) jetstream.JetStream {
+// jsOf connects to url (with opts) for the test and returns its
+// JetStream context.
+func jsOf(t *testing.T, url string, opts ...nats.Option) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(url)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
