@@ -297,6 +297,9 @@ func spawnTo(ctx context.Context, spec childSpec, stderr io.Writer) (*child, err
 
 func (c *child) pid() int { return c.cmd.Process.Pid }
 
+// metricsURL is where the child serves its Prometheus metrics.
+func (c *child) metricsURL() string { return strings.TrimSuffix(c.ready.HTTPURL, "/") + "/metrics" }
+
 func (c *child) exitErr() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -79,7 +79,7 @@ func (h *harness) watchLeaders(ctx context.Context, interval time.Duration, part
 	var urls []string
 	for _, c := range append([]*child{h.t.stack}, h.t.more...) {
 		if c != nil && c.ready.HTTPURL != "" {
-			urls = append(urls, strings.TrimSuffix(c.ready.HTTPURL, "/")+"/metrics")
+			urls = append(urls, c.metricsURL())
 		}
 	}
 	client := &http.Client{Timeout: interval}

@@ -4,8 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
+
+	"github.com/allot/allot/services/meter"
 )
 
 // pinnedGauge is how many usage partitions a meter holds.
@@ -26,7 +27,7 @@ const settleRounds = 10
 func (h *harness) settlePartitions(ctx context.Context) (settled bool, held []int) {
 	parts := h.t.cfg.Streams.Partitions
 	stacks := append([]*child{h.t.stack}, h.t.more...)
-	share := (parts + len(stacks) - 1) / len(stacks)
+	share := meter.FairShare(parts, len(stacks))
 	client := &http.Client{Timeout: time.Second}
 	for round := 1; round <= settleRounds && ctx.Err() == nil; round++ {
 		h.addPhase(cutShort(ctx, h.ingest(ctx, ingestSpec{name: fmt.Sprintf("settle.%d", round),
@@ -34,7 +35,7 @@ func (h *harness) settlePartitions(ctx context.Context) (settled bool, held []in
 		held = held[:0]
 		total, over := 0, false
 		for _, c := range stacks {
-			vals, err := scrapeGauges(ctx, client, strings.TrimSuffix(c.ready.HTTPURL, "/")+"/metrics", []string{pinnedGauge})
+			vals, err := scrapeGauges(ctx, client, c.metricsURL(), []string{pinnedGauge})
 			if err != nil {
 				h.log.Warn("reading a meter's partitions", "err", err)
 				held = append(held, -1)

@@ -299,9 +299,9 @@ func (c *Consumer) runIterating(ctx context.Context) {
 	}
 }
 
-// pinnedPull bounds how long one pull of a pinned consumer stays open at
-// the server: a stopping client waits that long at most for its last
-// pull to end on an idle stream.
+// pinnedPull is how long one pull of a pinned consumer stays open at the
+// server, in place of PullExpiry (never shorter): a stopping client waits
+// that long at most for its last pull to end on an idle stream.
 const pinnedPull = time.Second
 
 // runFetching pulls a pinned consumer one bounded request at a time, and
@@ -320,7 +320,7 @@ func (c *Consumer) runFetching(ctx context.Context) {
 	var reader sync.WaitGroup
 	reader.Go(func() {
 		defer in.close()
-		opts := []jetstream.FetchOpt{jetstream.FetchMaxWait(min(c.cfg.PullExpiry, pinnedPull)), jetstream.FetchPriorityGroup(c.cfg.PriorityGroup)}
+		opts := []jetstream.FetchOpt{jetstream.FetchMaxWait(pinnedPull), jetstream.FetchPriorityGroup(c.cfg.PriorityGroup)}
 		for ctx.Err() == nil {
 			batch, err := c.cons.Fetch(2*c.cfg.Batch, opts...)
 			if err != nil {

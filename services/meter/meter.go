@@ -249,7 +249,7 @@ func (m *Meter) followConsumers(ctx context.Context, cm *service.ConsumerMetrics
 		if balancing && known {
 			if replicas, err := m.heartbeat(ctx); err == nil {
 				if now := fmt.Sprint(partitionsHeld(held)); now != last {
-					m.log.Info("usage partitions held", "partitions", now, "replicas", replicas, "share", fairShare(len(m.consumers), replicas))
+					m.log.Info("usage partitions held", "partitions", now, "replicas", replicas, "share", FairShare(len(m.consumers), replicas))
 					last = now
 				}
 				m.balance(ctx, held, replicas)

@@ -134,9 +134,9 @@ func (uc *usageConsumer) holds(info *jetstream.ConsumerInfo) bool {
 	return uc.running != nil && uc.running.HoldsPin(info)
 }
 
-// fairShare is how many of parts partitions one of replicas meters may
+// FairShare is how many of parts partitions one of replicas meters may
 // hold: the rest stand by.
-func fairShare(parts, replicas int) int {
+func FairShare(parts, replicas int) int {
 	replicas = max(replicas, 1)
 	return (parts + replicas - 1) / replicas
 }
@@ -156,7 +156,7 @@ func fairShare(parts, replicas int) int {
 // pinned TTL. A replica given one partition too many gives it up again,
 // knowing the pin, and rests on it.
 func (m *Meter) balance(ctx context.Context, held []bool, replicas int) {
-	share := fairShare(len(m.consumers), replicas)
+	share := FairShare(len(m.consumers), replicas)
 	n := 0
 	for _, h := range held {
 		if h {

@@ -170,8 +170,8 @@ func TestFairShare(t *testing.T) {
 	for _, tc := range []struct{ parts, replicas, want int }{
 		{16, 1, 16}, {16, 3, 6}, {16, 4, 4}, {4, 3, 2}, {4, 8, 1}, {4, 0, 4},
 	} {
-		if got := fairShare(tc.parts, tc.replicas); got != tc.want {
-			t.Errorf("fairShare(%d, %d) = %d, want %d", tc.parts, tc.replicas, got, tc.want)
+		if got := FairShare(tc.parts, tc.replicas); got != tc.want {
+			t.Errorf("FairShare(%d, %d) = %d, want %d", tc.parts, tc.replicas, got, tc.want)
 		}
 	}
 }
