@@ -237,7 +237,7 @@ cluster-faults-quick: $(NATS_SERVER)
 
 # Every fuzz target, as package:Target; each runs for FUZZTIME.
 FUZZ_TARGETS := ./pkg/events:FuzzDecode ./pkg/events:FuzzDecodeMatchesReference ./pkg/events:FuzzParseTimeUTC ./pkg/events:FuzzDecodeReplyBody \
-	./pkg/events:FuzzCheckNumber ./pkg/events:FuzzDecodeRequest ./pkg/events:FuzzWatchChange ./pkg/events:FuzzDecodeBatchRequest \
+	./pkg/events:FuzzCheckNumber ./pkg/events:FuzzDecodeRequest ./pkg/events:FuzzWatchChange ./pkg/events:FuzzDecodeBatchRequest ./pkg/events:FuzzQuickReaders \
 	./services/notifier:FuzzDecodeTaskPayload ./services/notifier/internal/token:FuzzCheck \
 	./services/auth:FuzzLoadKeysFile ./services/auth/internal/policy:FuzzCompile ./services/auth/internal/apikey:FuzzParse \
 	./cmd/allot:FuzzParseFrom ./loadtest:FuzzParseNoticeTask

@@ -271,7 +271,7 @@ func (c *Client) exchange(ctx context.Context, subject string, header nats.Heade
 		}
 		*buf = body
 	}
-	if err := json.Unmarshal(body, reply); err != nil {
+	if err := unmarshalReply(body, reply); err != nil {
 		return fmt.Errorf("events: decode reply from %s: %w", subject, err)
 	}
 	return nil

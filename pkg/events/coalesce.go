@@ -151,7 +151,7 @@ func (b *coalescer) do(ctx context.Context, single, batch string, uid string, re
 		_ = json.Unmarshal(call.result.Body, reply) // best effort: 429s carry the decision
 		return err
 	}
-	if err := json.Unmarshal(call.result.Body, reply); err != nil {
+	if err := unmarshalReply(call.result.Body, reply); err != nil {
 		return fmt.Errorf("events: decode reply from %s: %w", batch, err)
 	}
 	return nil

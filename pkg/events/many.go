@@ -72,6 +72,16 @@ func DecodeBatchRequest(body []byte) (BatchRequest, error) {
 	if len(bytes.TrimSpace(body)) == 0 {
 		body = []byte("{}")
 	}
+	var quick BatchRequest
+	if quick.readQuick(body) {
+		return quick, nil
+	}
+	return decodeBatchJSON(body)
+}
+
+// decodeBatchJSON is DecodeBatchRequest through encoding/json, for any
+// body.
+func decodeBatchJSON(body []byte) (BatchRequest, error) {
 	d := batchDecoder{dec: json.NewDecoder(bytes.NewReader(body))}
 	b, err := d.envelope()
 	if err != nil {

@@ -212,6 +212,15 @@ func DecodeRequest(body []byte, v Validator) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		body = []byte("{}")
 	}
+	if q, ok := v.(quickReader); ok && q.readQuick(body) {
+		return v.Validate()
+	}
+	return decodeRequestJSON(body, v)
+}
+
+// decodeRequestJSON is DecodeRequest through encoding/json, for any
+// body.
+func decodeRequestJSON(body []byte, v Validator) error {
 	if err := checkMembers(body, "request"); err != nil {
 		return err
 	}
