@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 )
@@ -20,7 +21,9 @@ type BatchOptions struct {
 	// MaxWait is the longest a call waits for others to join its batch
 	// (default 200µs). A call made while fewer than MaxInFlight messages
 	// of its endpoint are in flight does not wait: it goes at once,
-	// alone, on the endpoint's own subject.
+	// taking along the calls made at the same moment (it yields to them
+	// once first), and alone, on the endpoint's own subject, when there
+	// are none.
 	MaxWait time.Duration
 	// MaxInFlight is how many messages (calls alone or batches) of one
 	// endpoint may be in flight before calls wait to be batched (default
@@ -80,6 +83,9 @@ type lane struct {
 	size     int // bytes of the pending calls' bodies
 	timer    *time.Timer
 	off      time.Time // until then, calls go alone
+	// gathering is set while a call with room in flight lets others
+	// join it before it goes.
+	gathering bool
 }
 
 // batchCall is one call waiting for its answer.
@@ -95,8 +101,8 @@ type batchCall struct {
 	fallback bool // the batch found no responders: ask alone
 }
 
-// do answers one call: alone when its lane has room in flight and
-// nothing waiting, else in the lane's next batch.
+// do answers one call: at once when its lane has room in flight (with
+// the calls made at the same moment), else in the lane's next batch.
 func (b *coalescer) do(ctx context.Context, single, batch string, uid string, req, reply any) error {
 	ctx, cancel := b.c.bound(ctx)
 	defer cancel()
@@ -110,7 +116,7 @@ func (b *coalescer) do(ctx context.Context, single, batch string, uid string, re
 		ln = &lane{subject: batch}
 		b.lanes[batch] = ln
 	}
-	if (ln.inFlight < b.opts.MaxInFlight && len(ln.pending) == 0) || time.Now().Before(ln.off) {
+	if time.Now().Before(ln.off) {
 		ln.inFlight++
 		b.mu.Unlock()
 		err := b.c.exchange(ctx, single, nil, body, reply)
@@ -126,6 +132,24 @@ func (b *coalescer) do(ctx context.Context, single, batch string, uid string, re
 		calls := b.take(ln)
 		b.mu.Unlock()
 		b.send(ln, calls)
+	case ln.gathering:
+		// The call gathering the next message takes this one along.
+		b.mu.Unlock()
+	case ln.inFlight < b.opts.MaxInFlight:
+		// There is room in flight: this call goes at once, and takes
+		// along the calls made at the same moment (those answered
+		// together with it in the last batch, say), which it lets in
+		// first by yielding once. Alone, it goes alone.
+		ln.gathering = true
+		b.mu.Unlock()
+		runtime.Gosched()
+		b.mu.Lock()
+		ln.gathering = false
+		calls := b.take(ln)
+		b.mu.Unlock()
+		if len(calls) > 0 {
+			b.send(ln, calls)
+		}
 	case ln.timer == nil:
 		ln.timer = time.AfterFunc(b.opts.MaxWait, func() { b.flush(ln) })
 		b.mu.Unlock()

@@ -28,7 +28,14 @@ type quickReader interface {
 // unmarshalReply reads a reply body into v: quickly when v has a quick
 // reader and body is in its form, else with encoding/json.
 func unmarshalReply(body []byte, v any) error {
-	if q, ok := v.(quickReader); ok && q.readQuick(body) {
+	switch v := v.(type) {
+	case quickReader:
+		if v.readQuick(body) {
+			return nil
+		}
+	case *json.RawMessage:
+		// Kept to be read later, into its own type: that read checks it.
+		*v = append((*v)[:0], body...)
 		return nil
 	}
 	return json.Unmarshal(body, v)

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"sort"
@@ -148,6 +149,38 @@ func RawResponder(tb testing.TB, nc *nats.Conn, rdb redis.UniversalClient, subje
 func FloorResponder(tb testing.TB, nc *nats.Conn, subject string, reply []byte) {
 	tb.Helper()
 	sub, err := nc.Subscribe(subject, func(msg *nats.Msg) { _ = msg.Respond(reply) })
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// FloorBatchResponder starts the floor of batched requests on nc: bare
+// subscriptions that answer each request on single with reply, and each
+// batch message on many (as events.Client sends it with batching on)
+// with reply for each of its requests, no work at all: what batching
+// itself reaches on the machine. It counts a batch's requests by their
+// "uid" members, as the client writes them, and needs bodies without
+// one.
+func FloorBatchResponder(tb testing.TB, nc *nats.Conn, single, many string, reply []byte) {
+	tb.Helper()
+	FloorResponder(tb, nc, single, reply)
+	sub, err := nc.Subscribe(many, func(msg *nats.Msg) {
+		n := bytes.Count(msg.Data, []byte(`{"uid":`))
+		out := make([]byte, 0, 16+n*(len(reply)+24))
+		out = append(out, `{"replies":[`...)
+		for i := range n {
+			if i > 0 {
+				out = append(out, ',')
+			}
+			out = append(out, `{"status":200,"body":`...)
+			out = append(append(out, reply...), '}')
+		}
+		_ = msg.Respond(append(out, "]}"...))
+	})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -69,3 +69,25 @@ func TestLoadFailsOnABadReply(t *testing.T) {
 		t.Error("a request nobody answers did not fail the load")
 	}
 }
+
+func TestFloorBatchResponderAnswersEveryRequest(t *testing.T) {
+	nc, err := nats.Connect(EmbeddedCoreNATS(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	FloorBatchResponder(t, nc, "floor.one.*", "floor.many.*", []byte(`{"ok":true}`))
+	for _, tc := range []struct{ subject, body, want string }{
+		{"floor.one.u", `{}`, `{"ok":true}`},
+		{"floor.many.~all", `{"requests":[{"uid":"a"},{"uid":"b","body":{}}]}`,
+			`{"replies":[{"status":200,"body":{"ok":true}},{"status":200,"body":{"ok":true}}]}`},
+	} {
+		m, err := nc.Request(tc.subject, []byte(tc.body), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(m.Data) != tc.want {
+			t.Errorf("%s %s: got %s, want %s", tc.subject, tc.body, m.Data, tc.want)
+		}
+	}
+}

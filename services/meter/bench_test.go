@@ -255,7 +255,9 @@ func benchmarkIngest(b *testing.B, uids int, ids bool) {
 // and the mean batch the meter served. credit_batched is the same credit
 // through a client batching the calls in flight together
 // (events.BatchOptions; ALLOT_BENCH_BATCH_WAIT and
-// ALLOT_BENCH_BATCH_INFLIGHT override its MaxWait and MaxInFlight). It
+// ALLOT_BENCH_BATCH_INFLIGHT override its MaxWait and MaxInFlight), and
+// floor_batched the same client against bare responders
+// (testenv.FloorBatchResponder): the floor of batching itself. It
 // runs once whatever b.N is. ALLOT_BENCH_HANDLERS and
 // ALLOT_BENCH_PIPELINES override the meter's handlers and pipelines, to
 // compare settings.
@@ -303,14 +305,22 @@ func BenchmarkCredit(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("ALLOT_BENCH_BATCH_INFLIGHT")); err == nil {
 		bopts.MaxInFlight = v
 	}
-	bc, err := events.NewClient(cnc, events.ClientOptions{Subjects: cfg.Subjects, Batch: bopts})
-	if err != nil {
-		b.Fatal(err)
+	batchedLoad := func(subjects events.Subjects) testenv.Load {
+		bc, err := events.NewClient(cnc, events.ClientOptions{Subjects: subjects, Batch: bopts})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return testenv.Load{Clients: 32, Duration: d, Call: func(i int) error {
+			_, err := bc.Credit(ctx, "u-"+strconv.Itoa(i%1000), "photo_daily_total")
+			return err
+		}}
 	}
-	batchedLoad := testenv.Load{Clients: 32, Duration: d, Call: func(i int) error {
-		_, err := bc.Credit(ctx, "u-"+strconv.Itoa(i%1000), "photo_daily_total")
-		return err
-	}}
+	// The floor of batching: the same client against bare responders
+	// answering a credit, doing no work.
+	bare := cfg.Subjects
+	bare.Meter = "b.floor_batched"
+	testenv.FloorBatchResponder(b, nc, bare.Credit("*"), bare.CreditMany("*"),
+		[]byte(`{"uid":"u-1","metric":"photo_daily_total","limit":200,"used":3,"remaining":197,"overage":0,"period":"forever"}`))
 	var batches, batched float64
 	var before *dto.Histogram
 	b.ResetTimer()
@@ -325,10 +335,11 @@ func BenchmarkCredit(b *testing.B) {
 					batches += float64(after.GetSampleCount() - before.GetSampleCount())
 					batched += after.GetSampleSum() - before.GetSampleSum()
 				}},
-			{Name: "credit_batched", Load: batchedLoad},
+			{Name: "credit_batched", Load: batchedLoad(cfg.Subjects)},
+			{Name: "floor_batched", Load: batchedLoad(bare)},
 		})
 		b.ReportMetric(0, "ns/op")
-		for _, name := range []string{"floor", "raw", "credit", "credit_batched"} {
+		for _, name := range []string{"floor", "raw", "credit", "credit_batched", "floor_batched"} {
 			b.ReportMetric(res[name].Rate, name+"_req/s")
 			b.ReportMetric(testenv.Ms(res[name].Latencies.Quantile(0.99)), name+"_p99_ms")
 		}
@@ -336,6 +347,8 @@ func BenchmarkCredit(b *testing.B) {
 		b.ReportMetric(res["credit"].Rate/res["raw"].Rate, "ratio")
 		b.ReportMetric(res["credit"].Rate/res["floor"].Rate, "of_floor")
 		b.ReportMetric(res["credit_batched"].Rate/res["floor"].Rate, "batched_of_floor")
+		b.ReportMetric(res["floor_batched"].Rate/res["floor"].Rate, "floor_batched_of_floor")
+		b.ReportMetric(res["credit_batched"].Rate/res["floor_batched"].Rate, "batched_of_floor_batched")
 		if batches > 0 {
 			b.ReportMetric(batched/batches, "req/batch")
 		}

@@ -89,7 +89,10 @@ func benchSetupOn(b *testing.B, natsURL string) (*nats.Conn, *redis.Client, Conf
 // reports the median rate and the p99 over all rounds of each, the
 // ratios of the medians to the baseline and to the floor, and the mean
 // batch of checks served; fixed_batched is the fixed check through a
-// client batching the calls in flight together (events.BatchOptions).
+// client batching the calls in flight together (events.BatchOptions;
+// ALLOT_BENCH_BATCH_INFLIGHT sets its MaxInFlight), and floor_batched the
+// same client against bare responders (testenv.FloorBatchResponder):
+// the floor of batching itself.
 // It runs once whatever b.N is. The rate
 // limiter has the default handlers and pipelines; ALLOT_BENCH_HANDLERS
 // and ALLOT_BENCH_PIPELINES override them, to compare settings.
@@ -154,23 +157,36 @@ func BenchmarkCheck(b *testing.B) {
 	}
 	// The fixed check again through the client with batching on: the
 	// calls in flight together travel as one batch message.
-	bc, err := events.NewClient(cnc, events.ClientOptions{Subjects: cfg.Subjects, Batch: events.BatchOptions{Enabled: true}})
-	if err != nil {
-		b.Fatal(err)
+	batching := events.BatchOptions{Enabled: true}
+	if v, err := strconv.Atoi(os.Getenv("ALLOT_BENCH_BATCH_INFLIGHT")); err == nil {
+		batching.MaxInFlight = v
 	}
-	batchedLoad := testenv.Load{Clients: clients, Duration: d, Call: func(i int) error {
-		_, err := bc.Check(ctx, "u-"+strconv.Itoa(i%1000), events.CheckRequest{Service: "fixed"})
-		if errors.Is(err, events.ErrUnavailable) {
-			return testenv.ErrApart
+	batchedLoad := func(subjects events.Subjects) testenv.Load {
+		bc, err := events.NewClient(cnc, events.ClientOptions{Subjects: subjects, Batch: batching})
+		if err != nil {
+			b.Fatal(err)
 		}
-		return err
-	}}
+		return testenv.Load{Clients: clients, Duration: d, Call: func(i int) error {
+			_, err := bc.Check(ctx, "u-"+strconv.Itoa(i%1000), events.CheckRequest{Service: "fixed"})
+			if errors.Is(err, events.ErrUnavailable) {
+				return testenv.ErrApart
+			}
+			return err
+		}}
+	}
+	// The floor of batching: the same client against bare responders
+	// that answer every check allowed, doing no work.
+	bare := cfg.Subjects
+	bare.RateLimit = "b.floor_batched"
+	testenv.FloorBatchResponder(b, nc, bare.Check("*"), bare.CheckMany("*"),
+		[]byte(`{"allowed":true,"limit":1000000,"remaining":999999,"reset_after_ms":60000,"retry_after_ms":0}`))
 	phases := []testenv.Phase{
 		{Name: "floor", Load: load(func(u string) string { return "b.floor." + u }, nil)},
 		{Name: "raw", Load: load(func(u string) string { return "b.raw." + u }, nil)},
 		{Name: "sliding", Load: load(cfg.Subjects.Check, []byte(`{"service":"api"}`)), Before: before, After: after},
 		{Name: "fixed", Load: load(cfg.Subjects.Check, []byte(`{"service":"fixed"}`)), Before: before, After: after},
-		{Name: "fixed_batched", Load: batchedLoad},
+		{Name: "fixed_batched", Load: batchedLoad(cfg.Subjects)},
+		{Name: "floor_batched", Load: batchedLoad(bare)},
 	}
 	b.ResetTimer()
 	for range b.N {
@@ -188,6 +204,7 @@ func BenchmarkCheck(b *testing.B) {
 				b.ReportMetric(float64(r.Latencies.Apart()), p.Name+"_503s")
 			}
 		}
+		b.ReportMetric(res["fixed_batched"].Rate/res["floor_batched"].Rate, "fixed_batched_of_floor_batched")
 		if batches > 0 {
 			b.ReportMetric(batched/float64(batches), "checks/batch")
 		}
