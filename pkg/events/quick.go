@@ -307,59 +307,79 @@ func (dst *Credit) readQuick(b []byte) bool {
 // each body is any JSON value, kept as it is written (in a copy of b, as
 // json.RawMessage keeps a copy).
 func (dst *BatchReply) readQuick(b []byte) bool {
-	d := decoder{b: bytes.Clone(b)}
 	var r BatchReply
+	var res BatchResult
+	var s seen
+	ok := quickList(bytes.Clone(b), "replies", func(d *decoder, name []byte) bool {
+		switch string(name) {
+		case "status":
+			var n int64
+			v, err := d.quickValue()
+			if err != nil || !s.once(0) || !quickInt(&n, v) || n != int64(int(n)) {
+				return false
+			}
+			res.Status = int(n)
+			return true
+		case "body":
+			var ok bool
+			res.Body, ok = d.quickRaw()
+			return ok && s.once(1)
+		}
+		return false
+	}, func() {
+		r.Replies = append(r.Replies, res)
+		res, s = BatchResult{}, 0
+	})
+	if ok {
+		*dst = r
+	}
+	return ok
+}
+
+// quickList reads b as {"<list>":[{..},..]}, a list of one or more
+// objects, calling member at each member of each object, with d at its
+// value (which member reads), and end after each object.
+func quickList(b []byte, list string, member func(d *decoder, name []byte) bool, end func()) bool {
+	d := &decoder{b: b}
 	if !d.quickOpen('{') {
 		return false
 	}
-	if name, err := d.key(); err != nil || string(name.raw) != "replies" || d.i >= len(d.b) || d.b[d.i] != '[' {
+	if name, err := d.key(); err != nil || string(name.raw) != list {
 		return false
 	}
 	ok := d.quickArray(func() bool {
-		var res BatchResult
-		var s seen
 		if !d.quickOpen('{') {
 			return false
 		}
 		for {
 			name, err := d.key()
-			if err != nil {
+			if err != nil || !member(d, name.raw) {
 				return false
 			}
-			switch string(name.raw) {
-			case "status":
-				var n int64
-				v, err := d.quickValue()
-				if err != nil || !s.once(0) || !quickInt(&n, v) || n != int64(int(n)) {
-					return false
-				}
-				res.Status = int(n)
-			case "body":
-				start := d.i
-				if !s.once(1) || d.i >= len(d.b) || d.b[d.i] == 'n' || d.skip() != nil {
-					return false
-				}
-				res.Body = d.b[start:d.i]
-			default:
+			more, err := d.next()
+			switch {
+			case err != nil:
 				return false
-			}
-			if more, err := d.next(); err != nil {
-				return false
-			} else if !more {
-				break
+			case !more:
+				end()
+				return true
 			}
 		}
-		r.Replies = append(r.Replies, res)
-		return true
 	})
 	if !ok {
 		return false
 	}
-	if more, err := d.next(); err != nil || more || d.end() != nil {
-		return false
+	more, err := d.next()
+	return err == nil && !more && d.end() == nil
+}
+
+// quickRaw reads any value but null at d.i and returns it as written.
+func (d *decoder) quickRaw() ([]byte, bool) {
+	start := d.i
+	if d.i >= len(d.b) || d.b[d.i] == 'n' || d.skip() != nil {
+		return nil, false
 	}
-	*dst = r
-	return true
+	return d.b[start:d.i], true
 }
 
 // quickOpen reads the { or [ that must come next, which must not be
@@ -413,55 +433,29 @@ func (d *decoder) quickArray(elem func() bool) bool {
 // with 1 to MaxBatchRequests requests, each body any JSON value but
 // null, kept as it is written (in a copy of b).
 func (dst *BatchRequest) readQuick(b []byte) bool {
-	d := decoder{b: bytes.Clone(b)}
 	var r BatchRequest
-	if !d.quickOpen('{') {
-		return false
-	}
-	if name, err := d.key(); err != nil || string(name.raw) != "requests" || d.i >= len(d.b) || d.b[d.i] != '[' {
-		return false
-	}
-	ok := d.quickArray(func() bool {
-		var it BatchItem
-		var s seen
-		if len(r.Requests) == MaxBatchRequests || !d.quickOpen('{') {
+	var it BatchItem
+	var s seen
+	ok := quickList(bytes.Clone(b), "requests", func(d *decoder, name []byte) bool {
+		if len(r.Requests) == MaxBatchRequests {
 			return false
 		}
-		for {
-			name, err := d.key()
-			if err != nil {
-				return false
-			}
-			switch string(name.raw) {
-			case "uid":
-				v, err := d.quickValue()
-				if err != nil || !s.once(0) || !quickString(&it.UID, v) {
-					return false
-				}
-			case "body":
-				start := d.i
-				if !s.once(1) || d.i >= len(d.b) || d.b[d.i] == 'n' || d.skip() != nil {
-					return false
-				}
-				it.Body = d.b[start:d.i]
-			default:
-				return false
-			}
-			if more, err := d.next(); err != nil {
-				return false
-			} else if !more {
-				break
-			}
+		switch string(name) {
+		case "uid":
+			v, err := d.quickValue()
+			return err == nil && s.once(0) && quickString(&it.UID, v)
+		case "body":
+			var ok bool
+			it.Body, ok = d.quickRaw()
+			return ok && s.once(1)
 		}
+		return false
+	}, func() {
 		r.Requests = append(r.Requests, it)
-		return true
+		it, s = BatchItem{}, 0
 	})
-	if !ok {
-		return false
+	if ok {
+		*dst = r
 	}
-	if more, err := d.next(); err != nil || more || d.end() != nil {
-		return false
-	}
-	*dst = r
-	return true
+	return ok
 }

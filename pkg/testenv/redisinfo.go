@@ -88,3 +88,41 @@ func RedisCalls(tb testing.TB, rdb redis.UniversalClient) int64 {
 	}
 	return n
 }
+
+// ScriptUsec is the time rdb's server has spent in EVALSHA, in
+// microseconds, from INFO commandstats; -1 where the server does not keep
+// it (miniredis). A failed reading fails tb.
+func ScriptUsec(tb testing.TB, rdb redis.UniversalClient) int64 {
+	tb.Helper()
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil && strings.Contains(err.Error(), "not supported") || err == nil && !strings.Contains(info, "cmdstat_") {
+		return -1
+	}
+	if err != nil {
+		tb.Fatalf("INFO commandstats: %v", err)
+	}
+	n, err := commandUsec(info, "cmdstat_evalsha")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return n
+}
+
+// commandUsec reads the usec= of one command's line of INFO
+// commandstats; 0 when the command has not run.
+func commandUsec(info, name string) (int64, error) {
+	for _, line := range strings.Split(info, "\n") {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), name+":")
+		if !ok {
+			continue
+		}
+		_, usec, ok := strings.Cut(rest, "usec=")
+		usec, _, _ = strings.Cut(usec, ",")
+		n, err := strconv.ParseInt(usec, 10, 64)
+		if !ok || err != nil || n < 0 {
+			return 0, fmt.Errorf("testenv: commandstats line %q: no usec= count", line)
+		}
+		return n, nil
+	}
+	return 0, nil
+}

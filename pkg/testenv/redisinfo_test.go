@@ -42,3 +42,24 @@ func TestRedisCallsOnMiniredis(t *testing.T) {
 		t.Errorf("miniredis: %d, want -1 (no counts kept)", n)
 	}
 }
+
+func TestCommandUsec(t *testing.T) {
+	info := "# Commandstats\r\ncmdstat_hset:calls=12,usec=30\r\ncmdstat_evalsha:calls=3,usec=90,usec_per_call=30.00\r\n"
+	if n, err := commandUsec(info, "cmdstat_evalsha"); err != nil || n != 90 {
+		t.Errorf("evalsha: %d, %v; want 90", n, err)
+	}
+	if n, err := commandUsec(info, "cmdstat_eval"); err != nil || n != 0 {
+		t.Errorf("a command that has not run (and a name that is another's prefix): %d, %v; want 0", n, err)
+	}
+	for _, bad := range []string{"cmdstat_evalsha:calls=3", "cmdstat_evalsha:calls=3,usec=x", "cmdstat_evalsha:usec=-1"} {
+		if _, err := commandUsec(bad, "cmdstat_evalsha"); err == nil || !strings.Contains(err.Error(), "cmdstat_evalsha") {
+			t.Errorf("%q: %v, want an error naming the line", bad, err)
+		}
+	}
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	if n := ScriptUsec(t, rdb); n != -1 {
+		t.Errorf("miniredis: %d, want -1 (no times kept)", n)
+	}
+}

@@ -3,14 +3,12 @@ package store
 import (
 	"context"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/allot/allot/pkg/keys"
 	"github.com/allot/allot/pkg/testenv"
 	"github.com/allot/allot/pkg/usage"
-	"github.com/redis/go-redis/v9"
 )
 
 // BenchmarkApplyChunk applies chunks of 500 events, half to a counter
@@ -63,7 +61,7 @@ func benchmarkApplyChunk(b *testing.B, uids int, stream bool) {
 		}
 		return ops
 	}
-	usec0 := scriptUsec(b, rdb)
+	usec0 := testenv.ScriptUsec(b, rdb)
 	b.ResetTimer()
 	events := 0
 	for events < b.N {
@@ -83,29 +81,6 @@ func benchmarkApplyChunk(b *testing.B, uids int, stream bool) {
 	}
 	b.StopTimer()
 	if usec0 >= 0 {
-		b.ReportMetric(float64(scriptUsec(b, rdb)-usec0)/float64(events), "redis_us/ev")
+		b.ReportMetric(float64(testenv.ScriptUsec(b, rdb)-usec0)/float64(events), "redis_us/ev")
 	}
-}
-
-// scriptUsec is the time Redis has spent in EVALSHA, from INFO
-// commandstats, or -1 where it is not kept (miniredis).
-func scriptUsec(b *testing.B, rdb redis.UniversalClient) int64 {
-	info, err := rdb.Info(context.Background(), "commandstats").Result()
-	if err != nil || !strings.Contains(info, "cmdstat_") {
-		return -1
-	}
-	for _, line := range strings.Split(info, "\n") {
-		rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_evalsha:")
-		if !ok {
-			continue
-		}
-		_, usec, _ := strings.Cut(rest, "usec=")
-		usec, _, _ = strings.Cut(usec, ",")
-		n, err := strconv.ParseInt(usec, 10, 64)
-		if err != nil {
-			b.Fatalf("commandstats %q: %v", line, err)
-		}
-		return n
-	}
-	return 0
 }

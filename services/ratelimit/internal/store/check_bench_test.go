@@ -3,13 +3,11 @@ package store
 import (
 	"context"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/allot/allot/pkg/keys"
 	"github.com/allot/allot/pkg/testenv"
-	"github.com/redis/go-redis/v9"
 )
 
 // BenchmarkCheckMany decides batches of 32 checks, each for one of 1,000
@@ -32,7 +30,7 @@ func BenchmarkCheckMany(b *testing.B) {
 			const batch = 32
 			ops := make([]CheckOp, batch)
 			n := 0
-			usec0 := evalshaUsec(b, rdb)
+			usec0 := testenv.ScriptUsec(b, rdb)
 			b.ResetTimer()
 			for checks := 0; checks < b.N; checks += batch {
 				for i := range ops {
@@ -48,31 +46,8 @@ func BenchmarkCheckMany(b *testing.B) {
 			}
 			b.StopTimer()
 			if usec0 >= 0 {
-				b.ReportMetric(float64(evalshaUsec(b, rdb)-usec0)/float64(b.N), "redis_us/check")
+				b.ReportMetric(float64(testenv.ScriptUsec(b, rdb)-usec0)/float64(b.N), "redis_us/check")
 			}
 		})
 	}
-}
-
-// evalshaUsec is the time Redis has spent in EVALSHA, from INFO
-// commandstats, or -1 where it is not kept (miniredis).
-func evalshaUsec(b *testing.B, rdb redis.UniversalClient) int64 {
-	info, err := rdb.Info(context.Background(), "commandstats").Result()
-	if err != nil || !strings.Contains(info, "cmdstat_") {
-		return -1
-	}
-	for _, line := range strings.Split(info, "\n") {
-		rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_evalsha:")
-		if !ok {
-			continue
-		}
-		_, usec, _ := strings.Cut(rest, "usec=")
-		usec, _, _ = strings.Cut(usec, ",")
-		n, err := strconv.ParseInt(usec, 10, 64)
-		if err != nil {
-			b.Fatalf("commandstats %q: %v", line, err)
-		}
-		return n
-	}
-	return 0
 }
