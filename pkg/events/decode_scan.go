@@ -98,22 +98,30 @@ func (d *decoder) array() error {
 		if err := d.skip(); err != nil {
 			return err
 		}
-		d.space()
-		if d.i >= len(d.b) {
-			return d.syntax("")
-		}
-		switch d.b[d.i] {
-		case ',':
-			d.i++
-			d.space()
-		case ']':
-			d.i++
-			d.depth--
-			return nil
-		default:
-			return d.syntax("after array element")
+		if more, err := d.nextElement(); err != nil || !more {
+			return err
 		}
 	}
+}
+
+// nextElement reads what follows an array element: more is true after a
+// comma, false after the closing ].
+func (d *decoder) nextElement() (more bool, err error) {
+	d.space()
+	if d.i >= len(d.b) {
+		return false, d.syntax("")
+	}
+	switch d.b[d.i] {
+	case ',':
+		d.i++
+		d.space()
+		return true, nil
+	case ']':
+		d.i++
+		d.depth--
+		return false, nil
+	}
+	return false, d.syntax("after array element")
 }
 
 func (d *decoder) push() error {

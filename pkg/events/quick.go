@@ -411,20 +411,8 @@ func (d *decoder) quickArray(elem func() bool) bool {
 		if !elem() {
 			return false
 		}
-		d.space()
-		if d.i >= len(d.b) {
-			return false
-		}
-		switch d.b[d.i] {
-		case ',':
-			d.i++
-			d.space()
-		case ']':
-			d.i++
-			d.depth--
-			return true
-		default:
-			return false
+		if more, err := d.nextElement(); err != nil || !more {
+			return err == nil
 		}
 	}
 }
