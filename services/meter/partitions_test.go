@@ -199,21 +199,11 @@ func TestRebuildPartitioned(t *testing.T) {
 					t.Fatalf("stream-position records of %d partitions, want those of each partition with events: %v", n, before)
 				}
 			}
-			e.stopMeter()
-			e.wipe()
-			rep, err := e.rebuild(RebuildOptions{Force: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if rep.Events != 18 || rep.Refused != 1 {
-				t.Errorf("report = %+v, want the 18 events of every partition read", rep)
-			}
-			sameState(t, before, snapshot(t, e.rdb, e.keys().Prefix()))
-			e.rdb.HSet(t.Context(), e.keys().Grant("u-1", "photo_daily_total"), "u", "99")
-			if _, err := e.rebuild(RebuildOptions{UID: "u-1", Force: true}); err != nil {
-				t.Fatal(err)
-			}
-			sameState(t, before, snapshot(t, e.rdb, e.keys().Prefix()))
+			rebuildRestores(t, e, before, func(rep RebuildReport) {
+				if rep.Events != 18 || rep.Refused != 1 {
+					t.Errorf("report = %+v, want the 18 events of every partition read", rep)
+				}
+			})
 		})
 	}
 }
