@@ -39,6 +39,21 @@ const bareResponders = 16
 
 var bareBody = []byte("{}")
 
+// bareCheck is the bare batch responder's answer to a check: allowed.
+var bareCheck = []byte(`{"allowed":true,"limit":1000000,"remaining":999999,"reset_after_ms":60000,"retry_after_ms":0}`)
+
+// answerBareBatch answers a batch message with bareCheck for each of its
+// requests, and a message that is no batch with an empty list (which its
+// sender counts as an error).
+func answerBareBatch(m *nats.Msg) {
+	b, _ := events.DecodeBatchRequest(m.Data)
+	results := make([]events.BatchResult, len(b.Requests))
+	for i := range results {
+		results[i] = events.BatchResult{Status: 200, Body: bareCheck}
+	}
+	_ = m.Respond(events.AppendBatchReply(nil, results))
+}
+
 // rawKey is where the raw worker counts an event of uid and metric.
 func rawKey(prefix, uid, metric string) string { return prefix + "raw:" + uid + ":" + metric }
 
@@ -99,6 +114,23 @@ func startBaseline(ctx context.Context, spec childSpec, log *slog.Logger) (func(
 			return nil, childReady{}, fmt.Errorf("baseline: bare responder: %w", err)
 		}
 		bare = append(bare, sub)
+	}
+	// The floor of batching: a check answered at once, alone on
+	// <bare>.check.<uid> or as a batch message on <bare>.check_many.<scope>
+	// (events.Client's subjects with <bare> as the rate limiter's).
+	for range bareResponders {
+		for subject, answer := range map[string]nats.MsgHandler{
+			spec.BareReply + ".check.*":      func(m *nats.Msg) { _ = m.Respond(bareCheck) },
+			spec.BareReply + ".check_many.*": answerBareBatch,
+		} {
+			sub, err := nc.QueueSubscribe(subject, "loadtestbare", answer)
+			if err != nil {
+				nc.Close()
+				_ = rdb.Close()
+				return nil, childReady{}, fmt.Errorf("baseline: bare batch responder: %w", err)
+			}
+			bare = append(bare, sub)
+		}
 	}
 	if err := nc.Flush(); err != nil {
 		return nil, childReady{}, err

@@ -115,7 +115,10 @@ func headlines(phases []report.Phase) []report.Headline {
 		latency(name, "p99", "request.bare", bare, lat(p99), func(v float64) (string, bool) { return "<= 2 ms", v <= 2 })
 		alone := strings.TrimSuffix(name, ".batched")
 		rate(name, "req/s", alone, alone+" alone, same run", nil)
+		rate(name, "req/s", "request.bare.batched", "the floor of batching, same run", nil)
 	}
+	rate("request.bare.batched", "req/s", "request.bare", bare, nil)
+	latency("request.bare.batched", "p99", "request.bare", bare, lat(p99), nil)
 	return append(out, grpcHeadlines(by)...)
 }
 

@@ -353,7 +353,8 @@ func (h *harness) runScenarios(ctx context.Context) {
 			return h.requests(ctx, reqSpec("request.bare", "bare request/reply: 16 subscriptions answering {} at once, no work", h.opBare(), 1, conc))
 		}) &&
 			step(batched("ratelimit.batched", "ratelimit.check, the client batching calls in flight together", h.opCheck())) &&
-			step(batched("credit.batched", "meter.credit, the client batching calls in flight together", h.opCredit()))
+			step(batched("credit.batched", "meter.credit, the client batching calls in flight together", h.opCredit())) &&
+			step(batched("request.bare.batched", "checks through the same batching client, answered at once by bare responders alone or as batches: the floor of batching", h.opBareBatched()))
 		if !ok {
 			return
 		}

@@ -157,9 +157,10 @@ Scenarios (-scenarios, comma-separated):
   credit     meter.credit request/reply       authorize  meter.authorize
   ratelimit  ratelimit.check decisions        registry   register, heartbeat, find
   batch      ratelimit.check and meter.credit with the client batching calls in
-             flight together (events.BatchOptions), and the bare responder (no
-             work, one message each way) they are held to (-profile batch: with
-             credit and ratelimit alone, in the same run)
+             flight together (events.BatchOptions), the bare responder (no
+             work, one message each way) they are held to, and the same client
+             against bare responders of batches (the floor of batching)
+             (-profile batch: with credit and ratelimit alone, in the same run)
   grpc       Envoy RLS ShouldRateLimit (one descriptor -grpc-descriptor=<random uid>,
              hits_addend 1) on the stack's gRPC front, or on -grpc, e.g. an
              envoyproxy/ratelimit of your own; with -grpc and the inprocess target,

@@ -161,6 +161,24 @@ func (h *harness) opRaw() reqOp { return h.opPlain(h.t.rawReply) }
 // one NATS message each way per request.
 func (h *harness) opBare() reqOp { return h.opPlain(h.t.bareReply) }
 
+// opBareBatched asks the bare responders' check through one client with
+// batching on, of its own, whose rate limiter subjects are the bare
+// responders': the floor of batching, what the batching client reaches
+// when the service does no work.
+func (h *harness) opBareBatched() reqOp {
+	subjects := h.t.cfg.Subjects
+	subjects.RateLimit = h.t.bareReply
+	c, err := events.NewClient(h.t.conns[0], events.ClientOptions{Subjects: subjects, Timeout: requestTimeout,
+		Batch: events.BatchOptions{Enabled: true, MaxWait: h.o.BatchWait, MaxInFlight: h.o.BatchInFlight}})
+	return func(ctx context.Context, _ *events.Client, i int64) (string, error) {
+		if err != nil {
+			return "", err
+		}
+		_, err := c.Check(ctx, h.t.uid(int(i%int64(h.o.UIDs))), events.CheckRequest{})
+		return "", err
+	}
+}
+
 // opPlain sends a plain NATS request to <prefix>.<uid>, spread over the
 // apps' connections, and judges the reply's error headers.
 func (h *harness) opPlain(prefix string) reqOp {
