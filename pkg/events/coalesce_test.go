@@ -229,6 +229,42 @@ func TestBatchingMaxInFlight(t *testing.T) {
 	}
 }
 
+// Calls made at the same moment while their lane has room go together:
+// the first one yields once, and those released with it join its
+// message. (Before, each found room and went alone.) How many join
+// depends on the scheduler, so the test asks for one batch in 20 rounds.
+func TestBatchingGathersCallsMadeTogether(t *testing.T) {
+	nc := connect(t, startServer(t, "", 0).ClientURL())
+	f := &fakeLimiter{}
+	f.start(t, nc)
+	c := batchingClient(t, nc, BatchOptions{MaxWait: time.Minute, MaxSize: 100, MaxInFlight: 100})
+	for range 20 {
+		release := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range 8 {
+			wg.Go(func() {
+				<-release
+				if _, err := c.Check(t.Context(), "u-"+strconv.Itoa(i), CheckRequest{}); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		time.Sleep(10 * time.Millisecond) // every caller waits on release
+		close(release)
+		wg.Wait()
+		f.mu.Lock()
+		batches, singles := f.batches, f.singles
+		f.mu.Unlock()
+		if len(batches) > 0 {
+			if n := singles + sum(batches); n%8 != 0 {
+				t.Errorf("%d alone, batches %v: not every call answered once", singles, batches)
+			}
+			return
+		}
+	}
+	t.Errorf("20 rounds of 8 calls made at once, with room in flight for all: all %d went alone", f.singles)
+}
+
 func TestBatchingWaitsAtMostMaxWait(t *testing.T) {
 	nc := connect(t, startServer(t, "", 0).ClientURL())
 	f := &fakeLimiter{hold: 300 * time.Millisecond}
