@@ -18,9 +18,7 @@
 local now = now_ms(ARGV[1])
 local out = {}
 for i = 1, #KEYS / 3 do
-  local k, a = 3 * (i - 1), 1 + 6 * (i - 1)
-  local ok, res = pcall(check_one, {KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]},
-    {ARGV[1], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]}, now)
+  local ok, res = pcall(check_one, KEYS, ARGV, now, 3 * (i - 1), 6 * (i - 1))
   if ok then
     out[i] = res
   else
